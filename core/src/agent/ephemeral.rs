@@ -1,0 +1,262 @@
+//! One ephemeral znode the agent wants to exist with some content, or not to exist.
+//!
+//! Writes can fail with an unknown outcome (a lost connection, a timeout), and a node can
+//! be left over from an earlier session of this machine, so "create" is a small state
+//! machine: create; if it exists, read its owner; delete what is not ours; re-read on doubt.
+
+use crate::paths;
+use crate::zk::{CreateMode, SessionId, ZkError, ZkOp, ZkReply};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Have {
+    /// Nothing known: after start, a new session or an unknown outcome.
+    Unknown,
+    Absent,
+    /// Exists, owner not yet read.
+    Exists,
+    /// Exists, owned by this session, with this data.
+    Ours(Vec<u8>),
+    /// Exists, owned by another session (an earlier agent): it must go.
+    Foreign,
+    ParentMissing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    Create,
+    CreateParent,
+    Read,
+    Set,
+    Delete,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct EphemeralNode {
+    path: String,
+    want: Option<Vec<u8>>,
+    have: Have,
+    in_flight: Option<Step>,
+    /// Set after a failure; the agent clears it when its retry timer fires.
+    pub(crate) stalled: bool,
+}
+
+impl EphemeralNode {
+    pub(crate) fn new(path: String) -> Self {
+        EphemeralNode {
+            path,
+            want: None,
+            have: Have::Unknown,
+            in_flight: None,
+            stalled: false,
+        }
+    }
+
+    pub(crate) fn want(&mut self, data: Option<Vec<u8>>) {
+        self.want = data;
+    }
+
+    pub(crate) fn wanted(&self) -> Option<&[u8]> {
+        self.want.as_deref()
+    }
+
+    /// A new session: our old ephemerals may linger until the server expires them.
+    pub(crate) fn forget(&mut self) {
+        self.have = Have::Unknown;
+        self.in_flight = None;
+        self.stalled = false;
+    }
+
+    /// Nothing wanted and nothing there: the agent may drop this node.
+    pub(crate) fn settled_absent(&self) -> bool {
+        self.want.is_none() && self.have == Have::Absent && self.in_flight.is_none()
+    }
+
+    /// True when the node exists with the wanted data, owned by us.
+    #[cfg(test)]
+    pub(crate) fn published(&self) -> bool {
+        matches!((&self.want, &self.have), (Some(w), Have::Ours(h)) if w == h)
+    }
+
+    /// The next request to send, if any; the caller sends it and reports back via `on_reply`.
+    pub(crate) fn next(&mut self) -> Option<(Step, ZkOp)> {
+        if self.in_flight.is_some() || self.stalled {
+            return None;
+        }
+        let path = self.path.clone();
+        let (step, op) = match (&self.want, &self.have) {
+            (Some(data), Have::Unknown | Have::Absent) => (
+                Step::Create,
+                ZkOp::Create {
+                    path,
+                    data: data.clone(),
+                    mode: CreateMode::Ephemeral,
+                },
+            ),
+            (Some(_), Have::ParentMissing) => {
+                let parent = paths::parent(&path)?.to_string();
+                (
+                    Step::CreateParent,
+                    ZkOp::Create {
+                        path: parent,
+                        data: Vec::new(),
+                        mode: CreateMode::Persistent,
+                    },
+                )
+            }
+            (Some(_), Have::Exists) => (Step::Read, ZkOp::GetData { path, watch: false }),
+            (Some(data), Have::Ours(current)) if data != current => (
+                Step::Set,
+                ZkOp::SetData {
+                    path,
+                    data: data.clone(),
+                    version: None,
+                },
+            ),
+            (Some(_), Have::Foreign) | (None, Have::Unknown | Have::Exists | Have::Ours(_)) => {
+                (Step::Delete, ZkOp::Delete {
+                    path,
+                    version: None,
+                })
+            }
+            // A foreign node we do not want either: an earlier agent's; remove the stale claim.
+            (None, Have::Foreign) => (Step::Delete, ZkOp::Delete {
+                path,
+                version: None,
+            }),
+            _ => return None,
+        };
+        self.in_flight = Some(step);
+        Some((step, op))
+    }
+
+    pub(crate) fn on_reply(&mut self, step: Step, reply: &ZkReply, session: Option<SessionId>) {
+        self.in_flight = None;
+        let sent = self.want.clone();
+        self.have = match (step, reply) {
+            (Step::Create, ZkReply::Created) => match sent {
+                Some(d) => Have::Ours(d),
+                None => Have::Exists,
+            },
+            (Step::Create, ZkReply::Error(ZkError::NodeExists)) => Have::Exists,
+            (Step::Create, ZkReply::Error(ZkError::NoNode)) => Have::ParentMissing,
+            (Step::CreateParent, ZkReply::Created | ZkReply::Error(ZkError::NodeExists)) => {
+                Have::Absent
+            }
+            (Step::CreateParent, ZkReply::Error(ZkError::NoNode)) => {
+                // The grandparent is gone too (the service was removed): wait and retry.
+                self.stalled = true;
+                Have::ParentMissing
+            }
+            (Step::Read, ZkReply::Data { data, stat }) => {
+                if session.is_some_and(|s| s.0 == stat.ephemeral_owner) {
+                    Have::Ours(data.clone())
+                } else {
+                    Have::Foreign
+                }
+            }
+            (Step::Set, ZkReply::Set { stat }) => {
+                if session.is_some_and(|s| s.0 == stat.ephemeral_owner) {
+                    sent.map(Have::Ours).unwrap_or(Have::Exists)
+                } else {
+                    Have::Foreign
+                }
+            }
+            (Step::Read | Step::Set, ZkReply::Error(ZkError::NoNode)) => Have::Absent,
+            (Step::Delete, ZkReply::Deleted | ZkReply::Error(ZkError::NoNode)) => Have::Absent,
+            (_, ZkReply::Error(_)) => {
+                self.stalled = true;
+                Have::Unknown
+            }
+            // A reply of the wrong shape cannot come from a correct driver; re-read to be safe.
+            _ => {
+                self.stalled = true;
+                Have::Unknown
+            }
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zk::NodeStat;
+
+    const ME: SessionId = SessionId(7);
+
+    fn drive(node: &mut EphemeralNode, reply: ZkReply) -> Step {
+        let (step, _) = node.next().expect("a request");
+        node.on_reply(step, &reply, Some(ME));
+        step
+    }
+
+    #[test]
+    fn creates_then_is_published() {
+        let mut n = EphemeralNode::new("/machines/m/s".into());
+        n.want(Some(b"1".to_vec()));
+        assert_eq!(drive(&mut n, ZkReply::Created), Step::Create);
+        assert!(n.published());
+        assert!(n.next().is_none());
+    }
+
+    #[test]
+    fn replaces_a_node_left_by_an_earlier_session() {
+        let mut n = EphemeralNode::new("/machines/m/s".into());
+        n.want(Some(b"2".to_vec()));
+        drive(&mut n, ZkReply::Error(ZkError::NodeExists));
+        let stale = NodeStat {
+            version: 0,
+            ephemeral_owner: 99,
+        };
+        assert_eq!(
+            drive(&mut n, ZkReply::Data {
+                data: b"1".to_vec(),
+                stat: stale
+            }),
+            Step::Read
+        );
+        assert_eq!(drive(&mut n, ZkReply::Deleted), Step::Delete);
+        assert_eq!(drive(&mut n, ZkReply::Created), Step::Create);
+        assert!(n.published());
+    }
+
+    #[test]
+    fn unknown_outcome_rereads_and_adopts_our_own_node() {
+        let mut n = EphemeralNode::new("/machines/m/s".into());
+        n.want(Some(b"3".to_vec()));
+        drive(&mut n, ZkReply::Error(ZkError::Timeout));
+        assert!(n.next().is_none(), "stalled until the retry timer");
+        n.stalled = false;
+        drive(&mut n, ZkReply::Error(ZkError::NodeExists));
+        let ours = NodeStat {
+            version: 0,
+            ephemeral_owner: ME.0,
+        };
+        drive(&mut n, ZkReply::Data {
+            data: b"3".to_vec(),
+            stat: ours,
+        });
+        assert!(n.published());
+    }
+
+    #[test]
+    fn creates_a_missing_parent_once() {
+        let mut n = EphemeralNode::new("/services/s/state/m".into());
+        n.want(Some(b"{}".to_vec()));
+        drive(&mut n, ZkReply::Error(ZkError::NoNode));
+        let (step, op) = n.next().expect("parent create");
+        assert_eq!(step, Step::CreateParent);
+        assert_eq!(op.path(), "/services/s/state");
+        n.on_reply(step, &ZkReply::Created, Some(ME));
+        assert_eq!(drive(&mut n, ZkReply::Created), Step::Create);
+    }
+
+    #[test]
+    fn unwanted_node_is_deleted_and_settles() {
+        let mut n = EphemeralNode::new("/machines/m/s".into());
+        n.want(Some(b"1".to_vec()));
+        drive(&mut n, ZkReply::Created);
+        n.want(None);
+        assert_eq!(drive(&mut n, ZkReply::Deleted), Step::Delete);
+        assert!(n.settled_absent());
+    }
+}

@@ -1,0 +1,517 @@
+//! The agent state machine: one machine's view of ZooKeeper and its supervised processes.
+//!
+//! Sans-IO: call [`Agent::handle`] with each input and the current time, then drain
+//! [`Agent::poll_action`] until it returns `None`, then sleep until [`Agent::poll_timeout`]
+//! (or the next input) and deliver [`Input::Tick`] when it is reached.
+
+mod ephemeral;
+mod service;
+
+use crate::backoff::{Backoff, SeededRng};
+use crate::event::{Action, Input, Report};
+use crate::names::{MachineId, ServiceName};
+use crate::paths::{self, Watched};
+use crate::settings::{parse_machines, Settings};
+use crate::time::Timestamp;
+use crate::zk::{CreateMode, RequestId, SessionEvent, SessionId, ZkError, ZkOp, ZkReply};
+use ephemeral::{EphemeralNode, Step};
+use serde_json::{json, Value};
+use service::{Outbox, Service};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+/// How long to wait before retrying reads and writes that failed.
+const RETRY_DELAY: Duration = Duration::from_millis(500);
+
+/// What the driver knows about its host, fixed for the agent's life.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub machine: MachineId,
+    pub hostname: String,
+    pub agent_pid: u32,
+    pub version: String,
+    /// How services are contained ("cgroup-v2 ...", "process-group ..."), shown by `pop status`.
+    pub containment: String,
+    /// Seeds the backoff jitter.
+    pub seed: u64,
+    pub backoff: Backoff,
+}
+
+#[derive(Debug, Clone)]
+enum Pending {
+    Read(Watched),
+    Ephemeral { path: String, step: Step },
+    /// Creating /machines/<id>; the result does not matter beyond the log.
+    MachineNode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionState {
+    Connecting,
+    Connected(SessionId),
+    Disconnected(SessionId),
+    Expired,
+}
+
+pub struct Agent {
+    config: AgentConfig,
+    now: Timestamp,
+    started_at: Option<Timestamp>,
+    session: SessionState,
+    next_request: u64,
+    pending: BTreeMap<RequestId, Pending>,
+    /// Paths with a watch registered in this session.
+    armed: BTreeSet<String>,
+    /// Reads that failed and are retried when `retry_at` passes.
+    reread: BTreeSet<String>,
+    retry_at: Option<Timestamp>,
+    services: BTreeMap<String, Service>,
+    nodes: BTreeMap<String, EphemeralNode>,
+    /// Paths whose data is bad, with the problem; shown in the agent report.
+    problems: BTreeMap<String, String>,
+    shutting_down: bool,
+    exited: bool,
+    actions: VecDeque<Action>,
+    rng: SeededRng,
+}
+
+impl Agent {
+    pub fn new(config: AgentConfig) -> Self {
+        let rng = SeededRng::new(config.seed);
+        Agent {
+            config,
+            now: Timestamp::default(),
+            started_at: None,
+            session: SessionState::Connecting,
+            next_request: 1,
+            pending: BTreeMap::new(),
+            armed: BTreeSet::new(),
+            reread: BTreeSet::new(),
+            retry_at: None,
+            services: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            problems: BTreeMap::new(),
+            shutting_down: false,
+            exited: false,
+            actions: VecDeque::new(),
+            rng,
+        }
+    }
+
+    pub fn machine(&self) -> &str {
+        self.config.machine.as_str()
+    }
+
+    /// Feeds one input. Afterwards drain `poll_action`.
+    pub fn handle(&mut self, now: Timestamp, input: Input) {
+        self.now = self.now.max(now);
+        self.started_at.get_or_insert(self.now);
+        match input {
+            Input::Session(event) => self.on_session(event),
+            Input::Reply { id, reply } => self.on_reply(id, reply),
+            Input::Watch(event) => {
+                self.armed.remove(&event.path);
+                if let Some(watched) = Watched::parse(&event.path) {
+                    self.read(watched);
+                }
+            }
+            Input::Spawned {
+                service,
+                generation,
+                pid,
+            } => self.with_service(&service, |s, out| s.on_spawned(generation, pid, out)),
+            Input::SpawnFailed {
+                service,
+                generation,
+                error,
+            } => self.with_service(&service, |s, out| s.on_spawn_failed(generation, error, out)),
+            Input::Ready {
+                service,
+                generation,
+                port,
+            } => self.with_service(&service, |s, _| s.on_ready(generation, port)),
+            Input::Exited {
+                service,
+                generation,
+                status,
+            } => self.with_service(&service, |s, out| s.on_exited(generation, status, out)),
+            Input::Tick => self.on_tick(),
+            Input::Shutdown => self.shutting_down = true,
+        }
+        self.converge();
+    }
+
+    /// The next action to perform, in order.
+    #[must_use]
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When to deliver the next `Input::Tick`, if anything is scheduled.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        self.services
+            .values()
+            .filter_map(Service::deadline)
+            .chain(self.retry_at)
+            .min()
+    }
+
+    fn session_id(&self) -> Option<SessionId> {
+        match self.session {
+            SessionState::Connected(id) => Some(id),
+            _ => None,
+        }
+    }
+
+    fn on_session(&mut self, event: SessionEvent) {
+        match event {
+            SessionEvent::Connected { session, .. } => {
+                let same = matches!(self.session,
+                    SessionState::Connected(id) | SessionState::Disconnected(id) if id == session);
+                self.session = SessionState::Connected(session);
+                if same {
+                    // Watches survive a reconnect within the session; retry what failed meanwhile.
+                    self.retry_now();
+                } else {
+                    self.start_session();
+                }
+            }
+            SessionEvent::Disconnected => {
+                if let SessionState::Connected(id) = self.session {
+                    self.session = SessionState::Disconnected(id);
+                }
+            }
+            SessionEvent::Expired => {
+                // Processes keep running; the new session re-reads everything and republishes.
+                self.session = SessionState::Expired;
+                self.actions.push_back(Action::NewSession);
+            }
+        }
+    }
+
+    fn start_session(&mut self) {
+        // Replies and watches from an older session are meaningless now.
+        self.pending.clear();
+        self.armed.clear();
+        self.reread.clear();
+        for node in self.nodes.values_mut() {
+            node.forget();
+        }
+        self.send(
+            ZkOp::Create {
+                path: paths::machine(self.config.machine.as_str()),
+                data: Vec::new(),
+                mode: CreateMode::Persistent,
+            },
+            Pending::MachineNode,
+        );
+        self.read(Watched::ServiceList);
+        let names: Vec<String> = self.services.keys().cloned().collect();
+        for name in names {
+            self.read(Watched::Machines(name.clone()));
+            self.read(Watched::Settings(name));
+        }
+    }
+
+    fn send(&mut self, op: ZkOp, pending: Pending) {
+        let id = RequestId(self.next_request);
+        self.next_request += 1;
+        self.pending.insert(id, pending);
+        self.actions.push_back(Action::Zk { id, op });
+    }
+
+    fn read(&mut self, watched: Watched) {
+        if self.session_id().is_none() {
+            // Re-read once connected.
+            self.reread.insert(watched.path());
+            return;
+        }
+        let path = watched.path();
+        // One watch per path per session is enough; more would multiply the events.
+        let watch = self.armed.insert(path.clone());
+        let op = match watched {
+            Watched::ServiceList => ZkOp::GetChildren { path, watch },
+            _ => ZkOp::GetData { path, watch },
+        };
+        self.send(op, Pending::Read(watched));
+    }
+
+    fn schedule_retry(&mut self) {
+        let at = self.now + RETRY_DELAY;
+        self.retry_at = Some(self.retry_at.map_or(at, |t| t.min(at)));
+    }
+
+    fn retry_now(&mut self) {
+        self.retry_at = None;
+        for path in std::mem::take(&mut self.reread) {
+            if let Some(w) = Watched::parse(&path) {
+                self.read(w);
+            }
+        }
+        for node in self.nodes.values_mut() {
+            node.stalled = false;
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if self.retry_at.is_some_and(|t| self.now >= t) {
+            self.retry_now();
+        }
+        for service in self.services.values_mut() {
+            service.on_tick(self.now);
+        }
+    }
+
+    fn on_reply(&mut self, id: RequestId, reply: ZkReply) {
+        let Some(pending) = self.pending.remove(&id) else {
+            return; // stale: from an older session
+        };
+        match pending {
+            Pending::MachineNode => {}
+            Pending::Ephemeral { path, step } => {
+                let session = self.session_id();
+                if let Some(node) = self.nodes.get_mut(&path) {
+                    node.on_reply(step, &reply, session);
+                    if node.stalled {
+                        self.schedule_retry();
+                    }
+                }
+            }
+            Pending::Read(watched) => self.on_read(watched, reply),
+        }
+    }
+
+    fn on_read(&mut self, watched: Watched, reply: ZkReply) {
+        let path = watched.path();
+        if let ZkReply::Error(err) = &reply {
+            // No watch was left by a failed read.
+            self.armed.remove(&path);
+            match (err, &watched) {
+                (ZkError::NoNode, Watched::Machines(name)) => {
+                    self.update_service(name, |s| s.machines = None);
+                }
+                (ZkError::NoNode, Watched::Settings(name)) => {
+                    self.update_service(name, |s| s.settings = None);
+                }
+                (ZkError::NoNode, Watched::ServiceList) => {
+                    self.problem(&path, "missing: run `pop init`".to_string());
+                    self.apply_service_list(Vec::new());
+                }
+                _ => {}
+            }
+            // The node may appear later (written in steps by another client), or the
+            // error was transient: look again soon, unless the service is gone.
+            let still_relevant = match &watched {
+                Watched::ServiceList => true,
+                Watched::Machines(n) | Watched::Settings(n) => {
+                    self.services.get(n).is_some_and(|s| s.listed)
+                }
+            };
+            if still_relevant {
+                self.reread.insert(path);
+                self.schedule_retry();
+            }
+            return;
+        }
+        match (watched, reply) {
+            (Watched::ServiceList, ZkReply::Children(names)) => {
+                self.clear_problem(&path);
+                self.apply_service_list(names);
+            }
+            (Watched::Machines(name), ZkReply::Data { data, .. }) => match parse_machines(&data) {
+                Ok(machines) => {
+                    self.clear_problem(&path);
+                    self.update_service(&name, |s| s.machines = Some(machines));
+                }
+                Err(e) => self.problem(&path, e.to_string()),
+            },
+            (Watched::Settings(name), ZkReply::Data { data, .. }) => match Settings::parse(&data) {
+                Ok(settings) => {
+                    self.clear_problem(&path);
+                    self.update_service(&name, |s| s.settings = Some(settings));
+                }
+                Err(e) => self.problem(&path, e.to_string()),
+            },
+            (_, other) => self.problem(&path, format!("unexpected reply {other:?}")),
+        }
+    }
+
+    fn apply_service_list(&mut self, names: Vec<String>) {
+        let mut listed = BTreeSet::new();
+        for name in names {
+            match ServiceName::new(&name) {
+                Ok(_) => {
+                    listed.insert(name);
+                }
+                Err(e) => self.problem(&paths::service(&name), e.to_string()),
+            }
+        }
+        for (name, service) in self.services.iter_mut() {
+            service.listed = listed.contains(name);
+        }
+        for name in listed {
+            if !self.services.contains_key(&name) {
+                self.services
+                    .insert(name.clone(), Service::new(name.clone()));
+                self.read(Watched::Machines(name.clone()));
+                self.read(Watched::Settings(name));
+            }
+        }
+    }
+
+    fn update_service(&mut self, name: &str, f: impl FnOnce(&mut Service)) {
+        if let Some(service) = self.services.get_mut(name) {
+            f(service);
+        }
+    }
+
+    fn with_service(&mut self, name: &str, f: impl FnOnce(&mut Service, &mut Outbox<'_>)) {
+        if let Some(service) = self.services.get_mut(name) {
+            let mut out = Outbox {
+                actions: &mut self.actions,
+                rng: &mut self.rng,
+                backoff: &self.config.backoff,
+                machine: self.config.machine.as_str(),
+                now: self.now,
+            };
+            f(service, &mut out);
+        }
+    }
+
+    fn problem(&mut self, path: &str, error: String) {
+        if self.problems.get(path) != Some(&error) {
+            self.actions.push_back(Action::Report(Report::BadData {
+                path: path.to_string(),
+                error: error.clone(),
+            }));
+            self.problems.insert(path.to_string(), error);
+        }
+    }
+
+    fn clear_problem(&mut self, path: &str) {
+        if self.problems.remove(path).is_some() {
+            self.actions.push_back(Action::Report(Report::DataRepaired {
+                path: path.to_string(),
+            }));
+        }
+    }
+
+    /// After every input: move each service towards its target, publish what is ready,
+    /// and finish a shutdown once everything has stopped.
+    fn converge(&mut self) {
+        if self.exited {
+            return;
+        }
+        let machine = self.config.machine.as_str().to_string();
+        let names: Vec<String> = self.services.keys().cloned().collect();
+        for name in &names {
+            let Some(service) = self.services.get_mut(name) else {
+                continue;
+            };
+            let desired = service.desired(&machine, self.shutting_down).cloned();
+            let mut out = Outbox {
+                actions: &mut self.actions,
+                rng: &mut self.rng,
+                backoff: &self.config.backoff,
+                machine: &machine,
+                now: self.now,
+            };
+            service.reconcile(desired, &mut out);
+        }
+        // Forget services that are gone from ZooKeeper and have nothing running.
+        self.services.retain(|_, s| s.listed || !s.is_quiet());
+        self.publish();
+        if self.shutting_down && self.services.values().all(Service::is_quiet) {
+            self.exited = true;
+            self.actions.push_back(Action::Exit);
+        }
+    }
+
+    /// Sets the wanted content of every ephemeral node and sends what is needed.
+    fn publish(&mut self) {
+        let machine = self.config.machine.as_str().to_string();
+        let mut wanted: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+        for service in self.services.values() {
+            let state = service.state_json(&machine, &self.config.hostname);
+            let pid = service.ready_pid();
+            wanted.insert(
+                paths::machine_service(&machine, &service.name),
+                pid.map(|p| p.to_string().into_bytes()),
+            );
+            wanted.insert(
+                paths::service_state(&service.name, &machine),
+                state.map(|v| v.to_string().into_bytes()),
+            );
+        }
+        let report = (!self.shutting_down).then(|| self.report_json().to_string().into_bytes());
+        wanted.insert(paths::agent(&machine), report);
+        // Nodes no longer tracked by any service must go too.
+        for path in self.nodes.keys() {
+            wanted.entry(path.clone()).or_insert(None);
+        }
+        for (path, data) in wanted {
+            let node = self
+                .nodes
+                .entry(path.clone())
+                .or_insert_with(|| EphemeralNode::new(path.clone()));
+            if data.is_none() && node.wanted().is_none() && node.settled_absent() {
+                continue;
+            }
+            node.want(data);
+        }
+        if self.session_id().is_none() {
+            return;
+        }
+        let mut sends = Vec::new();
+        for (path, node) in self.nodes.iter_mut() {
+            if let Some((step, op)) = node.next() {
+                sends.push((op, Pending::Ephemeral {
+                    path: path.clone(),
+                    step,
+                }));
+            }
+        }
+        for (op, pending) in sends {
+            self.send(op, pending);
+        }
+        self.nodes
+            .retain(|path, node| !node.settled_absent() || path.starts_with(paths::AGENTS));
+    }
+
+    /// The agent's own node: who it is and what each service is doing.
+    fn report_json(&self) -> Value {
+        let services: serde_json::Map<String, Value> = self
+            .services
+            .values()
+            .filter(|s| s.desired(self.machine(), false).is_some() || !s.is_quiet())
+            .map(|s| (s.name.clone(), s.report_json()))
+            .collect();
+        json!({
+            "machine": self.machine(),
+            "hostname": self.config.hostname,
+            "pid": self.config.agent_pid,
+            "version": self.config.version,
+            "containment": self.config.containment,
+            "started_at": self.started_at.map(Timestamp::as_secs_f64),
+            "services": services,
+            "problems": self.problems,
+        })
+    }
+
+    /// For tests and the simulator: what each service is doing.
+    pub fn service_phases(&self) -> BTreeMap<String, String> {
+        self.services
+            .iter()
+            .map(|(n, s)| (n.clone(), s.report_json()["phase"].as_str().unwrap_or("?").to_string()))
+            .collect()
+    }
+
+    /// For tests and the simulator: current problems by path.
+    pub fn problems(&self) -> &BTreeMap<String, String> {
+        &self.problems
+    }
+}
+
+#[cfg(test)]
+mod tests;

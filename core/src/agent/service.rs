@@ -1,0 +1,388 @@
+//! One service on this machine: what ZooKeeper says about it and what its process is doing.
+
+use crate::backoff::{Backoff, SeededRng};
+use crate::event::{Action, ExitStatus, Report};
+use crate::launch::Launch;
+use crate::settings::{RestartPolicy, Settings};
+use crate::time::Timestamp;
+use serde_json::{json, Value};
+use std::collections::{BTreeSet, VecDeque};
+
+/// Where actions go, plus what transitions need besides the service itself.
+pub(crate) struct Outbox<'a> {
+    pub actions: &'a mut VecDeque<Action>,
+    pub rng: &'a mut SeededRng,
+    pub backoff: &'a Backoff,
+    pub machine: &'a str,
+    pub now: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Run {
+    Idle,
+    /// Waiting out a crash-loop delay.
+    Backoff { until: Timestamp },
+    /// Exited and the restart policy says to leave it; a settings change starts it again.
+    Finished { settings: Settings },
+    Starting {
+        generation: u64,
+        settings: Settings,
+        /// Stop as soon as the pid is known (it stopped being desired meanwhile).
+        stop_requested: bool,
+    },
+    Running {
+        generation: u64,
+        pid: u32,
+        started_at: Timestamp,
+        settings: Settings,
+        ready: bool,
+        /// For services without a port: ready at this time.
+        ready_at: Option<Timestamp>,
+        port: Option<u16>,
+    },
+    Stopping { generation: u64, pid: u32 },
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Service {
+    pub name: String,
+    /// Listed under /services.
+    pub listed: bool,
+    /// Last good machines list; `None` until read, or when the node is gone.
+    pub machines: Option<BTreeSet<String>>,
+    /// Last good settings; `None` until read, or when the node is gone.
+    pub settings: Option<Settings>,
+    pub run: Run,
+    pub generation: u64,
+    pub restarts: u32,
+    pub quick_failures: u32,
+    pub last_exit: Option<ExitStatus>,
+}
+
+impl Service {
+    pub(crate) fn new(name: String) -> Self {
+        Service {
+            name,
+            listed: true,
+            machines: None,
+            settings: None,
+            run: Run::Idle,
+            generation: 0,
+            restarts: 0,
+            quick_failures: 0,
+            last_exit: None,
+        }
+    }
+
+    /// The settings this machine should be running, if any.
+    pub(crate) fn desired(&self, machine: &str, shutting_down: bool) -> Option<&Settings> {
+        if shutting_down || !self.listed {
+            return None;
+        }
+        let machines = self.machines.as_ref()?;
+        if !machines.contains(machine) {
+            return None;
+        }
+        self.settings.as_ref()
+    }
+
+    /// No process and none wanted: the entry can go once the service is unlisted.
+    pub(crate) fn is_quiet(&self) -> bool {
+        matches!(
+            self.run,
+            Run::Idle | Run::Backoff { .. } | Run::Finished { .. }
+        )
+    }
+
+    /// Moves the process towards `desired`.
+    pub(crate) fn reconcile(&mut self, desired: Option<Settings>, out: &mut Outbox<'_>) {
+        match (&mut self.run, desired) {
+            (Run::Idle, Some(settings)) => self.spawn(settings, out),
+            (Run::Finished { settings: done }, Some(settings)) => {
+                if *done != settings {
+                    self.spawn(settings, out);
+                }
+            }
+            (Run::Backoff { until }, Some(settings)) => {
+                if out.now >= *until {
+                    self.spawn(settings, out);
+                }
+            }
+            (Run::Backoff { .. } | Run::Finished { .. }, None) => self.run = Run::Idle,
+            (Run::Starting { stop_requested, .. }, None) => *stop_requested = true,
+            (
+                Run::Starting {
+                    settings: running,
+                    stop_requested,
+                    ..
+                },
+                Some(settings),
+            ) => *stop_requested = *running != settings,
+            (Run::Running { settings: running, .. }, Some(settings)) => {
+                if *running != settings {
+                    self.stop(out);
+                }
+            }
+            (Run::Running { .. }, None) => self.stop(out),
+            (Run::Idle, None) | (Run::Stopping { .. }, _) => {}
+        }
+    }
+
+    fn spawn(&mut self, settings: Settings, out: &mut Outbox<'_>) {
+        self.generation += 1;
+        let launch = Launch::new(&self.name, out.machine, &settings);
+        out.actions.push_back(Action::Spawn {
+            service: self.name.clone(),
+            generation: self.generation,
+            launch,
+        });
+        self.run = Run::Starting {
+            generation: self.generation,
+            settings,
+            stop_requested: false,
+        };
+    }
+
+    fn stop(&mut self, out: &mut Outbox<'_>) {
+        if let Run::Running {
+            generation,
+            pid,
+            settings,
+            ..
+        } = &self.run
+        {
+            out.actions.push_back(Action::Stop {
+                service: self.name.clone(),
+                generation: *generation,
+                grace: settings.stop_timeout,
+            });
+            self.run = Run::Stopping {
+                generation: *generation,
+                pid: *pid,
+            };
+        }
+    }
+
+    fn current_generation(&self) -> Option<u64> {
+        match &self.run {
+            Run::Starting { generation, .. }
+            | Run::Running { generation, .. }
+            | Run::Stopping { generation, .. } => Some(*generation),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn on_spawned(&mut self, generation: u64, pid: u32, out: &mut Outbox<'_>) {
+        let Run::Starting {
+            generation: g,
+            settings,
+            stop_requested,
+        } = &self.run
+        else {
+            return;
+        };
+        if *g != generation {
+            return;
+        }
+        let ready_at = if settings.port.is_none() {
+            Some(out.now + settings.start_seconds)
+        } else {
+            None
+        };
+        let stop_requested = *stop_requested;
+        self.run = Run::Running {
+            generation,
+            pid,
+            started_at: out.now,
+            settings: settings.clone(),
+            ready: false,
+            ready_at,
+            port: None,
+        };
+        out.actions.push_back(Action::Report(Report::Started {
+            service: self.name.clone(),
+            pid,
+        }));
+        if stop_requested {
+            self.stop(out);
+        }
+    }
+
+    pub(crate) fn on_spawn_failed(&mut self, generation: u64, error: String, out: &mut Outbox<'_>) {
+        if self.current_generation() != Some(generation) {
+            return;
+        }
+        out.actions.push_back(Action::Report(Report::SpawnFailed {
+            service: self.name.clone(),
+            error,
+        }));
+        self.schedule_restart(out.now, out);
+    }
+
+    pub(crate) fn on_ready(&mut self, generation: u64, actual: Option<u16>) {
+        if let Run::Running {
+            generation: g,
+            ready,
+            port,
+            ..
+        } = &mut self.run
+        {
+            if *g == generation {
+                *ready = true;
+                *port = actual;
+            }
+        }
+    }
+
+    /// Marks services without a port ready once `start_seconds` have passed.
+    pub(crate) fn on_tick(&mut self, now: Timestamp) {
+        if let Run::Running {
+            ready, ready_at, ..
+        } = &mut self.run
+        {
+            if ready_at.is_some_and(|t| now >= t) {
+                *ready = true;
+                *ready_at = None;
+            }
+        }
+    }
+
+    pub(crate) fn on_exited(&mut self, generation: u64, status: ExitStatus, out: &mut Outbox<'_>) {
+        if self.current_generation() != Some(generation) {
+            return;
+        }
+        self.last_exit = Some(status);
+        out.actions.push_back(Action::Report(Report::Exited {
+            service: self.name.clone(),
+            status,
+        }));
+        match std::mem::replace(&mut self.run, Run::Idle) {
+            // Asked to stop: the caller reconciles and starts it again if still wanted.
+            Run::Stopping { .. } => {}
+            Run::Running {
+                started_at,
+                settings,
+                ..
+            } => {
+                let restart = match settings.restart {
+                    RestartPolicy::Always => true,
+                    RestartPolicy::OnFailure => !status.success(),
+                    RestartPolicy::Never => false,
+                };
+                if restart {
+                    self.restarts += 1;
+                    self.schedule_restart(started_at, out);
+                } else {
+                    self.run = Run::Finished { settings };
+                }
+            }
+            // Exited before the spawn was acknowledged: a spawn that failed late.
+            Run::Starting { .. } => self.schedule_restart(out.now, out),
+            other => self.run = other,
+        }
+    }
+
+    /// After an unplanned end of a run that started at `started_at`: restart at once after a
+    /// healthy run, else back off exponentially.
+    fn schedule_restart(&mut self, started_at: Timestamp, out: &mut Outbox<'_>) {
+        if out.now.saturating_since(started_at) >= out.backoff.healthy_after {
+            self.quick_failures = 0;
+        } else {
+            self.quick_failures = self.quick_failures.saturating_add(1);
+        }
+        let delay = out.backoff.delay(self.quick_failures, out.rng);
+        if self.quick_failures >= 3 {
+            out.actions.push_back(Action::Report(Report::CrashLoop {
+                service: self.name.clone(),
+                failures: self.quick_failures,
+                delay,
+            }));
+        }
+        self.run = Run::Backoff {
+            until: out.now + delay,
+        };
+    }
+
+    /// The earliest time this service needs a tick.
+    pub(crate) fn deadline(&self) -> Option<Timestamp> {
+        match &self.run {
+            Run::Backoff { until } => Some(*until),
+            Run::Running { ready_at, .. } => *ready_at,
+            _ => None,
+        }
+    }
+
+    /// The pid to publish, once the service is ready.
+    pub(crate) fn ready_pid(&self) -> Option<u32> {
+        match &self.run {
+            Run::Running {
+                ready: true, pid, ..
+            } => Some(*pid),
+            _ => None,
+        }
+    }
+
+    /// The state node's JSON, once ready.
+    pub(crate) fn state_json(&self, machine: &str, hostname: &str) -> Option<Value> {
+        let Run::Running {
+            ready: true,
+            pid,
+            started_at,
+            settings,
+            port,
+            generation,
+            ..
+        } = &self.run
+        else {
+            return None;
+        };
+        let host = match settings.host.as_str() {
+            "" | "0.0.0.0" | "::" => hostname,
+            specific => specific,
+        };
+        Some(json!({
+            "machine": machine,
+            "host": host,
+            "port": port,
+            "pid": pid,
+            "started_at": started_at.as_secs_f64(),
+            "generation": generation,
+            "restarts": self.restarts,
+        }))
+    }
+
+    /// This service's entry in the agent report.
+    pub(crate) fn report_json(&self) -> Value {
+        let (phase, pid, since) = match &self.run {
+            Run::Idle => ("stopped", None, None),
+            Run::Backoff { .. } => ("backoff", None, None),
+            Run::Finished { .. } => ("exited", None, None),
+            Run::Starting { .. } => ("starting", None, None),
+            Run::Running {
+                ready,
+                pid,
+                started_at,
+                ..
+            } => (
+                if *ready { "running" } else { "starting" },
+                Some(*pid),
+                Some(started_at.as_secs_f64()),
+            ),
+            Run::Stopping { pid, .. } => ("stopping", Some(*pid), None),
+        };
+        let next_start = match &self.run {
+            Run::Backoff { until } => Some(until.as_secs_f64()),
+            _ => None,
+        };
+        json!({
+            "phase": phase,
+            "pid": pid,
+            "since": since,
+            "generation": self.generation,
+            "restarts": self.restarts,
+            "quick_failures": self.quick_failures,
+            "last_exit": self.last_exit.map(|s| s.to_string()),
+            "next_start_at": next_start,
+        })
+    }
+}

@@ -1,0 +1,110 @@
+//! The core's inputs and outputs.
+
+use crate::launch::Launch;
+use crate::zk::{RequestId, SessionEvent, WatchEvent, ZkOp, ZkReply};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::time::Duration;
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ExitStatus {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+impl ExitStatus {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.code, self.signal) {
+            (Some(c), _) => write!(f, "exit code {c}"),
+            (None, Some(s)) => write!(f, "signal {s}"),
+            (None, None) => f.write_str("unknown status"),
+        }
+    }
+}
+
+/// Everything that happens to an agent. Each comes with the time it happened.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    Session(SessionEvent),
+    Reply {
+        id: RequestId,
+        reply: ZkReply,
+    },
+    Watch(WatchEvent),
+    Spawned {
+        service: String,
+        generation: u64,
+        pid: u32,
+    },
+    SpawnFailed {
+        service: String,
+        generation: u64,
+        error: String,
+    },
+    /// The readiness probe succeeded; `port` is the port actually listened on.
+    Ready {
+        service: String,
+        generation: u64,
+        port: Option<u16>,
+    },
+    /// The process exited and everything it started is gone.
+    Exited {
+        service: String,
+        generation: u64,
+        status: ExitStatus,
+    },
+    /// The deadline from `poll_timeout` was reached.
+    Tick,
+    /// Stop every service, then emit `Action::Exit`.
+    Shutdown,
+}
+
+/// Something the core wants done. The driver performs it and reports back as an `Input`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Zk {
+        id: RequestId,
+        op: ZkOp,
+    },
+    Spawn {
+        service: String,
+        generation: u64,
+        launch: Launch,
+    },
+    /// SIGTERM everything of this run, SIGKILL after `grace`; report `Exited` when gone.
+    Stop {
+        service: String,
+        generation: u64,
+        grace: Duration,
+    },
+    /// The session expired: build a new client and report `Connected` again.
+    NewSession,
+    Report(Report),
+    /// Shutdown finished: close the session and exit.
+    Exit,
+}
+
+/// Things worth a log line and a place in `pop status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// A znode holds data the agent cannot use; it keeps its last good view.
+    BadData { path: String, error: String },
+    /// Data at a path that was bad is good again.
+    DataRepaired { path: String },
+    /// A service keeps crashing quickly; the next start is delayed.
+    CrashLoop {
+        service: String,
+        failures: u32,
+        delay: Duration,
+    },
+    SpawnFailed { service: String, error: String },
+    Started { service: String, pid: u32 },
+    Exited { service: String, status: ExitStatus },
+}

@@ -1,0 +1,134 @@
+//! Names that become znode path components: service names and machine ids.
+
+use std::fmt;
+use thiserror::Error;
+
+/// Longest service name or machine id accepted.
+pub const MAX_NAME_LEN: usize = 100;
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum NameError {
+    #[error("{what} is empty")]
+    Empty { what: &'static str },
+    #[error("{what} {name:?} is {len} characters long; at most {MAX_NAME_LEN} are allowed")]
+    TooLong {
+        what: &'static str,
+        name: String,
+        len: usize,
+    },
+    #[error("{what} {name:?} is not allowed (\".\" and \"..\" are reserved)")]
+    Reserved { what: &'static str, name: String },
+    #[error("{what} {name:?} contains {found}, which cannot be part of a ZooKeeper node name")]
+    BadCharacter {
+        what: &'static str,
+        name: String,
+        found: String,
+    },
+}
+
+fn check(what: &'static str, name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty { what });
+    }
+    let len = name.chars().count();
+    if len > MAX_NAME_LEN {
+        return Err(NameError::TooLong {
+            what,
+            name: name.to_string(),
+            len,
+        });
+    }
+    if name == "." || name == ".." || name == "zookeeper" {
+        return Err(NameError::Reserved {
+            what,
+            name: name.to_string(),
+        });
+    }
+    for c in name.chars() {
+        let found = match c {
+            '/' => Some("'/'".to_string()),
+            c if c.is_control() => Some(format!("a control character (U+{:04X})", c as u32)),
+            c if c.is_whitespace() => Some("white space".to_string()),
+            _ => None,
+        };
+        if let Some(found) = found {
+            return Err(NameError::BadCharacter {
+                what,
+                name: name.to_string(),
+                found,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A validated service name: safe as one znode path component.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceName(String);
+
+impl ServiceName {
+    pub fn new(name: &str) -> Result<Self, NameError> {
+        check("service name", name)?;
+        Ok(ServiceName(name.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A validated machine id: safe as one znode path component.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MachineId(String);
+
+impl MachineId {
+    pub fn new(id: &str) -> Result<Self, NameError> {
+        check("machine id", id)?;
+        Ok(MachineId(id.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for MachineId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_ordinary_names() {
+        for ok in ["plone4", "web-1", "a.b", "x_y", "日本"] {
+            assert!(ServiceName::new(ok).is_ok(), "{ok}");
+        }
+        assert!(ServiceName::new(&"a".repeat(MAX_NAME_LEN)).is_ok());
+    }
+
+    #[test]
+    fn rejects_unsafe_names() {
+        let long = "a".repeat(MAX_NAME_LEN + 1);
+        for bad in ["", ".", "..", "a/b", "/", "a\nb", "a\u{7f}", "a b", long.as_str()] {
+            assert!(ServiceName::new(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn error_names_the_problem() {
+        let err = ServiceName::new("a/b").unwrap_err().to_string();
+        assert!(err.contains("'/'"), "{err}");
+        let err = MachineId::new("").unwrap_err().to_string();
+        assert_eq!(err, "machine id is empty");
+    }
+}

@@ -1,0 +1,118 @@
+//! The ZooKeeper layout. The seed's table fixes the first five; the rest are pop's extras.
+//!
+//! | path                                   | data              | type      |
+//! |----------------------------------------|-------------------|-----------|
+//! | /machines/<machine-id>/<service>       | PID (integer)     | ephemeral |
+//! | /services/<service>/machines           | JSON list         |           |
+//! | /services/<service>/settings           | JSON object       |           |
+//! | /services/<service>/state/<machine-id> | JSON object       | ephemeral |
+//! | /agents/<machine-id>                   | JSON agent report | ephemeral |
+
+pub const MACHINES: &str = "/machines";
+pub const SERVICES: &str = "/services";
+pub const AGENTS: &str = "/agents";
+/// Marks an initialised namespace; holds the layout version.
+pub const POP: &str = "/pop";
+
+/// Every persistent node `pop init` creates, parents first.
+pub const NAMESPACE: [&str; 4] = [POP, MACHINES, SERVICES, AGENTS];
+
+pub fn machine(machine: &str) -> String {
+    format!("{MACHINES}/{machine}")
+}
+
+pub fn machine_service(machine: &str, service: &str) -> String {
+    format!("{MACHINES}/{machine}/{service}")
+}
+
+pub fn service(service: &str) -> String {
+    format!("{SERVICES}/{service}")
+}
+
+pub fn service_machines(service: &str) -> String {
+    format!("{SERVICES}/{service}/machines")
+}
+
+pub fn service_settings(service: &str) -> String {
+    format!("{SERVICES}/{service}/settings")
+}
+
+pub fn service_state_dir(service: &str) -> String {
+    format!("{SERVICES}/{service}/state")
+}
+
+pub fn service_state(service: &str, machine: &str) -> String {
+    format!("{SERVICES}/{service}/state/{machine}")
+}
+
+pub fn agent(machine: &str) -> String {
+    format!("{AGENTS}/{machine}")
+}
+
+/// The parent of a path, `None` for the root and top-level nodes' parent "/".
+pub fn parent(path: &str) -> Option<&str> {
+    let idx = path.rfind('/')?;
+    if idx == 0 {
+        None
+    } else {
+        Some(&path[..idx])
+    }
+}
+
+/// What a watched path is about, so a watch event can be routed back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Watched {
+    ServiceList,
+    Machines(String),
+    Settings(String),
+}
+
+impl Watched {
+    pub fn parse(path: &str) -> Option<Watched> {
+        if path == SERVICES {
+            return Some(Watched::ServiceList);
+        }
+        let rest = path.strip_prefix(SERVICES)?.strip_prefix('/')?;
+        let (name, leaf) = rest.split_once('/')?;
+        match leaf {
+            "machines" => Some(Watched::Machines(name.to_string())),
+            "settings" => Some(Watched::Settings(name.to_string())),
+            _ => None,
+        }
+    }
+
+    pub fn path(&self) -> String {
+        match self {
+            Watched::ServiceList => SERVICES.to_string(),
+            Watched::Machines(s) => service_machines(s),
+            Watched::Settings(s) => service_settings(s),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_matches_the_seed_table() {
+        assert_eq!(machine_service("m1", "plone4"), "/machines/m1/plone4");
+        assert_eq!(service_machines("plone4"), "/services/plone4/machines");
+        assert_eq!(service_settings("plone4"), "/services/plone4/settings");
+        assert_eq!(service_state("plone4", "m1"), "/services/plone4/state/m1");
+    }
+
+    #[test]
+    fn watched_paths_round_trip() {
+        for w in [
+            Watched::ServiceList,
+            Watched::Machines("a".into()),
+            Watched::Settings("b".into()),
+        ] {
+            assert_eq!(Watched::parse(&w.path()), Some(w));
+        }
+        assert_eq!(Watched::parse("/services/a/state"), None);
+        assert_eq!(parent("/machines/m1/x"), Some("/machines/m1"));
+        assert_eq!(parent("/machines"), None);
+    }
+}

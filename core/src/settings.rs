@@ -1,0 +1,338 @@
+//! Service settings (`/services/<name>/settings`) and machine lists (`/services/<name>/machines`):
+//! parsing JSON written by anyone into values the agent can trust, with errors naming the problem.
+
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use thiserror::Error;
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DataError {
+    #[error("not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("expected {expected}, found {found}")]
+    WrongShape {
+        expected: &'static str,
+        found: &'static str,
+    },
+    #[error("setting {key:?}: expected {expected}, found {found}")]
+    BadSetting {
+        key: String,
+        expected: &'static str,
+        found: String,
+    },
+    #[error("setting {key:?} is required for type {service_type:?}")]
+    MissingSetting {
+        key: &'static str,
+        service_type: String,
+    },
+    #[error("unknown service type {0:?} (known types: command, echo)")]
+    UnknownType(String),
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Parses a machines list: a JSON list of machine id strings.
+pub fn parse_machines(data: &[u8]) -> Result<BTreeSet<String>, DataError> {
+    let value: Value =
+        serde_json::from_slice(data).map_err(|e| DataError::InvalidJson(e.to_string()))?;
+    let Value::Array(items) = value else {
+        return Err(DataError::WrongShape {
+            expected: "a list of machine ids",
+            found: kind(&value),
+        });
+    };
+    items
+        .into_iter()
+        .map(|item| match item {
+            Value::String(s) => Ok(s),
+            other => Err(DataError::WrongShape {
+                expected: "machine ids as strings",
+                found: kind(&other),
+            }),
+        })
+        .collect()
+}
+
+/// Renders a machines list the way pop writes it.
+pub fn render_machines(machines: &BTreeSet<String>) -> Vec<u8> {
+    let list: Vec<&String> = machines.iter().collect();
+    serde_json::to_vec(&list).unwrap_or_else(|_| b"[]".to_vec())
+}
+
+/// The built-in service types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ServiceType {
+    /// Runs the `command` setting with `sh -c`.
+    Command,
+    /// A TCP echo server built into the pop binary.
+    Echo,
+}
+
+impl ServiceType {
+    pub const ALL: [ServiceType; 2] = [ServiceType::Command, ServiceType::Echo];
+
+    pub fn parse(name: &str) -> Result<Self, DataError> {
+        match name {
+            "command" => Ok(ServiceType::Command),
+            "echo" => Ok(ServiceType::Echo),
+            other => Err(DataError::UnknownType(other.to_string())),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::Command => "command",
+            ServiceType::Echo => "echo",
+        }
+    }
+
+    /// The settings `pop add` writes for this type, before the user's overrides.
+    pub fn default_settings(self, port: Option<u16>) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("type".into(), Value::from(self.as_str()));
+        m.insert("restart".into(), Value::from("always"));
+        m.insert("stop_timeout".into(), Value::from(10));
+        m.insert("start_seconds".into(), Value::from(1));
+        match self {
+            ServiceType::Command => {
+                if let Some(port) = port {
+                    m.insert("port".into(), Value::from(port));
+                }
+            }
+            ServiceType::Echo => {
+                m.insert("host".into(), Value::from("127.0.0.1"));
+                m.insert("port".into(), Value::from(port.unwrap_or(0)));
+            }
+        }
+        m
+    }
+}
+
+/// What to do when a service's process exits without pop asking it to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+/// Validated settings of one service. Unknown keys are kept (`extra`) so plugins and
+/// operators can add their own; a change to any of them restarts the service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub service_type: ServiceType,
+    pub command: Option<String>,
+    pub host: String,
+    /// `None`: the service has no port; `Some(0)`: the service picks one.
+    pub port: Option<u16>,
+    pub restart: RestartPolicy,
+    pub stop_timeout: Duration,
+    pub start_seconds: Duration,
+    pub env: BTreeMap<String, String>,
+    pub extra: BTreeMap<String, Value>,
+}
+
+const DEFAULT_HOST: &str = "0.0.0.0";
+
+fn seconds(key: &str, v: &Value) -> Result<Duration, DataError> {
+    let bad = || DataError::BadSetting {
+        key: key.to_string(),
+        expected: "a number of seconds between 0 and 86400",
+        found: v.to_string(),
+    };
+    let secs = v.as_f64().ok_or_else(bad)?;
+    if !(0.0..=86400.0).contains(&secs) {
+        return Err(bad());
+    }
+    Ok(Duration::from_millis((secs * 1000.0).round() as u64))
+}
+
+fn string(key: &str, v: &Value) -> Result<String, DataError> {
+    v.as_str().map(str::to_string).ok_or(DataError::BadSetting {
+        key: key.to_string(),
+        expected: "a string",
+        found: v.to_string(),
+    })
+}
+
+impl Settings {
+    /// Parses the settings znode's data.
+    pub fn parse(data: &[u8]) -> Result<Settings, DataError> {
+        let value: Value =
+            serde_json::from_slice(data).map_err(|e| DataError::InvalidJson(e.to_string()))?;
+        match value {
+            Value::Object(map) => Settings::from_map(&map),
+            other => Err(DataError::WrongShape {
+                expected: "a JSON object of settings",
+                found: kind(&other),
+            }),
+        }
+    }
+
+    pub fn from_map(map: &Map<String, Value>) -> Result<Settings, DataError> {
+        let type_name = match map.get("type") {
+            Some(v) => string("type", v)?,
+            None => {
+                return Err(DataError::MissingSetting {
+                    key: "type",
+                    service_type: "any".into(),
+                })
+            }
+        };
+        let service_type = ServiceType::parse(&type_name)?;
+        let mut settings = Settings {
+            service_type,
+            command: None,
+            host: DEFAULT_HOST.to_string(),
+            port: None,
+            restart: RestartPolicy::Always,
+            stop_timeout: Duration::from_secs(10),
+            start_seconds: Duration::from_secs(1),
+            env: BTreeMap::new(),
+            extra: BTreeMap::new(),
+        };
+        for (key, v) in map {
+            match key.as_str() {
+                "type" => {}
+                "command" => settings.command = Some(string(key, v)?),
+                "host" => settings.host = string(key, v)?,
+                "port" => {
+                    settings.port = match v {
+                        Value::Null => None,
+                        _ => Some(v.as_u64().and_then(|p| u16::try_from(p).ok()).ok_or(
+                            DataError::BadSetting {
+                                key: key.clone(),
+                                expected: "a port number from 0 to 65535 (0 = any free port)",
+                                found: v.to_string(),
+                            },
+                        )?),
+                    }
+                }
+                "restart" => {
+                    settings.restart = match v.as_str() {
+                        Some("always") => RestartPolicy::Always,
+                        Some("on-failure") => RestartPolicy::OnFailure,
+                        Some("never") => RestartPolicy::Never,
+                        _ => {
+                            return Err(DataError::BadSetting {
+                                key: key.clone(),
+                                expected: "one of \"always\", \"on-failure\", \"never\"",
+                                found: v.to_string(),
+                            })
+                        }
+                    }
+                }
+                "stop_timeout" => settings.stop_timeout = seconds(key, v)?,
+                "start_seconds" => settings.start_seconds = seconds(key, v)?,
+                "env" => {
+                    let Value::Object(env) = v else {
+                        return Err(DataError::BadSetting {
+                            key: key.clone(),
+                            expected: "an object of string values",
+                            found: v.to_string(),
+                        });
+                    };
+                    for (name, value) in env {
+                        let value = string(&format!("env.{name}"), value)?;
+                        settings.env.insert(name.clone(), value);
+                    }
+                }
+                _ => {
+                    settings.extra.insert(key.clone(), v.clone());
+                }
+            }
+        }
+        if service_type == ServiceType::Command && settings.command.is_none() {
+            return Err(DataError::MissingSetting {
+                key: "command",
+                service_type: type_name,
+            });
+        }
+        if service_type == ServiceType::Echo && settings.port.is_none() {
+            return Err(DataError::MissingSetting {
+                key: "port",
+                service_type: type_name,
+            });
+        }
+        Ok(settings)
+    }
+}
+
+/// Parses `KEY=VALUE` from the command line: VALUE is JSON when it parses as JSON
+/// (numbers, true, null, objects), else a plain string.
+pub fn parse_assignment(text: &str) -> Result<(String, Value), String> {
+    let (key, raw) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))?;
+    if key.is_empty() {
+        return Err(format!("{text:?} has an empty key"));
+    }
+    let value = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
+    Ok((key.to_string(), value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machines_list_parses_and_rejects() {
+        let m = parse_machines(br#"["a","b","a"]"#).unwrap();
+        assert_eq!(m.len(), 2);
+        assert!(parse_machines(b"[1]").is_err());
+        assert!(parse_machines(b"{}").is_err());
+        assert!(parse_machines(b"not json").is_err());
+        assert_eq!(render_machines(&m), br#"["a","b"]"#);
+    }
+
+    #[test]
+    fn defaults_are_valid_settings() {
+        for t in ServiceType::ALL {
+            let mut m = t.default_settings(Some(0));
+            if t == ServiceType::Command {
+                m.insert("command".into(), Value::from("sleep 1"));
+            }
+            let s = Settings::from_map(&m).unwrap();
+            assert_eq!(s.service_type, t);
+            assert_eq!(s.restart, RestartPolicy::Always);
+        }
+    }
+
+    #[test]
+    fn bad_settings_name_the_key() {
+        let cases = [
+            (r#"{"type":"echo","port":70000}"#, "port"),
+            (r#"{"type":"echo","port":1,"restart":"sometimes"}"#, "restart"),
+            (r#"{"type":"command"}"#, "command"),
+            (r#"{"type":"nope"}"#, "nope"),
+            (r#"{"type":"echo","port":1,"stop_timeout":-1}"#, "stop_timeout"),
+            (r#"{"type":"echo","port":1,"env":{"A":1}}"#, "env.A"),
+            (r#"[1]"#, "object"),
+        ];
+        for (json, needle) in cases {
+            let err = Settings::parse(json.as_bytes()).unwrap_err().to_string();
+            assert!(err.contains(needle), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn assignments_take_json_or_strings() {
+        assert_eq!(parse_assignment("port=80").unwrap().1, Value::from(80));
+        assert_eq!(
+            parse_assignment("command=sleep 5").unwrap().1,
+            Value::from("sleep 5")
+        );
+        assert!(parse_assignment("novalue").is_err());
+        assert!(parse_assignment("=1").is_err());
+    }
+}

@@ -1,0 +1,139 @@
+//! ZooKeeper requests the core issues and the replies and events it consumes.
+//! The driver maps these onto a real client; the simulator onto its model.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Identifies a request so its reply can be matched; replies to unknown ids are stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestId(pub u64);
+
+/// A ZooKeeper session id as the server reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SessionId(pub i64);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateMode {
+    Persistent,
+    Ephemeral,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ZkOp {
+    GetData {
+        path: String,
+        watch: bool,
+    },
+    GetChildren {
+        path: String,
+        watch: bool,
+    },
+    Create {
+        path: String,
+        data: Vec<u8>,
+        mode: CreateMode,
+    },
+    SetData {
+        path: String,
+        data: Vec<u8>,
+        version: Option<i32>,
+    },
+    Delete {
+        path: String,
+        version: Option<i32>,
+    },
+}
+
+impl ZkOp {
+    pub fn path(&self) -> &str {
+        match self {
+            ZkOp::GetData { path, .. }
+            | ZkOp::GetChildren { path, .. }
+            | ZkOp::Create { path, .. }
+            | ZkOp::SetData { path, .. }
+            | ZkOp::Delete { path, .. } => path,
+        }
+    }
+}
+
+/// The parts of a znode's stat the core uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NodeStat {
+    pub version: i32,
+    /// Session owning an ephemeral node; 0 for persistent nodes.
+    pub ephemeral_owner: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ZkReply {
+    Data { data: Vec<u8>, stat: NodeStat },
+    Children(Vec<String>),
+    Created,
+    Set { stat: NodeStat },
+    Deleted,
+    Error(ZkError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ZkError {
+    NoNode,
+    NodeExists,
+    BadVersion,
+    NotEmpty,
+    /// The connection dropped; a write may or may not have happened.
+    ConnectionLoss,
+    SessionExpired,
+    /// The driver gave up waiting; a write may or may not have happened.
+    Timeout,
+    Other(String),
+}
+
+impl ZkError {
+    /// True when a write's outcome is unknown and the node must be re-read.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            ZkError::ConnectionLoss | ZkError::Timeout | ZkError::Other(_)
+        )
+    }
+}
+
+impl fmt::Display for ZkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ZkError::NoNode => f.write_str("node does not exist"),
+            ZkError::NodeExists => f.write_str("node already exists"),
+            ZkError::BadVersion => f.write_str("version conflict"),
+            ZkError::NotEmpty => f.write_str("node has children"),
+            ZkError::ConnectionLoss => f.write_str("connection lost"),
+            ZkError::SessionExpired => f.write_str("session expired"),
+            ZkError::Timeout => f.write_str("timed out"),
+            ZkError::Other(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchKind {
+    Created,
+    Deleted,
+    DataChanged,
+    ChildrenChanged,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    pub path: String,
+    pub kind: WatchKind,
+}
+
+/// What the driver tells the core about its session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    Connected {
+        session: SessionId,
+        timeout: Duration,
+    },
+    Disconnected,
+    Expired,
+}
