@@ -95,16 +95,30 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Report {
     /// A znode holds data the agent cannot use; it keeps its last good view.
-    BadData { path: String, error: String },
+    BadData {
+        path: String,
+        error: String,
+    },
     /// Data at a path that was bad is good again.
-    DataRepaired { path: String },
+    DataRepaired {
+        path: String,
+    },
     /// A service keeps crashing quickly; the next start is delayed.
     CrashLoop {
         service: String,
         failures: u32,
         delay: Duration,
     },
-    SpawnFailed { service: String, error: String },
-    Started { service: String, pid: u32 },
-    Exited { service: String, status: ExitStatus },
+    SpawnFailed {
+        service: String,
+        error: String,
+    },
+    Started {
+        service: String,
+        pid: u32,
+    },
+    Exited {
+        service: String,
+        status: ExitStatus,
+    },
 }

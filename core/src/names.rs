@@ -119,7 +119,17 @@ mod tests {
     #[test]
     fn rejects_unsafe_names() {
         let long = "a".repeat(MAX_NAME_LEN + 1);
-        for bad in ["", ".", "..", "a/b", "/", "a\nb", "a\u{7f}", "a b", long.as_str()] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "/",
+            "a\nb",
+            "a\u{7f}",
+            "a b",
+            long.as_str(),
+        ] {
             assert!(ServiceName::new(bad).is_err(), "{bad:?} accepted");
         }
     }

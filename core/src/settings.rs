@@ -312,10 +312,16 @@ mod tests {
     fn bad_settings_name_the_key() {
         let cases = [
             (r#"{"type":"echo","port":70000}"#, "port"),
-            (r#"{"type":"echo","port":1,"restart":"sometimes"}"#, "restart"),
+            (
+                r#"{"type":"echo","port":1,"restart":"sometimes"}"#,
+                "restart",
+            ),
             (r#"{"type":"command"}"#, "command"),
             (r#"{"type":"nope"}"#, "nope"),
-            (r#"{"type":"echo","port":1,"stop_timeout":-1}"#, "stop_timeout"),
+            (
+                r#"{"type":"echo","port":1,"stop_timeout":-1}"#,
+                "stop_timeout",
+            ),
             (r#"{"type":"echo","port":1,"env":{"A":1}}"#, "env.A"),
             (r#"[1]"#, "object"),
         ];

@@ -9,7 +9,9 @@ use std::time::Duration;
 ///
 /// The driver derives it from a monotonic clock anchored at the wall clock when it
 /// started, so it never goes backwards and still reads as a wall time in state nodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 pub struct Timestamp(pub u64);
 
 impl Timestamp {

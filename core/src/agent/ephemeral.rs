@@ -35,7 +35,8 @@ pub(crate) struct EphemeralNode {
     path: String,
     want: Option<Vec<u8>>,
     have: Have,
-    in_flight: Option<Step>,
+    /// The step in flight and the data it sent (the wanted data may change meanwhile).
+    in_flight: Option<(Step, Option<Vec<u8>>)>,
     /// Set after a failure; the agent clears it when its retry timer fires.
     pub(crate) stalled: bool,
 }
@@ -112,26 +113,29 @@ impl EphemeralNode {
                     version: None,
                 },
             ),
-            (Some(_), Have::Foreign) | (None, Have::Unknown | Have::Exists | Have::Ours(_)) => {
-                (Step::Delete, ZkOp::Delete {
+            (Some(_), Have::Foreign) | (None, Have::Unknown | Have::Exists | Have::Ours(_)) => (
+                Step::Delete,
+                ZkOp::Delete {
                     path,
                     version: None,
-                })
-            }
+                },
+            ),
             // A foreign node we do not want either: an earlier agent's; remove the stale claim.
-            (None, Have::Foreign) => (Step::Delete, ZkOp::Delete {
-                path,
-                version: None,
-            }),
+            (None, Have::Foreign) => (
+                Step::Delete,
+                ZkOp::Delete {
+                    path,
+                    version: None,
+                },
+            ),
             _ => return None,
         };
-        self.in_flight = Some(step);
+        self.in_flight = Some((step, self.want.clone()));
         Some((step, op))
     }
 
     pub(crate) fn on_reply(&mut self, step: Step, reply: &ZkReply, session: Option<SessionId>) {
-        self.in_flight = None;
-        let sent = self.want.clone();
+        let sent = self.in_flight.take().and_then(|(_, data)| data);
         self.have = match (step, reply) {
             (Step::Create, ZkReply::Created) => match sent {
                 Some(d) => Have::Ours(d),
@@ -208,10 +212,13 @@ mod tests {
             ephemeral_owner: 99,
         };
         assert_eq!(
-            drive(&mut n, ZkReply::Data {
-                data: b"1".to_vec(),
-                stat: stale
-            }),
+            drive(
+                &mut n,
+                ZkReply::Data {
+                    data: b"1".to_vec(),
+                    stat: stale
+                }
+            ),
             Step::Read
         );
         assert_eq!(drive(&mut n, ZkReply::Deleted), Step::Delete);
@@ -231,10 +238,13 @@ mod tests {
             version: 0,
             ephemeral_owner: ME.0,
         };
-        drive(&mut n, ZkReply::Data {
-            data: b"3".to_vec(),
-            stat: ours,
-        });
+        drive(
+            &mut n,
+            ZkReply::Data {
+                data: b"3".to_vec(),
+                stat: ours,
+            },
+        );
         assert!(n.published());
     }
 

@@ -40,7 +40,10 @@ pub struct AgentConfig {
 #[derive(Debug, Clone)]
 enum Pending {
     Read(Watched),
-    Ephemeral { path: String, step: Step },
+    Ephemeral {
+        path: String,
+        step: Step,
+    },
     /// Creating /machines/<id>; the result does not matter beyond the log.
     MachineNode,
 }
@@ -466,10 +469,13 @@ impl Agent {
         let mut sends = Vec::new();
         for (path, node) in self.nodes.iter_mut() {
             if let Some((step, op)) = node.next() {
-                sends.push((op, Pending::Ephemeral {
-                    path: path.clone(),
-                    step,
-                }));
+                sends.push((
+                    op,
+                    Pending::Ephemeral {
+                        path: path.clone(),
+                        step,
+                    },
+                ));
             }
         }
         for (op, pending) in sends {
@@ -503,7 +509,12 @@ impl Agent {
     pub fn service_phases(&self) -> BTreeMap<String, String> {
         self.services
             .iter()
-            .map(|(n, s)| (n.clone(), s.report_json()["phase"].as_str().unwrap_or("?").to_string()))
+            .map(|(n, s)| {
+                (
+                    n.clone(),
+                    s.report_json()["phase"].as_str().unwrap_or("?").to_string(),
+                )
+            })
             .collect()
     }
 
@@ -512,6 +523,3 @@ impl Agent {
         &self.problems
     }
 }
-
-#[cfg(test)]
-mod tests;

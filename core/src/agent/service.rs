@@ -21,9 +21,13 @@ pub(crate) struct Outbox<'a> {
 pub(crate) enum Run {
     Idle,
     /// Waiting out a crash-loop delay.
-    Backoff { until: Timestamp },
+    Backoff {
+        until: Timestamp,
+    },
     /// Exited and the restart policy says to leave it; a settings change starts it again.
-    Finished { settings: Settings },
+    Finished {
+        settings: Settings,
+    },
     Starting {
         generation: u64,
         settings: Settings,
@@ -40,7 +44,10 @@ pub(crate) enum Run {
         ready_at: Option<Timestamp>,
         port: Option<u16>,
     },
-    Stopping { generation: u64, pid: u32 },
+    Stopping {
+        generation: u64,
+        pid: u32,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -118,7 +125,12 @@ impl Service {
                 },
                 Some(settings),
             ) => *stop_requested = *running != settings,
-            (Run::Running { settings: running, .. }, Some(settings)) => {
+            (
+                Run::Running {
+                    settings: running, ..
+                },
+                Some(settings),
+            ) => {
                 if *running != settings {
                     self.stop(out);
                 }

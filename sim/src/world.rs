@@ -1,0 +1,467 @@
+//! A deterministic world: several machines, each running the real `pop_core::Agent`,
+//! against one modelled ZooKeeper and modelled processes. Time is virtual; every event
+//! is ordered by (time, sequence), so one seed gives one history.
+
+use crate::zk_model::{Notification, ZkModel};
+use pop_core::backoff::Backoff;
+use pop_core::event::{Action, ExitStatus, Input};
+use pop_core::names::MachineId;
+use pop_core::paths;
+use pop_core::settings::{parse_machines, Settings};
+use pop_core::zk::{SessionEvent, SessionId, ZkError, ZkReply};
+use pop_core::{Agent, AgentConfig, Timestamp};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::time::Duration;
+
+/// One-way network latency between an agent and ZooKeeper.
+const LATENCY: Duration = Duration::from_millis(1);
+/// Time a process takes to start, to stop, or to bind its port.
+const PROCESS_DELAY: Duration = Duration::from_millis(2);
+
+#[derive(Debug, Clone)]
+enum Event {
+    /// An input arriving at a machine's agent.
+    Deliver { machine: usize, input: Input },
+    /// A request reaching the server, from the machine's session at sending time.
+    Request {
+        machine: usize,
+        session: Option<SessionId>,
+        id: pop_core::zk::RequestId,
+        op: pop_core::zk::ZkOp,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Process {
+    pub service: String,
+    pub generation: u64,
+    pub pid: u32,
+}
+
+pub struct Machine {
+    pub id: String,
+    pub agent: Agent,
+    pub session: Option<SessionId>,
+    /// Live processes by pid.
+    pub processes: BTreeMap<u32, Process>,
+    pub exited: bool,
+}
+
+pub struct World {
+    pub now: Timestamp,
+    pub zk: ZkModel,
+    pub machines: Vec<Machine>,
+    queue: BinaryHeap<Reverse<(Timestamp, u64, usize)>>,
+    events: BTreeMap<usize, Event>,
+    seq: u64,
+    next_pid: u32,
+    pub trace: Vec<String>,
+}
+
+impl World {
+    pub fn new(machine_ids: &[&str], seed: u64) -> World {
+        let mut zk = ZkModel::new();
+        for p in paths::NAMESPACE {
+            zk.put(p, b"");
+        }
+        let mut world = World {
+            now: Timestamp::from_millis(1_000_000),
+            zk,
+            machines: Vec::new(),
+            queue: BinaryHeap::new(),
+            events: BTreeMap::new(),
+            seq: 0,
+            next_pid: 1000,
+            trace: Vec::new(),
+        };
+        for (i, id) in machine_ids.iter().enumerate() {
+            let config = AgentConfig {
+                machine: MachineId::new(id).unwrap_or_else(|e| panic!("bad machine id: {e}")),
+                hostname: format!("host-{id}"),
+                agent_pid: 1,
+                version: "sim".into(),
+                containment: "sim".into(),
+                seed: seed.wrapping_add(i as u64),
+                backoff: Backoff::default(),
+            };
+            world.machines.push(Machine {
+                id: id.to_string(),
+                agent: Agent::new(config),
+                session: None,
+                processes: BTreeMap::new(),
+                exited: false,
+            });
+            world.connect(i);
+        }
+        world
+    }
+
+    fn schedule(&mut self, at: Timestamp, event: Event) {
+        self.seq += 1;
+        let key = self.seq as usize;
+        self.events.insert(key, event);
+        self.queue.push(Reverse((at, self.seq, key)));
+    }
+
+    fn connect(&mut self, machine: usize) {
+        let session = self.zk.open_session();
+        self.machines[machine].session = Some(session);
+        self.schedule(
+            self.now + LATENCY,
+            Event::Deliver {
+                machine,
+                input: Input::Session(SessionEvent::Connected {
+                    session,
+                    timeout: Duration::from_secs(4),
+                }),
+            },
+        );
+    }
+
+    fn notify(&mut self, notifications: Vec<Notification>) {
+        for (session, event) in notifications {
+            if let Some(machine) = self
+                .machines
+                .iter()
+                .position(|m| m.session == Some(session))
+            {
+                self.schedule(
+                    self.now + LATENCY,
+                    Event::Deliver {
+                        machine,
+                        input: Input::Watch(event),
+                    },
+                );
+            }
+        }
+    }
+
+    /// An administrator (`pop` CLI) writes a node.
+    pub fn admin_put(&mut self, path: &str, data: &[u8]) {
+        let n = self.zk.put(path, data);
+        self.trace.push(format!(
+            "{} admin put {path} {}",
+            self.now,
+            String::from_utf8_lossy(data)
+        ));
+        self.notify(n);
+    }
+
+    pub fn admin_remove(&mut self, path: &str) {
+        let n = self.zk.remove_tree(path);
+        self.trace.push(format!("{} admin remove {path}", self.now));
+        self.notify(n);
+    }
+
+    /// Adds a service the way `pop add` does and deploys it to `machines`.
+    pub fn add_service(&mut self, name: &str, settings: &str, machines: &[&str]) {
+        self.admin_put(&paths::service_settings(name), settings.as_bytes());
+        self.admin_put(&paths::service_state_dir(name), b"");
+        let list = serde_json::to_vec(machines).unwrap_or_default();
+        self.admin_put(&paths::service_machines(name), &list);
+    }
+
+    /// The process of `service` on `machine` dies on its own.
+    pub fn crash(&mut self, machine: usize, service: &str, status: ExitStatus) {
+        let pid = self.machines[machine]
+            .processes
+            .values()
+            .find(|p| p.service == service)
+            .map(|p| p.pid);
+        if let Some(pid) = pid {
+            if let Some(p) = self.machines[machine].processes.remove(&pid) {
+                self.trace
+                    .push(format!("{} m{machine} crash {service} pid {pid}", self.now));
+                self.schedule(
+                    self.now + PROCESS_DELAY,
+                    Event::Deliver {
+                        machine,
+                        input: Input::Exited {
+                            service: p.service,
+                            generation: p.generation,
+                            status,
+                        },
+                    },
+                );
+            }
+        }
+    }
+
+    /// The server expires the machine's session.
+    pub fn expire_session(&mut self, machine: usize) {
+        if let Some(session) = self.machines[machine].session.take() {
+            self.trace
+                .push(format!("{} m{machine} session expired", self.now));
+            let n = self.zk.expire(session);
+            self.notify(n);
+            self.schedule(
+                self.now + LATENCY,
+                Event::Deliver {
+                    machine,
+                    input: Input::Session(SessionEvent::Expired),
+                },
+            );
+        }
+    }
+
+    pub fn shutdown(&mut self, machine: usize) {
+        self.schedule(
+            self.now,
+            Event::Deliver {
+                machine,
+                input: Input::Shutdown,
+            },
+        );
+    }
+
+    fn perform(&mut self, machine: usize, action: Action) {
+        self.trace
+            .push(format!("{} m{machine} {action:?}", self.now));
+        match action {
+            Action::Zk { id, op } => {
+                let session = self.machines[machine].session;
+                self.schedule(
+                    self.now + LATENCY,
+                    Event::Request {
+                        machine,
+                        session,
+                        id,
+                        op,
+                    },
+                );
+            }
+            Action::Spawn {
+                service,
+                generation,
+                launch,
+            } => {
+                self.next_pid += 1;
+                let pid = self.next_pid;
+                self.machines[machine].processes.insert(
+                    pid,
+                    Process {
+                        service: service.clone(),
+                        generation,
+                        pid,
+                    },
+                );
+                let at = self.now + PROCESS_DELAY;
+                self.schedule(
+                    at,
+                    Event::Deliver {
+                        machine,
+                        input: Input::Spawned {
+                            service: service.clone(),
+                            generation,
+                            pid,
+                        },
+                    },
+                );
+                if let Some(probe) = launch.probe {
+                    let port = if probe.port == 0 {
+                        20_000 + (pid % 10_000) as u16
+                    } else {
+                        probe.port
+                    };
+                    self.schedule(
+                        at + PROCESS_DELAY,
+                        Event::Deliver {
+                            machine,
+                            input: Input::Ready {
+                                service,
+                                generation,
+                                port: Some(port),
+                            },
+                        },
+                    );
+                }
+            }
+            Action::Stop {
+                service,
+                generation,
+                ..
+            } => {
+                let m = &mut self.machines[machine];
+                m.processes
+                    .retain(|_, p| !(p.service == service && p.generation == generation));
+                self.schedule(
+                    self.now + PROCESS_DELAY,
+                    Event::Deliver {
+                        machine,
+                        input: Input::Exited {
+                            service,
+                            generation,
+                            status: ExitStatus {
+                                code: None,
+                                signal: Some(15),
+                            },
+                        },
+                    },
+                );
+            }
+            Action::NewSession => self.connect(machine),
+            Action::Report(_) => {}
+            Action::Exit => {
+                self.machines[machine].exited = true;
+                if let Some(session) = self.machines[machine].session.take() {
+                    let n = self.zk.expire(session);
+                    self.notify(n);
+                }
+            }
+        }
+    }
+
+    fn deliver(&mut self, machine: usize, input: Input) {
+        if self.machines[machine].exited {
+            return;
+        }
+        self.trace
+            .push(format!("{} m{machine} <- {input:?}", self.now));
+        let now = self.now;
+        self.machines[machine].agent.handle(now, input);
+        while let Some(action) = self.machines[machine].agent.poll_action() {
+            self.perform(machine, action);
+        }
+    }
+
+    fn next_tick(&self) -> Option<(Timestamp, usize)> {
+        self.machines
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| !m.exited)
+            .filter_map(|(i, m)| m.agent.poll_timeout().map(|t| (t.max(self.now), i)))
+            .min()
+    }
+
+    /// Runs events until virtual time `until`.
+    pub fn run_until(&mut self, until: Timestamp) {
+        loop {
+            let next_event = self.queue.peek().map(|Reverse((t, _, _))| *t);
+            let tick = self.next_tick();
+            let take_tick = match (tick, next_event) {
+                (Some((t, _)), Some(e)) => t < e,
+                (Some(_), None) => true,
+                _ => false,
+            };
+            if take_tick {
+                let Some((t, machine)) = tick else { break };
+                if t > until {
+                    break;
+                }
+                self.now = t;
+                self.deliver(machine, Input::Tick);
+                continue;
+            }
+            let Some(Reverse((t, _, key))) = self.queue.peek().copied() else {
+                break;
+            };
+            if t > until {
+                break;
+            }
+            self.queue.pop();
+            self.now = t;
+            if let Some(event) = self.events.remove(&key) {
+                self.dispatch(event);
+            }
+        }
+        self.now = self.now.max(until);
+    }
+
+    pub fn run_for(&mut self, d: Duration) {
+        let until = self.now + d;
+        self.run_until(until);
+    }
+
+    fn dispatch(&mut self, event: Event) {
+        match event {
+            Event::Deliver { machine, input } => self.deliver(machine, input),
+            Event::Request {
+                machine,
+                session,
+                id,
+                op,
+            } => {
+                let (reply, n) = match session {
+                    Some(s) => self.zk.apply(s, &op),
+                    None => (ZkReply::Error(ZkError::ConnectionLoss), Vec::new()),
+                };
+                self.notify(n);
+                self.schedule(
+                    self.now + LATENCY,
+                    Event::Deliver {
+                        machine,
+                        input: Input::Reply { id, reply },
+                    },
+                );
+            }
+        }
+    }
+
+    /// What ZooKeeper says `machine` should run: service name -> settings.
+    pub fn desired(&self, machine: &str) -> BTreeMap<String, Settings> {
+        let mut out = BTreeMap::new();
+        for name in self.zk.children(paths::SERVICES) {
+            let machines = self
+                .zk
+                .get(&paths::service_machines(&name))
+                .and_then(|n| parse_machines(&n.data).ok());
+            let settings = self
+                .zk
+                .get(&paths::service_settings(&name))
+                .and_then(|n| Settings::parse(&n.data).ok());
+            if let (Some(machines), Some(settings)) = (machines, settings) {
+                if machines.contains(machine) {
+                    out.insert(name, settings);
+                }
+            }
+        }
+        out
+    }
+
+    /// Checks the converged state: each live machine runs exactly its desired services,
+    /// once each, and ZooKeeper's ephemerals say so with the right pids.
+    pub fn check_converged(&self) -> Result<(), String> {
+        for m in self.machines.iter().filter(|m| !m.exited) {
+            let desired: BTreeSet<String> = self.desired(&m.id).into_keys().collect();
+            let mut running = BTreeSet::new();
+            for p in m.processes.values() {
+                if !running.insert(p.service.clone()) {
+                    return Err(format!("{}: {} runs twice", m.id, p.service));
+                }
+            }
+            if running != desired {
+                return Err(format!(
+                    "{}: runs {running:?} but ZooKeeper wants {desired:?}",
+                    m.id
+                ));
+            }
+            for p in m.processes.values() {
+                let node = self.zk.get(&paths::machine_service(&m.id, &p.service));
+                let pid = node.map(|n| String::from_utf8_lossy(&n.data).to_string());
+                if pid != Some(p.pid.to_string()) {
+                    return Err(format!(
+                        "{}: {} runs as pid {} but its node says {pid:?}",
+                        m.id, p.service, p.pid
+                    ));
+                }
+                if self
+                    .zk
+                    .get(&paths::service_state(&p.service, &m.id))
+                    .is_none()
+                {
+                    return Err(format!("{}: {} has no state node", m.id, p.service));
+                }
+            }
+            for service in self.zk.children(&paths::machine(&m.id)) {
+                if !running.contains(&service) {
+                    return Err(format!(
+                        "{}: node for {service} but it is not running",
+                        m.id
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
