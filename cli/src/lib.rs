@@ -1,1 +1,166 @@
-//! placeholder
+//! The `pop` command-line tool.
+
+mod admin;
+mod agent;
+mod commands;
+mod context;
+mod echo;
+mod logs;
+mod output;
+// mod zkcmd;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pop",
+    version,
+    about = "Runs services on many machines and keeps them at their target state, with ZooKeeper as the source of truth."
+)]
+pub struct Cli {
+    /// ZooKeeper connection string: host:port[,host:port...][/chroot].
+    #[arg(
+        long,
+        global = true,
+        env = "POP_HOST",
+        default_value = "localhost:2181"
+    )]
+    pub host: String,
+    /// This machine's id (default: the hardware UUID, else /etc/machine-id).
+    #[arg(long, global = true, env = "POP_MACHINE_ID")]
+    pub machine_id: Option<String>,
+    /// Where the agent keeps logs, pid file and service working directories
+    /// (default: $XDG_STATE_HOME/pop/<machine-id>, or ~/.local/state/pop/<machine-id>).
+    #[arg(long, global = true, env = "POP_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Print data as JSON for scripts.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create pop's namespace in ZooKeeper (--force resets an existing one).
+    Init {
+        #[arg(long)]
+        force: bool,
+    },
+    /// Add a service of a type (command, echo) with default settings.
+    Add {
+        /// The service type.
+        service_type: String,
+        /// Service name (default: the type's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Port to listen on (0: any free port).
+        #[arg(long)]
+        port: Option<u16>,
+        /// Extra settings, KEY=VALUE (VALUE is JSON if it parses, else a string).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Show services: where they should run, where they run, pids, uptime, restarts, problems.
+    Status { service: Option<String> },
+    /// List known machines and whether their agent is live.
+    Machines,
+    /// Start the agent for this machine in the background.
+    Start,
+    /// Run the agent in the foreground.
+    Fg,
+    /// Stop this machine's agent and its services.
+    Stop,
+    /// Run a service on machines (default: this machine).
+    Deploy {
+        service: String,
+        #[arg(long = "machine", value_name = "ID")]
+        machines: Vec<String>,
+    },
+    /// Stop running a service on machines (default: this machine).
+    Undeploy {
+        service: String,
+        #[arg(long = "machine", value_name = "ID")]
+        machines: Vec<String>,
+    },
+    /// Change settings (restarts the service everywhere it runs).
+    Set {
+        service: String,
+        #[arg(value_name = "KEY=VALUE", required_unless_present = "unset")]
+        assignments: Vec<String>,
+        /// Remove a setting.
+        #[arg(long, value_name = "KEY")]
+        unset: Vec<String>,
+    },
+    /// Remove a service (--force even if it is deployed).
+    Remove {
+        service: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print everything pop keeps in ZooKeeper.
+    Dump {
+        #[arg(long, value_enum, default_value = "yaml")]
+        format: output::DumpFormat,
+    },
+    /// Show a service's output on this machine.
+    Logs {
+        service: String,
+        /// Keep printing new output.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many lines of the end to show.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: usize,
+    },
+    /// Run a local standalone ZooKeeper for a single machine.
+    Zk,
+    /// The built-in TCP echo server behind the `echo` service type.
+    #[command(hide = true)]
+    EchoServer {
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
+}
+
+/// Runs the command line; prints errors as one line and returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    context::init_logging(cli.verbose, matches!(cli.command, Command::Fg));
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pop: error: {}", output::one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    };
+    match &cli.command {
+        Command::Start => agent::start(&cli),
+        Command::Fg => runtime()?.block_on(agent::foreground(&cli)),
+        Command::Stop => agent::stop(&cli),
+        Command::Logs {
+            service,
+            follow,
+            lines,
+        } => logs::show(&cli, service, *follow, *lines),
+        Command::Zk => todo!(),
+        Command::EchoServer { host, port } => runtime()?.block_on(echo::serve(host, *port)),
+        _ => runtime()?.block_on(commands::run(&cli)),
+    }
+}

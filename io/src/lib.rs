@@ -1,1 +1,9 @@
-//! placeholder
+//! pop's production drivers: the ZooKeeper client, process supervision and the tokio
+//! event loop that feeds `pop_core::Agent` and carries out its actions.
+
+pub mod clock;
+pub mod driver;
+pub mod machine_id;
+pub mod supervise;
+pub mod zk;
+// pub mod zkserver;

@@ -1,1 +1,294 @@
-//! e2e
+//! Helpers for pop's end-to-end tests: a throwaway ZooKeeper, the real `pop` binary,
+//! agents as child processes, an independent ZooKeeper client, and waiting with deadlines.
+
+use pop_io::zkserver::{ZkServer, ZkServerConfig};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// How long any condition in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Polls `cond` until it returns `Some`, failing the test after `DEADLINE`.
+pub fn wait_for<T>(what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A standalone ZooKeeper on a free loopback port with its own data directory,
+/// killed when dropped.
+pub struct Zk {
+    pub server: ZkServer,
+    _dir: TempDir,
+}
+
+impl Zk {
+    pub fn start() -> Zk {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = ZkServerConfig {
+            port: 0,
+            data_dir: dir.path().join("data"),
+            tick_ms: 200,
+            log_file: Some(dir.path().join("zookeeper.log")),
+            ..ZkServerConfig::default()
+        };
+        let server = ZkServer::start(config).unwrap_or_else(|e| {
+            panic!("cannot start ZooKeeper for the tests: {e}\n(on Debian: apt-get install -y zookeeper)")
+        });
+        Zk { server, _dir: dir }
+    }
+
+    pub fn hosts(&self) -> String {
+        self.server.connect_string()
+    }
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A unique token for this test process, for machine ids and process markers.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// The environment of one simulated machine: a machine id and a state directory.
+pub struct Machine {
+    pub id: String,
+    pub hosts: String,
+    pub state: TempDir,
+    pub containment: Option<&'static str>,
+}
+
+impl Machine {
+    pub fn new(zk: &Zk) -> Machine {
+        Machine {
+            id: unique("m"),
+            hosts: zk.hosts(),
+            state: tempfile::tempdir().expect("temp dir"),
+            containment: None,
+        }
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        self.state.path()
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pop"));
+        cmd.env_remove("POP_HOST")
+            .env_remove("POP_MACHINE_ID")
+            .env_remove("POP_STATE_DIR")
+            .env("POP_SESSION_TIMEOUT_MS", "4000")
+            .env("RUST_LOG", "info")
+            .arg("--host")
+            .arg(&self.hosts)
+            .arg("--machine-id")
+            .arg(&self.id)
+            .arg("--state-dir")
+            .arg(self.state.path())
+            .args(args)
+            .stdin(Stdio::null());
+        if let Some(c) = self.containment {
+            cmd.env("POP_CONTAINMENT", c);
+        }
+        cmd
+    }
+
+    /// Runs `pop <args>` and returns its output.
+    pub fn pop(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("running pop")
+    }
+
+    /// Runs `pop <args>`, asserting success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.pop(args);
+        assert!(
+            out.status.success(),
+            "pop {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `pop <args>`, asserting failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.pop(args);
+        assert!(
+            !out.status.success(),
+            "pop {args:?} should have failed but printed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// Starts `pop fg` as a child; stopped (SIGTERM, then SIGKILL) when dropped.
+    pub fn agent(&self) -> Agent {
+        let log = self.state.path().join("fg.log");
+        let file = std::fs::File::create(&log).expect("agent log");
+        let child = self
+            .command(&["fg"])
+            .stdout(file.try_clone().expect("log fd"))
+            .stderr(file)
+            .spawn()
+            .expect("starting pop fg");
+        Agent {
+            child: Some(child),
+            log,
+        }
+    }
+}
+
+pub struct Agent {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Agent {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait for a clean exit (services stopped first).
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("agent running");
+        signal(child.id() as i32, libc::SIGTERM);
+        let status = wait_for("the agent to exit", || child.try_wait().ok().flatten());
+        status
+    }
+
+    /// Kills the agent with SIGKILL, leaving its services behind.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id() as i32, libc::SIGTERM);
+            let end = Instant::now() + DEADLINE;
+            while Instant::now() < end {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) with a pid we own; no memory involved.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// Pids of live processes whose command line contains `marker`.
+pub fn processes_with(marker: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        // Zombies have an empty cmdline and are gone for our purposes.
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if text.contains(marker) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// An independent ZooKeeper client (not pop's code path) to check the znode layout.
+pub struct Checker {
+    runtime: tokio::runtime::Runtime,
+    client: zookeeper_client::Client,
+}
+
+impl Checker {
+    pub fn connect(zk: &Zk) -> Checker {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let hosts = zk.hosts();
+        let client = runtime
+            .block_on(zookeeper_client::Client::connect(&hosts))
+            .expect("checker connects");
+        Checker { runtime, client }
+    }
+
+    /// Data and ephemeral owner of a node, `None` if missing.
+    pub fn get(&self, path: &str) -> Option<(Vec<u8>, i64)> {
+        match self.runtime.block_on(self.client.get_data(path)) {
+            Ok((data, stat)) => Some((data, stat.ephemeral_owner)),
+            Err(zookeeper_client::Error::NoNode) => None,
+            Err(e) => panic!("reading {path}: {e}"),
+        }
+    }
+
+    pub fn get_json(&self, path: &str) -> Option<serde_json::Value> {
+        self.get(path)
+            .map(|(d, _)| serde_json::from_slice(&d).unwrap_or_else(|e| panic!("{path}: {e}")))
+    }
+
+    pub fn children(&self, path: &str) -> Vec<String> {
+        match self.runtime.block_on(self.client.list_children(path)) {
+            Ok(mut c) => {
+                c.sort();
+                c
+            }
+            Err(zookeeper_client::Error::NoNode) => Vec::new(),
+            Err(e) => panic!("listing {path}: {e}"),
+        }
+    }
+
+    pub fn set(&self, path: &str, data: &[u8]) {
+        self.runtime
+            .block_on(self.client.set_data(path, data, None))
+            .unwrap_or_else(|e| panic!("writing {path}: {e}"));
+    }
+
+    pub fn create(&self, path: &str, data: &[u8]) {
+        let opts = zookeeper_client::CreateMode::Persistent
+            .with_acls(zookeeper_client::Acls::anyone_all());
+        self.runtime
+            .block_on(self.client.create(path, data, &opts))
+            .unwrap_or_else(|e| panic!("creating {path}: {e}"));
+    }
+}

@@ -1,0 +1,241 @@
+//! `pop fg`, `pop start` and `pop stop`: the agent process and its pid file.
+//!
+//! The pid file is locked (flock) by the running agent for its whole life, so a stale
+//! file left by a crash is told apart from a live agent without trusting the pid.
+
+use crate::context;
+use crate::Cli;
+use anyhow::{anyhow, bail, Context, Result};
+use pop_io::driver::{self, DriverConfig};
+use pop_io::supervise::ContainmentChoice;
+use pop_io::zk::ZkConfig;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{signal, SignalKind};
+
+fn pid_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("agent.pid")
+}
+
+pub fn agent_log_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("agent.log")
+}
+
+/// Tries to take the agent lock; `Ok(None)` when another process holds it.
+fn try_lock(path: &Path) -> Result<Option<File>> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        Ok(Some(file))
+    } else {
+        Ok(None)
+    }
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+fn session_timeout() -> Duration {
+    std::env::var("POP_SESSION_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(Duration::from_secs(10))
+}
+
+fn containment() -> Result<ContainmentChoice> {
+    match std::env::var("POP_CONTAINMENT").as_deref() {
+        Err(_) | Ok("") | Ok("auto") => Ok(ContainmentChoice::Auto),
+        Ok("cgroup") => Ok(ContainmentChoice::Cgroup),
+        Ok("process-group") => Ok(ContainmentChoice::ProcessGroup),
+        Ok(other) => bail!("POP_CONTAINMENT={other:?}: expected auto, cgroup or process-group"),
+    }
+}
+
+pub async fn foreground(cli: &Cli) -> Result<()> {
+    let machine = context::machine_id(cli)?;
+    let state_dir = context::state_dir(cli)?;
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating state directory {}", state_dir.display()))?;
+    let pid_file = pid_path(&state_dir);
+    let Some(mut lock) = try_lock(&pid_file)? else {
+        let pid = read_pid(&pid_file).map_or("?".to_string(), |p| p.to_string());
+        bail!(
+            "an agent for machine {machine} is already running (pid {pid}, state dir {})",
+            state_dir.display()
+        );
+    };
+    lock.set_len(0)?;
+    lock.rewind()?;
+    writeln!(lock, "{}", std::process::id())?;
+    lock.flush()?;
+
+    let (stop_tx, stop_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            if stop_tx.send(()).is_err() {
+                return;
+            }
+        }
+    });
+    let hostname = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_string());
+    let mut zk = ZkConfig::new(&cli.host);
+    zk.session_timeout = session_timeout();
+    let config = DriverConfig {
+        zk,
+        machine_id: machine,
+        state_dir: state_dir.clone(),
+        containment: containment()?,
+        pop_exe: std::env::current_exe().context("finding the pop binary")?,
+        hostname,
+    };
+    let result = driver::run(config, stop_rx).await;
+    let _ = std::fs::remove_file(&pid_file);
+    drop(lock);
+    Ok(result?)
+}
+
+pub fn start(cli: &Cli) -> Result<()> {
+    let machine = context::machine_id(cli)?;
+    let state_dir = context::state_dir(cli)?;
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating state directory {}", state_dir.display()))?;
+    let pid_file = pid_path(&state_dir);
+    match try_lock(&pid_file)? {
+        None => {
+            let pid = read_pid(&pid_file).map_or("?".to_string(), |p| p.to_string());
+            bail!("an agent for machine {machine} is already running (pid {pid})");
+        }
+        Some(lock) => drop(lock),
+    }
+    let log_path = agent_log_path(&state_dir);
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
+    let exe = std::env::current_exe().context("finding the pop binary")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--host")
+        .arg(&cli.host)
+        .arg("--machine-id")
+        .arg(machine.as_str())
+        .arg("--state-dir")
+        .arg(&state_dir);
+    for _ in 0..cli.verbose {
+        cmd.arg("-v");
+    }
+    cmd.arg("fg")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; it detaches the agent from our terminal.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("starting the agent")?;
+    let child_pid = child.id() as i32;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "the agent exited at once ({status}): {}",
+                log_tail(&log_path, log_start)
+            );
+        }
+        if read_pid(&pid_file) == Some(child_pid) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the agent (pid {child_pid}) did not start within 15s; see {}",
+                log_path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "agent for machine {machine} started (pid {child_pid}); log: {}",
+        log_path.display()
+    );
+    Ok(())
+}
+
+fn log_tail(path: &Path, from: u64) -> String {
+    let mut text = String::new();
+    if let Ok(mut f) = File::open(path) {
+        let _ = f.seek(std::io::SeekFrom::Start(from));
+        let _ = f.read_to_string(&mut text);
+    }
+    let lines: Vec<&str> = text.lines().rev().take(3).collect();
+    let tail: Vec<&str> = lines.into_iter().rev().collect();
+    if tail.is_empty() {
+        format!("see {}", path.display())
+    } else {
+        tail.join(" / ")
+    }
+}
+
+pub fn stop(cli: &Cli) -> Result<()> {
+    let machine = context::machine_id(cli)?;
+    let state_dir = context::state_dir(cli)?;
+    let pid_file = pid_path(&state_dir);
+    if !pid_file.exists() {
+        bail!(
+            "no agent is running for machine {machine} (no {})",
+            pid_file.display()
+        );
+    }
+    if let Some(lock) = try_lock(&pid_file)? {
+        drop(lock);
+        let _ = std::fs::remove_file(&pid_file);
+        bail!("no agent is running for machine {machine} (removed a stale pid file)");
+    }
+    let pid = read_pid(&pid_file).ok_or_else(|| anyhow!("{} holds no pid", pid_file.display()))?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .with_context(|| format!("signalling the agent (pid {pid})"))?;
+    eprintln!("stopping agent {pid} and its services...");
+    // Services get their own stop_timeout each; wait generously but not forever.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while alive(pid) {
+        if Instant::now() > deadline {
+            bail!("the agent (pid {pid}) is still running after 300s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("agent for machine {machine} stopped");
+    Ok(())
+}

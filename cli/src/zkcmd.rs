@@ -1,0 +1,67 @@
+//! `pop zk start|stop|status`: a local standalone ZooKeeper from the Debian package, with
+//! its data under the state directory, for a single machine that needs nothing else.
+
+use crate::context;
+use crate::Cli;
+use anyhow::Result;
+use clap::Subcommand;
+use pop_io::zkserver::{self, ZkServerConfig};
+use std::path::PathBuf;
+
+#[derive(Subcommand, Debug)]
+pub enum ZkAction {
+    /// Start ZooKeeper in the background.
+    Start {
+        /// Client port on 127.0.0.1.
+        #[arg(long, default_value_t = 2181)]
+        port: u16,
+        /// ZooKeeper's tick in milliseconds (sessions may last 2 to 20 ticks).
+        #[arg(long, default_value_t = 2000)]
+        tick_ms: u32,
+    },
+    /// Stop the local ZooKeeper.
+    Stop,
+    /// Show whether the local ZooKeeper runs, and its mode.
+    Status,
+}
+
+fn zk_dir(cli: &Cli) -> Result<PathBuf> {
+    Ok(context::state_dir(cli)?.join("zookeeper"))
+}
+
+pub fn run(cli: &Cli, action: &ZkAction) -> Result<()> {
+    let dir = zk_dir(cli)?;
+    let pid_file = dir.join("zookeeper.pid");
+    match action {
+        ZkAction::Start { port, tick_ms } => {
+            std::fs::create_dir_all(&dir)?;
+            let config = ZkServerConfig {
+                port: *port,
+                data_dir: dir.join("data"),
+                tick_ms: *tick_ms,
+                log_file: Some(dir.join("zookeeper.log")),
+                ..ZkServerConfig::default()
+            };
+            let status = zkserver::start_daemon(&config, &pid_file)?;
+            println!(
+                "ZooKeeper started on 127.0.0.1:{} (pid {}); data in {}",
+                status.port,
+                status.pid,
+                config.data_dir.display()
+            );
+        }
+        ZkAction::Stop => {
+            zkserver::stop_daemon(&pid_file)?;
+            println!("ZooKeeper stopped");
+        }
+        ZkAction::Status => {
+            let status = zkserver::daemon_status(&pid_file)?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                println!("{status}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,203 @@
+//! cgroup v2 containment: one cgroup per service generation.
+//!
+//! The child joins its cgroup in `pre_exec`, before running any service code,
+//! so everything it ever forks is a member. `cgroup.kill` kills the whole tree
+//! atomically (no fork race) and `cgroup.events` says when it is empty.
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tracing::{debug, warn};
+
+/// Finds the cgroup2 mount point in `/proc/self/mounts`.
+pub(crate) fn find_mount() -> Option<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|line| {
+        let mut f = line.split_whitespace();
+        let (_dev, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(unescape_mount(dir)))
+    })
+}
+
+/// /proc/mounts escapes spaces etc. as `\040`-style octal.
+fn unescape_mount(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Creates `<mount>/pop/<machine_id>` and checks that we can manage cgroups
+/// there. Returns the machine directory, or why cgroups are unusable.
+pub(crate) fn prepare_machine_dir(machine_id: &str) -> Result<PathBuf, String> {
+    let mount = find_mount().ok_or_else(|| "no cgroup2 mount in /proc/self/mounts".to_string())?;
+    let dir = mount.join("pop").join(machine_id);
+    fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    // A throwaway child proves we may create service cgroups, and that the
+    // kernel has cgroup.kill (5.14+), which we rely on.
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    let _ = fs::remove_dir(&probe);
+    fs::create_dir(&probe).map_err(|e| format!("cannot create {}: {e}", probe.display()))?;
+    let ok = (|| {
+        if !probe.join("cgroup.kill").exists() {
+            return Err("kernel lacks cgroup.kill".to_string());
+        }
+        fs::OpenOptions::new()
+            .write(true)
+            .open(probe.join("cgroup.procs"))
+            .map_err(|e| format!("cgroup.procs not writable: {e}"))?;
+        Ok(())
+    })();
+    let _ = fs::remove_dir(&probe);
+    ok.map(|()| dir)
+}
+
+/// One service generation's cgroup.
+#[derive(Debug)]
+pub(crate) struct CgroupGroup {
+    dir: PathBuf,
+}
+
+impl CgroupGroup {
+    pub fn create(dir: PathBuf) -> io::Result<Self> {
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            // Left over from an earlier run of the same generation: empty it.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let g = Self { dir: dir.clone() };
+                g.kill_all();
+                g.wait_empty(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(Self { dir })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Path of `cgroup.procs` as a C string, for the async-signal-safe
+    /// `pre_exec` hook (which must not allocate).
+    pub fn procs_path(&self) -> io::Result<CString> {
+        CString::new(self.dir.join("cgroup.procs").as_os_str().as_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+    }
+
+    pub fn members(&self) -> Vec<i32> {
+        fs::read_to_string(self.dir.join("cgroup.procs"))
+            .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn signal_all(&self, sig: Signal) {
+        if sig == Signal::SIGKILL {
+            self.kill_all();
+            return;
+        }
+        for pid in self.members() {
+            // ESRCH: it exited meanwhile.
+            let _ = kill(Pid::from_raw(pid), sig);
+        }
+    }
+
+    fn kill_all(&self) {
+        if let Err(e) = fs::write(self.dir.join("cgroup.kill"), "1") {
+            if e.kind() != io::ErrorKind::NotFound {
+                warn!(dir = %self.dir.display(), error = %e, "cgroup.kill failed");
+            }
+            // Fall back to signalling the pids we can see.
+            for pid in self.members() {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        match fs::read_to_string(self.dir.join("cgroup.events")) {
+            Ok(s) => s.lines().any(|l| l.trim() == "populated 0"),
+            // The directory is gone: certainly nothing left in it.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+            Err(_) => self.members().is_empty(),
+        }
+    }
+
+    fn wait_empty(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while !self.is_empty() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
+    /// Removes the (empty) cgroup; retries briefly because the kernel may
+    /// still be tearing down exiting tasks.
+    pub fn remove(&self) {
+        for _ in 0..50 {
+            match fs::remove_dir(&self.dir) {
+                Ok(()) => return,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        warn!(dir = %self.dir.display(), "cannot remove cgroup");
+    }
+}
+
+/// Kills every process in every cgroup under the machine directory (left by
+/// an earlier agent that died) and removes those cgroups.
+pub(crate) fn kill_leftovers(machine_dir: &Path) {
+    let Ok(entries) = fs::read_dir(machine_dir) else {
+        return;
+    };
+    for entry in entries.filter_map(|e| e.ok()) {
+        let path = entry.path();
+        if !path.is_dir() {
+            continue;
+        }
+        let g = CgroupGroup { dir: path };
+        if !g.is_empty() {
+            warn!(cgroup = %g.dir.display(), pids = ?g.members(), "killing leftovers of a previous agent");
+            g.kill_all();
+            if !g.wait_empty(Duration::from_secs(5)) {
+                warn!(cgroup = %g.dir.display(), "leftover cgroup still populated");
+                continue;
+            }
+        }
+        debug!(cgroup = %g.dir.display(), "removing stale cgroup");
+        g.remove();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unescape() {
+        assert_eq!(unescape_mount("/a\\040b"), "/a b");
+        assert_eq!(unescape_mount("/plain"), "/plain");
+    }
+}

@@ -1,0 +1,122 @@
+//! The one place that calls `waitpid`.
+//!
+//! The agent is a child subreaper, so orphaned descendants of services are
+//! reparented to it and must be reaped here. `waitpid(-1)` reaps *any* child,
+//! so the routing table is process-global (several `Supervisor`s, e.g. in
+//! parallel tests, share it) and the same lock is held while spawning and
+//! while reaping. That closes two races: a child exiting before its pid is
+//! registered, and std's `Command::spawn` waiting for a child whose `exec`
+//! failed (it would panic if we had reaped it first).
+
+use std::collections::HashMap;
+use std::io;
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::{debug, trace, warn};
+
+use super::ExitStatus;
+
+type Routes = HashMap<i32, oneshot::Sender<ExitStatus>>;
+
+fn routes() -> MutexGuard<'static, Routes> {
+    static ROUTES: OnceLock<Mutex<Routes>> = OnceLock::new();
+    ROUTES
+        .get_or_init(|| Mutex::new(HashMap::new()))
+        .lock()
+        // A panic while holding the lock cannot leave the map inconsistent.
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// Spawns `cmd` and registers its pid before anyone can reap it.
+pub(crate) fn spawn_registered(
+    cmd: &mut Command,
+) -> io::Result<(u32, oneshot::Receiver<ExitStatus>)> {
+    let mut table = routes();
+    let child = cmd.spawn()?;
+    let pid = child.id();
+    // The `Child` is dropped without waiting: the reaper owns the status.
+    drop(child);
+    let (tx, rx) = oneshot::channel();
+    table.insert(pid as i32, tx);
+    Ok((pid, rx))
+}
+
+/// Reaps every child that has exited, routing registered pids' statuses.
+pub(crate) fn reap_all() {
+    let mut table = routes();
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => deliver(
+                &mut table,
+                pid,
+                ExitStatus {
+                    code: Some(code),
+                    signal: None,
+                },
+            ),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => deliver(
+                &mut table,
+                pid,
+                ExitStatus {
+                    code: None,
+                    signal: Some(sig as i32),
+                },
+            ),
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
+            Ok(other) => trace!(?other, "ignoring wait status"),
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                warn!(error = %e, "waitpid failed");
+                break;
+            }
+        }
+    }
+}
+
+fn deliver(table: &mut Routes, pid: Pid, status: ExitStatus) {
+    match table.remove(&pid.as_raw()) {
+        Some(tx) => {
+            debug!(pid = pid.as_raw(), %status, "main process exited");
+            // The receiver may be gone (abandoned supervisor); nothing to do then.
+            let _ = tx.send(status);
+        }
+        None => trace!(pid = pid.as_raw(), %status, "reaped orphan"),
+    }
+}
+
+/// Makes this process a child subreaper and starts a reaper task on the
+/// current runtime. The SIGCHLD stream is registered before this returns, so
+/// no exit of a later spawn can be missed.
+pub(crate) fn start() -> io::Result<JoinHandle<()>> {
+    // SAFETY: plain prctl with integer arguments.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut sigchld = signal(SignalKind::child())?;
+    // Children may have exited before the handler existed.
+    reap_all();
+    Ok(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                got = sigchld.recv() => {
+                    if got.is_none() {
+                        break;
+                    }
+                }
+                // Belt and braces: signals coalesce, and another runtime's
+                // driver may be the one that consumed the wakeup.
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            reap_all();
+        }
+    }))
+}

@@ -1,0 +1,83 @@
+//! Several agents (machine ids) on one host: each runs only its own services; concurrent
+//! deploys from many clients all land.
+
+use pop_tests::{wait_for, Checker, Machine, Zk};
+use std::collections::BTreeSet;
+
+#[test]
+fn two_agents_run_only_their_own_services() {
+    let zk = Zk::start();
+    let a = Machine::new(&zk);
+    let b = Machine::new(&zk);
+    let zkc = Checker::connect(&zk);
+    a.ok(&["init"]);
+    a.ok(&["add", "echo", "--name", "alpha", "--port", "0"]);
+    a.ok(&["add", "echo", "--name", "beta", "--port", "0"]);
+    a.ok(&["add", "echo", "--name", "both", "--port", "0"]);
+    a.ok(&["deploy", "alpha"]);
+    b.ok(&["deploy", "beta"]);
+    a.ok(&["deploy", "both", "--machine", &a.id, "--machine", &b.id]);
+    let _agent_a = a.agent();
+    let _agent_b = b.agent();
+    for (machine, service) in [
+        (&a.id, "alpha"),
+        (&b.id, "beta"),
+        (&a.id, "both"),
+        (&b.id, "both"),
+    ] {
+        wait_for(&format!("{service} on {machine}"), || {
+            zkc.get(&format!("/services/{service}/state/{machine}"))
+        });
+    }
+    let on_a: BTreeSet<String> = zkc
+        .children(&format!("/machines/{}", a.id))
+        .into_iter()
+        .collect();
+    let on_b: BTreeSet<String> = zkc
+        .children(&format!("/machines/{}", b.id))
+        .into_iter()
+        .collect();
+    assert_eq!(on_a, ["alpha", "both"].map(String::from).into());
+    assert_eq!(on_b, ["beta", "both"].map(String::from).into());
+    let machines = a.ok(&["machines"]);
+    assert!(
+        machines.contains(&a.id) && machines.contains(&b.id),
+        "{machines}"
+    );
+}
+
+#[test]
+fn concurrent_deploys_all_land() {
+    let zk = Zk::start();
+    let m = Machine::new(&zk);
+    let zkc = Checker::connect(&zk);
+    m.ok(&["init"]);
+    m.ok(&["add", "echo", "--name", "web"]);
+    let ids: Vec<String> = (0..12).map(|i| format!("node-{i}")).collect();
+    let children: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            m.command(&["deploy", "web", "--machine", id])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn deploy")
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().expect("deploy");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let list = zkc.get_json("/services/web/machines").expect("machines");
+    let got: BTreeSet<String> = list
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|v| v.as_str().map(String::from))
+        .collect();
+    assert_eq!(got, ids.iter().cloned().collect::<BTreeSet<_>>());
+}

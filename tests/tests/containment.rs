@@ -1,0 +1,146 @@
+//! Stopping a service stops everything it started: a grandchild that ignores SIGTERM, a
+//! child that called setsid, and a double-forked daemon. In both containment modes, both
+//! on undeploy and on `pop stop`.
+
+use pop_tests::{processes_with, wait_for, Checker, Machine, Zk};
+
+/// A command leaving three kinds of hard-to-stop descendants; each `sleep` gets a unique
+/// duration so the test finds exactly its own processes.
+fn nasty_command(base: u64) -> (String, Vec<String>) {
+    let markers: Vec<String> = (1..=4).map(|i| format!("sleep {base}{i} ")).collect();
+    let command = format!(
+        "sh -c 'trap \"\" TERM; sleep {base}1' & \
+         setsid sleep {base}2 & \
+         (setsid sh -c 'trap \"\" TERM; exec sleep {base}3' &) ; \
+         exec sleep {base}4"
+    );
+    (command, markers)
+}
+
+fn leftovers(markers: &[String]) -> Vec<i32> {
+    markers.iter().flat_map(|m| processes_with(m)).collect()
+}
+
+fn check_mode(containment: &'static str, expect_in_status: &str) {
+    let zk = Zk::start();
+    let mut m = Machine::new(&zk);
+    m.containment = Some(containment);
+    let zkc = Checker::connect(&zk);
+    let base = 7_000_000
+        + u64::from(std::process::id() % 100_000) * 10
+        + if containment == "cgroup" { 0 } else { 5 };
+    let (command, markers) = nasty_command(base);
+    m.ok(&["init"]);
+    m.ok(&[
+        "add",
+        "command",
+        "--name",
+        "nasty",
+        "--set",
+        &format!("command={command}"),
+        "--set",
+        "stop_timeout=1",
+        "--set",
+        "start_seconds=0.2",
+    ]);
+    m.ok(&["deploy", "nasty"]);
+    let mut agent = m.agent();
+    wait_for("all four processes", || {
+        markers
+            .iter()
+            .all(|mk| !processes_with(mk).is_empty())
+            .then_some(())
+    });
+    wait_for("the agent report", || {
+        zkc.get_json(&format!("/agents/{}", m.id))
+    });
+    let machines = m.ok(&["machines"]);
+    assert!(machines.contains(expect_in_status), "{machines}");
+
+    // Undeploy: everything goes, including what ignores SIGTERM (killed after the grace).
+    m.ok(&["undeploy", "nasty"]);
+    wait_for("every descendant to be gone after undeploy", || {
+        leftovers(&markers).is_empty().then_some(())
+    });
+
+    // Deploy again, then stop the agent: `pop stop` returns only when nothing is left.
+    m.ok(&["deploy", "nasty"]);
+    wait_for("all four processes again", || {
+        markers
+            .iter()
+            .all(|mk| !processes_with(mk).is_empty())
+            .then_some(())
+    });
+    let status = agent.stop();
+    assert!(
+        status.success(),
+        "agent exit: {status}\n{}",
+        agent.log_text()
+    );
+    assert_eq!(
+        leftovers(&markers),
+        Vec::<i32>::new(),
+        "left behind after agent stop"
+    );
+}
+
+#[test]
+fn cgroup_containment_leaves_nothing() {
+    if !std::path::Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists()
+        && !std::path::Path::new("/sys/fs/cgroup/cgroup.procs").exists()
+    {
+        eprintln!("SKIPPED: no cgroup v2 on this machine");
+        return;
+    }
+    check_mode("cgroup", "cgroup");
+}
+
+#[test]
+fn process_group_containment_leaves_nothing() {
+    check_mode("process-group", "process-group");
+}
+
+/// An agent killed with SIGKILL leaves its services running; the next agent for the same
+/// machine and state directory cleans them up before starting anew.
+#[test]
+fn restarted_agent_adopts_no_orphans() {
+    let zk = Zk::start();
+    let m = Machine::new(&zk);
+    let zkc = Checker::connect(&zk);
+    let base = 8_000_000 + u64::from(std::process::id() % 100_000) * 10;
+    let (command, markers) = nasty_command(base);
+    m.ok(&["init"]);
+    m.ok(&[
+        "add",
+        "command",
+        "--name",
+        "nasty",
+        "--set",
+        &format!("command={command}"),
+        "--set",
+        "stop_timeout=1",
+    ]);
+    m.ok(&["deploy", "nasty"]);
+    let mut agent = m.agent();
+    wait_for("all four processes", || {
+        markers
+            .iter()
+            .all(|mk| !processes_with(mk).is_empty())
+            .then_some(())
+    });
+    let old = leftovers(&markers);
+    agent.kill();
+    let mut again = m.agent();
+    wait_for("the old processes to be gone", || {
+        old.iter()
+            .all(|pid| !processes_with(&format!("{base}")).contains(pid))
+            .then_some(())
+    });
+    wait_for("the service to run again, as a new process", || {
+        zkc.get_json(&format!("/services/nasty/state/{}", m.id))
+            .and_then(|s| s["pid"].as_i64())
+            .filter(|pid| !old.contains(&(*pid as i32)))
+    });
+    again.stop();
+    assert_eq!(leftovers(&markers), Vec::<i32>::new());
+}
