@@ -453,6 +453,9 @@ impl World {
                     return Err(format!("{}: {} has no state node", m.id, p.service));
                 }
             }
+            if self.zk.get(&paths::agent(&m.id)).is_none() {
+                return Err(format!("{}: no agent node", m.id));
+            }
             for service in self.zk.children(&paths::machine(&m.id)) {
                 if !running.contains(&service) {
                     return Err(format!(

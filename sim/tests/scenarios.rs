@@ -207,3 +207,62 @@ fn checker_catches_a_planted_extra_process() {
     w.machines[0].processes.insert(99_999, extra);
     assert!(w.check_converged().is_err());
 }
+
+#[test]
+fn new_settings_end_a_crash_loop_backoff_at_once() {
+    let mut w = World::new(&["m1"], 10);
+    w.add_service("job", CMD, &["m1"]);
+    w.run_for(Duration::from_secs(1));
+    let failed = ExitStatus {
+        code: Some(1),
+        signal: None,
+    };
+    // Crash it quickly many times: the backoff grows to seconds.
+    for _ in 0..8 {
+        w.crash(0, "job", failed);
+        while w.machines[0].processes.is_empty() {
+            w.run_for(Duration::from_millis(10));
+        }
+    }
+    w.crash(0, "job", failed);
+    w.run_for(Duration::from_millis(20));
+    assert!(w.machines[0].processes.is_empty(), "backing off");
+    w.admin_put(
+        &paths::service_settings("job"),
+        br#"{"type":"command","command":"serve --fixed","start_seconds":0.5}"#,
+    );
+    w.run_for(Duration::from_millis(20));
+    assert_eq!(
+        w.machines[0].processes.len(),
+        1,
+        "fixed settings start at once"
+    );
+    settle(&mut w);
+}
+
+#[test]
+fn a_service_removed_and_added_again_runs_again() {
+    let mut w = World::new(&["m1"], 12);
+    w.add_service("job", CMD, &["m1"]);
+    settle(&mut w);
+    w.admin_remove(&paths::service("job"));
+    w.add_service("job", CMD, &["m1"]);
+    settle(&mut w);
+    assert!(pid_of(&w, "m1", "job").is_some());
+    w.admin_remove(&paths::service("job"));
+    w.run_for(Duration::from_millis(3));
+    w.add_service("job", ECHO, &["m1"]);
+    settle(&mut w);
+    assert!(pid_of(&w, "m1", "job").is_some());
+}
+
+#[test]
+fn ephemerals_deleted_by_someone_else_are_written_again() {
+    let mut w = World::new(&["m1"], 13);
+    w.add_service("job", CMD, &["m1"]);
+    settle(&mut w);
+    w.admin_remove(&paths::service_state("job", "m1"));
+    w.admin_remove(&paths::machine("m1"));
+    w.admin_remove(&paths::agent("m1"));
+    settle(&mut w);
+}

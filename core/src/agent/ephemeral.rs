@@ -3,9 +3,11 @@
 //! Writes can fail with an unknown outcome (a lost connection, a timeout), and a node can
 //! be left over from an earlier session of this machine, so "create" is a small state
 //! machine: create; if it exists, read its owner; delete what is not ours; re-read on doubt.
+//! Once published, the node is watched, so a node deleted by someone else (`pop remove
+//! --force`, `pop init --force`) is noticed and written again if still wanted.
 
 use crate::paths;
-use crate::zk::{CreateMode, SessionId, ZkError, ZkOp, ZkReply};
+use crate::zk::{CreateMode, SessionId, WatchKind, ZkError, ZkOp, ZkReply};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Have {
@@ -26,6 +28,8 @@ pub(crate) enum Step {
     Create,
     CreateParent,
     Read,
+    /// Read with a watch, to hear of changes by others.
+    Watch,
     Set,
     Delete,
 }
@@ -39,6 +43,8 @@ pub(crate) struct EphemeralNode {
     in_flight: Option<(Step, Option<Vec<u8>>)>,
     /// Set after a failure; the agent clears it when its retry timer fires.
     pub(crate) stalled: bool,
+    /// A watch is registered on the node in this session.
+    watched: bool,
 }
 
 impl EphemeralNode {
@@ -49,6 +55,7 @@ impl EphemeralNode {
             have: Have::Unknown,
             in_flight: None,
             stalled: false,
+            watched: false,
         }
     }
 
@@ -65,6 +72,15 @@ impl EphemeralNode {
         self.have = Have::Unknown;
         self.in_flight = None;
         self.stalled = false;
+        self.watched = false;
+    }
+
+    /// Someone changed or deleted the node: look again.
+    pub(crate) fn on_watch(&mut self, kind: WatchKind) {
+        self.watched = false;
+        if kind == WatchKind::Deleted && self.in_flight.is_none() {
+            self.have = Have::Absent;
+        }
     }
 
     /// Nothing wanted and nothing there: the agent may drop this node.
@@ -113,6 +129,9 @@ impl EphemeralNode {
                     version: None,
                 },
             ),
+            (Some(_), Have::Ours(_)) if !self.watched => {
+                (Step::Watch, ZkOp::GetData { path, watch: true })
+            }
             (Some(_), Have::Foreign) | (None, Have::Unknown | Have::Exists | Have::Ours(_)) => (
                 Step::Delete,
                 ZkOp::Delete {
@@ -151,7 +170,10 @@ impl EphemeralNode {
                 self.stalled = true;
                 Have::ParentMissing
             }
-            (Step::Read, ZkReply::Data { data, stat }) => {
+            (Step::Read | Step::Watch, ZkReply::Data { data, stat }) => {
+                if step == Step::Watch {
+                    self.watched = true;
+                }
                 if session.is_some_and(|s| s.0 == stat.ephemeral_owner) {
                     Have::Ours(data.clone())
                 } else {
@@ -165,7 +187,7 @@ impl EphemeralNode {
                     Have::Foreign
                 }
             }
-            (Step::Read | Step::Set, ZkReply::Error(ZkError::NoNode)) => Have::Absent,
+            (Step::Read | Step::Watch | Step::Set, ZkReply::Error(ZkError::NoNode)) => Have::Absent,
             (Step::Delete, ZkReply::Deleted | ZkReply::Error(ZkError::NoNode)) => Have::Absent,
             (_, ZkReply::Error(_)) => {
                 self.stalled = true;
@@ -199,7 +221,18 @@ mod tests {
         n.want(Some(b"1".to_vec()));
         assert_eq!(drive(&mut n, ZkReply::Created), Step::Create);
         assert!(n.published());
-        assert!(n.next().is_none());
+        let mine = ZkReply::Data {
+            data: b"1".to_vec(),
+            stat: NodeStat {
+                version: 0,
+                ephemeral_owner: ME.0,
+            },
+        };
+        assert_eq!(drive(&mut n, mine), Step::Watch);
+        assert!(n.next().is_none(), "published and watched: nothing to do");
+        // Deleted behind our back: created again.
+        n.on_watch(WatchKind::Deleted);
+        assert_eq!(drive(&mut n, ZkReply::Created), Step::Create);
     }
 
     #[test]

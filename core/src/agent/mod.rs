@@ -114,7 +114,9 @@ impl Agent {
             Input::Reply { id, reply } => self.on_reply(id, reply),
             Input::Watch(event) => {
                 self.armed.remove(&event.path);
-                if let Some(watched) = Watched::parse(&event.path) {
+                if let Some(node) = self.nodes.get_mut(&event.path) {
+                    node.on_watch(event.kind);
+                } else if let Some(watched) = Watched::parse(&event.path) {
                     self.read(watched);
                 }
             }
@@ -350,16 +352,25 @@ impl Agent {
                 Err(e) => self.problem(&paths::service(&name), e.to_string()),
             }
         }
+        let mut fresh = Vec::new();
         for (name, service) in self.services.iter_mut() {
-            service.listed = listed.contains(name);
+            let now_listed = listed.contains(name);
+            // Removed and added again: what we knew of it is stale.
+            if now_listed && !service.listed {
+                fresh.push(name.clone());
+            }
+            service.listed = now_listed;
         }
         for name in listed {
             if !self.services.contains_key(&name) {
                 self.services
                     .insert(name.clone(), Service::new(name.clone()));
-                self.read(Watched::Machines(name.clone()));
-                self.read(Watched::Settings(name));
+                fresh.push(name);
             }
+        }
+        for name in fresh {
+            self.read(Watched::Machines(name.clone()));
+            self.read(Watched::Settings(name));
         }
     }
 
@@ -454,14 +465,14 @@ impl Agent {
             wanted.entry(path.clone()).or_insert(None);
         }
         for (path, data) in wanted {
-            let node = self
-                .nodes
-                .entry(path.clone())
-                .or_insert_with(|| EphemeralNode::new(path.clone()));
-            if data.is_none() && node.wanted().is_none() && node.settled_absent() {
+            // Nothing wanted and nothing tracked: nothing to do (no blind deletes).
+            if data.is_none() && !self.nodes.contains_key(&path) {
                 continue;
             }
-            node.want(data);
+            self.nodes
+                .entry(path.clone())
+                .or_insert_with(|| EphemeralNode::new(path.clone()))
+                .want(data);
         }
         if self.session_id().is_none() {
             return;
@@ -481,8 +492,7 @@ impl Agent {
         for (op, pending) in sends {
             self.send(op, pending);
         }
-        self.nodes
-            .retain(|path, node| !node.settled_absent() || path.starts_with(paths::AGENTS));
+        self.nodes.retain(|_, node| !node.settled_absent());
     }
 
     /// The agent's own node: who it is and what each service is doing.

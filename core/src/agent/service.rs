@@ -20,9 +20,10 @@ pub(crate) struct Outbox<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Run {
     Idle,
-    /// Waiting out a crash-loop delay.
+    /// Waiting out a crash-loop delay before starting `settings` again.
     Backoff {
         until: Timestamp,
+        settings: Settings,
     },
     /// Exited and the restart policy says to leave it; a settings change starts it again.
     Finished {
@@ -110,8 +111,18 @@ impl Service {
                     self.spawn(settings, out);
                 }
             }
-            (Run::Backoff { until }, Some(settings)) => {
-                if out.now >= *until {
+            (
+                Run::Backoff {
+                    until,
+                    settings: failed,
+                },
+                Some(settings),
+            ) => {
+                // New settings may be the fix: try them at once, with a fresh count.
+                if *failed != settings {
+                    self.quick_failures = 0;
+                    self.spawn(settings, out);
+                } else if out.now >= *until {
                     self.spawn(settings, out);
                 }
             }
@@ -228,7 +239,10 @@ impl Service {
             service: self.name.clone(),
             error,
         }));
-        self.schedule_restart(out.now, out);
+        if let Run::Starting { settings, .. } = &self.run {
+            let settings = settings.clone();
+            self.schedule_restart(out.now, settings, out);
+        }
     }
 
     pub(crate) fn on_ready(&mut self, generation: u64, actual: Option<u16>) {
@@ -283,20 +297,25 @@ impl Service {
                 };
                 if restart {
                     self.restarts += 1;
-                    self.schedule_restart(started_at, out);
+                    self.schedule_restart(started_at, settings, out);
                 } else {
                     self.run = Run::Finished { settings };
                 }
             }
             // Exited before the spawn was acknowledged: a spawn that failed late.
-            Run::Starting { .. } => self.schedule_restart(out.now, out),
+            Run::Starting { settings, .. } => self.schedule_restart(out.now, settings, out),
             other => self.run = other,
         }
     }
 
     /// After an unplanned end of a run that started at `started_at`: restart at once after a
     /// healthy run, else back off exponentially.
-    fn schedule_restart(&mut self, started_at: Timestamp, out: &mut Outbox<'_>) {
+    fn schedule_restart(
+        &mut self,
+        started_at: Timestamp,
+        settings: Settings,
+        out: &mut Outbox<'_>,
+    ) {
         if out.now.saturating_since(started_at) >= out.backoff.healthy_after {
             self.quick_failures = 0;
         } else {
@@ -312,13 +331,14 @@ impl Service {
         }
         self.run = Run::Backoff {
             until: out.now + delay,
+            settings,
         };
     }
 
     /// The earliest time this service needs a tick.
     pub(crate) fn deadline(&self) -> Option<Timestamp> {
         match &self.run {
-            Run::Backoff { until } => Some(*until),
+            Run::Backoff { until, .. } => Some(*until),
             Run::Running { ready_at, .. } => *ready_at,
             _ => None,
         }
@@ -383,7 +403,7 @@ impl Service {
             Run::Stopping { pid, .. } => ("stopping", Some(*pid), None),
         };
         let next_start = match &self.run {
-            Run::Backoff { until } => Some(until.as_secs_f64()),
+            Run::Backoff { until, .. } => Some(until.as_secs_f64()),
             _ => None,
         };
         json!({
