@@ -5,6 +5,7 @@
 use crate::zk_model::{Notification, ZkModel};
 use pop_core::backoff::Backoff;
 use pop_core::event::{Action, ExitStatus, Input};
+use pop_core::launch::Launch;
 use pop_core::names::MachineId;
 use pop_core::paths;
 use pop_core::settings::{parse_machines, Settings};
@@ -37,6 +38,8 @@ pub struct Process {
     pub service: String,
     pub generation: u64,
     pub pid: u32,
+    /// What it was started with, to check it runs the current settings.
+    pub launch: Launch,
 }
 
 pub struct Machine {
@@ -244,6 +247,7 @@ impl World {
                         service: service.clone(),
                         generation,
                         pid,
+                        launch: launch.clone(),
                     },
                 );
                 let at = self.now + PROCESS_DELAY;
@@ -423,7 +427,8 @@ impl World {
     /// once each, and ZooKeeper's ephemerals say so with the right pids.
     pub fn check_converged(&self) -> Result<(), String> {
         for m in self.machines.iter().filter(|m| !m.exited) {
-            let desired: BTreeSet<String> = self.desired(&m.id).into_keys().collect();
+            let wanted = self.desired(&m.id);
+            let desired: BTreeSet<String> = wanted.keys().cloned().collect();
             let mut running = BTreeSet::new();
             for p in m.processes.values() {
                 if !running.insert(p.service.clone()) {
@@ -437,6 +442,14 @@ impl World {
                 ));
             }
             for p in m.processes.values() {
+                if let Some(settings) = wanted.get(&p.service) {
+                    if p.launch != Launch::new(&p.service, &m.id, settings) {
+                        return Err(format!(
+                            "{}: {} runs with old settings {:?}",
+                            m.id, p.service, p.launch
+                        ));
+                    }
+                }
                 let node = self.zk.get(&paths::machine_service(&m.id, &p.service));
                 let pid = node.map(|n| String::from_utf8_lossy(&n.data).to_string());
                 if pid != Some(p.pid.to_string()) {
