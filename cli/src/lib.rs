@@ -7,7 +7,7 @@ mod context;
 mod echo;
 mod logs;
 mod output;
-// mod zkcmd;
+mod zkcmd;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -119,7 +119,10 @@ pub enum Command {
         lines: usize,
     },
     /// Run a local standalone ZooKeeper for a single machine.
-    Zk,
+    Zk {
+        #[command(subcommand)]
+        action: zkcmd::ZkAction,
+    },
     /// The built-in TCP echo server behind the `echo` service type.
     #[command(hide = true)]
     EchoServer {
@@ -159,7 +162,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             follow,
             lines,
         } => logs::show(&cli, service, *follow, *lines),
-        Command::Zk => todo!(),
+        Command::Zk { action } => zkcmd::run(&cli, action),
         Command::EchoServer { host, port } => runtime()?.block_on(echo::serve(host, *port)),
         _ => runtime()?.block_on(commands::run(&cli)),
     }

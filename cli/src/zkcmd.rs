@@ -45,8 +45,8 @@ pub fn run(cli: &Cli, action: &ZkAction) -> Result<()> {
             let status = zkserver::start_daemon(&config, &pid_file)?;
             println!(
                 "ZooKeeper started on 127.0.0.1:{} (pid {}); data in {}",
-                status.port,
-                status.pid,
+                status.port.unwrap_or(*port),
+                status.pid.unwrap_or(0),
                 config.data_dir.display()
             );
         }

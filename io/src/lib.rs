@@ -6,4 +6,4 @@ pub mod driver;
 pub mod machine_id;
 pub mod supervise;
 pub mod zk;
-// pub mod zkserver;
+pub mod zkserver;

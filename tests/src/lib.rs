@@ -54,6 +54,19 @@ impl Zk {
     }
 }
 
+/// The `pop` command line as built by this package (`pop-under-test`), next to the test
+/// executable's `deps/` directory; cargo builds it before this package's tests run.
+pub fn pop_exe() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target directory");
+    let pop = dir.join("pop-under-test");
+    assert!(pop.exists(), "{} not built", pop.display());
+    pop
+}
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// A unique token for this test process, for machine ids and process markers.
@@ -88,12 +101,12 @@ impl Machine {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pop"));
+        let mut cmd = Command::new(pop_exe());
         cmd.env_remove("POP_HOST")
             .env_remove("POP_MACHINE_ID")
             .env_remove("POP_STATE_DIR")
             .env("POP_SESSION_TIMEOUT_MS", "4000")
-            .env("RUST_LOG", "info")
+            .env_remove("RUST_LOG")
             .arg("--host")
             .arg(&self.hosts)
             .arg("--machine-id")
@@ -171,8 +184,7 @@ impl Agent {
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("agent running");
         signal(child.id() as i32, libc::SIGTERM);
-        let status = wait_for("the agent to exit", || child.try_wait().ok().flatten());
-        status
+        wait_for("the agent to exit", || child.try_wait().ok().flatten())
     }
 
     /// Kills the agent with SIGKILL, leaving its services behind.

@@ -84,7 +84,7 @@ async fn require_service(admin: &Admin, name: &str) -> Result<ServiceName> {
     let name = service_name(name)?;
     admin.require_namespace().await?;
     if !admin.exists(&paths::service(name.as_str())).await? {
-        bail!("no service named {name:?} (see `pop status`)");
+        bail!("no service named \"{name}\" (see `pop status`)");
     }
     Ok(name)
 }
@@ -113,7 +113,7 @@ async fn add(
     })?;
     admin.require_namespace().await?;
     if admin.exists(&paths::service(name.as_str())).await? {
-        bail!("a service named {name:?} exists already (`pop remove {name}` first, or pick another --name)");
+        bail!("a service named \"{name}\" exists already (`pop remove {name}` first, or pick another --name)");
     }
     let settings = Value::Object(settings);
     admin

@@ -140,7 +140,7 @@ pub async fn status(cli: &Cli, admin: &Admin, only: Option<&str>) -> Result<()> 
         Some(name) => {
             let name = ServiceName::new(name)?;
             if !admin.exists(&paths::service(name.as_str())).await? {
-                bail!("no service named {name:?} (see `pop status`)");
+                bail!("no service named \"{name}\" (see `pop status`)");
             }
             vec![name.to_string()]
         }

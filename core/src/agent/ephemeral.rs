@@ -63,10 +63,6 @@ impl EphemeralNode {
         self.want = data;
     }
 
-    pub(crate) fn wanted(&self) -> Option<&[u8]> {
-        self.want.as_deref()
-    }
-
     /// A new session: our old ephemerals may linger until the server expires them.
     pub(crate) fn forget(&mut self) {
         self.have = Have::Unknown;

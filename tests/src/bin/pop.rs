@@ -1,4 +1,4 @@
-//! The `pop` binary, built inside the test package so tests find it as CARGO_BIN_EXE_pop.
+//! The `pop` command line, built inside the test package for the end-to-end tests.
 fn main() -> std::process::ExitCode {
     pop_cli::main()
 }
