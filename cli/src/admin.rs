@@ -109,6 +109,25 @@ impl Admin {
         }
     }
 
+    /// Creates the chroot of a connect string like `host:2181/pop/prod` (needed before
+    /// anything can be written under it); a no-op without a chroot.
+    pub async fn ensure_chroot(hosts: &str) -> Result<()> {
+        let Some((servers, chroot)) = hosts.split_once('/') else {
+            return Ok(());
+        };
+        if chroot.trim_matches('/').is_empty() {
+            return Ok(());
+        }
+        let base = Admin::connect(servers).await?;
+        let mut path = String::new();
+        for part in chroot.split('/').filter(|p| !p.is_empty()) {
+            path.push('/');
+            path.push_str(part);
+            base.create_if_missing(&path, b"").await?;
+        }
+        Ok(())
+    }
+
     /// Fails with the `pop init` hint unless the namespace exists.
     pub async fn require_namespace(&self) -> Result<()> {
         if !self.exists(paths::POP).await? {

@@ -1,34 +1,51 @@
 //! A local standalone ZooKeeper from Debian's `zookeeper` package: for `pop zk start` on a
-//! single machine, and as the throwaway server of the end-to-end tests.
+//! single machine (a detached daemon with a pid file), and as the throwaway server of the
+//! end-to-end tests (a child process killed when its handle is dropped).
 //!
-//! Plain blocking code: it starts a JVM and waits until `srvr` reports a mode.
+//! Plain blocking code. The server is
+//! `java -cp zookeeper.jar:… org.apache.zookeeper.server.ZooKeeperServerMain <zoo.cfg>`
+//! with a `zoo.cfg` written into its data directory; it counts as ready once the `srvr`
+//! four-letter command reports a mode (`ruok` answers `imok` a little earlier, before the
+//! server serves requests).
 
-use serde::Serialize;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::fs;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
+/// Where Debian's `libzookeeper-java` puts its jars. `zookeeper.jar`'s manifest names its
+/// dependencies (netty, metrics, jackson, …) by absolute path under this directory.
 const JAVA_DIR: &str = "/usr/share/java";
-/// Jars of the Debian packages `zookeeper`/`libzookeeper-java` and their logging backend.
-const JARS: [&str; 4] = [
-    "zookeeper.jar",
-    "zookeeper-jute.jar",
-    "slf4j-api.jar",
-    "slf4j-simple.jar",
-];
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Jars that must be there: the server, its wire format, the logging API.
+const REQUIRED_JARS: [&str; 3] = ["zookeeper.jar", "zookeeper-jute.jar", "slf4j-api.jar"];
+/// A logging backend writing to stderr (part of `libslf4j-java`); without it the server
+/// is silent.
+const LOG_BACKEND_JAR: &str = "slf4j-simple.jar";
+/// An upstream-style installation's jars, used too when present.
+const UPSTREAM_LIB_DIR: &str = "/usr/share/zookeeper/lib";
+const MAIN_CLASS: &str = "org.apache.zookeeper.server.ZooKeeperServerMain";
+const INSTALL_HINT: &str = "on Debian: apt-get install -y zookeeper";
+
+/// How long a server may take to answer after its JVM started.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a SIGTERM may take before SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts on different free ports when a picked port was taken meanwhile.
+const PORT_ATTEMPTS: usize = 5;
+const POLL: Duration = Duration::from_millis(25);
 
 #[derive(Debug, Error)]
 pub enum ZkServerError {
-    #[error(
-        "ZooKeeper is not installed ({missing} not found); on Debian: apt-get install -y zookeeper"
-    )]
+    #[error("ZooKeeper is not installed: {missing} not found; {INSTALL_HINT}")]
     NotInstalled { missing: String },
     #[error("{context}: {source}")]
     Io {
@@ -36,14 +53,35 @@ pub enum ZkServerError {
         #[source]
         source: io::Error,
     },
-    #[error("ZooKeeper on port {port} did not become ready within {}s: {log_tail}", READY_TIMEOUT.as_secs())]
-    NotReady { port: u16, log_tail: String },
-    #[error("ZooKeeper exited during start-up on port {port}: {log_tail}")]
-    Exited { port: u16, log_tail: String },
-    #[error("a local ZooKeeper is already running (pid {pid}, port {port})")]
+    #[error("port {port} on {bind} is already in use (another ZooKeeper? `ss -ltnp` shows who); choose another port")]
+    PortInUse { bind: IpAddr, port: u16 },
+    #[error("ZooKeeper (pid {pid}) did not answer on {addr} within {}s; killed it. Its log {}:\n{log_tail}", READY_TIMEOUT.as_secs(), log_file.display())]
+    NotReady {
+        pid: u32,
+        addr: SocketAddr,
+        log_file: PathBuf,
+        log_tail: String,
+    },
+    #[error("ZooKeeper exited during start-up ({status}) on {addr}. Its log {}:\n{log_tail}", log_file.display())]
+    Exited {
+        status: String,
+        addr: SocketAddr,
+        log_file: PathBuf,
+        log_tail: String,
+    },
+    #[error("a local ZooKeeper is already running (pid {pid}, port {port}); `pop zk stop` stops it")]
     AlreadyRunning { pid: u32, port: u16 },
-    #[error("no local ZooKeeper is running (no live process in {})", pid_file.display())]
-    NotRunning { pid_file: PathBuf },
+    #[error("no local ZooKeeper is running ({reason})")]
+    NotRunning { reason: String },
+    #[error("the server has no running process (a restart failed); start a new one")]
+    NoProcess,
+    #[error("four-letter command {command:?} to {addr}: {source}")]
+    FourLetter {
+        addr: String,
+        command: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> ZkServerError {
@@ -52,47 +90,90 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> ZkServerError
 }
 
 /// Where `java` and the ZooKeeper jars are.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ZkInstallation {
     pub java: PathBuf,
-    pub classpath: String,
+    pub jars: Vec<PathBuf>,
 }
 
-pub fn find_installation() -> Result<ZkInstallation, ZkServerError> {
-    let java = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|dir| dir.join("java"))
-        .find(|p| p.is_file())
-        .ok_or(ZkServerError::NotInstalled {
-            missing: "java".into(),
-        })?;
-    let main = Path::new(JAVA_DIR).join(JARS[0]);
-    if !main.is_file() {
-        return Err(ZkServerError::NotInstalled {
-            missing: main.display().to_string(),
-        });
+impl ZkInstallation {
+    /// The jars joined with `:`.
+    pub fn classpath(&self) -> String {
+        self.jars
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":")
     }
-    let classpath = JARS
-        .iter()
-        .map(|j| Path::new(JAVA_DIR).join(j))
-        .filter(|p| p.is_file())
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(":");
-    Ok(ZkInstallation { java, classpath })
+}
+
+fn find_java() -> Option<PathBuf> {
+    let from_home = std::env::var_os("JAVA_HOME").map(|h| PathBuf::from(h).join("bin/java"));
+    let on_path = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|dir| dir.join("java"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    from_home
+        .into_iter()
+        .chain(on_path)
+        .chain([PathBuf::from("/usr/bin/java")])
+        .find(|p| p.is_file())
+}
+
+/// Finds `java` (`$JAVA_HOME/bin/java`, else on `PATH`) and the ZooKeeper jars of Debian's
+/// `zookeeper` package; the error says how to install what is missing.
+pub fn find_installation() -> Result<ZkInstallation, ZkServerError> {
+    let java = find_java().ok_or_else(|| ZkServerError::NotInstalled {
+        missing: "java (neither $JAVA_HOME/bin/java nor java on PATH)".into(),
+    })?;
+    let dir = Path::new(JAVA_DIR);
+    let mut jars = Vec::new();
+    for jar in REQUIRED_JARS {
+        let path = dir.join(jar);
+        if !path.is_file() {
+            return Err(ZkServerError::NotInstalled {
+                missing: path.display().to_string(),
+            });
+        }
+        jars.push(path);
+    }
+    let backend = dir.join(LOG_BACKEND_JAR);
+    if backend.is_file() {
+        jars.push(backend);
+    } else {
+        tracing::warn!(jar = %backend.display(), "no slf4j backend: ZooKeeper will log nothing");
+    }
+    if let Ok(entries) = fs::read_dir(UPSTREAM_LIB_DIR) {
+        let mut extra: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "jar"))
+            .collect();
+        extra.sort();
+        jars.extend(extra);
+    }
+    Ok(ZkInstallation { java, jars })
 }
 
 #[derive(Debug, Clone)]
 pub struct ZkServerConfig {
-    /// Client port on 127.0.0.1; 0 picks a free one.
+    /// Client port; 0 picks a free one.
     pub port: u16,
+    /// Snapshots, transaction logs and the generated `zoo.cfg`; created if missing.
     pub data_dir: PathBuf,
-    /// Sessions may last 2 to 20 ticks.
+    /// ZooKeeper's tick; session timeouts are clamped to 2 to 20 ticks.
     pub tick_ms: u32,
+    /// The JVM's maximum heap.
     pub heap_mb: u32,
-    /// The server's output; discarded when `None`.
+    /// The server's stdout and stderr (appended); `None`: `zookeeper.log` in `data_dir`.
     pub log_file: Option<PathBuf>,
+    /// The address the client port binds; loopback by default.
+    pub bind: IpAddr,
+    /// Whether the transaction log is fsynced on every write. Throwaway test servers can
+    /// turn it off to be fast on slow disks.
+    pub fsync: bool,
 }
 
 impl Default for ZkServerConfig {
@@ -103,245 +184,413 @@ impl Default for ZkServerConfig {
             tick_ms: 2000,
             heap_mb: 256,
             log_file: None,
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            fsync: true,
         }
     }
 }
 
-/// Sends a four-letter command (`ruok`, `srvr`, `mntr`) and returns the answer.
-pub fn four_letter(port: u16, command: &str, timeout: Duration) -> io::Result<String> {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+impl ZkServerConfig {
+    fn log_path(&self) -> PathBuf {
+        self.log_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("zookeeper.log"))
+    }
+}
+
+/// The address clients use for a server bound to `bind`.
+fn client_addr(bind: IpAddr, port: u16) -> SocketAddr {
+    let ip = match bind {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, port)
+}
+
+/// Sends a four-letter command (`ruok`, `srvr`, `mntr`, …) to `addr` (`"127.0.0.1:2181"`,
+/// `("127.0.0.1", port)`, a `SocketAddr`) and returns the whole answer.
+pub fn four_letter(
+    addr: impl ToSocketAddrs + fmt::Debug,
+    command: &str,
+    timeout: Duration,
+) -> Result<String, ZkServerError> {
+    let fail = |source| ZkServerError::FourLetter {
+        addr: format!("{addr:?}"),
+        command: command.to_string(),
+        source,
+    };
+    let addrs = addr.to_socket_addrs().map_err(fail)?;
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+    for a in addrs {
+        match four_letter_to(a, command, timeout) {
+            Ok(answer) => return Ok(answer),
+            Err(e) => last = e,
+        }
+    }
+    Err(fail(last))
+}
+
+fn four_letter_to(addr: SocketAddr, command: &str, timeout: Duration) -> io::Result<String> {
     let mut conn = TcpStream::connect_timeout(&addr, timeout)?;
     conn.set_read_timeout(Some(timeout))?;
     conn.set_write_timeout(Some(timeout))?;
     conn.write_all(command.as_bytes())?;
+    // The server answers and closes; a failed half-close only matters if it doesn't.
     let _ = conn.shutdown(Shutdown::Write);
     let mut answer = String::new();
     conn.read_to_string(&mut answer)?;
     Ok(answer)
 }
 
-fn free_port() -> Result<u16, ZkServerError> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(io_err("finding a free port"))?;
-    Ok(listener
-        .local_addr()
-        .map_err(io_err("finding a free port"))?
-        .port())
+/// A port nobody listens on right now (the server binds it a moment later; a race with
+/// another process is handled by retrying on a new port).
+fn free_port(bind: IpAddr) -> Result<u16, ZkServerError> {
+    let context = format!("finding a free port on {bind}");
+    let listener = TcpListener::bind((bind, 0)).map_err(io_err(context.clone()))?;
+    Ok(listener.local_addr().map_err(io_err(context))?.port())
 }
 
-fn log_tail(log: Option<&Path>) -> String {
-    let Some(text) = log.and_then(|p| fs::read_to_string(p).ok()) else {
-        return "no log".into();
+/// The last lines the server wrote since `from` (its log is appended across runs).
+fn log_since(path: &Path, from: u64) -> String {
+    let Ok(mut file) = fs::File::open(path) else {
+        return "(no log)".into();
     };
-    let lines: Vec<&str> = text.lines().rev().take(5).collect();
-    lines.into_iter().rev().collect::<Vec<_>>().join(" / ")
+    let mut text = String::new();
+    if file.seek(SeekFrom::Start(from)).is_err() {
+        return "(unreadable log)".into();
+    }
+    let mut bytes = Vec::new();
+    if file.read_to_end(&mut bytes).is_err() {
+        return "(unreadable log)".into();
+    }
+    text.push_str(&String::from_utf8_lossy(&bytes));
+    text
 }
 
-/// Builds the JVM command for `config` on `port`, writing its zoo.cfg beside the data.
-fn command(config: &ZkServerConfig, port: u16) -> Result<Command, ZkServerError> {
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    let start = all.len().saturating_sub(lines);
+    let tail = all[start..].join("\n");
+    if tail.is_empty() {
+        "(the log is empty)".into()
+    } else {
+        tail
+    }
+}
+
+fn file_len(path: &Path) -> u64 {
+    fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Creates the data directory, writes its `zoo.cfg` and builds the JVM command.
+fn command(config: &ZkServerConfig, port: u16, log: &Path) -> Result<Command, ZkServerError> {
     let install = find_installation()?;
-    fs::create_dir_all(&config.data_dir)
-        .map_err(io_err(format!("creating {}", config.data_dir.display())))?;
+    fs::create_dir_all(&config.data_dir).map_err(io_err(format!(
+        "creating ZooKeeper's data directory {}",
+        config.data_dir.display()
+    )))?;
     let data_dir = fs::canonicalize(&config.data_dir)
         .map_err(io_err(format!("resolving {}", config.data_dir.display())))?;
     let cfg_path = data_dir.join("zoo.cfg");
     let cfg = format!(
-        "tickTime={}\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
-         maxClientCnxns=0\nadmin.enableServer=false\n4lw.commands.whitelist=*\n",
-        config.tick_ms,
-        data_dir.display()
+        "# written by pop; rewritten at every start\n\
+         tickTime={tick}\n\
+         dataDir={dir}\n\
+         clientPort={port}\n\
+         clientPortAddress={bind}\n\
+         maxClientCnxns=0\n\
+         admin.enableServer=false\n\
+         4lw.commands.whitelist=*\n\
+         forceSync={sync}\n\
+         autopurge.snapRetainCount=3\n\
+         autopurge.purgeInterval=1\n",
+        tick = config.tick_ms,
+        dir = data_dir.display(),
+        bind = config.bind,
+        sync = if config.fsync { "yes" } else { "no" },
     );
     fs::write(&cfg_path, cfg).map_err(io_err(format!("writing {}", cfg_path.display())))?;
+    if let Some(parent) = log.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(io_err(format!("creating {}", parent.display())))?;
+    }
+    let open_log = || {
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(io_err(format!("opening ZooKeeper's log {}", log.display())))
+    };
     let mut cmd = Command::new(&install.java);
     cmd.arg(format!("-Xmx{}m", config.heap_mb))
+        .arg("-XX:+UseSerialGC")
         .arg("-Dzookeeper.admin.enableServer=false")
         .arg("-Dzookeeper.4lw.commands.whitelist=*")
+        .arg("-Dorg.slf4j.simpleLogger.showDateTime=true")
         .arg("-cp")
-        .arg(&install.classpath)
-        .arg("org.apache.zookeeper.server.ZooKeeperServerMain")
+        .arg(install.classpath())
+        .arg(MAIN_CLASS)
         .arg(&cfg_path)
-        .stdin(Stdio::null());
-    match &config.log_file {
-        Some(path) => {
-            let file = fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(io_err(format!("opening {}", path.display())))?;
-            let err = file
-                .try_clone()
-                .map_err(io_err(format!("opening {}", path.display())))?;
-            cmd.stdout(file).stderr(err);
-        }
-        None => {
-            cmd.stdout(Stdio::null()).stderr(Stdio::null());
-        }
-    }
+        .current_dir(&data_dir)
+        .stdin(Stdio::null())
+        .stdout(open_log()?)
+        .stderr(open_log()?);
     Ok(cmd)
 }
 
-/// Waits until the server serves requests, or fails with what its log says.
-fn wait_ready(child: &mut Child, port: u16, log: Option<&Path>) -> Result<(), ZkServerError> {
+/// Waits until the server serves requests. On failure the child is killed and reaped,
+/// and the error carries what its log says.
+fn wait_ready(
+    child: &mut Child,
+    addr: SocketAddr,
+    log: &Path,
+    log_from: u64,
+) -> Result<(), ZkServerError> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
-        // `ruok` says imok before the server serves requests; `srvr` knows better.
-        if let Ok(answer) = four_letter(port, "srvr", Duration::from_millis(500)) {
+        if let Ok(answer) = four_letter_to(addr, "srvr", Duration::from_millis(500)) {
             if answer.contains("Mode:") {
                 return Ok(());
             }
         }
-        if let Ok(Some(_)) = child.try_wait() {
-            return Err(ZkServerError::Exited {
-                port,
-                log_tail: log_tail(log),
-            });
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                let text = log_since(log, log_from);
+                if text.contains("Address already in use") {
+                    return Err(ZkServerError::PortInUse {
+                        bind: addr.ip(),
+                        port: addr.port(),
+                    });
+                }
+                return Err(ZkServerError::Exited {
+                    status: status.to_string(),
+                    addr,
+                    log_file: log.to_path_buf(),
+                    log_tail: tail(&text, 15),
+                });
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "checking on ZooKeeper's process"),
         }
         if Instant::now() > deadline {
+            let pid = child.id();
             let _ = child.kill();
             let _ = child.wait();
             return Err(ZkServerError::NotReady {
-                port,
-                log_tail: log_tail(log),
+                pid,
+                addr,
+                log_file: log.to_path_buf(),
+                log_tail: tail(&log_since(log, log_from), 15),
             });
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(POLL);
     }
 }
 
-/// A ZooKeeper child process, killed when dropped.
+/// Starts a server on `port` (0: free ports, retried when taken meanwhile) and waits until
+/// it is ready. `detach` puts it in its own session, to outlive this process.
+fn spawn_ready(
+    config: &ZkServerConfig,
+    detach: bool,
+) -> Result<(Child, SocketAddr), ZkServerError> {
+    let log = config.log_path();
+    let attempts = if config.port == 0 { PORT_ATTEMPTS } else { 1 };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let port = match config.port {
+            0 => free_port(config.bind)?,
+            p => p,
+        };
+        let addr = client_addr(config.bind, port);
+        let mut cmd = command(config, port, &log)?;
+        if detach {
+            // SAFETY: only setsid(2), async-signal-safe, runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(io::Error::from));
+            }
+        }
+        let log_from = file_len(&log);
+        let mut child = cmd.spawn().map_err(io_err(format!(
+            "starting ZooKeeper with {}",
+            cmd.get_program().to_string_lossy()
+        )))?;
+        tracing::debug!(pid = child.id(), %addr, "ZooKeeper starting");
+        match wait_ready(&mut child, addr, &log, log_from) {
+            Ok(()) => {
+                tracing::info!(pid = child.id(), %addr, data_dir = %config.data_dir.display(), "ZooKeeper ready");
+                return Ok((child, addr));
+            }
+            Err(ZkServerError::PortInUse { .. }) if attempt < attempts => {
+                tracing::debug!(port, "port taken meanwhile; trying another");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn signal(pid: u32, sig: Signal) -> Result<(), ZkServerError> {
+    let raw = i32::try_from(pid).map_err(|_| ZkServerError::Io {
+        context: format!("pid {pid}"),
+        source: io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"),
+    })?;
+    kill(Pid::from_raw(raw), sig).map_err(|e| ZkServerError::Io {
+        context: format!("sending {sig} to ZooKeeper (pid {pid})"),
+        source: e.into(),
+    })
+}
+
+/// SIGTERM (and SIGCONT, in case it is paused), then SIGKILL after `STOP_TIMEOUT`; reaps.
+/// Returns whether it had to be killed.
+fn terminate_child(child: &mut Child) -> bool {
+    let pid = child.id();
+    let _ = signal(pid, Signal::SIGTERM);
+    let _ = signal(pid, Signal::SIGCONT);
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        std::thread::sleep(POLL);
+    }
+    tracing::warn!(pid, "ZooKeeper ignored SIGTERM; killing it");
+    let _ = child.kill();
+    let _ = child.wait();
+    true
+}
+
+/// A ZooKeeper child process, killed (SIGKILL) and reaped when dropped.
+#[derive(Debug)]
 pub struct ZkServer {
     child: Option<Child>,
+    /// With the port actually used, so that `restart` reuses it.
     config: ZkServerConfig,
-    port: u16,
+    addr: SocketAddr,
 }
 
 impl ZkServer {
+    /// Starts a server and waits (up to [`READY_TIMEOUT`]) until it serves requests.
     pub fn start(config: ZkServerConfig) -> Result<ZkServer, ZkServerError> {
-        // A picked port can be taken by someone else before the JVM binds it: retry.
-        let attempts = if config.port == 0 { 3 } else { 1 };
-        let mut last = None;
-        for _ in 0..attempts {
-            let port = if config.port == 0 {
-                free_port()?
-            } else {
-                config.port
-            };
-            match Self::start_on(&config, port) {
-                Ok(child) => {
-                    return Ok(ZkServer {
-                        child: Some(child),
-                        config,
-                        port,
-                    })
-                }
-                Err(e @ ZkServerError::Exited { .. }) => last = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last.unwrap_or(ZkServerError::NotReady {
-            port: config.port,
-            log_tail: String::new(),
-        }))
-    }
-
-    fn start_on(config: &ZkServerConfig, port: u16) -> Result<Child, ZkServerError> {
-        let mut child = command(config, port)?
-            .spawn()
-            .map_err(io_err("starting java"))?;
-        wait_ready(&mut child, port, config.log_file.as_deref())?;
-        Ok(child)
+        let (child, addr) = spawn_ready(&config, false)?;
+        let config = ZkServerConfig {
+            port: addr.port(),
+            ..config
+        };
+        Ok(ZkServer {
+            child: Some(child),
+            config,
+            addr,
+        })
     }
 
     pub fn port(&self) -> u16 {
-        self.port
+        self.addr.port()
     }
 
+    /// `127.0.0.1:PORT`, for ZooKeeper clients.
     pub fn connect_string(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.addr.to_string()
     }
 
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The JVM's pid; `None` only after a failed `restart`.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
-    fn signal(&self, sig: nix::sys::signal::Signal) {
-        if let Some(pid) = self.pid() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
-        }
+    pub fn config(&self) -> &ZkServerConfig {
+        &self.config
     }
 
-    /// Freezes the server (SIGSTOP): clients see it as unreachable, sessions age.
-    pub fn pause(&self) {
-        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    pub fn log_file(&self) -> PathBuf {
+        self.config.log_path()
     }
 
-    pub fn resume(&self) {
-        self.signal(nix::sys::signal::Signal::SIGCONT);
+    fn send(&self, sig: Signal) -> Result<(), ZkServerError> {
+        signal(self.pid().ok_or(ZkServerError::NoProcess)?, sig)
     }
 
-    /// Stops gracefully (SIGTERM, then SIGKILL after 5 s).
-    pub fn stop(mut self) {
-        self.terminate();
+    /// Freezes the server (SIGSTOP): connections stay open but nothing answers, so client
+    /// sessions time out as in a network partition.
+    pub fn pause(&self) -> Result<(), ZkServerError> {
+        self.send(Signal::SIGSTOP)
     }
 
-    /// Stops and starts again on the same port and data directory.
+    /// Thaws a paused server (SIGCONT).
+    pub fn resume(&self) -> Result<(), ZkServerError> {
+        self.send(Signal::SIGCONT)
+    }
+
+    /// Stops the server gracefully and starts it again on the same port and data
+    /// directory, waiting until it is ready. Sessions survive if they have not expired.
     pub fn restart(&mut self) -> Result<(), ZkServerError> {
-        self.terminate();
-        let child = Self::start_on(&self.config, self.port)?;
-        self.child = Some(child);
-        Ok(())
+        if let Some(mut child) = self.child.take() {
+            terminate_child(&mut child);
+        }
+        // The port is free again at once (ZooKeeper sets SO_REUSEADDR), unless someone
+        // else grabbed it; allow a moment for stragglers.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match spawn_ready(&self.config, false) {
+                Ok((child, _)) => {
+                    self.child = Some(child);
+                    return Ok(());
+                }
+                Err(ZkServerError::PortInUse { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
-    fn terminate(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+    /// Stops the server: SIGTERM, then SIGKILL if it is still there after 10 s.
+    pub fn stop(mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate_child(&mut child);
         }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }
 
 impl Drop for ZkServer {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            // A paused server ignores everything but KILL.
+            // SIGKILL also ends a paused server.
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 }
 
+// ---- the daemon of `pop zk start|stop|status` ----
+
 /// What `pop zk status` reports.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct DaemonStatus {
     pub running: bool,
     pub pid: Option<u32>,
     pub port: Option<u16>,
-    /// The `srvr` answer's key lines (mode, zxid, connections).
+    /// `standalone`, from `srvr`.
+    pub mode: Option<String>,
+    pub zxid: Option<String>,
+    pub connections: Option<u64>,
+    /// The `srvr` answer's key lines (`Mode: standalone`, `Zxid: 0x0`, …), or why there
+    /// is none.
     pub summary: Vec<String>,
 }
 
 impl fmt::Display for DaemonStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if !self.running {
+        let Some(pid) = self.pid.filter(|_| self.running) else {
             return f.write_str("not running");
+        };
+        write!(f, "running: pid {pid}")?;
+        if let Some(port) = self.port {
+            write!(f, ", port {port}")?;
         }
-        write!(
-            f,
-            "running: pid {}, 127.0.0.1:{}",
-            self.pid.unwrap_or(0),
-            self.port.unwrap_or(0)
-        )?;
         for line in &self.summary {
             write!(f, "\n  {line}")?;
         }
@@ -349,112 +598,247 @@ impl fmt::Display for DaemonStatus {
     }
 }
 
-#[derive(Debug, serde::Deserialize, Serialize)]
-struct PidRecord {
+/// The daemon's record, as JSON next to its pid file (`zookeeper.pid` → `zookeeper.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DaemonState {
     pid: u32,
     port: u16,
+    bind: IpAddr,
+    data_dir: PathBuf,
+    log_file: PathBuf,
 }
 
-fn read_record(pid_file: &Path) -> Option<PidRecord> {
-    serde_json::from_str(&fs::read_to_string(pid_file).ok()?).ok()
+fn state_file(pid_file: &Path) -> PathBuf {
+    pid_file.with_extension("json")
 }
 
-fn is_live_zookeeper(pid: u32) -> bool {
-    fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains("org.apache.zookeeper"))
-        .unwrap_or(false)
+/// The pid in the pid file and what the state file says about it (if it agrees).
+fn read_daemon(pid_file: &Path) -> Option<(u32, Option<DaemonState>)> {
+    let pid: u32 = fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+    let state = fs::read_to_string(state_file(pid_file))
+        .ok()
+        .and_then(|t| serde_json::from_str::<DaemonState>(&t).ok())
+        .filter(|s| s.pid == pid);
+    Some((pid, state))
 }
 
-fn srvr_summary(port: u16) -> Vec<String> {
-    four_letter(port, "srvr", Duration::from_secs(2))
-        .map(|answer| {
-            answer
-                .lines()
-                .filter(|l| {
-                    ["Mode:", "Zxid:", "Connections:", "Node count:"]
-                        .iter()
-                        .any(|k| l.starts_with(k))
-                })
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_else(|e| vec![format!("not answering: {e}")])
-}
-
-pub fn daemon_status(pid_file: &Path) -> Result<DaemonStatus, ZkServerError> {
-    match read_record(pid_file) {
-        Some(r) if is_live_zookeeper(r.pid) => Ok(DaemonStatus {
-            running: true,
-            pid: Some(r.pid),
-            port: Some(r.port),
-            summary: srvr_summary(r.port),
-        }),
-        _ => Ok(DaemonStatus {
-            running: false,
-            pid: None,
-            port: None,
-            summary: Vec::new(),
-        }),
+fn remove_daemon_files(pid_file: &Path) {
+    for path in [pid_file.to_path_buf(), state_file(pid_file)] {
+        if let Err(e) = fs::remove_file(&path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove");
+            }
+        }
     }
 }
 
-/// Starts a detached server that outlives this process; its pid and port go to `pid_file`.
+fn write_atomically(path: &Path, text: &str) -> Result<(), ZkServerError> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, text).map_err(io_err(format!("writing {}", tmp.display())))?;
+    fs::rename(&tmp, path).map_err(io_err(format!("writing {}", path.display())))
+}
+
+/// Whether `pid` is a live (not zombie) ZooKeeper server.
+fn is_live_zookeeper(pid: u32) -> bool {
+    // A zombie's command line is empty.
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| String::from_utf8_lossy(&c).contains(MAIN_CLASS))
+        .unwrap_or(false)
+}
+
+/// Reaps `pid` if it is our child (the daemon started by this very process), so that it
+/// does not linger as a zombie.
+fn reap_if_child(pid: u32) {
+    if let Ok(raw) = i32::try_from(pid) {
+        let _ = waitpid(Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG));
+    }
+}
+
+fn wait_gone(pid: u32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        reap_if_child(pid);
+        if !is_live_zookeeper(pid) {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+fn srvr_status(pid: u32, addr: Option<SocketAddr>) -> DaemonStatus {
+    let mut status = DaemonStatus {
+        running: true,
+        pid: Some(pid),
+        port: addr.map(|a| a.port()),
+        ..DaemonStatus::default()
+    };
+    let Some(addr) = addr else {
+        status.summary = vec!["port unknown (state file missing)".into()];
+        return status;
+    };
+    match four_letter_to(addr, "srvr", Duration::from_secs(2)) {
+        Ok(answer) => {
+            for line in answer.lines() {
+                let Some((key, value)) = line.split_once(':') else {
+                    continue;
+                };
+                let value = value.trim();
+                match key {
+                    "Mode" => status.mode = Some(value.to_string()),
+                    "Zxid" => status.zxid = Some(value.to_string()),
+                    "Connections" => status.connections = value.parse().ok(),
+                    "Node count" => {}
+                    _ => continue,
+                }
+                status.summary.push(line.trim().to_string());
+            }
+            if status.mode.is_none() {
+                status.summary.push(answer.trim().to_string());
+            }
+        }
+        Err(e) => status.summary = vec![format!("not answering on {addr}: {e}")],
+    }
+    status
+}
+
+/// Starts a detached server (its own session; it outlives this process, output to the
+/// log file), waits until it is ready, and records its pid in `pid_file` and its port in
+/// the JSON file next to it. Refused if `pid_file` names a live ZooKeeper.
 pub fn start_daemon(
     config: &ZkServerConfig,
     pid_file: &Path,
 ) -> Result<DaemonStatus, ZkServerError> {
-    if let Some(r) = read_record(pid_file) {
-        if is_live_zookeeper(r.pid) {
+    if let Some((pid, state)) = read_daemon(pid_file) {
+        if is_live_zookeeper(pid) {
             return Err(ZkServerError::AlreadyRunning {
-                pid: r.pid,
-                port: r.port,
+                pid,
+                port: state.map_or(config.port, |s| s.port),
+            });
+        }
+        tracing::info!(pid, pid_file = %pid_file.display(), "removing a stale pid file");
+        remove_daemon_files(pid_file);
+    }
+    if let Some(dir) = pid_file.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    }
+    let (mut child, addr) = spawn_ready(config, true)?;
+    let pid = child.id();
+    let state = DaemonState {
+        pid,
+        port: addr.port(),
+        bind: config.bind,
+        data_dir: config.data_dir.clone(),
+        log_file: config.log_path(),
+    };
+    let written = serde_json::to_string_pretty(&state)
+        .map_err(|e| ZkServerError::Io {
+            context: "encoding the daemon state".into(),
+            source: e.into(),
+        })
+        .and_then(|json| write_atomically(&state_file(pid_file), &json))
+        .and_then(|()| write_atomically(pid_file, &format!("{pid}\n")));
+    if let Err(e) = written {
+        terminate_child(&mut child);
+        remove_daemon_files(pid_file);
+        return Err(e);
+    }
+    // The child handle is dropped without waiting: the server runs on.
+    drop(child);
+    Ok(srvr_status(pid, Some(addr)))
+}
+
+/// How a daemon was stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoppedDaemon {
+    pub pid: u32,
+    pub port: Option<u16>,
+    /// It ignored SIGTERM and was killed.
+    pub killed: bool,
+}
+
+/// Stops the daemon named by `pid_file`: SIGTERM, SIGKILL after 10 s; removes the pid and
+/// state files. `NotRunning` if there is none (stale files are removed too).
+pub fn stop_daemon(pid_file: &Path) -> Result<StoppedDaemon, ZkServerError> {
+    let Some((pid, state)) = read_daemon(pid_file) else {
+        return Err(ZkServerError::NotRunning {
+            reason: format!("no pid file {}", pid_file.display()),
+        });
+    };
+    if !is_live_zookeeper(pid) {
+        remove_daemon_files(pid_file);
+        return Err(ZkServerError::NotRunning {
+            reason: format!(
+                "pid {pid} from {} is gone; removed the stale pid file",
+                pid_file.display()
+            ),
+        });
+    }
+    signal(pid, Signal::SIGTERM)?;
+    let _ = signal(pid, Signal::SIGCONT);
+    let mut killed = false;
+    if !wait_gone(pid, STOP_TIMEOUT) {
+        tracing::warn!(pid, "ZooKeeper ignored SIGTERM; killing it");
+        killed = true;
+        let _ = signal(pid, Signal::SIGKILL);
+        if !wait_gone(pid, Duration::from_secs(5)) {
+            return Err(ZkServerError::Io {
+                context: format!("stopping ZooKeeper (pid {pid})"),
+                source: io::Error::new(io::ErrorKind::TimedOut, "still alive after SIGKILL"),
             });
         }
     }
-    let port = if config.port == 0 {
-        free_port()?
-    } else {
-        config.port
-    };
-    let mut cmd = command(config, port)?;
-    // SAFETY: setsid is async-signal-safe; it detaches the server from our session.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid().map_err(io::Error::from)?;
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().map_err(io_err("starting java"))?;
-    wait_ready(&mut child, port, config.log_file.as_deref())?;
-    let record = PidRecord {
-        pid: child.id(),
-        port,
-    };
-    let text = serde_json::to_string(&record).unwrap_or_default();
-    fs::write(pid_file, text).map_err(io_err(format!("writing {}", pid_file.display())))?;
-    Ok(DaemonStatus {
-        running: true,
-        pid: Some(record.pid),
-        port: Some(port),
-        summary: Vec::new(),
+    remove_daemon_files(pid_file);
+    tracing::info!(pid, "ZooKeeper stopped");
+    Ok(StoppedDaemon {
+        pid,
+        port: state.map(|s| s.port),
+        killed,
     })
 }
 
-pub fn stop_daemon(pid_file: &Path) -> Result<(), ZkServerError> {
-    let record = read_record(pid_file)
-        .filter(|r| is_live_zookeeper(r.pid))
-        .ok_or_else(|| ZkServerError::NotRunning {
-            pid_file: pid_file.to_path_buf(),
-        })?;
-    let pid = nix::unistd::Pid::from_raw(record.pid as i32);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while is_live_zookeeper(record.pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
+/// Whether the daemon named by `pid_file` runs, and if so its pid, port and `srvr`
+/// summary (mode, zxid, connections).
+pub fn daemon_status(pid_file: &Path) -> Result<DaemonStatus, ZkServerError> {
+    match read_daemon(pid_file) {
+        Some((pid, state)) if is_live_zookeeper(pid) => Ok(srvr_status(
+            pid,
+            state.map(|s| client_addr(s.bind, s.port)),
+        )),
+        _ => Ok(DaemonStatus::default()),
     }
-    if is_live_zookeeper(record.pid) {
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
+        assert_eq!(tail("", 2), "(the log is empty)");
     }
-    let _ = fs::remove_file(pid_file);
-    Ok(())
+
+    #[test]
+    fn unspecified_bind_is_reached_on_loopback() {
+        let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        assert_eq!(client_addr(any, 5).to_string(), "127.0.0.1:5");
+        let v6 = IpAddr::V6(std::net::Ipv6Addr::LOCALHOST);
+        assert_eq!(client_addr(v6, 5).to_string(), "[::1]:5");
+    }
+
+    #[test]
+    fn state_file_sits_next_to_the_pid_file() {
+        assert_eq!(
+            state_file(Path::new("/s/zookeeper.pid")),
+            Path::new("/s/zookeeper.json")
+        );
+    }
+
+    #[test]
+    fn not_running_status_says_so() {
+        assert_eq!(DaemonStatus::default().to_string(), "not running");
+    }
 }

@@ -254,7 +254,9 @@ pub struct Checker {
 
 impl Checker {
     pub fn connect(zk: &Zk) -> Checker {
-        let runtime = tokio::runtime::Builder::new_current_thread()
+        // A worker thread keeps the session alive (pings) between the test's calls.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
             .enable_all()
             .build()
             .expect("runtime");

@@ -81,3 +81,21 @@ fn concurrent_deploys_all_land() {
         .collect();
     assert_eq!(got, ids.iter().cloned().collect::<BTreeSet<_>>());
 }
+
+/// `--host host:port/chroot` keeps separate pop namespaces on one ZooKeeper.
+#[test]
+fn chroots_are_separate_namespaces() {
+    let zk = Zk::start();
+    let mut prod = Machine::new(&zk);
+    prod.hosts = format!("{}/pop/prod", zk.hosts());
+    let mut staging = Machine::new(&zk);
+    staging.hosts = format!("{}/pop/staging", zk.hosts());
+    prod.ok(&["init"]);
+    staging.ok(&["init"]);
+    prod.ok(&["add", "echo", "--name", "web"]);
+    let zkc = Checker::connect(&zk);
+    assert!(zkc.get("/pop/prod/services/web/settings").is_some());
+    assert!(zkc.children("/pop/staging/services").is_empty());
+    let err = staging.fails(&["status", "web"]);
+    assert!(err.contains("no service named"), "{err}");
+}

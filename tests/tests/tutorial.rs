@@ -84,6 +84,11 @@ fn seed_tutorial_with_the_echo_service() {
     let inst = &json["services"][0]["instances"][0];
     assert_eq!(inst["phase"], "running");
     assert_eq!(inst["pid"], pid);
+    let detail = m.ok(&["status", "echo"]);
+    assert!(
+        detail.contains("is contained by"),
+        "status says how: {detail}"
+    );
     let machines = m.ok(&["machines"]);
     assert!(
         machines.contains(&m.id) && machines.contains("live"),

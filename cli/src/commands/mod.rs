@@ -15,6 +15,9 @@ use serde_json::{json, Map, Value};
 use std::collections::BTreeSet;
 
 pub async fn run(cli: &Cli) -> Result<()> {
+    if matches!(cli.command, Command::Init { .. }) {
+        Admin::ensure_chroot(&cli.host).await?;
+    }
     let admin = Admin::connect(&cli.host).await?;
     match &cli.command {
         Command::Init { force } => init(&admin, *force).await,

@@ -120,6 +120,7 @@ async fn service_json(
             "uptime_seconds": since.map(|s| (now - s).max(0.0).round()),
             "restarts": report["restarts"].as_u64().or_else(|| state["restarts"].as_u64()),
             "last_exit": report["last_exit"],
+            "containment": agent.map(|a| a["containment"].clone()),
             "state": state,
             "problems": issues,
         }));
@@ -248,6 +249,15 @@ fn render(services: &[Value], detailed: bool) -> String {
     );
     if detailed {
         for s in services {
+            for i in s["instances"].as_array().into_iter().flatten() {
+                if let Value::String(kind) = &i["containment"] {
+                    out.push_str(&format!(
+                        "\n{} on {} is contained by {kind}",
+                        cell(&s["name"]),
+                        cell(&i["machine"])
+                    ));
+                }
+            }
             out.push_str(&format!(
                 "\nsettings of {}:\n{}",
                 cell(&s["name"]),
