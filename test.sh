@@ -4,16 +4,21 @@
 # `zookeeper` package (./demo.sh or .ci/run installs it).
 set -euo pipefail
 cd "$(dirname "$0")"
-[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+if [ -f "$HOME/.cargo/env" ]; then
+    . "$HOME/.cargo/env"
+fi
 
-if [ ! -f /usr/share/java/zookeeper.jar ]; then
+if [ ! -f /usr/share/java/zookeeper.jar ] || ! command -v java >/dev/null; then
     echo "ZooKeeper is not installed: apt-get install -y zookeeper (or run ./demo.sh)" >&2
     exit 1
 fi
 
-echo "== cargo fmt --check"
+step() { printf '\n==== %s\n' "$*"; }
+
+step "cargo fmt --all -- --check"
 cargo fmt --all -- --check
-echo "== cargo clippy"
+step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
-echo "== cargo test"
-cargo test --workspace
+step "cargo test --workspace"
+cargo test --workspace --no-fail-fast
+step "all tests passed"

@@ -9,7 +9,7 @@
 //! server serves requests).
 
 use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -69,7 +69,9 @@ pub enum ZkServerError {
         log_file: PathBuf,
         log_tail: String,
     },
-    #[error("a local ZooKeeper is already running (pid {pid}, port {port}); `pop zk stop` stops it")]
+    #[error(
+        "a local ZooKeeper is already running (pid {pid}, port {port}); `pop zk stop` stops it"
+    )]
     AlreadyRunning { pid: u32, port: u16 },
     #[error("no local ZooKeeper is running ({reason})")]
     NotRunning { reason: String },
@@ -256,16 +258,14 @@ fn log_since(path: &Path, from: u64) -> String {
     let Ok(mut file) = fs::File::open(path) else {
         return "(no log)".into();
     };
-    let mut text = String::new();
-    if file.seek(SeekFrom::Start(from)).is_err() {
-        return "(unreadable log)".into();
-    }
     let mut bytes = Vec::new();
-    if file.read_to_end(&mut bytes).is_err() {
-        return "(unreadable log)".into();
+    match file
+        .seek(SeekFrom::Start(from))
+        .and_then(|_| file.read_to_end(&mut bytes))
+    {
+        Ok(_) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) => format!("(unreadable log: {e})"),
     }
-    text.push_str(&String::from_utf8_lossy(&bytes));
-    text
 }
 
 fn tail(text: &str, lines: usize) -> String {
@@ -440,6 +440,21 @@ fn signal(pid: u32, sig: Signal) -> Result<(), ZkServerError> {
     })
 }
 
+/// Whether every thread of `pid` is stopped (or exiting), from `/proc/PID/task/*/stat`.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.filter_map(Result::ok).all(|task| {
+        let stat = fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // `pid (comm) S ...`: the state follows the last parenthesis.
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].trim_start().chars().next());
+        matches!(state, Some('T' | 't' | 'Z' | 'X') | None)
+    })
+}
+
 /// SIGTERM (and SIGCONT, in case it is paused), then SIGKILL after `STOP_TIMEOUT`; reaps.
 /// Returns whether it had to be killed.
 fn terminate_child(child: &mut Child) -> bool {
@@ -513,10 +528,23 @@ impl ZkServer {
         signal(self.pid().ok_or(ZkServerError::NoProcess)?, sig)
     }
 
-    /// Freezes the server (SIGSTOP): connections stay open but nothing answers, so client
-    /// sessions time out as in a network partition.
+    /// Freezes the server (SIGSTOP) and waits until all its threads have stopped:
+    /// connections stay open but nothing answers, so client sessions time out as in a
+    /// network partition.
     pub fn pause(&self) -> Result<(), ZkServerError> {
-        self.send(Signal::SIGSTOP)
+        let pid = self.pid().ok_or(ZkServerError::NoProcess)?;
+        signal(pid, Signal::SIGSTOP)?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !all_threads_stopped(pid) {
+            if Instant::now() > deadline {
+                return Err(ZkServerError::Io {
+                    context: format!("pausing ZooKeeper (pid {pid})"),
+                    source: io::Error::new(io::ErrorKind::TimedOut, "threads still running"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
     }
 
     /// Thaws a paused server (SIGCONT).
@@ -633,7 +661,9 @@ fn remove_daemon_files(pid_file: &Path) {
 }
 
 fn write_atomically(path: &Path, text: &str) -> Result<(), ZkServerError> {
-    let tmp = path.with_extension("tmp");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     fs::write(&tmp, text).map_err(io_err(format!("writing {}", tmp.display())))?;
     fs::rename(&tmp, path).map_err(io_err(format!("writing {}", path.display())))
 }
@@ -646,19 +676,26 @@ fn is_live_zookeeper(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-/// Reaps `pid` if it is our child (the daemon started by this very process), so that it
-/// does not linger as a zombie.
-fn reap_if_child(pid: u32) {
-    if let Ok(raw) = i32::try_from(pid) {
-        let _ = waitpid(Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG));
+/// Whether `pid` is gone: reaped, if it is our own child (the daemon started by this very
+/// process, e.g. in tests), so that no zombie lingers; else no longer a live ZooKeeper.
+fn is_gone(pid: u32) -> bool {
+    let Ok(raw) = i32::try_from(pid) else {
+        return true;
+    };
+    match waitpid(Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG)) {
+        // Our child, still running or still exiting.
+        Ok(WaitStatus::StillAlive) => false,
+        Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) => true,
+        Ok(_) => false,
+        // Not our child: someone else reaps it; a zombie has no command line.
+        Err(_) => !is_live_zookeeper(pid),
     }
 }
 
 fn wait_gone(pid: u32, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
-        reap_if_child(pid);
-        if !is_live_zookeeper(pid) {
+        if is_gone(pid) {
             return true;
         }
         if Instant::now() > deadline {
@@ -803,10 +840,9 @@ pub fn stop_daemon(pid_file: &Path) -> Result<StoppedDaemon, ZkServerError> {
 /// summary (mode, zxid, connections).
 pub fn daemon_status(pid_file: &Path) -> Result<DaemonStatus, ZkServerError> {
     match read_daemon(pid_file) {
-        Some((pid, state)) if is_live_zookeeper(pid) => Ok(srvr_status(
-            pid,
-            state.map(|s| client_addr(s.bind, s.port)),
-        )),
+        Some((pid, state)) if is_live_zookeeper(pid) => {
+            Ok(srvr_status(pid, state.map(|s| client_addr(s.bind, s.port))))
+        }
         _ => Ok(DaemonStatus::default()),
     }
 }
