@@ -9,9 +9,7 @@
 //! server serves requests).
 
 use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -22,26 +20,33 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
+mod daemon;
+mod server;
+
+pub use daemon::{daemon_status, start_daemon, stop_daemon, DaemonStatus, StoppedDaemon};
+pub use server::ZkServer;
+
 /// Where Debian's `libzookeeper-java` puts its jars. `zookeeper.jar`'s manifest names its
 /// dependencies (netty, metrics, jackson, …) by absolute path under this directory.
-const JAVA_DIR: &str = "/usr/share/java";
+pub(super) const JAVA_DIR: &str = "/usr/share/java";
 /// Jars that must be there: the server, its wire format, the logging API.
-const REQUIRED_JARS: [&str; 3] = ["zookeeper.jar", "zookeeper-jute.jar", "slf4j-api.jar"];
+pub(super) const REQUIRED_JARS: [&str; 3] =
+    ["zookeeper.jar", "zookeeper-jute.jar", "slf4j-api.jar"];
 /// A logging backend writing to stderr (part of `libslf4j-java`); without it the server
 /// is silent.
-const LOG_BACKEND_JAR: &str = "slf4j-simple.jar";
+pub(super) const LOG_BACKEND_JAR: &str = "slf4j-simple.jar";
 /// An upstream-style installation's jars, used too when present.
-const UPSTREAM_LIB_DIR: &str = "/usr/share/zookeeper/lib";
-const MAIN_CLASS: &str = "org.apache.zookeeper.server.ZooKeeperServerMain";
-const INSTALL_HINT: &str = "on Debian: apt-get install -y zookeeper";
+pub(super) const UPSTREAM_LIB_DIR: &str = "/usr/share/zookeeper/lib";
+pub(super) const MAIN_CLASS: &str = "org.apache.zookeeper.server.ZooKeeperServerMain";
+pub(super) const INSTALL_HINT: &str = "on Debian: apt-get install -y zookeeper";
 
 /// How long a server may take to answer after its JVM started.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a SIGTERM may take before SIGKILL.
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts on different free ports when a picked port was taken meanwhile.
-const PORT_ATTEMPTS: usize = 5;
-const POLL: Duration = Duration::from_millis(25);
+pub(super) const PORT_ATTEMPTS: usize = 5;
+pub(super) const POLL: Duration = Duration::from_millis(25);
 
 #[derive(Debug, Error)]
 pub enum ZkServerError {
@@ -86,7 +91,7 @@ pub enum ZkServerError {
     },
 }
 
-fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> ZkServerError {
+pub(super) fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> ZkServerError {
     let context = context.into();
     move |source| ZkServerError::Io { context, source }
 }
@@ -109,7 +114,7 @@ impl ZkInstallation {
     }
 }
 
-fn find_java() -> Option<PathBuf> {
+pub(super) fn find_java() -> Option<PathBuf> {
     let from_home = std::env::var_os("JAVA_HOME").map(|h| PathBuf::from(h).join("bin/java"));
     let on_path = std::env::var_os("PATH")
         .map(|p| {
@@ -201,7 +206,7 @@ impl ZkServerConfig {
 }
 
 /// The address clients use for a server bound to `bind`.
-fn client_addr(bind: IpAddr, port: u16) -> SocketAddr {
+pub(super) fn client_addr(bind: IpAddr, port: u16) -> SocketAddr {
     let ip = match bind {
         IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
@@ -233,7 +238,11 @@ pub fn four_letter(
     Err(fail(last))
 }
 
-fn four_letter_to(addr: SocketAddr, command: &str, timeout: Duration) -> io::Result<String> {
+pub(super) fn four_letter_to(
+    addr: SocketAddr,
+    command: &str,
+    timeout: Duration,
+) -> io::Result<String> {
     let mut conn = TcpStream::connect_timeout(&addr, timeout)?;
     conn.set_read_timeout(Some(timeout))?;
     conn.set_write_timeout(Some(timeout))?;
@@ -247,14 +256,14 @@ fn four_letter_to(addr: SocketAddr, command: &str, timeout: Duration) -> io::Res
 
 /// A port nobody listens on right now (the server binds it a moment later; a race with
 /// another process is handled by retrying on a new port).
-fn free_port(bind: IpAddr) -> Result<u16, ZkServerError> {
+pub(super) fn free_port(bind: IpAddr) -> Result<u16, ZkServerError> {
     let context = format!("finding a free port on {bind}");
     let listener = TcpListener::bind((bind, 0)).map_err(io_err(context.clone()))?;
     Ok(listener.local_addr().map_err(io_err(context))?.port())
 }
 
 /// The last lines the server wrote since `from` (its log is appended across runs).
-fn log_since(path: &Path, from: u64) -> String {
+pub(super) fn log_since(path: &Path, from: u64) -> String {
     let Ok(mut file) = fs::File::open(path) else {
         return "(no log)".into();
     };
@@ -268,7 +277,7 @@ fn log_since(path: &Path, from: u64) -> String {
     }
 }
 
-fn tail(text: &str, lines: usize) -> String {
+pub(super) fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     let start = all.len().saturating_sub(lines);
     let tail = all[start..].join("\n");
@@ -279,12 +288,16 @@ fn tail(text: &str, lines: usize) -> String {
     }
 }
 
-fn file_len(path: &Path) -> u64 {
+pub(super) fn file_len(path: &Path) -> u64 {
     fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
 /// Creates the data directory, writes its `zoo.cfg` and builds the JVM command.
-fn command(config: &ZkServerConfig, port: u16, log: &Path) -> Result<Command, ZkServerError> {
+pub(super) fn command(
+    config: &ZkServerConfig,
+    port: u16,
+    log: &Path,
+) -> Result<Command, ZkServerError> {
     let install = find_installation()?;
     fs::create_dir_all(&config.data_dir).map_err(io_err(format!(
         "creating ZooKeeper's data directory {}",
@@ -340,7 +353,7 @@ fn command(config: &ZkServerConfig, port: u16, log: &Path) -> Result<Command, Zk
 
 /// Waits until the server serves requests. On failure the child is killed and reaped,
 /// and the error carries what its log says.
-fn wait_ready(
+pub(super) fn wait_ready(
     child: &mut Child,
     addr: SocketAddr,
     log: &Path,
@@ -389,7 +402,7 @@ fn wait_ready(
 
 /// Starts a server on `port` (0: free ports, retried when taken meanwhile) and waits until
 /// it is ready. `detach` puts it in its own session, to outlive this process.
-fn spawn_ready(
+pub(super) fn spawn_ready(
     config: &ZkServerConfig,
     detach: bool,
 ) -> Result<(Child, SocketAddr), ZkServerError> {
@@ -429,7 +442,7 @@ fn spawn_ready(
     }
 }
 
-fn signal(pid: u32, sig: Signal) -> Result<(), ZkServerError> {
+pub(super) fn signal(pid: u32, sig: Signal) -> Result<(), ZkServerError> {
     let raw = i32::try_from(pid).map_err(|_| ZkServerError::Io {
         context: format!("pid {pid}"),
         source: io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"),
@@ -441,7 +454,7 @@ fn signal(pid: u32, sig: Signal) -> Result<(), ZkServerError> {
 }
 
 /// Whether every thread of `pid` is stopped (or exiting), from `/proc/PID/task/*/stat`.
-fn all_threads_stopped(pid: u32) -> bool {
+pub(super) fn all_threads_stopped(pid: u32) -> bool {
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
         return false;
     };
@@ -457,7 +470,7 @@ fn all_threads_stopped(pid: u32) -> bool {
 
 /// SIGTERM (and SIGCONT, in case it is paused), then SIGKILL after `STOP_TIMEOUT`; reaps.
 /// Returns whether it had to be killed.
-fn terminate_child(child: &mut Child) -> bool {
+pub(super) fn terminate_child(child: &mut Child) -> bool {
     let pid = child.id();
     let _ = signal(pid, Signal::SIGTERM);
     let _ = signal(pid, Signal::SIGCONT);
@@ -472,379 +485,6 @@ fn terminate_child(child: &mut Child) -> bool {
     let _ = child.kill();
     let _ = child.wait();
     true
-}
-
-/// A ZooKeeper child process, killed (SIGKILL) and reaped when dropped.
-#[derive(Debug)]
-pub struct ZkServer {
-    child: Option<Child>,
-    /// With the port actually used, so that `restart` reuses it.
-    config: ZkServerConfig,
-    addr: SocketAddr,
-}
-
-impl ZkServer {
-    /// Starts a server and waits (up to [`READY_TIMEOUT`]) until it serves requests.
-    pub fn start(config: ZkServerConfig) -> Result<ZkServer, ZkServerError> {
-        let (child, addr) = spawn_ready(&config, false)?;
-        let config = ZkServerConfig {
-            port: addr.port(),
-            ..config
-        };
-        Ok(ZkServer {
-            child: Some(child),
-            config,
-            addr,
-        })
-    }
-
-    pub fn port(&self) -> u16 {
-        self.addr.port()
-    }
-
-    /// `127.0.0.1:PORT`, for ZooKeeper clients.
-    pub fn connect_string(&self) -> String {
-        self.addr.to_string()
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// The JVM's pid; `None` only after a failed `restart`.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    pub fn config(&self) -> &ZkServerConfig {
-        &self.config
-    }
-
-    pub fn log_file(&self) -> PathBuf {
-        self.config.log_path()
-    }
-
-    fn send(&self, sig: Signal) -> Result<(), ZkServerError> {
-        signal(self.pid().ok_or(ZkServerError::NoProcess)?, sig)
-    }
-
-    /// Freezes the server (SIGSTOP) and waits until all its threads have stopped:
-    /// connections stay open but nothing answers, so client sessions time out as in a
-    /// network partition.
-    pub fn pause(&self) -> Result<(), ZkServerError> {
-        let pid = self.pid().ok_or(ZkServerError::NoProcess)?;
-        signal(pid, Signal::SIGSTOP)?;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !all_threads_stopped(pid) {
-            if Instant::now() > deadline {
-                return Err(ZkServerError::Io {
-                    context: format!("pausing ZooKeeper (pid {pid})"),
-                    source: io::Error::new(io::ErrorKind::TimedOut, "threads still running"),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Ok(())
-    }
-
-    /// Thaws a paused server (SIGCONT).
-    pub fn resume(&self) -> Result<(), ZkServerError> {
-        self.send(Signal::SIGCONT)
-    }
-
-    /// Stops the server gracefully and starts it again on the same port and data
-    /// directory, waiting until it is ready. Sessions survive if they have not expired.
-    pub fn restart(&mut self) -> Result<(), ZkServerError> {
-        if let Some(mut child) = self.child.take() {
-            terminate_child(&mut child);
-        }
-        // The port is free again at once (ZooKeeper sets SO_REUSEADDR), unless someone
-        // else grabbed it; allow a moment for stragglers.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match spawn_ready(&self.config, false) {
-                Ok((child, _)) => {
-                    self.child = Some(child);
-                    return Ok(());
-                }
-                Err(ZkServerError::PortInUse { .. }) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Stops the server: SIGTERM, then SIGKILL if it is still there after 10 s.
-    pub fn stop(mut self) {
-        if let Some(mut child) = self.child.take() {
-            terminate_child(&mut child);
-        }
-    }
-}
-
-impl Drop for ZkServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SIGKILL also ends a paused server.
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-// ---- the daemon of `pop zk start|stop|status` ----
-
-/// What `pop zk status` reports.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct DaemonStatus {
-    pub running: bool,
-    pub pid: Option<u32>,
-    pub port: Option<u16>,
-    /// `standalone`, from `srvr`.
-    pub mode: Option<String>,
-    pub zxid: Option<String>,
-    pub connections: Option<u64>,
-    /// The `srvr` answer's key lines (`Mode: standalone`, `Zxid: 0x0`, …), or why there
-    /// is none.
-    pub summary: Vec<String>,
-}
-
-impl fmt::Display for DaemonStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Some(pid) = self.pid.filter(|_| self.running) else {
-            return f.write_str("not running");
-        };
-        write!(f, "running: pid {pid}")?;
-        if let Some(port) = self.port {
-            write!(f, ", port {port}")?;
-        }
-        for line in &self.summary {
-            write!(f, "\n  {line}")?;
-        }
-        Ok(())
-    }
-}
-
-/// The daemon's record, as JSON next to its pid file (`zookeeper.pid` → `zookeeper.json`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct DaemonState {
-    pid: u32,
-    port: u16,
-    bind: IpAddr,
-    data_dir: PathBuf,
-    log_file: PathBuf,
-}
-
-fn state_file(pid_file: &Path) -> PathBuf {
-    pid_file.with_extension("json")
-}
-
-/// The pid in the pid file and what the state file says about it (if it agrees).
-fn read_daemon(pid_file: &Path) -> Option<(u32, Option<DaemonState>)> {
-    let pid: u32 = fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
-    let state = fs::read_to_string(state_file(pid_file))
-        .ok()
-        .and_then(|t| serde_json::from_str::<DaemonState>(&t).ok())
-        .filter(|s| s.pid == pid);
-    Some((pid, state))
-}
-
-fn remove_daemon_files(pid_file: &Path) {
-    for path in [pid_file.to_path_buf(), state_file(pid_file)] {
-        if let Err(e) = fs::remove_file(&path) {
-            if e.kind() != io::ErrorKind::NotFound {
-                tracing::warn!(path = %path.display(), error = %e, "cannot remove");
-            }
-        }
-    }
-}
-
-fn write_atomically(path: &Path, text: &str) -> Result<(), ZkServerError> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    fs::write(&tmp, text).map_err(io_err(format!("writing {}", tmp.display())))?;
-    fs::rename(&tmp, path).map_err(io_err(format!("writing {}", path.display())))
-}
-
-/// Whether `pid` is a live (not zombie) ZooKeeper server.
-fn is_live_zookeeper(pid: u32) -> bool {
-    // A zombie's command line is empty.
-    fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains(MAIN_CLASS))
-        .unwrap_or(false)
-}
-
-/// Whether `pid` is gone: reaped, if it is our own child (the daemon started by this very
-/// process, e.g. in tests), so that no zombie lingers; else no longer a live ZooKeeper.
-fn is_gone(pid: u32) -> bool {
-    let Ok(raw) = i32::try_from(pid) else {
-        return true;
-    };
-    match waitpid(Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG)) {
-        // Our child, still running or still exiting.
-        Ok(WaitStatus::StillAlive) => false,
-        Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) => true,
-        Ok(_) => false,
-        // Not our child: someone else reaps it; a zombie has no command line.
-        Err(_) => !is_live_zookeeper(pid),
-    }
-}
-
-fn wait_gone(pid: u32, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if is_gone(pid) {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(POLL);
-    }
-}
-
-fn srvr_status(pid: u32, addr: Option<SocketAddr>) -> DaemonStatus {
-    let mut status = DaemonStatus {
-        running: true,
-        pid: Some(pid),
-        port: addr.map(|a| a.port()),
-        ..DaemonStatus::default()
-    };
-    let Some(addr) = addr else {
-        status.summary = vec!["port unknown (state file missing)".into()];
-        return status;
-    };
-    match four_letter_to(addr, "srvr", Duration::from_secs(2)) {
-        Ok(answer) => {
-            for line in answer.lines() {
-                let Some((key, value)) = line.split_once(':') else {
-                    continue;
-                };
-                let value = value.trim();
-                match key {
-                    "Mode" => status.mode = Some(value.to_string()),
-                    "Zxid" => status.zxid = Some(value.to_string()),
-                    "Connections" => status.connections = value.parse().ok(),
-                    "Node count" => {}
-                    _ => continue,
-                }
-                status.summary.push(line.trim().to_string());
-            }
-            if status.mode.is_none() {
-                status.summary.push(answer.trim().to_string());
-            }
-        }
-        Err(e) => status.summary = vec![format!("not answering on {addr}: {e}")],
-    }
-    status
-}
-
-/// Starts a detached server (its own session; it outlives this process, output to the
-/// log file), waits until it is ready, and records its pid in `pid_file` and its port in
-/// the JSON file next to it. Refused if `pid_file` names a live ZooKeeper.
-pub fn start_daemon(
-    config: &ZkServerConfig,
-    pid_file: &Path,
-) -> Result<DaemonStatus, ZkServerError> {
-    if let Some((pid, state)) = read_daemon(pid_file) {
-        if is_live_zookeeper(pid) {
-            return Err(ZkServerError::AlreadyRunning {
-                pid,
-                port: state.map_or(config.port, |s| s.port),
-            });
-        }
-        tracing::info!(pid, pid_file = %pid_file.display(), "removing a stale pid file");
-        remove_daemon_files(pid_file);
-    }
-    if let Some(dir) = pid_file.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
-    }
-    let (mut child, addr) = spawn_ready(config, true)?;
-    let pid = child.id();
-    let state = DaemonState {
-        pid,
-        port: addr.port(),
-        bind: config.bind,
-        data_dir: config.data_dir.clone(),
-        log_file: config.log_path(),
-    };
-    let written = serde_json::to_string_pretty(&state)
-        .map_err(|e| ZkServerError::Io {
-            context: "encoding the daemon state".into(),
-            source: e.into(),
-        })
-        .and_then(|json| write_atomically(&state_file(pid_file), &json))
-        .and_then(|()| write_atomically(pid_file, &format!("{pid}\n")));
-    if let Err(e) = written {
-        terminate_child(&mut child);
-        remove_daemon_files(pid_file);
-        return Err(e);
-    }
-    // The child handle is dropped without waiting: the server runs on.
-    drop(child);
-    Ok(srvr_status(pid, Some(addr)))
-}
-
-/// How a daemon was stopped.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct StoppedDaemon {
-    pub pid: u32,
-    pub port: Option<u16>,
-    /// It ignored SIGTERM and was killed.
-    pub killed: bool,
-}
-
-/// Stops the daemon named by `pid_file`: SIGTERM, SIGKILL after 10 s; removes the pid and
-/// state files. `NotRunning` if there is none (stale files are removed too).
-pub fn stop_daemon(pid_file: &Path) -> Result<StoppedDaemon, ZkServerError> {
-    let Some((pid, state)) = read_daemon(pid_file) else {
-        return Err(ZkServerError::NotRunning {
-            reason: format!("no pid file {}", pid_file.display()),
-        });
-    };
-    if !is_live_zookeeper(pid) {
-        remove_daemon_files(pid_file);
-        return Err(ZkServerError::NotRunning {
-            reason: format!(
-                "pid {pid} from {} is gone; removed the stale pid file",
-                pid_file.display()
-            ),
-        });
-    }
-    signal(pid, Signal::SIGTERM)?;
-    let _ = signal(pid, Signal::SIGCONT);
-    let mut killed = false;
-    if !wait_gone(pid, STOP_TIMEOUT) {
-        tracing::warn!(pid, "ZooKeeper ignored SIGTERM; killing it");
-        killed = true;
-        let _ = signal(pid, Signal::SIGKILL);
-        if !wait_gone(pid, Duration::from_secs(5)) {
-            return Err(ZkServerError::Io {
-                context: format!("stopping ZooKeeper (pid {pid})"),
-                source: io::Error::new(io::ErrorKind::TimedOut, "still alive after SIGKILL"),
-            });
-        }
-    }
-    remove_daemon_files(pid_file);
-    tracing::info!(pid, "ZooKeeper stopped");
-    Ok(StoppedDaemon {
-        pid,
-        port: state.map(|s| s.port),
-        killed,
-    })
-}
-
-/// Whether the daemon named by `pid_file` runs, and if so its pid, port and `srvr`
-/// summary (mode, zxid, connections).
-pub fn daemon_status(pid_file: &Path) -> Result<DaemonStatus, ZkServerError> {
-    match read_daemon(pid_file) {
-        Some((pid, state)) if is_live_zookeeper(pid) => {
-            Ok(srvr_status(pid, state.map(|s| client_addr(s.bind, s.port))))
-        }
-        _ => Ok(DaemonStatus::default()),
-    }
 }
 
 #[cfg(test)]
@@ -863,18 +503,5 @@ mod tests {
         assert_eq!(client_addr(any, 5).to_string(), "127.0.0.1:5");
         let v6 = IpAddr::V6(std::net::Ipv6Addr::LOCALHOST);
         assert_eq!(client_addr(v6, 5).to_string(), "[::1]:5");
-    }
-
-    #[test]
-    fn state_file_sits_next_to_the_pid_file() {
-        assert_eq!(
-            state_file(Path::new("/s/zookeeper.pid")),
-            Path::new("/s/zookeeper.json")
-        );
-    }
-
-    #[test]
-    fn not_running_status_says_so() {
-        assert_eq!(DaemonStatus::default().to_string(), "not running");
     }
 }
