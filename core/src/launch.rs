@@ -25,6 +25,8 @@ pub struct Launch {
     pub program: Program,
     pub env: BTreeMap<String, String>,
     pub probe: Option<Probe>,
+    /// Grace between SIGTERM and SIGKILL, also for what is left when the main process exits.
+    pub stop_timeout: std::time::Duration,
 }
 
 impl Launch {
@@ -56,6 +58,7 @@ impl Launch {
             program,
             env,
             probe,
+            stop_timeout: settings.stop_timeout,
         }
     }
 }

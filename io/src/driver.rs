@@ -373,6 +373,7 @@ impl Driver {
                 host: p.host,
                 port: p.port,
             }),
+            exit_grace: Some(launch.stop_timeout),
         }
     }
 }

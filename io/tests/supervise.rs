@@ -87,6 +87,7 @@ fn spec(service: &str, generation: u64, argv: &[&str]) -> ProcessSpec {
         env: BTreeMap::new(),
         cwd: None,
         probe: None,
+        exit_grace: None,
     }
 }
 

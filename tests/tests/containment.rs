@@ -144,3 +144,48 @@ fn restarted_agent_adopts_no_orphans() {
     again.stop();
     assert_eq!(leftovers(&markers), Vec::<i32>::new());
 }
+
+/// When the main process exits by itself, what it left behind gets the service's own
+/// `stop_timeout` (1 s here), not the 10 s default, before SIGKILL.
+#[test]
+fn leftovers_of_an_exited_main_get_the_services_stop_timeout() {
+    let zk = Zk::start();
+    let m = Machine::new(&zk);
+    let zkc = Checker::connect(&zk);
+    let base = 9_000_000 + u64::from(std::process::id() % 100_000) * 10;
+    let marker = format!("sleep {base}1 ");
+    m.ok(&["init"]);
+    m.ok(&[
+        "add",
+        "command",
+        "--name",
+        "brief",
+        "--set",
+        &format!("command=sh -c 'trap \"\" TERM; exec sleep {base}1' & sleep 1"),
+        "--set",
+        "restart=never",
+        "--set",
+        "stop_timeout=1",
+        "--set",
+        "start_seconds=0.2",
+    ]);
+    m.ok(&["deploy", "brief"]);
+    let _agent = m.agent();
+    wait_for("the leftover to start", || {
+        (!processes_with(&marker).is_empty()).then_some(())
+    });
+    let started = std::time::Instant::now();
+    wait_for("the leftover to be killed", || {
+        processes_with(&marker).is_empty().then_some(())
+    });
+    // Main runs ~1 s, then 1 s of grace: far below the 10 s default.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+    wait_for("the exit in the agent report", || {
+        let report = zkc.get_json(&format!("/agents/{}", m.id))?;
+        (report["services"]["brief"]["phase"] == "exited").then_some(())
+    });
+}

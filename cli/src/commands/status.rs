@@ -250,12 +250,12 @@ fn render(services: &[Value], detailed: bool) -> String {
     if detailed {
         for s in services {
             for i in s["instances"].as_array().into_iter().flatten() {
+                let (name, machine) = (cell(&s["name"]), cell(&i["machine"]));
                 if let Value::String(kind) = &i["containment"] {
-                    out.push_str(&format!(
-                        "\n{} on {} is contained by {kind}",
-                        cell(&s["name"]),
-                        cell(&i["machine"])
-                    ));
+                    out.push_str(&format!("\n{name} on {machine} is contained by {kind}"));
+                }
+                if !i["state"].is_null() {
+                    out.push_str(&format!("\nstate of {name} on {machine}: {}", i["state"]));
                 }
             }
             out.push_str(&format!(

@@ -167,6 +167,9 @@ pub struct ProcessSpec {
     pub env: BTreeMap<String, String>,
     pub cwd: Option<PathBuf>,
     pub probe: Option<ReadinessProbe>,
+    /// TERM-to-KILL grace for leftovers when the main process exits by itself
+    /// (the service's `stop_timeout`); `None`: [`SupervisorConfig::exit_grace`].
+    pub exit_grace: Option<Duration>,
 }
 
 /// How the main process ended: exactly one of the fields is set, except both
@@ -376,7 +379,7 @@ impl Supervisor {
             log_done,
             events: self.events.clone(),
             table: Arc::clone(&self.table),
-            exit_grace: self.config.exit_grace,
+            exit_grace: spec.exit_grace.unwrap_or(self.config.exit_grace),
             probe: spec.probe,
         };
         let task = tokio::spawn(inst.run(exit_rx, stop_rx));
