@@ -10,7 +10,7 @@ use crate::supervise::{
     ContainmentChoice, ProcessSpec, ReadinessProbe, Supervisor, SupervisorConfig, SupervisorEvent,
 };
 use crate::zk::{self, Client, SessionState, ZkConfig};
-use pop_core::event::{Action, ExitStatus, Input, Report};
+use pop_core::event::{Action, Input, Report};
 use pop_core::launch::{Launch, Program};
 use pop_core::zk::{SessionEvent, SessionId, ZkError, ZkReply};
 use pop_core::{Agent, AgentConfig};
@@ -216,10 +216,7 @@ fn supervisor_input(event: SupervisorEvent) -> Input {
         } => Input::Exited {
             service,
             generation,
-            status: ExitStatus {
-                code: status.code,
-                signal: status.signal,
-            },
+            status,
         },
     }
 }

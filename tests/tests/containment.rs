@@ -17,6 +17,15 @@ fn nasty_command(base: u64) -> (String, Vec<String>) {
     (command, markers)
 }
 
+fn wait_all_running(markers: &[String]) {
+    wait_for("every process of the service to run", || {
+        markers
+            .iter()
+            .all(|mk| !processes_with(mk).is_empty())
+            .then_some(())
+    });
+}
+
 fn leftovers(markers: &[String]) -> Vec<i32> {
     markers.iter().flat_map(|m| processes_with(m)).collect()
 }
@@ -45,12 +54,7 @@ fn check_mode(containment: &'static str, expect_in_status: &str) {
     ]);
     m.ok(&["deploy", "nasty"]);
     let mut agent = m.agent();
-    wait_for("all four processes", || {
-        markers
-            .iter()
-            .all(|mk| !processes_with(mk).is_empty())
-            .then_some(())
-    });
+    wait_all_running(&markers);
     wait_for("the agent report", || {
         zkc.get_json(&format!("/agents/{}", m.id))
     });
@@ -65,12 +69,7 @@ fn check_mode(containment: &'static str, expect_in_status: &str) {
 
     // Deploy again, then stop the agent: `pop stop` returns only when nothing is left.
     m.ok(&["deploy", "nasty"]);
-    wait_for("all four processes again", || {
-        markers
-            .iter()
-            .all(|mk| !processes_with(mk).is_empty())
-            .then_some(())
-    });
+    wait_all_running(&markers);
     let status = agent.stop();
     assert!(
         status.success(),
@@ -122,12 +121,7 @@ fn restarted_agent_adopts_no_orphans() {
     ]);
     m.ok(&["deploy", "nasty"]);
     let mut agent = m.agent();
-    wait_for("all four processes", || {
-        markers
-            .iter()
-            .all(|mk| !processes_with(mk).is_empty())
-            .then_some(())
-    });
+    wait_all_running(&markers);
     let old = leftovers(&markers);
     agent.kill();
     let mut again = m.agent();

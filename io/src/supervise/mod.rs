@@ -172,32 +172,8 @@ pub struct ProcessSpec {
     pub exit_grace: Option<Duration>,
 }
 
-/// How the main process ended: exactly one of the fields is set, except both
-/// `None` when it is unknown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExitStatus {
-    pub code: Option<i32>,
-    pub signal: Option<i32>,
-}
-
-impl ExitStatus {
-    pub fn success(&self) -> bool {
-        self.code == Some(0)
-    }
-}
-
-impl fmt::Display for ExitStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.code, self.signal) {
-            (Some(c), _) => write!(f, "exit code {c}"),
-            (None, Some(s)) => match nix::sys::signal::Signal::try_from(s) {
-                Ok(sig) => write!(f, "killed by signal {s} ({})", sig.as_str()),
-                Err(_) => write!(f, "killed by signal {s}"),
-            },
-            (None, None) => f.write_str("unknown status"),
-        }
-    }
-}
+/// How the main process ended: the core's type, so events pass through unchanged.
+pub use pop_core::ExitStatus;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SupervisorEvent {
