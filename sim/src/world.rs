@@ -208,6 +208,38 @@ impl World {
         }
     }
 
+    /// The connection drops without the session ending: the agent hears of it at once,
+    /// while replies already on the way still arrive afterwards.
+    pub fn disconnect(&mut self, machine: usize) {
+        self.trace
+            .push(format!("{} m{machine} disconnected", self.now));
+        self.schedule(
+            self.now,
+            Event::Deliver {
+                machine,
+                input: Input::Session(SessionEvent::Disconnected),
+            },
+        );
+    }
+
+    /// The connection comes back within the same session.
+    pub fn reconnect(&mut self, machine: usize) {
+        if let Some(session) = self.machines[machine].session {
+            self.trace
+                .push(format!("{} m{machine} reconnected", self.now));
+            self.schedule(
+                self.now + LATENCY,
+                Event::Deliver {
+                    machine,
+                    input: Input::Session(SessionEvent::Connected {
+                        session,
+                        timeout: Duration::from_secs(4),
+                    }),
+                },
+            );
+        }
+    }
+
     pub fn shutdown(&mut self, machine: usize) {
         self.schedule(
             self.now,

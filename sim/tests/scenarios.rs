@@ -266,3 +266,52 @@ fn ephemerals_deleted_by_someone_else_are_written_again() {
     w.admin_remove(&paths::agent("m1"));
     settle(&mut w);
 }
+
+/// Found in review: a reply that arrives after `Disconnected` must still count our own
+/// node as ours, or the agent deletes and re-creates it on reconnect.
+#[test]
+fn replies_after_a_disconnect_do_not_disown_our_nodes() {
+    let mut w = World::new(&["m1"], 14);
+    w.add_service("job", CMD, &["m1"]);
+    settle(&mut w);
+    for round in 0..20 {
+        // Make the agent write its report, then drop the connection mid-flight.
+        let version =
+            format!(r#"{{"type":"command","command":"serve {round}","start_seconds":0.5}}"#);
+        w.admin_put(&paths::service_settings("job"), version.as_bytes());
+        w.run_for(Duration::from_millis(1 + round % 4));
+        w.disconnect(0);
+        w.run_for(Duration::from_millis(3));
+        w.reconnect(0);
+        settle(&mut w);
+    }
+    let own_deletes = w
+        .trace
+        .iter()
+        .filter(|l| l.contains("Delete { path: \"/agents/m1\""))
+        .count();
+    assert_eq!(own_deletes, 0, "the agent deleted its own node");
+}
+
+/// Found in review: problems recorded for a service go when the service goes.
+#[test]
+fn problems_of_a_removed_service_are_forgotten() {
+    let mut w = World::new(&["m1"], 15);
+    w.add_service("job", CMD, &["m1"]);
+    settle(&mut w);
+    w.admin_put(&paths::service_settings("job"), b"{not json");
+    w.admin_put("/services/bad name", b"");
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.machines[0].agent.problems().len(), 2);
+    w.admin_remove(&paths::service("job"));
+    w.admin_remove("/services/bad name");
+    settle(&mut w);
+    assert!(
+        w.machines[0].agent.problems().is_empty(),
+        "{:?}",
+        w.machines[0].agent.problems()
+    );
+    let agent = w.zk.get(&paths::agent("m1")).expect("agent node");
+    let report: serde_json::Value = serde_json::from_slice(&agent.data).expect("json");
+    assert_eq!(report["problems"], serde_json::json!({}));
+}

@@ -81,13 +81,22 @@ impl EphemeralNode {
 
     /// Nothing wanted and nothing there: the agent may drop this node.
     pub(crate) fn settled_absent(&self) -> bool {
-        self.want.is_none() && self.have == Have::Absent && self.in_flight.is_none()
+        self.want.is_none()
+            && matches!(self.have, Have::Absent | Have::ParentMissing)
+            && self.in_flight.is_none()
     }
 
     /// True when the node exists with the wanted data, owned by us.
     #[cfg(test)]
     pub(crate) fn published(&self) -> bool {
         matches!((&self.want, &self.have), (Some(w), Have::Ours(h)) if w == h)
+    }
+
+    /// The parent this agent may create: only a machine's own directory. A missing
+    /// /services/<name>/state means the service is being removed: creating it would
+    /// resurrect part of the service and fight the remover.
+    fn own_parent(&self) -> Option<&str> {
+        paths::parent(&self.path).filter(|p| paths::parent(p) == Some(paths::MACHINES))
     }
 
     /// The next request to send, if any; the caller sends it and reports back via `on_reply`.
@@ -105,17 +114,25 @@ impl EphemeralNode {
                     mode: CreateMode::Ephemeral,
                 },
             ),
-            (Some(_), Have::ParentMissing) => {
-                let parent = paths::parent(&path)?.to_string();
-                (
+            (Some(data), Have::ParentMissing) => match self.own_parent() {
+                Some(parent) => (
                     Step::CreateParent,
                     ZkOp::Create {
-                        path: parent,
+                        path: parent.to_string(),
                         data: Vec::new(),
                         mode: CreateMode::Persistent,
                     },
-                )
-            }
+                ),
+                // Not ours to create: try the node again (the retry timer paces this).
+                None => (
+                    Step::Create,
+                    ZkOp::Create {
+                        path,
+                        data: data.clone(),
+                        mode: CreateMode::Ephemeral,
+                    },
+                ),
+            },
             (Some(_), Have::Exists) => (Step::Read, ZkOp::GetData { path, watch: false }),
             (Some(data), Have::Ours(current)) if data != current => (
                 Step::Set,
@@ -157,7 +174,11 @@ impl EphemeralNode {
                 None => Have::Exists,
             },
             (Step::Create, ZkReply::Error(ZkError::NodeExists)) => Have::Exists,
-            (Step::Create, ZkReply::Error(ZkError::NoNode)) => Have::ParentMissing,
+            (Step::Create, ZkReply::Error(ZkError::NoNode)) => {
+                // Retried on the agent's timer unless the parent is ours to create.
+                self.stalled = self.own_parent().is_none();
+                Have::ParentMissing
+            }
             (Step::CreateParent, ZkReply::Created | ZkReply::Error(ZkError::NodeExists)) => {
                 Have::Absent
             }
@@ -278,13 +299,24 @@ mod tests {
     }
 
     #[test]
-    fn creates_a_missing_parent_once() {
+    fn never_creates_a_services_state_directory() {
         let mut n = EphemeralNode::new("/services/s/state/m".into());
         n.want(Some(b"{}".to_vec()));
         drive(&mut n, ZkReply::Error(ZkError::NoNode));
+        assert!(n.next().is_none(), "waits for the retry timer");
+        n.stalled = false;
+        let (step, _) = n.next().expect("a retry");
+        assert_eq!(step, Step::Create, "retries the node, not its parent");
+    }
+
+    #[test]
+    fn creates_a_missing_machine_directory_once() {
+        let mut n = EphemeralNode::new("/machines/m/s".into());
+        n.want(Some(b"1".to_vec()));
+        drive(&mut n, ZkReply::Error(ZkError::NoNode));
         let (step, op) = n.next().expect("parent create");
         assert_eq!(step, Step::CreateParent);
-        assert_eq!(op.path(), "/services/s/state");
+        assert_eq!(op.path(), "/machines/m");
         n.on_reply(step, &ZkReply::Created, Some(ME));
         assert_eq!(drive(&mut n, ZkReply::Created), Step::Create);
     }

@@ -169,6 +169,14 @@ impl Agent {
         }
     }
 
+    /// The session our ephemerals belong to: still ours while disconnected, until expiry.
+    fn owner_session(&self) -> Option<SessionId> {
+        match self.session {
+            SessionState::Connected(id) | SessionState::Disconnected(id) => Some(id),
+            _ => None,
+        }
+    }
+
     fn on_session(&mut self, event: SessionEvent) {
         match event {
             SessionEvent::Connected { session, .. } => {
@@ -188,6 +196,9 @@ impl Agent {
                 }
             }
             SessionEvent::Expired => {
+                if self.session == SessionState::Expired {
+                    return; // already opening a new session
+                }
                 // Processes keep running; the new session re-reads everything and republishes.
                 self.session = SessionState::Expired;
                 self.actions.push_back(Action::NewSession);
@@ -272,10 +283,15 @@ impl Agent {
         let Some(pending) = self.pending.remove(&id) else {
             return; // stale: from an older session
         };
+        // The server says the session is gone, whether or not the client told us yet.
+        if reply == ZkReply::Error(ZkError::SessionExpired) {
+            self.on_session(SessionEvent::Expired);
+            return;
+        }
         match pending {
             Pending::MachineNode => {}
             Pending::Ephemeral { path, step } => {
-                let session = self.session_id();
+                let session = self.owner_session();
                 if let Some(node) = self.nodes.get_mut(&path) {
                     node.on_reply(step, &reply, session);
                     if node.stalled {
@@ -294,9 +310,11 @@ impl Agent {
             self.armed.remove(&path);
             match (err, &watched) {
                 (ZkError::NoNode, Watched::Machines(name)) => {
+                    self.clear_problem(&path);
                     self.update_service(name, |s| s.machines = None);
                 }
                 (ZkError::NoNode, Watched::Settings(name)) => {
+                    self.clear_problem(&path);
                     self.update_service(name, |s| s.settings = None);
                 }
                 (ZkError::NoNode, Watched::ServiceList) => {
@@ -344,13 +362,37 @@ impl Agent {
 
     fn apply_service_list(&mut self, names: Vec<String>) {
         let mut listed = BTreeSet::new();
+        let mut bad = BTreeSet::new();
         for name in names {
             match ServiceName::new(&name) {
                 Ok(_) => {
                     listed.insert(name);
                 }
-                Err(e) => self.problem(&paths::service(&name), e.to_string()),
+                Err(e) => {
+                    let path = paths::service(&name);
+                    self.problem(&path, e.to_string());
+                    bad.insert(path);
+                }
             }
+        }
+        // Problems about services that are gone (or names that are gone) go with them.
+        let stale: Vec<String> = self
+            .problems
+            .keys()
+            .filter(|path| {
+                let Some(rest) = path
+                    .strip_prefix(paths::SERVICES)
+                    .and_then(|r| r.strip_prefix('/'))
+                else {
+                    return false;
+                };
+                let name = rest.split('/').next().unwrap_or(rest);
+                !listed.contains(name) && !bad.contains(path.as_str())
+            })
+            .cloned()
+            .collect();
+        for path in stale {
+            self.clear_problem(&path);
         }
         let mut fresh = Vec::new();
         for (name, service) in self.services.iter_mut() {
