@@ -9,6 +9,8 @@ use zookeeper_client as zkc;
 
 /// How often a compare-and-set edit is retried when others write concurrently.
 const CAS_ATTEMPTS: usize = 100;
+/// How long a subtree delete waits for agents to stop re-creating children.
+const DELETE_DEADLINE: Duration = Duration::from_secs(30);
 
 pub struct Admin {
     pub client: Client,
@@ -139,8 +141,22 @@ impl Admin {
         Ok(())
     }
 
-    /// Deletes a subtree, children first. Nodes vanishing meanwhile are fine.
+    /// Deletes one node; false if it has children.
+    pub async fn delete_node(&self, path: &str) -> Result<bool> {
+        match self
+            .timed("deleting", path, self.client.delete(path, None))
+            .await?
+        {
+            Ok(()) | Err(zkc::Error::NoNode) => Ok(true),
+            Err(zkc::Error::NotEmpty) => Ok(false),
+            Err(e) => bail!("deleting {path}: {e}"),
+        }
+    }
+
+    /// Deletes a subtree, children first. Nodes vanishing meanwhile are fine; children
+    /// appearing meanwhile (an agent still stopping) are waited for, up to a deadline.
     pub async fn delete_tree(&self, path: &str) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + DELETE_DEADLINE;
         let mut stack = vec![(path.to_string(), false)];
         while let Some((node, expanded)) = stack.pop() {
             if !expanded {
@@ -150,14 +166,12 @@ impl Admin {
                 }
                 continue;
             }
-            match self
-                .timed("deleting", &node, self.client.delete(&node, None))
-                .await?
-            {
-                Ok(()) | Err(zkc::Error::NoNode) => {}
-                // Something (an agent) created a child meanwhile: go round again.
-                Err(zkc::Error::NotEmpty) => stack.push((node, false)),
-                Err(e) => bail!("deleting {node}: {e}"),
+            if !self.delete_node(&node).await? {
+                if tokio::time::Instant::now() > deadline {
+                    bail!("deleting {node}: children keep appearing for {DELETE_DEADLINE:?} (an agent still publishing?)");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                stack.push((node, false));
             }
         }
         Ok(())

@@ -171,9 +171,8 @@ pub async fn run(
         driver.agent.handle(driver.clock.now(), input);
         while let Some(action) = driver.agent.poll_action() {
             if driver.perform(action) {
-                info!("all services stopped; agent exiting");
-                // Dropping the last client closes the session: our ephemerals go at once.
-                driver.client = None;
+                info!("all services stopped; closing the ZooKeeper session");
+                driver.close_session().await;
                 return Ok(());
             }
         }
@@ -250,15 +249,39 @@ impl Driver {
         });
     }
 
+    /// Closes the session so our ephemerals go at once rather than at its timeout:
+    /// dropping the last client sends the close; wait (briefly) until it is done.
+    async fn close_session(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        let mut watcher = client.state_watcher();
+        drop(client);
+        let closed = async { while !watcher.changed().await.is_terminated() {} };
+        if tokio::time::timeout(Duration::from_secs(2), closed)
+            .await
+            .is_err()
+        {
+            warn!("the ZooKeeper session did not close within 2s; its nodes go when it expires");
+        }
+    }
+
     fn watch_session_state(&self, client: &Client) {
         let mut watcher = client.state_watcher();
         let tx = self.tx.clone();
         let epoch = self.epoch;
         let session = SessionId(client.session_id().0);
         let timeout = client.session_timeout();
+        // The state may have changed between connecting and now; `changed` would not
+        // report a terminal state that happened before we asked.
+        let current = watcher.peek_state();
         tokio::spawn(async move {
+            let mut first = (current != SessionState::SyncConnected).then_some(current);
             loop {
-                let state = watcher.changed().await;
+                let state = match first.take() {
+                    Some(state) => state,
+                    None => watcher.changed().await,
+                };
                 let event = match state {
                     SessionState::Disconnected => SessionEvent::Disconnected,
                     SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
@@ -301,6 +324,9 @@ impl Driver {
                 let timeout = self.config.zk.op_timeout;
                 tokio::spawn(async move {
                     let (reply, watcher) = zk::execute(&client, &op, timeout).await;
+                    // Only live requests may hold the client: dropping the last one
+                    // closes the session, which shutdown relies on.
+                    drop(client);
                     if tx
                         .send(Msg::Session {
                             epoch,

@@ -99,3 +99,22 @@ fn chroots_are_separate_namespaces() {
     let err = staging.fails(&["status", "web"]);
     assert!(err.contains("no service named"), "{err}");
 }
+
+/// Found in review: an agent with nothing to stop must still close its session on exit,
+/// so its node goes at once instead of after the session timeout.
+#[test]
+fn an_idle_agent_leaves_no_node_behind() {
+    let zk = Zk::start();
+    let m = Machine::new(&zk);
+    let zkc = Checker::connect(&zk);
+    m.ok(&["init"]);
+    let mut agent = m.agent();
+    let node = format!("/agents/{}", m.id);
+    wait_for("the agent node", || zkc.get(&node));
+    let status = agent.stop();
+    assert!(status.success(), "{}", agent.log_text());
+    assert!(
+        zkc.get(&node).is_none(),
+        "agent node still there after exit"
+    );
+}

@@ -96,3 +96,54 @@ fn pid_alive(pid: u64) -> bool {
         Err(_) => false,
     }
 }
+
+/// Found in review: removing a service (or resetting everything) while an agent runs it
+/// must finish, stop the service, and leave nothing of it behind.
+#[test]
+fn remove_force_and_init_force_under_a_running_agent() {
+    let zk = Zk::start();
+    let m = Machine::new(&zk);
+    let zkc = Checker::connect(&zk);
+    m.ok(&["init"]);
+    for name in ["a", "b"] {
+        m.ok(&["add", "echo", "--name", name]);
+        m.ok(&["deploy", name]);
+    }
+    let _agent = m.agent();
+    for name in ["a", "b"] {
+        wait_for("both to run", || state_pid(&zkc, name, &m.id));
+    }
+    let a_pid = state_pid(&zkc, "a", &m.id).expect("a runs");
+    m.ok(&["remove", "a", "--force"]);
+    assert!(zkc.get("/services/a").is_none(), "nothing of a is left");
+    wait_for("a to stop", || (!pid_alive(a_pid)).then_some(()));
+
+    let b_pid = state_pid(&zkc, "b", &m.id).expect("b runs");
+    m.ok(&["init", "--force"]);
+    assert!(zkc.children("/services").is_empty());
+    wait_for("b to stop", || (!pid_alive(b_pid)).then_some(()));
+    // The agent is still there, and reports itself.
+    wait_for("the agent report", || zkc.get(&format!("/agents/{}", m.id)));
+    assert!(m.ok(&["machines"]).contains("live"));
+}
+
+/// Corrupt data written by someone else is never silently overwritten or ignored.
+#[test]
+fn set_and_remove_refuse_corrupt_nodes() {
+    let zk = Zk::start();
+    let m = Machine::new(&zk);
+    let zkc = Checker::connect(&zk);
+    m.ok(&["init"]);
+    m.ok(&["add", "echo"]);
+    zkc.set("/services/echo/settings", b"[1,2]");
+    let err = m.fails(&["set", "echo", "type=echo", "port=1"]);
+    assert!(err.contains("not a JSON object"), "{err}");
+    assert_eq!(
+        zkc.get("/services/echo/settings").map(|(d, _)| d),
+        Some(b"[1,2]".to_vec())
+    );
+    zkc.set("/services/echo/machines", b"{oops");
+    let err = m.fails(&["remove", "echo"]);
+    assert!(err.contains("--force"), "{err}");
+    assert!(zkc.get("/services/echo").is_some());
+}

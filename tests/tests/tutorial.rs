@@ -105,8 +105,13 @@ fn seed_tutorial_with_the_echo_service() {
     assert!(dump.get(&state_path).is_some(), "{dump}");
     assert!(m.ok(&["dump"]).contains("/services/echo/settings:\n"));
 
-    // pop stop stops the agent and its service; the ephemerals go.
+    // pop stop stops the agent and its service; the ephemerals go with the closed
+    // session, at once (not after the session timeout).
     m.ok(&["stop"]);
+    assert!(
+        zkc.get(&format!("/agents/{}", m.id)).is_none(),
+        "agent node gone when `pop stop` returns"
+    );
     assert!(
         !std::path::Path::new(&format!("/proc/{pid}")).exists(),
         "the echo process is gone once `pop stop` returns"

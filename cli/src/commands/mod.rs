@@ -57,10 +57,16 @@ async fn init(admin: &Admin, force: bool) -> Result<()> {
                 admin.hosts
             );
         }
-        // Services first, so agents stop what they run before their machines' nodes go.
-        for path in [paths::SERVICES, paths::MACHINES, paths::AGENTS, paths::POP] {
-            admin.delete_tree(path).await?;
+        // Reset the configuration: every service goes (agents stop them). What agents
+        // publish about themselves (/agents, their ephemerals) is theirs and stays;
+        // machines with nothing published are pruned.
+        for name in admin.children(paths::SERVICES).await? {
+            delete_service(admin, &name).await?;
         }
+        for machine in admin.children(paths::MACHINES).await? {
+            admin.delete_node(&paths::machine(&machine)).await?;
+        }
+        admin.delete_node(paths::POP).await?;
     }
     let marker = json!({ "layout": 1 }).to_string().into_bytes();
     for path in paths::NAMESPACE {
@@ -200,7 +206,9 @@ async fn set(admin: &Admin, service: &str, assignments: &[String], unset: &[Stri
         .edit(&path, |data| {
             let mut map: Map<String, Value> = match serde_json::from_slice(data) {
                 Ok(Value::Object(m)) => m,
-                _ => Map::new(),
+                _ => bail!(
+                    "{path} is not a JSON object; fix it with a ZooKeeper client, pop will not overwrite it"
+                ),
             };
             let before = map.clone();
             for (k, v) in &parsed {
@@ -227,11 +235,13 @@ async fn set(admin: &Admin, service: &str, assignments: &[String], unset: &[Stri
 async fn remove(admin: &Admin, service: &str, force: bool) -> Result<()> {
     let name = require_service(admin, service).await?;
     if !force {
-        let deployed = admin
-            .get(&paths::service_machines(name.as_str()))
-            .await?
-            .and_then(|n| parse_machines(&n.data).ok())
-            .unwrap_or_default();
+        let path = paths::service_machines(name.as_str());
+        let deployed = match admin.get(&path).await? {
+            None => BTreeSet::new(),
+            Some(node) => parse_machines(&node.data).map_err(|e| {
+                anyhow!("{path} holds an invalid machines list ({e}), so agents may still run {name}; use `pop remove {name} --force`")
+            })?,
+        };
         if !deployed.is_empty() {
             let list: Vec<String> = deployed.into_iter().collect();
             bail!(
@@ -240,9 +250,17 @@ async fn remove(admin: &Admin, service: &str, force: bool) -> Result<()> {
             );
         }
     }
-    admin.delete_tree(&paths::service(name.as_str())).await?;
+    delete_service(admin, name.as_str()).await?;
     println!("removed {name}");
     Ok(())
+}
+
+/// Deletes a service so agents stop it first: its machines list and settings go before
+/// anything else, so no agent keeps publishing state nodes while the rest is deleted.
+async fn delete_service(admin: &Admin, name: &str) -> Result<()> {
+    admin.delete_node(&paths::service_machines(name)).await?;
+    admin.delete_node(&paths::service_settings(name)).await?;
+    admin.delete_tree(&paths::service(name)).await
 }
 
 /// The data of a node as JSON when it is JSON, else as text.
