@@ -147,3 +147,37 @@ fn set_and_remove_refuse_corrupt_nodes() {
     assert!(err.contains("--force"), "{err}");
     assert!(zkc.get("/services/echo").is_some());
 }
+
+/// The session expires while the agent cannot reach ZooKeeper (the server is frozen for
+/// longer than the session timeout): the service keeps running, and once ZooKeeper is
+/// back the agent opens a new session and publishes the same process again.
+#[test]
+fn session_expiry_keeps_the_service_and_republishes() {
+    let zk = Zk::start();
+    let m = Machine::new(&zk);
+    let zkc = Checker::connect(&zk);
+    m.ok(&["init"]);
+    m.ok(&["add", "echo"]);
+    m.ok(&["deploy", "echo"]);
+    let agent = m.agent();
+    let state = format!("/services/echo/state/{}", m.id);
+    let pid = wait_for("echo to run", || state_pid(&zkc, "echo", &m.id));
+    let (_, old_owner) = zkc.get(&state).expect("state node");
+    drop(zkc);
+
+    // Sessions are 4 s here; freeze the server for longer (the fault, not a wait).
+    zk.server.pause().expect("pause");
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    zk.server.resume().expect("resume");
+
+    let zkc = Checker::connect(&zk);
+    let owner = wait_for("the state node from a new session", || {
+        zkc.get(&state)
+            .map(|(_, owner)| owner)
+            .filter(|o| *o != old_owner)
+    });
+    assert_ne!(owner, old_owner);
+    assert_eq!(state_pid(&zkc, "echo", &m.id), Some(pid), "same process");
+    assert!(pid_alive(pid));
+    assert!(agent.log_text().contains("expired"), "{}", agent.log_text());
+}
