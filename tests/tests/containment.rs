@@ -17,6 +17,24 @@ fn nasty_command(base: u64) -> (String, Vec<String>) {
     (command, markers)
 }
 
+/// Initialises pop and deploys `command` as the service "nasty" with a 1 s stop grace.
+fn deploy_nasty(m: &Machine, command: &str) {
+    m.ok(&["init"]);
+    m.ok(&[
+        "add",
+        "command",
+        "--name",
+        "nasty",
+        "--set",
+        &format!("command={command}"),
+        "--set",
+        "stop_timeout=1",
+        "--set",
+        "start_seconds=0.2",
+    ]);
+    m.ok(&["deploy", "nasty"]);
+}
+
 fn wait_all_running(markers: &[String]) {
     wait_for("every process of the service to run", || {
         markers
@@ -39,20 +57,7 @@ fn check_mode(containment: &'static str, expect_in_status: &str) {
         + u64::from(std::process::id() % 100_000) * 10
         + if containment == "cgroup" { 0 } else { 5 };
     let (command, markers) = nasty_command(base);
-    m.ok(&["init"]);
-    m.ok(&[
-        "add",
-        "command",
-        "--name",
-        "nasty",
-        "--set",
-        &format!("command={command}"),
-        "--set",
-        "stop_timeout=1",
-        "--set",
-        "start_seconds=0.2",
-    ]);
-    m.ok(&["deploy", "nasty"]);
+    deploy_nasty(&m, &command);
     let mut agent = m.agent();
     wait_all_running(&markers);
     wait_for("the agent report", || {
@@ -108,18 +113,7 @@ fn restarted_agent_adopts_no_orphans() {
     let zkc = Checker::connect(&zk);
     let base = 8_000_000 + u64::from(std::process::id() % 100_000) * 10;
     let (command, markers) = nasty_command(base);
-    m.ok(&["init"]);
-    m.ok(&[
-        "add",
-        "command",
-        "--name",
-        "nasty",
-        "--set",
-        &format!("command={command}"),
-        "--set",
-        "stop_timeout=1",
-    ]);
-    m.ok(&["deploy", "nasty"]);
+    deploy_nasty(&m, &command);
     let mut agent = m.agent();
     wait_all_running(&markers);
     let old = leftovers(&markers);
