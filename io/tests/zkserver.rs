@@ -129,6 +129,14 @@ fn daemon_starts_once_reports_and_stops() {
 
     assert!(!daemon_status(&pid_file).expect("status").running);
     let started = start_daemon(&cfg, &pid_file).expect("daemon");
+    // Stops the daemon even if an assertion below fails.
+    struct Cleanup<'a>(&'a std::path::Path);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            let _ = stop_daemon(self.0);
+        }
+    }
+    let _cleanup = Cleanup(&pid_file);
     assert!(started.running);
     let (pid, port) = (started.pid.expect("pid"), started.port.expect("port"));
     assert_eq!(

@@ -166,6 +166,31 @@ impl Machine {
     }
 }
 
+/// A failed test must not leave daemons behind: an agent started with `pop start` or a
+/// ZooKeeper started with `pop zk start` from this machine's state directory is stopped.
+impl Drop for Machine {
+    fn drop(&mut self) {
+        let pid_file = self.state.path().join("agent.pid");
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+        {
+            signal(pid, libc::SIGTERM);
+            let end = Instant::now() + DEADLINE;
+            while Instant::now() < end
+                && std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists()
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            signal(pid, libc::SIGKILL);
+        }
+        let zk_pid = self.state.path().join("zookeeper").join("zookeeper.pid");
+        if zk_pid.exists() {
+            let _ = pop_io::zkserver::stop_daemon(&zk_pid);
+        }
+    }
+}
+
 pub struct Agent {
     child: Option<Child>,
     pub log: PathBuf,
