@@ -7,7 +7,7 @@
 
 use crate::clock::Clock;
 use crate::supervise::{
-    ContainmentChoice, ProcessSpec, ReadinessProbe, Supervisor, SupervisorConfig, SupervisorEvent,
+    ContainmentChoice, ProcessSpec, ReadinessProbe, Supervisor, SupervisorConfig,
 };
 use crate::zk::{self, Client, SessionState, ZkConfig};
 use pop_core::event::{Action, Input, Report};
@@ -99,11 +99,11 @@ pub async fn run(
         seed: u64::from(std::process::id()) ^ Clock::new().now().as_millis(),
         backoff: Default::default(),
     });
-    // Supervisor events become core inputs.
+    // Supervisor events are core inputs already.
     let fwd = tx.clone();
     tokio::spawn(async move {
         while let Some(event) = sup_rx.recv().await {
-            if fwd.send(Msg::Local(supervisor_input(event))).is_err() {
+            if fwd.send(Msg::Local(event)).is_err() {
                 break;
             }
         }
@@ -176,47 +176,6 @@ pub async fn run(
                 return Ok(());
             }
         }
-    }
-}
-
-fn supervisor_input(event: SupervisorEvent) -> Input {
-    match event {
-        SupervisorEvent::Spawned {
-            service,
-            generation,
-            pid,
-        } => Input::Spawned {
-            service,
-            generation,
-            pid,
-        },
-        SupervisorEvent::SpawnFailed {
-            service,
-            generation,
-            error,
-        } => Input::SpawnFailed {
-            service,
-            generation,
-            error,
-        },
-        SupervisorEvent::Ready {
-            service,
-            generation,
-            port,
-        } => Input::Ready {
-            service,
-            generation,
-            port,
-        },
-        SupervisorEvent::Exited {
-            service,
-            generation,
-            status,
-        } => Input::Exited {
-            service,
-            generation,
-            status,
-        },
     }
 }
 

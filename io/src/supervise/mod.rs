@@ -175,31 +175,10 @@ pub struct ProcessSpec {
 /// How the main process ended: the core's type, so events pass through unchanged.
 pub use pop_core::ExitStatus;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SupervisorEvent {
-    Spawned {
-        service: String,
-        generation: u64,
-        pid: u32,
-    },
-    SpawnFailed {
-        service: String,
-        generation: u64,
-        error: String,
-    },
-    /// Only when the spec had a probe.
-    Ready {
-        service: String,
-        generation: u64,
-        port: Option<u16>,
-    },
-    /// The main process exited and the containment is empty.
-    Exited {
-        service: String,
-        generation: u64,
-        status: ExitStatus,
-    },
-}
+/// What the supervisor reports: the core's process inputs (`Spawned`, `SpawnFailed`,
+/// `Ready` when the spec had a probe, and `Exited` once the main process has exited and
+/// the containment is empty), so the driver passes them on unchanged.
+pub type SupervisorEvent = pop_core::Input;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SuperviseError {
