@@ -17,6 +17,8 @@ use std::time::Duration;
 
 /// One-way network latency between an agent and ZooKeeper.
 const LATENCY: Duration = Duration::from_millis(1);
+/// The negotiated session timeout the agents are told.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(4);
 /// Time a process takes to start, to stop, or to bind its port.
 const PROCESS_DELAY: Duration = Duration::from_millis(2);
 
@@ -110,13 +112,18 @@ impl World {
     fn connect(&mut self, machine: usize) {
         let session = self.zk.open_session();
         self.machines[machine].session = Some(session);
+        self.deliver_connected(machine, session);
+    }
+
+    /// The agent hears that `session` is connected, one network hop from now.
+    fn deliver_connected(&mut self, machine: usize, session: SessionId) {
         self.schedule(
             self.now + LATENCY,
             Event::Deliver {
                 machine,
                 input: Input::Session(SessionEvent::Connected {
                     session,
-                    timeout: Duration::from_secs(4),
+                    timeout: SESSION_TIMEOUT,
                 }),
             },
         );
@@ -227,16 +234,7 @@ impl World {
         if let Some(session) = self.machines[machine].session {
             self.trace
                 .push(format!("{} m{machine} reconnected", self.now));
-            self.schedule(
-                self.now + LATENCY,
-                Event::Deliver {
-                    machine,
-                    input: Input::Session(SessionEvent::Connected {
-                        session,
-                        timeout: Duration::from_secs(4),
-                    }),
-                },
-            );
+            self.deliver_connected(machine, session);
         }
     }
 
