@@ -69,6 +69,16 @@ pub fn pop_exe() -> PathBuf {
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// The common start of a test: a ZooKeeper, one machine, an independent client, and
+/// `pop init` done.
+pub fn initialised() -> (Zk, Machine, Checker) {
+    let zk = Zk::start();
+    let machine = Machine::new(&zk);
+    let checker = Checker::connect(&zk);
+    machine.ok(&["init"]);
+    (zk, machine, checker)
+}
+
 /// A unique token for this test process, for machine ids and process markers.
 pub fn unique(prefix: &str) -> String {
     format!(

@@ -1,7 +1,7 @@
 //! Several agents (machine ids) on one host: each runs only its own services; concurrent
 //! deploys from many clients all land.
 
-use pop_tests::{wait_for, Checker, Machine, Zk};
+use pop_tests::{initialised, wait_for, Checker, Machine, Zk};
 use std::collections::BTreeSet;
 
 #[test]
@@ -48,10 +48,7 @@ fn two_agents_run_only_their_own_services() {
 
 #[test]
 fn concurrent_deploys_all_land() {
-    let zk = Zk::start();
-    let m = Machine::new(&zk);
-    let zkc = Checker::connect(&zk);
-    m.ok(&["init"]);
+    let (_zk, m, zkc) = initialised();
     m.ok(&["add", "echo", "--name", "web"]);
     let ids: Vec<String> = (0..12).map(|i| format!("node-{i}")).collect();
     let children: Vec<_> = ids
@@ -104,10 +101,7 @@ fn chroots_are_separate_namespaces() {
 /// so its node goes at once instead of after the session timeout.
 #[test]
 fn an_idle_agent_leaves_no_node_behind() {
-    let zk = Zk::start();
-    let m = Machine::new(&zk);
-    let zkc = Checker::connect(&zk);
-    m.ok(&["init"]);
+    let (_zk, m, zkc) = initialised();
     let mut agent = m.agent();
     let node = format!("/agents/{}", m.id);
     wait_for("the agent node", || zkc.get(&node));

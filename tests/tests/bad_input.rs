@@ -1,7 +1,7 @@
 //! Bad input: a clear one-line error naming the problem, a non-zero exit, nothing written.
 //! Bad data written into ZooKeeper by others: the agent reports it and keeps going.
 
-use pop_tests::{wait_for, Checker, Machine, Zk};
+use pop_tests::{initialised, wait_for, Checker, Machine, Zk};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -85,10 +85,7 @@ fn unreachable_zookeeper_fails_fast_naming_the_host() {
 
 #[test]
 fn agent_survives_bad_json_and_keeps_its_last_good_view() {
-    let zk = Zk::start();
-    let m = Machine::new(&zk);
-    let zkc = Checker::connect(&zk);
-    m.ok(&["init"]);
+    let (_zk, m, zkc) = initialised();
     m.ok(&["add", "echo", "--port", "0"]);
     m.ok(&["deploy", "echo"]);
     let mut agent = m.agent();

@@ -1,6 +1,6 @@
 //! A deployed service's life: killed and restarted, reconfigured, undeployed, removed.
 
-use pop_tests::{signal, wait_for, Checker, Machine, Zk};
+use pop_tests::{initialised, signal, wait_for, Checker};
 
 fn state_pid(zkc: &Checker, service: &str, machine: &str) -> Option<u64> {
     zkc.get_json(&format!("/services/{service}/state/{machine}"))
@@ -9,10 +9,7 @@ fn state_pid(zkc: &Checker, service: &str, machine: &str) -> Option<u64> {
 
 #[test]
 fn kill_settings_change_undeploy_remove() {
-    let zk = Zk::start();
-    let m = Machine::new(&zk);
-    let zkc = Checker::connect(&zk);
-    m.ok(&["init"]);
+    let (_zk, m, zkc) = initialised();
     m.ok(&[
         "add",
         "command",
@@ -101,10 +98,7 @@ fn pid_alive(pid: u64) -> bool {
 /// must finish, stop the service, and leave nothing of it behind.
 #[test]
 fn remove_force_and_init_force_under_a_running_agent() {
-    let zk = Zk::start();
-    let m = Machine::new(&zk);
-    let zkc = Checker::connect(&zk);
-    m.ok(&["init"]);
+    let (_zk, m, zkc) = initialised();
     for name in ["a", "b"] {
         m.ok(&["add", "echo", "--name", name]);
         m.ok(&["deploy", name]);
@@ -130,10 +124,7 @@ fn remove_force_and_init_force_under_a_running_agent() {
 /// Corrupt data written by someone else is never silently overwritten or ignored.
 #[test]
 fn set_and_remove_refuse_corrupt_nodes() {
-    let zk = Zk::start();
-    let m = Machine::new(&zk);
-    let zkc = Checker::connect(&zk);
-    m.ok(&["init"]);
+    let (_zk, m, zkc) = initialised();
     m.ok(&["add", "echo"]);
     zkc.set("/services/echo/settings", b"[1,2]");
     let err = m.fails(&["set", "echo", "type=echo", "port=1"]);
@@ -153,10 +144,7 @@ fn set_and_remove_refuse_corrupt_nodes() {
 /// back the agent opens a new session and publishes the same process again.
 #[test]
 fn session_expiry_keeps_the_service_and_republishes() {
-    let zk = Zk::start();
-    let m = Machine::new(&zk);
-    let zkc = Checker::connect(&zk);
-    m.ok(&["init"]);
+    let (zk, m, zkc) = initialised();
     m.ok(&["add", "echo"]);
     m.ok(&["deploy", "echo"]);
     let agent = m.agent();
