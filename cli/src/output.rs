@@ -9,6 +9,12 @@ pub enum DumpFormat {
     Json,
 }
 
+/// Prints data for scripts (`--json`): pretty JSON on stdout.
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
 /// An error and its causes on one line.
 pub fn one_line(e: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();

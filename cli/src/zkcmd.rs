@@ -57,7 +57,7 @@ pub fn run(cli: &Cli, action: &ZkAction) -> Result<()> {
         ZkAction::Status => {
             let status = zkserver::daemon_status(&pid_file)?;
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                crate::output::print_json(&status)?;
             } else {
                 println!("{status}");
             }

@@ -295,7 +295,7 @@ async fn dump(admin: &Admin, format: DumpFormat) -> Result<()> {
     }
     let value = Value::Object(nodes);
     match format {
-        DumpFormat::Json => println!("{}", serde_json::to_string_pretty(&value)?),
+        DumpFormat::Json => output::print_json(&value)?,
         DumpFormat::Yaml => print!("{}", output::yaml(&value)),
     }
     Ok(())

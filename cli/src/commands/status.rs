@@ -154,11 +154,7 @@ pub async fn status(cli: &Cli, admin: &Admin, only: Option<&str>) -> Result<()> 
         services.push(service_json(admin, name, &agents, now).await?);
     }
     if cli.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({ "services": services }))?
-        );
-        return Ok(());
+        return output::print_json(&json!({ "services": services }));
     }
     if services.is_empty() {
         println!("no services yet: add one with `pop add <type>`");
@@ -300,11 +296,7 @@ pub async fn machines(cli: &Cli, admin: &Admin) -> Result<()> {
         }));
     }
     if cli.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({ "machines": list }))?
-        );
-        return Ok(());
+        return output::print_json(&json!({ "machines": list }));
     }
     if list.is_empty() {
         println!("no machines yet: start an agent with `pop start`");
