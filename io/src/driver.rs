@@ -88,6 +88,7 @@ pub async fn run(
         ),
         sup_tx,
     )?;
+    let clock = Clock::new();
     let containment = supervisor.containment().to_string();
     info!(machine = %config.machine_id, %containment, zk = %config.zk.hosts, "agent starting");
     let agent = Agent::new(AgentConfig {
@@ -96,7 +97,7 @@ pub async fn run(
         agent_pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         containment,
-        seed: u64::from(std::process::id()) ^ Clock::new().now().as_millis(),
+        seed: u64::from(std::process::id()) ^ clock.now().as_millis(),
         backoff: Default::default(),
     });
     // Supervisor events are core inputs already.
@@ -111,7 +112,7 @@ pub async fn run(
     let mut driver = Driver {
         config,
         agent,
-        clock: Clock::new(),
+        clock,
         supervisor,
         client: None,
         epoch: 0,
