@@ -159,6 +159,7 @@ pub async fn run(
                 } else if shutdown_requested {
                     warn!("second stop request: killing services now");
                     driver.supervisor.shutdown(Duration::from_millis(500)).await;
+                    driver.close_session().await;
                     return Ok(());
                 } else {
                     shutdown_requested = true;
