@@ -1,10 +1,11 @@
 //! Restart backoff: a pure function of the failure count and a seeded generator.
 
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// A small deterministic generator (SplitMix64): the core's only source of randomness,
 /// seeded at construction so simulations replay exactly.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SeededRng(u64);
 
 impl SeededRng {
@@ -22,7 +23,7 @@ impl SeededRng {
 }
 
 /// Exponential backoff for quick repeated crashes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Backoff {
     pub initial: Duration,
     pub max: Duration,

@@ -1,6 +1,8 @@
 //! The core's inputs and outputs.
 
 use crate::launch::Launch;
+use crate::settings::Settings;
+use crate::time::Timestamp;
 use crate::zk::{RequestId, SessionEvent, WatchEvent, ZkOp, ZkReply};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -52,7 +54,7 @@ impl fmt::Display for ExitStatus {
 }
 
 /// Everything that happens to an agent. Each comes with the time it happened.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Input {
     Session(SessionEvent),
     Reply {
@@ -82,14 +84,27 @@ pub enum Input {
         generation: u64,
         status: ExitStatus,
     },
+    /// A process an earlier agent on this machine started and that is provably still the
+    /// same one (the driver checked); the core takes it over as running and ready.
+    Adopted {
+        service: String,
+        generation: u64,
+        pid: u32,
+        started_at: Timestamp,
+        port: Option<u16>,
+        settings: Settings,
+    },
     /// The deadline from `poll_timeout` was reached.
     Tick,
     /// Stop every service, then emit `Action::Exit`.
     Shutdown,
+    /// Exit at once and leave every service running, for the next agent to adopt
+    /// (an upgrade of the agent).
+    Detach,
 }
 
 /// Something the core wants done. The driver performs it and reports back as an `Input`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Action {
     Zk {
         id: RequestId,
@@ -99,6 +114,9 @@ pub enum Action {
         service: String,
         generation: u64,
         launch: Launch,
+        /// What `launch` was made from; the driver keeps it so a later agent can adopt
+        /// the process and know what it runs.
+        settings: Settings,
     },
     /// SIGTERM everything of this run, SIGKILL after `grace`; report `Exited` when gone.
     Stop {
@@ -114,7 +132,7 @@ pub enum Action {
 }
 
 /// Things worth a log line and a place in `pop status`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Report {
     /// A znode holds data the agent cannot use; it keeps its last good view.
     BadData {
@@ -142,5 +160,13 @@ pub enum Report {
     Exited {
         service: String,
         status: ExitStatus,
+    },
+    Adopted {
+        service: String,
+        pid: u32,
+    },
+    /// The session was lost long enough that `session_loss: fence` services are stopped.
+    Fenced {
+        services: Vec<String>,
     },
 }

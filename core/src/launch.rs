@@ -2,9 +2,10 @@
 //! driver needs, decided here so every driver (and the simulator) agrees.
 
 use crate::settings::{ServiceType, Settings};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Program {
     /// A shell command line, run with `sh -c`.
     Shell(String),
@@ -14,13 +15,13 @@ pub enum Program {
 
 /// Readiness: the service is ready once it accepts TCP connections on this port
 /// (0: on whatever port it listens).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Probe {
     pub host: String,
     pub port: u16,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Launch {
     pub program: Program,
     pub env: BTreeMap<String, String>,

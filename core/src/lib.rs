@@ -7,7 +7,9 @@
 
 pub mod agent;
 pub mod backoff;
+mod bytes;
 pub mod event;
+pub mod journal;
 pub mod launch;
 pub mod names;
 pub mod paths;

@@ -1,5 +1,6 @@
 //! Names that become znode path components: service names and machine ids.
 
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use thiserror::Error;
 
@@ -63,7 +64,8 @@ fn check(what: &'static str, name: &str) -> Result<(), NameError> {
 }
 
 /// A validated service name: safe as one znode path component.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct ServiceName(String);
 
 impl ServiceName {
@@ -84,7 +86,8 @@ impl fmt::Display for ServiceName {
 }
 
 /// A validated machine id: safe as one znode path component.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct MachineId(String);
 
 impl MachineId {
@@ -101,6 +104,32 @@ impl MachineId {
 impl fmt::Display for MachineId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for ServiceName {
+    type Error = NameError;
+    fn try_from(s: String) -> Result<Self, NameError> {
+        ServiceName::new(&s)
+    }
+}
+
+impl From<ServiceName> for String {
+    fn from(n: ServiceName) -> String {
+        n.0
+    }
+}
+
+impl TryFrom<String> for MachineId {
+    type Error = NameError;
+    fn try_from(s: String) -> Result<Self, NameError> {
+        MachineId::new(&s)
+    }
+}
+
+impl From<MachineId> for String {
+    fn from(n: MachineId) -> String {
+        n.0
     }
 }
 

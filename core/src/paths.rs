@@ -60,7 +60,7 @@ pub fn parent(path: &str) -> Option<&str> {
 }
 
 /// What a watched path is about, so a watch event can be routed back.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Watched {
     ServiceList,
     Machines(String),

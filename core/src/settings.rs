@@ -1,6 +1,7 @@
 //! Service settings (`/services/<name>/settings`) and machine lists (`/services/<name>/machines`):
 //! parsing JSON written by anyone into values the agent can trust, with errors naming the problem.
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -70,7 +71,7 @@ pub fn render_machines(machines: &BTreeSet<String>) -> Vec<u8> {
 }
 
 /// The built-in service types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum ServiceType {
     /// Runs the `command` setting with `sh -c`.
     Command,
@@ -119,16 +120,27 @@ impl ServiceType {
 }
 
 /// What to do when a service's process exits without pop asking it to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RestartPolicy {
     Always,
     OnFailure,
     Never,
 }
 
+/// What a service does while its machine's ZooKeeper session is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum SessionLoss {
+    /// Keep running; the service may be unregistered for a while.
+    #[default]
+    KeepRunning,
+    /// Stop before the session can expire (so nobody sees it registered while it is not
+    /// supervised by a live session), start again once the session is back.
+    Fence,
+}
+
 /// Validated settings of one service. Unknown keys are kept (`extra`) so plugins and
 /// operators can add their own; a change to any of them restarts the service.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
     pub service_type: ServiceType,
     pub command: Option<String>,
@@ -136,6 +148,7 @@ pub struct Settings {
     /// `None`: the service has no port; `Some(0)`: the service picks one.
     pub port: Option<u16>,
     pub restart: RestartPolicy,
+    pub session_loss: SessionLoss,
     pub stop_timeout: Duration,
     pub start_seconds: Duration,
     pub env: BTreeMap<String, String>,
@@ -196,6 +209,7 @@ impl Settings {
             host: DEFAULT_HOST.to_string(),
             port: None,
             restart: RestartPolicy::Always,
+            session_loss: SessionLoss::KeepRunning,
             stop_timeout: Duration::from_secs(10),
             start_seconds: Duration::from_secs(1),
             env: BTreeMap::new(),
@@ -227,6 +241,19 @@ impl Settings {
                             return Err(DataError::BadSetting {
                                 key: key.clone(),
                                 expected: "one of \"always\", \"on-failure\", \"never\"",
+                                found: v.to_string(),
+                            })
+                        }
+                    }
+                }
+                "session_loss" => {
+                    settings.session_loss = match v.as_str() {
+                        Some("keep-running") => SessionLoss::KeepRunning,
+                        Some("fence") => SessionLoss::Fence,
+                        _ => {
+                            return Err(DataError::BadSetting {
+                                key: key.clone(),
+                                expected: "one of \"keep-running\", \"fence\"",
                                 found: v.to_string(),
                             })
                         }
@@ -323,6 +350,10 @@ mod tests {
                 "stop_timeout",
             ),
             (r#"{"type":"echo","port":1,"env":{"A":1}}"#, "env.A"),
+            (
+                r#"{"type":"echo","port":1,"session_loss":"panic"}"#,
+                "session_loss",
+            ),
             (r#"[1]"#, "object"),
         ];
         for (json, needle) in cases {

@@ -1,24 +1,25 @@
 //! ZooKeeper requests the core issues and the replies and events it consumes.
 //! The driver maps these onto a real client; the simulator onto its model.
 
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::Duration;
 
 /// Identifies a request so its reply can be matched; replies to unknown ids are stale.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RequestId(pub u64);
 
 /// A ZooKeeper session id as the server reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SessionId(pub i64);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CreateMode {
     Persistent,
     Ephemeral,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ZkOp {
     GetData {
         path: String,
@@ -30,11 +31,13 @@ pub enum ZkOp {
     },
     Create {
         path: String,
+        #[serde(with = "crate::bytes")]
         data: Vec<u8>,
         mode: CreateMode,
     },
     SetData {
         path: String,
+        #[serde(with = "crate::bytes")]
         data: Vec<u8>,
         version: Option<i32>,
     },
@@ -57,24 +60,30 @@ impl ZkOp {
 }
 
 /// The parts of a znode's stat the core uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct NodeStat {
     pub version: i32,
     /// Session owning an ephemeral node; 0 for persistent nodes.
     pub ephemeral_owner: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ZkReply {
-    Data { data: Vec<u8>, stat: NodeStat },
+    Data {
+        #[serde(with = "crate::bytes")]
+        data: Vec<u8>,
+        stat: NodeStat,
+    },
     Children(Vec<String>),
     Created,
-    Set { stat: NodeStat },
+    Set {
+        stat: NodeStat,
+    },
     Deleted,
     Error(ZkError),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ZkError {
     NoNode,
     NodeExists,
@@ -113,7 +122,7 @@ impl fmt::Display for ZkError {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WatchKind {
     Created,
     Deleted,
@@ -121,14 +130,14 @@ pub enum WatchKind {
     ChildrenChanged,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WatchEvent {
     pub path: String,
     pub kind: WatchKind,
 }
 
 /// What the driver tells the core about its session.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SessionEvent {
     Connected {
         session: SessionId,

@@ -7,9 +7,11 @@
 //! --force`, `pop init --force`) is noticed and written again if still wanted.
 
 use crate::paths;
+use serde::{Deserialize, Serialize};
+
 use crate::zk::{CreateMode, SessionId, WatchKind, ZkError, ZkOp, ZkReply};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum Have {
     /// Nothing known: after start, a new session or an unknown outcome.
     Unknown,
@@ -23,7 +25,7 @@ enum Have {
     ParentMissing,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Step {
     Create,
     CreateParent,
@@ -34,7 +36,7 @@ pub(crate) enum Step {
     Delete,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct EphemeralNode {
     path: String,
     want: Option<Vec<u8>>,

@@ -15,6 +15,7 @@ use crate::settings::{parse_machines, Settings};
 use crate::time::Timestamp;
 use crate::zk::{CreateMode, RequestId, SessionEvent, SessionId, ZkError, ZkOp, ZkReply};
 use ephemeral::{EphemeralNode, Step};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use service::{Outbox, Service};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -23,8 +24,15 @@ use std::time::Duration;
 /// How long to wait before retrying reads and writes that failed.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
 
+/// `fence` services are stopped this fraction of the session timeout after the session
+/// is lost, with at most `FENCE_GRACE_DIVISOR`th of it between SIGTERM and SIGKILL.
+/// The client notices a silent server about half a timeout after the last exchange, so
+/// they are down by ~7/8 of the timeout, before the server can expire the session.
+const FENCE_AFTER_DIVISOR: u32 = 4;
+const FENCE_GRACE_DIVISOR: u32 = 8;
+
 /// What the driver knows about its host, fixed for the agent's life.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentConfig {
     pub machine: MachineId,
     pub hostname: String,
@@ -37,7 +45,7 @@ pub struct AgentConfig {
     pub backoff: Backoff,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 enum Pending {
     Read(Watched),
     Ephemeral {
@@ -48,7 +56,7 @@ enum Pending {
     MachineNode,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 enum SessionState {
     Connecting,
     Connected(SessionId),
@@ -56,11 +64,19 @@ enum SessionState {
     Expired,
 }
 
+/// Serializable, so the driver can snapshot it into its journal between inputs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Agent {
     config: AgentConfig,
     now: Timestamp,
     started_at: Option<Timestamp>,
     session: SessionState,
+    /// Negotiated timeout of the current (or last) session.
+    session_timeout: Duration,
+    /// When the session was lost (disconnected or expired), until it is back.
+    lost_since: Option<Timestamp>,
+    /// Lost long enough: `fence` services are kept down until the session is back.
+    fenced: bool,
     next_request: u64,
     pending: BTreeMap<RequestId, Pending>,
     /// Paths with a watch registered in this session.
@@ -86,6 +102,9 @@ impl Agent {
             now: Timestamp::default(),
             started_at: None,
             session: SessionState::Connecting,
+            session_timeout: Duration::ZERO,
+            lost_since: None,
+            fenced: false,
             next_request: 1,
             pending: BTreeMap::new(),
             armed: BTreeSet::new(),
@@ -103,6 +122,10 @@ impl Agent {
 
     pub fn machine(&self) -> &str {
         self.config.machine.as_str()
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
     }
 
     /// Feeds one input. Afterwards drain `poll_action`.
@@ -140,8 +163,33 @@ impl Agent {
                 generation,
                 status,
             } => self.with_service(&service, |s, out| s.on_exited(generation, status, out)),
+            Input::Adopted {
+                service,
+                generation,
+                pid,
+                started_at,
+                port,
+                settings,
+            } => {
+                // Known or not, it is ours now; reading ZooKeeper decides its fate.
+                if !self.services.contains_key(&service) {
+                    let mut fresh = Service::new(service.clone());
+                    fresh.listed = false;
+                    self.services.insert(service.clone(), fresh);
+                }
+                self.with_service(&service, |s, out| {
+                    s.adopt(generation, pid, started_at, port, settings, out)
+                });
+            }
             Input::Tick => self.on_tick(),
             Input::Shutdown => self.shutting_down = true,
+            Input::Detach => {
+                if !self.exited {
+                    self.exited = true;
+                    self.actions.push_back(Action::Exit);
+                }
+                return;
+            }
         }
         self.converge();
     }
@@ -159,7 +207,22 @@ impl Agent {
             .values()
             .filter_map(Service::deadline)
             .chain(self.retry_at)
+            .chain(self.fence_deadline())
             .min()
+    }
+
+    /// When `fence` services must be stopped, if the session is lost and any runs.
+    fn fence_deadline(&self) -> Option<Timestamp> {
+        if self.fenced || !self.services.values().any(Service::runs_fenced) {
+            return None;
+        }
+        self.lost_since
+            .map(|since| since + self.session_timeout / FENCE_AFTER_DIVISOR)
+    }
+
+    fn outbox_grace_cap(&self) -> Option<Duration> {
+        self.fenced
+            .then(|| self.session_timeout / FENCE_GRACE_DIVISOR)
     }
 
     fn session_id(&self) -> Option<SessionId> {
@@ -179,7 +242,10 @@ impl Agent {
 
     fn on_session(&mut self, event: SessionEvent) {
         match event {
-            SessionEvent::Connected { session, .. } => {
+            SessionEvent::Connected { session, timeout } => {
+                self.session_timeout = timeout;
+                self.lost_since = None;
+                self.fenced = false;
                 let same = matches!(self.session,
                     SessionState::Connected(id) | SessionState::Disconnected(id) if id == session);
                 self.session = SessionState::Connected(session);
@@ -193,13 +259,17 @@ impl Agent {
             SessionEvent::Disconnected => {
                 if let SessionState::Connected(id) = self.session {
                     self.session = SessionState::Disconnected(id);
+                    self.lost_since = Some(self.now);
                 }
             }
             SessionEvent::Expired => {
                 if self.session == SessionState::Expired {
                     return; // already opening a new session
                 }
-                // Processes keep running; the new session re-reads everything and republishes.
+                // Processes keep running (unless fenced: our ephemerals are gone now); the
+                // new session re-reads everything and republishes.
+                self.lost_since.get_or_insert(self.now);
+                self.fence();
                 self.session = SessionState::Expired;
                 self.actions.push_back(Action::NewSession);
             }
@@ -270,9 +340,30 @@ impl Agent {
         }
     }
 
+    /// From now until the session is back, `fence` services are not wanted.
+    fn fence(&mut self) {
+        if self.fenced {
+            return;
+        }
+        self.fenced = true;
+        let services: Vec<String> = self
+            .services
+            .values()
+            .filter(|s| s.runs_fenced())
+            .map(|s| s.name.clone())
+            .collect();
+        if !services.is_empty() {
+            self.actions
+                .push_back(Action::Report(Report::Fenced { services }));
+        }
+    }
+
     fn on_tick(&mut self) {
         if self.retry_at.is_some_and(|t| self.now >= t) {
             self.retry_now();
+        }
+        if self.fence_deadline().is_some_and(|t| self.now >= t) {
+            self.fence();
         }
         for service in self.services.values_mut() {
             service.on_tick(self.now);
@@ -311,11 +402,17 @@ impl Agent {
             match (err, &watched) {
                 (ZkError::NoNode, Watched::Machines(name)) => {
                     self.clear_problem(&path);
-                    self.update_service(name, |s| s.machines = None);
+                    self.update_service(name, |s| {
+                        s.machines = None;
+                        s.machines_read = true;
+                    });
                 }
                 (ZkError::NoNode, Watched::Settings(name)) => {
                     self.clear_problem(&path);
-                    self.update_service(name, |s| s.settings = None);
+                    self.update_service(name, |s| {
+                        s.settings = None;
+                        s.settings_read = true;
+                    });
                 }
                 (ZkError::NoNode, Watched::ServiceList) => {
                     self.problem(&path, "missing: run `pop init`".to_string());
@@ -345,14 +442,20 @@ impl Agent {
             (Watched::Machines(name), ZkReply::Data { data, .. }) => match parse_machines(&data) {
                 Ok(machines) => {
                     self.clear_problem(&path);
-                    self.update_service(&name, |s| s.machines = Some(machines));
+                    self.update_service(&name, |s| {
+                        s.machines = Some(machines);
+                        s.machines_read = true;
+                    });
                 }
                 Err(e) => self.problem(&path, e.to_string()),
             },
             (Watched::Settings(name), ZkReply::Data { data, .. }) => match Settings::parse(&data) {
                 Ok(settings) => {
                     self.clear_problem(&path);
-                    self.update_service(&name, |s| s.settings = Some(settings));
+                    self.update_service(&name, |s| {
+                        s.settings = Some(settings);
+                        s.settings_read = true;
+                    });
                 }
                 Err(e) => self.problem(&path, e.to_string()),
             },
@@ -402,6 +505,10 @@ impl Agent {
                 fresh.push(name.clone());
             }
             service.listed = now_listed;
+            if !now_listed {
+                // Gone from ZooKeeper: an adopted process has nothing to wait for.
+                service.awaiting_target = false;
+            }
         }
         for name in listed {
             if !self.services.contains_key(&name) {
@@ -423,6 +530,7 @@ impl Agent {
     }
 
     fn with_service(&mut self, name: &str, f: impl FnOnce(&mut Service, &mut Outbox<'_>)) {
+        let stop_grace_cap = self.outbox_grace_cap();
         if let Some(service) = self.services.get_mut(name) {
             let mut out = Outbox {
                 actions: &mut self.actions,
@@ -430,6 +538,7 @@ impl Agent {
                 backoff: &self.config.backoff,
                 machine: self.config.machine.as_str(),
                 now: self.now,
+                stop_grace_cap,
             };
             f(service, &mut out);
         }
@@ -460,18 +569,22 @@ impl Agent {
             return;
         }
         let machine = self.config.machine.as_str().to_string();
+        let stop_grace_cap = self.outbox_grace_cap();
         let names: Vec<String> = self.services.keys().cloned().collect();
         for name in &names {
             let Some(service) = self.services.get_mut(name) else {
                 continue;
             };
-            let desired = service.desired(&machine, self.shutting_down).cloned();
+            let desired = service
+                .desired(&machine, self.shutting_down, self.fenced)
+                .cloned();
             let mut out = Outbox {
                 actions: &mut self.actions,
                 rng: &mut self.rng,
                 backoff: &self.config.backoff,
                 machine: &machine,
                 now: self.now,
+                stop_grace_cap,
             };
             service.reconcile(desired, &mut out);
         }
@@ -542,7 +655,7 @@ impl Agent {
         let services: serde_json::Map<String, Value> = self
             .services
             .values()
-            .filter(|s| s.desired(self.machine(), false).is_some() || !s.is_quiet())
+            .filter(|s| s.desired(self.machine(), false, false).is_some() || !s.is_quiet())
             .map(|s| (s.name.clone(), s.report_json()))
             .collect();
         json!({

@@ -3,10 +3,12 @@
 use crate::backoff::{Backoff, SeededRng};
 use crate::event::{Action, ExitStatus, Report};
 use crate::launch::Launch;
-use crate::settings::{RestartPolicy, Settings};
+use crate::settings::{RestartPolicy, SessionLoss, Settings};
 use crate::time::Timestamp;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, VecDeque};
+use std::time::Duration;
 
 /// Where actions go, plus what transitions need besides the service itself.
 pub(crate) struct Outbox<'a> {
@@ -15,9 +17,11 @@ pub(crate) struct Outbox<'a> {
     pub backoff: &'a Backoff,
     pub machine: &'a str,
     pub now: Timestamp,
+    /// While fencing, stops must finish before the session can expire.
+    pub stop_grace_cap: Option<Duration>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) enum Run {
     Idle,
     /// Waiting out a crash-loop delay before starting `settings` again.
@@ -51,7 +55,7 @@ pub(crate) enum Run {
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Service {
     pub name: String,
     /// Listed under /services.
@@ -65,6 +69,12 @@ pub(crate) struct Service {
     pub restarts: u32,
     pub quick_failures: u32,
     pub last_exit: Option<ExitStatus>,
+    /// Adopted from an earlier agent: left alone until this agent has read what
+    /// ZooKeeper wants (`machines_read` and `settings_read`), so it is not stopped
+    /// merely because nothing is known yet.
+    pub awaiting_target: bool,
+    pub machines_read: bool,
+    pub settings_read: bool,
 }
 
 impl Service {
@@ -79,11 +89,20 @@ impl Service {
             restarts: 0,
             quick_failures: 0,
             last_exit: None,
+            awaiting_target: false,
+            machines_read: false,
+            settings_read: false,
         }
     }
 
     /// The settings this machine should be running, if any.
-    pub(crate) fn desired(&self, machine: &str, shutting_down: bool) -> Option<&Settings> {
+    /// `fenced`: the session has been lost long enough that `fence` services must be down.
+    pub(crate) fn desired(
+        &self,
+        machine: &str,
+        shutting_down: bool,
+        fenced: bool,
+    ) -> Option<&Settings> {
         if shutting_down || !self.listed {
             return None;
         }
@@ -91,7 +110,53 @@ impl Service {
         if !machines.contains(machine) {
             return None;
         }
-        self.settings.as_ref()
+        self.settings
+            .as_ref()
+            .filter(|s| !(fenced && s.session_loss == SessionLoss::Fence))
+    }
+
+    /// Whether this service runs under the `fence` policy right now.
+    pub(crate) fn runs_fenced(&self) -> bool {
+        matches!(&self.run, Run::Starting { settings, .. } | Run::Running { settings, .. }
+            if settings.session_loss == SessionLoss::Fence)
+    }
+
+    /// Takes over a process an earlier agent started. Of two adopted generations of one
+    /// service (the earlier agent died mid-restart) the newer stays and the older stops.
+    pub(crate) fn adopt(
+        &mut self,
+        generation: u64,
+        pid: u32,
+        started_at: Timestamp,
+        port: Option<u16>,
+        settings: Settings,
+        out: &mut Outbox<'_>,
+    ) {
+        let grace = settings.stop_timeout;
+        if self.current_generation().is_some_and(|g| g > generation) {
+            out.actions.push_back(Action::Stop {
+                service: self.name.clone(),
+                generation,
+                grace,
+            });
+            return;
+        }
+        self.stop(out);
+        self.generation = self.generation.max(generation);
+        self.awaiting_target = true;
+        self.run = Run::Running {
+            generation,
+            pid,
+            started_at,
+            settings,
+            ready: true,
+            ready_at: None,
+            port,
+        };
+        out.actions.push_back(Action::Report(Report::Adopted {
+            service: self.name.clone(),
+            pid,
+        }));
     }
 
     /// No process and none wanted: the entry can go once the service is unlisted.
@@ -104,6 +169,12 @@ impl Service {
 
     /// Moves the process towards `desired`.
     pub(crate) fn reconcile(&mut self, desired: Option<Settings>, out: &mut Outbox<'_>) {
+        if self.awaiting_target {
+            if !(self.machines_read && self.settings_read) {
+                return;
+            }
+            self.awaiting_target = false;
+        }
         match (&mut self.run, desired) {
             (Run::Idle, Some(settings)) => self.spawn(settings, out),
             (Run::Finished { settings: done }, Some(settings)) => {
@@ -158,6 +229,7 @@ impl Service {
             service: self.name.clone(),
             generation: self.generation,
             launch,
+            settings: settings.clone(),
         });
         self.run = Run::Starting {
             generation: self.generation,
@@ -174,10 +246,13 @@ impl Service {
             ..
         } = &self.run
         {
+            let grace = out
+                .stop_grace_cap
+                .map_or(settings.stop_timeout, |cap| settings.stop_timeout.min(cap));
             out.actions.push_back(Action::Stop {
                 service: self.name.clone(),
                 generation: *generation,
-                grace: settings.stop_timeout,
+                grace,
             });
             self.run = Run::Stopping {
                 generation: *generation,
