@@ -6,7 +6,8 @@
 use crate::context;
 use crate::Cli;
 use anyhow::{anyhow, bail, Context, Result};
-use pop_io::driver::{self, DriverConfig};
+use pop_io::driver::{self, DriverConfig, StopRequest};
+use pop_io::journal::JournalLimits;
 use pop_io::supervise::ContainmentChoice;
 use pop_io::zk::ZkConfig;
 use std::fs::{File, OpenOptions};
@@ -70,6 +71,17 @@ fn session_timeout() -> Duration {
         .unwrap_or(Duration::from_secs(10))
 }
 
+/// `POP_JOURNAL_MAX_BYTES` bounds each journal file (tests use a small one to rotate).
+fn journal_limits() -> Result<JournalLimits> {
+    let mut limits = JournalLimits::default();
+    if let Ok(raw) = std::env::var("POP_JOURNAL_MAX_BYTES") {
+        limits.max_bytes = raw
+            .parse()
+            .map_err(|_| anyhow!("POP_JOURNAL_MAX_BYTES={raw:?}: expected a number of bytes"))?;
+    }
+    Ok(limits)
+}
+
 fn containment() -> Result<ContainmentChoice> {
     match std::env::var("POP_CONTAINMENT").as_deref() {
         Err(_) | Ok("") | Ok("auto") => Ok(ContainmentChoice::Auto),
@@ -100,13 +112,16 @@ pub async fn foreground(cli: &Cli) -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // SIGUSR1 (`pop stop --keep-services`): the agent goes, its services stay.
+    let mut usr1 = signal(SignalKind::user_defined1())?;
     tokio::spawn(async move {
         loop {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            if stop_tx.send(()).is_err() {
+            let request = tokio::select! {
+                _ = term.recv() => StopRequest::Stop,
+                _ = int.recv() => StopRequest::Stop,
+                _ = usr1.recv() => StopRequest::KeepServices,
+            };
+            if stop_tx.send(request).is_err() {
                 return;
             }
         }
@@ -124,6 +139,7 @@ pub async fn foreground(cli: &Cli) -> Result<()> {
         containment: containment()?,
         pop_exe: std::env::current_exe().context("finding the pop binary")?,
         hostname,
+        journal: journal_limits()?,
     };
     let result = driver::run(config, stop_rx).await;
     let _ = std::fs::remove_file(&pid_file);
@@ -216,7 +232,9 @@ fn log_tail(path: &Path, from: u64) -> String {
     }
 }
 
-pub fn stop(cli: &Cli) -> Result<()> {
+/// Stops the agent: with its services, or (`keep_services`) leaving them running for
+/// the next agent to adopt.
+pub fn stop(cli: &Cli, keep_services: bool) -> Result<()> {
     let machine = context::machine_id(cli)?;
     let state_dir = context::state_dir(cli)?;
     let pid_file = pid_path(&state_dir);
@@ -232,12 +250,18 @@ pub fn stop(cli: &Cli) -> Result<()> {
         bail!("no agent is running for machine {machine} (removed a stale pid file)");
     }
     let pid = read_pid(&pid_file).ok_or_else(|| anyhow!("{} holds no pid", pid_file.display()))?;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .with_context(|| format!("signalling the agent (pid {pid})"))?;
-    eprintln!("stopping agent {pid} and its services...");
+    let signal = if keep_services {
+        nix::sys::signal::Signal::SIGUSR1
+    } else {
+        nix::sys::signal::Signal::SIGTERM
+    };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+        .with_context(|| format!("signalling the agent (pid {pid})"))?;
+    if keep_services {
+        eprintln!("stopping agent {pid}; its services keep running...");
+    } else {
+        eprintln!("stopping agent {pid} and its services...");
+    }
     // Services get their own stop_timeout each; wait generously but not forever.
     let deadline = Instant::now() + Duration::from_secs(300);
     while alive(pid) {
@@ -246,6 +270,10 @@ pub fn stop(cli: &Cli) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    println!("agent for machine {machine} stopped");
+    if keep_services {
+        println!("agent for machine {machine} stopped; services left running for the next agent");
+    } else {
+        println!("agent for machine {machine} stopped");
+    }
     Ok(())
 }

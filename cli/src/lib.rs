@@ -7,6 +7,7 @@ mod context;
 mod echo;
 mod logs;
 mod output;
+mod replay;
 mod zkcmd;
 
 use clap::{Parser, Subcommand};
@@ -75,7 +76,11 @@ pub enum Command {
     /// Run the agent in the foreground.
     Fg,
     /// Stop this machine's agent and its services.
-    Stop,
+    Stop {
+        /// Stop only the agent (e.g. to upgrade it); the next agent adopts the services.
+        #[arg(long)]
+        keep_services: bool,
+    },
     /// Run a service on machines (default: this machine).
     Deploy {
         service: String,
@@ -118,6 +123,14 @@ pub enum Command {
         #[arg(short = 'n', long, default_value_t = 50)]
         lines: usize,
     },
+    /// Feed an agent journal to a fresh core and check it decides exactly as the live
+    /// agent did (default: this machine's current journal).
+    Replay {
+        journal: Option<PathBuf>,
+        /// Print only the summary (and any difference).
+        #[arg(short, long)]
+        quiet: bool,
+    },
     /// Run a local standalone ZooKeeper for a single machine.
     Zk {
         #[command(subcommand)]
@@ -156,7 +169,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Start => agent::start(&cli),
         Command::Fg => runtime()?.block_on(agent::foreground(&cli)),
-        Command::Stop => agent::stop(&cli),
+        Command::Stop { keep_services } => agent::stop(&cli, *keep_services),
+        Command::Replay { journal, quiet } => replay::run(&cli, journal.as_deref(), *quiet),
         Command::Logs {
             service,
             follow,

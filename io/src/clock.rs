@@ -5,24 +5,24 @@ use pop_core::Timestamp;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Clone, Copy)]
-pub struct Clock {
+pub struct SystemClock {
     start: Instant,
     start_wall_ms: u64,
 }
 
-impl Default for Clock {
+impl Default for SystemClock {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Clock {
+impl SystemClock {
     pub fn new() -> Self {
         let start_wall_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        Clock {
+        SystemClock {
             start: Instant::now(),
             start_wall_ms,
         }
@@ -36,5 +36,15 @@ impl Clock {
     pub fn instant_of(&self, t: Timestamp) -> tokio::time::Instant {
         let offset = t.as_millis().saturating_sub(self.start_wall_ms);
         tokio::time::Instant::from_std(self.start + std::time::Duration::from_millis(offset))
+    }
+}
+
+impl crate::driver::ports::Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        SystemClock::now(self)
+    }
+
+    fn instant_of(&self, t: Timestamp) -> tokio::time::Instant {
+        SystemClock::instant_of(self, t)
     }
 }

@@ -268,6 +268,7 @@ impl World {
                 service,
                 generation,
                 launch,
+                ..
             } => {
                 self.next_pid += 1;
                 let pid = self.next_pid;

@@ -1,19 +1,27 @@
 //! The agent's event loop: feeds ZooKeeper, process and timer events into the core and
 //! carries out the actions it emits.
 //!
+//! The loop is written against small ports ([`ports`]) so the same code runs in
+//! production ([`production`]) and under simulation. Every input is appended to the
+//! journal before the core sees it, and the actions after, so `pop replay` can check
+//! that the core's decisions follow from its inputs alone.
+//!
 //! Every spawned task reports back over one channel. Messages from an older ZooKeeper
-//! client are tagged with its epoch and dropped, so a reply or watch from an expired
+//! session are tagged with its epoch and dropped, so a reply or watch from an expired
 //! session never reaches the core.
 
-use crate::clock::Clock;
-use crate::supervise::{
-    ContainmentChoice, ProcessSpec, ReadinessProbe, Supervisor, SupervisorConfig,
-};
-use crate::zk::{self, Client, SessionState, ZkConfig};
+pub mod ports;
+pub mod production;
+
+use crate::clock::SystemClock;
+use crate::journal::{journal_path, JournalLimits, JournalWriter};
+use crate::supervise::{ContainmentChoice, Supervisor, SupervisorConfig};
+use crate::zk::ZkConfig;
 use pop_core::event::{Action, Input, Report};
-use pop_core::launch::{Launch, Program};
-use pop_core::zk::{SessionEvent, SessionId, ZkError, ZkReply};
+use pop_core::zk::{SessionEvent, ZkError, ZkReply};
 use pop_core::{Agent, AgentConfig};
+use ports::{Clock, ProcessPort, ZkPort, ZkSession};
+use production::{RealZk, SupervisedProcesses};
 use std::path::PathBuf;
 use std::time::Duration;
 use thiserror::Error;
@@ -41,86 +49,151 @@ pub struct DriverConfig {
     /// The pop binary, for built-in service types.
     pub pop_exe: PathBuf,
     pub hostname: String,
+    pub journal: JournalLimits,
 }
 
-enum Msg {
+/// Why the agent is asked to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopRequest {
+    /// Stop every service, then exit. A second one cuts the grace short.
+    Stop,
+    /// Exit now and leave the services running for the next agent (an upgrade).
+    KeepServices,
+}
+
+/// How long closing the session may take before the agent exits anyway.
+const CLOSE_LIMIT: Duration = Duration::from_secs(2);
+
+enum Msg<S> {
     /// An input that does not depend on the session (processes, signals).
     Local(Input),
-    /// An input from the ZooKeeper client of `epoch`.
+    /// An input from the ZooKeeper session of `epoch`.
     Session {
         epoch: u64,
         input: Input,
     },
     Connected {
         epoch: u64,
-        client: Client,
+        session: S,
     },
 }
 
-struct Driver {
-    config: DriverConfig,
-    agent: Agent,
-    clock: Clock,
-    supervisor: Supervisor,
-    client: Option<Client>,
-    epoch: u64,
-    tx: mpsc::UnboundedSender<Msg>,
-}
-
-/// Runs the agent until `shutdown` resolves and every service has stopped.
-/// A second `shutdown` signal (e.g. another Ctrl-C) cuts the stop grace short.
+/// Runs the production agent until `stop` asks it to end (and, for `Stop`, every
+/// service has stopped).
 pub async fn run(
     config: DriverConfig,
-    mut shutdown: mpsc::UnboundedReceiver<()>,
+    stop: mpsc::UnboundedReceiver<StopRequest>,
 ) -> Result<(), DriverError> {
     let work_dir = config.state_dir.join("work");
     std::fs::create_dir_all(&work_dir).map_err(|source| DriverError::StateDir {
         path: work_dir.clone(),
         source,
     })?;
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let (sup_tx, mut sup_rx) = mpsc::unbounded_channel();
+    let (process_tx, process_rx) = mpsc::unbounded_channel();
     let supervisor = Supervisor::new(
         SupervisorConfig::new(
             config.machine_id.as_str(),
             config.state_dir.clone(),
             config.containment,
         ),
-        sup_tx,
+        process_tx,
     )?;
-    let clock = Clock::new();
-    let containment = supervisor.containment().to_string();
-    info!(machine = %config.machine_id, %containment, zk = %config.zk.hosts, "agent starting");
-    let agent = Agent::new(AgentConfig {
+    let clock = SystemClock::new();
+    let processes = SupervisedProcesses {
+        supervisor,
+        state_dir: config.state_dir.clone(),
+        pop_exe: config.pop_exe.clone(),
+    };
+    let agent_config = AgentConfig {
         machine: config.machine_id.clone(),
         hostname: config.hostname.clone(),
         agent_pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").to_string(),
-        containment,
+        containment: processes.containment(),
         seed: u64::from(std::process::id()) ^ clock.now().as_millis(),
         backoff: Default::default(),
-    });
-    // Supervisor events are core inputs already.
+    };
+    let journal = match JournalWriter::start(
+        journal_path(&config.state_dir),
+        &agent_config,
+        config.journal,
+    ) {
+        Ok(journal) => Some(journal),
+        Err(e) => {
+            warn!("cannot start the journal, running without one: {e}");
+            None
+        }
+    };
+    info!(machine = %config.machine_id, containment = %agent_config.containment, zk = %config.zk.hosts, "agent starting");
+    let ports = Ports {
+        zk: RealZk { config: config.zk },
+        processes,
+        clock,
+    };
+    run_with(ports, agent_config, journal, process_rx, stop).await;
+    Ok(())
+}
+
+/// What the loop talks to.
+pub struct Ports<Z, P, C> {
+    pub zk: Z,
+    pub processes: P,
+    pub clock: C,
+}
+
+struct Driver<Z: ZkPort, P, C> {
+    zk: std::sync::Arc<Z>,
+    processes: Option<P>,
+    clock: C,
+    agent: Agent,
+    journal: Option<JournalWriter>,
+    session: Option<Z::Session>,
+    epoch: u64,
+    tx: mpsc::UnboundedSender<Msg<Z::Session>>,
+}
+
+/// The event loop over any ports. Returns when the core emits `Exit`, or at once after a
+/// second `Stop` request (services are then killed without the full grace).
+pub async fn run_with<Z: ZkPort, P: ProcessPort, C: Clock>(
+    ports: Ports<Z, P, C>,
+    agent_config: AgentConfig,
+    journal: Option<JournalWriter>,
+    mut process_events: mpsc::UnboundedReceiver<Input>,
+    mut stop: mpsc::UnboundedReceiver<StopRequest>,
+) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
     let fwd = tx.clone();
     tokio::spawn(async move {
-        while let Some(event) = sup_rx.recv().await {
+        while let Some(event) = process_events.recv().await {
             if fwd.send(Msg::Local(event)).is_err() {
                 break;
             }
         }
     });
     let mut driver = Driver {
-        config,
-        agent,
-        clock,
-        supervisor,
-        client: None,
+        zk: std::sync::Arc::new(ports.zk),
+        processes: Some(ports.processes),
+        clock: ports.clock,
+        agent: Agent::new(agent_config),
+        journal,
+        session: None,
         epoch: 0,
         tx,
     };
+    // What an earlier agent left running is known before anything else happens.
+    let adopted = driver
+        .processes
+        .as_mut()
+        .map(ProcessPort::take_adopted)
+        .unwrap_or_default();
+    for input in adopted {
+        if driver.step(input).await {
+            return;
+        }
+    }
     driver.start_session();
-    let mut shutdown_requested = false;
-    let mut shutdown_closed = false;
+    let mut stop_requested = false;
+    let mut stop_closed = false;
     loop {
         let deadline = driver
             .agent
@@ -136,65 +209,111 @@ pub async fn run(
             msg = rx.recv() => match msg {
                 Some(Msg::Local(input)) => Some(input),
                 Some(Msg::Session { epoch, input }) => (epoch == driver.epoch).then_some(input),
-                Some(Msg::Connected { epoch, client }) => {
-                    if epoch == driver.epoch {
-                        let session = SessionId(client.session_id().0);
-                        let timeout = client.session_timeout();
-                        info!(session = %format!("{:#x}", session.0), ?timeout, "ZooKeeper session established");
-                        driver.watch_session_state(&client);
-                        driver.client = Some(client);
-                        Some(Input::Session(SessionEvent::Connected { session, timeout }))
-                    } else {
-                        None
-                    }
-                }
+                Some(Msg::Connected { epoch, session }) => driver.on_connected(epoch, session),
                 None => None,
             },
             () = sleep => Some(Input::Tick),
-            signal = shutdown.recv(), if !shutdown_closed => {
-                if signal.is_none() {
-                    // Nobody can ask any more; carry on until told otherwise by the core.
-                    shutdown_closed = true;
+            request = stop.recv(), if !stop_closed => match request {
+                // Nobody can ask any more; carry on until told otherwise by the core.
+                None => {
+                    stop_closed = true;
                     None
-                } else if shutdown_requested {
+                }
+                Some(StopRequest::KeepServices) => {
+                    info!("stopping the agent only: services keep running for the next agent");
+                    Some(Input::Detach)
+                }
+                Some(StopRequest::Stop) if stop_requested => {
                     warn!("second stop request: killing services now");
-                    driver.supervisor.shutdown(Duration::from_millis(500)).await;
+                    if let Some(processes) = driver.processes.as_mut() {
+                        processes.shutdown(Duration::from_millis(500)).await;
+                    }
                     driver.close_session().await;
-                    return Ok(());
-                } else {
-                    shutdown_requested = true;
+                    return;
+                }
+                Some(StopRequest::Stop) => {
+                    stop_requested = true;
                     info!("stopping: services first, then the agent");
                     Some(Input::Shutdown)
                 }
             }
         };
         let Some(input) = input else { continue };
-        debug!(?input, "input");
-        driver.agent.handle(driver.clock.now(), input);
-        while let Some(action) = driver.agent.poll_action() {
-            if driver.perform(action) {
-                info!("all services stopped; closing the ZooKeeper session");
-                driver.close_session().await;
-                return Ok(());
-            }
+        if driver.step(input).await {
+            return;
         }
     }
 }
 
-impl Driver {
-    /// Drops the old client and connects anew, retrying until it works.
+impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
+    /// Journals one input, hands it to the core and performs what it asks; true when
+    /// the agent is done.
+    async fn step(&mut self, input: Input) -> bool {
+        debug!(?input, "input");
+        let now = self.clock.now();
+        let detach = input == Input::Detach;
+        if let Some(journal) = self.journal.as_mut() {
+            journal.input(now, &input);
+        }
+        self.agent.handle(now, input);
+        let actions: Vec<Action> = std::iter::from_fn(|| self.agent.poll_action()).collect();
+        if let Some(journal) = self.journal.as_mut() {
+            journal.actions(&actions);
+            journal.rotate_if_full(&self.agent);
+        }
+        for action in actions {
+            if self.perform(action) {
+                if detach {
+                    if let Some(processes) = self.processes.take() {
+                        processes.detach();
+                    }
+                    info!("agent detached; closing the ZooKeeper session");
+                } else {
+                    info!("all services stopped; closing the ZooKeeper session");
+                }
+                self.close_session().await;
+                return true;
+            }
+        }
+        false
+    }
+
+    fn on_connected(&mut self, epoch: u64, session: Z::Session) -> Option<Input> {
+        if epoch != self.epoch {
+            return None;
+        }
+        let (id, timeout) = (session.id(), session.timeout());
+        info!(session = %format!("{:#x}", id.0), ?timeout, "ZooKeeper session established");
+        let mut events = session.events();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                let input = Input::Session(event);
+                if tx.send(Msg::Session { epoch, input }).is_err() {
+                    return;
+                }
+            }
+        });
+        self.session = Some(session);
+        Some(Input::Session(SessionEvent::Connected {
+            session: id,
+            timeout,
+        }))
+    }
+
+    /// Drops the old session and connects anew, retrying until it works.
     fn start_session(&mut self) {
-        self.client = None;
+        self.session = None;
         self.epoch += 1;
         let epoch = self.epoch;
         let tx = self.tx.clone();
-        let config = self.config.zk.clone();
+        let zk = std::sync::Arc::clone(&self.zk);
         tokio::spawn(async move {
             let mut delay = Duration::from_millis(200);
             loop {
-                match zk::connect(&config).await {
-                    Ok(client) => {
-                        let _ = tx.send(Msg::Connected { epoch, client });
+                match zk.connect().await {
+                    Ok(session) => {
+                        let _ = tx.send(Msg::Connected { epoch, session });
                         return;
                     }
                     Err(e) => {
@@ -210,60 +329,11 @@ impl Driver {
         });
     }
 
-    /// Closes the session so our ephemerals go at once rather than at its timeout:
-    /// dropping the last client sends the close; wait (briefly) until it is done.
+    /// Closes the session so our ephemerals go at once rather than at its timeout.
     async fn close_session(&mut self) {
-        let Some(client) = self.client.take() else {
-            return;
-        };
-        let mut watcher = client.state_watcher();
-        drop(client);
-        let closed = async { while !watcher.changed().await.is_terminated() {} };
-        if tokio::time::timeout(Duration::from_secs(2), closed)
-            .await
-            .is_err()
-        {
-            warn!("the ZooKeeper session did not close within 2s; its nodes go when it expires");
+        if let Some(session) = self.session.take() {
+            session.close(CLOSE_LIMIT).await;
         }
-    }
-
-    fn watch_session_state(&self, client: &Client) {
-        let mut watcher = client.state_watcher();
-        let tx = self.tx.clone();
-        let epoch = self.epoch;
-        let session = SessionId(client.session_id().0);
-        let timeout = client.session_timeout();
-        // The state may have changed between connecting and now; `changed` would not
-        // report a terminal state that happened before we asked.
-        let current = watcher.peek_state();
-        tokio::spawn(async move {
-            let mut first = (current != SessionState::SyncConnected).then_some(current);
-            loop {
-                let state = match first.take() {
-                    Some(state) => state,
-                    None => watcher.changed().await,
-                };
-                let event = match state {
-                    SessionState::Disconnected => SessionEvent::Disconnected,
-                    SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
-                        SessionEvent::Connected { session, timeout }
-                    }
-                    // Expired, auth failure or closed: the session is over for good.
-                    _ => SessionEvent::Expired,
-                };
-                let terminal = event == SessionEvent::Expired;
-                if tx
-                    .send(Msg::Session {
-                        epoch,
-                        input: Input::Session(event),
-                    })
-                    .is_err()
-                    || terminal
-                {
-                    return;
-                }
-            }
-        });
     }
 
     /// Carries out one action; true when the agent should exit.
@@ -272,37 +342,25 @@ impl Driver {
             Action::Zk { id, op } => {
                 let tx = self.tx.clone();
                 let epoch = self.epoch;
-                let Some(client) = self.client.clone() else {
-                    let _ = tx.send(Msg::Session {
-                        epoch,
-                        input: Input::Reply {
-                            id,
-                            reply: ZkReply::Error(ZkError::ConnectionLoss),
-                        },
-                    });
+                let Some(session) = self.session.clone() else {
+                    let reply = ZkReply::Error(ZkError::ConnectionLoss);
+                    let input = Input::Reply { id, reply };
+                    let _ = tx.send(Msg::Session { epoch, input });
                     return false;
                 };
-                let timeout = self.config.zk.op_timeout;
                 tokio::spawn(async move {
-                    let (reply, watcher) = zk::execute(&client, &op, timeout).await;
-                    // Only live requests may hold the client: dropping the last one
-                    // closes the session, which shutdown relies on.
-                    drop(client);
-                    if tx
-                        .send(Msg::Session {
-                            epoch,
-                            input: Input::Reply { id, reply },
-                        })
-                        .is_err()
-                    {
+                    let (reply, watch) = session.execute(op).await;
+                    // Only live requests may hold the session: dropping the last clone
+                    // closes it, which shutdown relies on.
+                    drop(session);
+                    let input = Input::Reply { id, reply };
+                    if tx.send(Msg::Session { epoch, input }).is_err() {
                         return;
                     }
-                    if let Some(watcher) = watcher {
-                        if let Some(event) = zk::watch_event(watcher).await {
-                            let _ = tx.send(Msg::Session {
-                                epoch,
-                                input: Input::Watch(event),
-                            });
+                    if let Some(watch) = watch {
+                        if let Some(event) = watch.await {
+                            let input = Input::Watch(event);
+                            let _ = tx.send(Msg::Session { epoch, input });
                         }
                     }
                 });
@@ -311,54 +369,29 @@ impl Driver {
                 service,
                 generation,
                 launch,
+                settings,
             } => {
-                let spec = self.process_spec(&service, generation, launch);
-                info!(%service, generation, argv = ?spec.argv, "starting");
-                self.supervisor.spawn(spec);
+                if let Some(processes) = self.processes.as_mut() {
+                    processes.spawn(&service, generation, launch, &settings);
+                }
             }
             Action::Stop {
                 service,
                 generation,
                 grace,
             } => {
-                info!(%service, generation, ?grace, "stopping");
-                self.supervisor.stop(&service, generation, grace);
+                if let Some(processes) = self.processes.as_mut() {
+                    processes.stop(&service, generation, grace);
+                }
             }
             Action::NewSession => {
-                warn!("ZooKeeper session expired; opening a new one (services keep running)");
+                warn!("ZooKeeper session expired; opening a new one");
                 self.start_session();
             }
             Action::Report(report) => log_report(&report),
             Action::Exit => return true,
         }
         false
-    }
-
-    fn process_spec(&self, service: &str, generation: u64, launch: Launch) -> ProcessSpec {
-        let argv = match launch.program {
-            Program::Shell(command) => vec!["/bin/sh".to_string(), "-c".to_string(), command],
-            Program::PopBuiltin(args) => {
-                let mut argv = vec![self.config.pop_exe.to_string_lossy().into_owned()];
-                argv.extend(args);
-                argv
-            }
-        };
-        let cwd = self.config.state_dir.join("work").join(service);
-        if let Err(e) = std::fs::create_dir_all(&cwd) {
-            warn!(%service, "cannot create working directory {}: {e}", cwd.display());
-        }
-        ProcessSpec {
-            service: service.to_string(),
-            generation,
-            argv,
-            env: launch.env,
-            cwd: Some(cwd),
-            probe: launch.probe.map(|p| ReadinessProbe {
-                host: p.host,
-                port: p.port,
-            }),
-            exit_grace: Some(launch.stop_timeout),
-        }
     }
 }
 
@@ -376,5 +409,14 @@ fn log_report(report: &Report) {
         Report::SpawnFailed { service, error } => error!(%service, "cannot start: {error}"),
         Report::Started { service, pid } => info!(%service, pid, "started"),
         Report::Exited { service, status } => info!(%service, %status, "exited"),
+        Report::Adopted { service, pid } => {
+            info!(%service, pid, "adopted a running process of the previous agent")
+        }
+        Report::Fenced { services } => {
+            warn!(
+                ?services,
+                "ZooKeeper session lost too long: stopping fence services"
+            )
+        }
     }
 }

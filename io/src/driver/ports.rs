@@ -1,0 +1,59 @@
+//! The seams of the driver: what it needs from the world, as small traits. Production
+//! implementations are in [`super::production`]; a simulation (madsim) supplies its own,
+//! so the very same event loop runs against simulated ZooKeeper, processes and time.
+
+use pop_core::event::Input;
+use pop_core::launch::Launch;
+use pop_core::settings::Settings;
+use pop_core::zk::{SessionEvent, SessionId, WatchEvent, ZkOp, ZkReply};
+use pop_core::Timestamp;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// The core's notion of now, and when a core timestamp is reached on the runtime's timer.
+pub trait Clock: Send + 'static {
+    fn now(&self) -> Timestamp;
+    fn instant_of(&self, t: Timestamp) -> tokio::time::Instant;
+}
+
+/// Resolves when a one-shot watch fires: `None` if it ended with the session instead.
+pub type WatchFuture = Pin<Box<dyn Future<Output = Option<WatchEvent>> + Send>>;
+
+/// One ZooKeeper session. Cheap to clone; the session closes when `close` is called or
+/// the last clone is dropped.
+pub trait ZkSession: Clone + Send + Sync + 'static {
+    fn id(&self) -> SessionId;
+    /// The negotiated session timeout.
+    fn timeout(&self) -> Duration;
+    /// State changes after the session was established (`Disconnected`, `Connected` again,
+    /// finally `Expired`); the receiver ends after `Expired`.
+    fn events(&self) -> mpsc::UnboundedReceiver<SessionEvent>;
+    /// Runs one request, bounded in time; a watch request also gives its watch.
+    fn execute(&self, op: ZkOp) -> impl Future<Output = (ZkReply, Option<WatchFuture>)> + Send;
+    /// Ends the session so its ephemeral nodes go at once, waiting at most `limit`.
+    fn close(self, limit: Duration) -> impl Future<Output = ()> + Send;
+}
+
+/// Opens sessions.
+pub trait ZkPort: Send + Sync + 'static {
+    type Session: ZkSession;
+    fn connect(&self) -> impl Future<Output = Result<Self::Session, String>> + Send;
+}
+
+/// Runs and contains service processes. Outcomes (`Spawned`, `SpawnFailed`, `Ready`,
+/// `Exited`) arrive as core inputs on the channel the port was built with.
+pub trait ProcessPort: Send + 'static {
+    /// How services are contained, for `pop status`.
+    fn containment(&self) -> String;
+    /// Processes of an earlier agent that were verified and taken over, as inputs for
+    /// the core. Called once, before the first spawn.
+    fn take_adopted(&mut self) -> Vec<Input>;
+    fn spawn(&mut self, service: &str, generation: u64, launch: Launch, settings: &Settings);
+    fn stop(&mut self, service: &str, generation: u64, grace: Duration);
+    /// Stops everything within about `grace` and waits until it is gone.
+    fn shutdown(&mut self, grace: Duration) -> impl Future<Output = ()> + Send;
+    /// Lets go of every process, leaving it running for the next agent to adopt.
+    fn detach(self);
+}
