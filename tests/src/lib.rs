@@ -91,7 +91,10 @@ pub fn session_alive(addr: &str, session: i64) -> bool {
     let Ok(dump) = four_letter(addr, "dump", Duration::from_secs(2)) else {
         return false;
     };
-    let tracker = dump.split("ephemeral nodes dump").next().unwrap_or_default();
+    let tracker = dump
+        .split("ephemeral nodes dump")
+        .next()
+        .unwrap_or_default();
     tracker.contains(&format!("0x{session:x}"))
 }
 

@@ -181,8 +181,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
         } else {
             &[true]
         };
-        conn.pumps
-            .store(directions.len() as u64, Ordering::SeqCst);
+        conn.pumps.store(directions.len() as u64, Ordering::SeqCst);
         for &to_upstream in directions {
             let c = Arc::clone(&conn);
             let s = Arc::clone(shared);
@@ -288,12 +287,17 @@ mod tests {
 
     /// Nothing arrives for a while, and the connection is neither reset nor closed.
     fn silent(s: &mut TcpStream) {
-        s.write_all(b"anyone?").expect("writing into a black hole succeeds");
+        s.write_all(b"anyone?")
+            .expect("writing into a black hole succeeds");
         s.set_read_timeout(Some(Duration::from_millis(300)))
             .expect("timeout");
         let mut buf = [0u8; 16];
         match s.read(&mut buf) {
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
             other => panic!("expected silence, got {other:?}"),
         }
         s.set_read_timeout(Some(Duration::from_secs(5)))

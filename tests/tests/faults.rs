@@ -9,8 +9,8 @@
 //! would turn scheduling delays into spurious session expiries.
 
 use pop_tests::{
-    initialised, processes_with, Agent, session_alive, session_connected, wait_for, Checker, Ensemble,
-    Machine, TcpProxy,
+    initialised, processes_with, session_alive, session_connected, wait_for, Agent, Checker,
+    Ensemble, Machine, TcpProxy,
 };
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
@@ -86,9 +86,10 @@ fn environ(pid: u64) -> String {
 /// Exactly one process carries `marker`, and it is `pid` (a stopped predecessor may
 /// take a moment to go).
 fn only_process(marker: &str, pid: u64) {
-    wait_for(&format!("exactly one process {marker:?}, pid {pid}"), || {
-        (processes_with(marker) == [pid as i32]).then_some(())
-    });
+    wait_for(
+        &format!("exactly one process {marker:?}, pid {pid}"),
+        || (processes_with(marker) == [pid as i32]).then_some(()),
+    );
 }
 
 /// `pop set` restarts the service with the new setting: a new pid with `V=<value>`.
@@ -141,7 +142,11 @@ fn zookeeper_restart_keeps_the_service() {
     eprintln!(
         "zookeeper restart: server back after {restarted:?}, agent connected after \
          {reconnected:?}, session {} (was 0x{owner:x}, now 0x{now_owner:x})",
-        if owner == now_owner { "kept" } else { "replaced" }
+        if owner == now_owner {
+            "kept"
+        } else {
+            "replaced"
+        }
     );
     eprintln!("agent report: {report}");
 
@@ -234,9 +239,10 @@ fn assert_recovered(m: &Machine, zkc: &Checker, before: &BeforeExpiry, fresh_mar
     assert_eq!(kept, *keep_pid, "the unchanged service kept its process");
     assert!(environ(kept).contains("\nV=1\n"));
     for service in ["keep", "change", "fresh"] {
-        wait_for(&format!("{service}'s ephemerals owned by the new session"), || {
-            (owners(zkc, m, service) == [Some(owner); 3]).then_some(())
-        });
+        wait_for(
+            &format!("{service}'s ephemerals owned by the new session"),
+            || (owners(zkc, m, service) == [Some(owner); 3]).then_some(()),
+        );
     }
     only_process(keep_marker, kept);
     only_process(change_marker, changed);
@@ -309,7 +315,10 @@ fn session_expiry_across_a_partition() {
     let proxy = TcpProxy::start(zk.server.addr()).expect("proxy");
     // Only the agent goes through the proxy; `pop` commands and the checker do not.
     let (before, agent) = two_services(&m, &zkc, &proxy.connect_string());
-    assert!(proxy.forwarded() >= 1, "the agent connected through the proxy");
+    assert!(
+        proxy.forwarded() >= 1,
+        "the agent connected through the proxy"
+    );
 
     let fault = Instant::now();
     proxy.partition();
