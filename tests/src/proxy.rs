@@ -37,6 +37,8 @@ struct Shared {
     /// Connections accepted so far, and how many of them reached the upstream.
     accepted: AtomicU64,
     forwarded: AtomicU64,
+    /// Bytes read and discarded because their connection was black-holed.
+    dropped: AtomicU64,
 }
 
 struct Conn {
@@ -67,6 +69,7 @@ impl TcpProxy {
             conns: Mutex::new(HashMap::new()),
             accepted: AtomicU64::new(0),
             forwarded: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
         });
         let s = Arc::clone(&shared);
         let acceptor = std::thread::Builder::new()
@@ -116,6 +119,11 @@ impl TcpProxy {
     /// Connections accepted so far that were connected to the upstream.
     pub fn forwarded(&self) -> u64 {
         self.shared.forwarded.load(Ordering::SeqCst)
+    }
+
+    /// Bytes discarded so far (sent into a black hole by either side).
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::SeqCst)
     }
 
     /// Connections currently open (black-holed or not).
@@ -188,7 +196,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
             let spawned = std::thread::Builder::new()
                 .name(format!("proxy-conn-{id}"))
                 .spawn(move || {
-                    pump(&c, to_upstream);
+                    pump(&c, &s, to_upstream);
                     if c.pumps.fetch_sub(1, Ordering::SeqCst) == 1 {
                         lock(&s.conns).remove(&id);
                     }
@@ -201,7 +209,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
 }
 
 /// Copies one direction until end of stream or an error; discards while black-holed.
-fn pump(conn: &Conn, to_upstream: bool) {
+fn pump(conn: &Conn, shared: &Shared, to_upstream: bool) {
     let (mut from, to) = if to_upstream {
         (&conn.client, conn.upstream.as_ref())
     } else {
@@ -223,6 +231,7 @@ fn pump(conn: &Conn, to_upstream: bool) {
                 // when the last pump of this connection is done.
                 return;
             }
+            shared.dropped.fetch_add(n as u64, Ordering::SeqCst);
             continue;
         }
         let Some(mut to) = to else { continue };
@@ -322,6 +331,7 @@ mod tests {
         assert_eq!(proxy.accepted(), 2);
         assert_eq!(proxy.forwarded(), 1);
         assert_eq!(upstream_conns.load(Ordering::SeqCst), 1);
+        assert_eq!(proxy.dropped(), 2 * b"anyone?".len() as u64);
 
         proxy.heal();
         let mut c = connect(&proxy);

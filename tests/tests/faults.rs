@@ -342,3 +342,48 @@ fn session_expiry_across_a_partition() {
     let log = agent.log_text();
     assert!(log.contains("expired"), "{log}");
 }
+
+/// A partition shorter than the session timeout: the agent's connection goes silent,
+/// the network heals, the agent notices the dead connection and resumes the same session
+/// through a new one; nothing is restarted or re-created.
+#[test]
+fn brief_partition_keeps_the_session() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let t0 = Instant::now();
+    let (zk, m, zkc) = initialised();
+    let proxy = TcpProxy::start(zk.server.addr()).expect("proxy");
+    let marker = add_sleeper(&m, "svc");
+    // The longest session ZooKeeper grants at a 200 ms tick: 4 s.
+    let agent = m.agent_with(&proxy.connect_string(), 4000);
+    let pid = running(&zkc, &m, "svc");
+    let [Some(owner), ..] = owners(&zkc, &m, "svc") else {
+        panic!("no agent report")
+    };
+    let forwarded = proxy.forwarded();
+
+    let fault = Instant::now();
+    proxy.partition();
+    // The partition bit: the agent's client sent something (a ping) into the black hole.
+    wait_for("the agent's traffic to be dropped", || {
+        (proxy.dropped() > 0).then_some(())
+    });
+    proxy.heal();
+    let healed = fault.elapsed();
+    // The old connection stays a black hole: the client must notice and reconnect.
+    wait_for("the agent's session through a new connection", || {
+        (proxy.forwarded() > forwarded && zk.session_connected(owner)).then_some(())
+    });
+    let resumed = fault.elapsed();
+    assert_eq!(owners(&zkc, &m, "svc"), [Some(owner); 3], "same session");
+    assert_eq!(consistent_pid(&zkc, &m, "svc"), Some(pid), "not restarted");
+    only_process(&marker, pid);
+    let log = agent.log_text();
+    assert!(!log.contains("expired"), "{log}");
+    eprintln!(
+        "brief partition: healed after {healed:?}, session resumed after {resumed:?}; \
+         test took {:?}",
+        t0.elapsed()
+    );
+    // Still watching.
+    set_and_see_restart(&m, &zkc, "svc", &marker, pid);
+}
