@@ -387,3 +387,43 @@ fn brief_partition_keeps_the_session() {
     // Still watching.
     set_and_see_restart(&m, &zkc, "svc", &marker, pid);
 }
+
+/// A service crashes while its agent is cut off from ZooKeeper: the agent restarts it
+/// without asking ZooKeeper, and publishes the new process once the network is back.
+#[test]
+fn crash_during_a_partition_is_restarted_locally() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let t0 = Instant::now();
+    let (zk, m, zkc) = initialised();
+    let proxy = TcpProxy::start(zk.server.addr()).expect("proxy");
+    let marker = add_sleeper(&m, "svc");
+    let agent = m.agent_with(&proxy.connect_string(), SHORT_SESSION_MS);
+    let pid = running(&zkc, &m, "svc");
+
+    proxy.partition();
+    let fault = Instant::now();
+    pop_tests::signal(pid as i32, libc::SIGKILL);
+    let local = wait_for("a new process while cut off", || {
+        match processes_with(&marker).as_slice() {
+            [p] if *p != pid as i32 => Some(*p as u64),
+            _ => None,
+        }
+    });
+    let restarted = fault.elapsed();
+    proxy.heal();
+    let published = wait_for("the new process published", || {
+        consistent_pid(&zkc, &m, "svc").filter(|p| *p == local)
+    });
+    let published_after = fault.elapsed();
+    only_process(&marker, published);
+    let state = zkc
+        .get_json(&format!("/services/svc/state/{}", m.id))
+        .expect("state");
+    assert_eq!(state["restarts"], 1, "{state}");
+    eprintln!(
+        "crash while partitioned: restarted locally {restarted:?} after the kill, published \
+         {published_after:?} after it; test took {:?}",
+        t0.elapsed()
+    );
+    drop(agent);
+}
