@@ -427,3 +427,57 @@ fn crash_during_a_partition_is_restarted_locally() {
     );
     drop(agent);
 }
+
+/// The ensemble loses its quorum (two of three nodes crash) for longer than the agent's
+/// session timeout: the service runs on; once the nodes are back the agent opens a
+/// session again, republishes the same process, and acts on changes.
+#[test]
+fn ensemble_quorum_loss_keeps_the_service() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let t0 = Instant::now();
+    let mut ens = Ensemble::start(3).unwrap_or_else(|e| panic!("ensemble: {e}"));
+    let hosts = ens.hosts();
+    let m = Machine::with_hosts(&hosts);
+    let zkc = Checker::connect_to(&hosts);
+    m.ok(&["init"]);
+    let marker = add_sleeper(&m, "svc");
+    let agent = m.agent_with(&hosts, SHORT_SESSION_MS);
+    let pid = running(&zkc, &m, "svc");
+    drop(zkc);
+    let leader = ens.leader().expect("a leader");
+    let follower = (0..ens.len()).find(|i| *i != leader).expect("a follower");
+
+    let fault = Instant::now();
+    ens.kill(follower);
+    ens.kill(leader);
+    // The agent's client gave up on its session (no quorum for a whole session timeout).
+    wait_for("the agent to give up its session", || {
+        agent.log_text().contains("session expired").then_some(())
+    });
+    let gave_up = fault.elapsed();
+    assert_eq!(processes_with(&marker), [pid as i32], "the service runs on");
+    ens.start_node(follower).expect("restart a node");
+    ens.start_node(leader).expect("restart a node");
+    ens.wait_quorum().unwrap_or_else(|e| panic!("{e}"));
+    let zkc = Checker::connect_to(&hosts);
+    let owner = wait_for("the agent report", || {
+        zkc.get(&format!("/agents/{}", m.id)).map(|(_, o)| o)
+    });
+    assert_eq!(
+        running(&zkc, &m, "svc"),
+        pid,
+        "the same process, republished"
+    );
+    wait_for(
+        "the service's ephemerals owned by the agent's session",
+        || (owners(&zkc, &m, "svc") == [Some(owner); 3]).then_some(()),
+    );
+    only_process(&marker, pid);
+    let recovered = fault.elapsed();
+    set_and_see_restart(&m, &zkc, "svc", &marker, pid);
+    eprintln!(
+        "quorum loss: agent gave up its session {gave_up:?} after the crash, recovered \
+         {recovered:?} after it; test took {:?}",
+        t0.elapsed()
+    );
+}
