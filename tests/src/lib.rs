@@ -1,7 +1,13 @@
 //! Helpers for pop's end-to-end tests: a throwaway ZooKeeper, the real `pop` binary,
 //! agents as child processes, an independent ZooKeeper client, and waiting with deadlines.
 
-use pop_io::zkserver::{ZkServer, ZkServerConfig};
+pub mod ensemble;
+pub mod proxy;
+
+pub use ensemble::Ensemble;
+pub use proxy::TcpProxy;
+
+use pop_io::zkserver::{four_letter, ZkServer, ZkServerConfig};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -52,6 +58,44 @@ impl Zk {
     pub fn hosts(&self) -> String {
         self.server.connect_string()
     }
+
+    /// Stops the server gracefully and starts it again on the same port and data
+    /// directory (sessions that have not expired survive).
+    pub fn restart(&mut self) {
+        self.server
+            .restart()
+            .unwrap_or_else(|e| panic!("restarting ZooKeeper: {e}"));
+    }
+
+    /// Whether the server tracks `session` as live (the `dump` four-letter command).
+    pub fn session_alive(&self, session: i64) -> bool {
+        session_alive(&self.hosts(), session)
+    }
+
+    /// Whether a client is connected to the server with `session` (`cons`).
+    pub fn session_connected(&self, session: i64) -> bool {
+        session_connected(&self.hosts(), session)
+    }
+}
+
+/// Whether a client is connected to the server at `addr` with `session`: `cons` lists
+/// every connection with its `sid`.
+pub fn session_connected(addr: &str, session: i64) -> bool {
+    four_letter(addr, "cons", Duration::from_secs(2))
+        .is_ok_and(|cons| cons.contains(&format!("sid=0x{session:x},")))
+}
+
+/// Whether the server at `addr` (a standalone server or an ensemble's leader) tracks
+/// `session` as live: its id is in the session tracker part of `dump`.
+pub fn session_alive(addr: &str, session: i64) -> bool {
+    let Ok(dump) = four_letter(addr, "dump", Duration::from_secs(2)) else {
+        return false;
+    };
+    let tracker = dump
+        .split("ephemeral nodes dump")
+        .next()
+        .unwrap_or_default();
+    tracker.contains(&format!("0x{session:x}"))
 }
 
 /// The `pop` command line as built by this package (`pop-under-test`), next to the test
@@ -98,9 +142,14 @@ pub struct Machine {
 
 impl Machine {
     pub fn new(zk: &Zk) -> Machine {
+        Machine::with_hosts(&zk.hosts())
+    }
+
+    /// A machine whose commands use the connect string `hosts` (an ensemble, a proxy).
+    pub fn with_hosts(hosts: &str) -> Machine {
         Machine {
             id: unique("m"),
-            hosts: zk.hosts(),
+            hosts: hosts.to_string(),
             state: tempfile::tempdir().expect("temp dir"),
             containment: None,
         }
@@ -111,6 +160,11 @@ impl Machine {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
+        self.command_via(&self.hosts, args)
+    }
+
+    /// `pop <args>` as this machine, but connecting to `hosts`.
+    pub fn command_via(&self, hosts: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new(pop_exe());
         cmd.env_remove("POP_HOST")
             .env_remove("POP_MACHINE_ID")
@@ -118,7 +172,7 @@ impl Machine {
             .env("POP_SESSION_TIMEOUT_MS", "4000")
             .env_remove("RUST_LOG")
             .arg("--host")
-            .arg(&self.hosts)
+            .arg(hosts)
             .arg("--machine-id")
             .arg(&self.id)
             .arg("--state-dir")
@@ -161,10 +215,21 @@ impl Machine {
 
     /// Starts `pop fg` as a child; stopped (SIGTERM, then SIGKILL) when dropped.
     pub fn agent(&self) -> Agent {
+        self.spawn_agent(self.command(&["fg"]))
+    }
+
+    /// Starts `pop fg` connecting to `hosts` instead of the machine's connect string (a
+    /// proxy in front of ZooKeeper) with a session timeout of `session_ms`.
+    pub fn agent_with(&self, hosts: &str, session_ms: u32) -> Agent {
+        let mut cmd = self.command_via(hosts, &["fg"]);
+        cmd.env("POP_SESSION_TIMEOUT_MS", session_ms.to_string());
+        self.spawn_agent(cmd)
+    }
+
+    fn spawn_agent(&self, mut cmd: Command) -> Agent {
         let log = self.state.path().join("fg.log");
         let file = std::fs::File::create(&log).expect("agent log");
-        let child = self
-            .command(&["fg"])
+        let child = cmd
             .stdout(file.try_clone().expect("log fd"))
             .stderr(file)
             .spawn()
@@ -222,6 +287,16 @@ impl Agent {
         wait_for("the agent to exit", || child.try_wait().ok().flatten())
     }
 
+    /// Freezes the agent (SIGSTOP): its session is neither used nor kept alive.
+    pub fn pause(&self) {
+        signal(self.pid() as i32, libc::SIGSTOP);
+    }
+
+    /// Thaws a paused agent (SIGCONT).
+    pub fn resume(&self) {
+        signal(self.pid() as i32, libc::SIGCONT);
+    }
+
     /// Kills the agent with SIGKILL, leaving its services behind.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -235,6 +310,8 @@ impl Drop for Agent {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             signal(child.id() as i32, libc::SIGTERM);
+            // A paused agent must wake up to handle it.
+            signal(child.id() as i32, libc::SIGCONT);
             let end = Instant::now() + DEADLINE;
             while Instant::now() < end {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -289,15 +366,19 @@ pub struct Checker {
 
 impl Checker {
     pub fn connect(zk: &Zk) -> Checker {
+        Checker::connect_to(&zk.hosts())
+    }
+
+    /// Connects to any connect string (an ensemble's `hosts()`).
+    pub fn connect_to(hosts: &str) -> Checker {
         // A worker thread keeps the session alive (pings) between the test's calls.
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .expect("runtime");
-        let hosts = zk.hosts();
         let client = runtime
-            .block_on(zookeeper_client::Client::connect(&hosts))
+            .block_on(zookeeper_client::Client::connect(hosts))
             .expect("checker connects");
         Checker { runtime, client }
     }
