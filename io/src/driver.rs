@@ -358,6 +358,7 @@ impl Driver {
                 port: p.port,
             }),
             exit_grace: Some(launch.stop_timeout),
+            note: serde_json::Value::Null,
         }
     }
 }
