@@ -94,7 +94,8 @@ pub(crate) fn remove(path: &Path) {
 #[derive(Debug)]
 pub(crate) struct RunFile {
     path: PathBuf,
-    record: Mutex<RunRecord>,
+    /// `None` once removed, so a late port update cannot resurrect the file.
+    record: Mutex<Option<RunRecord>>,
 }
 
 impl RunFile {
@@ -111,23 +112,25 @@ impl RunFile {
     pub fn existing(path: PathBuf, record: RunRecord) -> Self {
         Self {
             path,
-            record: Mutex::new(record),
+            record: Mutex::new(Some(record)),
         }
     }
 
     /// Records the port the readiness probe found.
     pub fn set_port(&self, port: u16) {
-        let mut rec = self.record.lock().unwrap_or_else(|e| e.into_inner());
-        if rec.port == Some(port) {
+        let mut guard = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(rec) = guard.as_mut().filter(|r| r.port != Some(port)) else {
             return;
-        }
+        };
         rec.port = Some(port);
-        if let Err(e) = write_atomic(&self.path, &rec) {
+        if let Err(e) = write_atomic(&self.path, rec) {
             warn!(path = %self.path.display(), error = %e, "cannot rewrite run record");
         }
     }
 
     pub fn remove(&self) {
+        let mut guard = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        *guard = None;
         remove(&self.path);
     }
 }
@@ -161,6 +164,8 @@ mod tests {
         assert_eq!(fs::read_dir(dir.path())?.count(), 1, "no tmp file left");
         file.remove();
         assert!(!path.exists());
+        file.set_port(9090);
+        assert!(!path.exists(), "a late port update does not bring it back");
         fs::write(&path, b"{not json")?;
         assert!(read(&path).is_err());
         Ok(())
