@@ -253,6 +253,7 @@ both_modes!(
     mismatched_start_time_is_not_adopted,
     corrupt_record_is_not_adopted,
     adopted_service_keeps_logging,
+    agent_killed_by_sigkill,
     spawn_failure_is_reported,
 );
 

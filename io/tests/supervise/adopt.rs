@@ -287,3 +287,141 @@ pub(super) async fn adopted_service_keeps_logging(mode: Mode) {
     );
     finish(h2).await;
 }
+
+const AGENT_ENV: &str = "POP_TEST_KILL9_AGENT";
+
+/// Not a test by itself: the agent process that `agent_killed_by_sigkill`
+/// runs (this test binary again, with [`AGENT_ENV`] set) and then kill -9s.
+/// Without the variable it does nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_agent_child() {
+    let Ok(arg) = std::env::var(AGENT_ENV) else {
+        return;
+    };
+    let [mode, machine, dir]: [&str; 3] = arg
+        .splitn(3, ':')
+        .collect::<Vec<_>>()
+        .try_into()
+        .expect("mode:machine:dir");
+    let choice = match mode {
+        "cgroup" => ContainmentChoice::Cgroup,
+        _ => ContainmentChoice::ProcessGroup,
+    };
+    let c = SupervisorConfig::new(machine, dir, choice);
+    let (tx, mut rx) = unbounded_channel();
+    let mut sup = Supervisor::new(c, tx).unwrap();
+    let mut s = spec(
+        "survivor",
+        9,
+        &sh(r#"(setsid sh -c 'exec sleep 1000' &)
+               i=0; while :; do echo tick-$i; i=$((i+1)); sleep 0.01; done"#),
+    );
+    s.note = serde_json::json!("from the killed agent");
+    sup.spawn(s);
+    let pid = match next_event(&mut rx).await {
+        SupervisorEvent::Spawned { pid, .. } => pid,
+        other => panic!("expected Spawned, got {other:?}"),
+    };
+    let ready = Path::new(dir).join("agent-ready");
+    fs::write(ready.with_extension("tmp"), pid.to_string()).unwrap();
+    fs::rename(ready.with_extension("tmp"), &ready).unwrap();
+    // Killed long before this, unless the parent test failed.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    sup.abandon();
+}
+
+/// SIGKILLs the agent process when dropped, so a failed assertion leaves
+/// no agent behind.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// The real thing: the agent process dies by SIGKILL (no detach), the
+/// service keeps running and logging, and a new supervisor adopts it.
+pub(super) async fn agent_killed_by_sigkill(mode: Mode) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(mode, dir.path());
+    let arg = format!(
+        "{}:{}:{}",
+        if mode == Mode::Cgroup {
+            "cgroup"
+        } else {
+            "pgroup"
+        },
+        config.machine_id,
+        dir.path().display()
+    );
+    // std's Child is never waited for: our reaper, if running, reaps it.
+    let agent = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "adopt::kill9_agent_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(AGENT_ENV, arg)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let agent_pid = agent.id() as i32;
+    let agent_guard = KillOnDrop(agent_pid);
+    drop(agent);
+    let ready = dir.path().join("agent-ready");
+    let mut pid = 0u32;
+    wait_until("the agent process spawned its service", || {
+        fs::read_to_string(&ready)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(|p| pid = p)
+            .is_some()
+    })
+    .await;
+    let tok = format!("{}/survivor/9", config.machine_id);
+    // The double-forked `sleep 1000` (not the loop's short sleeps).
+    let daemon = || {
+        token_procs(&tok).into_iter().find(|(p, _)| {
+            fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.ends_with(b"1000\0"))
+        })
+    };
+    wait_until("the daemon running", || daemon().is_some()).await;
+    let daemon_pid = daemon().unwrap().0;
+    let path = log_path(dir.path(), "survivor");
+    drop(agent_guard); // kill -9 the agent
+    wait_until("the agent is dead", || !alive(agent_pid)).await;
+    // Its log pipe would be gone now; the log file is not.
+    let len = fs::metadata(&path).unwrap().len();
+    wait_until("output after the agent died", || {
+        fs::metadata(&path).unwrap().len() > len + 100
+    })
+    .await;
+    assert!(alive(pid as i32), "no SIGPIPE, no kill");
+
+    let Some(mut h) = start_with(config, dir) else {
+        return;
+    };
+    let adopted = h.sup.take_adopted();
+    assert_eq!(adopted.len(), 1, "{adopted:?}");
+    assert_eq!(adopted[0].pid, pid);
+    assert_eq!(adopted[0].note, serde_json::json!("from the killed agent"));
+    assert!(alive(pid as i32) && alive(daemon_pid), "nothing was killed");
+    let marker = format!("--- pop: adopted pid {pid} (generation 9)");
+    wait_until("output after adoption", || {
+        let log = fs::read_to_string(&path).unwrap();
+        log.find(&marker)
+            .is_some_and(|at| log[at..].contains("tick-"))
+    })
+    .await;
+    let procs = token_procs(&tok);
+    h.sup.stop("survivor", 9, Duration::from_secs(2));
+    assert_eq!(expect_exited(&mut h).await, UNKNOWN);
+    assert_gone(&h, "survivor", 9, &procs);
+    assert!(!alive(daemon_pid));
+    finish(h).await;
+}
