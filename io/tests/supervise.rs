@@ -10,10 +10,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use pop_io::supervise::{
-    log_path, ContainmentChoice, ContainmentKind, ExitStatus, ProcessSpec, ReadinessProbe,
-    SuperviseError, Supervisor, SupervisorConfig, SupervisorEvent, TOKEN_ENV,
+    log_path, AdoptedProcess, ContainmentChoice, ContainmentKind, ExitStatus, ProcessSpec,
+    ReadinessProbe, SuperviseError, Supervisor, SupervisorConfig, SupervisorEvent, TOKEN_ENV,
 };
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+#[path = "supervise/adopt.rs"]
+mod adopt;
+use adopt::*;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(20);
@@ -88,6 +92,7 @@ fn spec(service: &str, generation: u64, argv: &[&str]) -> ProcessSpec {
         cwd: None,
         probe: None,
         exit_grace: None,
+        note: serde_json::Value::Null,
     }
 }
 
@@ -243,7 +248,12 @@ both_modes!(
     readiness_discovers_port,
     readiness_fixed_port,
     logs_and_rotation,
-    leftovers_of_abandoned_supervisor_are_killed,
+    detached_generation_is_adopted_and_stoppable,
+    adopted_exit_is_noticed_and_leftovers_killed,
+    mismatched_start_time_is_not_adopted,
+    corrupt_record_is_not_adopted,
+    adopted_service_keeps_logging,
+    agent_killed_by_sigkill,
     spawn_failure_is_reported,
 );
 
@@ -415,8 +425,21 @@ async fn readiness_fixed_port(mode: Mode) {
         } => assert_eq!(got, Some(port)),
         other => panic!("expected Ready, got {other:?}"),
     }
+    // The port is in the run record, so an adopting agent learns it.
+    let rec: serde_json::Value =
+        serde_json::from_slice(&fs::read(record_path(&h, "fixed", 7)).unwrap()).unwrap();
+    assert_eq!(rec["port"], port);
+    let Harness {
+        sup, config, _dir, ..
+    } = h;
+    sup.detach();
+    let mut h = start_with(config, _dir).expect("second supervisor");
+    let adopted = h.sup.take_adopted();
+    assert_eq!(adopted.len(), 1);
+    assert_eq!(adopted[0].port, Some(port));
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("still listening");
     h.sup.stop("fixed", 7, Duration::from_secs(2));
-    expect_exited(&mut h).await;
+    assert_eq!(expect_exited(&mut h).await, UNKNOWN);
     assert_gone(&h, "fixed", 7, &[]);
     finish(h).await;
 }
@@ -440,67 +463,52 @@ async fn logs_and_rotation(mode: Mode) {
     );
     let path = log_path(&h.config.state_dir, "talk");
     let text = fs::read_to_string(&path).unwrap();
+    // The child writes the start marker itself, before exec: it precedes all output.
+    let started_at = text
+        .find(&format!("--- pop: started pid {pid} (generation 1)"))
+        .unwrap_or_else(|| panic!("start marker: {text}"));
     assert!(
-        text.contains(&format!("--- pop: started pid {pid} (generation 1)")),
+        started_at < text.find("hello-out\n").expect("stdout"),
         "{text}"
     );
-    assert!(text.contains("hello-out\n"), "{text}");
     assert!(text.contains("hello-err\n"), "{text}");
     let exited_at = text
         .find("--- pop: exited exit code 0")
         .expect("exit marker");
     assert!(exited_at > text.find("hello-err").unwrap(), "{text}");
 
-    // ~10 KB of output with a 2000-byte limit: rotates several times.
-    h.sup.spawn(spec(
+    // Three chunks of ~3 KB with a 2000-byte limit; after each, the service
+    // waits until the supervisor has copy-truncated the log (it checks every
+    // second), so nothing is written during a rotation and nothing is lost.
+    let mut s = spec(
         "talk",
         2,
-        &sh("i=0; while [ $i -lt 200 ]; do echo line-$i-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx; i=$((i+1)); done"),
-    ));
-    expect_spawned(&mut h).await;
+        &sh(r#"for i in 1 2 3; do
+                 j=0; while [ $j -lt 60 ]; do echo chunk-$i-line-$j-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx; j=$((j+1)); done
+                 until grep -q "chunk-$i-line-59-" "$LOG.1" 2>/dev/null; do sleep 0.05; done
+               done
+               echo final-line"#),
+    );
+    s.env.insert("LOG".into(), path.display().to_string());
+    h.sup.spawn(s);
+    let pid = expect_spawned(&mut h).await;
     expect_exited(&mut h).await;
     let rotated = |n: u32| PathBuf::from(format!("{}.{n}", path.display()));
-    assert!(rotated(1).exists() && rotated(2).exists());
-    assert!(!rotated(3).exists());
-    for p in [path.clone(), rotated(1), rotated(2)] {
-        assert!(
-            fs::metadata(&p).unwrap().len() <= 2000,
-            "{} too big",
-            p.display()
-        );
+    let one = fs::read_to_string(rotated(1)).unwrap();
+    let two = fs::read_to_string(rotated(2)).unwrap();
+    assert!(!rotated(3).exists(), "keeps only 2");
+    // chunk 1 was rotated out; every line of chunks 2 and 3 was kept.
+    for j in 0..60 {
+        assert!(two.contains(&format!("chunk-2-line-{j}-")), "{two}");
+        assert!(one.contains(&format!("chunk-3-line-{j}-")), "{one}");
     }
+    assert!(!one.contains("chunk-1-") && !two.contains("chunk-1-"));
     let current = fs::read_to_string(&path).unwrap();
-    assert!(current.contains("line-199-"), "{current}");
-    assert!(current.contains("--- pop: exited exit code 0"), "{current}");
+    assert_eq!(
+        current,
+        format!("final-line\n--- pop: exited exit code 0 (pid {pid}, generation 2)\n")
+    );
     finish(h).await;
-}
-
-async fn leftovers_of_abandoned_supervisor_are_killed(mode: Mode) {
-    let Some(mut h) = start(mode) else { return };
-    h.sup.spawn(spec(
-        "orphan",
-        4,
-        &sh(r#"setsid sh -c 'trap "" TERM; exec sleep 1000' & exec sleep 1000"#),
-    ));
-    expect_spawned(&mut h).await;
-    let tok = token(&h, "orphan", 4);
-    let procs = wait_for_comm(&tok, "sleep", 2).await;
-    let Harness {
-        sup, config, _dir, ..
-    } = h;
-    // As if the agent had been kill -9'd: nobody supervises them any more.
-    sup.abandon();
-    assert!(token_procs(&tok).len() >= 2, "both sleeps still run");
-
-    let h2 = start_with(config, _dir).expect("second supervisor");
-    // Supervisor::new killed them before returning; zombies may linger until reaped.
-    wait_until("leftovers gone", || token_procs(&tok).is_empty()).await;
-    assert_gone(&h2, "orphan", 4, &procs);
-    if mode == Mode::Pgroup {
-        let run = h2.config.state_dir.join("run");
-        assert_eq!(fs::read_dir(run).unwrap().count(), 0, "stale run records");
-    }
-    finish(h2).await;
 }
 
 async fn spawn_failure_is_reported(mode: Mode) {

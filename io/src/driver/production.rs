@@ -8,6 +8,7 @@ use pop_core::event::Input;
 use pop_core::launch::{Launch, Program};
 use pop_core::settings::Settings;
 use pop_core::zk::{SessionEvent, SessionId, ZkOp, ZkReply};
+use pop_core::Timestamp;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -103,7 +104,13 @@ pub struct SupervisedProcesses {
 }
 
 impl SupervisedProcesses {
-    fn spec(&self, service: &str, generation: u64, launch: Launch) -> ProcessSpec {
+    fn spec(
+        &self,
+        service: &str,
+        generation: u64,
+        launch: Launch,
+        settings: &Settings,
+    ) -> ProcessSpec {
         let argv = match launch.program {
             Program::Shell(command) => vec!["/bin/sh".to_string(), "-c".to_string(), command],
             Program::PopBuiltin(args) => {
@@ -127,6 +134,8 @@ impl SupervisedProcesses {
                 port: p.port,
             }),
             exit_grace: Some(launch.stop_timeout),
+            // Kept in the run record: what a later agent needs to adopt the process.
+            note: serde_json::to_value(settings).unwrap_or_default(),
         }
     }
 }
@@ -137,11 +146,37 @@ impl ProcessPort for SupervisedProcesses {
     }
 
     fn take_adopted(&mut self) -> Vec<Input> {
-        Vec::new()
+        let mut adopted = self.supervisor.take_adopted();
+        // Oldest first: of two generations of one service the core keeps the newer.
+        adopted.sort_by_key(|a| a.generation);
+        let mut inputs = Vec::new();
+        for process in adopted {
+            match serde_json::from_value::<Settings>(process.note) {
+                Ok(settings) => inputs.push(Input::Adopted {
+                    service: process.service,
+                    generation: process.generation,
+                    pid: process.pid,
+                    started_at: Timestamp::from_millis(process.started_at_ms),
+                    port: process.port,
+                    settings,
+                }),
+                Err(e) => {
+                    // Not knowing what it runs, we cannot keep it: stop it, and the core
+                    // starts the service afresh if it is wanted here.
+                    warn!(service = %process.service, pid = process.pid, "cannot read the settings of an adopted process ({e}); stopping it");
+                    self.supervisor.stop(
+                        &process.service,
+                        process.generation,
+                        Duration::from_secs(10),
+                    );
+                }
+            }
+        }
+        inputs
     }
 
-    fn spawn(&mut self, service: &str, generation: u64, launch: Launch, _settings: &Settings) {
-        let spec = self.spec(service, generation, launch);
+    fn spawn(&mut self, service: &str, generation: u64, launch: Launch, settings: &Settings) {
+        let spec = self.spec(service, generation, launch, settings);
         info!(%service, generation, argv = ?spec.argv, "starting");
         self.supervisor.spawn(spec);
     }
@@ -156,6 +191,6 @@ impl ProcessPort for SupervisedProcesses {
     }
 
     fn detach(self) {
-        self.supervisor.abandon();
+        self.supervisor.detach();
     }
 }

@@ -1,26 +1,26 @@
 //! The task that watches one running service generation from spawn to
 //! `Exited`: it waits for the main process, escalates TERM -> KILL on
 //! request (or when the main process left leftovers behind), and reports
-//! the exit only once the containment is empty.
+//! the exit only once the containment is empty. Spawned and adopted
+//! generations differ only in how the main process's exit is learnt.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
-use tokio::sync::oneshot;
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
+use super::adopt::ExitFuture;
 use super::containment::Group;
 use super::logs::{self, SharedLog};
+use super::record::RunFile;
 use super::{readiness, ExitStatus, ReadinessProbe, SupervisorEvent};
 
 const POLL: Duration = Duration::from_millis(50);
-/// How long to wait for the log pump to drain once every process is gone.
-const LOG_DRAIN: Duration = Duration::from_secs(2);
 
 /// What the supervisor keeps about a running generation.
 #[derive(Debug)]
@@ -42,8 +42,10 @@ pub(crate) struct Instance {
     pub generation: u64,
     pub pid: u32,
     pub group: Arc<Group>,
-    pub log: SharedLog,
-    pub log_done: Option<oneshot::Receiver<()>>,
+    /// `None` if the log could not be opened (adopted generations only).
+    pub log: Option<SharedLog>,
+    /// The run record, deleted just before `Exited` is sent.
+    pub record: Option<Arc<RunFile>>,
     pub events: UnboundedSender<SupervisorEvent>,
     pub table: Table,
     pub exit_grace: Duration,
@@ -51,15 +53,33 @@ pub(crate) struct Instance {
 }
 
 impl Instance {
-    pub async fn run(
-        mut self,
-        mut exit_rx: oneshot::Receiver<ExitStatus>,
-        mut stop_rx: UnboundedReceiver<Duration>,
-    ) {
+    /// Registers the generation in the table and starts its task; `exit`
+    /// resolves with the main process's status.
+    pub fn start(self, exit: ExitFuture) {
+        let key = (self.service.clone(), self.generation);
+        let table = Arc::clone(&self.table);
+        let (stop_tx, stop_rx) = mpsc::unbounded_channel();
+        lock(&table).insert(
+            key.clone(),
+            Handle {
+                pid: self.pid,
+                stop: stop_tx,
+                task: None,
+            },
+        );
+        let task = tokio::spawn(self.run(exit, stop_rx));
+        // The task may already have finished and removed its entry.
+        if let Some(h) = lock(&table).get_mut(&key) {
+            h.task = Some(task);
+        };
+    }
+
+    async fn run(mut self, mut exit: ExitFuture, mut stop_rx: UnboundedReceiver<Duration>) {
         let probe_task = self.probe.take().map(|probe| {
             tokio::spawn(readiness::run(
                 probe,
                 Arc::clone(&self.group),
+                self.record.clone(),
                 self.events.clone(),
                 self.service.clone(),
                 self.generation,
@@ -74,10 +94,7 @@ impl Instance {
         tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
         loop {
             tokio::select! {
-                got = &mut exit_rx, if status.is_none() => {
-                    // A dropped sender cannot happen short of a reaper bug;
-                    // report an unknown status rather than hang.
-                    let st = got.unwrap_or(ExitStatus { code: None, signal: None });
+                st = &mut exit, if status.is_none() => {
                     info!(service = %self.service, generation = self.generation, pid = self.pid, status = %st, "main process exited");
                     status = Some(st);
                     if kill_at.is_none() {
@@ -115,22 +132,22 @@ impl Instance {
             task.abort();
             let _ = task.await;
         }
-        // Every writer of the pipe is dead now, so the pump sees EOF soon.
-        if let Some(done) = self.log_done.take() {
-            if tokio::time::timeout(LOG_DRAIN, done).await.is_err() {
-                warn!(service = %self.service, "log pump did not finish");
-            }
+        // Every process is gone, so the marker follows all of their output.
+        if let Some(log) = &self.log {
+            logs::lock(log).marker(&format!(
+                "exited {status} (pid {}, generation {})",
+                self.pid, self.generation
+            ));
         }
-        logs::lock(&self.log).marker(&format!(
-            "exited {status} (pid {}, generation {})",
-            self.pid, self.generation
-        ));
         let group = Arc::clone(&self.group);
         if tokio::task::spawn_blocking(move || group.remove())
             .await
             .is_err()
         {
             warn!(service = %self.service, "containment cleanup panicked");
+        }
+        if let Some(record) = &self.record {
+            record.remove();
         }
         lock(&self.table).remove(&(self.service.clone(), self.generation));
         info!(service = %self.service, generation = self.generation, %status, "service exited and contained processes are gone");

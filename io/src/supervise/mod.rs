@@ -8,10 +8,12 @@
 //! ```text
 //! Supervisor::new(SupervisorConfig, UnboundedSender<SupervisorEvent>) -> Result<Supervisor, SuperviseError>
 //! Supervisor::containment(&self) -> &ContainmentKind
+//! Supervisor::take_adopted(&mut self) -> Vec<AdoptedProcess>  // what `new` adopted
 //! Supervisor::spawn(&mut self, ProcessSpec)                 // -> Spawned | SpawnFailed
 //! Supervisor::stop(&mut self, service, generation, grace)   // TERM, KILL after grace, -> Exited
 //! Supervisor::running(&self) -> Vec<(String, u64, u32)>     // (service, generation, main pid)
 //! Supervisor::shutdown(&mut self, grace).await              // stop all, wait until all gone
+//! Supervisor::detach(self)                                  // leave everything running
 //! log_path(state_dir, service) -> PathBuf
 //! ```
 //!
@@ -34,15 +36,42 @@
 //! main process exits by itself, leftovers get SIGTERM and, after
 //! [`SupervisorConfig::exit_grace`], SIGKILL.
 //!
-//! # Leftovers of a previous agent
+//! # Run records
 //!
-//! [`Supervisor::new`] kills (SIGKILL) what an earlier agent with the same
-//! `machine_id` left behind: every process in a cgroup under
-//! `<mount>/pop/<machine_id>/` (those cgroups are then removed), and every
-//! process whose token starts with `<machine_id>/` or that is in a process
-//! group recorded in `<state_dir>/run/<service>@<generation>.json` (records
-//! are written in process-group mode and deleted when the generation exits).
-//! This blocks `new` briefly (at most ~5 s per stubborn cgroup).
+//! Right after a spawn, `<state_dir>/run/<service>@<generation>.json`
+//! ([`RunRecord`]) is written atomically: main pid, its start time (field 22
+//! of `/proc/<pid>/stat`), the boot id, token, containment (cgroup directory
+//! or pgid), spawn time, exit grace, the port once the readiness probe has
+//! found it, and [`ProcessSpec::note`] verbatim. It is deleted just before the
+//! generation's `Exited` is sent.
+//!
+//! # Adoption and leftovers
+//!
+//! When an agent dies (kill -9) or [`Supervisor::detach`]es (`pop stop
+//! --keep-services`, an upgrade), its services keep running. The next
+//! [`Supervisor::new`] with the same `machine_id` and state directory
+//! *adopts* a recorded generation iff it is provably the same process: same
+//! boot id, main pid alive and not a zombie, same start time, still in its
+//! containment (listed in its cgroup's `cgroup.procs`, or carrying its token),
+//! and the record is this machine's and matches the containment now in use.
+//! Adopted generations are supervised like spawned ones (`stop`, `running`,
+//! `shutdown`, `Exited`, TERM/KILL of leftovers after the recorded grace when
+//! the main process exits by itself), except that they are not our children:
+//! the main process's exit is learnt from a pidfd and reported as an unknown
+//! status, and there is no readiness probe (the recorded port is reported by
+//! [`Supervisor::take_adopted`]). In process-group mode an adopted
+//! generation's new orphans are reparented to init, not to the new agent;
+//! they are still found by their token.
+//!
+//! Everything else earlier agents left is killed (SIGKILL) before `new`
+//! returns, so the core starts it afresh: processes of records that fail a
+//! check (killed with their cgroup, or their process group if its leader
+//! still carries the token), every other cgroup under
+//! `<mount>/pop/<machine_id>/` (then removed), and every process whose token
+//! starts with `<machine_id>/` but is not an adopted generation's. Then the
+//! records of what was not adopted, unreadable ones included, are deleted.
+//! This blocks `new` briefly (at most ~5 s per stubborn cgroup). A cgroup is
+//! only ever found by its expected name, never by a path read from a record.
 //!
 //! # Reaping
 //!
@@ -53,38 +82,48 @@
 //!
 //! # Logs
 //!
-//! stdout and stderr go through one pipe into [`log_path`], rotated at
-//! [`SupervisorConfig::log_max_bytes`] keeping [`SupervisorConfig::log_keep`]
-//! old files (`.1` newest). Each run is framed by `--- pop: started ...` and
-//! `--- pop: exited ...` lines. stdin is `/dev/null`.
+//! A service's stdout and stderr are its [`log_path`] file itself, opened
+//! with `O_APPEND` (stdin is `/dev/null`), so the service never depends on the
+//! agent to get its output out, and an adopted one keeps writing to the same
+//! file. Each run is framed by `--- pop: started ...` (written by the child
+//! before exec, so it precedes all output) and `--- pop: exited ...` lines;
+//! adoption adds `--- pop: adopted ...`. Rotation is copy-truncate, checked
+//! every second and before each spawn: a file over
+//! [`SupervisorConfig::log_max_bytes`] is copied to `.1` (older ones shifted,
+//! [`SupervisorConfig::log_keep`] kept) and truncated. Output written between
+//! the end of the copy and the truncation is lost, and a file may exceed the
+//! limit by one check interval's worth of output.
 
+mod adopt;
 mod containment;
 mod instance;
+mod launch;
 mod logs;
 mod procfs;
 mod readiness;
 mod reaper;
+mod record;
 
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::CStr;
 use std::fmt;
 use std::fs;
 use std::io;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use nix::fcntl::OFlag;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc::{self, UnboundedSender};
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+pub use self::adopt::AdoptedProcess;
 use self::containment::{Backend, Group};
-use self::instance::{Handle, Instance, Table};
+use self::instance::{Instance, Table};
 pub use self::logs::log_path;
+use self::logs::Logs;
+use self::record::RunFile;
+pub use self::record::{RecordContainment, RunRecord};
 
 /// Environment variable that marks every process of a service generation.
 pub const TOKEN_ENV: &str = "POP_SUPERVISION_TOKEN";
@@ -124,7 +163,8 @@ pub struct SupervisorConfig {
     /// Holds `logs/` and `run/`.
     pub state_dir: PathBuf,
     pub containment: ContainmentChoice,
-    /// Rotate a service log when it would grow past this many bytes.
+    /// Copy-truncate a service log once it is over this many bytes (checked
+    /// every second and before each spawn; 0: never).
     pub log_max_bytes: u64,
     /// Number of rotated files kept (`.1` .. `.N`).
     pub log_keep: u32,
@@ -170,6 +210,11 @@ pub struct ProcessSpec {
     /// TERM-to-KILL grace for leftovers when the main process exits by itself
     /// (the service's `stop_timeout`); `None`: [`SupervisorConfig::exit_grace`].
     pub exit_grace: Option<Duration>,
+    /// Opaque to the supervisor: copied into the run record and handed back
+    /// in [`AdoptedProcess::note`] if a later agent adopts the generation
+    /// (the driver keeps the service's settings here).
+    #[serde(default)]
+    pub note: serde_json::Value,
 }
 
 /// How the main process ended: the core's type, so events pass through unchanged.
@@ -210,13 +255,17 @@ pub struct Supervisor {
     backend: Backend,
     events: UnboundedSender<SupervisorEvent>,
     table: Table,
-    logs: HashMap<String, logs::SharedLog>,
+    logs: Logs,
+    adopted: Vec<AdoptedProcess>,
     reaper: JoinHandle<()>,
+    rotator: JoinHandle<()>,
 }
 
 impl Supervisor {
-    /// Picks the containment, starts the reaper and kills leftovers of an
-    /// earlier agent with the same `machine_id`. Must run inside a tokio runtime.
+    /// Picks the containment, starts the reaper, adopts the generations an
+    /// earlier agent with the same `machine_id` left running (see
+    /// [`Supervisor::take_adopted`]) and kills its other leftovers. Must run
+    /// inside a tokio runtime.
     pub fn new(
         config: SupervisorConfig,
         events: UnboundedSender<SupervisorEvent>,
@@ -225,25 +274,78 @@ impl Supervisor {
         let (backend, kind) = Backend::select(&config)?;
         // Before any spawn, so no SIGCHLD is missed.
         let reaper = reaper::start().map_err(io_err("cannot start the reaper"))?;
-        backend.kill_leftovers(&config);
         for sub in ["logs", "run"] {
             let dir = config.state_dir.join(sub);
             fs::create_dir_all(&dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
         }
-        info!(machine = %config.machine_id, containment = %kind, "supervisor started");
-        Ok(Self {
+        let adoptees = adopt::recover(&backend, &config, &config.state_dir.join("run"));
+        let logs: Logs = Arc::default();
+        let rotator = logs::start_rotator(Arc::clone(&logs));
+        let mut sup = Self {
             config,
             kind,
             backend,
             events,
             table: Arc::new(Mutex::new(HashMap::new())),
-            logs: HashMap::new(),
+            logs,
+            adopted: Vec::new(),
             reaper,
-        })
+            rotator,
+        };
+        for a in adoptees {
+            sup.supervise_adopted(a);
+        }
+        info!(machine = %sup.config.machine_id, containment = %sup.kind, adopted = sup.adopted.len(), "supervisor started");
+        Ok(sup)
     }
 
     pub fn containment(&self) -> &ContainmentKind {
         &self.kind
+    }
+
+    /// The generations [`Supervisor::new`] adopted (empty on later calls).
+    /// They are running and supervised: [`Supervisor::stop`] and
+    /// [`Supervisor::running`] cover them, and each one's `Exited` (with an
+    /// unknown status: they are not our children) comes in due course, maybe
+    /// already queued, so call this before handling events. No `Spawned` or
+    /// `Ready` is sent for them; the recorded port is here instead.
+    pub fn take_adopted(&mut self) -> Vec<AdoptedProcess> {
+        std::mem::take(&mut self.adopted)
+    }
+
+    fn supervise_adopted(&mut self, a: adopt::Adoptee) {
+        let report = a.report();
+        let rec = a.record;
+        let log = match self.log_for(&rec.service) {
+            Ok(log) => Some(log),
+            Err(e) => {
+                warn!(service = %rec.service, error = %e, "cannot open log of adopted service");
+                None
+            }
+        };
+        if let Some(log) = &log {
+            logs::lock(log).marker(&format!(
+                "adopted pid {} (generation {}) at {}",
+                rec.pid,
+                rec.generation,
+                record::now_ms() / 1000
+            ));
+        }
+        let exit = adopt::exit_of(a.pidfd, rec.pid, rec.start_ticks);
+        Instance {
+            service: rec.service.clone(),
+            generation: rec.generation,
+            pid: rec.pid,
+            group: Arc::new(a.group),
+            log,
+            record: Some(Arc::new(RunFile::existing(a.path, rec.clone()))),
+            events: self.events.clone(),
+            table: Arc::clone(&self.table),
+            exit_grace: Duration::from_millis(rec.exit_grace_ms),
+            probe: None,
+        }
+        .start(exit);
+        self.adopted.push(report);
     }
 
     /// Starts a generation; the outcome arrives as `Spawned` or `SpawnFailed`.
@@ -274,91 +376,112 @@ impl Supervisor {
             "{}/{}/{}",
             self.config.machine_id, spec.service, spec.generation
         );
+        let log = self.log_for(&spec.service)?;
+        logs::check(&log);
         let group = self
             .backend
             .new_group(&spec.service, spec.generation, &token)
             .map_err(io_err("cannot create containment"))?;
         let group = Arc::new(group);
-        let log = self.log_for(&spec.service)?;
-        let launched = launch(&spec, &token, &group);
-        let (pid, exit_rx, pipe) = match launched {
+        let started_at_ms = record::now_ms();
+        let (pid, exit_rx) = match launch::launch(&spec, &token, &group, &log, started_at_ms) {
             Ok(x) => x,
             Err(e) => {
+                logs::lock(&log).marker(&format!(
+                    "generation {} failed to start: {e}",
+                    spec.generation
+                ));
                 group.remove();
                 return Err(e);
             }
         };
-        if let Err(e) = group.set_main(pid) {
-            // Only leftover cleanup after an agent crash relies on the record,
-            // and it also finds processes by token.
-            warn!(service = %spec.service, error = %e, "cannot write run record");
-        }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        logs::lock(&log).marker(&format!(
-            "started pid {pid} (generation {}) at {now}",
-            spec.generation
-        ));
-        // The pump starts after the marker, so output always follows it.
-        let log_done = match logs::start_pump(&spec.service, pipe, Arc::clone(&log)) {
-            Ok(done) => Some(done),
-            Err(e) => {
-                warn!(service = %spec.service, error = %e, "cannot start log pump");
-                None
-            }
-        };
+        group.set_main(pid);
+        let exit_grace = spec.exit_grace.unwrap_or(self.config.exit_grace);
+        let record = self.write_record(&spec, pid, &token, &group, started_at_ms, exit_grace);
         info!(service = %spec.service, generation = spec.generation, pid, containment = %group.describe(), "spawned");
         let _ = self.events.send(SupervisorEvent::Spawned {
             service: spec.service.clone(),
             generation: spec.generation,
             pid,
         });
-
-        let (stop_tx, stop_rx) = mpsc::unbounded_channel();
-        instance::lock(&self.table).insert(
-            key.clone(),
-            Handle {
-                pid,
-                stop: stop_tx,
-                task: None,
-            },
-        );
-        let inst = Instance {
+        let exit = Box::pin(async move {
+            // A dropped sender cannot happen short of a reaper bug; report
+            // an unknown status rather than hang.
+            exit_rx.await.unwrap_or(ExitStatus {
+                code: None,
+                signal: None,
+            })
+        });
+        Instance {
             service: spec.service,
             generation: spec.generation,
             pid,
             group,
-            log,
-            log_done,
+            log: Some(log),
+            record,
             events: self.events.clone(),
             table: Arc::clone(&self.table),
-            exit_grace: spec.exit_grace.unwrap_or(self.config.exit_grace),
+            exit_grace,
             probe: spec.probe,
-        };
-        let task = tokio::spawn(inst.run(exit_rx, stop_rx));
-        // The task may already have finished and removed its entry.
-        if let Some(h) = instance::lock(&self.table).get_mut(&key) {
-            h.task = Some(task);
         }
+        .start(exit);
         Ok(())
     }
 
-    fn log_for(&mut self, service: &str) -> Result<logs::SharedLog, SuperviseError> {
-        if let Some(l) = self.logs.get(service) {
-            return Ok(Arc::clone(l));
+    /// Writes the run record of a generation just spawned. Without one, the
+    /// generation cannot be adopted (a later agent kills it instead).
+    fn write_record(
+        &self,
+        spec: &ProcessSpec,
+        pid: u32,
+        token: &str,
+        group: &Group,
+        started_at_ms: u64,
+        exit_grace: Duration,
+    ) -> Option<Arc<RunFile>> {
+        let path = record::record_path(
+            &self.config.state_dir.join("run"),
+            &spec.service,
+            spec.generation,
+        );
+        let (Some(stat), Some(boot_id)) = (procfs::stat(pid as i32), procfs::boot_id()) else {
+            warn!(service = %spec.service, pid, "cannot identify the process; no run record");
+            return None;
+        };
+        let rec = RunRecord {
+            service: spec.service.clone(),
+            generation: spec.generation,
+            pid,
+            start_ticks: stat.start_ticks,
+            boot_id,
+            token: token.to_string(),
+            containment: group.record_containment(pid),
+            started_at_ms,
+            exit_grace_ms: u64::try_from(exit_grace.as_millis()).unwrap_or(u64::MAX),
+            port: None,
+            note: spec.note.clone(),
+        };
+        match RunFile::create(path, rec) {
+            Ok(f) => Some(Arc::new(f)),
+            Err(e) => {
+                warn!(service = %spec.service, error = %e, "cannot write run record");
+                None
+            }
         }
-        let path = log_path(&self.config.state_dir, service);
-        let file = logs::LogFile::open(
-            path.clone(),
+    }
+
+    fn log_for(&mut self, service: &str) -> Result<logs::SharedLog, SuperviseError> {
+        logs::get_or_open(
+            &self.logs,
+            &self.config.state_dir,
+            service,
             self.config.log_max_bytes,
             self.config.log_keep,
         )
-        .map_err(io_err(format!("cannot open {}", path.display())))?;
-        let shared = Arc::new(Mutex::new(file));
-        self.logs.insert(service.to_string(), Arc::clone(&shared));
-        Ok(shared)
+        .map_err(io_err(format!(
+            "cannot open {}",
+            log_path(&self.config.state_dir, service).display()
+        )))
     }
 
     /// SIGTERM to every process of the generation, SIGKILL to all after
@@ -373,7 +496,8 @@ impl Supervisor {
         }
     }
 
-    /// `(service, generation, main pid)` of every generation not yet `Exited`.
+    /// `(service, generation, main pid)` of every generation not yet
+    /// `Exited`, adopted ones included.
     pub fn running(&self) -> Vec<(String, u64, u32)> {
         let mut v: Vec<_> = instance::lock(&self.table)
             .iter()
@@ -397,88 +521,31 @@ impl Supervisor {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        self.rotator.abort();
         if let ContainmentKind::Cgroup(dir) = &self.kind {
             // Fails harmlessly if something is still in there.
             let _ = fs::remove_dir(dir);
         }
     }
 
-    /// Stops supervising *without* touching the processes, as if the agent
-    /// had been killed: they keep running, and the next `Supervisor::new`
-    /// with this machine id kills them. For tests of leftover cleanup.
-    #[doc(hidden)]
-    pub fn abandon(self) {
+    /// Stops supervising *without* touching the processes, their run records
+    /// or their cgroups (`pop stop --keep-services`, an agent upgrade): they
+    /// keep running and writing their logs, and the next `Supervisor::new`
+    /// with this machine id and state directory adopts them. No further
+    /// events are sent for them by this supervisor.
+    pub fn detach(self) {
         for (_, h) in instance::lock(&self.table).drain() {
             if let Some(t) = h.task {
                 t.abort();
             }
         }
+        self.rotator.abort();
         self.reaper.abort();
+        info!(machine = %self.config.machine_id, "supervisor detached; services keep running");
     }
-}
 
-/// Forks and execs the main process inside `group`; returns its pid, the
-/// channel its exit status arrives on, and the read end of its output pipe.
-fn launch(
-    spec: &ProcessSpec,
-    token: &str,
-    group: &Group,
-) -> Result<
-    (
-        u32,
-        tokio::sync::oneshot::Receiver<ExitStatus>,
-        std::os::fd::OwnedFd,
-    ),
-    SuperviseError,
-> {
-    // CLOEXEC so that concurrent spawns don't inherit our pipe.
-    let (rd, wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
-        .map_err(|e| io_err("cannot create pipe")(io::Error::from(e)))?;
-    let wr2 = wr.try_clone().map_err(io_err("cannot dup pipe"))?;
-    let join = group.join_path().map_err(io_err("bad cgroup path"))?;
-    let mut cmd = Command::new(&spec.argv[0]);
-    cmd.args(&spec.argv[1..])
-        .envs(&spec.env)
-        .env(TOKEN_ENV, token)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(wr))
-        .stderr(Stdio::from(wr2));
-    if let Some(cwd) = &spec.cwd {
-        cmd.current_dir(cwd);
+    /// Same as [`Supervisor::detach`] (its former name, still used by callers).
+    pub fn abandon(self) {
+        self.detach();
     }
-    // SAFETY: the hook only makes async-signal-safe syscalls and does not allocate.
-    unsafe {
-        cmd.pre_exec(move || child_setup(join.as_deref()));
-    }
-    let spawned = reaper::spawn_registered(&mut cmd);
-    // Closes our copies of the write end, so EOF means "all writers gone".
-    drop(cmd);
-    let (pid, exit_rx) = spawned.map_err(io_err(format!("cannot start {:?}", spec.argv[0])))?;
-    Ok((pid, exit_rx, rd))
-}
-
-/// Runs in the forked child before exec: join the cgroup (so nothing the
-/// service does can escape it) and start a new session (own process group,
-/// no controlling terminal).
-fn child_setup(cgroup_procs: Option<&CStr>) -> io::Result<()> {
-    if let Some(path) = cgroup_procs {
-        // SAFETY: raw syscalls on a valid NUL-terminated path and a local buffer.
-        unsafe {
-            let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-            let err = io::Error::last_os_error();
-            libc::close(fd);
-            if n != 1 {
-                return Err(err);
-            }
-        }
-    }
-    // SAFETY: setsid has no memory-safety preconditions.
-    if unsafe { libc::setsid() } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }

@@ -11,6 +11,9 @@ pub(crate) struct Stat {
     pub state: char,
     pub ppid: i32,
     pub pgid: i32,
+    /// Field 22, `starttime`: clock ticks after boot at which the process
+    /// started. With the boot id, it tells a pid's reuse from the same process.
+    pub start_ticks: u64,
 }
 
 impl Stat {
@@ -43,7 +46,22 @@ fn parse_stat(text: &str) -> Option<Stat> {
     let state = fields.next()?.chars().next()?;
     let ppid = fields.next()?.parse().ok()?;
     let pgid = fields.next()?.parse().ok()?;
-    Some(Stat { state, ppid, pgid })
+    // Fields 6..=21 lie between pgid (5) and starttime (22).
+    let start_ticks = fields.nth(16)?.parse().ok()?;
+    Some(Stat {
+        state,
+        ppid,
+        pgid,
+        start_ticks,
+    })
+}
+
+/// `/proc/sys/kernel/random/boot_id`, trimmed; changes at every boot.
+pub(crate) fn boot_id() -> Option<String> {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 /// Whether `/proc/<pid>/environ` contains exactly the entry `entry`
@@ -115,15 +133,27 @@ mod tests {
 
     #[test]
     fn stat_with_odd_comm() {
-        let s = parse_stat("42 (a) b (c)) S 7 42 42 0 -1").expect("parses");
+        let line =
+            "42 (a) b (c)) S 7 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 200";
+        let s = parse_stat(line).expect("parses");
         assert_eq!(
             s,
             Stat {
                 state: 'S',
                 ppid: 7,
-                pgid: 42
+                pgid: 42,
+                start_ticks: 987654,
             }
         );
+        assert_eq!(parse_stat("42 (a) S 7 42 42 0 -1"), None);
+    }
+
+    #[test]
+    fn own_stat_and_boot_id() {
+        let me = stat(std::process::id() as i32).expect("own stat");
+        assert!(me.start_ticks > 0);
+        assert!(!me.is_dead());
+        assert!(boot_id().is_some());
     }
 
     #[test]

@@ -11,6 +11,7 @@ use tracing::debug;
 
 use super::containment::Group;
 use super::procfs;
+use super::record::RunFile;
 use super::{ReadinessProbe, SupervisorEvent};
 
 const POLL: Duration = Duration::from_millis(50);
@@ -31,6 +32,7 @@ fn connect_host(host: &str) -> &str {
 pub(crate) async fn run(
     probe: ReadinessProbe,
     group: Arc<Group>,
+    record: Option<Arc<RunFile>>,
     events: UnboundedSender<SupervisorEvent>,
     service: String,
     generation: u64,
@@ -41,6 +43,12 @@ pub(crate) async fn run(
         wait_listening(&group).await
     };
     debug!(%service, generation, port, "ready");
+    if let Some(record) = record {
+        // The next agent reports it when it adopts this generation.
+        tokio::task::spawn_blocking(move || record.set_port(port))
+            .await
+            .ok();
+    }
     let _ = events.send(SupervisorEvent::Ready {
         service,
         generation,

@@ -4,6 +4,7 @@
 //! so everything it ever forks is a member. `cgroup.kill` kills the whole tree
 //! atomically (no fork race) and `cgroup.events` says when it is empty.
 
+use std::collections::HashSet;
 use std::ffi::CString;
 use std::fs;
 use std::io;
@@ -92,8 +93,18 @@ impl CgroupGroup {
         Ok(Self { dir })
     }
 
+    /// An existing cgroup (an adopted generation's); nothing is created.
+    pub fn existing(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Whether `pid` is directly in this cgroup.
+    pub fn contains(&self, pid: i32) -> bool {
+        self.members().contains(&pid)
     }
 
     /// Path of `cgroup.procs` as a C string, for the async-signal-safe
@@ -167,14 +178,15 @@ impl CgroupGroup {
 }
 
 /// Kills every process in every cgroup under the machine directory (left by
-/// an earlier agent that died) and removes those cgroups.
-pub(crate) fn kill_leftovers(machine_dir: &Path) {
+/// an earlier agent that died) and removes those cgroups, except the
+/// `spared` ones (adopted generations).
+pub(crate) fn kill_leftovers(machine_dir: &Path, spared: &HashSet<PathBuf>) {
     let Ok(entries) = fs::read_dir(machine_dir) else {
         return;
     };
     for entry in entries.filter_map(|e| e.ok()) {
         let path = entry.path();
-        if !path.is_dir() {
+        if !path.is_dir() || spared.contains(&path) {
             continue;
         }
         let g = CgroupGroup { dir: path };

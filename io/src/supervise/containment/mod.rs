@@ -4,6 +4,7 @@
 pub(crate) mod cgroup;
 pub(crate) mod pgroup;
 
+use std::collections::HashSet;
 use std::ffi::CString;
 use std::io;
 use std::path::PathBuf;
@@ -13,26 +14,19 @@ use tracing::info;
 
 use self::cgroup::CgroupGroup;
 use self::pgroup::PgroupGroup;
+use super::record::RecordContainment;
 use super::{ContainmentChoice, ContainmentKind, SuperviseError, SupervisorConfig};
 
 /// Per-supervisor containment backend.
 #[derive(Debug)]
 pub(crate) enum Backend {
     Cgroup { machine_dir: PathBuf },
-    Pgroup { run_dir: PathBuf },
+    Pgroup,
 }
 
 impl Backend {
     pub fn select(config: &SupervisorConfig) -> Result<(Self, ContainmentKind), SuperviseError> {
-        let run_dir = config.state_dir.join("run");
-        let pgroup = || {
-            (
-                Backend::Pgroup {
-                    run_dir: run_dir.clone(),
-                },
-                ContainmentKind::ProcessGroup,
-            )
-        };
+        let pgroup = || (Backend::Pgroup, ContainmentKind::ProcessGroup);
         match config.containment {
             ContainmentChoice::ProcessGroup => Ok(pgroup()),
             ContainmentChoice::Cgroup => {
@@ -60,30 +54,43 @@ impl Backend {
         }
     }
 
-    /// Kills whatever earlier agents with this machine id left running. Both
-    /// kinds are cleaned, in case the previous agent used the other mode.
-    pub fn kill_leftovers(&self, config: &SupervisorConfig) {
+    /// Kills whatever earlier agents with this machine id left running,
+    /// except the adopted generations (`spared_cgroups`, `spared_tokens`);
+    /// `pgids` are the process groups of records that were not adopted,
+    /// each with its token. Both kinds are cleaned, in case the previous
+    /// agent used the other mode.
+    pub fn kill_leftovers(
+        &self,
+        config: &SupervisorConfig,
+        pgids: &[(i32, String)],
+        spared_cgroups: &HashSet<PathBuf>,
+        spared_tokens: &HashSet<String>,
+    ) {
         if let Backend::Cgroup { machine_dir } = self {
-            cgroup::kill_leftovers(machine_dir);
+            cgroup::kill_leftovers(machine_dir, spared_cgroups);
         } else if let Some(mount) = cgroup::find_mount() {
             let dir = mount.join("pop").join(&config.machine_id);
             if dir.is_dir() {
-                cgroup::kill_leftovers(&dir);
+                cgroup::kill_leftovers(&dir, spared_cgroups);
             }
         }
-        pgroup::kill_leftovers(&config.machine_id, &config.state_dir.join("run"));
+        pgroup::kill_leftovers(&config.machine_id, pgids, spared_tokens);
+    }
+
+    /// The cgroup a generation gets (cgroup mode only).
+    pub fn cgroup_dir(&self, service: &str, generation: u64) -> Option<PathBuf> {
+        match self {
+            Backend::Cgroup { machine_dir } => {
+                Some(machine_dir.join(format!("{service}@{generation}")))
+            }
+            Backend::Pgroup => None,
+        }
     }
 
     pub fn new_group(&self, service: &str, generation: u64, token: &str) -> io::Result<Group> {
-        let name = format!("{service}@{generation}");
-        match self {
-            Backend::Cgroup { machine_dir } => {
-                Ok(Group::Cgroup(CgroupGroup::create(machine_dir.join(name))?))
-            }
-            Backend::Pgroup { run_dir } => Ok(Group::Pgroup(PgroupGroup::new(
-                token.to_string(),
-                run_dir.join(format!("{name}.json")),
-            ))),
+        match self.cgroup_dir(service, generation) {
+            Some(dir) => Ok(Group::Cgroup(CgroupGroup::create(dir)?)),
+            None => Ok(Group::Pgroup(PgroupGroup::new(token))),
         }
     }
 }
@@ -104,10 +111,25 @@ impl Group {
         }
     }
 
-    pub fn set_main(&self, pid: u32) -> io::Result<()> {
+    pub fn set_main(&self, pid: u32) {
+        if let Group::Pgroup(g) = self {
+            g.set_main(pid as i32);
+        }
+    }
+
+    /// What the run record says about this containment.
+    pub fn record_containment(&self, pid: u32) -> RecordContainment {
         match self {
-            Group::Cgroup(_) => Ok(()),
-            Group::Pgroup(g) => g.set_main(pid as i32),
+            Group::Cgroup(g) => RecordContainment::Cgroup(g.dir().to_path_buf()),
+            Group::Pgroup(g) => RecordContainment::Pgid(g.pgid().unwrap_or(pid as i32)),
+        }
+    }
+
+    /// Whether `pid` is held by this containment (for adoption).
+    pub fn holds(&self, pid: u32) -> bool {
+        match self {
+            Group::Cgroup(g) => g.contains(pid as i32),
+            Group::Pgroup(g) => g.has_token(pid as i32),
         }
     }
 
@@ -133,11 +155,10 @@ impl Group {
         }
     }
 
-    /// Releases the containment once empty (cgroup dir, run record).
+    /// Releases the containment once empty (the cgroup directory).
     pub fn remove(&self) {
-        match self {
-            Group::Cgroup(g) => g.remove(),
-            Group::Pgroup(g) => g.remove(),
+        if let Group::Cgroup(g) = self {
+            g.remove();
         }
     }
 

@@ -9,61 +9,44 @@
 //! this is not atomic against forks, so killing repeats until nothing is found.
 
 use std::collections::{HashMap, HashSet};
-use std::fs;
-use std::io;
-use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
-use serde::{Deserialize, Serialize};
-use tracing::{debug, warn};
+use tracing::warn;
 
 use super::super::procfs::{self, Stat};
 use super::super::TOKEN_ENV;
 
-/// What we persist in `<state_dir>/run/<service>@<generation>.json` so a
-/// later agent can find what this one started.
-#[derive(Debug, Serialize, Deserialize)]
-struct Record {
-    token: String,
-    pgid: i32,
-}
-
 /// One service generation's process group.
 #[derive(Debug)]
 pub(crate) struct PgroupGroup {
-    token: String,
     entry: Vec<u8>,
     pgid: OnceLock<i32>,
-    record: PathBuf,
 }
 
 impl PgroupGroup {
-    pub fn new(token: String, record: PathBuf) -> Self {
-        let entry = format!("{TOKEN_ENV}={token}").into_bytes();
+    pub fn new(token: &str) -> Self {
         Self {
-            token,
-            entry,
+            entry: token_entry(token),
             pgid: OnceLock::new(),
-            record,
         }
     }
 
     /// Called once the main process exists (its pid is the pgid, thanks to
-    /// `setsid` in the child); persists the record.
-    pub fn set_main(&self, pid: i32) -> io::Result<()> {
+    /// `setsid` in the child, or as recorded for an adopted generation).
+    pub fn set_main(&self, pid: i32) {
         let _ = self.pgid.set(pid);
-        let rec = Record {
-            token: self.token.clone(),
-            pgid: pid,
-        };
-        if let Some(dir) = self.record.parent() {
-            fs::create_dir_all(dir)?;
-        }
-        let json = serde_json::to_vec(&rec).map_err(io::Error::other)?;
-        fs::write(&self.record, json)
+    }
+
+    pub fn pgid(&self) -> Option<i32> {
+        self.pgid.get().copied()
+    }
+
+    /// Whether `pid` carries this group's token.
+    pub fn has_token(&self, pid: i32) -> bool {
+        procfs::has_env_entry(pid, &self.entry)
     }
 
     pub fn members(&self) -> Vec<i32> {
@@ -83,14 +66,11 @@ impl PgroupGroup {
     pub fn is_empty(&self) -> bool {
         self.members().is_empty()
     }
+}
 
-    pub fn remove(&self) {
-        if let Err(e) = fs::remove_file(&self.record) {
-            if e.kind() != io::ErrorKind::NotFound {
-                warn!(path = %self.record.display(), error = %e, "cannot remove run record");
-            }
-        }
-    }
+/// `POP_SUPERVISION_TOKEN=<token>`, as it appears in `/proc/<pid>/environ`.
+fn token_entry(token: &str) -> Vec<u8> {
+    format!("{TOKEN_ENV}={token}").into_bytes()
 }
 
 /// Live processes matching `seed`, plus all their live descendants. Never
@@ -126,37 +106,31 @@ fn find(seed: impl Fn(i32, &Stat) -> bool) -> Vec<i32> {
 }
 
 /// Kills every process whose token belongs to `machine_id` (from any earlier
-/// agent), and any process in a recorded process group, then deletes the
-/// records in `run_dir`.
-pub(crate) fn kill_leftovers(machine_id: &str, run_dir: &Path) {
+/// agent) except those of the `spared` tokens (adopted generations), and every
+/// process in one of `pgids` whose leader still carries the token `pgids`
+/// pairs it with (a pid may have been reused since it was recorded). Their
+/// descendants go too.
+pub(crate) fn kill_leftovers(machine_id: &str, pgids: &[(i32, String)], spared: &HashSet<String>) {
     let prefix = format!("{machine_id}/");
-    let mut pgids = Vec::new();
-    let mut records = Vec::new();
-    if let Ok(entries) = fs::read_dir(run_dir) {
-        for path in entries.filter_map(|e| e.ok()).map(|e| e.path()) {
-            if path.extension().is_some_and(|e| e == "json") {
-                let rec = fs::read(&path)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<Record>(&b).ok());
-                // Only trust the pgid if the record is ours; a pid may be reused
-                // by then, so we also require that its leader still carries the token.
-                if let Some(rec) = rec {
-                    let entry = format!("{TOKEN_ENV}={}", rec.token).into_bytes();
-                    if rec.token.starts_with(&prefix) && procfs::has_env_entry(rec.pgid, &entry) {
-                        pgids.push(rec.pgid);
-                    }
-                }
-                records.push(path);
-            }
-        }
-    }
+    let pgids: Vec<i32> = pgids
+        .iter()
+        .filter(|(pgid, token)| {
+            !spared.contains(token) && procfs::has_env_entry(*pgid, &token_entry(token))
+        })
+        .map(|(pgid, _)| *pgid)
+        .collect();
+    let token_of = |pid: i32| procfs::env_value(pid, TOKEN_ENV);
     let matches = |pid: i32, stat: &Stat| {
         pgids.contains(&stat.pgid)
-            || procfs::env_value(pid, TOKEN_ENV).is_some_and(|t| t.starts_with(&prefix))
+            || token_of(pid).is_some_and(|t| t.starts_with(&prefix) && !spared.contains(&t))
     };
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let left = find(matches);
+        // Never a process of an adopted generation, even as a descendant.
+        let left: Vec<i32> = find(matches)
+            .into_iter()
+            .filter(|p| !token_of(*p).is_some_and(|t| spared.contains(&t)))
+            .collect();
         if left.is_empty() {
             break;
         }
@@ -169,9 +143,5 @@ pub(crate) fn kill_leftovers(machine_id: &str, run_dir: &Path) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-    for path in records {
-        debug!(path = %path.display(), "removing stale run record");
-        let _ = fs::remove_file(path);
     }
 }

@@ -1,0 +1,173 @@
+//! Run records: `<state_dir>/run/<service>@<generation>.json`, one per
+//! running generation, so that the next agent can tell whether a process it
+//! finds is provably the one this agent started (see `adopt.rs`).
+//!
+//! A record is written atomically (temporary file + rename) right after the
+//! spawn, rewritten when the readiness probe reports a port, and deleted just
+//! before the generation's `Exited` is sent.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+/// Where a generation's processes are held, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordContainment {
+    /// The generation's cgroup directory.
+    Cgroup(PathBuf),
+    /// The process group (the main process's pid).
+    Pgid(i32),
+}
+
+/// What a `<state_dir>/run/<service>@<generation>.json` file holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub service: String,
+    pub generation: u64,
+    /// The main process.
+    pub pid: u32,
+    /// Field 22 of `/proc/<pid>/stat`: with `boot_id`, identifies the process
+    /// even if its pid is later reused.
+    pub start_ticks: u64,
+    /// `/proc/sys/kernel/random/boot_id` at spawn.
+    pub boot_id: String,
+    /// The value of `POP_SUPERVISION_TOKEN` in the generation's processes.
+    pub token: String,
+    pub containment: RecordContainment,
+    /// Wall-clock spawn time, milliseconds since the Unix epoch.
+    pub started_at_ms: u64,
+    /// TERM-to-KILL grace for leftovers when the main process exits by itself.
+    pub exit_grace_ms: u64,
+    /// The port the readiness probe found, once it has.
+    pub port: Option<u16>,
+    /// [`super::ProcessSpec::note`], verbatim.
+    pub note: serde_json::Value,
+}
+
+/// `<run_dir>/<service>@<generation>.json`.
+pub(crate) fn record_path(run_dir: &Path, service: &str, generation: u64) -> PathBuf {
+    run_dir.join(format!("{service}@{generation}.json"))
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Writes `rec` to `path` atomically: a reader sees the old or the new
+/// content, never a torn file.
+pub(crate) fn write_atomic(path: &Path, rec: &RunRecord) -> io::Result<()> {
+    let json = serde_json::to_vec_pretty(rec).map_err(io::Error::other)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    fs::write(&tmp, json)?;
+    fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
+}
+
+/// Reads and parses a record.
+pub(crate) fn read(path: &Path) -> Result<RunRecord, String> {
+    let bytes = fs::read(path).map_err(|e| e.to_string())?;
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+}
+
+/// Deletes a record; a missing file is fine.
+pub(crate) fn remove(path: &Path) {
+    if let Err(e) = fs::remove_file(path) {
+        if e.kind() != io::ErrorKind::NotFound {
+            warn!(path = %path.display(), error = %e, "cannot remove run record");
+        }
+    }
+}
+
+/// The live record of one running generation, owned by its instance task.
+#[derive(Debug)]
+pub(crate) struct RunFile {
+    path: PathBuf,
+    /// `None` once removed, so a late port update cannot resurrect the file.
+    record: Mutex<Option<RunRecord>>,
+}
+
+impl RunFile {
+    /// Writes the record and returns its handle.
+    pub fn create(path: PathBuf, record: RunRecord) -> io::Result<Self> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        write_atomic(&path, &record)?;
+        Ok(Self::existing(path, record))
+    }
+
+    /// A handle on a record already on disk (an adopted generation's).
+    pub fn existing(path: PathBuf, record: RunRecord) -> Self {
+        Self {
+            path,
+            record: Mutex::new(Some(record)),
+        }
+    }
+
+    /// Records the port the readiness probe found.
+    pub fn set_port(&self, port: u16) {
+        let mut guard = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(rec) = guard.as_mut().filter(|r| r.port != Some(port)) else {
+            return;
+        };
+        rec.port = Some(port);
+        if let Err(e) = write_atomic(&self.path, rec) {
+            warn!(path = %self.path.display(), error = %e, "cannot rewrite run record");
+        }
+    }
+
+    pub fn remove(&self) {
+        let mut guard = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        *guard = None;
+        remove(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_port_rewrite() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = record_path(dir.path(), "web", 3);
+        assert!(path.ends_with("web@3.json"));
+        let rec = RunRecord {
+            service: "web".into(),
+            generation: 3,
+            pid: 42,
+            start_ticks: 7,
+            boot_id: "b".into(),
+            token: "m/web/3".into(),
+            containment: RecordContainment::Pgid(42),
+            started_at_ms: 1,
+            exit_grace_ms: 10_000,
+            port: None,
+            note: serde_json::json!({"cmd": "x"}),
+        };
+        let file = RunFile::create(path.clone(), rec.clone())?;
+        assert_eq!(read(&path)?, rec);
+        file.set_port(8080);
+        assert_eq!(read(&path)?.port, Some(8080));
+        assert_eq!(fs::read_dir(dir.path())?.count(), 1, "no tmp file left");
+        file.remove();
+        assert!(!path.exists());
+        file.set_port(9090);
+        assert!(!path.exists(), "a late port update does not bring it back");
+        fs::write(&path, b"{not json")?;
+        assert!(read(&path).is_err());
+        Ok(())
+    }
+}
