@@ -5,6 +5,7 @@
 use crate::zk_model::{Notification, ZkModel};
 use pop_core::backoff::Backoff;
 use pop_core::event::{Action, ExitStatus, Input};
+use pop_core::journal::Record;
 use pop_core::launch::Launch;
 use pop_core::names::MachineId;
 use pop_core::paths;
@@ -19,34 +20,52 @@ use std::time::Duration;
 const LATENCY: Duration = Duration::from_millis(1);
 /// The negotiated session timeout the agents are told.
 const SESSION_TIMEOUT: Duration = Duration::from_secs(4);
+/// More events than this at one virtual instant is a livelock.
+const MAX_EVENTS_AT_ONE_TIME: u64 = 10_000;
+/// Journal records per file before the simulated driver rotates it.
+const JOURNAL_ROTATE_RECORDS: usize = 150;
 /// Time a process takes to start, to stop, or to bind its port.
 const PROCESS_DELAY: Duration = Duration::from_millis(2);
 
 #[derive(Debug, Clone)]
 enum Event {
-    /// An input arriving at a machine's agent.
-    Deliver { machine: usize, input: Input },
+    /// An input arriving at a machine's agent; dropped if that agent was replaced since.
+    Deliver {
+        machine: usize,
+        incarnation: u32,
+        input: Input,
+    },
     /// A request reaching the server, from the machine's session at sending time.
     Request {
         machine: usize,
+        incarnation: u32,
         session: Option<SessionId>,
         id: pop_core::zk::RequestId,
         op: pop_core::zk::ZkOp,
     },
+    /// The server expires a session nobody pings any more (a dead agent's).
+    ExpireSession { session: SessionId },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Process {
     pub service: String,
     pub generation: u64,
     pub pid: u32,
     /// What it was started with, to check it runs the current settings.
     pub launch: Launch,
+    pub settings: Settings,
+    pub started_at: Timestamp,
+    pub port: Option<u16>,
 }
 
 pub struct Machine {
     pub id: String,
     pub agent: Agent,
+    /// Counts agent (re)starts; events for an earlier agent are dropped.
+    pub incarnation: u32,
+    /// The journal of each agent this machine ran, as the production driver writes it.
+    pub journals: Vec<Vec<Record>>,
     pub session: Option<SessionId>,
     /// Live processes by pid.
     pub processes: BTreeMap<u32, Process>,
@@ -54,6 +73,7 @@ pub struct Machine {
 }
 
 pub struct World {
+    pub seed: u64,
     pub now: Timestamp,
     pub zk: ZkModel,
     pub machines: Vec<Machine>,
@@ -62,6 +82,7 @@ pub struct World {
     seq: u64,
     next_pid: u32,
     pub trace: Vec<String>,
+    events_at_now: u64,
 }
 
 impl World {
@@ -71,6 +92,7 @@ impl World {
             zk.put(p, b"");
         }
         let mut world = World {
+            seed,
             now: Timestamp::from_millis(1_000_000),
             zk,
             machines: Vec::new(),
@@ -79,20 +101,15 @@ impl World {
             seq: 0,
             next_pid: 1000,
             trace: Vec::new(),
+            events_at_now: 0,
         };
         for (i, id) in machine_ids.iter().enumerate() {
-            let config = AgentConfig {
-                machine: MachineId::new(id).unwrap_or_else(|e| panic!("bad machine id: {e}")),
-                hostname: format!("host-{id}"),
-                agent_pid: 1,
-                version: "sim".into(),
-                containment: "sim".into(),
-                seed: seed.wrapping_add(i as u64),
-                backoff: Backoff::default(),
-            };
+            let config = world.agent_config(id, 0);
             world.machines.push(Machine {
                 id: id.to_string(),
-                agent: Agent::new(config),
+                agent: Agent::new(config.clone()),
+                incarnation: 0,
+                journals: vec![vec![Record::Start { config }]],
                 session: None,
                 processes: BTreeMap::new(),
                 exited: false,
@@ -100,6 +117,84 @@ impl World {
             world.connect(i);
         }
         world
+    }
+
+    fn agent_config(&self, id: &str, incarnation: u32) -> AgentConfig {
+        AgentConfig {
+            machine: MachineId::new(id).unwrap_or_else(|e| panic!("bad machine id: {e}")),
+            hostname: format!("host-{id}"),
+            agent_pid: 1 + incarnation,
+            version: "sim".into(),
+            containment: "sim".into(),
+            seed: self
+                .seed
+                .wrapping_add(u64::from(incarnation) << 32)
+                .wrapping_add(id.len() as u64),
+            backoff: Backoff::default(),
+        }
+    }
+
+    /// Schedules an input for the machine's current agent.
+    fn to_agent(&mut self, machine: usize, at: Timestamp, input: Input) {
+        let incarnation = self.machines[machine].incarnation;
+        self.schedule(
+            at,
+            Event::Deliver {
+                machine,
+                incarnation,
+                input,
+            },
+        );
+    }
+
+    /// The agent process dies (kill -9): its processes live on as orphans and its
+    /// session lingers until the server expires it. A new agent starts and adopts them.
+    pub fn crash_agent(&mut self, machine: usize) {
+        self.trace
+            .push(format!("{} m{machine} agent killed", self.now));
+        if let Some(old) = self.machines[machine].session.take() {
+            self.schedule(
+                self.now + SESSION_TIMEOUT,
+                Event::ExpireSession { session: old },
+            );
+        }
+        self.start_agent(machine);
+    }
+
+    /// `pop stop --keep-services` then a new agent: detach, then start and adopt.
+    pub fn upgrade_agent(&mut self, machine: usize) {
+        self.trace
+            .push(format!("{} m{machine} agent upgrade", self.now));
+        self.deliver(machine, Input::Detach);
+        self.start_agent(machine);
+    }
+
+    /// A new agent on the machine: it adopts every live process (as the production
+    /// supervisor does from its run records), then opens a session.
+    fn start_agent(&mut self, machine: usize) {
+        let incarnation = self.machines[machine].incarnation + 1;
+        let config = self.agent_config(&self.machines[machine].id.clone(), incarnation);
+        let m = &mut self.machines[machine];
+        m.incarnation = incarnation;
+        m.agent = Agent::new(config.clone());
+        m.journals.push(vec![Record::Start { config }]);
+        m.exited = false;
+        let mut adopted: Vec<Process> = m.processes.values().cloned().collect();
+        adopted.sort_by_key(|p| p.generation);
+        for p in adopted {
+            self.deliver(
+                machine,
+                Input::Adopted {
+                    service: p.service,
+                    generation: p.generation,
+                    pid: p.pid,
+                    started_at: p.started_at,
+                    port: p.port,
+                    settings: p.settings,
+                },
+            );
+        }
+        self.connect(machine);
     }
 
     fn schedule(&mut self, at: Timestamp, event: Event) {
@@ -117,15 +212,13 @@ impl World {
 
     /// The agent hears that `session` is connected, one network hop from now.
     fn deliver_connected(&mut self, machine: usize, session: SessionId) {
-        self.schedule(
+        self.to_agent(
+            machine,
             self.now + LATENCY,
-            Event::Deliver {
-                machine,
-                input: Input::Session(SessionEvent::Connected {
-                    session,
-                    timeout: SESSION_TIMEOUT,
-                }),
-            },
+            Input::Session(SessionEvent::Connected {
+                session,
+                timeout: SESSION_TIMEOUT,
+            }),
         );
     }
 
@@ -136,13 +229,7 @@ impl World {
                 .iter()
                 .position(|m| m.session == Some(session))
             {
-                self.schedule(
-                    self.now + LATENCY,
-                    Event::Deliver {
-                        machine,
-                        input: Input::Watch(event),
-                    },
-                );
+                self.to_agent(machine, self.now + LATENCY, Input::Watch(event));
             }
         }
     }
@@ -183,15 +270,13 @@ impl World {
             if let Some(p) = self.machines[machine].processes.remove(&pid) {
                 self.trace
                     .push(format!("{} m{machine} crash {service} pid {pid}", self.now));
-                self.schedule(
+                self.to_agent(
+                    machine,
                     self.now + PROCESS_DELAY,
-                    Event::Deliver {
-                        machine,
-                        input: Input::Exited {
-                            service: p.service,
-                            generation: p.generation,
-                            status,
-                        },
+                    Input::Exited {
+                        service: p.service,
+                        generation: p.generation,
+                        status,
                     },
                 );
             }
@@ -205,12 +290,10 @@ impl World {
                 .push(format!("{} m{machine} session expired", self.now));
             let n = self.zk.expire(session);
             self.notify(n);
-            self.schedule(
+            self.to_agent(
+                machine,
                 self.now + LATENCY,
-                Event::Deliver {
-                    machine,
-                    input: Input::Session(SessionEvent::Expired),
-                },
+                Input::Session(SessionEvent::Expired),
             );
         }
     }
@@ -220,12 +303,10 @@ impl World {
     pub fn disconnect(&mut self, machine: usize) {
         self.trace
             .push(format!("{} m{machine} disconnected", self.now));
-        self.schedule(
+        self.to_agent(
+            machine,
             self.now,
-            Event::Deliver {
-                machine,
-                input: Input::Session(SessionEvent::Disconnected),
-            },
+            Input::Session(SessionEvent::Disconnected),
         );
     }
 
@@ -239,13 +320,7 @@ impl World {
     }
 
     pub fn shutdown(&mut self, machine: usize) {
-        self.schedule(
-            self.now,
-            Event::Deliver {
-                machine,
-                input: Input::Shutdown,
-            },
-        );
+        self.to_agent(machine, self.now, Input::Shutdown);
     }
 
     fn perform(&mut self, machine: usize, action: Action) {
@@ -254,10 +329,12 @@ impl World {
         match action {
             Action::Zk { id, op } => {
                 let session = self.machines[machine].session;
+                let incarnation = self.machines[machine].incarnation;
                 self.schedule(
                     self.now + LATENCY,
                     Event::Request {
                         machine,
+                        incarnation,
                         session,
                         id,
                         op,
@@ -268,10 +345,17 @@ impl World {
                 service,
                 generation,
                 launch,
-                ..
+                settings,
             } => {
                 self.next_pid += 1;
                 let pid = self.next_pid;
+                let port = launch.probe.as_ref().map(|probe| {
+                    if probe.port == 0 {
+                        20_000 + (pid % 10_000) as u16
+                    } else {
+                        probe.port
+                    }
+                });
                 self.machines[machine].processes.insert(
                     pid,
                     Process {
@@ -279,35 +363,29 @@ impl World {
                         generation,
                         pid,
                         launch: launch.clone(),
+                        settings,
+                        started_at: self.now,
+                        port,
                     },
                 );
                 let at = self.now + PROCESS_DELAY;
-                self.schedule(
+                self.to_agent(
+                    machine,
                     at,
-                    Event::Deliver {
-                        machine,
-                        input: Input::Spawned {
-                            service: service.clone(),
-                            generation,
-                            pid,
-                        },
+                    Input::Spawned {
+                        service: service.clone(),
+                        generation,
+                        pid,
                     },
                 );
-                if let Some(probe) = launch.probe {
-                    let port = if probe.port == 0 {
-                        20_000 + (pid % 10_000) as u16
-                    } else {
-                        probe.port
-                    };
-                    self.schedule(
+                if let Some(port) = port {
+                    self.to_agent(
+                        machine,
                         at + PROCESS_DELAY,
-                        Event::Deliver {
-                            machine,
-                            input: Input::Ready {
-                                service,
-                                generation,
-                                port: Some(port),
-                            },
+                        Input::Ready {
+                            service,
+                            generation,
+                            port: Some(port),
                         },
                     );
                 }
@@ -320,17 +398,15 @@ impl World {
                 let m = &mut self.machines[machine];
                 m.processes
                     .retain(|_, p| !(p.service == service && p.generation == generation));
-                self.schedule(
+                self.to_agent(
+                    machine,
                     self.now + PROCESS_DELAY,
-                    Event::Deliver {
-                        machine,
-                        input: Input::Exited {
-                            service,
-                            generation,
-                            status: ExitStatus {
-                                code: None,
-                                signal: Some(15),
-                            },
+                    Input::Exited {
+                        service,
+                        generation,
+                        status: ExitStatus {
+                            code: None,
+                            signal: Some(15),
                         },
                     },
                 );
@@ -354,10 +430,56 @@ impl World {
         self.trace
             .push(format!("{} m{machine} <- {input:?}", self.now));
         let now = self.now;
-        self.machines[machine].agent.handle(now, input);
-        while let Some(action) = self.machines[machine].agent.poll_action() {
+        let m = &mut self.machines[machine];
+        let journal = m.journals.last_mut();
+        // Journaled as the production driver does: the input first, then the actions.
+        if let Some(journal) = journal {
+            journal.push(Record::Input {
+                at: now,
+                input: input.clone(),
+            });
+        }
+        m.agent.handle(now, input);
+        let actions: Vec<Action> = std::iter::from_fn(|| m.agent.poll_action()).collect();
+        if let Some(journal) = m.journals.last_mut() {
+            journal.push(Record::Actions {
+                actions: actions.clone(),
+            });
+            // Rotate as the driver does at its size limit: the next file starts with a
+            // snapshot, so replay is also checked from snapshots.
+            if journal.len() >= JOURNAL_ROTATE_RECORDS {
+                let snapshot = Record::Snapshot {
+                    agent: Box::new(m.agent.clone()),
+                };
+                m.journals.push(vec![snapshot]);
+            }
+        }
+        for action in actions {
             self.perform(machine, action);
         }
+    }
+
+    /// Replays every journal of every machine on a fresh core; the first difference.
+    pub fn check_replay(&self) -> Result<(), String> {
+        for m in &self.machines {
+            for (n, records) in m.journals.iter().enumerate() {
+                // Through the production encoding, so the JSON form is checked too.
+                let text: String = records.iter().map(|r| r.to_line() + "\n").collect();
+                let journal = pop_core::journal::decode(&text)
+                    .map_err(|e| format!("{} journal {n}: {e}", m.id))?;
+                let steps = pop_core::journal::replay(&journal)
+                    .map_err(|e| format!("{} journal {n}: {e}", m.id))?;
+                if let Some(i) = steps.iter().position(|s| !s.matches()) {
+                    return Err(format!(
+                        "{} journal {n}: input #{} replays differently: {:?}",
+                        m.id,
+                        i + 1,
+                        steps[i]
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn next_tick(&self) -> Option<(Timestamp, usize)> {
@@ -384,7 +506,7 @@ impl World {
                 if t > until {
                     break;
                 }
-                self.now = t;
+                self.advance(t);
                 self.deliver(machine, Input::Tick);
                 continue;
             }
@@ -395,12 +517,30 @@ impl World {
                 break;
             }
             self.queue.pop();
-            self.now = t;
+            self.advance(t);
             if let Some(event) = self.events.remove(&key) {
                 self.dispatch(event);
             }
         }
         self.now = self.now.max(until);
+    }
+
+    /// Moves virtual time to `t`, catching livelock: agents that keep acting without
+    /// time passing would otherwise hang the simulation and grow without bound.
+    fn advance(&mut self, t: Timestamp) {
+        if t == self.now {
+            self.events_at_now += 1;
+            if self.events_at_now > MAX_EVENTS_AT_ONE_TIME {
+                let tail: Vec<&String> = self.trace.iter().rev().take(40).collect();
+                panic!(
+                    "livelock: over {MAX_EVENTS_AT_ONE_TIME} events at {} without time passing; last events:\n{tail:#?}",
+                    self.now
+                );
+            }
+        } else {
+            self.events_at_now = 0;
+        }
+        self.now = t;
     }
 
     pub fn run_for(&mut self, d: Duration) {
@@ -410,9 +550,18 @@ impl World {
 
     fn dispatch(&mut self, event: Event) {
         match event {
-            Event::Deliver { machine, input } => self.deliver(machine, input),
+            Event::Deliver {
+                machine,
+                incarnation,
+                input,
+            } => {
+                if incarnation == self.machines[machine].incarnation {
+                    self.deliver(machine, input);
+                }
+            }
             Event::Request {
                 machine,
+                incarnation,
                 session,
                 id,
                 op,
@@ -426,9 +575,14 @@ impl World {
                     self.now + LATENCY,
                     Event::Deliver {
                         machine,
+                        incarnation,
                         input: Input::Reply { id, reply },
                     },
                 );
+            }
+            Event::ExpireSession { session } => {
+                let n = self.zk.expire(session);
+                self.notify(n);
             }
         }
     }
@@ -482,6 +636,13 @@ impl World {
                     }
                 }
                 let node = self.zk.get(&paths::machine_service(&m.id, &p.service));
+                let owner = node.map(|n| n.ephemeral_owner);
+                if owner != m.session.map(|s| s.0) {
+                    return Err(format!(
+                        "{}: the node of {} is owned by session {owner:?}, not the agent's {:?}",
+                        m.id, p.service, m.session
+                    ));
+                }
                 let pid = node.map(|n| String::from_utf8_lossy(&n.data).to_string());
                 if pid != Some(p.pid.to_string()) {
                     return Err(format!(

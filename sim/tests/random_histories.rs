@@ -12,14 +12,46 @@ const SERVICES: [&str; 3] = ["a", "b", "c"];
 
 #[derive(Debug, Clone)]
 enum Step {
-    Add { service: usize, echo: bool, on: u8 },
-    Deploy { service: usize, on: u8 },
-    Reconfigure { service: usize, version: u8 },
-    Remove { service: usize },
-    BadJson { service: usize },
-    Crash { machine: usize, service: usize },
-    Expire { machine: usize },
-    Wait { millis: u16 },
+    Add {
+        service: usize,
+        echo: bool,
+        on: u8,
+    },
+    Deploy {
+        service: usize,
+        on: u8,
+    },
+    Reconfigure {
+        service: usize,
+        version: u8,
+    },
+    Remove {
+        service: usize,
+    },
+    BadJson {
+        service: usize,
+    },
+    Crash {
+        machine: usize,
+        service: usize,
+    },
+    Expire {
+        machine: usize,
+    },
+    /// Disconnected for a while within the session (the fence deadline may pass).
+    Partition {
+        machine: usize,
+        millis: u16,
+    },
+    CrashAgent {
+        machine: usize,
+    },
+    UpgradeAgent {
+        machine: usize,
+    },
+    Wait {
+        millis: u16,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -35,6 +67,9 @@ fn step() -> impl Strategy<Value = Step> {
         (0..3usize).prop_map(|service| Step::BadJson { service }),
         (0..3usize, 0..3usize).prop_map(|(machine, service)| Step::Crash { machine, service }),
         (0..3usize).prop_map(|machine| Step::Expire { machine }),
+        (0..3usize, 0..3000u16).prop_map(|(machine, millis)| Step::Partition { machine, millis }),
+        (0..3usize).prop_map(|machine| Step::CrashAgent { machine }),
+        (0..3usize).prop_map(|machine| Step::UpgradeAgent { machine }),
         (0..2000u16).prop_map(|millis| Step::Wait { millis }),
     ]
 }
@@ -53,7 +88,15 @@ fn settings(echo: bool, version: u8) -> String {
     if echo {
         format!(r#"{{"type":"echo","port":0,"env":{{"V":"{version}"}}}}"#)
     } else {
-        format!(r#"{{"type":"command","command":"run v{version}","start_seconds":0.3}}"#)
+        // Odd versions fence on session loss.
+        let policy = if version % 4 == 1 {
+            "fence"
+        } else {
+            "keep-running"
+        };
+        format!(
+            r#"{{"type":"command","command":"run v{version}","start_seconds":0.3,"session_loss":"{policy}"}}"#
+        )
     }
 }
 
@@ -96,6 +139,13 @@ fn apply(w: &mut World, step: &Step) {
             },
         ),
         Step::Expire { machine } => w.expire_session(machine),
+        Step::Partition { machine, millis } => {
+            w.disconnect(machine);
+            w.run_for(Duration::from_millis(u64::from(millis)));
+            w.reconnect(machine);
+        }
+        Step::CrashAgent { machine } => w.crash_agent(machine),
+        Step::UpgradeAgent { machine } => w.upgrade_agent(machine),
         Step::Wait { millis } => w.run_for(Duration::from_millis(u64::from(millis))),
     }
 }
@@ -128,6 +178,10 @@ proptest! {
         if let Err(e) = w.check_converged() {
             let tail: Vec<&String> = w.trace.iter().rev().take(60).collect();
             prop_assert!(false, "{e}\nlast events:\n{:#?}", tail);
+        }
+        // Every decision of every agent follows from its journal alone.
+        if let Err(e) = w.check_replay() {
+            prop_assert!(false, "{e}");
         }
     }
 }

@@ -315,3 +315,149 @@ fn problems_of_a_removed_service_are_forgotten() {
     let report: serde_json::Value = serde_json::from_slice(&agent.data).expect("json");
     assert_eq!(report["problems"], serde_json::json!({}));
 }
+
+const FENCED: &str =
+    r#"{"type":"command","command":"primary","start_seconds":0.1,"session_loss":"fence"}"#;
+
+fn pids(w: &World, machine: usize) -> Vec<(String, u32)> {
+    w.machines[machine]
+        .processes
+        .values()
+        .map(|p| (p.service.clone(), p.pid))
+        .collect()
+}
+
+#[test]
+fn a_killed_agent_s_processes_are_adopted_not_restarted() {
+    let mut w = World::new(&["m1"], 21);
+    w.add_service("a", CMD, &["m1"]);
+    w.add_service("b", ECHO, &["m1"]);
+    settle(&mut w);
+    let before = pids(&w, 0);
+    w.crash_agent(0);
+    // The dead agent's session (and its nodes) linger until the server expires it;
+    // the new agent replaces them with its own.
+    settle(&mut w);
+    assert_eq!(pids(&w, 0), before, "same processes, none restarted");
+    w.check_replay().unwrap();
+}
+
+#[test]
+fn an_upgrade_keeps_services_running() {
+    let mut w = World::new(&["m1"], 22);
+    w.add_service("a", CMD, &["m1"]);
+    settle(&mut w);
+    let before = pids(&w, 0);
+    w.upgrade_agent(0);
+    settle(&mut w);
+    assert_eq!(pids(&w, 0), before);
+}
+
+#[test]
+fn adopted_processes_follow_changes_made_while_the_agent_was_down() {
+    let mut w = World::new(&["m1"], 23);
+    w.add_service("a", CMD, &["m1"]);
+    w.add_service("b", CMD, &["m1"]);
+    settle(&mut w);
+    let b_before = pids(&w, 0).into_iter().find(|(s, _)| s == "b");
+    w.crash_agent(0);
+    w.admin_put(
+        &paths::service_settings("a"),
+        br#"{"type":"command","command":"serve v2","start_seconds":0.5}"#,
+    );
+    w.admin_put(&paths::service_machines("b"), b"[]");
+    settle(&mut w);
+    let after = pids(&w, 0);
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0].0, "a");
+    assert!(b_before.is_some());
+}
+
+#[test]
+fn fence_services_stop_before_the_session_can_expire_and_start_when_it_is_back() {
+    let mut w = World::new(&["m1"], 24);
+    w.add_service("primary", FENCED, &["m1"]);
+    w.add_service("cache", CMD, &["m1"]);
+    settle(&mut w);
+    let running = |w: &World| -> Vec<String> {
+        w.machines[0]
+            .processes
+            .values()
+            .map(|p| p.service.clone())
+            .collect()
+    };
+    w.disconnect(0);
+    // The session timeout is 4 s: fence at 1 s, SIGKILL at most 0.5 s later.
+    w.run_for(Duration::from_millis(900));
+    assert_eq!(running(&w), ["cache", "primary"]);
+    w.run_for(Duration::from_millis(700));
+    assert_eq!(running(&w), ["cache"], "{}", w.trace.join("\n"));
+    let stop = w
+        .trace
+        .iter()
+        .find(|l| l.contains("Stop") && l.contains("primary"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(stop.contains("grace: 500ms"), "{stop}");
+    w.reconnect(0);
+    settle(&mut w);
+    assert_eq!(running(&w), ["cache", "primary"]);
+    // Expiry (without a disconnect first) fences at once.
+    w.expire_session(0);
+    w.run_for(Duration::from_millis(5));
+    settle(&mut w);
+    assert_eq!(running(&w), ["cache", "primary"]);
+    w.check_replay().unwrap();
+}
+
+/// The replay check must catch a journal whose recorded actions are not what the core
+/// decides (here: one recorded action edited).
+#[test]
+fn replay_check_catches_a_tampered_journal() {
+    let mut w = World::new(&["m1"], 25);
+    w.add_service("a", CMD, &["m1"]);
+    settle(&mut w);
+    w.check_replay().unwrap();
+    let journal = w.machines[0].journals.last_mut().unwrap();
+    let spawn = journal
+        .iter_mut()
+        .find_map(|r| match r {
+            pop_core::journal::Record::Actions { actions } => actions
+                .iter_mut()
+                .find(|a| matches!(a, pop_core::Action::Spawn { .. })),
+            _ => None,
+        })
+        .unwrap();
+    if let pop_core::Action::Spawn { generation, .. } = spawn {
+        *generation += 1;
+    }
+    let err = w.check_replay().unwrap_err();
+    assert!(err.contains("replays differently"), "{err}");
+}
+
+/// Found by the random histories: an adopted process that exits before the new agent
+/// has read its target left a backoff deadline that was never served, and the agent
+/// ticked forever at one instant (the simulator's livelock check fired).
+#[test]
+fn an_adopted_process_that_exits_before_the_target_is_read_is_restarted() {
+    let mut w = World::new(&["m1"], 26);
+    w.add_service("a", CMD, &["m1"]);
+    settle(&mut w);
+    // Garbage in the machines list: the new agent cannot learn the target.
+    w.admin_put(&paths::service_machines("a"), b"[not json");
+    w.upgrade_agent(0);
+    // The new agent has listed the services, but cannot read the machines list.
+    w.run_for(Duration::from_millis(20));
+    w.crash(
+        0,
+        "a",
+        ExitStatus {
+            code: Some(1),
+            signal: None,
+        },
+    );
+    w.run_for(Duration::from_secs(5));
+    w.admin_put(&paths::service_machines("a"), br#"["m1"]"#);
+    settle(&mut w);
+    w.check_replay().unwrap();
+}

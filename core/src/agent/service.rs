@@ -170,7 +170,10 @@ impl Service {
     /// Moves the process towards `desired`.
     pub(crate) fn reconcile(&mut self, desired: Option<Settings>, out: &mut Outbox<'_>) {
         if self.awaiting_target {
-            if !(self.machines_read && self.settings_read) {
+            // Only a running adopted process waits; once it is gone there is nothing to
+            // protect (and a waiting backoff would never be served).
+            let target_known = self.machines_read && self.settings_read;
+            if !target_known && matches!(self.run, Run::Running { .. }) {
                 return;
             }
             self.awaiting_target = false;
