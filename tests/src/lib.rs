@@ -226,6 +226,13 @@ impl Machine {
         self.spawn_agent(cmd)
     }
 
+    /// Starts `pop fg` with extra environment variables (e.g. `POP_SESSION_TIMEOUT_MS`).
+    pub fn agent_env(&self, vars: &[(&str, &str)]) -> Agent {
+        let mut cmd = self.command(&["fg"]);
+        cmd.envs(vars.iter().copied());
+        self.spawn_agent(cmd)
+    }
+
     fn spawn_agent(&self, mut cmd: Command) -> Agent {
         let log = self.state.path().join("fg.log");
         let file = std::fs::File::create(&log).expect("agent log");
@@ -295,6 +302,13 @@ impl Agent {
     /// Thaws a paused agent (SIGCONT).
     pub fn resume(&self) {
         signal(self.pid() as i32, libc::SIGCONT);
+    }
+
+    /// `Some` once the agent process has exited (by itself, or asked by `pop stop`).
+    pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        self.child = None;
+        Some(status)
     }
 
     /// Kills the agent with SIGKILL, leaving its services behind.

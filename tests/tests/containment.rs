@@ -105,9 +105,10 @@ fn process_group_containment_leaves_nothing() {
 }
 
 /// An agent killed with SIGKILL leaves its services running; the next agent for the same
-/// machine and state directory cleans them up before starting anew.
+/// machine and state directory adopts them (same processes, no restart), and stopping
+/// it later still leaves nothing behind: not the setsid child, not the double-forked one.
 #[test]
-fn restarted_agent_adopts_no_orphans() {
+fn restarted_agent_adopts_its_services_and_leaves_no_orphans() {
     let zk = Zk::start();
     let m = Machine::new(&zk);
     let zkc = Checker::connect(&zk);
@@ -116,19 +117,33 @@ fn restarted_agent_adopts_no_orphans() {
     deploy_nasty(&m, &command);
     let mut agent = m.agent();
     wait_all_running(&markers);
+    let state = format!("/services/nasty/state/{}", m.id);
+    let main = wait_for("the service to be published", || {
+        zkc.get_json(&state).and_then(|s| s["pid"].as_i64())
+    });
     let old = leftovers(&markers);
     agent.kill();
     let mut again = m.agent();
-    wait_for("the old processes to be gone", || {
-        old.iter()
-            .all(|pid| !processes_with(&format!("{base}")).contains(pid))
-            .then_some(())
-    });
-    wait_for("the service to run again, as a new process", || {
-        zkc.get_json(&format!("/services/nasty/state/{}", m.id))
-            .and_then(|s| s["pid"].as_i64())
-            .filter(|pid| !old.contains(&(*pid as i32)))
-    });
+    wait_for(
+        "the adopted service to be published by the new agent",
+        || {
+            let node = zkc.get(&state)?;
+            let pid = serde_json::from_slice::<serde_json::Value>(&node.0).ok()?["pid"].as_i64()?;
+            // A node of the new session (the old one lingers until its session expires).
+            let agent_owner = zkc.get(&format!("/agents/{}", m.id))?.1;
+            (node.1 == agent_owner).then_some(pid)
+        },
+    );
+    assert_eq!(
+        zkc.get_json(&state).and_then(|s| s["pid"].as_i64()),
+        Some(main),
+        "adopted, not restarted"
+    );
+    assert_eq!(
+        leftovers(&markers),
+        old,
+        "the same processes, no second copy"
+    );
     again.stop();
     assert_eq!(leftovers(&markers), Vec::<i32>::new());
 }
