@@ -135,7 +135,7 @@ impl World {
     }
 
     /// Schedules an input for the machine's current agent.
-    fn to_agent(&mut self, machine: usize, at: Timestamp, input: Input) {
+    fn send_to_agent(&mut self, machine: usize, at: Timestamp, input: Input) {
         let incarnation = self.machines[machine].incarnation;
         self.schedule(
             at,
@@ -212,7 +212,7 @@ impl World {
 
     /// The agent hears that `session` is connected, one network hop from now.
     fn deliver_connected(&mut self, machine: usize, session: SessionId) {
-        self.to_agent(
+        self.send_to_agent(
             machine,
             self.now + LATENCY,
             Input::Session(SessionEvent::Connected {
@@ -229,7 +229,7 @@ impl World {
                 .iter()
                 .position(|m| m.session == Some(session))
             {
-                self.to_agent(machine, self.now + LATENCY, Input::Watch(event));
+                self.send_to_agent(machine, self.now + LATENCY, Input::Watch(event));
             }
         }
     }
@@ -270,7 +270,7 @@ impl World {
             if let Some(p) = self.machines[machine].processes.remove(&pid) {
                 self.trace
                     .push(format!("{} m{machine} crash {service} pid {pid}", self.now));
-                self.to_agent(
+                self.send_to_agent(
                     machine,
                     self.now + PROCESS_DELAY,
                     Input::Exited {
@@ -290,7 +290,7 @@ impl World {
                 .push(format!("{} m{machine} session expired", self.now));
             let n = self.zk.expire(session);
             self.notify(n);
-            self.to_agent(
+            self.send_to_agent(
                 machine,
                 self.now + LATENCY,
                 Input::Session(SessionEvent::Expired),
@@ -303,7 +303,7 @@ impl World {
     pub fn disconnect(&mut self, machine: usize) {
         self.trace
             .push(format!("{} m{machine} disconnected", self.now));
-        self.to_agent(
+        self.send_to_agent(
             machine,
             self.now,
             Input::Session(SessionEvent::Disconnected),
@@ -320,7 +320,7 @@ impl World {
     }
 
     pub fn shutdown(&mut self, machine: usize) {
-        self.to_agent(machine, self.now, Input::Shutdown);
+        self.send_to_agent(machine, self.now, Input::Shutdown);
     }
 
     fn perform(&mut self, machine: usize, action: Action) {
@@ -369,7 +369,7 @@ impl World {
                     },
                 );
                 let at = self.now + PROCESS_DELAY;
-                self.to_agent(
+                self.send_to_agent(
                     machine,
                     at,
                     Input::Spawned {
@@ -379,7 +379,7 @@ impl World {
                     },
                 );
                 if let Some(port) = port {
-                    self.to_agent(
+                    self.send_to_agent(
                         machine,
                         at + PROCESS_DELAY,
                         Input::Ready {
@@ -398,7 +398,7 @@ impl World {
                 let m = &mut self.machines[machine];
                 m.processes
                     .retain(|_, p| !(p.service == service && p.generation == generation));
-                self.to_agent(
+                self.send_to_agent(
                     machine,
                     self.now + PROCESS_DELAY,
                     Input::Exited {
