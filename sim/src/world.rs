@@ -3,7 +3,7 @@
 //! is ordered by (time, sequence), so one seed gives one history.
 
 use crate::zk_model::{Notification, ZkModel};
-use pop_core::backoff::Backoff;
+use pop_core::backoff::{Backoff, SeededRng};
 use pop_core::event::{Action, ExitStatus, Input};
 use pop_core::journal::Record;
 use pop_core::launch::Launch;
@@ -83,6 +83,10 @@ pub struct World {
     next_pid: u32,
     pub trace: Vec<String>,
     events_at_now: u64,
+    /// Network delays: requests of one agent may reach the server, and their replies
+    /// the agent, in another order than sent (the driver runs each request on its own
+    /// task, so the core must not rely on order).
+    net: SeededRng,
 }
 
 impl World {
@@ -102,6 +106,7 @@ impl World {
             next_pid: 1000,
             trace: Vec::new(),
             events_at_now: 0,
+            net: SeededRng::new(seed ^ 0x6e65_7477_6f72_6b21),
         };
         for (i, id) in machine_ids.iter().enumerate() {
             let config = world.agent_config(id, 0);
@@ -330,8 +335,9 @@ impl World {
             Action::Zk { id, op } => {
                 let session = self.machines[machine].session;
                 let incarnation = self.machines[machine].incarnation;
+                let jitter = Duration::from_micros(self.net.next_u64() % 3000);
                 self.schedule(
-                    self.now + LATENCY,
+                    self.now + LATENCY + jitter,
                     Event::Request {
                         machine,
                         incarnation,

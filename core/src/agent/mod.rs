@@ -505,6 +505,7 @@ impl Agent {
                 fresh.push(name.clone());
             }
             service.listed = now_listed;
+            service.listing_read = true;
             if !now_listed {
                 // Gone from ZooKeeper: an adopted process has nothing to wait for.
                 service.awaiting_target = false;

@@ -73,6 +73,9 @@ pub(crate) struct Service {
     /// ZooKeeper wants (`machines_read` and `settings_read`), so it is not stopped
     /// merely because nothing is known yet.
     pub awaiting_target: bool,
+    /// Whether the service list was read since this entry exists (replies can arrive
+    /// in any order: a machines list may be read before the listing that names it).
+    pub listing_read: bool,
     pub machines_read: bool,
     pub settings_read: bool,
 }
@@ -90,6 +93,7 @@ impl Service {
             quick_failures: 0,
             last_exit: None,
             awaiting_target: false,
+            listing_read: false,
             machines_read: false,
             settings_read: false,
         }
@@ -172,7 +176,8 @@ impl Service {
         if self.awaiting_target {
             // Only a running adopted process waits; once it is gone there is nothing to
             // protect (and a waiting backoff would never be served).
-            let target_known = self.machines_read && self.settings_read;
+            let target_known =
+                self.listing_read && (!self.listed || (self.machines_read && self.settings_read));
             if !target_known && matches!(self.run, Run::Running { .. }) {
                 return;
             }
