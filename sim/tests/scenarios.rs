@@ -483,3 +483,38 @@ fn adoption_never_restarts_whatever_the_reply_order() {
         assert_eq!(pids(&w, 0), before, "seed {seed}");
     }
 }
+
+/// Disconnected for ten minutes with a service crash-looping: processes are still
+/// supervised locally, and nothing is sent to ZooKeeper or queued for it meanwhile.
+#[test]
+fn nothing_is_sent_or_queued_while_disconnected() {
+    let mut w = World::new(&["m1"], 27);
+    w.add_service("a", CMD, &["m1"]);
+    w.add_service("b", CMD, &["m1"]);
+    settle(&mut w);
+    w.disconnect(0);
+    w.run_for(Duration::from_millis(10));
+    let from = w.trace.len();
+    for _ in 0..20 {
+        w.crash(
+            0,
+            "a",
+            ExitStatus {
+                code: Some(1),
+                signal: None,
+            },
+        );
+        w.run_for(Duration::from_secs(30));
+    }
+    let sent = w.trace[from..]
+        .iter()
+        .filter(|line| line.contains(" Zk {"))
+        .count();
+    assert_eq!(sent, 0, "requests sent while disconnected");
+    assert!(
+        w.trace[from..].iter().any(|l| l.contains("Spawn")),
+        "crashes are still restarted locally"
+    );
+    w.reconnect(0);
+    settle(&mut w);
+}

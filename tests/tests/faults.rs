@@ -214,7 +214,8 @@ fn ensemble_leader_crash_keeps_the_service() {
 
 /// What both expiry tests check once the agent is back: a new session owns re-created
 /// ephemerals, the change made meanwhile took effect, the service added meanwhile runs,
-/// the untouched one kept its process, one process per service.
+/// the untouched one kept its process, one process per service, and a change made
+/// afterwards is acted on.
 struct BeforeExpiry {
     owner: i64,
     keep: (u64, String),
@@ -247,6 +248,8 @@ fn assert_recovered(m: &Machine, zkc: &Checker, before: &BeforeExpiry, fresh_mar
     only_process(keep_marker, kept);
     only_process(change_marker, changed);
     only_process(fresh_marker, fresh);
+    // The watches were armed again in the new session: a later change is acted on.
+    set_and_see_restart(m, zkc, "keep", keep_marker, kept);
 }
 
 /// Two services deployed and running under an agent with a short session, connected to
