@@ -9,6 +9,7 @@ use pop_core::journal::{decode, Journal, JournalError, Record};
 use pop_core::{Agent, AgentConfig, Timestamp};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 use tracing::{info, warn};
@@ -82,9 +83,12 @@ impl JournalWriter {
                 fs::rename(&self.path, rotated_path(&self.path, 1))?;
             }
         }
+        // Settings (and so service environments, which may hold secrets) are journaled:
+        // readable by the agent's user only.
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&self.path)?;
         self.file = Some(file);
         self.written = 0;

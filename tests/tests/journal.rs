@@ -104,9 +104,14 @@ fn replay_reproduces_a_real_run_with_faults() {
     eprintln!("replayed {replayed} inputs from {} files", killed_run.len());
     assert!(replayed > 50, "{replayed}");
 
-    // A torn last line (a crash mid-write) is reported and ignored.
+    // A torn last line (a crash mid-write) is reported and ignored. (The largest file:
+    // the current one may hold little more than its snapshot.)
+    let largest = killed_run
+        .iter()
+        .max_by_key(|p| std::fs::metadata(p).map(|md| md.len()).unwrap_or(0))
+        .expect("a journal");
     let torn = m.state_dir().join("torn.jsonl");
-    let mut text = std::fs::read_to_string(&current).expect("journal");
+    let mut text = std::fs::read_to_string(largest).expect("journal");
     text.push_str("{\"input\":{\"at\":17,\"inp");
     std::fs::write(&torn, &text).expect("write");
     let (ok, report) = replay_json(&m, &torn);

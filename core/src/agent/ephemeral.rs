@@ -19,7 +19,7 @@ enum Have {
     /// Exists, owner not yet read.
     Exists,
     /// Exists, owned by this session, with this data.
-    Ours(Vec<u8>),
+    Ours(#[serde(with = "crate::bytes")] Vec<u8>),
     /// Exists, owned by another session (an earlier agent): it must go.
     Foreign,
     ParentMissing,
@@ -39,6 +39,7 @@ pub(crate) enum Step {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct EphemeralNode {
     path: String,
+    #[serde(with = "crate::bytes::option")]
     want: Option<Vec<u8>>,
     have: Have,
     /// The step in flight and the data it sent (the wanted data may change meanwhile).
