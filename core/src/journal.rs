@@ -154,3 +154,106 @@ fn kind(record: &Record) -> &'static str {
         Record::Actions { .. } => "actions",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backoff::Backoff;
+    use crate::names::MachineId;
+    use crate::zk::{SessionEvent, SessionId, WatchEvent, WatchKind};
+    use std::time::Duration;
+
+    fn config() -> AgentConfig {
+        AgentConfig {
+            machine: MachineId::new("m1").unwrap(),
+            hostname: "h".into(),
+            agent_pid: 1,
+            version: "t".into(),
+            containment: "none".into(),
+            seed: 3,
+            backoff: Backoff::default(),
+        }
+    }
+
+    /// Runs inputs on a live agent and journals them as the driver does.
+    fn live(agent: &mut Agent, inputs: &[Input], at: u64) -> Vec<Record> {
+        let mut records = Vec::new();
+        for (i, input) in inputs.iter().enumerate() {
+            let at = Timestamp::from_millis(at + i as u64);
+            records.push(Record::Input {
+                at,
+                input: input.clone(),
+            });
+            agent.handle(at, input.clone());
+            let actions = std::iter::from_fn(|| agent.poll_action()).collect();
+            records.push(Record::Actions { actions });
+        }
+        records
+    }
+
+    fn text(records: &[Record]) -> String {
+        records.iter().map(|r| r.to_line() + "\n").collect()
+    }
+
+    fn connected() -> Input {
+        Input::Session(SessionEvent::Connected {
+            session: SessionId(9),
+            timeout: Duration::from_secs(4),
+        })
+    }
+
+    #[test]
+    fn replays_from_start_and_from_a_snapshot() {
+        let mut agent = Agent::new(config());
+        let mut first = vec![Record::Start { config: config() }];
+        first.extend(live(&mut agent, &[connected(), Input::Tick], 1000));
+        let snapshot = Record::Snapshot {
+            agent: Box::new(agent.clone()),
+        };
+        let mut second = vec![snapshot];
+        second.extend(live(
+            &mut agent,
+            &[
+                Input::Session(SessionEvent::Disconnected),
+                connected(),
+                Input::Watch(WatchEvent {
+                    path: "/services".into(),
+                    kind: WatchKind::ChildrenChanged,
+                }),
+            ],
+            2000,
+        ));
+        for records in [first, second] {
+            let steps = replay(&decode(&text(&records)).unwrap()).unwrap();
+            assert!(steps.len() >= 2);
+            assert!(steps.iter().all(Step::matches));
+            assert!(steps.iter().any(|s| !s.actions.is_empty()));
+        }
+    }
+
+    #[test]
+    fn a_torn_last_line_is_dropped_and_a_bad_middle_line_is_an_error() {
+        let mut agent = Agent::new(config());
+        let mut records = vec![Record::Start { config: config() }];
+        records.extend(live(&mut agent, &[connected()], 1000));
+        let good = text(&records);
+        let torn = format!("{good}{{\"input\":{{\"at\":5");
+        let journal = decode(&torn).unwrap();
+        assert_eq!(journal.torn_tail, Some(16));
+        assert_eq!(journal.records.len(), records.len());
+        let bad_middle = format!("{{\"input\":nope}}\n{good}");
+        assert!(matches!(
+            decode(&bad_middle),
+            Err(JournalError::BadLine { line: 1, .. })
+        ));
+        assert_eq!(
+            replay(&decode("").unwrap()).unwrap_err(),
+            JournalError::Empty
+        );
+        let no_start = text(&records[1..]);
+        assert!(matches!(
+            replay(&decode(&no_start).unwrap()),
+            Err(JournalError::NoStart { .. })
+        ));
+    }
+}
