@@ -13,6 +13,7 @@ pub mod journal;
 pub mod launch;
 pub mod names;
 pub mod paths;
+pub mod planted;
 pub mod settings;
 pub mod time;
 pub mod zk;

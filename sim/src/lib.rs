@@ -2,6 +2,7 @@
 //! processes, on virtual time. Later issues add seeded fault schedules; for now it is the
 //! harness for scenario tests of the core.
 
+pub mod chaos;
 pub mod world;
 pub mod zk_model;
 

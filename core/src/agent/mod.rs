@@ -136,7 +136,9 @@ impl Agent {
             Input::Session(event) => self.on_session(event),
             Input::Reply { id, reply } => self.on_reply(id, reply),
             Input::Watch(event) => {
-                self.armed.remove(&event.path);
+                if !crate::planted::active(crate::planted::Bug::ForgetToRearmWatch) {
+                    self.armed.remove(&event.path);
+                }
                 if let Some(node) = self.nodes.get_mut(&event.path) {
                     node.on_watch(event.kind);
                 } else if let Some(watched) = Watched::parse(&event.path) {
@@ -205,6 +207,8 @@ impl Agent {
     pub fn poll_timeout(&self) -> Option<Timestamp> {
         self.services
             .values()
+            // A fenced service's backoff is served once the session is back.
+            .filter(|s| !(self.fenced && s.fences() && s.is_quiet()))
             .filter_map(Service::deadline)
             .chain(self.retry_at)
             .chain(self.fence_deadline())
@@ -281,8 +285,10 @@ impl Agent {
         self.pending.clear();
         self.armed.clear();
         self.reread.clear();
-        for node in self.nodes.values_mut() {
-            node.forget();
+        if !crate::planted::active(crate::planted::Bug::NoEphemeralsAfterExpiry) {
+            for node in self.nodes.values_mut() {
+                node.forget();
+            }
         }
         self.send(
             ZkOp::Create {
@@ -409,6 +415,15 @@ impl Agent {
             let desired = service
                 .desired(&machine, self.shutting_down, self.fenced)
                 .cloned();
+            // Fencing stops what runs; a service waiting out a backoff keeps waiting
+            // (fencing must not reset its crash-loop delay).
+            let fenced_only = desired.is_none()
+                && service
+                    .desired(&machine, self.shutting_down, false)
+                    .is_some();
+            if fenced_only && service.is_quiet() {
+                continue;
+            }
             let mut out = Outbox {
                 actions: &mut self.actions,
                 rng: &mut self.rng,
@@ -420,7 +435,9 @@ impl Agent {
             service.reconcile(desired, &mut out);
         }
         // Forget services that are gone from ZooKeeper and have nothing running.
-        self.services.retain(|_, s| s.listed || !s.is_quiet());
+        // (An adopted one waiting for the target stays, with its generation and backoff.)
+        self.services
+            .retain(|_, s| s.listed || !s.is_quiet() || s.awaiting_target);
         self.publish();
         if self.shutting_down && self.services.values().all(Service::is_quiet) {
             self.exited = true;
@@ -512,6 +529,21 @@ impl Agent {
                 )
             })
             .collect()
+    }
+
+    /// For the simulator: requests sent and not yet answered (must stay bounded).
+    pub fn pending_requests(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// For the simulator: whether `fence` services are being kept down.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced
+    }
+
+    /// For the simulator: whether a watch is armed on `path` in the current session.
+    pub fn is_watching(&self, path: &str) -> bool {
+        self.session_id().is_some() && self.armed.contains(path)
     }
 
     /// For tests and the simulator: current problems by path.

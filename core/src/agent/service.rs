@@ -119,6 +119,13 @@ impl Service {
             .filter(|s| !(fenced && s.session_loss == SessionLoss::Fence))
     }
 
+    /// Whether the wanted settings ask for fencing.
+    pub(crate) fn fences(&self) -> bool {
+        self.settings
+            .as_ref()
+            .is_some_and(|s| s.session_loss == SessionLoss::Fence)
+    }
+
     /// Whether this service runs under the `fence` policy right now.
     pub(crate) fn runs_fenced(&self) -> bool {
         matches!(&self.run, Run::Starting { settings, .. } | Run::Running { settings, .. }
@@ -178,7 +185,9 @@ impl Service {
             // protect (and a waiting backoff would never be served).
             let target_known =
                 self.listing_read && (!self.listed || (self.machines_read && self.settings_read));
-            if !target_known && matches!(self.run, Run::Running { .. }) {
+            // A running adopted process, or one that crashed since, waits for the target
+            // (its backoff is served once the target is known; see `deadline`).
+            if !target_known && matches!(self.run, Run::Running { .. } | Run::Backoff { .. }) {
                 return;
             }
             self.awaiting_target = false;
@@ -225,7 +234,11 @@ impl Service {
                     self.stop(out);
                 }
             }
-            (Run::Running { .. }, None) => self.stop(out),
+            (Run::Running { .. }, None) => {
+                if !crate::planted::active(crate::planted::Bug::SkipStopOnUndeploy) {
+                    self.stop(out)
+                }
+            }
             (Run::Idle, None) | (Run::Stopping { .. }, _) => {}
         }
     }
@@ -404,7 +417,10 @@ impl Service {
         } else {
             self.quick_failures = self.quick_failures.saturating_add(1);
         }
-        let delay = out.backoff.delay(self.quick_failures, out.rng);
+        let mut delay = out.backoff.delay(self.quick_failures, out.rng);
+        if crate::planted::active(crate::planted::Bug::RestartWithoutBackoff) {
+            delay = std::time::Duration::ZERO;
+        }
         if self.quick_failures >= 3 {
             out.actions.push_back(Action::Report(Report::CrashLoop {
                 service: self.name.clone(),
@@ -420,6 +436,9 @@ impl Service {
 
     /// The earliest time this service needs a tick.
     pub(crate) fn deadline(&self) -> Option<Timestamp> {
+        if self.awaiting_target {
+            return None; // nothing to do until the target is read
+        }
         match &self.run {
             Run::Backoff { until, .. } => Some(*until),
             Run::Running { ready_at, .. } => *ready_at,

@@ -1,13 +1,297 @@
 //! What must hold of a world: convergence to what ZooKeeper says, and every agent's
 //! journal replaying to the decisions it made.
 
-use super::World;
+use super::{World, SESSION_TIMEOUT};
+use pop_core::event::{Action, Report};
 use pop_core::launch::Launch;
 use pop_core::paths;
 use pop_core::settings::{parse_machines, Settings};
+use pop_core::zk::ZkOp;
+use pop_core::Timestamp;
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// A node of a process that is gone (or of an agent's old session) may linger until the
+/// session it belongs to expires: at worst the client gives up at 1.5 T and the server
+/// expires the session T later, plus a second to act.
+pub const STALE_NODE_BOUND: Duration =
+    Duration::from_millis(SESSION_TIMEOUT.as_millis() as u64 * 5 / 2 + 1000);
+/// A healthy machine (connected, not frozen) stops or reconfigures a process within this
+/// long of ZooKeeper saying so: the longest stop grace in the simulation (2 s), plus
+/// the time to read the change.
+pub const REACT_BOUND: Duration = Duration::from_secs(4);
+/// Requests one agent may have outstanding: a read per watched node and a write per
+/// ephemeral, for a handful of services.
+pub const MAX_PENDING: usize = 64;
 
 impl World {
+    fn healthy(&self, machine: usize) -> bool {
+        let m = &self.machines[machine];
+        !m.exited
+            && m.net.down_since.is_none()
+            && m.net.paused_since.is_none()
+            && m.session.is_some_and(|s| self.zk.is_live(s))
+    }
+
+    /// Notes that `condition` holds now; a violation once it has held for `bound`,
+    /// counted from `not_before` at the earliest (when the machine could act again).
+    fn bounded(
+        &mut self,
+        condition: String,
+        bound: Duration,
+        not_before: Option<Timestamp>,
+        seen: &mut Vec<String>,
+    ) {
+        let now = self.now;
+        let Some(not_before) = not_before else {
+            // The machine cannot act: the clock has not started.
+            self.pending_since.insert(condition.clone(), now);
+            seen.push(condition);
+            return;
+        };
+        let since = *self.pending_since.entry(condition.clone()).or_insert(now);
+        let since = since.max(not_before);
+        seen.push(condition.clone());
+        if now.saturating_since(since) > bound {
+            self.violate(format!("for over {bound:?}: {condition}"));
+        }
+    }
+
+    /// Safety, after every event. See the constants for the bounds.
+    pub(crate) fn check_safety(&mut self) {
+        let mut seen = Vec::new();
+        for machine in 0..self.machines.len() {
+            let id = self.machines[machine].id.clone();
+            // Since when the machine has been able to act (connected, not frozen).
+            let healthy = if self.healthy(machine) {
+                Some(*self.healthy_from.entry(machine).or_insert(self.now))
+            } else {
+                self.healthy_from.remove(&machine);
+                None
+            };
+            let always = Some(Timestamp::default());
+            // At most one live process per service, orphans included.
+            let mut per_service: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+            for p in self.machines[machine].processes.values() {
+                per_service
+                    .entry(p.service.clone())
+                    .or_default()
+                    .push(p.pid);
+            }
+            for (service, pids) in &per_service {
+                if pids.len() > 1 {
+                    self.violate(format!(
+                        "{id}: {service} runs {} times: {pids:?}",
+                        pids.len()
+                    ));
+                }
+            }
+            let pending = self.machines[machine].agent.pending_requests();
+            if pending > MAX_PENDING {
+                self.violate(format!("{id}: {pending} requests outstanding"));
+            }
+            // Pid and state nodes tell the truth, and belong to the agent's session.
+            let session = self.machines[machine].session.map(|s| s.0);
+            for service in self.zk.children(&paths::machine(&id)) {
+                let Some(node) = self.zk.get(&paths::machine_service(&id, &service)) else {
+                    continue;
+                };
+                let pid = String::from_utf8_lossy(&node.data).to_string();
+                let live = per_service
+                    .get(&service)
+                    .is_some_and(|pids| pids.iter().any(|p| p.to_string() == pid));
+                let owned = Some(node.ephemeral_owner) == session;
+                if !(live && owned) {
+                    self.bounded(
+                        format!("{id}: pid node of {service} says {pid} (live: {live}, owned by the agent's session: {owned})"),
+                        STALE_NODE_BOUND,
+                        always,
+                        &mut seen,
+                    );
+                }
+            }
+            for service in self.zk.children(paths::SERVICES) {
+                let state = paths::service_state(&service, &id);
+                if self.zk.get(&state).is_some() && !per_service.contains_key(&service) {
+                    self.bounded(
+                        format!("{id}: state node of {service} but it does not run"),
+                        STALE_NODE_BOUND,
+                        always,
+                        &mut seen,
+                    );
+                }
+            }
+            // Nothing runs that ZooKeeper does not want here, nor with old settings.
+            let procs: Vec<(String, Launch)> = self.machines[machine]
+                .processes
+                .values()
+                .filter(|p| !p.stopping)
+                .map(|p| (p.service.clone(), p.launch.clone()))
+                .collect();
+            for (service, launch) in procs {
+                match self.target(&service, &id) {
+                    Target::Unknown => {}
+                    Target::NotHere => self.bounded(
+                        format!("{id}: {service} runs but ZooKeeper does not want it here"),
+                        REACT_BOUND,
+                        healthy,
+                        &mut seen,
+                    ),
+                    Target::Run(settings) => {
+                        if launch != Launch::new(&service, &id, &settings) {
+                            self.bounded(
+                                format!("{id}: {service} runs with old settings"),
+                                REACT_BOUND,
+                                healthy,
+                                &mut seen,
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        self.pending_since.retain(|k, _| seen.contains(k));
+    }
+
+    /// What ZooKeeper wants of `service` on `machine`, if it can be told (garbage in a
+    /// node means the agent rightly keeps its last good view).
+    fn target(&self, service: &str, machine: &str) -> Target {
+        if self.zk.get(&paths::service(service)).is_none() {
+            return Target::NotHere;
+        }
+        let machines = self
+            .zk
+            .get(&paths::service_machines(service))
+            .map(|n| parse_machines(&n.data));
+        let settings = self
+            .zk
+            .get(&paths::service_settings(service))
+            .map(|n| Settings::parse(&n.data));
+        match (machines, settings) {
+            (Some(Err(_)), _) | (_, Some(Err(_))) => Target::Unknown,
+            (Some(Ok(list)), Some(Ok(settings))) if list.contains(machine) => Target::Run(settings),
+            (Some(Ok(_)), Some(Ok(_))) | (None, _) | (_, None) => Target::NotHere,
+        }
+    }
+
+    /// Garbage JSON starts or stops nothing: an input that made the agent report bad
+    /// data at a service's node brings no spawn or stop of that service.
+    pub(super) fn check_bad_data_changes_nothing(
+        &mut self,
+        machine: usize,
+        actions: &[Action],
+        phases_before: &BTreeMap<String, String>,
+    ) {
+        for action in actions {
+            let Action::Report(Report::BadData { path, .. }) = action else {
+                continue;
+            };
+            let Some(service) = path
+                .strip_prefix(paths::SERVICES)
+                .and_then(|r| r.strip_prefix('/'))
+                .and_then(|r| r.split('/').next())
+            else {
+                continue;
+            };
+            // A restart that was due anyway (its backoff ran out) is not the bad data's.
+            let due = phases_before.get(service).is_some_and(|p| p == "backoff");
+            let acted = actions.iter().any(|a| match a {
+                Action::Spawn { service: s, .. } => s == service && !due,
+                Action::Stop { service: s, .. } => s == service,
+                _ => false,
+            });
+            if acted {
+                let id = self.machines[machine].id.clone();
+                self.violate(format!(
+                    "{id}: bad data at {path} started or stopped {service}"
+                ));
+            }
+        }
+    }
+
+    /// Restarts keep to the backoff policy: after a quick crash (a run shorter than
+    /// `healthy_after`), the same settings are not started again within the initial
+    /// backoff delay.
+    pub(super) fn check_backoff(&mut self, machine: usize, service: &str, settings: &Settings) {
+        let Some((at, ran, old)) = self.last_crash.remove(&(machine, service.to_string())) else {
+            return;
+        };
+        let policy = pop_core::backoff::Backoff::default();
+        let after = self.now.saturating_since(at);
+        if self.check_invariants
+            && ran < policy.healthy_after
+            && *settings == old
+            && after < policy.initial
+        {
+            let id = self.machines[machine].id.clone();
+            self.violate(format!(
+                "{id}: {service} restarted {after:?} after a quick crash (backoff starts at {:?})",
+                policy.initial
+            ));
+        }
+    }
+
+    /// Liveness: every agent has a live session and watches the service list.
+    pub fn check_live_sessions(&self) -> Result<(), String> {
+        for m in self.machines.iter().filter(|m| !m.exited) {
+            let live = m.session.is_some_and(|s| self.zk.is_live(s));
+            if !live {
+                return Err(format!("{}: no live session", m.id));
+            }
+            if !m.agent.is_watching(paths::SERVICES) {
+                return Err(format!("{}: not watching {}", m.id, paths::SERVICES));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn any_phase(&self, service: &str, phase: &str) -> bool {
+        self.machines.iter().any(|m| {
+            m.agent
+                .service_phases()
+                .get(service)
+                .is_some_and(|p| p == phase)
+        })
+    }
+
+    pub fn note_coverage(&mut self, situation: &'static str) {
+        self.coverage(situation);
+    }
+
+    pub fn coverage_if_down(&mut self, situation: &'static str, machine: &str) {
+        if let Some(i) = self.machines.iter().position(|m| m.id == machine) {
+            if self.machines[i].net.down_since.is_some() {
+                self.coverage(situation);
+            }
+        }
+    }
+
+    /// Records the first violation; later ones follow from it more often than not.    /// Records the first violation; later ones follow from it more often than not.
+    pub(crate) fn violate(&mut self, what: String) {
+        if self.violation.is_none() {
+            self.trace.push(format!("{} VIOLATION {what}", self.now));
+            self.violation = Some(what);
+        }
+    }
+
+    /// An agent writes only its own nodes: its machine's pid nodes, its state nodes and
+    /// its report.
+    pub(super) fn check_own_write(&mut self, machine: usize, op: &ZkOp) {
+        let id = self.machines[machine].id.clone();
+        let path = match op {
+            ZkOp::Create { path, .. } | ZkOp::SetData { path, .. } | ZkOp::Delete { path, .. } => {
+                path
+            }
+            ZkOp::GetData { .. } | ZkOp::GetChildren { .. } => return,
+        };
+        let own = *path == paths::machine(&id)
+            || paths::parent(path) == Some(paths::machine(&id).as_str())
+            || *path == paths::agent(&id)
+            || path.ends_with(&format!("/state/{id}")) && path.starts_with(paths::SERVICES);
+        if !own {
+            self.violate(format!("{id} writes a node that is not its own: {op:?}"));
+        }
+    }
     /// Replays every journal of every machine on a fresh core; the first difference.
     pub fn check_replay(&self) -> Result<(), String> {
         for m in &self.machines {
@@ -116,4 +400,11 @@ impl World {
         }
         Ok(())
     }
+}
+
+enum Target {
+    /// Garbage in its nodes: the agent keeps its last good view.
+    Unknown,
+    NotHere,
+    Run(Settings),
 }

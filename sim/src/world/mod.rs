@@ -3,6 +3,9 @@
 //! is ordered by (time, sequence), so one seed gives one history.
 
 mod checks;
+mod network;
+
+pub use network::NetState;
 
 use crate::zk_model::{Notification, ZkModel};
 use pop_core::backoff::{Backoff, SeededRng};
@@ -46,7 +49,30 @@ enum Event {
         op: pop_core::zk::ZkOp,
     },
     /// The server expires a session nobody pings any more (a dead agent's).
-    ExpireSession { session: SessionId },
+    ExpireSession {
+        session: SessionId,
+    },
+    /// A timer of the network and client model, for the cut that began at `since`.
+    Link {
+        machine: usize,
+        since: Timestamp,
+        timer: network::LinkTimer,
+    },
+    Heal {
+        machine: usize,
+    },
+    /// A process that ignored SIGTERM is killed at the end of its grace.
+    Kill {
+        machine: usize,
+        pid: u32,
+    },
+}
+
+/// How often processes misbehave, in thousandths.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessFaults {
+    pub spawn_fail_per_mille: u64,
+    pub ignore_term_per_mille: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +85,10 @@ pub struct Process {
     pub settings: Settings,
     pub started_at: Timestamp,
     pub port: Option<u16>,
+    /// Ignores SIGTERM: gone only when SIGKILLed at the end of the grace.
+    pub ignores_term: bool,
+    /// Asked to stop (it may linger until its grace ends).
+    pub stopping: bool,
 }
 
 pub struct Machine {
@@ -72,6 +102,7 @@ pub struct Machine {
     /// Live processes by pid.
     pub processes: BTreeMap<u32, Process>,
     pub exited: bool,
+    pub net: NetState,
 }
 
 pub struct World {
@@ -89,6 +120,22 @@ pub struct World {
     /// the agent, in another order than sent (the driver runs each request on its own
     /// task, so the core must not rely on order).
     net: SeededRng,
+    pub process_faults: ProcessFaults,
+    process_rng: SeededRng,
+    /// How often each rare situation happened, to show a batch of seeds covers them.
+    pub coverage: BTreeMap<&'static str, u64>,
+    /// The first safety violation seen; the run stops there.
+    pub violation: Option<String>,
+    /// Check safety after every event (the chaos runner turns it on).
+    pub check_invariants: bool,
+    /// Conditions that may hold only for a bounded time, with when they began.
+    pending_since: BTreeMap<String, Timestamp>,
+    /// Since when each machine has been connected and running (for the bounds).
+    healthy_from: BTreeMap<usize, Timestamp>,
+    /// Per (machine, service): the last unplanned exit, the run length before it, and
+    /// the settings, to check restarts keep to the backoff policy.
+    last_crash: BTreeMap<(usize, String), (Timestamp, Duration, Settings)>,
+    pub events_handled: u64,
 }
 
 impl World {
@@ -109,6 +156,15 @@ impl World {
             trace: Vec::new(),
             events_at_now: 0,
             net: SeededRng::new(seed ^ 0x6e65_7477_6f72_6b21),
+            process_faults: ProcessFaults::default(),
+            process_rng: SeededRng::new(seed ^ 0x7072_6f63_6573_7321),
+            coverage: BTreeMap::new(),
+            violation: None,
+            check_invariants: false,
+            pending_since: BTreeMap::new(),
+            healthy_from: BTreeMap::new(),
+            last_crash: BTreeMap::new(),
+            events_handled: 0,
         };
         for (i, id) in machine_ids.iter().enumerate() {
             let config = world.agent_config(id, 0);
@@ -120,6 +176,7 @@ impl World {
                 session: None,
                 processes: BTreeMap::new(),
                 exited: false,
+                net: NetState::default(),
             });
             world.connect(i);
         }
@@ -141,9 +198,18 @@ impl World {
         }
     }
 
+    pub(crate) fn coverage(&mut self, situation: &'static str) {
+        *self.coverage.entry(situation).or_default() += 1;
+    }
+
     /// Schedules an input for the machine's current agent.
     fn send_to_agent(&mut self, machine: usize, at: Timestamp, input: Input) {
         let incarnation = self.machines[machine].incarnation;
+        self.send_to_agent_as(machine, incarnation, at, input);
+    }
+
+    /// Schedules an input for the machine's agent of `incarnation`.
+    fn send_to_agent_as(&mut self, machine: usize, incarnation: u32, at: Timestamp, input: Input) {
         self.schedule(
             at,
             Event::Deliver {
@@ -159,6 +225,11 @@ impl World {
     pub fn crash_agent(&mut self, machine: usize) {
         self.trace
             .push(format!("{} m{machine} agent killed", self.now));
+        if !self.machines[machine].processes.is_empty() {
+            self.coverage("agent killed with services running");
+        }
+        // A new process: not frozen, and nothing waits for it.
+        self.machines[machine].net.paused_since = None;
         if let Some(old) = self.machines[machine].session.take() {
             self.schedule(
                 self.now + SESSION_TIMEOUT,
@@ -170,6 +241,9 @@ impl World {
 
     /// `pop stop --keep-services` then a new agent: detach, then start and adopt.
     pub fn upgrade_agent(&mut self, machine: usize) {
+        if self.machines[machine].net.paused_since.is_some() {
+            return; // a frozen agent cannot be asked to stop
+        }
         self.trace
             .push(format!("{} m{machine} agent upgrade", self.now));
         self.deliver(machine, Input::Detach);
@@ -179,6 +253,9 @@ impl World {
     /// A new agent on the machine: it adopts every live process (as the production
     /// supervisor does from its run records), then opens a session.
     fn start_agent(&mut self, machine: usize) {
+        // A new agent does not know the crash history: its first start is not a
+        // backoff violation.
+        self.last_crash.retain(|(m, _), _| *m != machine);
         let incarnation = self.machines[machine].incarnation + 1;
         let config = self.agent_config(&self.machines[machine].id.clone(), incarnation);
         let m = &mut self.machines[machine];
@@ -212,6 +289,9 @@ impl World {
     }
 
     fn connect(&mut self, machine: usize) {
+        if !self.connect_when_possible(machine) {
+            return;
+        }
         let session = self.zk.open_session();
         self.machines[machine].session = Some(session);
         self.deliver_connected(machine, session);
@@ -236,7 +316,11 @@ impl World {
                 .iter()
                 .position(|m| m.session == Some(session))
             {
-                self.send_to_agent(machine, self.now + LATENCY, Input::Watch(event));
+                let input = Input::Watch(event);
+                if !self.hold_from_server(machine, &input) {
+                    let at = self.now + self.latency(machine);
+                    self.send_to_agent(machine, at, input);
+                }
             }
         }
     }
@@ -277,6 +361,14 @@ impl World {
             if let Some(p) = self.machines[machine].processes.remove(&pid) {
                 self.trace
                     .push(format!("{} m{machine} crash {service} pid {pid}", self.now));
+                // A process already asked to stop is replaced at once: not a crash loop.
+                if !p.stopping {
+                    let ran = self.now.saturating_since(p.started_at);
+                    self.last_crash.insert(
+                        (machine, p.service.clone()),
+                        (self.now, ran, p.settings.clone()),
+                    );
+                }
                 self.send_to_agent(
                     machine,
                     self.now + PROCESS_DELAY,
@@ -339,7 +431,7 @@ impl World {
                 let incarnation = self.machines[machine].incarnation;
                 let jitter = Duration::from_micros(self.net.next_u64() % 3000);
                 self.schedule(
-                    self.now + LATENCY + jitter,
+                    self.now + self.latency(machine) + jitter,
                     Event::Request {
                         machine,
                         incarnation,
@@ -355,6 +447,22 @@ impl World {
                 launch,
                 settings,
             } => {
+                if self.process_rng.next_u64() % 1000 < self.process_faults.spawn_fail_per_mille {
+                    self.coverage("spawn failure");
+                    self.send_to_agent(
+                        machine,
+                        self.now + PROCESS_DELAY,
+                        Input::SpawnFailed {
+                            service,
+                            generation,
+                            error: "simulated: cannot exec".into(),
+                        },
+                    );
+                    return;
+                }
+                self.check_backoff(machine, &service, &settings);
+                let ignores_term =
+                    self.process_rng.next_u64() % 1000 < self.process_faults.ignore_term_per_mille;
                 self.next_pid += 1;
                 let pid = self.next_pid;
                 let port = launch.probe.as_ref().map(|probe| {
@@ -374,6 +482,8 @@ impl World {
                         settings,
                         started_at: self.now,
                         port,
+                        ignores_term,
+                        stopping: false,
                     },
                 );
                 let at = self.now + PROCESS_DELAY;
@@ -401,9 +511,25 @@ impl World {
             Action::Stop {
                 service,
                 generation,
-                ..
+                grace,
             } => {
                 let m = &mut self.machines[machine];
+                let stubborn: Vec<u32> = m
+                    .processes
+                    .values_mut()
+                    .filter(|p| p.service == service && p.generation == generation)
+                    .filter(|p| p.ignores_term)
+                    .map(|p| {
+                        p.stopping = true;
+                        p.pid
+                    })
+                    .collect();
+                if let Some(pid) = stubborn.first() {
+                    // SIGTERM is ignored; SIGKILL ends it at the end of the grace.
+                    self.coverage("stop of a process that ignores SIGTERM");
+                    self.schedule(self.now + grace, Event::Kill { machine, pid: *pid });
+                    return;
+                }
                 m.processes
                     .retain(|_, p| !(p.service == service && p.generation == generation));
                 self.send_to_agent(
@@ -435,9 +561,18 @@ impl World {
         if self.machines[machine].exited {
             return;
         }
+        let incarnation = self.machines[machine].incarnation;
+        if self.hold_if_paused(machine, incarnation, &input) {
+            return;
+        }
         self.trace
             .push(format!("{} m{machine} <- {input:?}", self.now));
         let now = self.now;
+        let phases_before = if self.check_invariants {
+            self.machines[machine].agent.service_phases()
+        } else {
+            BTreeMap::new()
+        };
         let m = &mut self.machines[machine];
         let journal = m.journals.last_mut();
         // Journaled as the production driver does: the input first, then the actions.
@@ -462,6 +597,9 @@ impl World {
                 m.journals.push(vec![snapshot]);
             }
         }
+        if self.check_invariants {
+            self.check_bad_data_changes_nothing(machine, &actions, &phases_before);
+        }
         for action in actions {
             self.perform(machine, action);
         }
@@ -471,7 +609,7 @@ impl World {
         self.machines
             .iter()
             .enumerate()
-            .filter(|(_, m)| !m.exited)
+            .filter(|(_, m)| !m.exited && m.net.paused_since.is_none())
             .filter_map(|(i, m)| m.agent.poll_timeout().map(|t| (t.max(self.now), i)))
             .min()
     }
@@ -493,6 +631,9 @@ impl World {
                 }
                 self.advance(t);
                 self.deliver(machine, Input::Tick);
+                if self.after_event() {
+                    break;
+                }
                 continue;
             }
             let Some(Reverse((t, _, key))) = self.queue.peek().copied() else {
@@ -506,8 +647,22 @@ impl World {
             if let Some(event) = self.events.remove(&key) {
                 self.dispatch(event);
             }
+            if self.after_event() {
+                break;
+            }
         }
-        self.now = self.now.max(until);
+        if self.violation.is_none() {
+            self.now = self.now.max(until);
+        }
+    }
+
+    /// Counts the event and checks safety; true when the run must stop.
+    fn after_event(&mut self) -> bool {
+        self.events_handled += 1;
+        if self.check_invariants {
+            self.check_safety();
+        }
+        self.violation.is_some()
     }
 
     /// Moves virtual time to `t`, catching livelock: agents that keep acting without
@@ -551,23 +706,56 @@ impl World {
                 id,
                 op,
             } => {
+                let event = Event::Request {
+                    machine,
+                    incarnation,
+                    session,
+                    id,
+                    op: op.clone(),
+                };
+                if self.hold_request(machine, &event) {
+                    return;
+                }
+                self.check_own_write(machine, &op);
                 let (reply, n) = match session {
                     Some(s) => self.zk.apply(s, &op),
                     None => (ZkReply::Error(ZkError::ConnectionLoss), Vec::new()),
                 };
                 self.notify(n);
-                self.schedule(
-                    self.now + LATENCY,
-                    Event::Deliver {
-                        machine,
-                        incarnation,
-                        input: Input::Reply { id, reply },
-                    },
-                );
+                let input = Input::Reply { id, reply };
+                if incarnation == self.machines[machine].incarnation
+                    && self.hold_from_server(machine, &input)
+                {
+                    return;
+                }
+                let at = self.now + self.latency(machine);
+                self.send_to_agent_as(machine, incarnation, at, input);
             }
             Event::ExpireSession { session } => {
                 let n = self.zk.expire(session);
                 self.notify(n);
+            }
+            Event::Link {
+                machine,
+                since,
+                timer,
+            } => self.on_link_timer(machine, since, timer),
+            Event::Heal { machine } => self.heal(machine),
+            Event::Kill { machine, pid } => {
+                if let Some(p) = self.machines[machine].processes.remove(&pid) {
+                    self.send_to_agent(
+                        machine,
+                        self.now + PROCESS_DELAY,
+                        Input::Exited {
+                            service: p.service,
+                            generation: p.generation,
+                            status: ExitStatus {
+                                code: None,
+                                signal: Some(9),
+                            },
+                        },
+                    );
+                }
             }
         }
     }
