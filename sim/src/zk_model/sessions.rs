@@ -96,12 +96,25 @@ impl ZkModel {
         due.into_iter().map(|id| (id, self.expire(id))).collect()
     }
 
-    /// Ends a session (expired, or closed by its client): its watches go, then its
-    /// ephemerals, whose watchers are told. Nothing happens for a session already gone.
+    /// Ends a session (expired, or closed by its client): its ephemerals go and watchers
+    /// are told, then its remaining watches go. As on the server, the session's own
+    /// watches fire too: the server deletes the ephemerals before dropping the connection,
+    /// so a client that closes its session, or whose connection is still open when it
+    /// expires (a paused process), receives those events. A caller modelling a dead
+    /// connection drops them. Nothing happens for a session already gone.
     pub fn expire(&mut self, session: SessionId) -> Vec<Notification> {
         let mut events = Vec::new();
         if self.sessions.remove(&session.0).is_none() {
             return events;
+        }
+        let owned: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.ephemeral_owner == session.0)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for path in owned {
+            self.remove_node(&path, &mut events);
         }
         for list in self
             .data_watches
@@ -112,15 +125,6 @@ impl ZkModel {
         }
         self.data_watches.retain(|_, l| !l.is_empty());
         self.child_watches.retain(|_, l| !l.is_empty());
-        let owned: Vec<String> = self
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.ephemeral_owner == session.0)
-            .map(|(p, _)| p.clone())
-            .collect();
-        for path in owned {
-            self.remove_node(&path, &mut events);
-        }
         events
     }
 }

@@ -211,3 +211,25 @@ fn clocked_sessions_expire_on_tick_boundaries() {
     assert_eq!(zk.expire_idle(u64::MAX).len(), 1);
     assert!(zk.is_live(forever));
 }
+
+#[test]
+fn a_closing_session_hears_of_its_own_ephemerals() {
+    let mut zk = ZkModel::new();
+    let a = zk.open_session();
+    zk.apply(a, &create("/p", CreateMode::Persistent));
+    zk.apply(a, &create("/p/e", CreateMode::Ephemeral));
+    zk.apply(a, &get("/p/e"));
+    zk.apply(a, &get("/p"));
+    assert_eq!(zk.expire(a), vec![event(a, "/p/e", WatchKind::Deleted)]);
+    // Its other watches went with it.
+    let b = zk.open_session();
+    let (_, fired) = zk.apply(
+        b,
+        &ZkOp::SetData {
+            path: "/p".into(),
+            data: Vec::new(),
+            version: None,
+        },
+    );
+    assert!(fired.is_empty());
+}
