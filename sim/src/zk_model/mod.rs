@@ -1,0 +1,348 @@
+//! A model of one ZooKeeper server: a tree of versioned nodes, sessions owning ephemerals
+//! (optionally expiring on the model's own clock), one-shot data and child watches and
+//! all-or-nothing multis. Just enough semantics for pop's core, kept exact: replies,
+//! errors and watch events are checked against a real server by
+//! `tests/tests/model_conformance.rs`.
+//!
+//! Watches are counted per watched read, as the client delivers them: the server keeps one
+//! watch per session and path and sends one event, but the client hands that event to
+//! every watcher the session registered on the path (a data watch and a child watch of a
+//! deleted node both fire; two watched reads of one node both fire). A notification here
+//! is one fired watcher.
+
+mod sessions;
+
+use pop_core::zk::{
+    CreateMode, NodeStat, SessionId, WatchEvent, WatchKind, ZkError, ZkOp, ZkReply,
+};
+use std::collections::BTreeMap;
+
+pub use sessions::Session;
+
+/// What production's `map_error` makes of the client's `NoChildrenForEphemerals` (the
+/// core has no variant for it; the client's message becomes `ZkError::Other`).
+pub const NO_CHILDREN_FOR_EPHEMERALS: &str = "ephemeral node can not have children";
+
+/// The model's answer to a read inside a multi, which the real client cannot even send.
+pub const READ_IN_MULTI: &str = "bad arguments: only create, set and delete go in a multi";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub data: Vec<u8>,
+    pub version: i32,
+    /// Changes to the node's children (each create or delete of a child adds one).
+    pub cversion: i32,
+    pub ephemeral_owner: i64,
+}
+
+impl Node {
+    /// The stat the core sees.
+    pub fn stat(&self) -> NodeStat {
+        NodeStat {
+            version: self.version,
+            ephemeral_owner: self.ephemeral_owner,
+        }
+    }
+}
+
+/// A watch firing for a session.
+pub type Notification = (SessionId, WatchEvent);
+
+/// Watchers by path: one entry per watched read (a session may appear more than once).
+type Watches = BTreeMap<String, Vec<i64>>;
+
+/// The result of a multi: every reply, or the index and error of the first failing op.
+pub type MultiResult = Result<Vec<ZkReply>, (usize, ZkError)>;
+
+#[derive(Debug, Default)]
+pub struct ZkModel {
+    nodes: BTreeMap<String, Node>,
+    sessions: BTreeMap<i64, Session>,
+    next_session: i64,
+    /// The server's tickTime when sessions are clocked like a real server's; see
+    /// [`ZkModel::with_tick`].
+    tick_ms: Option<u64>,
+    data_watches: Watches,
+    child_watches: Watches,
+}
+
+fn parent(path: &str) -> Option<&str> {
+    match path.rfind('/') {
+        Some(0) if path.len() > 1 => Some("/"),
+        Some(0) | None => None,
+        Some(i) => Some(&path[..i]),
+    }
+}
+
+impl ZkModel {
+    pub fn new() -> Self {
+        let mut m = ZkModel {
+            next_session: 0x100,
+            ..Default::default()
+        };
+        m.nodes.insert(
+            "/".into(),
+            Node {
+                data: Vec::new(),
+                version: 0,
+                cversion: 0,
+                ephemeral_owner: 0,
+            },
+        );
+        m
+    }
+
+    pub fn get(&self, path: &str) -> Option<&Node> {
+        self.nodes.get(path)
+    }
+
+    pub fn children(&self, path: &str) -> Vec<String> {
+        let prefix = if path == "/" {
+            "/".to_string()
+        } else {
+            format!("{path}/")
+        };
+        self.nodes
+            .range(prefix.clone()..)
+            .take_while(|(p, _)| p.starts_with(&prefix))
+            .filter(|(p, _)| !p[prefix.len()..].contains('/'))
+            .map(|(p, _)| p[prefix.len()..].to_string())
+            .collect()
+    }
+
+    pub fn paths(&self) -> impl Iterator<Item = (&String, &Node)> {
+        self.nodes.iter()
+    }
+
+    fn watch(watches: &mut Watches, path: &str, session: SessionId) {
+        watches.entry(path.to_string()).or_default().push(session.0);
+    }
+
+    fn fire(watches: &mut Watches, path: &str, kind: WatchKind, out: &mut Vec<Notification>) {
+        for s in watches.remove(path).unwrap_or_default() {
+            out.push((
+                SessionId(s),
+                WatchEvent {
+                    path: path.to_string(),
+                    kind,
+                },
+            ));
+        }
+    }
+
+    fn bump_cversion(&mut self, path: &str) {
+        if let Some(n) = parent(path).and_then(|p| self.nodes.get_mut(p)) {
+            n.cversion += 1;
+        }
+    }
+
+    /// Removes one node (its children must be gone) and fires its watches in the server's
+    /// order: the node's data and child watches (Deleted), then the parent's child watches.
+    fn remove_node(&mut self, path: &str, out: &mut Vec<Notification>) {
+        if self.nodes.remove(path).is_none() {
+            return;
+        }
+        self.bump_cversion(path);
+        Self::fire(&mut self.data_watches, path, WatchKind::Deleted, out);
+        Self::fire(&mut self.child_watches, path, WatchKind::Deleted, out);
+        if let Some(p) = parent(path) {
+            Self::fire(&mut self.child_watches, p, WatchKind::ChildrenChanged, out);
+        }
+    }
+
+    /// Applies one request from `session`; returns the reply and the watches it fired.
+    pub fn apply(&mut self, session: SessionId, op: &ZkOp) -> (ZkReply, Vec<Notification>) {
+        let mut events = Vec::new();
+        if !self.is_live(session) {
+            return (ZkReply::Error(ZkError::SessionExpired), events);
+        }
+        let reply = match self.apply_live(session, op, &mut events) {
+            Ok(reply) => reply,
+            Err(e) => ZkReply::Error(e),
+        };
+        (reply, events)
+    }
+
+    /// Applies `ops` from `session` as one transaction: each op sees the effects of the
+    /// ones before it; on the first failure nothing is applied, no watch fires, and its
+    /// index and error are returned. Only Create, SetData and Delete may appear (the
+    /// client cannot put a read in a multi); an empty multi succeeds with no replies.
+    /// A request from an expired session fails as a whole: reported at index 0.
+    pub fn multi(&mut self, session: SessionId, ops: &[ZkOp]) -> (MultiResult, Vec<Notification>) {
+        if !self.is_live(session) {
+            return (Err((0, ZkError::SessionExpired)), Vec::new());
+        }
+        if let Some(i) = ops
+            .iter()
+            .position(|op| matches!(op, ZkOp::GetData { .. } | ZkOp::GetChildren { .. }))
+        {
+            return (Err((i, ZkError::Other(READ_IN_MULTI.into()))), Vec::new());
+        }
+        let saved = (
+            self.nodes.clone(),
+            self.data_watches.clone(),
+            self.child_watches.clone(),
+        );
+        let mut events = Vec::new();
+        let mut replies = Vec::with_capacity(ops.len());
+        for (i, op) in ops.iter().enumerate() {
+            match self.apply_live(session, op, &mut events) {
+                Ok(reply) => replies.push(reply),
+                Err(e) => {
+                    (self.nodes, self.data_watches, self.child_watches) = saved;
+                    return (Err((i, e)), Vec::new());
+                }
+            }
+        }
+        (Ok(replies), events)
+    }
+
+    fn apply_live(
+        &mut self,
+        session: SessionId,
+        op: &ZkOp,
+        events: &mut Vec<Notification>,
+    ) -> Result<ZkReply, ZkError> {
+        match op {
+            // A read of a missing node leaves no watch (the server checks the node first).
+            ZkOp::GetData { path, watch } => {
+                let n = self.nodes.get(path).ok_or(ZkError::NoNode)?;
+                let reply = ZkReply::Data {
+                    data: n.data.clone(),
+                    stat: n.stat(),
+                };
+                if *watch {
+                    Self::watch(&mut self.data_watches, path, session);
+                }
+                Ok(reply)
+            }
+            ZkOp::GetChildren { path, watch } => {
+                if !self.nodes.contains_key(path) {
+                    return Err(ZkError::NoNode);
+                }
+                if *watch {
+                    Self::watch(&mut self.child_watches, path, session);
+                }
+                Ok(ZkReply::Children(self.children(path)))
+            }
+            ZkOp::Create { path, data, mode } => {
+                // The server's order: missing parent, existing node, ephemeral parent.
+                let p = parent(path)
+                    .and_then(|p| self.nodes.get(p))
+                    .ok_or(ZkError::NoNode)?;
+                if self.nodes.contains_key(path) {
+                    return Err(ZkError::NodeExists);
+                }
+                if p.ephemeral_owner != 0 {
+                    return Err(ZkError::Other(NO_CHILDREN_FOR_EPHEMERALS.into()));
+                }
+                let owner = match mode {
+                    CreateMode::Persistent => 0,
+                    CreateMode::Ephemeral => session.0,
+                };
+                self.nodes.insert(
+                    path.clone(),
+                    Node {
+                        data: data.clone(),
+                        version: 0,
+                        cversion: 0,
+                        ephemeral_owner: owner,
+                    },
+                );
+                self.bump_cversion(path);
+                Self::fire(&mut self.data_watches, path, WatchKind::Created, events);
+                if let Some(p) = parent(path) {
+                    Self::fire(
+                        &mut self.child_watches,
+                        p,
+                        WatchKind::ChildrenChanged,
+                        events,
+                    );
+                }
+                Ok(ZkReply::Created)
+            }
+            ZkOp::SetData {
+                path,
+                data,
+                version,
+            } => {
+                let n = self.nodes.get_mut(path).ok_or(ZkError::NoNode)?;
+                if version.is_some_and(|v| v != n.version) {
+                    return Err(ZkError::BadVersion);
+                }
+                n.data = data.clone();
+                n.version += 1;
+                let stat = n.stat();
+                Self::fire(&mut self.data_watches, path, WatchKind::DataChanged, events);
+                Ok(ZkReply::Set { stat })
+            }
+            ZkOp::Delete { path, version } => {
+                // The server checks the version before the children.
+                let n = self.nodes.get(path).ok_or(ZkError::NoNode)?;
+                if version.is_some_and(|v| v != n.version) {
+                    return Err(ZkError::BadVersion);
+                }
+                if !self.children(path).is_empty() {
+                    return Err(ZkError::NotEmpty);
+                }
+                self.remove_node(path, events);
+                Ok(ZkReply::Deleted)
+            }
+        }
+    }
+
+    /// Writes a node and its missing parents as an administrator would (tests' setup).
+    pub fn put(&mut self, path: &str, data: &[u8]) -> Vec<Notification> {
+        let admin = self.open_session();
+        let mut events = Vec::new();
+        let mut prefix = String::new();
+        for part in path.trim_start_matches('/').split('/') {
+            prefix.push('/');
+            prefix.push_str(part);
+            if prefix != path && !self.nodes.contains_key(&prefix) {
+                let op = ZkOp::Create {
+                    path: prefix.clone(),
+                    data: Vec::new(),
+                    mode: CreateMode::Persistent,
+                };
+                events.extend(self.apply(admin, &op).1);
+            }
+        }
+        let op = if self.nodes.contains_key(path) {
+            ZkOp::SetData {
+                path: path.into(),
+                data: data.to_vec(),
+                version: None,
+            }
+        } else {
+            ZkOp::Create {
+                path: path.into(),
+                data: data.to_vec(),
+                mode: CreateMode::Persistent,
+            }
+        };
+        events.extend(self.apply(admin, &op).1);
+        self.sessions.remove(&admin.0);
+        events
+    }
+
+    /// Deletes a subtree as an administrator would (deepest nodes first).
+    pub fn remove_tree(&mut self, path: &str) -> Vec<Notification> {
+        let prefix = format!("{path}/");
+        let mut doomed: Vec<String> = self
+            .nodes
+            .keys()
+            .filter(|p| p.as_str() == path || p.starts_with(&prefix))
+            .cloned()
+            .collect();
+        doomed.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        let mut events = Vec::new();
+        for p in doomed {
+            self.remove_node(&p, &mut events);
+        }
+        events
+    }
+}
+
+#[cfg(test)]
+mod tests;
