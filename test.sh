@@ -21,4 +21,10 @@ step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test --workspace"
 cargo test --workspace --no-fail-fast
+# The simulator on this commit's own seed (a new schedule of faults for every commit),
+# on top of the fixed batch in sim/tests/chaos.rs. A failure prints how to reproduce it.
+commit_seed=$(git rev-parse HEAD 2>/dev/null || echo 0)
+step "pop sim --seed $commit_seed"
+trace_dir=$(mktemp -d)
+cargo run -q -p pop-cli -- sim --seed "$commit_seed" --trace-dir "$trace_dir"
 step "all tests passed"

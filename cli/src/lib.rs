@@ -8,6 +8,7 @@ mod echo;
 mod logs;
 mod output;
 mod replay;
+mod sim;
 mod zkcmd;
 
 use clap::{Parser, Subcommand};
@@ -131,6 +132,9 @@ pub enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Run the deterministic simulator: the real core on simulated machines, ZooKeeper
+    /// and network, with faults from one seed, checking safety and liveness.
+    Sim(sim::SimArgs),
     /// Run a local standalone ZooKeeper for a single machine.
     Zk {
         #[command(subcommand)]
@@ -170,6 +174,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Start => agent::start(&cli),
         Command::Fg => runtime()?.block_on(agent::foreground(&cli)),
         Command::Stop { keep_services } => agent::stop(&cli, *keep_services),
+        Command::Sim(args) => sim::run(&cli, args),
         Command::Replay { journal, quiet } => replay::run(&cli, journal.as_deref(), *quiet),
         Command::Logs {
             service,

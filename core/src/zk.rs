@@ -65,6 +65,10 @@ pub struct NodeStat {
     pub version: i32,
     /// Session owning an ephemeral node; 0 for persistent nodes.
     pub ephemeral_owner: i64,
+    /// The transaction that last changed the data. Transaction ids grow across the
+    /// whole ensemble, so of two replies about one node the larger is the newer.
+    #[serde(default)]
+    pub mzxid: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -77,6 +77,7 @@ fn stat(s: &zkc::Stat) -> NodeStat {
     NodeStat {
         version: s.version,
         ephemeral_owner: s.ephemeral_owner,
+        mzxid: s.mzxid,
     }
 }
 

@@ -246,6 +246,7 @@ mod tests {
             stat: NodeStat {
                 version: 0,
                 ephemeral_owner: ME.0,
+                ..Default::default()
             },
         };
         assert_eq!(drive(&mut n, mine), Step::Watch);
@@ -263,6 +264,7 @@ mod tests {
         let stale = NodeStat {
             version: 0,
             ephemeral_owner: 99,
+            ..Default::default()
         };
         assert_eq!(
             drive(
@@ -290,6 +292,7 @@ mod tests {
         let ours = NodeStat {
             version: 0,
             ephemeral_owner: ME.0,
+            ..Default::default()
         };
         drive(
             &mut n,

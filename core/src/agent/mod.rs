@@ -86,6 +86,9 @@ pub struct Agent {
     retry_at: Option<Timestamp>,
     services: BTreeMap<String, Service>,
     nodes: BTreeMap<String, EphemeralNode>,
+    /// The newest data seen per read path (its mzxid), so a late reply is not applied.
+    #[serde(default)]
+    newest_read: BTreeMap<String, i64>,
     /// Paths whose data is bad, with the problem; shown in the agent report.
     problems: BTreeMap<String, String>,
     shutting_down: bool,
@@ -112,6 +115,7 @@ impl Agent {
             retry_at: None,
             services: BTreeMap::new(),
             nodes: BTreeMap::new(),
+            newest_read: BTreeMap::new(),
             problems: BTreeMap::new(),
             shutting_down: false,
             exited: false,
@@ -438,6 +442,14 @@ impl Agent {
         // (An adopted one waiting for the target stays, with its generation and backoff.)
         self.services
             .retain(|_, s| s.listed || !s.is_quiet() || s.awaiting_target);
+        let services = &self.services;
+        self.newest_read
+            .retain(|path, _| match Watched::parse(path) {
+                Some(Watched::Machines(name) | Watched::Settings(name)) => {
+                    services.contains_key(&name)
+                }
+                _ => true,
+            });
         self.publish();
         if self.shutting_down && self.services.values().all(Service::is_quiet) {
             self.exited = true;

@@ -67,6 +67,15 @@ impl Agent {
             }
             return;
         }
+        // Replies can arrive out of order (the driver runs requests concurrently): an
+        // older read must not undo what a newer one showed.
+        if let ZkReply::Data { stat, .. } = &reply {
+            let newest = self.newest_read.entry(path.clone()).or_default();
+            if stat.mzxid < *newest {
+                return;
+            }
+            *newest = stat.mzxid;
+        }
         match (watched, reply) {
             (Watched::ServiceList, ZkReply::Children(names)) => {
                 self.clear_problem(&path);

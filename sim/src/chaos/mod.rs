@@ -348,3 +348,28 @@ fn chaos_step(
         }
     }
 }
+
+/// Runs one seed, turning a panic (of the core, or the world's livelock check) into a
+/// failure of that seed rather than of the whole batch.
+pub fn run_catching(options: &Options) -> Outcome {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(|| run(options));
+    std::panic::set_hook(previous);
+    result.unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into());
+        let first_line = message.lines().next().unwrap_or("").to_string();
+        Outcome {
+            options: options.clone(),
+            failure: Some(format!("panic: {first_line}")),
+            events: 0,
+            simulated: Duration::ZERO,
+            coverage: BTreeMap::new(),
+            trace: message.lines().map(str::to_string).collect(),
+        }
+    })
+}

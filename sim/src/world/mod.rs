@@ -99,6 +99,9 @@ pub struct Machine {
     /// The journal of each agent this machine ran, as the production driver writes it.
     pub journals: Vec<Vec<Record>>,
     pub session: Option<SessionId>,
+    /// The session of the driver's latest client (its epoch): news of any other session
+    /// is dropped, as the driver drops messages from older epochs.
+    pub client: Option<SessionId>,
     /// Live processes by pid.
     pub processes: BTreeMap<u32, Process>,
     pub exited: bool,
@@ -174,6 +177,7 @@ impl World {
                 incarnation: 0,
                 journals: vec![vec![Record::Start { config }]],
                 session: None,
+                client: None,
                 processes: BTreeMap::new(),
                 exited: false,
                 net: NetState::default(),
@@ -293,7 +297,12 @@ impl World {
             return;
         }
         let session = self.zk.open_session();
-        self.machines[machine].session = Some(session);
+        self.machines[machine].client = Some(session);
+        // The driver drops its old client for the new one, which ends the old session.
+        if let Some(old) = self.machines[machine].session.replace(session) {
+            let n = self.zk.expire(old);
+            self.notify(n);
+        }
         self.deliver_connected(machine, session);
     }
 
@@ -382,8 +391,15 @@ impl World {
         }
     }
 
+    fn note_expiry(&mut self, machine: usize) {
+        if !self.machines[machine].processes.is_empty() {
+            self.coverage("session expiry while services run");
+        }
+    }
+
     /// The server expires the machine's session.
     pub fn expire_session(&mut self, machine: usize) {
+        self.note_expiry(machine);
         if let Some(session) = self.machines[machine].session.take() {
             self.trace
                 .push(format!("{} m{machine} session expired", self.now));
@@ -513,6 +529,9 @@ impl World {
                 generation,
                 grace,
             } => {
+                // The agent asked it to stop (perhaps after it had already crashed,
+                // unknown to the agent): what follows is a planned start.
+                self.last_crash.remove(&(machine, service.clone()));
                 let m = &mut self.machines[machine];
                 let stubborn: Vec<u32> = m
                     .processes
@@ -564,6 +583,13 @@ impl World {
         let incarnation = self.machines[machine].incarnation;
         if self.hold_if_paused(machine, incarnation, &input) {
             return;
+        }
+        // Like the driver's epochs: news of a session that is no longer the machine's
+        // client never reaches the core.
+        if let Input::Session(SessionEvent::Connected { session, .. }) = &input {
+            if self.machines[machine].client != Some(*session) {
+                return;
+            }
         }
         self.trace
             .push(format!("{} m{machine} <- {input:?}", self.now));

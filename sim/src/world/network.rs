@@ -73,6 +73,14 @@ impl World {
             "{} m{machine} partition to_server={to_server} from_server={from_server}",
             self.now
         ));
+        if self.machines[machine]
+            .agent
+            .service_phases()
+            .values()
+            .any(|p| p == "starting")
+        {
+            self.coverage("partition while a service starts");
+        }
         let now = self.now;
         let net = &mut self.machines[machine].net;
         net.cut_to_server = to_server;
@@ -270,11 +278,20 @@ impl World {
     /// What the server sends back while the way back is cut waits; true if it was held.
     pub(super) fn hold_from_server(&mut self, machine: usize, input: &Input) -> bool {
         let net = &mut self.machines[machine].net;
-        if net.cut_from_server || (net.cut_to_server && net.declared) {
-            net.held_from_server.push(input.clone());
+        if !(net.cut_from_server || (net.cut_to_server && net.declared)) {
+            return false;
+        }
+        if let (true, Input::Reply { id, .. }) = (net.declared, input) {
+            // The client failed the request when it declared the connection lost; the
+            // server applied it anyway.
+            let id = *id;
+            self.coverage("connection loss of an applied request");
+            let reply = ZkReply::Error(ZkError::ConnectionLoss);
+            self.send_to_agent(machine, self.now, Input::Reply { id, reply });
             return true;
         }
-        false
+        net.held_from_server.push(input.clone());
+        true
     }
 
     /// A new session is wanted: opened once the link works.
@@ -295,6 +312,7 @@ impl World {
                         "{} m{machine} frozen agent's session expires",
                         self.now
                     ));
+                    self.note_expiry(machine);
                     let n = self.zk.expire(session);
                     self.notify(n);
                 }
@@ -317,10 +335,16 @@ impl World {
                 let requests = std::mem::take(&mut self.machines[machine].net.held_requests);
                 for request in requests {
                     if let Event::Request {
-                        incarnation, id, ..
+                        incarnation,
+                        id,
+                        op,
+                        ..
                     } = request
                     {
                         self.coverage("connection loss of a request");
+                        if matches!(op, pop_core::zk::ZkOp::Create { .. }) {
+                            self.coverage("connection loss of a create");
+                        }
                         let reply = ZkReply::Error(ZkError::ConnectionLoss);
                         self.send_to_agent_as(
                             machine,
@@ -351,6 +375,7 @@ impl World {
                             "{} m{machine} server expires the silent session",
                             self.now
                         ));
+                        self.note_expiry(machine);
                         let n = self.zk.expire(session);
                         self.notify(n);
                     }

@@ -33,6 +33,8 @@ pub struct Node {
     /// Changes to the node's children (each create or delete of a child adds one).
     pub cversion: i32,
     pub ephemeral_owner: i64,
+    /// The transaction that last changed the data: grows across the whole tree.
+    pub mzxid: i64,
 }
 
 impl Node {
@@ -41,6 +43,7 @@ impl Node {
         NodeStat {
             version: self.version,
             ephemeral_owner: self.ephemeral_owner,
+            mzxid: self.mzxid,
         }
     }
 }
@@ -57,6 +60,8 @@ pub type MultiResult = Result<Vec<ZkReply>, (usize, ZkError)>;
 #[derive(Debug, Default)]
 pub struct ZkModel {
     nodes: BTreeMap<String, Node>,
+    /// The last transaction id handed out.
+    zxid: i64,
     sessions: BTreeMap<i64, Session>,
     next_session: i64,
     /// The server's tickTime when sessions are clocked like a real server's; see
@@ -87,6 +92,7 @@ impl ZkModel {
                 version: 0,
                 cversion: 0,
                 ephemeral_owner: 0,
+                mzxid: 0,
             },
         );
         m
@@ -240,6 +246,7 @@ impl ZkModel {
                     CreateMode::Persistent => 0,
                     CreateMode::Ephemeral => session.0,
                 };
+                self.zxid += 1;
                 self.nodes.insert(
                     path.clone(),
                     Node {
@@ -247,6 +254,7 @@ impl ZkModel {
                         version: 0,
                         cversion: 0,
                         ephemeral_owner: owner,
+                        mzxid: self.zxid,
                     },
                 );
                 self.bump_cversion(path);
@@ -266,12 +274,15 @@ impl ZkModel {
                 data,
                 version,
             } => {
+                self.zxid += 1;
+                let zxid = self.zxid;
                 let n = self.nodes.get_mut(path).ok_or(ZkError::NoNode)?;
                 if version.is_some_and(|v| v != n.version) {
                     return Err(ZkError::BadVersion);
                 }
                 n.data = data.clone();
                 n.version += 1;
+                n.mzxid = zxid;
                 let stat = n.stat();
                 Self::fire(&mut self.data_watches, path, WatchKind::DataChanged, events);
                 Ok(ZkReply::Set { stat })

@@ -163,6 +163,8 @@ fn a_multi_is_all_or_nothing() {
     let stat = NodeStat {
         version: 1,
         ephemeral_owner: 0,
+        // The multi's create of /m was transaction 3, its set 4.
+        mzxid: 4,
     };
     assert_eq!(
         result,

@@ -1,0 +1,179 @@
+//! `pop sim`: the deterministic simulator from the command line. One seed gives one
+//! run; a range gives a batch with one line per failing seed and how to reproduce it.
+
+use crate::output::{print_json, table};
+use crate::Cli;
+use anyhow::{anyhow, bail, Context, Result};
+use pop_sim::chaos::{parse_seed, run_catching, Options, Outcome};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug)]
+pub struct SimArgs {
+    /// The seed: a number, 0x-hex, or a commit hash (default: from the clock, printed).
+    #[arg(long, conflicts_with = "seeds")]
+    seed: Option<String>,
+    /// A batch of seeds, A..B (B excluded).
+    #[arg(long, value_name = "A..B")]
+    seeds: Option<String>,
+    /// Machines (1-7; default: drawn from the seed).
+    #[arg(long)]
+    machines: Option<usize>,
+    /// Length of the chaos phase in simulated time, e.g. 120s, 10m (default 120s).
+    #[arg(long)]
+    duration: Option<String>,
+    /// Print the whole trace of a single run.
+    #[arg(long)]
+    trace: bool,
+    /// Where failing runs write their trace (default: the current directory).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    trace_dir: PathBuf,
+}
+
+fn parse_duration(text: &str) -> Result<Duration> {
+    let t = text.trim();
+    let (number, unit) = t
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((t, "s"), |i| t.split_at(i));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| anyhow!("duration {text:?}: expected e.g. 90s, 10m, 2h"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => bail!("duration {text:?}: the unit is s, m or h"),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn parse_range(text: &str) -> Result<(u64, u64)> {
+    let (a, b) = text
+        .split_once("..")
+        .ok_or_else(|| anyhow!("--seeds {text:?}: expected A..B"))?;
+    let a = parse_seed(a).map_err(|e| anyhow!(e))?;
+    let b = parse_seed(b).map_err(|e| anyhow!(e))?;
+    if b <= a {
+        bail!("--seeds {text:?}: the range is empty");
+    }
+    Ok((a, b))
+}
+
+fn reproduce(args: &SimArgs, seed: u64) -> String {
+    let mut cmd = format!("pop sim --seed {seed:#x}");
+    if let Some(m) = args.machines {
+        cmd.push_str(&format!(" --machines {m}"));
+    }
+    if let Some(d) = &args.duration {
+        cmd.push_str(&format!(" --duration {d}"));
+    }
+    cmd
+}
+
+fn write_trace(args: &SimArgs, outcome: &Outcome) -> Result<PathBuf> {
+    let path = args
+        .trace_dir
+        .join(format!("pop-sim-{:#x}.trace", outcome.options.seed));
+    let mut text = format!("# {}\n", outcome.options);
+    for line in &outcome.trace {
+        text.push_str(line);
+        text.push('\n');
+    }
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+pub fn run(cli: &Cli, args: &SimArgs) -> Result<()> {
+    let chaos = args.duration.as_deref().map(parse_duration).transpose()?;
+    if let Some(m) = args.machines {
+        if !(1..=7).contains(&m) {
+            bail!("--machines {m}: from 1 to 7");
+        }
+    }
+    let (from, to) = match (&args.seeds, &args.seed) {
+        (Some(range), _) => parse_range(range)?,
+        (None, Some(seed)) => {
+            let s = parse_seed(seed).map_err(|e| anyhow!(e))?;
+            (s, s + 1)
+        }
+        (None, None) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            (now, now + 1)
+        }
+    };
+    let single = to - from == 1;
+    let started = Instant::now();
+    let (mut events, mut simulated) = (0u64, Duration::ZERO);
+    let mut coverage: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut failures = Vec::new();
+    for seed in from..to {
+        let options = Options::from_seed(seed, args.machines, chaos);
+        if single && !cli.json {
+            println!("{options}");
+        }
+        let outcome = run_catching(&options);
+        events += outcome.events;
+        simulated += outcome.simulated;
+        for (k, v) in &outcome.coverage {
+            *coverage.entry(k).or_default() += v;
+        }
+        if single && args.trace {
+            for line in &outcome.trace {
+                println!("{line}");
+            }
+        }
+        if let Some(failure) = &outcome.failure {
+            let trace = write_trace(args, &outcome)?;
+            if !cli.json {
+                println!(
+                    "FAIL seed {seed:#x}: {failure}\n     reproduce: {}\n     trace: {}",
+                    reproduce(args, seed),
+                    trace.display()
+                );
+            }
+            failures.push(json!({
+                "seed": format!("{seed:#x}"),
+                "failure": failure,
+                "reproduce": reproduce(args, seed),
+                "trace": trace,
+            }));
+        }
+    }
+    let wall = started.elapsed().as_secs_f64().max(1e-9);
+    if cli.json {
+        print_json(&json!({
+            "seeds": to - from,
+            "failures": failures,
+            "events": events,
+            "simulated_seconds": simulated.as_secs_f64(),
+            "wall_seconds": wall,
+            "events_per_second": events as f64 / wall,
+            "simulated_seconds_per_second": simulated.as_secs_f64() / wall,
+            "coverage": coverage,
+        }))?;
+    } else {
+        println!(
+            "{} seed(s), {} failed; {events} events, {:.0} s simulated in {wall:.1} s \
+             ({:.0} events/s, {:.0} simulated s/s)",
+            to - from,
+            failures.len(),
+            simulated.as_secs_f64(),
+            events as f64 / wall,
+            simulated.as_secs_f64() / wall
+        );
+        let rows: Vec<Vec<String>> = coverage
+            .iter()
+            .map(|(k, v)| vec![k.to_string(), v.to_string()])
+            .collect();
+        print!("{}", table(&["SITUATION", "TIMES"], &rows));
+    }
+    if !failures.is_empty() {
+        bail!("{} of {} seeds failed", failures.len(), to - from);
+    }
+    Ok(())
+}
