@@ -217,9 +217,12 @@ impl World {
             return;
         };
         let policy = pop_core::backoff::Backoff::default();
+        // The agent hears of an exit a moment after it happens and may count the run
+        // from a moment later: runs this close to healthy are not judged.
+        const BOUNDARY: Duration = Duration::from_millis(10);
         let after = self.now.saturating_since(at);
         if self.check_invariants
-            && ran < policy.healthy_after
+            && ran + BOUNDARY < policy.healthy_after
             && *settings == old
             && after < policy.initial
         {
