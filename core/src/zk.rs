@@ -69,6 +69,9 @@ pub struct NodeStat {
     /// whole ensemble, so of two replies about one node the larger is the newer.
     #[serde(default)]
     pub mzxid: i64,
+    /// The transaction that last added or removed a child: orders children replies.
+    #[serde(default)]
+    pub pzxid: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,7 +81,10 @@ pub enum ZkReply {
         data: Vec<u8>,
         stat: NodeStat,
     },
-    Children(Vec<String>),
+    Children {
+        names: Vec<String>,
+        stat: NodeStat,
+    },
     Created,
     Set {
         stat: NodeStat,

@@ -78,6 +78,7 @@ fn stat(s: &zkc::Stat) -> NodeStat {
         version: s.version,
         ephemeral_owner: s.ephemeral_owner,
         mzxid: s.mzxid,
+        pzxid: s.pzxid,
     }
 }
 
@@ -117,13 +118,18 @@ pub async fn execute(
                 )
             }),
             ZkOp::GetChildren { path, watch: true } => client
-                .list_and_watch_children(path)
+                .get_and_watch_children(path)
                 .await
-                .map(|(names, w)| (ZkReply::Children(names), Some(w))),
-            ZkOp::GetChildren { path, watch: false } => client
-                .list_children(path)
-                .await
-                .map(|names| (ZkReply::Children(names), None)),
+                .map(|(names, s, w)| {
+                    let stat = stat(&s);
+                    (ZkReply::Children { names, stat }, Some(w))
+                }),
+            ZkOp::GetChildren { path, watch: false } => {
+                client.get_children(path).await.map(|(names, s)| {
+                    let stat = stat(&s);
+                    (ZkReply::Children { names, stat }, None)
+                })
+            }
             ZkOp::Create { path, data, mode } => client
                 .create(path, data, &create_options(*mode))
                 .await

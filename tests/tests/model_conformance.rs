@@ -126,7 +126,7 @@ fn seen(reply: ZkReply, ids: &[i64]) -> Seen {
                 owner,
             }
         }
-        ZkReply::Children(mut names) => {
+        ZkReply::Children { mut names, .. } => {
             names.sort();
             Seen::Children(names)
         }

@@ -69,15 +69,20 @@ impl Agent {
         }
         // Replies can arrive out of order (the driver runs requests concurrently): an
         // older read must not undo what a newer one showed.
-        if let ZkReply::Data { stat, .. } = &reply {
+        let freshness = match &reply {
+            ZkReply::Data { stat, .. } => Some(stat.mzxid),
+            ZkReply::Children { stat, .. } => Some(stat.pzxid),
+            _ => None,
+        };
+        if let Some(zxid) = freshness {
             let newest = self.newest_read.entry(path.clone()).or_default();
-            if stat.mzxid < *newest {
+            if zxid < *newest {
                 return;
             }
-            *newest = stat.mzxid;
+            *newest = zxid;
         }
         match (watched, reply) {
-            (Watched::ServiceList, ZkReply::Children(names)) => {
+            (Watched::ServiceList, ZkReply::Children { names, .. }) => {
                 self.clear_problem(&path);
                 self.apply_service_list(names);
             }

@@ -35,6 +35,8 @@ pub struct Node {
     pub ephemeral_owner: i64,
     /// The transaction that last changed the data: grows across the whole tree.
     pub mzxid: i64,
+    /// The transaction that last added or removed a child.
+    pub pzxid: i64,
 }
 
 impl Node {
@@ -44,6 +46,7 @@ impl Node {
             version: self.version,
             ephemeral_owner: self.ephemeral_owner,
             mzxid: self.mzxid,
+            pzxid: self.pzxid,
         }
     }
 }
@@ -93,6 +96,7 @@ impl ZkModel {
                 cversion: 0,
                 ephemeral_owner: 0,
                 mzxid: 0,
+                pzxid: 0,
             },
         );
         m
@@ -136,9 +140,12 @@ impl ZkModel {
         }
     }
 
+    /// A child of `path`'s parent was added or removed, in the current transaction.
     fn bump_cversion(&mut self, path: &str) {
+        let zxid = self.zxid;
         if let Some(n) = parent(path).and_then(|p| self.nodes.get_mut(p)) {
             n.cversion += 1;
+            n.pzxid = zxid;
         }
     }
 
@@ -148,6 +155,7 @@ impl ZkModel {
         if self.nodes.remove(path).is_none() {
             return;
         }
+        self.zxid += 1;
         self.bump_cversion(path);
         Self::fire(&mut self.data_watches, path, WatchKind::Deleted, out);
         Self::fire(&mut self.child_watches, path, WatchKind::Deleted, out);
@@ -229,7 +237,11 @@ impl ZkModel {
                 if *watch {
                     Self::watch(&mut self.child_watches, path, session);
                 }
-                Ok(ZkReply::Children(self.children(path)))
+                let stat = self.nodes.get(path).map(Node::stat).unwrap_or_default();
+                Ok(ZkReply::Children {
+                    names: self.children(path),
+                    stat,
+                })
             }
             ZkOp::Create { path, data, mode } => {
                 // The server's order: missing parent, existing node, ephemeral parent.
@@ -255,6 +267,7 @@ impl ZkModel {
                         cversion: 0,
                         ephemeral_owner: owner,
                         mzxid: self.zxid,
+                        pzxid: self.zxid,
                     },
                 );
                 self.bump_cversion(path);

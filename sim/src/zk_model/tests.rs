@@ -165,6 +165,7 @@ fn a_multi_is_all_or_nothing() {
         ephemeral_owner: 0,
         // The multi's create of /m was transaction 3, its set 4.
         mzxid: 4,
+        pzxid: 3,
     };
     assert_eq!(
         result,
