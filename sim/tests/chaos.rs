@@ -3,6 +3,7 @@
 
 use pop_core::planted::{plant, Bug};
 use pop_sim::chaos::{run, run_catching, Options};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Seeds that failed while the simulator was built (each a core or model bug since
@@ -34,13 +35,34 @@ fn regression_seeds_stay_clean() {
     }
 }
 
+/// Clean, and between them the seeds reach every rare situation the runner counts.
 #[test]
-fn a_batch_of_seeds_is_clean() {
+fn a_batch_of_seeds_is_clean_and_covers_the_rare_situations() {
+    let mut coverage: BTreeMap<&'static str, u64> = BTreeMap::new();
     for seed in 1000..1030 {
         let outcome = run_catching(&short(seed));
         assert_eq!(
             outcome.failure, None,
             "seed {seed}: pop sim --seed {seed} --duration 60s"
+        );
+        for (situation, n) in outcome.coverage {
+            *coverage.entry(situation).or_default() += n;
+        }
+    }
+    for situation in [
+        "session expiry while services run",
+        "agent killed with services running",
+        "partition while a service starts",
+        "undeploy while the machine is disconnected",
+        "settings change during a crash-loop backoff",
+        "connection loss of a create",
+        "connection loss of an applied request",
+        "stop of a process that ignores SIGTERM",
+        "spawn failure",
+    ] {
+        assert!(
+            coverage.get(situation).is_some_and(|n| *n > 0),
+            "never: {situation}; {coverage:?}"
         );
     }
 }

@@ -27,7 +27,9 @@ pub const MAX_PENDING: usize = 64;
 impl World {
     fn healthy(&self, machine: usize) -> bool {
         let m = &self.machines[machine];
+        // The reaction bounds are for a normal network: a slow link stops their clock.
         !m.exited
+            && m.net.extra_latency.is_zero()
             && m.net.down_since.is_none()
             && m.net.paused_since.is_none()
             && m.session.is_some_and(|s| self.zk.is_live(s))
@@ -122,13 +124,13 @@ impl World {
                 }
             }
             // Nothing runs that ZooKeeper does not want here, nor with old settings.
-            let procs: Vec<(String, Launch)> = self.machines[machine]
+            let procs: Vec<(String, Launch, u32)> = self.machines[machine]
                 .processes
                 .values()
                 .filter(|p| !p.stopping)
-                .map(|p| (p.service.clone(), p.launch.clone()))
+                .map(|p| (p.service.clone(), p.launch.clone(), p.pid))
                 .collect();
-            for (service, launch) in procs {
+            for (service, launch, pid) in procs {
                 match self.target(&service, &id) {
                     Target::Unknown => {}
                     Target::NotHere => self.bounded(
@@ -145,6 +147,23 @@ impl World {
                                 healthy,
                                 &mut seen,
                             );
+                        } else {
+                            // A service that runs as wanted is registered, by this agent.
+                            let node = self.zk.get(&paths::machine_service(&id, &service));
+                            let registered = node.is_some_and(|n| {
+                                n.data == pid.to_string().into_bytes()
+                                    && Some(n.ephemeral_owner) == session
+                            });
+                            if !registered {
+                                self.bounded(
+                                    format!(
+                                        "{id}: {service} runs as pid {pid} but is not registered"
+                                    ),
+                                    REACT_BOUND + settings.start_seconds,
+                                    healthy,
+                                    &mut seen,
+                                );
+                            }
                         }
                     }
                 }
@@ -300,7 +319,17 @@ impl World {
         for m in &self.machines {
             for (n, records) in m.journals.iter().enumerate() {
                 // Through the production encoding, so the JSON form is checked too.
-                let text: String = records.iter().map(|r| r.to_line() + "\n").collect();
+                let mut text: String = records.iter().map(|r| r.to_line() + "\n").collect();
+                if m.torn_journals.contains(&n) && records.len() > 1 {
+                    // Cut the last line in half, as a kill mid-write would.
+                    let last = text[..text.len() - 1].rfind('\n').map_or(0, |i| i + 1);
+                    let cut = last + (text.len() - last) / 2;
+                    let cut = (0..=cut)
+                        .rev()
+                        .find(|i| text.is_char_boundary(*i))
+                        .unwrap_or(0);
+                    text.truncate(cut);
+                }
                 let journal = pop_core::journal::decode(&text)
                     .map_err(|e| format!("{} journal {n}: {e}", m.id))?;
                 let steps = pop_core::journal::replay(&journal)

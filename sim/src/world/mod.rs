@@ -98,6 +98,8 @@ pub struct Machine {
     pub incarnation: u32,
     /// The journal of each agent this machine ran, as the production driver writes it.
     pub journals: Vec<Vec<Record>>,
+    /// Journals whose last line was torn by the agent's death.
+    pub torn_journals: std::collections::BTreeSet<usize>,
     pub session: Option<SessionId>,
     /// The session of the driver's latest client (its epoch): news of any other session
     /// is dropped, as the driver drops messages from older epochs.
@@ -176,6 +178,7 @@ impl World {
                 agent: Agent::new(config.clone()),
                 incarnation: 0,
                 journals: vec![vec![Record::Start { config }]],
+                torn_journals: Default::default(),
                 session: None,
                 client: None,
                 processes: BTreeMap::new(),
@@ -231,6 +234,12 @@ impl World {
             .push(format!("{} m{machine} agent killed", self.now));
         if !self.machines[machine].processes.is_empty() {
             self.coverage("agent killed with services running");
+        }
+        // Killed mid-write, half the time: the journal's last line is torn.
+        if self.process_rng.next_u64().is_multiple_of(2) {
+            let m = &mut self.machines[machine];
+            let last = m.journals.len().saturating_sub(1);
+            m.torn_journals.insert(last);
         }
         // A new process: not frozen, and nothing waits for it.
         self.machines[machine].net.paused_since = None;
