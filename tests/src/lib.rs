@@ -270,7 +270,44 @@ impl Drop for Machine {
         if zk_pid.exists() {
             let _ = pop_io::zkserver::stop_daemon(&zk_pid);
         }
+        // Services outlive a killed agent by design (the next one adopts them); a test
+        // that ends without a next agent must not leave them running.
+        let token = format!("POP_SUPERVISION_TOKEN={}/", self.id);
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let left = processes_with_env_prefix(&token);
+            if left.is_empty() || Instant::now() > end {
+                break;
+            }
+            for pid in left {
+                signal(pid, libc::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
+}
+
+/// Live (not zombie) processes with an environment entry starting with `prefix`.
+fn processes_with_env_prefix(prefix: &str) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .map(|(_, r)| r.trim_start().starts_with('Z'))
+                })
+                .unwrap_or(true);
+            let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            !zombie
+                && env
+                    .split(|b| *b == 0)
+                    .any(|e| e.starts_with(prefix.as_bytes()))
+        })
+        .collect()
 }
 
 pub struct Agent {

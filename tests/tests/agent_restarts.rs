@@ -50,6 +50,15 @@ fn published(zkc: &Checker, m: &Machine, service: &str) -> Option<i64> {
     (state_owner == agent_owner && pid_owner == agent_owner && node == pid).then_some(pid)
 }
 
+/// Waits until the agent `agent` itself reports (not a dead predecessor's nodes).
+fn reporting(zkc: &Checker, m: &Machine, agent: &pop_tests::Agent) {
+    let agents = format!("/agents/{}", m.id);
+    wait_for("the new agent's own report", || {
+        let report = zkc.get_json(&agents)?;
+        (report["pid"].as_u64() == Some(u64::from(agent.pid()))).then_some(())
+    });
+}
+
 fn published_as(zkc: &Checker, m: &Machine, service: &str, want: i64) {
     wait_for(&format!("{service} published with pid {want}"), || {
         (published(zkc, m, service) == Some(want)).then_some(())
@@ -77,7 +86,8 @@ fn a_killed_agent_s_services_are_adopted_and_still_supervised() {
     agent.kill();
 
     let started = Instant::now();
-    let _again = m.agent();
+    let again = m.agent();
+    reporting(&zkc, &m, &again);
     published_as(&zkc, &m, "svc", pid);
     published_as(&zkc, &m, "echo", echo);
     eprintln!("adopted and republished in {:?}", started.elapsed());
@@ -114,7 +124,8 @@ fn changes_made_while_no_agent_runs_apply_to_adopted_services() {
     agent.kill();
     m.ok(&["set", "changed", "env={\"V\":\"2\"}"]);
     m.ok(&["undeploy", "dropped"]);
-    let _again = m.agent();
+    let again = m.agent();
+    reporting(&zkc, &m, &again);
     let new_pid = wait_for("changed restarted with V=2", || {
         published(&zkc, &m, "changed").filter(|p| *p != changed_pid)
     });
@@ -143,7 +154,8 @@ fn stop_keep_services_then_a_new_agent_adopts_them() {
     });
     only_process(&marker, pid);
 
-    let _upgraded = m.agent();
+    let upgraded = m.agent();
+    reporting(&zkc, &m, &upgraded);
     published_as(&zkc, &m, "svc", pid);
     only_process(&marker, pid);
     let log =

@@ -129,9 +129,11 @@ fn restarted_agent_adopts_its_services_and_leaves_no_orphans() {
         || {
             let node = zkc.get(&state)?;
             let pid = serde_json::from_slice::<serde_json::Value>(&node.0).ok()?["pid"].as_i64()?;
-            // A node of the new session (the old one lingers until its session expires).
-            let agent_owner = zkc.get(&format!("/agents/{}", m.id))?.1;
-            (node.1 == agent_owner).then_some(pid)
+            // A node of the new agent's session (the old one lingers until it expires).
+            let (report, agent_owner) = zkc.get(&format!("/agents/{}", m.id))?;
+            let report: serde_json::Value = serde_json::from_slice(&report).ok()?;
+            let by_new = report["pid"].as_u64() == Some(u64::from(again.pid()));
+            (by_new && node.1 == agent_owner).then_some(pid)
         },
     );
     assert_eq!(

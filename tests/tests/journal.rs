@@ -145,8 +145,12 @@ fn replay_reproduces_a_real_run_with_faults() {
 
     // The next agent starts a new journal and keeps the killed one's as the newest old file.
     let mut next = m.agent_env(&env);
-    wait_for("adopted and republished", || {
-        (published(&zkc, &m, "svc") == Some(pid)).then_some(())
+    // Republished by the new agent itself (its own report), not the dead one's nodes.
+    let agents = format!("/agents/{}", m.id);
+    wait_for("adopted and republished by the new agent", || {
+        let report = zkc.get_json(&agents)?;
+        let by_next = report["pid"].as_u64() == Some(u64::from(next.pid()));
+        (by_next && published(&zkc, &m, "svc") == Some(pid)).then_some(())
     });
     next.stop();
     for journal in journals(m.state_dir()) {
