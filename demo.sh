@@ -15,7 +15,7 @@ if ! command -v cargo >/dev/null; then
     [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
 fi
 if ! command -v cargo >/dev/null; then
-    echo "pop needs a Rust toolchain (1.80 or newer): install it with rustup, then run $0 again" >&2
+    echo "pop needs a Rust toolchain (1.85 or newer): install it with rustup, then run $0 again" >&2
     exit 1
 fi
 
