@@ -416,6 +416,12 @@ impl Agent {
             let Some(service) = self.services.get_mut(name) else {
                 continue;
             };
+            if service.awaiting_target
+                && (self.shutting_down || (self.fenced && service.runs_fenced()))
+            {
+                // Stopping an adopted process no longer depends on what ZooKeeper wants.
+                service.awaiting_target = false;
+            }
             let desired = service
                 .desired(&machine, self.shutting_down, self.fenced)
                 .cloned();
@@ -439,9 +445,9 @@ impl Agent {
             service.reconcile(desired, &mut out);
         }
         // Forget services that are gone from ZooKeeper and have nothing running.
-        // (An adopted one waiting for the target stays, with its generation and backoff.)
+        // An adopted one stays until the listing is read, with its generation and backoff.
         self.services
-            .retain(|_, s| s.listed || !s.is_quiet() || s.awaiting_target);
+            .retain(|_, s| s.listed || !s.is_quiet() || s.awaiting_target || !s.listing_read);
         let services = &self.services;
         self.newest_read
             .retain(|path, _| match Watched::parse(path) {

@@ -181,13 +181,17 @@ impl Service {
     /// Moves the process towards `desired`.
     pub(crate) fn reconcile(&mut self, desired: Option<Settings>, out: &mut Outbox<'_>) {
         if self.awaiting_target {
-            // Only a running adopted process waits; once it is gone there is nothing to
-            // protect (and a waiting backoff would never be served).
             let target_known =
                 self.listing_read && (!self.listed || (self.machines_read && self.settings_read));
-            // A running adopted process, or one that crashed since, waits for the target
-            // (its backoff is served once the target is known; see `deadline`).
-            if !target_known && matches!(self.run, Run::Running { .. } | Run::Backoff { .. }) {
+            // A running adopted process, or one that exited since (its backoff, or its
+            // `restart: never`, is honoured once the target is known; see `deadline`),
+            // waits for the target.
+            if !target_known
+                && matches!(
+                    self.run,
+                    Run::Running { .. } | Run::Backoff { .. } | Run::Finished { .. }
+                )
+            {
                 return;
             }
             self.awaiting_target = false;

@@ -160,8 +160,9 @@ impl Agent {
         }
         for name in listed {
             if !self.services.contains_key(&name) {
-                self.services
-                    .insert(name.clone(), Service::new(name.clone()));
+                let mut service = Service::new(name.clone());
+                service.listing_read = true;
+                self.services.insert(name.clone(), service);
                 fresh.push(name);
             }
         }

@@ -1,0 +1,111 @@
+//! An adopted process before the agent has read what ZooKeeper wants (found in review):
+//! a stop still stops it, fencing still fences it, and one that ends is not forgotten.
+
+use pop_core::backoff::Backoff;
+use pop_core::event::{Action, ExitStatus, Input};
+use pop_core::names::MachineId;
+use pop_core::settings::Settings;
+use pop_core::zk::{SessionEvent, SessionId};
+use pop_core::{Agent, AgentConfig, Timestamp};
+use std::time::Duration;
+
+fn agent() -> Agent {
+    Agent::new(AgentConfig {
+        machine: MachineId::new("m1").expect("machine id"),
+        hostname: "h".into(),
+        agent_pid: 1,
+        version: "t".into(),
+        containment: "none".into(),
+        seed: 1,
+        backoff: Backoff::default(),
+    })
+}
+
+fn settings(extra: &str) -> Settings {
+    Settings::parse(format!(r#"{{"type":"command","command":"serve"{extra}}}"#).as_bytes())
+        .expect("settings")
+}
+
+fn feed(agent: &mut Agent, at: u64, input: Input) -> Vec<Action> {
+    agent.handle(Timestamp::from_millis(at), input);
+    std::iter::from_fn(|| agent.poll_action()).collect()
+}
+
+fn adopted(settings: Settings) -> Input {
+    Input::Adopted {
+        service: "web".into(),
+        generation: 7,
+        pid: 4242,
+        started_at: Timestamp::from_millis(1),
+        port: None,
+        settings,
+    }
+}
+
+fn stops(actions: &[Action]) -> bool {
+    actions
+        .iter()
+        .any(|a| matches!(a, Action::Stop { service, generation: 7, .. } if service == "web"))
+}
+
+#[test]
+fn a_stop_request_stops_an_adopted_process_before_the_target_is_known() {
+    let mut a = agent();
+    feed(&mut a, 1000, adopted(settings("")));
+    let actions = feed(&mut a, 1001, Input::Shutdown);
+    assert!(stops(&actions), "{actions:?}");
+    let actions = feed(
+        &mut a,
+        1002,
+        Input::Exited {
+            service: "web".into(),
+            generation: 7,
+            status: ExitStatus::default(),
+        },
+    );
+    assert!(actions.contains(&Action::Exit), "{actions:?}");
+}
+
+#[test]
+fn an_adopted_fence_service_is_fenced_before_the_target_is_known() {
+    let mut a = agent();
+    feed(
+        &mut a,
+        1000,
+        adopted(settings(r#","session_loss":"fence""#)),
+    );
+    let connected = Input::Session(SessionEvent::Connected {
+        session: SessionId(5),
+        timeout: Duration::from_secs(4),
+    });
+    feed(&mut a, 1001, connected);
+    feed(&mut a, 1002, Input::Session(SessionEvent::Disconnected));
+    let deadline = a.poll_timeout().expect("a fence deadline");
+    assert!(deadline <= Timestamp::from_millis(1002 + 1000));
+    let actions = feed(&mut a, deadline.as_millis(), Input::Tick);
+    assert!(stops(&actions), "{actions:?}");
+}
+
+#[test]
+fn an_adopted_process_that_ends_before_the_target_is_known_is_not_forgotten() {
+    let mut a = agent();
+    feed(&mut a, 1000, adopted(settings(r#","restart":"never""#)));
+    feed(
+        &mut a,
+        1001,
+        Input::Exited {
+            service: "web".into(),
+            generation: 7,
+            status: ExitStatus {
+                code: Some(0),
+                signal: None,
+            },
+        },
+    );
+    // Still known, as finished: once the target is read it is not started again, and
+    // its generation does not go back to 1.
+    assert_eq!(
+        a.service_phases().get("web").map(String::as_str),
+        Some("exited")
+    );
+}
