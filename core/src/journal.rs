@@ -129,7 +129,7 @@ pub fn replay(journal: &Journal) -> Result<Vec<Step>, JournalError> {
             }
             Record::Input { at, input } => {
                 agent.handle(*at, input.clone());
-                let actions = std::iter::from_fn(|| agent.poll_action()).collect();
+                let actions = agent.drain_actions();
                 steps.push(Step {
                     at: *at,
                     input: input.clone(),
@@ -185,7 +185,7 @@ mod tests {
                 input: input.clone(),
             });
             agent.handle(at, input.clone());
-            let actions = std::iter::from_fn(|| agent.poll_action()).collect();
+            let actions = agent.drain_actions();
             records.push(Record::Actions { actions });
         }
         records

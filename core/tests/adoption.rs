@@ -28,7 +28,7 @@ fn settings(extra: &str) -> Settings {
 
 fn feed(agent: &mut Agent, at: u64, input: Input) -> Vec<Action> {
     agent.handle(Timestamp::from_millis(at), input);
-    std::iter::from_fn(|| agent.poll_action()).collect()
+    agent.drain_actions()
 }
 
 fn adopted(settings: Settings) -> Input {

@@ -144,7 +144,7 @@ proptest! {
             let at = Timestamp::from_millis(now);
             records.push(Record::Input { at, input: input.clone() });
             agent.handle(at, input);
-            let actions: Vec<Action> = std::iter::from_fn(|| agent.poll_action()).collect();
+            let actions: Vec<Action> = agent.drain_actions();
             for action in &actions {
                 if let Action::Zk { op, .. } = action {
                     prop_assert!(own_write(op), "wrote another machine's node: {op:?}");
@@ -160,7 +160,7 @@ proptest! {
                 let tick = Input::Tick;
                 records.push(Record::Input { at, input: tick.clone() });
                 agent.handle(at, tick);
-                let again: Vec<Action> = std::iter::from_fn(|| agent.poll_action()).collect();
+                let again: Vec<Action> = agent.drain_actions();
                 prop_assert!(again.is_empty(), "acted with nothing new: {again:?}");
                 records.push(Record::Actions { actions: again });
             }

@@ -206,6 +206,11 @@ impl Agent {
         self.actions.pop_front()
     }
 
+    /// All pending actions at once, in order (for callers that record them as a batch).
+    pub fn drain_actions(&mut self) -> Vec<Action> {
+        self.actions.drain(..).collect()
+    }
+
     /// When to deliver the next `Input::Tick`, if anything is scheduled.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Timestamp> {

@@ -256,7 +256,7 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
             journal.input(now, &input);
         }
         self.agent.handle(now, input);
-        let actions: Vec<Action> = std::iter::from_fn(|| self.agent.poll_action()).collect();
+        let actions: Vec<Action> = self.agent.drain_actions();
         if let Some(journal) = self.journal.as_mut() {
             journal.actions(&actions);
             journal.rotate_if_full(&self.agent);

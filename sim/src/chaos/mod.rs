@@ -31,6 +31,24 @@ pub struct FaultWeights {
     pub service_crash: u64,
 }
 
+impl FaultWeights {
+    /// Each kind of step with its weight, in the order `chaos_step` numbers them.
+    fn named(&self) -> [(&'static str, u64); 10] {
+        [
+            ("operator", self.operator),
+            ("partition", self.partition),
+            ("one_way", self.one_way_partition),
+            ("slow", self.slow_link),
+            ("pause", self.pause),
+            ("agent_crash", self.agent_crash),
+            ("upgrade", self.agent_upgrade),
+            ("failover", self.failover),
+            ("expiry", self.expiry),
+            ("service_crash", self.service_crash),
+        ]
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
     pub seed: u64,
@@ -115,28 +133,22 @@ impl Options {
 
 impl fmt::Display for Options {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let w = &self.weights;
+        let weights: Vec<String> = self
+            .weights
+            .named()
+            .iter()
+            .map(|(name, w)| format!("{name}={w}"))
+            .collect();
         write!(
             f,
-            "seed={:#x} machines={} services={} chaos={:?} step_mean={:?} \
-             weights(operator={} partition={} one_way={} slow={} pause={} agent_crash={} \
-             upgrade={} failover={} expiry={} service_crash={}) \
+            "seed={:#x} machines={} services={} chaos={:?} step_mean={:?} weights({}) \
              spawn_fail={}/1000 ignore_term={}/1000",
             self.seed,
             self.machines,
             self.services,
             self.chaos,
             self.step_mean,
-            w.operator,
-            w.partition,
-            w.one_way_partition,
-            w.slow_link,
-            w.pause,
-            w.agent_crash,
-            w.agent_upgrade,
-            w.failover,
-            w.expiry,
-            w.service_crash,
+            weights.join(" "),
             self.process_faults.spawn_fail_per_mille,
             self.process_faults.ignore_term_per_mille,
         )
@@ -268,23 +280,11 @@ fn chaos_step(
     options: &Options,
     endings: &mut Vec<(Timestamp, Ending)>,
 ) {
-    let w = &options.weights;
-    let table = [
-        w.operator,
-        w.partition,
-        w.one_way_partition,
-        w.slow_link,
-        w.pause,
-        w.agent_crash,
-        w.agent_upgrade,
-        w.failover,
-        w.expiry,
-        w.service_crash,
-    ];
-    let total: u64 = table.iter().sum();
+    let table = options.weights.named();
+    let total: u64 = table.iter().map(|(_, w)| w).sum();
     let mut roll = rng.next_u64() % total.max(1);
     let mut kind = 0;
-    for (i, weight) in table.iter().enumerate() {
+    for (i, (_, weight)) in table.iter().enumerate() {
         if roll < *weight {
             kind = i;
             break;

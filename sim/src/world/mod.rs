@@ -301,6 +301,31 @@ impl World {
         self.queue.push(Reverse((at, self.seq, key)));
     }
 
+    /// The server ends `session`: its ephemerals go and their watchers hear of it.
+    pub(super) fn end_session(&mut self, session: SessionId) {
+        let n = self.zk.expire(session);
+        self.notify(n);
+    }
+
+    /// A process is gone; its agent hears of it a moment later.
+    fn report_exit(
+        &mut self,
+        machine: usize,
+        service: String,
+        generation: u64,
+        status: ExitStatus,
+    ) {
+        self.send_to_agent(
+            machine,
+            self.now + PROCESS_DELAY,
+            Input::Exited {
+                service,
+                generation,
+                status,
+            },
+        );
+    }
+
     fn connect(&mut self, machine: usize) {
         if !self.connect_when_possible(machine) {
             return;
@@ -309,8 +334,7 @@ impl World {
         self.machines[machine].client = Some(session);
         // The driver drops its old client for the new one, which ends the old session.
         if let Some(old) = self.machines[machine].session.replace(session) {
-            let n = self.zk.expire(old);
-            self.notify(n);
+            self.end_session(old);
         }
         self.deliver_connected(machine, session);
     }
@@ -387,15 +411,7 @@ impl World {
                         (self.now, ran, p.settings.clone()),
                     );
                 }
-                self.send_to_agent(
-                    machine,
-                    self.now + PROCESS_DELAY,
-                    Input::Exited {
-                        service: p.service,
-                        generation: p.generation,
-                        status,
-                    },
-                );
+                self.report_exit(machine, p.service, p.generation, status);
             }
         }
     }
@@ -412,8 +428,7 @@ impl World {
         if let Some(session) = self.machines[machine].session.take() {
             self.trace
                 .push(format!("{} m{machine} session expired", self.now));
-            let n = self.zk.expire(session);
-            self.notify(n);
+            self.end_session(session);
             self.send_to_agent(
                 machine,
                 self.now + LATENCY,
@@ -560,26 +575,18 @@ impl World {
                 }
                 m.processes
                     .retain(|_, p| !(p.service == service && p.generation == generation));
-                self.send_to_agent(
-                    machine,
-                    self.now + PROCESS_DELAY,
-                    Input::Exited {
-                        service,
-                        generation,
-                        status: ExitStatus {
-                            code: None,
-                            signal: Some(15),
-                        },
-                    },
-                );
+                let status = ExitStatus {
+                    code: None,
+                    signal: Some(15),
+                };
+                self.report_exit(machine, service, generation, status);
             }
             Action::NewSession => self.connect(machine),
             Action::Report(_) => {}
             Action::Exit => {
                 self.machines[machine].exited = true;
                 if let Some(session) = self.machines[machine].session.take() {
-                    let n = self.zk.expire(session);
-                    self.notify(n);
+                    self.end_session(session);
                 }
             }
         }
@@ -618,7 +625,7 @@ impl World {
             });
         }
         m.agent.handle(now, input);
-        let actions: Vec<Action> = std::iter::from_fn(|| m.agent.poll_action()).collect();
+        let actions: Vec<Action> = m.agent.drain_actions();
         if let Some(journal) = m.journals.last_mut() {
             journal.push(Record::Actions {
                 actions: actions.clone(),
@@ -767,8 +774,7 @@ impl World {
                 self.send_to_agent_as(machine, incarnation, at, input);
             }
             Event::ExpireSession { session } => {
-                let n = self.zk.expire(session);
-                self.notify(n);
+                self.end_session(session);
             }
             Event::Link {
                 machine,
@@ -778,18 +784,11 @@ impl World {
             Event::Heal { machine } => self.heal(machine),
             Event::Kill { machine, pid } => {
                 if let Some(p) = self.machines[machine].processes.remove(&pid) {
-                    self.send_to_agent(
-                        machine,
-                        self.now + PROCESS_DELAY,
-                        Input::Exited {
-                            service: p.service,
-                            generation: p.generation,
-                            status: ExitStatus {
-                                code: None,
-                                signal: Some(9),
-                            },
-                        },
-                    );
+                    let status = ExitStatus {
+                        code: None,
+                        signal: Some(9),
+                    };
+                    self.report_exit(machine, p.service, p.generation, status);
                 }
             }
         }

@@ -313,8 +313,7 @@ impl World {
                         self.now
                     ));
                     self.note_expiry(machine);
-                    let n = self.zk.expire(session);
-                    self.notify(n);
+                    self.end_session(session);
                 }
             }
             return;
@@ -376,8 +375,7 @@ impl World {
                             self.now
                         ));
                         self.note_expiry(machine);
-                        let n = self.zk.expire(session);
-                        self.notify(n);
+                        self.end_session(session);
                     }
                 }
             }
