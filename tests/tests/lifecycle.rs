@@ -65,7 +65,12 @@ fn kill_settings_change_undeploy_remove() {
             .is_none()
             .then_some(())
     });
-    assert!(zkc.get(&format!("/machines/{}/worker", m.id)).is_none());
+    // The two nodes are deleted by separate requests; either may land first.
+    wait_for("its pid node to go too", || {
+        zkc.get(&format!("/machines/{}/worker", m.id))
+            .is_none()
+            .then_some(())
+    });
     wait_for("the process to be gone", || {
         (!pid_alive(third)).then_some(())
     });
