@@ -6,6 +6,7 @@
 //! the production driver (`pop-io`) and the simulator (`pop-sim`) run this very code.
 
 pub mod agent;
+pub mod assignment;
 pub mod backoff;
 mod bytes;
 pub mod event;

@@ -295,19 +295,6 @@ impl Settings {
     }
 }
 
-/// Parses `KEY=VALUE` from the command line: VALUE is JSON when it parses as JSON
-/// (numbers, true, null, objects), else a plain string.
-pub fn parse_assignment(text: &str) -> Result<(String, Value), String> {
-    let (key, raw) = text
-        .split_once('=')
-        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))?;
-    if key.is_empty() {
-        return Err(format!("{text:?} has an empty key"));
-    }
-    let value = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
-    Ok((key.to_string(), value))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,16 +347,5 @@ mod tests {
             let err = Settings::parse(json.as_bytes()).unwrap_err().to_string();
             assert!(err.contains(needle), "{json}: {err}");
         }
-    }
-
-    #[test]
-    fn assignments_take_json_or_strings() {
-        assert_eq!(parse_assignment("port=80").unwrap().1, Value::from(80));
-        assert_eq!(
-            parse_assignment("command=sleep 5").unwrap().1,
-            Value::from("sleep 5")
-        );
-        assert!(parse_assignment("novalue").is_err());
-        assert!(parse_assignment("=1").is_err());
     }
 }

@@ -1,10 +1,11 @@
 //! Everything read from outside decodes to a value or a typed error, never a panic; valid
 //! values round-trip; accepted names always make safe znode paths.
 
+use pop_core::assignment::parse_assignment;
 use pop_core::journal::{decode, Record};
 use pop_core::names::{MachineId, ServiceName};
 use pop_core::paths;
-use pop_core::settings::{parse_assignment, parse_machines, render_machines, Settings};
+use pop_core::settings::{parse_machines, render_machines, Settings};
 use pop_core::zk::{RequestId, ZkReply};
 use pop_core::{Input, Timestamp};
 use proptest::prelude::*;

@@ -6,11 +6,10 @@ use crate::admin::Admin;
 use crate::output::{self, DumpFormat};
 use crate::{context, Cli, Command};
 use anyhow::{anyhow, bail, Context, Result};
+use pop_core::assignment::{edit_settings, parse_assignment, render_settings, EditError};
 use pop_core::names::{MachineId, ServiceName};
 use pop_core::paths;
-use pop_core::settings::{
-    parse_assignment, parse_machines, render_machines, ServiceType, Settings,
-};
+use pop_core::settings::{parse_machines, render_machines, ServiceType, Settings};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeSet;
 
@@ -109,7 +108,7 @@ async fn add(
     let name = service_name(name.unwrap_or(type_name))?;
     let mut settings = service_type.default_settings(port);
     for text in assignments {
-        let (key, value) = parse_assignment(text).map_err(|e| anyhow!(e))?;
+        let (key, value) = parse_assignment(text)?;
         settings.insert(key, value);
     }
     Settings::from_map(&settings).map_err(|e| {
@@ -124,20 +123,21 @@ async fn add(
     if admin.exists(&paths::service(name.as_str())).await? {
         bail!("a service named \"{name}\" exists already (`pop remove {name}` first, or pick another --name)");
     }
-    let settings = Value::Object(settings);
+    let data = render_settings(settings.clone());
     admin
         .create_all(&[
             (paths::service(name.as_str()), Vec::new()),
-            (
-                paths::service_settings(name.as_str()),
-                serde_json::to_vec_pretty(&settings)?,
-            ),
+            (paths::service_settings(name.as_str()), data),
             (paths::service_machines(name.as_str()), b"[]".to_vec()),
             (paths::service_state_dir(name.as_str()), Vec::new()),
         ])
         .await
         .with_context(|| format!("adding {name}"))?;
-    println!("added {name} ({}): {settings}", service_type.as_str());
+    println!(
+        "added {name} ({}): {}",
+        service_type.as_str(),
+        Value::Object(settings)
+    );
     Ok(())
 }
 
@@ -199,29 +199,17 @@ async fn set(admin: &Admin, service: &str, assignments: &[String], unset: &[Stri
     let name = require_service(admin, service).await?;
     let parsed: Vec<(String, Value)> = assignments
         .iter()
-        .map(|a| parse_assignment(a).map_err(|e| anyhow!(e)))
-        .collect::<Result<_>>()?;
+        .map(|a| parse_assignment(a))
+        .collect::<Result<_, _>>()?;
     let path = paths::service_settings(name.as_str());
     let changed = admin
         .edit(&path, |data| {
-            let mut map: Map<String, Value> = match serde_json::from_slice(data) {
-                Ok(Value::Object(m)) => m,
-                _ => bail!(
+            edit_settings(data, &parsed, unset).map_err(|e| match e {
+                EditError::NotAnObject => anyhow!(
                     "{path} is not a JSON object; fix it with a ZooKeeper client, pop will not overwrite it"
                 ),
-            };
-            let before = map.clone();
-            for (k, v) in &parsed {
-                map.insert(k.clone(), v.clone());
-            }
-            for k in unset {
-                map.remove(k);
-            }
-            Settings::from_map(&map).map_err(|e| anyhow!("invalid settings for {name}: {e}"))?;
-            if map == before {
-                return Ok(None);
-            }
-            Ok(Some(serde_json::to_vec_pretty(&Value::Object(map))?))
+                EditError::Invalid(e) => anyhow!("invalid settings for {name}: {e}"),
+            })
         })
         .await?;
     if changed {

@@ -5,11 +5,10 @@
 
 use super::Options;
 use crate::world::World;
+use pop_core::assignment::parse_assignment;
 use pop_core::backoff::SeededRng;
 use pop_core::paths;
-use pop_core::settings::{
-    parse_assignment, parse_machines, render_machines, ServiceType, Settings,
-};
+use pop_core::settings::{parse_machines, render_machines, ServiceType, Settings};
 use serde_json::Value;
 use std::collections::BTreeSet;
 
