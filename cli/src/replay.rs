@@ -43,12 +43,12 @@ pub fn run(cli: &Cli, journal: Option<&Path>, quiet: bool) -> Result<()> {
         if let Some(i) = first_difference {
             let step = &steps[i];
             println!("input #{} at {} differs:", i + 1, step.at);
-            println!("  input:  {}", compact(&step.input));
+            println!("  input:  {}", step.input);
             for action in step.recorded.iter().flatten() {
-                println!("  live:   {}", compact(action));
+                println!("  live:   {action}");
             }
             for action in &step.actions {
-                println!("  replay: {}", compact(action));
+                println!("  replay: {action}");
             }
         } else {
             println!(
@@ -69,9 +69,9 @@ pub fn run(cli: &Cli, journal: Option<&Path>, quiet: bool) -> Result<()> {
 
 fn print_step(start: Timestamp, step: &Step) {
     let offset = step.at.saturating_since(start).as_secs_f64();
-    println!("{offset:>10.3}  in   {}", compact(&step.input));
+    println!("{offset:>10.3}  <- {}", step.input);
     for action in &step.actions {
-        println!("{:>10}  out  {}", "", compact(action));
+        println!("{:>10}  -> {action}", "");
     }
 }
 
@@ -83,8 +83,4 @@ fn difference_json(index: usize, step: &Step) -> serde_json::Value {
         "live": step.recorded,
         "replay": step.actions,
     })
-}
-
-fn compact(value: &impl serde::Serialize) -> String {
-    serde_json::to_string(value).unwrap_or_else(|e| format!("<unprintable: {e}>"))
 }

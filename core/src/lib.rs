@@ -9,6 +9,7 @@ pub mod agent;
 pub mod assignment;
 pub mod backoff;
 mod bytes;
+mod describe;
 pub mod event;
 pub mod journal;
 pub mod launch;

@@ -1,0 +1,258 @@
+//! One readable line per input and action, for traces a person reviews: golden traces,
+//! `pop replay`. Node data is shown as text, cut after [`DATA_SHOWN`] characters.
+
+use crate::event::{Action, Input, Report};
+use crate::launch::{Launch, Program};
+use crate::zk::{CreateMode, NodeStat, SessionEvent, WatchKind, ZkOp, ZkReply};
+use std::fmt;
+
+/// Characters of node data shown before it is cut.
+pub const DATA_SHOWN: usize = 160;
+
+/// Node data as one line of text: escaped, and cut when long.
+struct Data<'a>(&'a [u8]);
+
+impl fmt::Display for Data<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = String::from_utf8_lossy(self.0);
+        let escaped: String = text.chars().map(escape).collect();
+        let count = escaped.chars().count();
+        if count > DATA_SHOWN {
+            let cut: String = escaped.chars().take(DATA_SHOWN).collect();
+            write!(f, "'{cut}'… ({} bytes)", self.0.len())
+        } else {
+            write!(f, "'{escaped}'")
+        }
+    }
+}
+
+/// Control characters, quotes and backslashes escaped; JSON's own `"` left readable.
+fn escape(c: char) -> String {
+    match c {
+        '\n' => "\\n".to_string(),
+        '\t' => "\\t".to_string(),
+        '\r' => "\\r".to_string(),
+        '\'' | '\\' => format!("\\{c}"),
+        c if c.is_control() => c.escape_unicode().to_string(),
+        c => c.to_string(),
+    }
+}
+
+struct Stat<'a>(&'a NodeStat);
+
+impl fmt::Display for Stat<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0;
+        write!(f, "v{} mzxid {}", s.version, s.mzxid)?;
+        if s.pzxid != s.mzxid {
+            write!(f, " pzxid {}", s.pzxid)?;
+        }
+        if s.ephemeral_owner != 0 {
+            write!(f, " owner {:#x}", s.ephemeral_owner)?;
+        }
+        Ok(())
+    }
+}
+
+fn version(v: Option<i32>) -> String {
+    v.map_or("any version".to_string(), |v| format!("v{v}"))
+}
+
+impl fmt::Display for ZkOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let watch = |w: bool| if w { " +watch" } else { "" };
+        match self {
+            ZkOp::GetData { path, watch: w } => write!(f, "get {path}{}", watch(*w)),
+            ZkOp::GetChildren { path, watch: w } => write!(f, "children {path}{}", watch(*w)),
+            ZkOp::Create { path, data, mode } => {
+                let mode = match mode {
+                    CreateMode::Persistent => "",
+                    CreateMode::Ephemeral => " ephemeral",
+                };
+                write!(f, "create{mode} {path} {}", Data(data))
+            }
+            ZkOp::SetData {
+                path,
+                data,
+                version: v,
+            } => write!(f, "set {path} {} {}", version(*v), Data(data)),
+            ZkOp::Delete { path, version: v } => write!(f, "delete {path} {}", version(*v)),
+        }
+    }
+}
+
+impl fmt::Display for ZkReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ZkReply::Data { data, stat } => write!(f, "data {} {}", Stat(stat), Data(data)),
+            ZkReply::Children { names, stat } => {
+                write!(f, "children [{}] pzxid {}", names.join(", "), stat.pzxid)
+            }
+            ZkReply::Created => f.write_str("created"),
+            ZkReply::Set { stat } => write!(f, "set {}", Stat(stat)),
+            ZkReply::Deleted => f.write_str("deleted"),
+            ZkReply::Error(e) => write!(f, "error: {e}"),
+        }
+    }
+}
+
+impl fmt::Display for Input {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Input::Session(SessionEvent::Connected { session, timeout }) => write!(
+                f,
+                "session {:#x} connected, timeout {}s",
+                session.0,
+                timeout.as_secs_f64()
+            ),
+            Input::Session(SessionEvent::Disconnected) => f.write_str("session disconnected"),
+            Input::Session(SessionEvent::Expired) => f.write_str("session expired"),
+            Input::Reply { id, reply } => write!(f, "reply #{}: {reply}", id.0),
+            Input::Watch(event) => {
+                let kind = match event.kind {
+                    WatchKind::Created => "created",
+                    WatchKind::Deleted => "deleted",
+                    WatchKind::DataChanged => "data changed",
+                    WatchKind::ChildrenChanged => "children changed",
+                };
+                write!(f, "watch: {} {kind}", event.path)
+            }
+            Input::Spawned {
+                service,
+                generation,
+                pid,
+            } => write!(f, "spawned {service}#{generation} pid {pid}"),
+            Input::SpawnFailed {
+                service,
+                generation,
+                error,
+            } => write!(f, "spawn of {service}#{generation} failed: {error}"),
+            Input::Ready {
+                service,
+                generation,
+                port,
+            } => match port {
+                Some(port) => write!(f, "{service}#{generation} ready on port {port}"),
+                None => write!(f, "{service}#{generation} ready"),
+            },
+            Input::Exited {
+                service,
+                generation,
+                status,
+            } => write!(f, "{service}#{generation} exited: {status}"),
+            Input::Adopted {
+                service,
+                generation,
+                pid,
+                port,
+                ..
+            } => {
+                write!(f, "adopted {service}#{generation} pid {pid}")?;
+                match port {
+                    Some(port) => write!(f, " port {port}"),
+                    None => Ok(()),
+                }
+            }
+            Input::Tick => f.write_str("tick"),
+            Input::Shutdown => f.write_str("shutdown requested"),
+            Input::Detach => f.write_str("detach requested"),
+        }
+    }
+}
+
+impl fmt::Display for Launch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.program {
+            Program::Shell(command) => write!(f, "sh -c {command:?}")?,
+            Program::PopBuiltin(args) => write!(f, "pop {}", args.join(" "))?,
+        }
+        // pop's own variables are the same for every launch; show the service's.
+        let own: Vec<String> = self
+            .env
+            .iter()
+            .filter(|(k, _)| !k.starts_with("POP_"))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        if !own.is_empty() {
+            write!(f, " env {}", own.join(" "))?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Report::BadData { path, error } => write!(f, "bad data at {path}: {error}"),
+            Report::DataRepaired { path } => write!(f, "data at {path} is good again"),
+            Report::CrashLoop {
+                service,
+                failures,
+                delay,
+            } => write!(
+                f,
+                "{service} crash loop: {failures} quick failures, next start in {:.3}s",
+                delay.as_secs_f64()
+            ),
+            Report::SpawnFailed { service, error } => {
+                write!(f, "{service} failed to spawn: {error}")
+            }
+            Report::Started { service, pid } => write!(f, "{service} started, pid {pid}"),
+            Report::Exited { service, status } => write!(f, "{service} exited: {status}"),
+            Report::Adopted { service, pid } => write!(f, "{service} adopted, pid {pid}"),
+            Report::Fenced { services } => write!(f, "fenced: {}", services.join(", ")),
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Zk { id, op } => write!(f, "zk #{}: {op}", id.0),
+            Action::Spawn {
+                service,
+                generation,
+                launch,
+                ..
+            } => write!(f, "spawn {service}#{generation}: {launch}"),
+            Action::Stop {
+                service,
+                generation,
+                grace,
+            } => write!(
+                f,
+                "stop {service}#{generation}, SIGKILL after {}s",
+                grace.as_secs_f64()
+            ),
+            Action::NewSession => f.write_str("open a new session"),
+            Action::Report(report) => write!(f, "report: {report}"),
+            Action::Exit => f.write_str("exit"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zk::RequestId;
+
+    #[test]
+    fn long_data_is_cut_and_escaped() {
+        let op = ZkOp::Create {
+            path: "/x".into(),
+            data: format!("a\n{}", "b".repeat(300)).into_bytes(),
+            mode: CreateMode::Ephemeral,
+        };
+        let line = Action::Zk {
+            id: RequestId(3),
+            op,
+        }
+        .to_string();
+        assert!(
+            line.starts_with("zk #3: create ephemeral /x 'a\\nbbb"),
+            "{line}"
+        );
+        assert!(line.ends_with("… (302 bytes)"), "{line}");
+        assert!(!line.contains('\n'));
+    }
+}
