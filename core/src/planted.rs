@@ -13,14 +13,20 @@ pub enum Bug {
     NoEphemeralsAfterExpiry,
     /// A crashed service is restarted at once, every time.
     RestartWithoutBackoff,
+    /// New settings start a new generation without stopping the running one.
+    SpawnBeforeStopped,
+    /// Reads are sent while the session is lost instead of after it is back.
+    ReadWhileDisconnected,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 4] = [
+    pub const ALL: [Bug; 6] = [
         Bug::SkipStopOnUndeploy,
         Bug::ForgetToRearmWatch,
         Bug::NoEphemeralsAfterExpiry,
         Bug::RestartWithoutBackoff,
+        Bug::SpawnBeforeStopped,
+        Bug::ReadWhileDisconnected,
     ];
 }
 

@@ -235,7 +235,11 @@ impl Service {
                 Some(settings),
             ) => {
                 if *running != settings {
-                    self.stop(out);
+                    if crate::planted::active(crate::planted::Bug::SpawnBeforeStopped) {
+                        self.spawn(settings, out);
+                    } else {
+                        self.stop(out);
+                    }
                 }
             }
             (Run::Running { .. }, None) => {

@@ -228,6 +228,26 @@ impl World {
         }
     }
 
+    /// Nothing is sent while the session is lost: after the driver said disconnected or
+    /// expired, requests wait until it says connected again (they would only fail, or
+    /// pile up in the client, and be replayed into a changed world).
+    pub(super) fn check_requests_only_when_connected(
+        &mut self,
+        machine: usize,
+        actions: &[Action],
+    ) {
+        if self.machines[machine].session_lost_told {
+            if let Some(Action::Zk { op, .. }) =
+                actions.iter().find(|a| matches!(a, Action::Zk { .. }))
+            {
+                let id = self.machines[machine].id.clone();
+                self.violate(format!(
+                    "{id}: sent {op:?} after being told the session was lost"
+                ));
+            }
+        }
+    }
+
     /// Restarts keep to the backoff policy: after a quick crash (a run shorter than
     /// `healthy_after`), the same settings are not started again within the initial
     /// backoff delay.

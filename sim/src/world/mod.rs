@@ -108,6 +108,8 @@ pub struct Machine {
     pub processes: BTreeMap<u32, Process>,
     pub exited: bool,
     pub net: NetState,
+    /// The agent's last session news was "disconnected" or "expired".
+    pub session_lost_told: bool,
 }
 
 pub struct World {
@@ -184,6 +186,7 @@ impl World {
                 processes: BTreeMap::new(),
                 exited: false,
                 net: NetState::default(),
+                session_lost_told: false,
             });
             world.connect(i);
         }
@@ -276,6 +279,7 @@ impl World {
         m.agent = Agent::new(config.clone());
         m.journals.push(vec![Record::Start { config }]);
         m.exited = false;
+        m.session_lost_told = false;
         let mut adopted: Vec<Process> = m.processes.values().cloned().collect();
         adopted.sort_by_key(|p| p.generation);
         for p in adopted {
@@ -616,6 +620,9 @@ impl World {
             BTreeMap::new()
         };
         let m = &mut self.machines[machine];
+        if let Input::Session(event) = &input {
+            m.session_lost_told = !matches!(event, SessionEvent::Connected { .. });
+        }
         let journal = m.journals.last_mut();
         // Journaled as the production driver does: the input first, then the actions.
         if let Some(journal) = journal {
@@ -641,6 +648,7 @@ impl World {
         }
         if self.check_invariants {
             self.check_bad_data_changes_nothing(machine, &actions, &phases_before);
+            self.check_requests_only_when_connected(machine, &actions);
         }
         for action in actions {
             self.perform(machine, action);
