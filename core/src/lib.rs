@@ -16,6 +16,7 @@ pub mod launch;
 pub mod names;
 pub mod paths;
 pub mod planted;
+pub mod published;
 pub mod settings;
 pub mod time;
 pub mod zk;

@@ -29,6 +29,11 @@ pub enum DataError {
     },
     #[error("unknown service type {0:?} (known types: command, echo)")]
     UnknownType(String),
+    #[error("expected {expected}, found {found}")]
+    BadNode {
+        expected: &'static str,
+        found: String,
+    },
 }
 
 fn kind(v: &Value) -> &'static str {

@@ -1,15 +1,19 @@
 //! Everything read from outside decodes to a value or a typed error, never a panic; valid
 //! values round-trip; accepted names always make safe znode paths.
 
-use pop_core::assignment::parse_assignment;
+use pop_core::assignment::{parse_assignment, render_settings};
 use pop_core::journal::{decode, Record};
 use pop_core::names::{MachineId, ServiceName};
 use pop_core::paths;
-use pop_core::settings::{parse_machines, render_machines, Settings};
+use pop_core::published::{parse_pid, render_pid, StateNode};
+use pop_core::settings::{
+    parse_machines, render_machines, RestartPolicy, ServiceType, SessionLoss, Settings,
+};
 use pop_core::zk::{RequestId, ZkReply};
 use pop_core::{Input, Timestamp};
 use proptest::prelude::*;
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
@@ -18,6 +22,8 @@ proptest! {
     fn znode_payloads_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
         let _ = parse_machines(&bytes);
         let _ = Settings::parse(&bytes);
+        let _ = parse_pid(&bytes);
+        let _ = StateNode::parse(&bytes);
         let text = String::from_utf8_lossy(&bytes);
         let _ = decode(&text);
         let _ = parse_assignment(&text);
@@ -47,6 +53,67 @@ proptest! {
             }
             Err(e) => prop_assert!(!e.to_string().is_empty()),
         }
+    }
+
+    #[test]
+    fn pids_round_trip(pid in 1..=u32::MAX) {
+        prop_assert_eq!(parse_pid(&render_pid(pid)), Ok(pid));
+    }
+
+    #[test]
+    fn state_nodes_round_trip(
+        generation in any::<u64>(),
+        host in "\\PC{0,20}",
+        pid in any::<u32>(),
+        port in any::<Option<u16>>(),
+        restarts in any::<u32>(),
+        started_ms in 0..u64::MAX / 2,
+    ) {
+        let state = StateNode {
+            generation,
+            host,
+            machine: "m1".into(),
+            pid,
+            port,
+            restarts,
+            started_at: Timestamp::from_millis(started_ms).as_secs_f64(),
+        };
+        prop_assert_eq!(StateNode::parse(&state.render()), Ok(state));
+    }
+
+    /// Settings as `pop add` writes them (any mix of keys) read back as what was written.
+    #[test]
+    fn settings_round_trip(
+        command in "\\PC{1,30}",
+        port in any::<Option<u16>>(),
+        restart in prop::sample::select(vec!["always", "on-failure", "never"]),
+        fence in any::<bool>(),
+        stop_ms in 0..86_400_000u64,
+        env in prop::collection::btree_map("[A-Z_]{1,8}", "\\PC{0,12}", 0..4),
+        extra in prop::collection::btree_map("x_[a-z]{1,8}", any::<i64>(), 0..3),
+    ) {
+        let mut map = ServiceType::Command.default_settings(port);
+        map.insert("command".into(), command.clone().into());
+        map.insert("restart".into(), restart.into());
+        map.insert("session_loss".into(), if fence { "fence" } else { "keep-running" }.into());
+        map.insert("stop_timeout".into(), serde_json::Value::from(stop_ms as f64 / 1000.0));
+        map.insert("env".into(), serde_json::to_value(&env).expect("strings"));
+        for (k, v) in &extra {
+            map.insert(k.clone(), (*v).into());
+        }
+        let settings = Settings::parse(&render_settings(map)).expect("valid");
+        prop_assert_eq!(settings.command.as_deref(), Some(command.as_str()));
+        prop_assert_eq!(settings.port, port);
+        let policy = match restart {
+            "always" => RestartPolicy::Always,
+            "on-failure" => RestartPolicy::OnFailure,
+            _ => RestartPolicy::Never,
+        };
+        prop_assert_eq!(settings.restart, policy);
+        prop_assert_eq!(settings.session_loss == SessionLoss::Fence, fence);
+        prop_assert_eq!(settings.stop_timeout, Duration::from_millis(stop_ms));
+        prop_assert_eq!(settings.env, env);
+        prop_assert_eq!(settings.extra.len(), extra.len());
     }
 
     #[test]

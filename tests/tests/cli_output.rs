@@ -169,8 +169,10 @@ fn status_and_machines_output() {
     table_snapshot!("machines_table", without_pids(&m.ok(&["machines"]), &pids));
     snapshot!("machines_json", m.ok(&["--json", "machines"]));
 
-    // Somebody writes garbage: status names the node and the problem the agent reports.
+    // Somebody writes garbage: status names the node and the problem the agent reports,
+    // and a state node pop cannot read.
     zkc.set("/services/job/settings", b"{\"type\": \"command\",");
+    zkc.create("/services/echo/state/other-1", b"{\"pid\": \"one\"}");
     wait_for("the agent reports the bad settings", || {
         let report = zkc.get_json("/agents/web-1")?;
         report["problems"]

@@ -8,6 +8,7 @@ use crate::Cli;
 use anyhow::{bail, Result};
 use pop_core::names::ServiceName;
 use pop_core::paths;
+use pop_core::published::StateNode;
 use pop_core::settings::{parse_machines, Settings};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -66,9 +67,17 @@ async fn service_json(
         }),
     };
     let mut states = BTreeMap::new();
+    let mut bad_states = BTreeMap::new();
     for machine in admin.children(&paths::service_state_dir(name)).await? {
         if let Some(node) = admin.get(&paths::service_state(name, &machine)).await? {
-            states.insert(machine, node_value(&node.data));
+            let state = match StateNode::parse(&node.data) {
+                Ok(state) => serde_json::to_value(state)?,
+                Err(e) => {
+                    bad_states.insert(machine.clone(), format!("invalid state node: {e}"));
+                    Value::Null
+                }
+            };
+            states.insert(machine, state);
         }
     }
     let machines: BTreeSet<String> = desired.iter().chain(states.keys()).cloned().collect();
@@ -83,6 +92,9 @@ async fn service_json(
         let is_desired = desired.contains(&machine);
         if agent.is_none() && is_desired {
             issues.push("no live agent on this machine".to_string());
+        }
+        if let Some(problem) = bad_states.get(&machine) {
+            issues.push(problem.clone());
         }
         if let Some(problems) = agent.and_then(|a| a["problems"].as_object()) {
             let prefix = format!("{}/", paths::service(name));

@@ -12,6 +12,7 @@ use crate::backoff::{Backoff, SeededRng};
 use crate::event::{Action, Input, Report};
 use crate::names::MachineId;
 use crate::paths::{self, Watched};
+use crate::published::render_pid;
 use crate::time::Timestamp;
 use crate::zk::{CreateMode, RequestId, SessionEvent, SessionId, ZkError, ZkOp, ZkReply};
 use ephemeral::{EphemeralNode, Step};
@@ -473,15 +474,15 @@ impl Agent {
         let machine = self.config.machine.as_str().to_string();
         let mut wanted: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
         for service in self.services.values() {
-            let state = service.state_json(&machine, &self.config.hostname);
+            let state = service.state_node(&machine, &self.config.hostname);
             let pid = service.ready_pid();
             wanted.insert(
                 paths::machine_service(&machine, &service.name),
-                pid.map(|p| p.to_string().into_bytes()),
+                pid.map(render_pid),
             );
             wanted.insert(
                 paths::service_state(&service.name, &machine),
-                state.map(|v| v.to_string().into_bytes()),
+                state.map(|s| s.render()),
             );
         }
         let report = (!self.shutting_down).then(|| self.report_json().to_string().into_bytes());

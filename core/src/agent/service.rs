@@ -3,6 +3,7 @@
 use crate::backoff::{Backoff, SeededRng};
 use crate::event::{Action, ExitStatus, Report};
 use crate::launch::Launch;
+use crate::published::StateNode;
 use crate::settings::{RestartPolicy, SessionLoss, Settings};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -464,8 +465,8 @@ impl Service {
         }
     }
 
-    /// The state node's JSON, once ready.
-    pub(crate) fn state_json(&self, machine: &str, hostname: &str) -> Option<Value> {
+    /// The state node, once ready.
+    pub(crate) fn state_node(&self, machine: &str, hostname: &str) -> Option<StateNode> {
         let Run::Running {
             ready: true,
             pid,
@@ -482,15 +483,15 @@ impl Service {
             "" | "0.0.0.0" | "::" => hostname,
             specific => specific,
         };
-        Some(json!({
-            "machine": machine,
-            "host": host,
-            "port": port,
-            "pid": pid,
-            "started_at": started_at.as_secs_f64(),
-            "generation": generation,
-            "restarts": self.restarts,
-        }))
+        Some(StateNode {
+            machine: machine.to_string(),
+            host: host.to_string(),
+            port: *port,
+            pid: *pid,
+            started_at: started_at.as_secs_f64(),
+            generation: *generation,
+            restarts: self.restarts,
+        })
     }
 
     /// This service's entry in the agent report.
