@@ -55,7 +55,8 @@ impl Backoff {
             .min(self.max);
         let jitter_ms = (base.as_millis() as u64 / 4).max(1);
         let jitter = Duration::from_millis(rng.next_u64() % jitter_ms);
-        (base + jitter).min(self.max)
+        // Saturating: a journal or snapshot may carry any durations.
+        base.saturating_add(jitter).min(self.max)
     }
 }
 
@@ -63,6 +64,20 @@ impl Backoff {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// A journal or snapshot may carry any policy; found by review of the fuzz targets.
+    #[test]
+    fn huge_delays_saturate_instead_of_overflowing() {
+        let huge = Backoff {
+            initial: Duration::MAX,
+            max: Duration::MAX,
+            healthy_after: Duration::MAX,
+        };
+        let mut rng = SeededRng::new(1);
+        for failures in [1, 2, 40, u32::MAX] {
+            assert_eq!(huge.delay(failures, &mut rng), Duration::MAX);
+        }
+    }
 
     #[test]
     fn healthy_run_restarts_at_once_and_quick_crashes_double() {

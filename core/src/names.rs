@@ -50,6 +50,7 @@ fn check(what: &'static str, name: &str) -> Result<(), NameError> {
             '/' => Some("'/'".to_string()),
             c if c.is_control() => Some(format!("a control character (U+{:04X})", c as u32)),
             c if c.is_whitespace() => Some("white space".to_string()),
+            c if zookeeper_rejects(c) => Some(format!("the character U+{:04X}", c as u32)),
             _ => None,
         };
         if let Some(found) = found {
@@ -61,6 +62,14 @@ fn check(what: &'static str, name: &str) -> Result<(), NameError> {
         }
     }
     Ok(())
+}
+
+/// Characters ZooKeeper refuses in paths (its `PathUtils.validatePath` checks UTF-16 code
+/// units): private use, anything outside the Basic Multilingual Plane (a surrogate pair,
+/// so emoji), and U+FFF0 to U+FFFF (U+FFFD, the replacement character, among them).
+/// Control characters are refused earlier.
+fn zookeeper_rejects(c: char) -> bool {
+    matches!(c as u32, 0xE000..=0xF8FF | 0xFFF0..=0xFFFF | 0x10000..)
 }
 
 /// A validated service name: safe as one znode path component.
@@ -157,6 +166,9 @@ mod tests {
             "a\nb",
             "a\u{7f}",
             "a b",
+            "a\u{e000}",
+            "a\u{fffd}",
+            "emoji\u{1f600}",
             long.as_str(),
         ] {
             assert!(ServiceName::new(bad).is_err(), "{bad:?} accepted");
@@ -167,6 +179,8 @@ mod tests {
     fn error_names_the_problem() {
         let err = ServiceName::new("a/b").unwrap_err().to_string();
         assert!(err.contains("'/'"), "{err}");
+        let err = ServiceName::new("\u{1f600}").unwrap_err().to_string();
+        assert!(err.contains("U+1F600"), "{err}");
         let err = MachineId::new("").unwrap_err().to_string();
         assert_eq!(err, "machine id is empty");
     }

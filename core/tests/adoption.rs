@@ -109,3 +109,81 @@ fn an_adopted_process_that_ends_before_the_target_is_known_is_not_forgotten() {
         Some("exited")
     );
 }
+
+/// Found by fuzzing: a process adopted while a start of ours was in flight replaced it in
+/// the core's view without a stop, so the next start ran beside it.
+#[test]
+fn an_adoption_while_a_start_is_in_flight_stops_that_start() {
+    use pop_core::zk::{NodeStat, RequestId, ZkReply};
+    let mut a = agent();
+    let data = |id: u64, data: &str, mzxid: i64| Input::Reply {
+        id: RequestId(id),
+        reply: ZkReply::Data {
+            data: data.as_bytes().to_vec(),
+            stat: NodeStat {
+                mzxid,
+                ..NodeStat::default()
+            },
+        },
+    };
+    feed(
+        &mut a,
+        1000,
+        Input::Session(SessionEvent::Connected {
+            session: SessionId(1),
+            timeout: Duration::from_secs(4),
+        }),
+    );
+    // #2 lists the services; #4 and #5 read web's machines and settings.
+    let listing = Input::Reply {
+        id: RequestId(2),
+        reply: ZkReply::Children {
+            names: vec!["web".into()],
+            stat: NodeStat::default(),
+        },
+    };
+    feed(&mut a, 1001, listing);
+    feed(&mut a, 1002, data(4, r#"["m1"]"#, 10));
+    let actions = feed(
+        &mut a,
+        1003,
+        data(5, r#"{"type":"command","command":"serve"}"#, 11),
+    );
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Spawn { generation: 1, .. })),
+        "{actions:?}"
+    );
+    // Before web#1 is reported spawned, an adoption of web#7 arrives.
+    let actions = feed(&mut a, 1004, adopted(settings("")));
+    assert!(
+        actions.iter().any(|a| matches!(a,
+            Action::Stop { service, generation: 1, .. } if service == "web")),
+        "the start in flight is stopped: {actions:?}"
+    );
+}
+
+/// Found by fuzzing: fencing was due only by a tick scheduled while a fence service ran,
+/// so a fence service adopted (or started) after the session had been lost for a quarter
+/// of its timeout ran on. Fencing is now due by the clock.
+#[test]
+fn a_fence_service_adopted_long_after_the_session_was_lost_is_stopped() {
+    let mut a = agent();
+    feed(
+        &mut a,
+        1000,
+        Input::Session(SessionEvent::Connected {
+            session: SessionId(1),
+            timeout: Duration::from_secs(4),
+        }),
+    );
+    feed(&mut a, 1100, Input::Session(SessionEvent::Disconnected));
+    // 1 s = T/4 later, with nothing running, nothing was scheduled to fence.
+    let actions = feed(
+        &mut a,
+        2200,
+        adopted(settings(r#","session_loss":"fence""#)),
+    );
+    assert!(stops(&actions), "{actions:?}");
+}

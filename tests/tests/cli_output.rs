@@ -101,6 +101,7 @@ fn error_messages() {
         failure(&m, &["init"]),
         failure(&m, &["add", "nope"]),
         failure(&m, &["add", "echo", "--name", "a/b"]),
+        failure(&m, &["add", "echo", "--name", "smile\u{1f600}"]),
         failure(&m, &["add", "echo", "--name", "x", "--set", "port=99999"]),
         failure(&m, &["add", "echo", "--name", "y", "--set", "noequals"]),
         failure(&m, &["add", "command", "--name", "z"]),

@@ -225,6 +225,14 @@ impl Agent {
             .min()
     }
 
+    /// The session has been lost for long enough that `fence` services must not run.
+    fn fence_overdue(&self) -> bool {
+        !self.fenced
+            && self
+                .lost_since
+                .is_some_and(|since| self.now >= since + self.session_timeout / FENCE_AFTER_DIVISOR)
+    }
+
     /// When `fence` services must be stopped, if the session is lost and any runs.
     fn fence_deadline(&self) -> Option<Timestamp> {
         if self.fenced || !self.services.values().any(Service::runs_fenced) {
@@ -318,7 +326,7 @@ impl Agent {
 
     fn send(&mut self, op: ZkOp, pending: Pending) {
         let id = RequestId(self.next_request);
-        self.next_request += 1;
+        self.next_request = self.next_request.saturating_add(1);
         self.pending.insert(id, pending);
         self.actions.push_back(Action::Zk { id, op });
     }
@@ -414,6 +422,12 @@ impl Agent {
     fn converge(&mut self) {
         if self.exited {
             return;
+        }
+        // Fencing is due by the clock, not only by the tick scheduled for it: that tick
+        // exists only while a fence service runs, and one may be about to start (out of
+        // a backoff, or first read) long after the session was lost.
+        if self.fence_overdue() {
+            self.fence();
         }
         let machine = self.config.machine.as_str().to_string();
         let stop_grace_cap = self.outbox_grace_cap();

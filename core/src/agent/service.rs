@@ -153,6 +153,20 @@ impl Service {
             });
             return;
         }
+        if let Run::Starting {
+            generation: starting,
+            settings,
+            ..
+        } = &self.run
+        {
+            // A start of ours is in flight (adoption normally comes before any): stop it
+            // now, or it would run on, forgotten, beside the adopted process.
+            out.actions.push_back(Action::Stop {
+                service: self.name.clone(),
+                generation: *starting,
+                grace: settings.stop_timeout,
+            });
+        }
         self.stop(out);
         self.generation = self.generation.max(generation);
         self.awaiting_target = true;
@@ -253,7 +267,7 @@ impl Service {
     }
 
     fn spawn(&mut self, settings: Settings, out: &mut Outbox<'_>) {
-        self.generation += 1;
+        self.generation = self.generation.saturating_add(1);
         let launch = Launch::new(&self.name, out.machine, &settings);
         out.actions.push_back(Action::Spawn {
             service: self.name.clone(),
@@ -401,7 +415,7 @@ impl Service {
                     RestartPolicy::Never => false,
                 };
                 if restart {
-                    self.restarts += 1;
+                    self.restarts = self.restarts.saturating_add(1);
                     self.schedule_restart(started_at, settings, out);
                 } else {
                     self.run = Run::Finished { settings };
