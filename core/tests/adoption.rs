@@ -31,6 +31,15 @@ fn feed(agent: &mut Agent, at: u64, input: Input) -> Vec<Action> {
     agent.drain_actions()
 }
 
+/// Session 1 with a 4 s timeout.
+fn connect(agent: &mut Agent, at: u64) -> Vec<Action> {
+    let connected = SessionEvent::Connected {
+        session: SessionId(1),
+        timeout: Duration::from_secs(4),
+    };
+    feed(agent, at, Input::Session(connected))
+}
+
 fn adopted(settings: Settings) -> Input {
     Input::Adopted {
         service: "web".into(),
@@ -74,11 +83,7 @@ fn an_adopted_fence_service_is_fenced_before_the_target_is_known() {
         1000,
         adopted(settings(r#","session_loss":"fence""#)),
     );
-    let connected = Input::Session(SessionEvent::Connected {
-        session: SessionId(5),
-        timeout: Duration::from_secs(4),
-    });
-    feed(&mut a, 1001, connected);
+    connect(&mut a, 1001);
     feed(&mut a, 1002, Input::Session(SessionEvent::Disconnected));
     let deadline = a.poll_timeout().expect("a fence deadline");
     assert!(deadline <= Timestamp::from_millis(1002 + 1000));
@@ -126,14 +131,7 @@ fn an_adoption_while_a_start_is_in_flight_stops_that_start() {
             },
         },
     };
-    feed(
-        &mut a,
-        1000,
-        Input::Session(SessionEvent::Connected {
-            session: SessionId(1),
-            timeout: Duration::from_secs(4),
-        }),
-    );
+    connect(&mut a, 1000);
     // #2 lists the services; #4 and #5 read web's machines and settings.
     let listing = Input::Reply {
         id: RequestId(2),
@@ -170,14 +168,7 @@ fn an_adoption_while_a_start_is_in_flight_stops_that_start() {
 #[test]
 fn a_fence_service_adopted_long_after_the_session_was_lost_is_stopped() {
     let mut a = agent();
-    feed(
-        &mut a,
-        1000,
-        Input::Session(SessionEvent::Connected {
-            session: SessionId(1),
-            timeout: Duration::from_secs(4),
-        }),
-    );
+    connect(&mut a, 1000);
     feed(&mut a, 1100, Input::Session(SessionEvent::Disconnected));
     // 1 s = T/4 later, with nothing running, nothing was scheduled to fence.
     let actions = feed(

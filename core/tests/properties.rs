@@ -1,32 +1,20 @@
 //! The core over arbitrary input sequences (any order of session events, replies with
 //! stale or unknown ids, watch events, exits of unknown generations, early and late
-//! ticks, garbage data): it never panics, writes only this machine's nodes, does nothing
-//! more when nothing new happened, and replays to the same actions.
+//! ticks, garbage data), checked by `pop_core::fuzzing::Checker`: it never panics,
+//! requests only while connected and only under the namespace, writes only this
+//! machine's nodes (pids it was given, JSON state), spawns only services read as wanted
+//! here with settings it read and never beside a running generation, stops only what it
+//! had, does nothing more when nothing new happened, and replays to the same actions.
 
-use pop_core::backoff::Backoff;
-use pop_core::event::{Action, ExitStatus, Input};
-use pop_core::journal::{decode, replay, Record};
-use pop_core::names::MachineId;
+use pop_core::event::{ExitStatus, Input};
+use pop_core::fuzzing::{check_inputs, input_sequence_summary};
 use pop_core::zk::{
-    NodeStat, RequestId, SessionEvent, SessionId, WatchEvent, WatchKind, ZkError, ZkOp, ZkReply,
+    NodeStat, RequestId, SessionEvent, SessionId, WatchEvent, WatchKind, ZkError, ZkReply,
 };
-use pop_core::{Agent, AgentConfig, Timestamp};
 use proptest::prelude::*;
 use std::time::Duration;
 
 const SERVICES: [&str; 3] = ["a", "b", "c"];
-
-fn config() -> AgentConfig {
-    AgentConfig {
-        machine: MachineId::new("m1").expect("machine id"),
-        hostname: "h".into(),
-        agent_pid: 1,
-        version: "t".into(),
-        containment: "none".into(),
-        seed: 9,
-        backoff: Backoff::default(),
-    }
-}
 
 fn data() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
@@ -118,56 +106,27 @@ fn input() -> impl Strategy<Value = Input> {
     ]
 }
 
-/// Writes go only to this machine's nodes (and its own directory).
-fn own_write(op: &ZkOp) -> bool {
-    match op {
-        ZkOp::GetData { .. } | ZkOp::GetChildren { .. } => true,
-        ZkOp::Create { path, .. } | ZkOp::SetData { path, .. } | ZkOp::Delete { path, .. } => {
-            path == "/machines/m1"
-                || path.starts_with("/machines/m1/")
-                || path == "/agents/m1"
-                || (path.starts_with("/services/") && path.ends_with("/state/m1"))
-        }
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
 
+    /// Concrete inputs with random request ids, most of them stale or unknown.
     #[test]
     fn any_input_sequence_is_handled_safely(steps in prop::collection::vec((0..3000u64, input()), 1..80)) {
-        let mut agent = Agent::new(config());
-        let mut records = vec![Record::Start { config: config() }];
-        let mut now = 1_000_000u64;
-        for (advance, input) in steps {
-            now += advance;
-            let at = Timestamp::from_millis(now);
-            records.push(Record::Input { at, input: input.clone() });
-            agent.handle(at, input);
-            let actions: Vec<Action> = agent.drain_actions();
-            for action in &actions {
-                if let Action::Zk { op, .. } = action {
-                    prop_assert!(own_write(op), "wrote another machine's node: {op:?}");
-                    prop_assert!(op.path().starts_with('/'), "{op:?}");
-                }
-                if let Action::Spawn { service, .. } | Action::Stop { service, .. } = action {
-                    prop_assert!(SERVICES.contains(&service.as_str()), "{action:?}");
-                }
-            }
-            records.push(Record::Actions { actions });
-            // Nothing new happened: a tick before any deadline changes nothing.
-            if agent.poll_timeout().is_none_or(|t| t > at) {
-                let tick = Input::Tick;
-                records.push(Record::Input { at, input: tick.clone() });
-                agent.handle(at, tick);
-                let again: Vec<Action> = agent.drain_actions();
-                prop_assert!(again.is_empty(), "acted with nothing new: {again:?}");
-                records.push(Record::Actions { actions: again });
-            }
+        let inputs = steps
+            .into_iter()
+            .map(|(ms, input)| (Duration::from_millis(ms), input))
+            .collect();
+        if let Err(violation) = check_inputs(inputs) {
+            prop_assert!(false, "{}", violation);
         }
-        // Event sourcing: the recorded inputs replay to the recorded actions.
-        let text: String = records.iter().map(|r| r.to_line() + "\n").collect();
-        let steps = replay(&decode(&text).expect("decodes")).expect("replays");
-        prop_assert!(steps.iter().all(|s| s.matches()));
+    }
+
+    /// Steps decoded from random bytes, as the fuzzer does, so CI covers the decoding
+    /// and the resolution of steps against outstanding requests too.
+    #[test]
+    fn fuzzer_shaped_sequences_are_handled_safely(bytes in prop::collection::vec(any::<u8>(), 0..3000)) {
+        if let Err(violation) = input_sequence_summary(&bytes) {
+            prop_assert!(false, "{}", violation);
+        }
     }
 }

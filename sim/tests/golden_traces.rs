@@ -74,6 +74,17 @@ impl Golden {
         self.lines.push(format!("== {offset:.3} {what}"));
     }
 
+    /// `pop set`: new settings data for `service`.
+    fn put_settings(&mut self, service: &str, data: &str) {
+        self.world
+            .admin_put(&paths::service_settings(service), data.as_bytes());
+    }
+
+    /// `pop add` and `pop deploy` on this machine.
+    fn add(&mut self, service: &str, settings: &str) {
+        self.world.add_service(service, settings, &["m1"]);
+    }
+
     fn run_for(&mut self, d: Duration) {
         self.world.run_for(d);
         self.catch_up();
@@ -135,8 +146,7 @@ fn tutorial() {
     g.note("pop init; pop start (the agent connects to an empty namespace)");
     g.run_for(Duration::from_secs(1));
     g.note("pop add plone4 (an echo service on any free port); pop deploy plone4");
-    g.world
-        .add_service("plone4", &added(ServiceType::Echo, &[]), &["m1"]);
+    g.add("plone4", &added(ServiceType::Echo, &[]));
     g.settle();
     insta::assert_snapshot!(g.trace());
 }
@@ -145,7 +155,7 @@ fn tutorial() {
 #[test]
 fn settings_change() {
     let mut g = Golden::new(2);
-    g.world.add_service("job", &command("serve"), &["m1"]);
+    g.add("job", &command("serve"));
     g.settle();
     g.note("pop set job command='serve --v2' env='{\"V\":\"2\"}'");
     let changed = added(
@@ -156,8 +166,7 @@ fn settings_change() {
             ("env", serde_json::json!({"V": "2"})),
         ],
     );
-    g.world
-        .admin_put(&paths::service_settings("job"), changed.as_bytes());
+    g.put_settings("job", &changed);
     g.settle();
     insta::assert_snapshot!(g.trace());
 }
@@ -167,7 +176,7 @@ fn settings_change() {
 #[test]
 fn crash_loop_with_backoff() {
     let mut g = Golden::new(3);
-    g.world.add_service("flaky", &command("flaky"), &["m1"]);
+    g.add("flaky", &command("flaky"));
     g.settle();
     for _ in 0..4 {
         g.note("flaky exits with code 1 as soon as it is started");
@@ -182,10 +191,7 @@ fn crash_loop_with_backoff() {
         g.run_until_running("flaky");
     }
     g.note("pop set flaky command=fixed");
-    g.world.admin_put(
-        &paths::service_settings("flaky"),
-        command("fixed").as_bytes(),
-    );
+    g.put_settings("flaky", &command("fixed"));
     g.settle();
     insta::assert_snapshot!(g.trace());
 }
@@ -195,8 +201,7 @@ fn crash_loop_with_backoff() {
 #[test]
 fn session_expiry_and_reregistration() {
     let mut g = Golden::new(4);
-    g.world
-        .add_service("web", &added(ServiceType::Echo, &[]), &["m1"]);
+    g.add("web", &added(ServiceType::Echo, &[]));
     g.settle();
     g.note("the server expires the agent's session");
     g.world.expire_session(0);
@@ -209,16 +214,12 @@ fn session_expiry_and_reregistration() {
 #[test]
 fn agent_restart_with_adoption() {
     let mut g = Golden::new(5);
-    g.world
-        .add_service("web", &added(ServiceType::Echo, &[]), &["m1"]);
-    g.world.add_service("job", &command("serve"), &["m1"]);
+    g.add("web", &added(ServiceType::Echo, &[]));
+    g.add("job", &command("serve"));
     g.settle();
     g.note("the agent is killed; job's settings change before the next agent reads them");
     g.world.crash_agent(0);
-    g.world.admin_put(
-        &paths::service_settings("job"),
-        command("serve --v2").as_bytes(),
-    );
+    g.put_settings("job", &command("serve --v2"));
     g.settle();
     insta::assert_snapshot!(g.trace());
 }
@@ -228,17 +229,13 @@ fn agent_restart_with_adoption() {
 #[test]
 fn garbage_settings_json() {
     let mut g = Golden::new(6);
-    g.world.add_service("job", &command("serve"), &["m1"]);
+    g.add("job", &command("serve"));
     g.settle();
     g.note("somebody writes {\"type\": \"command\", (cut off) into job's settings");
-    g.world
-        .admin_put(&paths::service_settings("job"), b"{\"type\": \"command\",");
+    g.put_settings("job", "{\"type\": \"command\",");
     g.run_for(Duration::from_secs(5));
     g.note("the settings are repaired, with a new command");
-    g.world.admin_put(
-        &paths::service_settings("job"),
-        command("serve --fixed").as_bytes(),
-    );
+    g.put_settings("job", &command("serve --fixed"));
     g.settle();
     insta::assert_snapshot!(g.trace());
 }

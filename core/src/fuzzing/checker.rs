@@ -1,0 +1,486 @@
+//! The core over arbitrary input sequences, checked after every input against the world
+//! the inputs describe: the properties that must hold whatever ZooKeeper, the network and
+//! the processes do, in any order.
+
+use super::steps::{Step, TimedStep};
+use super::world::{config, Live, SessionView, World, MACHINE};
+use crate::agent::Agent;
+use crate::backoff::Backoff;
+use crate::event::{Action, Input};
+use crate::journal::{decode, replay, Record};
+use crate::launch::Launch;
+use crate::paths::{self, Watched};
+use crate::published::{parse_pid, StateNode};
+use crate::settings::{SessionLoss, Settings};
+use crate::time::Timestamp;
+use crate::zk::{CreateMode, RequestId, SessionEvent, ZkOp};
+use std::fmt;
+use std::time::Duration;
+
+/// A property that failed, with the input that broke it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub input_number: usize,
+    pub input: String,
+    pub problem: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "after input #{} ({}): {}",
+            self.input_number, self.input, self.problem
+        )
+    }
+}
+
+impl std::error::Error for Violation {}
+
+/// How far a checked sequence got, to show generated inputs reach deep states.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub inputs: usize,
+    pub requests: usize,
+    pub spawns: usize,
+    pub stops: usize,
+}
+
+/// Runs an agent and checks every batch of actions against the world its inputs describe.
+pub struct Checker {
+    pub(super) agent: Agent,
+    records: Vec<Record>,
+    pub(super) now: Timestamp,
+    inputs: usize,
+    pub(super) world: World,
+    exited: bool,
+    summary: Summary,
+}
+
+impl Default for Checker {
+    fn default() -> Self {
+        Checker::new()
+    }
+}
+
+/// What an input changed about the session, for the checks that follow from it.
+struct SessionChange {
+    new_session: bool,
+    expired_before: bool,
+}
+
+impl Checker {
+    pub fn new() -> Checker {
+        Checker {
+            agent: Agent::new(config()),
+            records: vec![Record::Start { config: config() }],
+            now: Timestamp::from_millis(1_000_000),
+            inputs: 0,
+            world: World::new(),
+            exited: false,
+            summary: Summary::default(),
+        }
+    }
+
+    /// True once the agent has exited: the driver feeds it nothing more.
+    pub fn exited(&self) -> bool {
+        self.exited
+    }
+
+    pub fn advance(&mut self, by: Duration) {
+        self.now = self.now + by;
+    }
+
+    /// Serializes and restores the agent, as a journal snapshot does; the restored one
+    /// must act exactly like the original (the final replay from the start checks it).
+    pub fn snapshot(&mut self) -> Result<(), Violation> {
+        let json = serde_json::to_string(&self.agent).map_err(|e| self.violation("snapshot", e))?;
+        let restored: Agent =
+            serde_json::from_str(&json).map_err(|e| self.violation("snapshot", e))?;
+        let again = serde_json::to_string(&restored).map_err(|e| self.violation("snapshot", e))?;
+        if again != json {
+            return Err(self.violation("snapshot", "a restored agent serializes differently"));
+        }
+        self.agent = restored;
+        Ok(())
+    }
+
+    fn violation(&self, input: &str, problem: impl fmt::Display) -> Violation {
+        Violation {
+            input_number: self.inputs,
+            input: input.to_string(),
+            problem: problem.to_string(),
+        }
+    }
+
+    /// Delivers one input at the current time and checks what the agent does.
+    pub fn feed(&mut self, input: Input) -> Result<(), Violation> {
+        if self.exited {
+            return Ok(());
+        }
+        self.inputs += 1;
+        self.summary.inputs += 1;
+        let described = format!("{input:?}");
+        let at = self.now;
+        self.records.push(Record::Input {
+            at,
+            input: input.clone(),
+        });
+        let change = self.session_change(&input);
+        self.world.learn(at, &input);
+        self.agent.handle(at, input.clone());
+        let actions = self.agent.drain_actions();
+        let checked = self
+            .check(&actions)
+            .and_then(|()| self.check_batch(&input, &change, &actions));
+        self.records.push(Record::Actions { actions });
+        checked.map_err(|problem| self.violation(&described, problem))?;
+        // Nothing new happened: a tick before any deadline must do nothing.
+        if !self.exited && self.agent.poll_timeout().is_none_or(|t| t > at) {
+            self.records.push(Record::Input {
+                at,
+                input: Input::Tick,
+            });
+            self.agent.handle(at, Input::Tick);
+            let again = self.agent.drain_actions();
+            let idle = again.is_empty();
+            self.records.push(Record::Actions { actions: again });
+            if !idle {
+                return Err(self.violation(&described, "a tick with nothing due acted"));
+            }
+        }
+        Ok(())
+    }
+
+    fn session_change(&self, input: &Input) -> SessionChange {
+        let new_session = match input {
+            Input::Session(SessionEvent::Connected { session, .. }) => !matches!(
+                self.world.session,
+                SessionView::Connected(s) | SessionView::Disconnected(s) if s == *session
+            ),
+            _ => false,
+        };
+        SessionChange {
+            new_session,
+            expired_before: self.world.session == SessionView::Expired,
+        }
+    }
+
+    /// The properties of each action on its own.
+    fn check(&mut self, actions: &[Action]) -> Result<(), String> {
+        for (i, action) in actions.iter().enumerate() {
+            if self.exited {
+                return Err(format!("acted after exiting: {action:?}"));
+            }
+            match action {
+                Action::Zk { id, op } => {
+                    self.summary.requests += 1;
+                    self.check_request(*id, op)?
+                }
+                Action::Spawn {
+                    service,
+                    generation,
+                    settings,
+                    launch,
+                } => {
+                    self.summary.spawns += 1;
+                    if *launch != Launch::new(service, MACHINE, settings) {
+                        return Err(format!(
+                            "spawned {service} with a launch not made from its settings"
+                        ));
+                    }
+                    self.check_spawn(service, *generation, settings)?
+                }
+                Action::Stop {
+                    service,
+                    generation,
+                    ..
+                } => {
+                    self.summary.stops += 1;
+                    let key = (service.clone(), *generation);
+                    if !self.world.known.contains(&key) {
+                        return Err(format!("stopped a process it never had: {action:?}"));
+                    }
+                    if let Some(live) = self.world.live.get_mut(&key) {
+                        live.stopping = true;
+                    }
+                }
+                Action::NewSession => {
+                    if self.world.session != SessionView::Expired {
+                        return Err(format!("a new session while {:?}", self.world.session));
+                    }
+                }
+                Action::Exit => {
+                    if i + 1 != actions.len() {
+                        return Err("actions after Exit".into());
+                    }
+                    self.exited = true;
+                }
+                Action::Report(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The properties of the whole batch an input caused.
+    fn check_batch(
+        &self,
+        input: &Input,
+        change: &SessionChange,
+        actions: &[Action],
+    ) -> Result<(), String> {
+        let connected = matches!(self.world.session, SessionView::Connected(_));
+        if self.exited {
+            return Ok(());
+        }
+        // A watch fired: the node is read again, with a new watch.
+        if let Input::Watch(event) = input {
+            if connected && Watched::parse(&event.path).is_some() {
+                let rearmed = actions.iter().any(|a| match a {
+                    Action::Zk {
+                        op:
+                            ZkOp::GetData { path, watch: true }
+                            | ZkOp::GetChildren { path, watch: true },
+                        ..
+                    } => *path == event.path,
+                    _ => false,
+                });
+                if !rearmed {
+                    return Err(format!("{} fired and was not watched again", event.path));
+                }
+            }
+        }
+        // A new session owns none of the old one's ephemerals: the agent node is made anew.
+        if change.new_session && !self.world.shutting_down {
+            let agent_node = paths::agent(MACHINE);
+            let created = actions.iter().any(|a| {
+                matches!(a, Action::Zk { op: ZkOp::Create { path, .. }, .. } if *path == agent_node)
+            });
+            if !created {
+                return Err("a new session without creating the agent node".into());
+            }
+        }
+        if !change.expired_before
+            && self.world.session == SessionView::Expired
+            && !actions.contains(&Action::NewSession)
+        {
+            return Err("the session expired and no new one was asked for".into());
+        }
+        // Told to shut down, or fenced: what must not run is being stopped.
+        let fenced = self.world.fenced(self.now);
+        let must_stop = |live: &Live| {
+            self.world.shutting_down || (fenced && live.settings.session_loss == SessionLoss::Fence)
+        };
+        if let Some(((service, generation), _)) = self
+            .world
+            .live
+            .iter()
+            .find(|(_, live)| live.started_at.is_some() && !live.stopping && must_stop(live))
+        {
+            return Err(format!(
+                "{service}#{generation} runs on, though {}",
+                if self.world.shutting_down {
+                    "shutting down"
+                } else {
+                    "fenced"
+                }
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_request(&mut self, id: RequestId, op: &ZkOp) -> Result<(), String> {
+        if !matches!(self.world.session, SessionView::Connected(_)) {
+            return Err(format!("a request while {:?}: {op:?}", self.world.session));
+        }
+        if !self.world.used_ids.insert(id) {
+            return Err(format!("request id {id:?} used twice"));
+        }
+        self.world.outstanding.insert(id, op.clone());
+        let path = op.path();
+        if !paths::NAMESPACE
+            .iter()
+            .any(|top| path == *top || path.starts_with(&format!("{top}/")))
+        {
+            return Err(format!("a request outside the namespace: {op:?}"));
+        }
+        let (data, mode) = match op {
+            ZkOp::GetData { .. } | ZkOp::GetChildren { .. } => return Ok(()),
+            ZkOp::Delete { .. } => (None, None),
+            ZkOp::SetData { data, .. } => (Some(data), None),
+            ZkOp::Create { data, mode, .. } => (Some(data), Some(*mode)),
+        };
+        // This machine's own directory is persistent; everything else it writes goes with
+        // its session.
+        let own_directory = path == paths::machine(MACHINE);
+        let expected_mode = if own_directory {
+            CreateMode::Persistent
+        } else {
+            CreateMode::Ephemeral
+        };
+        if mode.is_some_and(|m| m != expected_mode) {
+            return Err(format!("created {path} as {mode:?}"));
+        }
+        if own_directory || path == paths::agent(MACHINE) {
+            return Ok(());
+        }
+        let own_pid_node = path
+            .strip_prefix(&format!("{}/", paths::machine(MACHINE)))
+            .map(str::to_string);
+        if let Some(service) = own_pid_node {
+            // A pid node holds the pid of a process this agent was told of.
+            return match data.map(|d| parse_pid(d).ok()) {
+                None => Ok(()),
+                Some(Some(pid)) if self.known_pid(&service, pid) => Ok(()),
+                Some(_) => Err(format!("published a pid it was never given: {op:?}")),
+            };
+        }
+        let own_state = path.starts_with("/services/")
+            && path.ends_with(&format!("/state/{MACHINE}"))
+            && path.matches('/').count() == 4;
+        if !own_state {
+            return Err(format!("wrote a node that is not this machine's: {op:?}"));
+        }
+        if let Some(data) = data {
+            let service = path.split('/').nth(2).unwrap_or_default();
+            match StateNode::parse(data) {
+                Ok(state)
+                    if state.machine == MACHINE
+                        && self.known_pid(service, state.pid)
+                        && self
+                            .world
+                            .known
+                            .contains(&(service.to_string(), state.generation)) => {}
+                Ok(state) => return Err(format!("a state node that is not true: {state:?}")),
+                Err(e) => return Err(format!("a state node pop cannot read back ({e}): {op:?}")),
+            }
+        }
+        Ok(())
+    }
+
+    fn known_pid(&self, service: &str, pid: u32) -> bool {
+        self.world
+            .pids
+            .get(service)
+            .is_some_and(|p| p.contains(&pid))
+    }
+
+    fn check_spawn(
+        &mut self,
+        service: &str,
+        generation: u64,
+        settings: &Settings,
+    ) -> Result<(), String> {
+        let world = &self.world;
+        if world.shutting_down {
+            return Err(format!("spawned {service} while shutting down"));
+        }
+        if !world.listed.contains(service) || !world.listed_here.contains(service) {
+            return Err(format!(
+                "spawned {service}, which no reply listed (for this machine)"
+            ));
+        }
+        if !world
+            .settings_read
+            .get(service)
+            .is_some_and(|read| read.contains(settings))
+        {
+            return Err(format!(
+                "spawned {service} with settings it never read: {settings:?}"
+            ));
+        }
+        if settings.session_loss == SessionLoss::Fence && world.fenced(self.now) {
+            return Err(format!(
+                "spawned fence service {service} with the session lost since {:?}",
+                world.lost_since
+            ));
+        }
+        if let Some(((_, running), _)) = world
+            .live
+            .iter()
+            .find(|((s, _), live)| s == service && !live.stopping)
+        {
+            return Err(format!(
+                "spawned {service} generation {generation} while generation {running} runs"
+            ));
+        }
+        if world
+            .known
+            .iter()
+            .any(|(s, g)| s == service && *g >= generation)
+        {
+            return Err(format!(
+                "spawned {service} generation {generation}, not newer than all before"
+            ));
+        }
+        if let Some(end) = world.quick_ends.get(service) {
+            let wait = Backoff::default().initial;
+            if end.settings == *settings && self.now < end.at + wait {
+                return Err(format!(
+                    "restarted {service} {:?} after a quick end, before the backoff ({wait:?})",
+                    self.now.saturating_since(end.at)
+                ));
+            }
+        }
+        let key = (service.to_string(), generation);
+        self.world.quick_ends.remove(service);
+        self.world.known.insert(key.clone());
+        let live = Live {
+            settings: settings.clone(),
+            started_at: None,
+            stopping: false,
+        };
+        self.world.live.insert(key, live);
+        Ok(())
+    }
+
+    /// Event sourcing: a fresh core fed the recorded inputs emits the recorded actions.
+    pub fn finish(self) -> Result<Summary, Violation> {
+        let text: String = self.records.iter().map(|r| r.to_line() + "\n").collect();
+        let fail = |problem: String| Violation {
+            input_number: self.inputs,
+            input: "replay".into(),
+            problem,
+        };
+        let journal = decode(&text).map_err(|e| fail(e.to_string()))?;
+        let steps = replay(&journal).map_err(|e| fail(e.to_string()))?;
+        match steps.iter().position(|s| !s.matches()) {
+            None => Ok(self.summary),
+            Some(i) => Err(fail(format!(
+                "replayed input #{} gives other actions: {:?}",
+                i + 1,
+                steps[i]
+            ))),
+        }
+    }
+}
+
+/// Runs fuzzer steps through a [`Checker`].
+pub fn check_steps(steps: &[TimedStep]) -> Result<Summary, Violation> {
+    let mut checker = Checker::new();
+    for TimedStep { advance_ms, step } in steps {
+        if checker.exited() {
+            break;
+        }
+        checker.advance(Duration::from_millis(u64::from(*advance_ms)));
+        if let Step::Snapshot = step {
+            checker.snapshot()?;
+        } else if let Some(input) = checker.resolve(step) {
+            checker.feed(input)?;
+        }
+    }
+    checker.finish()
+}
+
+/// Runs concrete inputs, each after its delay, through a [`Checker`].
+pub fn check_inputs(inputs: Vec<(Duration, Input)>) -> Result<Summary, Violation> {
+    let mut checker = Checker::new();
+    for (delay, input) in inputs {
+        if checker.exited() {
+            break;
+        }
+        checker.advance(delay);
+        checker.feed(input)?;
+    }
+    checker.finish()
+}

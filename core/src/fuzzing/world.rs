@@ -1,0 +1,236 @@
+//! The world as the inputs describe it, kept beside the agent: the session, the requests
+//! it has outstanding, the processes that exist, what ZooKeeper told it. The checks
+//! judge the agent's actions against this, never against the agent's own state.
+
+use crate::agent::AgentConfig;
+use crate::backoff::Backoff;
+use crate::event::Input;
+use crate::names::MachineId;
+use crate::paths::{self, Watched};
+use crate::settings::{parse_machines, Settings};
+use crate::time::Timestamp;
+use crate::zk::{RequestId, SessionEvent, SessionId, ZkError, ZkOp, ZkReply};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// The machine the checked agent runs on.
+pub(super) const MACHINE: &str = "m1";
+/// Services the generated inputs talk about.
+pub(super) const SERVICES: [&str; 3] = ["a", "b", "c"];
+pub(super) const SESSION_TIMEOUT: Duration = Duration::from_secs(4);
+
+pub fn config() -> AgentConfig {
+    AgentConfig {
+        machine: MachineId::new(MACHINE).unwrap_or_else(|e| unreachable!("{e}")),
+        hostname: "host-m1".into(),
+        agent_pid: 1,
+        version: "fuzz".into(),
+        containment: "none".into(),
+        seed: 7,
+        backoff: Backoff::default(),
+    }
+}
+
+/// The session as the agent must see it, mirrored from the inputs alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SessionView {
+    Connecting,
+    Connected(SessionId),
+    Disconnected(SessionId),
+    Expired,
+}
+
+/// A process that exists, as far as the inputs said.
+#[derive(Debug, Clone)]
+pub(super) struct Live {
+    pub settings: Settings,
+    /// Set once the driver reported it running (spawned or adopted).
+    pub started_at: Option<Timestamp>,
+    /// The agent asked it to stop.
+    pub stopping: bool,
+}
+
+/// A quick end of a run: the same settings may not start again before the backoff.
+#[derive(Debug, Clone)]
+pub(super) struct QuickEnd {
+    pub at: Timestamp,
+    pub settings: Settings,
+}
+
+#[derive(Debug)]
+pub(super) struct World {
+    pub session: SessionView,
+    pub timeout: Duration,
+    /// When the session was lost (disconnected or expired), until it is back.
+    pub lost_since: Option<Timestamp>,
+    /// Requests sent and not yet answered, in the agent's current session.
+    pub outstanding: BTreeMap<RequestId, ZkOp>,
+    pub used_ids: BTreeSet<RequestId>,
+    pub live: BTreeMap<(String, u64), Live>,
+    /// Every generation the agent started or was given, per service.
+    pub known: BTreeSet<(String, u64)>,
+    pub pids: BTreeMap<String, BTreeSet<u32>>,
+    /// Services some reply listed under /services.
+    pub listed: BTreeSet<String>,
+    /// Services some reply said run on this machine.
+    pub listed_here: BTreeSet<String>,
+    pub settings_read: BTreeMap<String, Vec<Settings>>,
+    pub quick_ends: BTreeMap<String, QuickEnd>,
+    /// Told to shut down: nothing may be started any more.
+    pub shutting_down: bool,
+    /// The last zxid handed out in a generated reply.
+    pub zxid: i64,
+}
+
+impl World {
+    pub fn new() -> World {
+        World {
+            session: SessionView::Connecting,
+            timeout: Duration::ZERO,
+            lost_since: None,
+            outstanding: BTreeMap::new(),
+            used_ids: BTreeSet::new(),
+            live: BTreeMap::new(),
+            known: BTreeSet::new(),
+            pids: BTreeMap::new(),
+            listed: BTreeSet::new(),
+            listed_here: BTreeSet::new(),
+            settings_read: BTreeMap::new(),
+            quick_ends: BTreeMap::new(),
+            shutting_down: false,
+            zxid: 100,
+        }
+    }
+
+    /// The session has been gone long enough that `fence` services must be down: expired,
+    /// or disconnected for a quarter of its timeout.
+    pub fn fenced(&self, now: Timestamp) -> bool {
+        self.session == SessionView::Expired
+            || self
+                .lost_since
+                .is_some_and(|since| now >= since + self.timeout / 4)
+    }
+
+    /// What the input tells about the world, before the agent acts on it.
+    pub fn learn(&mut self, now: Timestamp, input: &Input) {
+        match input {
+            Input::Session(SessionEvent::Connected { session, timeout }) => {
+                let same = matches!(self.session,
+                    SessionView::Connected(s) | SessionView::Disconnected(s) if s == *session);
+                if !same {
+                    // A new session: the agent forgets requests of the old one.
+                    self.outstanding.clear();
+                }
+                self.session = SessionView::Connected(*session);
+                self.timeout = *timeout;
+                self.lost_since = None;
+            }
+            Input::Session(SessionEvent::Disconnected) => {
+                if let SessionView::Connected(s) = self.session {
+                    self.session = SessionView::Disconnected(s);
+                    self.lost_since = Some(now);
+                }
+            }
+            Input::Session(SessionEvent::Expired) => self.expire(now),
+            Input::Reply { id, reply } => self.learn_reply(now, *id, reply),
+            Input::Spawned {
+                service,
+                generation,
+                pid,
+            } => {
+                if let Some(live) = self.live.get_mut(&(service.clone(), *generation)) {
+                    live.started_at.get_or_insert(now);
+                    self.pids.entry(service.clone()).or_default().insert(*pid);
+                }
+            }
+            Input::SpawnFailed {
+                service,
+                generation,
+                ..
+            }
+            | Input::Exited {
+                service,
+                generation,
+                ..
+            } => {
+                if let Some(live) = self.live.remove(&(service.clone(), *generation)) {
+                    // A run shorter than the healthy time (or one that never got going)
+                    // ended on its own: the same settings wait out the backoff.
+                    let healthy = Backoff::default().healthy_after;
+                    let ran = live.started_at.map(|t| now.saturating_since(t));
+                    if !live.stopping && ran.is_none_or(|ran| ran < healthy) {
+                        let settings = live.settings;
+                        self.quick_ends
+                            .insert(service.clone(), QuickEnd { at: now, settings });
+                    } else {
+                        self.quick_ends.remove(service);
+                    }
+                }
+            }
+            Input::Adopted {
+                service,
+                generation,
+                pid,
+                started_at,
+                settings,
+                ..
+            } => {
+                let key = (service.clone(), *generation);
+                let live = Live {
+                    settings: settings.clone(),
+                    started_at: Some(*started_at),
+                    stopping: false,
+                };
+                self.live.insert(key.clone(), live);
+                self.known.insert(key);
+                self.pids.entry(service.clone()).or_default().insert(*pid);
+            }
+            Input::Shutdown => self.shutting_down = true,
+            Input::Watch(_) | Input::Ready { .. } | Input::Tick | Input::Detach => {}
+        }
+    }
+
+    fn expire(&mut self, now: Timestamp) {
+        self.session = SessionView::Expired;
+        self.lost_since.get_or_insert(now);
+    }
+
+    fn learn_reply(&mut self, now: Timestamp, id: RequestId, reply: &ZkReply) {
+        let Some(op) = self.outstanding.remove(&id) else {
+            return;
+        };
+        if *reply == ZkReply::Error(ZkError::SessionExpired) {
+            // The agent takes the server's word, whatever the client said.
+            if self.session != SessionView::Expired {
+                self.expire(now);
+            }
+            return;
+        }
+        match (&op, reply) {
+            (ZkOp::GetChildren { path, .. }, ZkReply::Children { names, .. })
+                if path == paths::SERVICES =>
+            {
+                self.listed.extend(names.iter().cloned());
+            }
+            (ZkOp::GetData { path, .. }, ZkReply::Data { data, .. }) => {
+                match Watched::parse(path) {
+                    Some(Watched::Machines(s))
+                        if parse_machines(data).is_ok_and(|m| m.contains(MACHINE)) =>
+                    {
+                        self.listed_here.insert(s);
+                    }
+                    Some(Watched::Settings(s)) => {
+                        if let Ok(settings) = Settings::parse(data) {
+                            let read = self.settings_read.entry(s).or_default();
+                            if !read.contains(&settings) {
+                                read.push(settings);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+}
