@@ -15,7 +15,7 @@ struct Data<'a>(&'a [u8]);
 impl fmt::Display for Data<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let text = String::from_utf8_lossy(self.0);
-        let escaped: String = text.chars().map(escape).collect();
+        let escaped = escape(&text);
         let count = escaped.chars().count();
         if count > DATA_SHOWN {
             let cut: String = escaped.chars().take(DATA_SHOWN).collect();
@@ -27,15 +27,22 @@ impl fmt::Display for Data<'_> {
 }
 
 /// Control characters, quotes and backslashes escaped; JSON's own `"` left readable.
-fn escape(c: char) -> String {
-    match c {
-        '\n' => "\\n".to_string(),
-        '\t' => "\\t".to_string(),
-        '\r' => "\\r".to_string(),
-        '\'' | '\\' => format!("\\{c}"),
-        c if c.is_control() => c.escape_unicode().to_string(),
-        c => c.to_string(),
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '\'' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() => out.extend(c.escape_unicode()),
+            c => out.push(c),
+        }
     }
+    out
 }
 
 struct Stat<'a>(&'a NodeStat);

@@ -279,6 +279,35 @@ fn wait_expired(zkc: &Checker, m: &Machine) {
     });
 }
 
+/// The middle of both expiry tests: `cut` keeps the agent from the server until the
+/// session expires; the target state changes meanwhile; after `restore` (which may first
+/// check the cut state) the agent must catch up. Prints how long each part took.
+fn expire_change_and_recover(
+    m: &Machine,
+    zkc: &Checker,
+    before: &BeforeExpiry,
+    agent: &Agent,
+    what: &str,
+    cut: impl FnOnce(),
+    restore: impl FnOnce(),
+) {
+    let t0 = Instant::now();
+    cut();
+    wait_expired(zkc, m);
+    let expired = t0.elapsed();
+    m.ok(&["set", "change", "env={\"V\":\"2\"}"]);
+    let fresh = add_sleeper(m, "fresh");
+    let restored = Instant::now();
+    restore();
+    assert_recovered(m, zkc, before, &fresh);
+    eprintln!(
+        "{what}: session expired {expired:?} after the fault; recovered {:?} after it ended",
+        restored.elapsed()
+    );
+    let log = agent.log_text();
+    assert!(log.contains("expired"), "{log}");
+}
+
 /// The agent is frozen past its session timeout; the server expires the session; the
 /// target state changes meanwhile; the agent thaws and catches up.
 #[test]
@@ -287,24 +316,16 @@ fn session_expiry_while_the_agent_is_frozen() {
     let t0 = Instant::now();
     let (_zk, m, zkc) = initialised();
     let (before, agent) = two_services(&m, &zkc, &m.hosts);
-
-    let fault = Instant::now();
-    agent.pause();
-    wait_expired(&zkc, &m);
-    let expired = fault.elapsed();
-    m.ok(&["set", "change", "env={\"V\":\"2\"}"]);
-    let fresh = add_sleeper(&m, "fresh");
-    let thawed = Instant::now();
-    agent.resume();
-    assert_recovered(&m, &zkc, &before, &fresh);
-    eprintln!(
-        "frozen agent: session expired {expired:?} after SIGSTOP; recovered {:?} after \
-         SIGCONT; test took {:?}",
-        thawed.elapsed(),
-        t0.elapsed()
+    expire_change_and_recover(
+        &m,
+        &zkc,
+        &before,
+        &agent,
+        "frozen agent (SIGSTOP, then SIGCONT)",
+        || agent.pause(),
+        || agent.resume(),
     );
-    let log = agent.log_text();
-    assert!(log.contains("expired"), "{log}");
+    eprintln!("test took {:?}", t0.elapsed());
 }
 
 /// The network between agent and server drops everything past the session timeout; the
@@ -322,28 +343,22 @@ fn session_expiry_across_a_partition() {
         proxy.forwarded() >= 1,
         "the agent connected through the proxy"
     );
-
-    let fault = Instant::now();
-    proxy.partition();
-    wait_expired(&zkc, &m);
-    let expired = fault.elapsed();
-    m.ok(&["set", "change", "env={\"V\":\"2\"}"]);
-    let fresh = add_sleeper(&m, "fresh");
-    assert!(
-        processes_with(&before.keep.1) == [before.keep.0 as i32],
-        "the service runs on while the agent is cut off"
+    expire_change_and_recover(
+        &m,
+        &zkc,
+        &before,
+        &agent,
+        "partition",
+        || proxy.partition(),
+        || {
+            assert!(
+                processes_with(&before.keep.1) == [before.keep.0 as i32],
+                "the service runs on while the agent is cut off"
+            );
+            proxy.heal()
+        },
     );
-    let healed = Instant::now();
-    proxy.heal();
-    assert_recovered(&m, &zkc, &before, &fresh);
-    eprintln!(
-        "partition: session expired {expired:?} after the partition; recovered {:?} after \
-         healing; test took {:?}",
-        healed.elapsed(),
-        t0.elapsed()
-    );
-    let log = agent.log_text();
-    assert!(log.contains("expired"), "{log}");
+    eprintln!("test took {:?}", t0.elapsed());
 }
 
 /// A partition shorter than the session timeout: the agent's connection goes silent,

@@ -739,6 +739,12 @@ impl World {
     }
 
     fn dispatch(&mut self, event: Event) {
+        // A request on a cut link waits, or fails at the client, before reaching the server.
+        if let Event::Request { machine, .. } = &event {
+            if self.hold_request(*machine, &event) {
+                return;
+            }
+        }
         match event {
             Event::Deliver {
                 machine,
@@ -756,16 +762,6 @@ impl World {
                 id,
                 op,
             } => {
-                let event = Event::Request {
-                    machine,
-                    incarnation,
-                    session,
-                    id,
-                    op: op.clone(),
-                };
-                if self.hold_request(machine, &event) {
-                    return;
-                }
                 self.check_own_write(machine, &op);
                 let (reply, n) = match session {
                     Some(s) => self.zk.apply(s, &op),
