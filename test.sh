@@ -20,7 +20,7 @@ cargo fmt --all -- --check
 cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
-# The fuzz targets are one-line calls of pop_core::fuzzing; check they still build (their
+# The fuzz targets are one-line calls of pop_checker::targets; check they still build (their
 # bodies run below, over the committed corpora, in pop-core's tests).
 step "cargo check --manifest-path fuzz/Cargo.toml"
 cargo check --manifest-path fuzz/Cargo.toml

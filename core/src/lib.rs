@@ -11,8 +11,6 @@ pub mod backoff;
 mod bytes;
 mod describe;
 pub mod event;
-#[cfg(feature = "fuzzing")]
-pub mod fuzzing;
 pub mod journal;
 pub mod launch;
 pub mod names;

@@ -1,9 +1,8 @@
 //! The input-sequence checker is not blind: with a bug planted in the core, replaying the
 //! committed fuzz corpus through it reports a violation; without one, none.
 
-mod corpus;
-
-use pop_core::fuzzing::input_sequence_summary;
+use pop_checker::corpus;
+use pop_checker::targets::input_sequence_summary;
 use pop_core::planted::{plant, Bug};
 
 fn corpus() -> Vec<Vec<u8>> {

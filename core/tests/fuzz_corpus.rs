@@ -1,9 +1,8 @@
 //! Replays every committed fuzz input (`fuzz/corpus/<target>`) and every crash the
 //! fuzzer found (`fuzz/regressions/<target>`) through the target bodies, on stable Rust.
 
-mod corpus;
-
-use pop_core::fuzzing::TARGETS;
+use pop_checker::corpus;
+use pop_checker::targets::TARGETS;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 #[test]
