@@ -141,7 +141,7 @@ impl Agent {
             Input::Session(event) => self.on_session(event),
             Input::Reply { id, reply } => self.on_reply(id, reply),
             Input::Watch(event) => {
-                if !crate::planted::active(crate::planted::Bug::ForgetToRearmWatch) {
+                if !planted!(ForgetToRearmWatch) {
                     self.armed.remove(&event.path);
                 }
                 if let Some(node) = self.nodes.get_mut(&event.path) {
@@ -303,7 +303,7 @@ impl Agent {
         self.pending.clear();
         self.armed.clear();
         self.reread.clear();
-        if !crate::planted::active(crate::planted::Bug::NoEphemeralsAfterExpiry) {
+        if !planted!(NoEphemeralsAfterExpiry) {
             for node in self.nodes.values_mut() {
                 node.forget();
             }

@@ -250,7 +250,7 @@ impl Service {
                 Some(settings),
             ) => {
                 if *running != settings {
-                    if crate::planted::active(crate::planted::Bug::SpawnBeforeStopped) {
+                    if planted!(SpawnBeforeStopped) {
                         self.spawn(settings, out);
                     } else {
                         self.stop(out);
@@ -258,7 +258,7 @@ impl Service {
                 }
             }
             (Run::Running { .. }, None) => {
-                if !crate::planted::active(crate::planted::Bug::SkipStopOnUndeploy) {
+                if !planted!(SkipStopOnUndeploy) {
                     self.stop(out)
                 }
             }
@@ -441,7 +441,7 @@ impl Service {
             self.quick_failures = self.quick_failures.saturating_add(1);
         }
         let mut delay = out.backoff.delay(self.quick_failures, out.rng);
-        if crate::planted::active(crate::planted::Bug::RestartWithoutBackoff) {
+        if planted!(RestartWithoutBackoff) {
             delay = std::time::Duration::ZERO;
         }
         if self.quick_failures >= 3 {

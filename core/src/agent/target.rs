@@ -12,9 +12,7 @@ use std::collections::BTreeSet;
 
 impl Agent {
     pub(super) fn read(&mut self, watched: Watched) {
-        if self.session_id().is_none()
-            && !crate::planted::active(crate::planted::Bug::ReadWhileDisconnected)
-        {
+        if self.session_id().is_none() && !planted!(ReadWhileDisconnected) {
             // Re-read once connected.
             self.reread.insert(watched.path());
             return;
