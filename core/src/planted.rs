@@ -2,7 +2,8 @@
 //! `sim/planted/`, crate pop-planted-tests). This module exists only with the
 //! `planted-bugs` feature, which nothing but that crate enables: without it there is no
 //! [`Bug`], no switch, and the call sites (`planted!(Name)` in lib.rs) are the constant
-//! `false`, so no build of `pop` carries a hook (the tests crate checks the binary).
+//! `false`, so no build of `pop` carries a hook. [`MARKER`] lets a string search of a
+//! binary tell (tests/tests/no_planted_bugs.rs, and ./test.sh for the release `pop`).
 
 use std::cell::Cell;
 
@@ -20,6 +21,10 @@ macro_rules! bugs {
             /// Every planted bug, for the tests that show each one is caught.
             pub const ALL: &'static [Bug] = &[$(Bug::$bug,)+];
         }
+
+        /// The bugs' names in one string, kept in every binary that has the switches
+        /// (see [`active`]), so that searching a binary for it tells.
+        pub const MARKER: &str = concat!("pop planted bugs:", $(" ", stringify!($bug),)+ ".");
     };
 }
 
@@ -49,5 +54,8 @@ pub fn plant(bug: Option<Bug>) {
 
 /// Whether `bug` is planted on this thread; `planted!(Name)` expands to this.
 pub fn active(bug: Bug) -> bool {
+    // Without this the names would be optimised away (nothing prints a Bug in a release
+    // build), and a binary with the switches would look like one without.
+    std::hint::black_box(MARKER);
     PLANTED.with(|p| p.get() == Some(bug))
 }
