@@ -7,7 +7,7 @@ pub mod proxy;
 pub use ensemble::Ensemble;
 pub use proxy::TcpProxy;
 
-use pop_io::zkserver::{four_letter, ZkServer, ZkServerConfig};
+use pop_zkserver::{four_letter, ZkServer, ZkServerConfig};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -268,7 +268,7 @@ impl Drop for Machine {
         }
         let zk_pid = self.state.path().join("zookeeper").join("zookeeper.pid");
         if zk_pid.exists() {
-            let _ = pop_io::zkserver::stop_daemon(&zk_pid);
+            let _ = pop_zkserver::stop_daemon(&zk_pid);
         }
         // Services outlive a killed agent by design (the next one adopts them); a test
         // that ends without a next agent must not leave them running.
