@@ -107,16 +107,6 @@ pub enum ZkError {
     Other(String),
 }
 
-impl ZkError {
-    /// True when a write's outcome is unknown and the node must be re-read.
-    pub fn outcome_unknown(&self) -> bool {
-        matches!(
-            self,
-            ZkError::ConnectionLoss | ZkError::Timeout | ZkError::Other(_)
-        )
-    }
-}
-
 impl fmt::Display for ZkError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -574,11 +574,6 @@ impl Agent {
         self.pending.len()
     }
 
-    /// For the simulator: whether `fence` services are being kept down.
-    pub fn is_fenced(&self) -> bool {
-        self.fenced
-    }
-
     /// For the simulator: whether a watch is armed on `path` in the current session.
     pub fn is_watching(&self, path: &str) -> bool {
         self.session_id().is_some() && self.armed.contains(path)

@@ -543,9 +543,4 @@ impl Supervisor {
         self.reaper.abort();
         info!(machine = %self.config.machine_id, "supervisor detached; services keep running");
     }
-
-    /// Same as [`Supervisor::detach`] (its former name, still used by callers).
-    pub fn abandon(self) {
-        self.detach();
-    }
 }
