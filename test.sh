@@ -40,6 +40,11 @@ if planted=$(grep -aoE 'pop planted bugs:[A-Za-z ]*' target/release/pop); then
     echo "target/release/pop has pop-core's planted-bug switches ($planted)" >&2
     exit 1
 fi
+# The benchmarks in quick mode: small sizes, to show the harness works (the numbers are
+# rough; BENCHMARKS.md has full runs). Installs supervisord into target/bench from PyPI.
+step "pop-bench --quick all"
+cargo build --release -p pop-bench
+target/release/pop-bench --quick all
 # The simulator on this commit's own seed (a new schedule of faults for every commit),
 # on top of the fixed batch in sim/tests/chaos.rs. A failure prints how to reproduce it.
 commit_seed=$(git rev-parse HEAD 2>/dev/null || echo 0)

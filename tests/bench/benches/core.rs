@@ -79,7 +79,8 @@ impl Rig {
     }
 
     fn feed(&mut self, input: Input) {
-        self.agent.handle(Timestamp::from_millis(self.now_ms), input);
+        self.agent
+            .handle(Timestamp::from_millis(self.now_ms), input);
         for action in self.agent.drain_actions() {
             match action {
                 Action::Zk { id, op } => {
@@ -92,7 +93,9 @@ impl Rig {
                     }
                 }
                 Action::Spawn {
-                    service, generation, ..
+                    service,
+                    generation,
+                    ..
                 } => {
                     self.next_pid += 1;
                     self.generations.insert(service.clone(), generation);
@@ -103,7 +106,9 @@ impl Rig {
                     });
                 }
                 Action::Stop {
-                    service, generation, ..
+                    service,
+                    generation,
+                    ..
                 } => self.queue.push_back(Input::Exited {
                     service,
                     generation,

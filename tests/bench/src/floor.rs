@@ -4,8 +4,8 @@
 
 use anyhow::{anyhow, Context, Result};
 use std::ffi::CString;
-use std::path::Path;
 use std::io::Write;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use crate::measure::monotonic_ns;
@@ -109,7 +109,9 @@ impl Floor {
             .stdin
             .as_mut()
             .ok_or_else(|| anyhow!("the floor supervisor has no stdin"))?;
-        stdin.write_all(b"g").context("starting the floor supervisor's services")?;
+        stdin
+            .write_all(b"g")
+            .context("starting the floor supervisor's services")?;
         Ok(at)
     }
 }

@@ -23,14 +23,22 @@ struct Idle {
     stop: Option<Duration>,
 }
 
-pub fn run(env: &Env, counts: Option<Vec<usize>>, seconds: Option<u64>, sup_max: usize) -> Result<()> {
+pub fn run(
+    env: &Env,
+    counts: Option<Vec<usize>>,
+    seconds: Option<u64>,
+    sup_max: usize,
+) -> Result<()> {
     let counts = counts.unwrap_or(if env.quick {
         vec![0, 20]
     } else {
         vec![0, 200, 1000, 10_000]
     });
     let window = Duration::from_secs(seconds.unwrap_or(if env.quick { 3 } else { 60 }));
-    println!("## Idle with N services ({}s window each)\n", window.as_secs());
+    println!(
+        "## Idle with N services ({}s window each)\n",
+        window.as_secs()
+    );
     println!("| services | supervisord CPU | supervisord RSS | pop agent CPU | pop agent RSS | pop stop (all services) |");
     println!("|---|---|---|---|---|---|");
     for &count in &counts {
@@ -50,7 +58,8 @@ pub fn run(env: &Env, counts: Option<Vec<usize>>, seconds: Option<u64>, sup_max:
             Ok(i) => (
                 cpu(i.cpu_percent),
                 mb(i.rss),
-                i.stop.map_or("—".into(), |d| format!("{:.2} s", d.as_secs_f64())),
+                i.stop
+                    .map_or("—".into(), |d| format!("{:.2} s", d.as_secs_f64())),
             ),
             Err(e) => (format!("failed: {e:#}"), "—".into(), "—".into()),
         };

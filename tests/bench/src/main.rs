@@ -21,7 +21,10 @@ use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
 
 #[derive(Parser, Debug)]
-#[command(name = "pop-bench", about = "pop's benchmarks beside supervisord and the fork/exec floor")]
+#[command(
+    name = "pop-bench",
+    about = "pop's benchmarks beside supervisord and the fork/exec floor"
+)]
 struct Args {
     /// The pop binary under test (a release build).
     #[arg(long, default_value = "target/release/pop")]
@@ -103,7 +106,10 @@ impl Env {
         let bench_exe = std::env::current_exe().context("finding pop-bench")?;
         let stamp_exe = bench_exe.with_file_name("pop-bench-stamp");
         if !stamp_exe.exists() {
-            bail!("{} is missing: build the whole pop-bench package", stamp_exe.display());
+            bail!(
+                "{} is missing: build the whole pop-bench package",
+                stamp_exe.display()
+            );
         }
         let supervisord = if args.no_supervisord {
             None
@@ -125,8 +131,10 @@ fn header(env: &Env) -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
-            c.lines()
-                .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            })
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -144,7 +152,11 @@ fn header(env: &Env) -> String {
     format!(
         "machine: {cpu}, {cores} cores, Linux {}; pop {commit}; anchor: {anchor}{}",
         kernel.trim(),
-        if env.quick { "; QUICK MODE (rough numbers)" } else { "" }
+        if env.quick {
+            "; QUICK MODE (rough numbers)"
+        } else {
+            ""
+        }
     )
 }
 

@@ -104,7 +104,11 @@ pub fn kill_stamped(stamps: &Stamps) {
 }
 
 /// Polls `cond` every millisecond until it gives a value, or fails after `limit`.
-pub fn wait<T>(what: &str, limit: Duration, mut cond: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+pub fn wait<T>(
+    what: &str,
+    limit: Duration,
+    mut cond: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
     let end = Instant::now() + limit;
     loop {
         if let Some(v) = cond()? {

@@ -181,7 +181,10 @@ impl Pop {
     pub fn write_settings(&self, name: &str, data: &[u8]) -> Result<u128> {
         let start = monotonic_ns();
         self.runtime
-            .block_on(self.client.set_data(&paths::service_settings(name), data, None))
+            .block_on(
+                self.client
+                    .set_data(&paths::service_settings(name), data, None),
+            )
             .map_err(|e| anyhow!("writing the settings of {name}: {e}"))?;
         Ok(start)
     }
@@ -306,7 +309,6 @@ impl Pop {
             .map_err(|_| anyhow!("the pid node of {name} changed before the kill"))?;
         Ok(handle)
     }
-
 }
 
 impl Drop for Pop {

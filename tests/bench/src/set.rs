@@ -21,7 +21,12 @@ pub fn run(env: &Env, changes: Option<usize>) -> Result<()> {
     println!("|---|---|---|---|");
     if env.supervisord.is_some() {
         let running = supervisord_set(env, changes)?;
-        row("supervisord", "edit config + `supervisorctl update`", &running, &[]);
+        row(
+            "supervisord",
+            "edit config + `supervisorctl update`",
+            &running,
+            &[],
+        );
     }
     let (direct, direct_registered, cli) = pop_set(env, changes)?;
     row("pop", "settings node written", &direct, &direct_registered);
@@ -32,7 +37,11 @@ pub fn run(env: &Env, changes: Option<usize>) -> Result<()> {
 
 fn row(system: &str, how: &str, running: &[f64], registered: &[f64]) {
     let show = |v: &[f64]| Summary::of(v).map_or("—".to_string(), |s| s.to_string());
-    println!("| {system} | {how} | {} | {} |", show(running), show(registered));
+    println!(
+        "| {system} | {how} | {} | {} |",
+        show(running),
+        show(registered)
+    );
 }
 
 fn supervisord_set(env: &Env, changes: usize) -> Result<Vec<f64>> {
@@ -90,7 +99,9 @@ fn pop_set(env: &Env, changes: usize) -> Result<PopSamples> {
             let start = pop.write_settings(NAME, &settings)?;
             let new = stamps.wait_new(NAME, Some(old.pid), LIMIT)?;
             direct.push(ns_to_ms(new.at_ns.saturating_sub(start)));
-            registered.push(ns_to_ms(pop.wait_watch(watch, LIMIT)?.saturating_sub(start)));
+            registered.push(ns_to_ms(
+                pop.wait_watch(watch, LIMIT)?.saturating_sub(start),
+            ));
         }
         for version in 1..=changes {
             let old = stamps.wait_new(NAME, None, LIMIT)?;

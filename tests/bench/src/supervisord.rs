@@ -25,8 +25,12 @@ impl Install {
         std::fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
         eprintln!("installing supervisor into {} ...", venv.display());
         run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
-        run(Command::new(venv.join("bin/pip"))
-            .args(["install", "-q", "--disable-pip-version-check", "supervisor>=4.2,<5"]))?;
+        run(Command::new(venv.join("bin/pip")).args([
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "supervisor>=4.2,<5",
+        ]))?;
         Ok(Install { venv })
     }
 
@@ -67,7 +71,12 @@ pub struct Supervisord {
 impl Supervisord {
     /// Starts supervisord in the foreground with `programs`; with `autostart` they start
     /// with it, else `start_all` starts them.
-    pub fn start(install: &Install, dir: &Path, programs: &[Program], autostart: bool) -> Result<Supervisord> {
+    pub fn start(
+        install: &Install,
+        dir: &Path,
+        programs: &[Program],
+        autostart: bool,
+    ) -> Result<Supervisord> {
         let config = dir.join("supervisord.conf");
         write_config(&config, dir, programs, autostart)?;
         let child = Command::new(install.venv.join("bin/supervisord"))
