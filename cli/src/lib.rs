@@ -6,6 +6,7 @@ mod commands;
 mod context;
 mod echo;
 mod logs;
+mod manual;
 mod output;
 mod replay;
 mod sim;
@@ -140,6 +141,14 @@ pub enum Command {
         #[command(subcommand)]
         action: zkcmd::ZkAction,
     },
+    /// Print a shell completion script, e.g. `pop completions bash > /etc/bash_completion.d/pop`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page pop(1) as roff, e.g. `pop man | man -l -`.
+    Man {
+        /// Instead write pop.1 and a page per command (pop-status.1, ...) into DIR.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// The built-in TCP echo server behind the `echo` service type.
     #[command(hide = true)]
     EchoServer {
@@ -182,6 +191,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             lines,
         } => logs::show(&cli, service, *follow, *lines),
         Command::Zk { action } => zkcmd::run(&cli, action),
+        Command::Completions { shell } => manual::completions(*shell),
+        Command::Man { dir } => manual::man(dir.as_deref()),
         Command::EchoServer { host, port } => runtime()?.block_on(echo::serve(host, *port)),
         _ => runtime()?.block_on(commands::run(&cli)),
     }
