@@ -1,9 +1,8 @@
-//! `pop fg`, `pop start` and `pop stop`: the agent process and its pid file.
-//!
-//! The pid file is locked (flock) by the running agent for its whole life, so a stale
-//! file left by a crash is told apart from a live agent without trusting the pid.
+//! `pop fg`, `pop start` and `pop stop`: the agent process and its pid file (locked for
+//! the agent's whole life; see `pidfile`).
 
 use crate::context;
+use crate::pidfile::{read_pid, PidLock};
 use crate::Cli;
 use anyhow::{anyhow, bail, Context, Result};
 use pop_io::driver::{self, DriverConfig, StopRequest};
@@ -11,8 +10,7 @@ use pop_io::journal::JournalLimits;
 use pop_io::supervise::ContainmentChoice;
 use pop_io::zk::ZkConfig;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, Write};
-use std::os::fd::AsRawFd;
+use std::io::{Read, Seek};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -27,26 +25,22 @@ pub fn agent_log_path(state_dir: &Path) -> PathBuf {
     state_dir.join("agent.log")
 }
 
-/// Tries to take the agent lock; `Ok(None)` when another process holds it.
-fn try_lock(path: &Path) -> Result<Option<File>> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: flock on a file descriptor we own; no memory is involved.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        Ok(Some(file))
-    } else {
-        Ok(None)
-    }
+fn lock_pid_file(path: &Path) -> Result<Option<PidLock>> {
+    PidLock::try_acquire(path).with_context(|| format!("locking {}", path.display()))
 }
 
-fn read_pid(path: &Path) -> Option<i32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+/// The pid of the agent holding the lock; it writes it right after taking the lock.
+fn agent_pid(pid_file: &Path) -> Result<i32> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        if let Some(pid) = read_pid(pid_file) {
+            return Ok(pid);
+        }
+        if Instant::now() > deadline {
+            bail!("{} holds no pid", pid_file.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Alive and not a zombie: an exited daemon stays a zombie until init reaps it.
@@ -97,17 +91,15 @@ pub async fn foreground(cli: &Cli) -> Result<()> {
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating state directory {}", state_dir.display()))?;
     let pid_file = pid_path(&state_dir);
-    let Some(mut lock) = try_lock(&pid_file)? else {
+    let Some(mut lock) = lock_pid_file(&pid_file)? else {
         let pid = read_pid(&pid_file).map_or("?".to_string(), |p| p.to_string());
         bail!(
             "an agent for machine {machine} is already running (pid {pid}, state dir {})",
             state_dir.display()
         );
     };
-    lock.set_len(0)?;
-    lock.rewind()?;
-    writeln!(lock, "{}", std::process::id())?;
-    lock.flush()?;
+    lock.write_pid(std::process::id())
+        .with_context(|| format!("writing {}", pid_file.display()))?;
 
     let (stop_tx, stop_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut term = signal(SignalKind::terminate())?;
@@ -142,8 +134,9 @@ pub async fn foreground(cli: &Cli) -> Result<()> {
         journal: journal_limits()?,
     };
     let result = driver::run(config, stop_rx).await;
-    let _ = std::fs::remove_file(&pid_file);
-    drop(lock);
+    if let Err(e) = lock.remove() {
+        tracing::warn!("cannot remove {}: {e}", pid_file.display());
+    }
     Ok(result?)
 }
 
@@ -153,7 +146,7 @@ pub fn start(cli: &Cli) -> Result<()> {
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating state directory {}", state_dir.display()))?;
     let pid_file = pid_path(&state_dir);
-    match try_lock(&pid_file)? {
+    match lock_pid_file(&pid_file)? {
         None => {
             let pid = read_pid(&pid_file).map_or("?".to_string(), |p| p.to_string());
             bail!("an agent for machine {machine} is already running (pid {pid})");
@@ -244,12 +237,12 @@ pub fn stop(cli: &Cli, keep_services: bool) -> Result<()> {
             pid_file.display()
         );
     }
-    if let Some(lock) = try_lock(&pid_file)? {
-        drop(lock);
-        let _ = std::fs::remove_file(&pid_file);
+    if let Some(lock) = lock_pid_file(&pid_file)? {
+        lock.remove()
+            .with_context(|| format!("removing the stale {}", pid_file.display()))?;
         bail!("no agent is running for machine {machine} (removed a stale pid file)");
     }
-    let pid = read_pid(&pid_file).ok_or_else(|| anyhow!("{} holds no pid", pid_file.display()))?;
+    let pid = agent_pid(&pid_file)?;
     let signal = if keep_services {
         nix::sys::signal::Signal::SIGUSR1
     } else {

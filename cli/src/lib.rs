@@ -8,6 +8,7 @@ mod echo;
 mod logs;
 mod manual;
 mod output;
+mod pidfile;
 mod replay;
 mod sim;
 mod zkcmd;
