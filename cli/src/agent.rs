@@ -1,6 +1,7 @@
 //! `pop fg`, `pop start` and `pop stop`: the agent process and its pid file (locked for
 //! the agent's whole life; see `pidfile`).
 
+use crate::agent_log;
 use crate::context;
 use crate::pidfile::{read_pid, PidLock};
 use crate::Cli;
@@ -106,12 +107,18 @@ pub async fn foreground(cli: &Cli) -> Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     // SIGUSR1 (`pop stop --keep-services`): the agent goes, its services stay.
     let mut usr1 = signal(SignalKind::user_defined1())?;
+    // SIGHUP (the terminal of `pop fg` closed, or a log rotator): carry on, reopen the log.
+    let mut hup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
         loop {
             let request = tokio::select! {
                 _ = term.recv() => StopRequest::Stop,
                 _ = int.recv() => StopRequest::Stop,
                 _ = usr1.recv() => StopRequest::KeepServices,
+                _ = hup.recv() => {
+                    reopen_log();
+                    continue;
+                }
             };
             if stop_tx.send(request).is_err() {
                 return;
@@ -138,6 +145,14 @@ pub async fn foreground(cli: &Cli) -> Result<()> {
         tracing::warn!("cannot remove {}: {e}", pid_file.display());
     }
     Ok(result?)
+}
+
+fn reopen_log() {
+    match agent_log::reopen() {
+        Ok(Some(path)) => tracing::info!("SIGHUP: reopened the log file {}", path.display()),
+        Ok(None) => tracing::info!("SIGHUP: no log file to reopen; carrying on"),
+        Err(e) => tracing::warn!("SIGHUP: cannot reopen the log file: {e}"),
+    }
 }
 
 pub fn start(cli: &Cli) -> Result<()> {
@@ -171,7 +186,11 @@ pub fn start(cli: &Cli) -> Result<()> {
     for _ in 0..cli.verbose {
         cmd.arg("-v");
     }
+    // The agent rotates the file itself; until it has opened it (and for an error
+    // in its arguments) its output goes there too.
     cmd.arg("fg")
+        .arg("--log-file")
+        .arg(&log_path)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);

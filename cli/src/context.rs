@@ -6,7 +6,7 @@ use pop_core::names::MachineId;
 use std::path::PathBuf;
 use tracing_subscriber::EnvFilter;
 
-/// Logs go to stderr. The agent logs at info by default; one-shot commands only warn,
+/// Logs go to stderr (the agent's log file with `pop fg --log-file`). The agent logs at info by default; one-shot commands only warn,
 /// so their output stays the answer.
 pub fn init_logging(verbose: u8, agent: bool) {
     let default = match verbose {
@@ -18,7 +18,7 @@ pub fn init_logging(verbose: u8, agent: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::agent_log::stderr)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();

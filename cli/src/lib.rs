@@ -2,6 +2,7 @@
 
 mod admin;
 mod agent;
+mod agent_log;
 mod commands;
 mod context;
 mod echo;
@@ -77,7 +78,11 @@ pub enum Command {
     /// Start the agent for this machine in the background.
     Start,
     /// Run the agent in the foreground.
-    Fg,
+    Fg {
+        /// Write the agent's output to FILE instead, rotated by size (SIGHUP reopens it).
+        #[arg(long, value_name = "FILE")]
+        log_file: Option<PathBuf>,
+    },
     /// Stop this machine's agent and its services.
     Stop {
         /// Stop only the agent (e.g. to upgrade it); the next agent adopts the services.
@@ -163,7 +168,19 @@ pub enum Command {
 /// Runs the command line; prints errors as one line and returns the exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    context::init_logging(cli.verbose, matches!(cli.command, Command::Fg));
+    // Before logging starts, so log lines go to the file, without terminal colours.
+    if let Command::Fg {
+        log_file: Some(path),
+    } = &cli.command
+    {
+        let installed =
+            agent_log::LogLimits::from_env().and_then(|limits| agent_log::install(path, limits));
+        if let Err(e) = installed {
+            eprintln!("pop: error: {}", output::one_line(&e));
+            return ExitCode::FAILURE;
+        }
+    }
+    context::init_logging(cli.verbose, matches!(cli.command, Command::Fg { .. }));
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -182,7 +199,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match &cli.command {
         Command::Start => agent::start(&cli),
-        Command::Fg => runtime()?.block_on(agent::foreground(&cli)),
+        Command::Fg { .. } => runtime()?.block_on(agent::foreground(&cli)),
         Command::Stop { keep_services } => agent::stop(&cli, *keep_services),
         Command::Sim(args) => sim::run(&cli, args),
         Command::Replay { journal, quiet } => replay::run(&cli, journal.as_deref(), *quiet),

@@ -51,8 +51,28 @@ const ENVIRONMENT: &[(&str, &str)] = &[
         "the size past which the agent's journal is rotated (default 16 MiB).",
     ),
     (
+        "POP_AGENT_LOG_MAX_BYTES",
+        "the size past which the agent's log file (pop fg --log-file, agent.log of pop start) is rotated (default 10 MiB; 3 old files are kept).",
+    ),
+    (
         "RUST_LOG",
         "log filter, overriding -v (e.g. debug, or pop_io=trace).",
+    ),
+];
+
+/// How the agent (pop fg, pop start) answers signals.
+const SIGNALS: &[(&str, &str)] = &[
+    (
+        "SIGTERM, SIGINT",
+        "stop the services (each within its stop_timeout), then exit; a second one kills them at once (pop stop).",
+    ),
+    (
+        "SIGUSR1",
+        "exit leaving the services running, for the next agent to adopt (pop stop --keep-services).",
+    ),
+    (
+        "SIGHUP",
+        "carry on, and reopen the log file given with --log-file.",
     ),
 ];
 
@@ -64,7 +84,7 @@ const FILES: &[(&str, &str)] = &[
     ),
     (
         "<state dir>/agent.log",
-        "the output of an agent started with pop start.",
+        "the output of an agent started with pop start, rotated by size to agent.log.1 ... agent.log.3; SIGHUP makes the agent reopen it.",
     ),
     (
         "<state dir>/journal.jsonl",
@@ -109,6 +129,7 @@ fn main_page() -> std::io::Result<Vec<u8>> {
     man.render_options_section(&mut out)?;
     man.render_subcommands_section(&mut out)?;
     roff_list(&mut out, "ENVIRONMENT", ENVIRONMENT)?;
+    roff_list(&mut out, "SIGNALS", SIGNALS)?;
     roff_list(&mut out, "FILES", FILES)?;
     man.render_version_section(&mut out)?;
     Ok(out)

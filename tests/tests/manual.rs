@@ -144,6 +144,7 @@ fn the_manual_page_renders_with_its_sections() {
         "OPTIONS",
         "SUBCOMMANDS",
         "ENVIRONMENT",
+        "SIGNALS",
         "FILES",
     ] {
         assert!(
