@@ -88,6 +88,9 @@ fn containment() -> Result<ContainmentChoice> {
 
 pub async fn foreground(cli: &Cli) -> Result<()> {
     let machine = context::machine_id(cli)?;
+    if let Some(warning) = context::machine_id_changed(cli, &machine) {
+        tracing::warn!("{warning}");
+    }
     let state_dir = context::state_dir(cli)?;
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating state directory {}", state_dir.display()))?;
@@ -157,6 +160,9 @@ fn reopen_log() {
 
 pub fn start(cli: &Cli) -> Result<()> {
     let machine = context::machine_id(cli)?;
+    if let Some(warning) = context::machine_id_changed(cli, &machine) {
+        eprintln!("pop: warning: {warning}");
+    }
     let state_dir = context::state_dir(cli)?;
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating state directory {}", state_dir.display()))?;

@@ -33,7 +33,8 @@ pub struct Cli {
         default_value = "localhost:2181"
     )]
     pub host: String,
-    /// This machine's id (default: the hardware UUID, else /etc/machine-id).
+    /// This machine's id (default: /etc/pop/machine-id, else /etc/machine-id, else
+    /// /var/lib/dbus/machine-id: the same for every user).
     #[arg(long, global = true, env = "POP_MACHINE_ID")]
     pub machine_id: Option<String>,
     /// Where the agent keeps logs, pid file and service working directories

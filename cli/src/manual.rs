@@ -79,6 +79,10 @@ const SIGNALS: &[(&str, &str)] = &[
 /// Files pop reads or writes.
 const FILES: &[(&str, &str)] = &[
     (
+        "/etc/pop/machine-id",
+        "this machine's id for every user, when set (else /etc/machine-id, then /var/lib/dbus/machine-id).",
+    ),
+    (
         "<state dir>/agent.pid",
         "the running agent's pid, locked (flock) for the agent's whole life.",
     ),
