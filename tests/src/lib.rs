@@ -233,6 +233,26 @@ impl Machine {
         self.spawn_agent(cmd)
     }
 
+    /// Starts `pop fg` inside the cgroup v2 directory `cgroup`, as systemd starts a
+    /// unit's main process in the unit's cgroup.
+    pub fn agent_in_cgroup(&self, cgroup: &Path) -> Agent {
+        let fg = self.command(&["fg"]);
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#"echo $$ > "$0/cgroup.procs" && exec "$@""#)
+            .arg(cgroup)
+            .arg(fg.get_program())
+            .args(fg.get_args())
+            .stdin(Stdio::null());
+        for (key, value) in fg.get_envs() {
+            match value {
+                Some(value) => cmd.env(key, value),
+                None => cmd.env_remove(key),
+            };
+        }
+        self.spawn_agent(cmd)
+    }
+
     fn spawn_agent(&self, mut cmd: Command) -> Agent {
         let log = self.state.path().join("fg.log");
         let file = std::fs::File::create(&log).expect("agent log");
