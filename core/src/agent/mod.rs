@@ -12,12 +12,11 @@ use crate::backoff::{Backoff, SeededRng};
 use crate::event::{Action, Input, Report};
 use crate::names::MachineId;
 use crate::paths::{self, Watched};
-use crate::published::render_pid;
+use crate::published::{render_pid, AgentReport};
 use crate::time::Timestamp;
 use crate::zk::{CreateMode, RequestId, SessionEvent, SessionId, ZkError, ZkOp, ZkReply};
 use ephemeral::{EphemeralNode, Step};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use service::{Outbox, Service};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -499,7 +498,7 @@ impl Agent {
                 state.map(|s| s.render()),
             );
         }
-        let report = (!self.shutting_down).then(|| self.report_json().to_string().into_bytes());
+        let report = (!self.shutting_down).then(|| self.report().render());
         wanted.insert(paths::agent(&machine), report);
         // Nodes no longer tracked by any service must go too.
         for path in self.nodes.keys() {
@@ -537,35 +536,30 @@ impl Agent {
     }
 
     /// The agent's own node: who it is and what each service is doing.
-    fn report_json(&self) -> Value {
-        let services: serde_json::Map<String, Value> = self
+    fn report(&self) -> AgentReport {
+        let services = self
             .services
             .values()
             .filter(|s| s.desired(self.machine(), false, false).is_some() || !s.is_quiet())
-            .map(|s| (s.name.clone(), s.report_json()))
+            .map(|s| (s.name.clone(), s.report()))
             .collect();
-        json!({
-            "machine": self.machine(),
-            "hostname": self.config.hostname,
-            "pid": self.config.agent_pid,
-            "version": self.config.version,
-            "containment": self.config.containment,
-            "started_at": self.started_at.map(Timestamp::as_secs_f64),
-            "services": services,
-            "problems": self.problems,
-        })
+        AgentReport {
+            containment: self.config.containment.clone(),
+            hostname: self.config.hostname.clone(),
+            machine: self.machine().to_string(),
+            pid: self.config.agent_pid,
+            problems: self.problems.clone(),
+            services,
+            started_at: self.started_at.map(Timestamp::as_secs_f64),
+            version: self.config.version.clone(),
+        }
     }
 
     /// For tests and the simulator: what each service is doing.
     pub fn service_phases(&self) -> BTreeMap<String, String> {
         self.services
             .iter()
-            .map(|(n, s)| {
-                (
-                    n.clone(),
-                    s.report_json()["phase"].as_str().unwrap_or("?").to_string(),
-                )
-            })
+            .map(|(n, s)| (n.clone(), s.phase().as_str().to_string()))
             .collect()
     }
 

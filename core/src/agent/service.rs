@@ -3,11 +3,10 @@
 use crate::backoff::{Backoff, SeededRng};
 use crate::event::{Action, ExitStatus, Report};
 use crate::launch::Launch;
-use crate::published::StateNode;
+use crate::published::{Phase, ServiceReport, StateNode};
 use crate::settings::{RestartPolicy, SessionLoss, Settings};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
@@ -508,38 +507,41 @@ impl Service {
         })
     }
 
+    /// What the process is doing, as reported.
+    pub(crate) fn phase(&self) -> Phase {
+        match &self.run {
+            Run::Idle => Phase::Stopped,
+            Run::Backoff { .. } => Phase::Backoff,
+            Run::Finished { .. } => Phase::Exited,
+            Run::Starting { .. } => Phase::Starting,
+            Run::Running { ready: true, .. } => Phase::Running,
+            Run::Running { ready: false, .. } => Phase::Starting,
+            Run::Stopping { .. } => Phase::Stopping,
+        }
+    }
+
     /// This service's entry in the agent report.
-    pub(crate) fn report_json(&self) -> Value {
-        let (phase, pid, since) = match &self.run {
-            Run::Idle => ("stopped", None, None),
-            Run::Backoff { .. } => ("backoff", None, None),
-            Run::Finished { .. } => ("exited", None, None),
-            Run::Starting { .. } => ("starting", None, None),
+    pub(crate) fn report(&self) -> ServiceReport {
+        let (pid, since) = match &self.run {
             Run::Running {
-                ready,
-                pid,
-                started_at,
-                ..
-            } => (
-                if *ready { "running" } else { "starting" },
-                Some(*pid),
-                Some(started_at.as_secs_f64()),
-            ),
-            Run::Stopping { pid, .. } => ("stopping", Some(*pid), None),
+                pid, started_at, ..
+            } => (Some(*pid), Some(started_at.as_secs_f64())),
+            Run::Stopping { pid, .. } => (Some(*pid), None),
+            _ => (None, None),
         };
-        let next_start = match &self.run {
+        let next_start_at = match &self.run {
             Run::Backoff { until, .. } => Some(until.as_secs_f64()),
             _ => None,
         };
-        json!({
-            "phase": phase,
-            "pid": pid,
-            "since": since,
-            "generation": self.generation,
-            "restarts": self.restarts,
-            "quick_failures": self.quick_failures,
-            "last_exit": self.last_exit.map(|s| s.to_string()),
-            "next_start_at": next_start,
-        })
+        ServiceReport {
+            generation: self.generation,
+            last_exit: self.last_exit.map(|s| s.to_string()),
+            next_start_at,
+            phase: self.phase(),
+            pid,
+            quick_failures: self.quick_failures,
+            restarts: self.restarts,
+            since,
+        }
     }
 }

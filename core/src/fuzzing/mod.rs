@@ -15,7 +15,7 @@ use crate::journal::{decode, replay, JournalError, Record};
 use crate::launch::Launch;
 use crate::names::{MachineId, ServiceName};
 use crate::paths;
-use crate::published::{parse_pid, render_pid, StateNode};
+use crate::published::{parse_pid, render_pid, AgentReport, StateNode};
 use crate::settings::{parse_machines, render_machines, Settings};
 use arbitrary::{Arbitrary, Unstructured};
 use serde_json::Value;
@@ -73,6 +73,10 @@ pub fn znode_payload(data: &[u8]) {
         let again = StateNode::parse(&state.render());
         // NaN is not JSON, so every parsed number compares equal to itself.
         assert_eq!(again.as_ref(), Ok(&state), "a rendered state re-parses");
+    }
+    if let Ok(report) = AgentReport::parse(data) {
+        let again = AgentReport::parse(&report.render());
+        assert_eq!(again.as_ref(), Ok(&report), "a rendered report re-parses");
     }
 }
 
