@@ -17,9 +17,10 @@ use crate::time::Timestamp;
 use crate::zk::{CreateMode, RequestId, SessionEvent, SessionId, ZkError, ZkOp, ZkReply};
 use ephemeral::{EphemeralNode, Step};
 use serde::{Deserialize, Serialize};
-use service::{Outbox, Service};
+use service::{Control, Outbox, Service};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
+use target::Listing;
 
 /// How long to wait before retrying reads and writes that failed.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
@@ -179,8 +180,7 @@ impl Agent {
             } => {
                 // Known or not, it is ours now; reading ZooKeeper decides its fate.
                 if !self.services.contains_key(&service) {
-                    let mut fresh = Service::new(service.clone());
-                    fresh.listed = false;
+                    let fresh = Service::new(service.clone(), Listing::NotYetRead);
                     self.services.insert(service.clone(), fresh);
                 }
                 self.with_service(&service, |s, out| {
@@ -435,11 +435,11 @@ impl Agent {
             let Some(service) = self.services.get_mut(name) else {
                 continue;
             };
-            if service.awaiting_target
+            if service.control == Control::AwaitingTarget
                 && (self.shutting_down || (self.fenced && service.runs_fenced()))
             {
                 // Stopping an adopted process no longer depends on what ZooKeeper wants.
-                service.awaiting_target = false;
+                service.control = Control::FollowsTarget;
             }
             let desired = service
                 .desired(&machine, self.shutting_down, self.fenced)
@@ -465,8 +465,11 @@ impl Agent {
         }
         // Forget services that are gone from ZooKeeper and have nothing running.
         // An adopted one stays until the listing is read, with its generation and backoff.
-        self.services
-            .retain(|_, s| s.listed || !s.is_quiet() || s.awaiting_target || !s.listing_read);
+        self.services.retain(|_, s| {
+            s.target.listing != Listing::Unlisted
+                || !s.is_quiet()
+                || s.control == Control::AwaitingTarget
+        });
         let services = &self.services;
         self.newest_read
             .retain(|path, _| match Watched::parse(path) {

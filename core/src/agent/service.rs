@@ -1,5 +1,6 @@
 //! One service on this machine: what ZooKeeper says about it and what its process is doing.
 
+use super::target::{Listing, Target};
 use crate::backoff::{Backoff, SeededRng};
 use crate::event::{Action, ExitStatus, Report};
 use crate::launch::Launch;
@@ -7,7 +8,7 @@ use crate::published::{Phase, ServiceReport, StateNode};
 use crate::settings::{RestartPolicy, SessionLoss, Settings};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 /// Where actions go, plus what transitions need besides the service itself.
@@ -44,10 +45,7 @@ pub(crate) enum Run {
         pid: u32,
         started_at: Timestamp,
         settings: Settings,
-        ready: bool,
-        /// For services without a port: ready at this time.
-        ready_at: Option<Timestamp>,
-        port: Option<u16>,
+        readiness: Readiness,
     },
     Stopping {
         generation: u64,
@@ -55,47 +53,50 @@ pub(crate) enum Run {
     },
 }
 
+/// Whether a running process is ready: published only once it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Readiness {
+    /// A service with a port: until the readiness probe finds it accepting connections.
+    WaitingForPort,
+    /// A service without a port: ready at this time (`start_seconds` after its start).
+    WaitingUntil(Timestamp),
+    /// `port`: the port it listens on (the real one when the setting was 0), if any.
+    Ready { port: Option<u16> },
+}
+
+/// Who decides what happens to the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Control {
+    /// Moved towards what ZooKeeper wants, as far as this agent knows it.
+    FollowsTarget,
+    /// Adopted from an earlier agent: left alone until this agent has read what
+    /// ZooKeeper wants, so it is not stopped merely because nothing is known yet.
+    AwaitingTarget,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Service {
     pub name: String,
-    /// Listed under /services.
-    pub listed: bool,
-    /// Last good machines list; `None` until read, or when the node is gone.
-    pub machines: Option<BTreeSet<String>>,
-    /// Last good settings; `None` until read, or when the node is gone.
-    pub settings: Option<Settings>,
+    pub target: Target,
+    pub control: Control,
     pub run: Run,
     pub generation: u64,
     pub restarts: u32,
     pub quick_failures: u32,
     pub last_exit: Option<ExitStatus>,
-    /// Adopted from an earlier agent: left alone until this agent has read what
-    /// ZooKeeper wants (`machines_read` and `settings_read`), so it is not stopped
-    /// merely because nothing is known yet.
-    pub awaiting_target: bool,
-    /// Whether the service list was read since this entry exists (replies can arrive
-    /// in any order: a machines list may be read before the listing that names it).
-    pub listing_read: bool,
-    pub machines_read: bool,
-    pub settings_read: bool,
 }
 
 impl Service {
-    pub(crate) fn new(name: String) -> Self {
+    pub(crate) fn new(name: String, listing: Listing) -> Self {
         Service {
             name,
-            listed: true,
-            machines: None,
-            settings: None,
+            target: Target::new(listing),
+            control: Control::FollowsTarget,
             run: Run::Idle,
             generation: 0,
             restarts: 0,
             quick_failures: 0,
             last_exit: None,
-            awaiting_target: false,
-            listing_read: false,
-            machines_read: false,
-            settings_read: false,
         }
     }
 
@@ -107,22 +108,24 @@ impl Service {
         shutting_down: bool,
         fenced: bool,
     ) -> Option<&Settings> {
-        if shutting_down || !self.listed {
+        if shutting_down || self.target.listing != Listing::Listed {
             return None;
         }
-        let machines = self.machines.as_ref()?;
+        let machines = self.target.machines.value()?;
         if !machines.contains(machine) {
             return None;
         }
-        self.settings
-            .as_ref()
+        self.target
+            .settings
+            .value()
             .filter(|s| !(fenced && s.session_loss == SessionLoss::Fence))
     }
 
     /// Whether the wanted settings ask for fencing.
     pub(crate) fn fences(&self) -> bool {
-        self.settings
-            .as_ref()
+        self.target
+            .settings
+            .value()
             .is_some_and(|s| s.session_loss == SessionLoss::Fence)
     }
 
@@ -168,15 +171,13 @@ impl Service {
         }
         self.stop(out);
         self.generation = self.generation.max(generation);
-        self.awaiting_target = true;
+        self.control = Control::AwaitingTarget;
         self.run = Run::Running {
             generation,
             pid,
             started_at,
             settings,
-            ready: true,
-            ready_at: None,
-            port,
+            readiness: Readiness::Ready { port },
         };
         out.actions.push_back(Action::Report(Report::Adopted {
             service: self.name.clone(),
@@ -194,13 +195,11 @@ impl Service {
 
     /// Moves the process towards `desired`.
     pub(crate) fn reconcile(&mut self, desired: Option<Settings>, out: &mut Outbox<'_>) {
-        if self.awaiting_target {
-            let target_known =
-                self.listing_read && (!self.listed || (self.machines_read && self.settings_read));
+        if self.control == Control::AwaitingTarget {
             // A running adopted process, or one that exited since (its backoff, or its
             // `restart: never`, is honoured once the target is known; see `deadline`),
             // waits for the target.
-            if !target_known
+            if !self.target.is_known()
                 && matches!(
                     self.run,
                     Run::Running { .. } | Run::Backoff { .. } | Run::Finished { .. }
@@ -208,7 +207,7 @@ impl Service {
             {
                 return;
             }
-            self.awaiting_target = false;
+            self.control = Control::FollowsTarget;
         }
         match (&mut self.run, desired) {
             (Run::Idle, Some(settings)) => self.spawn(settings, out),
@@ -325,10 +324,9 @@ impl Service {
         if *g != generation {
             return;
         }
-        let ready_at = if settings.port.is_none() {
-            Some(out.now + settings.start_seconds)
-        } else {
-            None
+        let readiness = match settings.port {
+            Some(_) => Readiness::WaitingForPort,
+            None => Readiness::WaitingUntil(out.now + settings.start_seconds),
         };
         let stop_requested = *stop_requested;
         self.run = Run::Running {
@@ -336,9 +334,7 @@ impl Service {
             pid,
             started_at: out.now,
             settings: settings.clone(),
-            ready: false,
-            ready_at,
-            port: None,
+            readiness,
         };
         out.actions.push_back(Action::Report(Report::Started {
             service: self.name.clone(),
@@ -363,30 +359,24 @@ impl Service {
         }
     }
 
-    pub(crate) fn on_ready(&mut self, generation: u64, actual: Option<u16>) {
+    pub(crate) fn on_ready(&mut self, generation: u64, port: Option<u16>) {
         if let Run::Running {
             generation: g,
-            ready,
-            port,
+            readiness,
             ..
         } = &mut self.run
         {
             if *g == generation {
-                *ready = true;
-                *port = actual;
+                *readiness = Readiness::Ready { port };
             }
         }
     }
 
     /// Marks services without a port ready once `start_seconds` have passed.
     pub(crate) fn on_tick(&mut self, now: Timestamp) {
-        if let Run::Running {
-            ready, ready_at, ..
-        } = &mut self.run
-        {
-            if ready_at.is_some_and(|t| now >= t) {
-                *ready = true;
-                *ready_at = None;
+        if let Run::Running { readiness, .. } = &mut self.run {
+            if matches!(readiness, Readiness::WaitingUntil(t) if now >= *t) {
+                *readiness = Readiness::Ready { port: None };
             }
         }
     }
@@ -458,12 +448,15 @@ impl Service {
 
     /// The earliest time this service needs a tick.
     pub(crate) fn deadline(&self) -> Option<Timestamp> {
-        if self.awaiting_target {
+        if self.control == Control::AwaitingTarget {
             return None; // nothing to do until the target is read
         }
         match &self.run {
             Run::Backoff { until, .. } => Some(*until),
-            Run::Running { ready_at, .. } => *ready_at,
+            Run::Running {
+                readiness: Readiness::WaitingUntil(at),
+                ..
+            } => Some(*at),
             _ => None,
         }
     }
@@ -472,7 +465,9 @@ impl Service {
     pub(crate) fn ready_pid(&self) -> Option<u32> {
         match &self.run {
             Run::Running {
-                ready: true, pid, ..
+                readiness: Readiness::Ready { .. },
+                pid,
+                ..
             } => Some(*pid),
             _ => None,
         }
@@ -481,13 +476,11 @@ impl Service {
     /// The state node, once ready.
     pub(crate) fn state_node(&self, machine: &str, hostname: &str) -> Option<StateNode> {
         let Run::Running {
-            ready: true,
+            readiness: Readiness::Ready { port },
             pid,
             started_at,
             settings,
-            port,
             generation,
-            ..
         } = &self.run
         else {
             return None;
@@ -514,8 +507,11 @@ impl Service {
             Run::Backoff { .. } => Phase::Backoff,
             Run::Finished { .. } => Phase::Exited,
             Run::Starting { .. } => Phase::Starting,
-            Run::Running { ready: true, .. } => Phase::Running,
-            Run::Running { ready: false, .. } => Phase::Starting,
+            Run::Running {
+                readiness: Readiness::Ready { .. },
+                ..
+            } => Phase::Running,
+            Run::Running { .. } => Phase::Starting,
             Run::Stopping { .. } => Phase::Stopping,
         }
     }
