@@ -93,6 +93,10 @@ pub struct ServiceReport {
     /// While backing off: when the next start is due (seconds since the Unix epoch).
     #[serde(default)]
     pub next_start_at: Option<f64>,
+    /// The last run was stopped for not becoming ready within this many seconds (its
+    /// `ready_timeout`); absent once a run is ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_ready_within: Option<f64>,
     pub phase: Phase,
     #[serde(default)]
     pub pid: Option<u32>,
@@ -200,6 +204,7 @@ mod tests {
             generation: 3,
             last_exit: Some("exit code 1".into()),
             next_start_at: None,
+            not_ready_within: None,
             phase: Phase::Running,
             pid: Some(42),
             quick_failures: 1,

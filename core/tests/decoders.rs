@@ -62,7 +62,8 @@ proptest! {
         report in agent_report(),
         top in prop::sample::select(vec!["problems", "services", "started_at"]),
         nested in prop::sample::select(vec![
-            "generation", "last_exit", "next_start_at", "pid", "quick_failures", "restarts", "since",
+            "generation", "last_exit", "next_start_at", "not_ready_within", "pid",
+            "quick_failures", "restarts", "since",
         ]),
     ) {
         let mut json: serde_json::Value = serde_json::from_slice(&report.render()).expect("json");
@@ -83,6 +84,7 @@ proptest! {
                 "generation" => service.generation = 0,
                 "last_exit" => service.last_exit = None,
                 "next_start_at" => service.next_start_at = None,
+                "not_ready_within" => service.not_ready_within = None,
                 "pid" => service.pid = None,
                 "quick_failures" => service.quick_failures = 0,
                 "restarts" => service.restarts = 0,
@@ -206,6 +208,7 @@ fn service_report() -> impl Strategy<Value = ServiceReport> {
             any::<u64>(),
             prop::option::of("\\PC{0,20}"),
             prop::option::of(seconds()),
+            prop::option::of(seconds()),
         ),
         (
             phase,
@@ -217,13 +220,14 @@ fn service_report() -> impl Strategy<Value = ServiceReport> {
     )
         .prop_map(
             |(
-                (generation, last_exit, next_start_at),
+                (generation, last_exit, next_start_at, not_ready_within),
                 (phase, pid, quick_failures, restarts, since),
             )| {
                 ServiceReport {
                     generation,
                     last_exit,
                     next_start_at,
+                    not_ready_within,
                     phase,
                     pid,
                     quick_failures,

@@ -80,7 +80,7 @@ async fn service_status(
 ) -> Result<ServiceStatus> {
     let mut problems = Vec::new();
     let settings_raw = admin.get(&paths::service_settings(name)).await?;
-    let (settings, service_type) = match &settings_raw {
+    let (settings, parsed) = match &settings_raw {
         None => {
             problems.push("settings node is missing".to_string());
             (Value::Null, None)
@@ -88,7 +88,7 @@ async fn service_status(
         Some(node) => {
             let value = node_value(&node.data);
             match Settings::parse(&node.data) {
-                Ok(s) => (value, Some(s.service_type.as_str())),
+                Ok(s) => (value, Some(s)),
                 Err(e) => {
                     problems.push(format!("invalid settings: {e}"));
                     (value, None)
@@ -96,6 +96,7 @@ async fn service_status(
             }
         }
     };
+    let port = parsed.as_ref().and_then(|s| s.port);
     let desired: BTreeSet<String> = match admin.get(&paths::service_machines(name)).await? {
         None => {
             problems.push("machines node is missing".to_string());
@@ -148,7 +149,7 @@ async fn service_status(
             }
         }
         if let Some(report) = report {
-            issues.extend(service_issues(report, now));
+            issues.extend(service_issues(report, port, now));
         }
         let phase = match (report, agent) {
             (Some(report), _) => report.phase.to_string(),
@@ -182,13 +183,23 @@ async fn service_status(
         name: name.to_string(),
         problems,
         settings,
-        service_type,
+        service_type: parsed.map(|s| s.service_type.as_str()),
     })
 }
 
-/// What the agent says is wrong with a service it runs.
-fn service_issues(report: &ServiceReport, now: f64) -> Vec<String> {
+/// What the agent says is wrong with a service it runs (`port`: its port setting).
+fn service_issues(report: &ServiceReport, port: Option<u16>, now: f64) -> Vec<String> {
     let mut issues = Vec::new();
+    if let Some(secs) = report.not_ready_within {
+        let what = match port {
+            Some(0) => format!("no listening port found within {secs}s"),
+            Some(port) => format!("port {port} accepted no connection within {secs}s"),
+            None => format!("not ready within {secs}s"),
+        };
+        issues.push(format!(
+            "failed readiness: {what} (ready_timeout); restarted with backoff"
+        ));
+    }
     if report.quick_failures >= 3 {
         let wait = report
             .next_start_at

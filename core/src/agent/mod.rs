@@ -5,6 +5,7 @@
 //! (or the next input) and deliver [`Input::Tick`] when it is reached.
 
 mod ephemeral;
+mod readiness;
 mod service;
 mod target;
 
@@ -372,8 +373,9 @@ impl Agent {
         if self.fence_deadline().is_some_and(|t| self.now >= t) {
             self.fence();
         }
-        for service in self.services.values_mut() {
-            service.on_tick(self.now);
+        let names: Vec<String> = self.services.keys().cloned().collect();
+        for name in names {
+            self.with_service(&name, Service::on_tick);
         }
     }
 

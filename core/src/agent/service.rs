@@ -1,5 +1,6 @@
 //! One service on this machine: what ZooKeeper says about it and what its process is doing.
 
+use super::readiness::{Due, Readiness};
 use super::target::{Listing, Target};
 use crate::backoff::{Backoff, SeededRng};
 use crate::event::{Action, ExitStatus, Report};
@@ -50,18 +51,18 @@ pub(crate) enum Run {
     Stopping {
         generation: u64,
         pid: u32,
+        then: AfterStop,
     },
 }
 
-/// Whether a running process is ready: published only once it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) enum Readiness {
-    /// A service with a port: until the readiness probe finds it accepting connections.
-    WaitingForPort,
-    /// A service without a port: ready at this time (`start_seconds` after its start).
-    WaitingUntil(Timestamp),
-    /// `port`: the port it listens on (the real one when the setting was 0), if any.
-    Ready { port: Option<u16> },
+/// What follows a stop once the process is gone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum AfterStop {
+    /// Whatever the target says then (the stop was wanted: a change, an undeploy, a
+    /// shutdown, fencing).
+    FollowTarget,
+    /// The run failed (it never became ready): back off, then start `settings` again.
+    Restart { settings: Settings },
 }
 
 /// Who decides what happens to the process.
@@ -84,6 +85,27 @@ pub(crate) struct Service {
     pub restarts: u32,
     pub quick_failures: u32,
     pub last_exit: Option<ExitStatus>,
+    /// The last run was stopped for not becoming ready within this time; cleared once
+    /// a run is ready.
+    pub not_ready_within: Option<Duration>,
+}
+
+/// How a run that ended on its own counts for the crash-loop backoff.
+enum RunEnd {
+    /// It ran at least `healthy_after`: the failure count starts again.
+    Healthy,
+    /// It ended (or failed) too soon.
+    Quick,
+}
+
+impl RunEnd {
+    fn after(started_at: Timestamp, out: &Outbox<'_>) -> RunEnd {
+        if out.now.saturating_since(started_at) >= out.backoff.healthy_after {
+            RunEnd::Healthy
+        } else {
+            RunEnd::Quick
+        }
+    }
 }
 
 impl Service {
@@ -97,6 +119,7 @@ impl Service {
             restarts: 0,
             quick_failures: 0,
             last_exit: None,
+            not_ready_within: None,
         }
     }
 
@@ -172,6 +195,7 @@ impl Service {
         self.stop(out);
         self.generation = self.generation.max(generation);
         self.control = Control::AwaitingTarget;
+        self.not_ready_within = None;
         self.run = Run::Running {
             generation,
             pid,
@@ -271,7 +295,7 @@ impl Service {
             service: self.name.clone(),
             generation: self.generation,
             launch,
-            settings: settings.clone(),
+            settings: Box::new(settings.clone()),
         });
         self.run = Run::Starting {
             generation: self.generation,
@@ -281,6 +305,10 @@ impl Service {
     }
 
     fn stop(&mut self, out: &mut Outbox<'_>) {
+        self.stop_then(AfterStop::FollowTarget, out);
+    }
+
+    fn stop_then(&mut self, then: AfterStop, out: &mut Outbox<'_>) {
         if let Run::Running {
             generation,
             pid,
@@ -299,6 +327,7 @@ impl Service {
             self.run = Run::Stopping {
                 generation: *generation,
                 pid: *pid,
+                then,
             };
         }
     }
@@ -324,10 +353,7 @@ impl Service {
         if *g != generation {
             return;
         }
-        let readiness = match settings.port {
-            Some(_) => Readiness::WaitingForPort,
-            None => Readiness::WaitingUntil(out.now + settings.start_seconds),
-        };
+        let readiness = Readiness::at_start(settings, out.now);
         let stop_requested = *stop_requested;
         self.run = Run::Running {
             generation,
@@ -355,7 +381,8 @@ impl Service {
         }));
         if let Run::Starting { settings, .. } = &self.run {
             let settings = settings.clone();
-            self.schedule_restart(out.now, settings, out);
+            let end = RunEnd::after(out.now, out);
+            self.schedule_restart(end, settings, out);
         }
     }
 
@@ -368,15 +395,34 @@ impl Service {
         {
             if *g == generation {
                 *readiness = Readiness::Ready { port };
+                self.not_ready_within = None;
             }
         }
     }
 
-    /// Marks services without a port ready once `start_seconds` have passed.
-    pub(crate) fn on_tick(&mut self, now: Timestamp) {
-        if let Run::Running { readiness, .. } = &mut self.run {
-            if matches!(readiness, Readiness::WaitingUntil(t) if now >= *t) {
-                *readiness = Readiness::Ready { port: None };
+    /// Marks services without a port ready once `start_seconds` have passed, and fails
+    /// those with a port that are not ready by their `ready_timeout`.
+    pub(crate) fn on_tick(&mut self, out: &mut Outbox<'_>) {
+        let Run::Running {
+            readiness,
+            settings,
+            ..
+        } = &mut self.run
+        else {
+            return;
+        };
+        match readiness.on_tick(out.now) {
+            Due::Nothing => {}
+            Due::Ready => self.not_ready_within = None,
+            Due::Failed => {
+                let settings = settings.clone();
+                out.actions.push_back(Action::Report(Report::NotReady {
+                    service: self.name.clone(),
+                    port: settings.port.unwrap_or(0),
+                    waited: settings.ready_timeout,
+                }));
+                self.not_ready_within = Some(settings.ready_timeout);
+                self.stop_then(AfterStop::Restart { settings }, out);
             }
         }
     }
@@ -392,7 +438,18 @@ impl Service {
         }));
         match std::mem::replace(&mut self.run, Run::Idle) {
             // Asked to stop: the caller reconciles and starts it again if still wanted.
-            Run::Stopping { .. } => {}
+            Run::Stopping {
+                then: AfterStop::FollowTarget,
+                ..
+            } => {}
+            // However long it ran, a run that never became ready was a quick failure.
+            Run::Stopping {
+                then: AfterStop::Restart { settings },
+                ..
+            } => {
+                self.restarts = self.restarts.saturating_add(1);
+                self.schedule_restart(RunEnd::Quick, settings, out);
+            }
             Run::Running {
                 started_at,
                 settings,
@@ -405,29 +462,27 @@ impl Service {
                 };
                 if restart {
                     self.restarts = self.restarts.saturating_add(1);
-                    self.schedule_restart(started_at, settings, out);
+                    let end = RunEnd::after(started_at, out);
+                    self.schedule_restart(end, settings, out);
                 } else {
                     self.run = Run::Finished { settings };
                 }
             }
             // Exited before the spawn was acknowledged: a spawn that failed late.
-            Run::Starting { settings, .. } => self.schedule_restart(out.now, settings, out),
+            Run::Starting { settings, .. } => {
+                let end = RunEnd::after(out.now, out);
+                self.schedule_restart(end, settings, out);
+            }
             other => self.run = other,
         }
     }
 
-    /// After an unplanned end of a run that started at `started_at`: restart at once after a
-    /// healthy run, else back off exponentially.
-    fn schedule_restart(
-        &mut self,
-        started_at: Timestamp,
-        settings: Settings,
-        out: &mut Outbox<'_>,
-    ) {
-        if out.now.saturating_since(started_at) >= out.backoff.healthy_after {
-            self.quick_failures = 0;
-        } else {
-            self.quick_failures = self.quick_failures.saturating_add(1);
+    /// After an unplanned end of a run: restart at once after a healthy run, else back
+    /// off exponentially.
+    fn schedule_restart(&mut self, end: RunEnd, settings: Settings, out: &mut Outbox<'_>) {
+        match end {
+            RunEnd::Healthy => self.quick_failures = 0,
+            RunEnd::Quick => self.quick_failures = self.quick_failures.saturating_add(1),
         }
         let mut delay = out.backoff.delay(self.quick_failures, out.rng);
         if crate::planted::active(crate::planted::Bug::RestartWithoutBackoff) {
@@ -453,10 +508,7 @@ impl Service {
         }
         match &self.run {
             Run::Backoff { until, .. } => Some(*until),
-            Run::Running {
-                readiness: Readiness::WaitingUntil(at),
-                ..
-            } => Some(*at),
+            Run::Running { readiness, .. } => readiness.deadline(),
             _ => None,
         }
     }
@@ -538,6 +590,7 @@ impl Service {
             quick_failures: self.quick_failures,
             restarts: self.restarts,
             since,
+            not_ready_within: self.not_ready_within.map(|d| d.as_secs_f64()),
         }
     }
 }
