@@ -9,7 +9,7 @@ use pop_core::journal::{decode, replay, JournalError, Record};
 use pop_core::launch::Launch;
 use pop_core::names::{MachineId, ServiceName};
 use pop_core::paths;
-use pop_core::published::{parse_pid, render_pid, StateNode};
+use pop_core::published::{parse_pid, render_pid, AgentReport, StateNode};
 use pop_core::settings::{parse_machines, render_machines, Settings};
 use serde_json::Value;
 
@@ -66,6 +66,10 @@ pub fn znode_payload(data: &[u8]) {
         let again = StateNode::parse(&state.render());
         // NaN is not JSON, so every parsed number compares equal to itself.
         assert_eq!(again.as_ref(), Ok(&state), "a rendered state re-parses");
+    }
+    if let Ok(report) = AgentReport::parse(data) {
+        let again = AgentReport::parse(&report.render());
+        assert_eq!(again.as_ref(), Ok(&report), "a rendered report re-parses");
     }
 }
 
