@@ -41,6 +41,9 @@ bugs! {
     SpawnBeforeStopped,
     /// Reads are sent while the session is lost instead of after it is back.
     ReadWhileDisconnected,
+    /// A process exit is not noted as a change of its service, which is then neither
+    /// reconciled nor indexed nor published until something else touches it.
+    ExitNotNoted,
 }
 
 thread_local! {

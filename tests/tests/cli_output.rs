@@ -153,8 +153,10 @@ fn status_and_machines_output() {
     let job = wait_for("job running", || state("job"));
     let report = wait_for("the agent reports both running", || {
         let report = zkc.get_json("/agents/web-1")?;
-        let running = |s: &str| report["services"][s]["phase"] == "running";
-        (running("echo") && running("job")).then_some(report)
+        // Running as they should: counted, and not listed.
+        let settled = report["phases"]["running"] == 2
+            && report["services"].as_object().is_some_and(|s| s.is_empty());
+        settled.then_some(report)
     });
     let pids: Vec<u64> = [&echo["pid"], &job["pid"], &report["pid"]]
         .iter()

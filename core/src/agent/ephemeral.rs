@@ -82,6 +82,12 @@ impl EphemeralNode {
         }
     }
 
+    /// No request is out for it and none waits for the retry timer: the next change of
+    /// what it should hold may be sent at once.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.in_flight.is_none() && !self.stalled
+    }
+
     /// Nothing wanted and nothing there: the agent may drop this node.
     pub(crate) fn settled_absent(&self) -> bool {
         self.want.is_none()

@@ -10,6 +10,7 @@ use crate::settings::{parse_machines, Settings};
 use crate::zk::{ZkError, ZkOp, ZkReply};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 /// What this agent has read of one service's target. The machines and settings are kept
 /// beside the listing, not inside it: replies arrive in any order (a machines list may
@@ -19,7 +20,8 @@ use std::collections::BTreeSet;
 pub(crate) struct Target {
     pub listing: Listing,
     pub machines: NodeRead<BTreeSet<String>>,
-    pub settings: NodeRead<Settings>,
+    /// Shared with the runs started from it, so passing it on costs no copy.
+    pub settings: NodeRead<Arc<Settings>>,
 }
 
 /// Whether the service is listed under /services.
@@ -138,6 +140,10 @@ impl Agent {
                 return;
             }
             *newest = zxid;
+            // Noted as a change even if the service is gone, so the entry goes with it.
+            if let Watched::Machines(name) | Watched::Settings(name) = &watched {
+                self.dirty.services.insert(name.clone());
+            }
         }
         match (watched, reply) {
             (Watched::ServiceList, ZkReply::Children { names, .. }) => {
@@ -154,6 +160,7 @@ impl Agent {
             (Watched::Settings(name), ZkReply::Data { data, .. }) => match Settings::parse(&data) {
                 Ok(settings) => {
                     self.clear_problem(&path);
+                    let settings = Arc::new(settings);
                     self.update_service(&name, |s| s.target.settings = NodeRead::Read(settings));
                 }
                 Err(e) => self.problem(&path, e.to_string()),
@@ -199,23 +206,32 @@ impl Agent {
         let mut fresh = Vec::new();
         for (name, service) in self.services.iter_mut() {
             let now_listed = listed.contains(name);
+            let listing = if now_listed {
+                Listing::Listed
+            } else {
+                Listing::Unlisted
+            };
+            let unchanged = service.target.listing == listing
+                && (now_listed || service.control == Control::FollowsTarget);
+            if unchanged {
+                continue;
+            }
             // Removed and added again (or adopted before any listing): what we knew of
             // it is stale.
-            if now_listed && service.target.listing != Listing::Listed {
-                fresh.push(name.clone());
-            }
             if now_listed {
-                service.target.listing = Listing::Listed;
+                fresh.push(name.clone());
             } else {
-                service.target.listing = Listing::Unlisted;
                 // Gone from ZooKeeper: an adopted process has nothing to wait for.
                 service.control = Control::FollowsTarget;
             }
+            service.target.listing = listing;
+            self.dirty.services.insert(name.clone());
         }
         for name in listed {
             if !self.services.contains_key(&name) {
                 let service = Service::new(name.clone(), Listing::Listed);
                 self.services.insert(name.clone(), service);
+                self.dirty.services.insert(name.clone());
                 fresh.push(name);
             }
         }
@@ -225,9 +241,11 @@ impl Agent {
         }
     }
 
+    /// Changes one service (if it is known) and notes the change.
     pub(super) fn update_service(&mut self, name: &str, f: impl FnOnce(&mut Service)) {
         if let Some(service) = self.services.get_mut(name) {
             f(service);
+            self.dirty.services.insert(name.to_string());
         }
     }
 
@@ -238,6 +256,7 @@ impl Agent {
                 error: error.clone(),
             }));
             self.problems.insert(path.to_string(), error);
+            self.dirty.report = true;
         }
     }
 
@@ -246,6 +265,7 @@ impl Agent {
             self.actions.push_back(Action::Report(Report::DataRepaired {
                 path: path.to_string(),
             }));
+            self.dirty.report = true;
         }
     }
 }

@@ -228,6 +228,15 @@ impl World {
         }
     }
 
+    /// The agent reconciles and publishes only what an input changed: doing everything
+    /// again would do nothing more (see `Agent::audit`).
+    pub(super) fn check_bookkeeping(&mut self, machine: usize) {
+        if let Err(problem) = self.machines[machine].agent.audit() {
+            let id = self.machines[machine].id.clone();
+            self.violate(format!("{id}: {problem}"));
+        }
+    }
+
     /// Nothing is sent while the session is lost: after the driver said disconnected or
     /// expired, requests wait until it says connected again (they would only fail, or
     /// pile up in the client, and be replayed into a changed world).

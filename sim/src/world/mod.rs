@@ -652,6 +652,7 @@ impl World {
         if self.check_invariants {
             self.check_bad_data_changes_nothing(machine, &actions, &phases_before);
             self.check_requests_only_when_connected(machine, &actions);
+            self.check_bookkeeping(machine);
         }
         for action in actions {
             self.perform(machine, action);
