@@ -216,10 +216,11 @@ impl Agent {
             if unchanged {
                 continue;
             }
-            // Removed and added again (or adopted before any listing): what we knew of
-            // it is stale.
             if now_listed {
-                fresh.push(name.clone());
+                // Removed and added again: what we knew of it is stale. Adopted before
+                // any listing: the new session read it already, unless that failed.
+                let stale = service.target.listing == Listing::Unlisted;
+                fresh.push((name.clone(), stale));
             } else {
                 // Gone from ZooKeeper: an adopted process has nothing to wait for.
                 service.control = Control::FollowsTarget;
@@ -232,12 +233,22 @@ impl Agent {
                 let service = Service::new(name.clone(), Listing::Listed);
                 self.services.insert(name.clone(), service);
                 self.dirty.services.insert(name.clone());
-                fresh.push(name);
+                fresh.push((name, true));
             }
         }
-        for name in fresh {
-            self.read(Watched::Machines(name.clone()));
-            self.read(Watched::Settings(name));
+        for (name, stale) in fresh {
+            self.read_unless_watched(Watched::Machines(name.clone()), stale);
+            self.read_unless_watched(Watched::Settings(name), stale);
+        }
+    }
+
+    /// Reads `watched`, unless what was read is not `stale` and a read with a watch went
+    /// out for it in this session: that reply, and the watch after it, tell what the node
+    /// holds. (A new session reads the services it adopted before the listing arrives.)
+    fn read_unless_watched(&mut self, watched: Watched, stale: bool) {
+        let path = watched.path();
+        if stale || !(self.session_id().is_some() && self.armed.contains(&path)) {
+            self.read(watched);
         }
     }
 
