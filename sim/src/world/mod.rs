@@ -25,9 +25,11 @@ use std::time::Duration;
 const LATENCY: Duration = Duration::from_millis(1);
 /// The negotiated session timeout the agents are told.
 const SESSION_TIMEOUT: Duration = Duration::from_secs(4);
-/// More events than this at one virtual instant is a livelock.
+/// More events than this at one virtual instant is a livelock (by default; see
+/// [`World::max_events_at_one_time`]).
 const MAX_EVENTS_AT_ONE_TIME: u64 = 10_000;
-/// Journal records per file before the simulated driver rotates it.
+/// Journal records per file before the simulated driver rotates it (by default; see
+/// [`World::journal_rotate_records`]).
 const JOURNAL_ROTATE_RECORDS: usize = 150;
 /// Time a process takes to start, to stop, or to bind its port.
 const PROCESS_DELAY: Duration = Duration::from_millis(2);
@@ -145,6 +147,12 @@ pub struct World {
     /// the settings, to check restarts keep to the backoff policy.
     last_crash: BTreeMap<(usize, String), (Timestamp, Duration, Settings)>,
     pub events_handled: u64,
+    /// More events than this at one virtual instant is a livelock. Thousands of services
+    /// deployed at once legitimately make more (time has millisecond steps).
+    pub max_events_at_one_time: u64,
+    /// Journal records per file before the simulated driver rotates it; each new file
+    /// starts with a snapshot of the whole agent.
+    pub journal_rotate_records: usize,
 }
 
 impl World {
@@ -175,6 +183,8 @@ impl World {
             healthy_from: BTreeMap::new(),
             last_crash: BTreeMap::new(),
             events_handled: 0,
+            max_events_at_one_time: MAX_EVENTS_AT_ONE_TIME,
+            journal_rotate_records: JOURNAL_ROTATE_RECORDS,
         };
         for (i, id) in machine_ids.iter().enumerate() {
             let config = world.agent_config(id, 0);
@@ -642,7 +652,7 @@ impl World {
             });
             // Rotate as the driver does at its size limit: the next file starts with a
             // snapshot, so replay is also checked from snapshots.
-            if journal.len() >= JOURNAL_ROTATE_RECORDS {
+            if journal.len() >= self.journal_rotate_records {
                 let snapshot = Record::Snapshot {
                     agent: Box::new(m.agent.clone()),
                 };
@@ -724,11 +734,11 @@ impl World {
     fn advance(&mut self, t: Timestamp) {
         if t == self.now {
             self.events_at_now += 1;
-            if self.events_at_now > MAX_EVENTS_AT_ONE_TIME {
+            if self.events_at_now > self.max_events_at_one_time {
                 let tail: Vec<&String> = self.trace.iter().rev().take(40).collect();
                 panic!(
-                    "livelock: over {MAX_EVENTS_AT_ONE_TIME} events at {} without time passing; last events:\n{tail:#?}",
-                    self.now
+                    "livelock: over {} events at {} without time passing; last events:\n{tail:#?}",
+                    self.max_events_at_one_time, self.now
                 );
             }
         } else {
