@@ -6,6 +6,8 @@
 //! Derived from the services alone, so it is not part of a journal snapshot: an agent read
 //! from one rebuilds it.
 
+use super::service::Service;
+use super::Agent;
 use crate::published::{Phase, PhaseCounts};
 use crate::time::Timestamp;
 use std::collections::{BTreeMap, BTreeSet};
@@ -138,6 +140,50 @@ pub(crate) struct Dirty {
     pub nodes: BTreeSet<String>,
     /// The report must be rendered again.
     pub report: bool,
+}
+
+impl Agent {
+    /// What the index holds of `service`, as it is now.
+    pub(super) fn entry(&self, service: &Service) -> Entry {
+        let counted =
+            service.desired(self.machine(), false, false).is_some() || !service.is_quiet();
+        // A fenced service's backoff is served once the session is back.
+        let waits = self.fenced && service.fences() && service.is_quiet();
+        Entry {
+            deadline: service.deadline().filter(|_| !waits),
+            restart_at: service.restart_at().filter(|_| !waits),
+            counted: counted.then(|| service.phase()),
+            listed: counted && service.needs_attention(),
+            runs_fenced: service.runs_fenced(),
+        }
+    }
+
+    /// Builds the index from the services, and notes every node and the report as
+    /// possibly changed (an agent read from a snapshot; the checkers).
+    pub(super) fn reindex(&mut self) {
+        let mut index = Index::default();
+        for service in self.services.values() {
+            index.put(&service.name, Some(self.entry(service)));
+        }
+        self.index = index;
+        self.stalled = self
+            .nodes
+            .iter()
+            .filter(|(_, node)| node.stalled)
+            .map(|(path, _)| path.clone())
+            .collect();
+        self.dirty = Dirty {
+            services: BTreeSet::new(),
+            nodes: self.nodes.keys().cloned().collect(),
+            report: true,
+        };
+        self.indexed = true;
+    }
+
+    /// An input that bears on every service: all are reconciled.
+    pub(super) fn mark_all_services(&mut self) {
+        self.dirty.services.extend(self.services.keys().cloned());
+    }
 }
 
 #[cfg(test)]

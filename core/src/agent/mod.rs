@@ -18,7 +18,7 @@ use crate::paths::{self, Watched};
 use crate::time::Timestamp;
 use crate::zk::{CreateMode, RequestId, SessionEvent, SessionId, ZkError, ZkOp, ZkReply};
 use ephemeral::{EphemeralNode, Step};
-use index::{Dirty, Entry, Index};
+use index::{Dirty, Index};
 use serde::{Deserialize, Serialize};
 use service::{Control, Outbox, Service};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -268,48 +268,6 @@ impl Agent {
             .chain(self.retry_at)
             .chain(self.fence_deadline())
             .min()
-    }
-
-    /// What the index holds of `service`, as it is now.
-    fn entry(&self, service: &Service) -> Entry {
-        let counted =
-            service.desired(self.machine(), false, false).is_some() || !service.is_quiet();
-        // A fenced service's backoff is served once the session is back.
-        let waits = self.fenced && service.fences() && service.is_quiet();
-        Entry {
-            deadline: service.deadline().filter(|_| !waits),
-            restart_at: service.restart_at().filter(|_| !waits),
-            counted: counted.then(|| service.phase()),
-            listed: counted && service.needs_attention(),
-            runs_fenced: service.runs_fenced(),
-        }
-    }
-
-    /// Builds the index from the services, and notes every node and the report as
-    /// possibly changed (an agent read from a snapshot; the checkers).
-    fn reindex(&mut self) {
-        let mut index = Index::default();
-        for service in self.services.values() {
-            index.put(&service.name, Some(self.entry(service)));
-        }
-        self.index = index;
-        self.stalled = self
-            .nodes
-            .iter()
-            .filter(|(_, node)| node.stalled)
-            .map(|(path, _)| path.clone())
-            .collect();
-        self.dirty = Dirty {
-            services: BTreeSet::new(),
-            nodes: self.nodes.keys().cloned().collect(),
-            report: true,
-        };
-        self.indexed = true;
-    }
-
-    /// An input that bears on every service: all are reconciled.
-    fn mark_all_services(&mut self) {
-        self.dirty.services.extend(self.services.keys().cloned());
     }
 
     /// Whether any service runs under the `fence` policy (see `fenced_runners`).
