@@ -36,7 +36,7 @@ pub(crate) enum Step {
     Delete,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct EphemeralNode {
     path: String,
     #[serde(with = "crate::bytes::option")]

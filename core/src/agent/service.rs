@@ -76,7 +76,7 @@ pub(crate) enum Control {
     AwaitingTarget,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Service {
     pub name: String,
     pub target: Target,

@@ -16,7 +16,7 @@ use std::sync::Arc;
 /// beside the listing, not inside it: replies arrive in any order (a machines list may
 /// be read before the listing that names the service), and a service listed again keeps
 /// its last good view until the re-read arrives.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Target {
     pub listing: Listing,
     pub machines: NodeRead<BTreeSet<String>>,
