@@ -2,7 +2,7 @@
 //! the agent's report stays small, and what it journaled replays.
 
 use pop_core::paths;
-use pop_core::published::AgentReport;
+use pop_core::published::{AgentReport, REPORT_LIMIT};
 use pop_sim::World;
 use std::time::{Duration, Instant};
 
@@ -51,4 +51,29 @@ fn ten_thousand_services_deployed_at_once_all_run_and_are_registered() {
         w.events_handled,
         started.elapsed() - ran
     );
+}
+
+/// More services not running as they should, and more problems, than the report lists:
+/// it lists the first 100 of each by name and says how many more there are.
+#[test]
+fn the_report_lists_at_most_a_hundred_services_and_problems() {
+    let mut w = World::new(&["m1"], 12);
+    for i in 0..150 {
+        let name = format!("deaf{i:03}");
+        w.never_ready.insert(name.clone());
+        w.add_service(&name, r#"{"type":"echo","port":0}"#, &["m1"]);
+    }
+    for i in 0..120 {
+        w.add_service(&format!("bad{i:03}"), "{garbage", &["m1"]);
+    }
+    w.run_for(Duration::from_secs(5));
+    let node = w.zk.get(&paths::agent("m1")).expect("the agent node");
+    let report = AgentReport::parse(&node.data).expect("a report pop reads");
+    assert_eq!(report.phases.starting, 150, "{report:?}");
+    assert_eq!(report.services.len(), REPORT_LIMIT);
+    assert_eq!(report.services_omitted, 50);
+    assert!(report.services.contains_key("deaf000") && report.services.contains_key("deaf099"));
+    assert_eq!(report.problems.len(), REPORT_LIMIT);
+    assert_eq!(report.problems_omitted, 20);
+    assert!(node.data.len() < 40_000, "{} bytes", node.data.len());
 }
