@@ -17,6 +17,7 @@ pub mod journal;
 pub mod launch;
 pub mod names;
 pub mod paths;
+pub mod plan;
 pub mod planted;
 pub mod published;
 pub mod settings;

@@ -17,9 +17,13 @@ pub enum Bug {
     SpawnBeforeStopped,
     /// Reads are sent while the session is lost instead of after it is back.
     ReadWhileDisconnected,
+    /// `pop remove` deletes the service's state nodes before its machines list and
+    /// settings, unregistering it while agents still run it as wanted.
+    RemoveTreeFirst,
 }
 
 impl Bug {
+    /// The bugs planted in the agent (the fuzz checker and the simulator catch these).
     pub const ALL: [Bug; 6] = [
         Bug::SkipStopOnUndeploy,
         Bug::ForgetToRearmWatch,
@@ -28,6 +32,8 @@ impl Bug {
         Bug::SpawnBeforeStopped,
         Bug::ReadWhileDisconnected,
     ];
+    /// The bugs planted in the operator's plans (the simulator catches these).
+    pub const IN_PLANS: [Bug; 1] = [Bug::RemoveTreeFirst];
 }
 
 #[cfg(feature = "planted-bugs")]

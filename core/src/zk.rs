@@ -45,9 +45,15 @@ pub enum ZkOp {
         path: String,
         version: Option<i32>,
     },
+    /// Creates, sets and deletes applied as one transaction: all or nothing. Only the
+    /// operator's plans (`crate::plan`) send these; the agent never does.
+    Multi {
+        ops: Vec<ZkOp>,
+    },
 }
 
 impl ZkOp {
+    /// The node the request is about; for a multi, its first op's (`/` when empty).
     pub fn path(&self) -> &str {
         match self {
             ZkOp::GetData { path, .. }
@@ -55,7 +61,16 @@ impl ZkOp {
             | ZkOp::Create { path, .. }
             | ZkOp::SetData { path, .. }
             | ZkOp::Delete { path, .. } => path,
+            ZkOp::Multi { ops } => ops.first().map_or("/", ZkOp::path),
         }
+    }
+
+    /// True for the ops a multi may hold: creates, sets and deletes.
+    pub fn fits_in_multi(&self) -> bool {
+        matches!(
+            self,
+            ZkOp::Create { .. } | ZkOp::SetData { .. } | ZkOp::Delete { .. }
+        )
     }
 }
 
@@ -91,6 +106,15 @@ pub enum ZkReply {
     },
     Deleted,
     Error(ZkError),
+    /// A multi that committed: one reply per op, in order.
+    Multi {
+        replies: Vec<ZkReply>,
+    },
+    /// A multi that applied nothing because the op at `index` failed with `error`.
+    MultiFailed {
+        index: usize,
+        error: ZkError,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
