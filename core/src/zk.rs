@@ -5,6 +5,10 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::Duration;
 
+/// Why a multi holding a read (or another multi) fails: only creates, sets and deletes
+/// go in one. (The client reports it as "bad arguments: ...".)
+pub const NOT_IN_MULTI: &str = "only create, set and delete go in a multi";
+
 /// Identifies a request so its reply can be matched; replies to unknown ids are stale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RequestId(pub u64);

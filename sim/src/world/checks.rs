@@ -325,6 +325,12 @@ impl World {
                 path
             }
             ZkOp::GetData { .. } | ZkOp::GetChildren { .. } => return,
+            ZkOp::Multi { ops } => {
+                for op in ops {
+                    self.check_own_write(machine, op);
+                }
+                return;
+            }
         };
         let own = *path == paths::machine(&id)
             || paths::parent(path) == Some(paths::machine(&id).as_str())
