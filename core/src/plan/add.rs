@@ -262,6 +262,39 @@ mod tests {
     }
 
     #[test]
+    fn add_that_loses_its_connection_after_its_create_says_it_may_have_taken_effect() {
+        let mut tree = namespace();
+        let outcome = tree.run_with(&mut echo(), |tree, request| {
+            if is_write(request) {
+                return Fate::LoseReply;
+            }
+            // Once the create is in, the connection is gone for good.
+            if tree.writes.is_empty() {
+                Fate::Deliver
+            } else {
+                Fate::LoseRequest
+            }
+        });
+        let error = outcome.expect_err("gave up");
+        assert!(
+            matches!(
+                error,
+                PlanError::GaveUp {
+                    write_in_doubt: true,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert!(
+            error
+                .to_string()
+                .contains("may or may not have taken effect"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn add_refuses_an_existing_service_and_writes_nothing() {
         let mut tree = Tree::with_service("[]", "{}");
         let outcome = tree.run(&mut echo());
@@ -305,6 +338,7 @@ mod tests {
                 path: "/pop".into(),
                 error: ZkError::Timeout,
                 attempts: MAX_FAILURES + 1,
+                write_in_doubt: false,
             })
         );
     }

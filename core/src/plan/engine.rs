@@ -109,6 +109,8 @@ pub(crate) struct Engine<S> {
     stage: Stage,
     conflicts: u32,
     failures: u32,
+    /// A write's outcome is unknown and nothing has been read since.
+    write_in_doubt: bool,
 }
 
 impl<S: Steps> Engine<S> {
@@ -118,6 +120,7 @@ impl<S: Steps> Engine<S> {
             stage: Stage::NotStarted,
             conflicts: 0,
             failures: 0,
+            write_in_doubt: false,
         }
     }
 
@@ -128,7 +131,10 @@ impl<S: Steps> Engine<S> {
                 self.look(now)
             }
             (Stage::Reading(ops), Feedback::Read(replies)) => match read_all(&ops, replies) {
-                Ok(got) => self.decide(now, got),
+                Ok(got) => {
+                    self.write_in_doubt = false;
+                    self.decide(now, got)
+                }
                 Err(ReadFailure::Retry { path, error }) => {
                     self.failed(now, Doing::Reading, path, error)
                 }
@@ -180,6 +186,7 @@ impl<S: Steps> Engine<S> {
         match reply {
             ZkReply::Error(error) if error.outcome_unknown() => {
                 self.steps.in_doubt();
+                self.write_in_doubt = true;
                 self.failed(now, Doing::Writing, op.path().to_string(), error)
             }
             ZkReply::Error(error) => self.refused(now, op.path().to_string(), error),
@@ -233,6 +240,7 @@ impl<S: Steps> Engine<S> {
                 path,
                 error,
                 attempts: self.failures,
+                write_in_doubt: self.write_in_doubt,
             }));
         }
         self.stage = Stage::Waiting;

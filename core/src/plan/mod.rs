@@ -236,12 +236,14 @@ pub enum PlanError {
     ChildrenKeepAppearing { path: String, waited: Duration },
     #[error("writing {path}: still conflicting after {attempts} attempts")]
     StillConflicting { path: String, attempts: u32 },
-    #[error("{doing} {path}: {error}; gave up after {attempts} attempts")]
+    #[error("{doing} {path}: {error}; gave up after {attempts} attempts{}", if *write_in_doubt { " (the last write may or may not have taken effect: see `pop status`)" } else { "" })]
     GaveUp {
         doing: Doing,
         path: String,
         error: ZkError,
         attempts: u32,
+        /// A write's outcome was unknown and nothing could be read since.
+        write_in_doubt: bool,
     },
     #[error("{doing} {path}: {error}")]
     Zk {
