@@ -302,3 +302,53 @@ pub(crate) fn exactly<const N: usize>(got: Vec<Got>) -> Result<[Got; N], PlanErr
         got: "another number of replies",
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::names::ServiceName;
+    use crate::plan::{Feedback, Plan, PlanError, Remove, Request, Step};
+    use crate::time::Timestamp;
+    use crate::zk::{ZkError, ZkReply};
+    use std::time::Duration;
+
+    fn remove() -> Remove {
+        let name = ServiceName::new("s").expect("a valid name");
+        Remove::new("zk", &name, true, Duration::from_secs(1))
+    }
+
+    #[test]
+    fn a_plan_fed_a_reply_it_did_not_ask_for_says_so() {
+        let now = Timestamp::from_millis(1);
+        let mut plan = remove();
+        assert!(matches!(
+            plan.next(now, Feedback::Start),
+            Step::Do(Request::Read(_))
+        ));
+        let reply = ZkReply::Deleted;
+        assert_eq!(
+            plan.next(now, Feedback::Wrote(reply)),
+            Step::Done(Err(PlanError::Misfed {
+                expected: "read replies",
+                got: "a write reply",
+            }))
+        );
+    }
+
+    #[test]
+    fn a_lost_read_is_read_again_after_a_pause() {
+        let now = Timestamp::from_millis(1);
+        let mut plan = remove();
+        let Step::Do(Request::Read(ops)) = plan.next(now, Feedback::Start) else {
+            panic!("a read first");
+        };
+        let lost = vec![ZkReply::Error(ZkError::ConnectionLoss); ops.len()];
+        assert_eq!(
+            plan.next(now, Feedback::Read(lost)),
+            Step::Do(Request::Wait(now + crate::plan::RETRY_PAUSE))
+        );
+        assert_eq!(
+            plan.next(now + crate::plan::RETRY_PAUSE, Feedback::Woke),
+            Step::Do(Request::Read(ops))
+        );
+    }
+}
