@@ -221,16 +221,17 @@ impl World {
             .push(format!("{} op{terminal} $ {command}", self.now));
         let (plan, settings_data) = match command.plan() {
             Ok(built) => built,
+            // Refused before anything is read (settings the agent would reject).
             Err(e) => {
-                let finished = Finished {
+                self.trace
+                    .push(format!("{} op{terminal} {command}: error: {e}", self.now));
+                self.coverage("command refused");
+                self.commands.push(Finished {
                     terminal,
                     command,
                     result: Err(e),
                     faults: 0,
-                };
-                self.trace
-                    .push(format!("{} op{terminal} {:?}", self.now, finished.result));
-                self.commands.push(finished);
+                });
                 return;
             }
         };
