@@ -1,9 +1,9 @@
-//! `pop fg`, `pop start` and `pop stop`: the agent process and its pid file.
-//!
-//! The pid file is locked (flock) by the running agent for its whole life, so a stale
-//! file left by a crash is told apart from a live agent without trusting the pid.
+//! `pop fg`, `pop start` and `pop stop`: the agent process and its pid file (locked for
+//! the agent's whole life; see `pidfile`).
 
+use crate::agent_log;
 use crate::context;
+use crate::pidfile::{read_pid, PidLock};
 use crate::Cli;
 use anyhow::{anyhow, bail, Context, Result};
 use pop_io::driver::{self, DriverConfig, StopRequest};
@@ -11,8 +11,7 @@ use pop_io::journal::JournalLimits;
 use pop_io::supervise::ContainmentChoice;
 use pop_io::zk::ZkConfig;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, Write};
-use std::os::fd::AsRawFd;
+use std::io::{Read, Seek};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -27,26 +26,22 @@ pub fn agent_log_path(state_dir: &Path) -> PathBuf {
     state_dir.join("agent.log")
 }
 
-/// Tries to take the agent lock; `Ok(None)` when another process holds it.
-fn try_lock(path: &Path) -> Result<Option<File>> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: flock on a file descriptor we own; no memory is involved.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        Ok(Some(file))
-    } else {
-        Ok(None)
-    }
+fn lock_pid_file(path: &Path) -> Result<Option<PidLock>> {
+    PidLock::try_acquire(path).with_context(|| format!("locking {}", path.display()))
 }
 
-fn read_pid(path: &Path) -> Option<i32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+/// The pid of the agent holding the lock; it writes it right after taking the lock.
+fn agent_pid(pid_file: &Path) -> Result<i32> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        if let Some(pid) = read_pid(pid_file) {
+            return Ok(pid);
+        }
+        if Instant::now() > deadline {
+            bail!("{} holds no pid", pid_file.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Alive and not a zombie: an exited daemon stays a zombie until init reaps it.
@@ -93,33 +88,40 @@ fn containment() -> Result<ContainmentChoice> {
 
 pub async fn foreground(cli: &Cli) -> Result<()> {
     let machine = context::machine_id(cli)?;
+    if let Some(warning) = context::machine_id_changed(cli, &machine) {
+        tracing::warn!("{warning}");
+    }
     let state_dir = context::state_dir(cli)?;
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating state directory {}", state_dir.display()))?;
     let pid_file = pid_path(&state_dir);
-    let Some(mut lock) = try_lock(&pid_file)? else {
+    let Some(mut lock) = lock_pid_file(&pid_file)? else {
         let pid = read_pid(&pid_file).map_or("?".to_string(), |p| p.to_string());
         bail!(
             "an agent for machine {machine} is already running (pid {pid}, state dir {})",
             state_dir.display()
         );
     };
-    lock.set_len(0)?;
-    lock.rewind()?;
-    writeln!(lock, "{}", std::process::id())?;
-    lock.flush()?;
+    lock.write_pid(std::process::id())
+        .with_context(|| format!("writing {}", pid_file.display()))?;
 
     let (stop_tx, stop_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     // SIGUSR1 (`pop stop --keep-services`): the agent goes, its services stay.
     let mut usr1 = signal(SignalKind::user_defined1())?;
+    // SIGHUP (the terminal of `pop fg` closed, or a log rotator): carry on, reopen the log.
+    let mut hup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
         loop {
             let request = tokio::select! {
                 _ = term.recv() => StopRequest::Stop,
                 _ = int.recv() => StopRequest::Stop,
                 _ = usr1.recv() => StopRequest::KeepServices,
+                _ = hup.recv() => {
+                    reopen_log();
+                    continue;
+                }
             };
             if stop_tx.send(request).is_err() {
                 return;
@@ -142,18 +144,30 @@ pub async fn foreground(cli: &Cli) -> Result<()> {
         journal: journal_limits()?,
     };
     let result = driver::run(config, stop_rx).await;
-    let _ = std::fs::remove_file(&pid_file);
-    drop(lock);
+    if let Err(e) = lock.remove() {
+        tracing::warn!("cannot remove {}: {e}", pid_file.display());
+    }
     Ok(result?)
+}
+
+fn reopen_log() {
+    match agent_log::reopen() {
+        Ok(Some(path)) => tracing::info!("SIGHUP: reopened the log file {}", path.display()),
+        Ok(None) => tracing::info!("SIGHUP: no log file to reopen; carrying on"),
+        Err(e) => tracing::warn!("SIGHUP: cannot reopen the log file: {e}"),
+    }
 }
 
 pub fn start(cli: &Cli) -> Result<()> {
     let machine = context::machine_id(cli)?;
+    if let Some(warning) = context::machine_id_changed(cli, &machine) {
+        eprintln!("pop: warning: {warning}");
+    }
     let state_dir = context::state_dir(cli)?;
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating state directory {}", state_dir.display()))?;
     let pid_file = pid_path(&state_dir);
-    match try_lock(&pid_file)? {
+    match lock_pid_file(&pid_file)? {
         None => {
             let pid = read_pid(&pid_file).map_or("?".to_string(), |p| p.to_string());
             bail!("an agent for machine {machine} is already running (pid {pid})");
@@ -178,7 +192,11 @@ pub fn start(cli: &Cli) -> Result<()> {
     for _ in 0..cli.verbose {
         cmd.arg("-v");
     }
+    // The agent rotates the file itself; until it has opened it (and for an error
+    // in its arguments) its output goes there too.
     cmd.arg("fg")
+        .arg("--log-file")
+        .arg(&log_path)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -244,12 +262,12 @@ pub fn stop(cli: &Cli, keep_services: bool) -> Result<()> {
             pid_file.display()
         );
     }
-    if let Some(lock) = try_lock(&pid_file)? {
-        drop(lock);
-        let _ = std::fs::remove_file(&pid_file);
+    if let Some(lock) = lock_pid_file(&pid_file)? {
+        lock.remove()
+            .with_context(|| format!("removing the stale {}", pid_file.display()))?;
         bail!("no agent is running for machine {machine} (removed a stale pid file)");
     }
-    let pid = read_pid(&pid_file).ok_or_else(|| anyhow!("{} holds no pid", pid_file.display()))?;
+    let pid = agent_pid(&pid_file)?;
     let signal = if keep_services {
         nix::sys::signal::Signal::SIGUSR1
     } else {

@@ -6,7 +6,7 @@ use pop_core::names::MachineId;
 use std::path::PathBuf;
 use tracing_subscriber::EnvFilter;
 
-/// Logs go to stderr. The agent logs at info by default; one-shot commands only warn,
+/// Logs go to stderr (the agent's log file with `pop fg --log-file`). The agent logs at info by default; one-shot commands only warn,
 /// so their output stays the answer.
 pub fn init_logging(verbose: u8, agent: bool) {
     let default = match verbose {
@@ -18,7 +18,7 @@ pub fn init_logging(verbose: u8, agent: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::agent_log::stderr)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
@@ -33,7 +33,10 @@ pub fn state_dir(cli: &Cli) -> Result<PathBuf> {
     if let Some(dir) = &cli.state_dir {
         return Ok(dir.clone());
     }
-    let machine = machine_id(cli)?;
+    default_state_dir(machine_id(cli)?.as_str())
+}
+
+fn default_state_dir(machine: &str) -> Result<PathBuf> {
     let base = match std::env::var_os("XDG_STATE_HOME") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
         _ => {
@@ -42,5 +45,24 @@ pub fn state_dir(cli: &Cli) -> Result<PathBuf> {
             PathBuf::from(home).join(".local").join("state")
         }
     };
-    Ok(base.join("pop").join(machine.as_str()))
+    Ok(base.join("pop").join(machine))
+}
+
+/// Before ids had to agree across users, an agent run as root took the hardware UUID as
+/// the machine's id. If one did here (its default state directory is left), the agent
+/// now runs under another id and the services deployed to the old one do not run:
+/// says so, and how to keep the old id.
+pub fn machine_id_changed(cli: &Cli, machine: &MachineId) -> Option<String> {
+    if cli.machine_id.is_some() || std::path::Path::new(pop_io::machine_id::PINNED).exists() {
+        return None;
+    }
+    let uuid = pop_io::machine_id::hardware_uuid()?;
+    let used = default_state_dir(&uuid).ok()?;
+    (uuid != machine.as_str() && used.is_dir()).then(|| {
+        format!(
+            "this machine was known to pop as {uuid} (its hardware UUID, {} shows an agent ran under it) and is now {machine}, the id every user gets; services deployed to {uuid} do not run here any more. To keep the old id: echo {uuid} > {}, then restart the agent",
+            used.display(),
+            pop_io::machine_id::PINNED
+        )
+    })
 }

@@ -2,11 +2,14 @@
 
 mod admin;
 mod agent;
+mod agent_log;
 mod commands;
 mod context;
 mod echo;
 mod logs;
+mod manual;
 mod output;
+mod pidfile;
 mod replay;
 mod sim;
 mod zkcmd;
@@ -30,7 +33,8 @@ pub struct Cli {
         default_value = "localhost:2181"
     )]
     pub host: String,
-    /// This machine's id (default: the hardware UUID, else /etc/machine-id).
+    /// This machine's id (default: /etc/pop/machine-id, else /etc/machine-id, else
+    /// /var/lib/dbus/machine-id: the same for every user).
     #[arg(long, global = true, env = "POP_MACHINE_ID")]
     pub machine_id: Option<String>,
     /// Where the agent keeps logs, pid file and service working directories
@@ -75,7 +79,11 @@ pub enum Command {
     /// Start the agent for this machine in the background.
     Start,
     /// Run the agent in the foreground.
-    Fg,
+    Fg {
+        /// Write the agent's output to FILE instead, rotated by size (SIGHUP reopens it).
+        #[arg(long, value_name = "FILE")]
+        log_file: Option<PathBuf>,
+    },
     /// Stop this machine's agent and its services.
     Stop {
         /// Stop only the agent (e.g. to upgrade it); the next agent adopts the services.
@@ -140,6 +148,14 @@ pub enum Command {
         #[command(subcommand)]
         action: zkcmd::ZkAction,
     },
+    /// Print a shell completion script, e.g. `pop completions bash > /etc/bash_completion.d/pop`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page pop(1) as roff, e.g. `pop man | man -l -`.
+    Man {
+        /// Instead write pop.1 and a page per command (pop-status.1, ...) into DIR.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// The built-in TCP echo server behind the `echo` service type.
     #[command(hide = true)]
     EchoServer {
@@ -153,7 +169,19 @@ pub enum Command {
 /// Runs the command line; prints errors as one line and returns the exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    context::init_logging(cli.verbose, matches!(cli.command, Command::Fg));
+    // Before logging starts, so log lines go to the file, without terminal colours.
+    if let Command::Fg {
+        log_file: Some(path),
+    } = &cli.command
+    {
+        let installed =
+            agent_log::LogLimits::from_env().and_then(|limits| agent_log::install(path, limits));
+        if let Err(e) = installed {
+            eprintln!("pop: error: {}", output::one_line(&e));
+            return ExitCode::FAILURE;
+        }
+    }
+    context::init_logging(cli.verbose, matches!(cli.command, Command::Fg { .. }));
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -172,7 +200,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match &cli.command {
         Command::Start => agent::start(&cli),
-        Command::Fg => runtime()?.block_on(agent::foreground(&cli)),
+        Command::Fg { .. } => runtime()?.block_on(agent::foreground(&cli)),
         Command::Stop { keep_services } => agent::stop(&cli, *keep_services),
         Command::Sim(args) => sim::run(&cli, args),
         Command::Replay { journal, quiet } => replay::run(&cli, journal.as_deref(), *quiet),
@@ -182,6 +210,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             lines,
         } => logs::show(&cli, service, *follow, *lines),
         Command::Zk { action } => zkcmd::run(&cli, action),
+        Command::Completions { shell } => manual::completions(*shell),
+        Command::Man { dir } => manual::man(dir.as_deref()),
         Command::EchoServer { host, port } => runtime()?.block_on(echo::serve(host, *port)),
         _ => runtime()?.block_on(commands::run(&cli)),
     }

@@ -72,7 +72,10 @@ pub fn duration(secs: f64) -> String {
     }
 }
 
-/// YAML for a JSON value. Strings are written JSON-quoted, which YAML reads as is.
+/// YAML for a JSON value, read back as the same value by YAML 1.1 and 1.2 readers:
+/// strings are double-quoted (a bare `true`, `null`, `123`, `yes` or `2024-01-01` would
+/// be read as a boolean, null, number or date), and mapping keys are plain only when
+/// they are words or paths no reader could take for anything but a string.
 pub fn yaml(value: &Value) -> String {
     let mut out = String::new();
     yaml_into(value, 0, &mut out);
@@ -84,22 +87,71 @@ fn scalar(value: &Value) -> Option<String> {
         Value::Object(m) if m.is_empty() => Some("{}".into()),
         Value::Array(a) if a.is_empty() => Some("[]".into()),
         Value::Object(_) | Value::Array(_) => None,
-        other => Some(other.to_string()),
+        Value::String(s) => Some(yaml_string(s)),
+        Value::Number(n) => Some(yaml_number(n)),
+        Value::Bool(_) | Value::Null => Some(value.to_string()),
     }
 }
 
-/// A mapping key: plain when it is unambiguous (paths, names), else JSON-quoted.
+/// A number both YAML 1.1 and 1.2 read as one: YAML 1.1 floats need a `.` in the
+/// mantissa and a sign in the exponent (`1e100` would be a string), so `1.0e+100`.
+fn yaml_number(n: &serde_json::Number) -> String {
+    let text = n.to_string();
+    let Some((mantissa, exponent)) = text.split_once(['e', 'E']) else {
+        return text;
+    };
+    let dot = if mantissa.contains('.') { "" } else { ".0" };
+    let sign = if exponent.starts_with(['-', '+']) {
+        ""
+    } else {
+        "+"
+    };
+    format!("{mantissa}{dot}e{sign}{exponent}")
+}
+
+/// Words YAML 1.1 or 1.2 read as a boolean or null when plain (any case).
+const RESERVED_WORDS: &[&str] = &["true", "false", "yes", "no", "on", "off", "y", "n", "null"];
+
+/// A mapping key: plain when it is a word or a path starting with a letter or `/` (so
+/// never a number, date or special float) and not a reserved word, else double-quoted.
 fn yaml_key(key: &str) -> String {
-    let plain = !key.is_empty()
-        && !key.starts_with(['-', '.'])
+    let plain = key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '/')
         && key
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '/' | '.'));
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '/' | '.'))
+        && !RESERVED_WORDS.contains(&key.to_ascii_lowercase().as_str());
     if plain {
         key.to_string()
     } else {
-        Value::String(key.to_string()).to_string()
+        yaml_string(key)
     }
+}
+
+/// A YAML double-quoted scalar. Characters YAML does not allow raw (controls, DEL, C1,
+/// U+FFFE/FFFF) and those a reader folds as line breaks (NEL, U+2028, U+2029) or may
+/// drop (the BOM) are escaped.
+fn yaml_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            ' '..='~' | '\u{a0}'..='\u{2027}' | '\u{202a}'..='\u{d7ff}' => out.push(c),
+            '\u{e000}'..='\u{fefe}' | '\u{ff00}'..='\u{fffd}' | '\u{10000}'.. => out.push(c),
+            c if u32::from(c) <= 0xff => {
+                let _ = write!(out, "\\x{:02x}", u32::from(c));
+            }
+            c => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn yaml_into(value: &Value, indent: usize, out: &mut String) {
@@ -153,6 +205,48 @@ mod tests {
     fn yaml_nests_and_quotes() {
         let y = yaml(&json!({"/a": {"b": [1, "x: y"], "c d": {}}}));
         assert_eq!(y, "/a:\n  b:\n    - 1\n    - \"x: y\"\n  \"c d\": {}\n");
+    }
+
+    #[test]
+    fn yaml_quotes_keys_a_reader_would_reinterpret() {
+        for key in [
+            "true",
+            "NULL",
+            "Yes",
+            "off",
+            "123",
+            "1.5",
+            "2024-01-01",
+            "0x1f",
+            ".inf",
+            "",
+        ] {
+            assert_eq!(yaml_key(key), format!("\"{key}\""), "{key}");
+        }
+        for key in ["/services/web", "web", "stop_timeout", "a-b.c", "nully"] {
+            assert_eq!(yaml_key(key), key);
+        }
+    }
+
+    #[test]
+    fn yaml_escapes_what_yaml_does_not_allow_raw() {
+        assert_eq!(
+            yaml_string("a\u{7f}\u{85}\u{2028}\u{feff}\u{1}b\"\\\n"),
+            "\"a\\x7f\\x85\\u2028\\ufeff\\x01b\\\"\\\\\\n\""
+        );
+        assert_eq!(yaml_string("é ☃ 🎉"), "\"é ☃ 🎉\"");
+    }
+
+    #[test]
+    fn yaml_floats_read_as_floats_in_yaml_1_1() {
+        let n = |v: Value| match v {
+            Value::Number(n) => yaml_number(&n),
+            _ => unreachable!(),
+        };
+        assert_eq!(n(json!(1e100)), "1.0e+100");
+        assert_eq!(n(json!(1.5e-7)), "1.5e-7");
+        assert_eq!(n(json!(0.25)), "0.25");
+        assert_eq!(n(json!(-3)), "-3");
     }
 
     #[test]

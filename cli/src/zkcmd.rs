@@ -5,7 +5,7 @@ use crate::context;
 use crate::Cli;
 use anyhow::Result;
 use clap::Subcommand;
-use pop_io::zkserver::{self, ZkServerConfig};
+use pop_zkserver::ZkServerConfig;
 use std::path::PathBuf;
 
 #[derive(Subcommand, Debug)]
@@ -42,7 +42,7 @@ pub fn run(cli: &Cli, action: &ZkAction) -> Result<()> {
                 log_file: Some(dir.join("zookeeper.log")),
                 ..ZkServerConfig::default()
             };
-            let status = zkserver::start_daemon(&config, &pid_file)?;
+            let status = pop_zkserver::start_daemon(&config, &pid_file)?;
             println!(
                 "ZooKeeper started on 127.0.0.1:{} (pid {}); data in {}",
                 status.port.unwrap_or(*port),
@@ -51,11 +51,11 @@ pub fn run(cli: &Cli, action: &ZkAction) -> Result<()> {
             );
         }
         ZkAction::Stop => {
-            zkserver::stop_daemon(&pid_file)?;
+            pop_zkserver::stop_daemon(&pid_file)?;
             println!("ZooKeeper stopped");
         }
         ZkAction::Status => {
-            let status = zkserver::daemon_status(&pid_file)?;
+            let status = pop_zkserver::daemon_status(&pid_file)?;
             if cli.json {
                 crate::output::print_json(&status)?;
             } else {

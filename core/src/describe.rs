@@ -218,6 +218,21 @@ impl fmt::Display for Report {
             Report::Started { service, pid } => write!(f, "{service} started, pid {pid}"),
             Report::Exited { service, status } => write!(f, "{service} exited: {status}"),
             Report::Adopted { service, pid } => write!(f, "{service} adopted, pid {pid}"),
+            Report::NotReady {
+                service,
+                port,
+                waited,
+            } => {
+                let secs = waited.as_secs_f64();
+                match port {
+                    0 => write!(f, "{service} not listening on any port after {secs}s"),
+                    port => write!(
+                        f,
+                        "{service} not accepting connections on port {port} after {secs}s"
+                    ),
+                }?;
+                f.write_str(", restarting it")
+            }
             Report::Fenced { services } => write!(f, "fenced: {}", services.join(", ")),
         }
     }

@@ -115,8 +115,9 @@ pub enum Action {
         generation: u64,
         launch: Launch,
         /// What `launch` was made from; the driver keeps it so a later agent can adopt
-        /// the process and know what it runs.
-        settings: Settings,
+        /// the process and know what it runs. Boxed: settings are large next to the
+        /// other actions.
+        settings: Box<Settings>,
     },
     /// SIGTERM everything of this run, SIGKILL after `grace`; report `Exited` when gone.
     Stop {
@@ -164,6 +165,14 @@ pub enum Report {
     Adopted {
         service: String,
         pid: u32,
+    },
+    /// A service with a port did not accept connections within its `ready_timeout`
+    /// (`port` 0: no listening port was found); it is stopped and started again after
+    /// a crash-loop delay.
+    NotReady {
+        service: String,
+        port: u16,
+        waited: Duration,
     },
     /// The session was lost long enough that `session_loss: fence` services are stopped.
     Fenced {

@@ -5,19 +5,34 @@
 //! seed) and all I/O results come in as values, so the same inputs give the same actions:
 //! the production driver (`pop-io`) and the simulator (`pop-sim`) run this very code.
 
+/// `planted!(SkipStopOnUndeploy)`: whether that deliberate bug is switched on (see
+/// [`planted`]). Without the `planted-bugs` feature it is `false` and names nothing, so
+/// neither the switch nor the bugs' names reach the compiled code.
+#[cfg(feature = "planted-bugs")]
+macro_rules! planted {
+    ($bug:ident) => {
+        $crate::planted::active($crate::planted::Bug::$bug)
+    };
+}
+#[cfg(not(feature = "planted-bugs"))]
+macro_rules! planted {
+    ($bug:ident) => {
+        false
+    };
+}
+
 pub mod agent;
 pub mod assignment;
 pub mod backoff;
 mod bytes;
 mod describe;
 pub mod event;
-#[cfg(feature = "fuzzing")]
-pub mod fuzzing;
 pub mod journal;
 pub mod launch;
 pub mod names;
 pub mod paths;
 pub mod plan;
+#[cfg(feature = "planted-bugs")]
 pub mod planted;
 pub mod published;
 pub mod settings;

@@ -1,10 +1,34 @@
-//! Bugs planted on purpose, to show the simulator's checkers catch them. Compiled in
-//! only with the `planted-bugs` feature (the simulator's tests enable it); without it
-//! every switch is off and costs nothing.
+//! Bugs planted on purpose, to show the checkers catch them (the tests in
+//! `sim/planted/`, crate pop-planted-tests). This module exists only with the
+//! `planted-bugs` feature, which nothing but that crate enables: without it there is no
+//! [`Bug`], no switch, and the call sites (`planted!(Name)` in lib.rs) are the constant
+//! `false`, so no build of `pop` carries a hook. [`MARKER`] lets a string search of a
+//! binary tell (tests/tests/no_planted_bugs.rs, and ./test.sh for the release `pop`).
 
-/// One deliberate bug per invariant the simulator checks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Bug {
+use std::cell::Cell;
+
+/// Declares [`Bug`] and [`Bug::ALL`] from one list, so a new bug is one line here (plus
+/// its `planted!(Name)` where it bites).
+macro_rules! bugs {
+    ($($(#[doc = $doc:literal])+ $bug:ident,)+) => {
+        /// One deliberate bug per property the checkers hold the agent to.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+        pub enum Bug {
+            $($(#[doc = $doc])+ $bug,)+
+        }
+
+        impl Bug {
+            /// Every planted bug, for the tests that show each one is caught.
+            pub const ALL: &'static [Bug] = &[$(Bug::$bug,)+];
+        }
+
+        /// The bugs' names in one string, kept in every binary that has the switches
+        /// (see [`active`]), so that searching a binary for it tells.
+        pub const MARKER: &str = concat!("pop planted bugs:", $(" ", stringify!($bug),)+ ".");
+    };
+}
+
+bugs! {
     /// A service undeployed from this machine keeps running.
     SkipStopOnUndeploy,
     /// After a watch fires, the re-read sets no new watch.
@@ -23,45 +47,29 @@ pub enum Bug {
 }
 
 impl Bug {
-    /// The bugs planted in the agent (the fuzz checker and the simulator catch these).
-    pub const ALL: [Bug; 6] = [
-        Bug::SkipStopOnUndeploy,
-        Bug::ForgetToRearmWatch,
-        Bug::NoEphemeralsAfterExpiry,
-        Bug::RestartWithoutBackoff,
-        Bug::SpawnBeforeStopped,
-        Bug::ReadWhileDisconnected,
-    ];
-    /// The bugs planted in the operator's plans (the simulator catches these).
-    pub const IN_PLANS: [Bug; 1] = [Bug::RemoveTreeFirst];
-}
+    /// The bugs planted in the operator's plans: only the simulator, which runs the
+    /// plans, can catch these; the agent checker never sees a plan.
+    pub const IN_PLANS: &'static [Bug] = &[Bug::RemoveTreeFirst];
 
-#[cfg(feature = "planted-bugs")]
-mod switch {
-    use super::Bug;
-    use std::cell::Cell;
-
-    thread_local! {
-        static PLANTED: Cell<Option<Bug>> = const { Cell::new(None) };
-    }
-
-    /// Plants `bug` (or none) for agents run on this thread.
-    pub fn plant(bug: Option<Bug>) {
-        PLANTED.with(|p| p.set(bug));
-    }
-
-    pub(crate) fn active(bug: Bug) -> bool {
-        PLANTED.with(|p| p.get() == Some(bug))
+    /// Whether the bug is in the agent (the fuzz checker catches those).
+    pub fn in_agent(self) -> bool {
+        !Self::IN_PLANS.contains(&self)
     }
 }
 
-#[cfg(feature = "planted-bugs")]
-pub use switch::plant;
+thread_local! {
+    static PLANTED: Cell<Option<Bug>> = const { Cell::new(None) };
+}
 
-#[cfg(feature = "planted-bugs")]
-pub(crate) use switch::active;
+/// Plants `bug` (or none) for agents run on this thread.
+pub fn plant(bug: Option<Bug>) {
+    PLANTED.with(|p| p.set(bug));
+}
 
-#[cfg(not(feature = "planted-bugs"))]
-pub(crate) fn active(_bug: Bug) -> bool {
-    false
+/// Whether `bug` is planted on this thread; `planted!(Name)` expands to this.
+pub fn active(bug: Bug) -> bool {
+    // Without this the names would be optimised away (nothing prints a Bug in a release
+    // build), and a binary with the switches would look like one without.
+    std::hint::black_box(MARKER);
+    PLANTED.with(|p| p.get() == Some(bug))
 }

@@ -1,10 +1,13 @@
-//! What an agent publishes about a running service: the pid node
+//! What an agent publishes: about a running service, the pid node
 //! (`/machines/<machine>/<service>`) and the state node
-//! (`/services/<service>/state/<machine>`). Written by the agent, read by `pop status`
-//! and by anyone else; reading them never trusts that the writer was pop.
+//! (`/services/<service>/state/<machine>`); about itself, the report
+//! (`/agents/<machine>`). Written by the agent, read by `pop status` and by anyone else;
+//! reading them never trusts that the writer was pop.
 
 use crate::settings::DataError;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
 
 /// The pid node's data: the pid in decimal.
 pub fn render_pid(pid: u32) -> Vec<u8> {
@@ -55,6 +58,111 @@ impl StateNode {
     }
 }
 
+/// The agent's own node: who it is and what each service it runs is doing. Fields in
+/// name order, the order they are written in. Decoding ignores fields it does not know
+/// (a newer agent's) and defaults the optional ones (an older agent's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentReport {
+    /// How services are contained ("cgroup-v2 ...", "process-group ...").
+    pub containment: String,
+    pub hostname: String,
+    pub machine: String,
+    /// The agent's own pid.
+    pub pid: u32,
+    /// Paths whose data the agent cannot use, with the problem.
+    #[serde(default)]
+    pub problems: BTreeMap<String, String>,
+    /// The services this machine should run or still runs, by name.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceReport>,
+    /// Seconds since the Unix epoch.
+    #[serde(default)]
+    pub started_at: Option<f64>,
+    pub version: String,
+}
+
+/// One service in the agent report. Fields in name order, as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceReport {
+    /// The newest generation started (0: none yet).
+    #[serde(default)]
+    pub generation: u64,
+    /// How the last run ended, in words.
+    #[serde(default)]
+    pub last_exit: Option<String>,
+    /// While backing off: when the next start is due (seconds since the Unix epoch).
+    #[serde(default)]
+    pub next_start_at: Option<f64>,
+    /// The last run was stopped for not becoming ready within this many seconds (its
+    /// `ready_timeout`); absent once a run is ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_ready_within: Option<f64>,
+    pub phase: Phase,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// Consecutive runs that ended too soon; 3 or more is a crash loop.
+    #[serde(default)]
+    pub quick_failures: u32,
+    #[serde(default)]
+    pub restarts: u32,
+    /// When the current process started (seconds since the Unix epoch).
+    #[serde(default)]
+    pub since: Option<f64>,
+}
+
+/// What a service's process is doing, as the agent reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Not running and not wanted.
+    Stopped,
+    /// Waiting out a crash-loop delay before starting again.
+    Backoff,
+    /// Ended, and its restart policy leaves it so.
+    Exited,
+    /// Started and not ready yet.
+    Starting,
+    Running,
+    Stopping,
+    /// A phase this version does not know (written by a newer agent).
+    #[serde(other)]
+    Unknown,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Stopped => "stopped",
+            Phase::Backoff => "backoff",
+            Phase::Exited => "exited",
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::Stopping => "stopping",
+            Phase::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl AgentReport {
+    pub fn render(&self) -> Vec<u8> {
+        // Plain data: always serializes.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn parse(data: &[u8]) -> Result<AgentReport, DataError> {
+        serde_json::from_slice(data).map_err(|e| DataError::BadNode {
+            expected: "an agent report object (containment, hostname, machine, pid, version, ...)",
+            found: e.to_string(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +197,60 @@ mod tests {
         assert_eq!(StateNode::parse(&state.render()), Ok(state));
         let err = StateNode::parse(br#"{"pid":1}"#).expect_err("incomplete");
         assert!(err.to_string().contains("generation"), "{err}");
+    }
+
+    fn report() -> AgentReport {
+        let web = ServiceReport {
+            generation: 3,
+            last_exit: Some("exit code 1".into()),
+            next_start_at: None,
+            not_ready_within: None,
+            phase: Phase::Running,
+            pid: Some(42),
+            quick_failures: 1,
+            restarts: 2,
+            since: Some(1000.5),
+        };
+        AgentReport {
+            containment: "process-group".into(),
+            hostname: "h".into(),
+            machine: "m1".into(),
+            pid: 7,
+            problems: [("/services/x/settings".into(), "bad".into())].into(),
+            services: [("web".into(), web)].into(),
+            started_at: Some(999.25),
+            version: "0.1.0".into(),
+        }
+    }
+
+    #[test]
+    fn agent_reports_are_written_in_name_order_and_read_back() {
+        let report = report();
+        let text = String::from_utf8(report.render()).expect("utf-8");
+        assert_eq!(
+            text,
+            r#"{"containment":"process-group","hostname":"h","machine":"m1","pid":7,"problems":{"/services/x/settings":"bad"},"services":{"web":{"generation":3,"last_exit":"exit code 1","next_start_at":null,"phase":"running","pid":42,"quick_failures":1,"restarts":2,"since":1000.5}},"started_at":999.25,"version":"0.1.0"}"#
+        );
+        assert_eq!(AgentReport::parse(text.as_bytes()), Ok(report));
+    }
+
+    #[test]
+    fn agent_reports_from_other_versions_are_read() {
+        // Newer: an unknown field and an unknown phase. Older: optional fields missing.
+        let data = br#"{"containment":"c","hostname":"h","machine":"m1","pid":7,"version":"9",
+            "weather":"fine","services":{"web":{"phase":"hibernating","colour":1}}}"#;
+        let report = AgentReport::parse(data).expect("tolerated");
+        assert_eq!(report.started_at, None);
+        assert!(report.problems.is_empty());
+        let web = &report.services["web"];
+        assert_eq!(web.phase, Phase::Unknown);
+        assert_eq!((web.pid, web.restarts, web.generation), (None, 0, 0));
+    }
+
+    #[test]
+    fn agent_reports_that_cannot_be_read_say_what_was_expected() {
+        let err = AgentReport::parse(br#"{"machine":"m1"}"#).expect_err("incomplete");
+        assert!(err.to_string().contains("agent report"), "{err}");
+        assert!(AgentReport::parse(b"").is_err());
     }
 }

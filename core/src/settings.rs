@@ -156,11 +156,21 @@ pub struct Settings {
     pub session_loss: SessionLoss,
     pub stop_timeout: Duration,
     pub start_seconds: Duration,
+    /// For services with a port: how long after its start it may take to accept
+    /// connections before it counts as failed and is restarted. Defaulted when absent
+    /// (settings recorded by an earlier agent for adoption have none).
+    #[serde(default = "default_ready_timeout")]
+    pub ready_timeout: Duration,
     pub env: BTreeMap<String, String>,
     pub extra: BTreeMap<String, Value>,
 }
 
 const DEFAULT_HOST: &str = "0.0.0.0";
+const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn default_ready_timeout() -> Duration {
+    DEFAULT_READY_TIMEOUT
+}
 
 fn seconds(key: &str, v: &Value) -> Result<Duration, DataError> {
     let bad = || DataError::BadSetting {
@@ -173,6 +183,18 @@ fn seconds(key: &str, v: &Value) -> Result<Duration, DataError> {
         return Err(bad());
     }
     Ok(Duration::from_millis((secs * 1000.0).round() as u64))
+}
+
+/// Like [`seconds`], but a wait that must have room for something to happen.
+fn positive_seconds(key: &str, v: &Value) -> Result<Duration, DataError> {
+    match seconds(key, v) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(DataError::BadSetting {
+            key: key.to_string(),
+            expected: "a number of seconds greater than 0, at most 86400",
+            found: v.to_string(),
+        }),
+    }
 }
 
 fn string(key: &str, v: &Value) -> Result<String, DataError> {
@@ -217,6 +239,7 @@ impl Settings {
             session_loss: SessionLoss::KeepRunning,
             stop_timeout: Duration::from_secs(10),
             start_seconds: Duration::from_secs(1),
+            ready_timeout: DEFAULT_READY_TIMEOUT,
             env: BTreeMap::new(),
             extra: BTreeMap::new(),
         };
@@ -266,6 +289,7 @@ impl Settings {
                 }
                 "stop_timeout" => settings.stop_timeout = seconds(key, v)?,
                 "start_seconds" => settings.start_seconds = seconds(key, v)?,
+                "ready_timeout" => settings.ready_timeout = positive_seconds(key, v)?,
                 "env" => {
                     let Value::Object(env) = v else {
                         return Err(DataError::BadSetting {
@@ -328,6 +352,42 @@ mod tests {
     }
 
     #[test]
+    fn ready_timeout_is_a_positive_number_of_seconds_defaulting_to_a_minute() {
+        let parse = |extra: &str| {
+            Settings::parse(format!(r#"{{"type":"echo","port":1{extra}}}"#).as_bytes())
+        };
+        assert_eq!(parse("").unwrap().ready_timeout, Duration::from_secs(60));
+        assert_eq!(
+            parse(r#","ready_timeout":1.5"#).unwrap().ready_timeout,
+            Duration::from_millis(1500)
+        );
+        for bad in ["0", "-1", "86401", "\"1\"", "null"] {
+            let err = parse(&format!(r#","ready_timeout":{bad}"#)).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "setting \"ready_timeout\": expected a number of seconds greater than 0, at most 86400, found {bad}"
+                )
+            );
+        }
+    }
+
+    /// Settings as an earlier agent recorded them for adoption, before `ready_timeout`.
+    #[test]
+    fn settings_recorded_without_a_ready_timeout_read_with_the_default() {
+        let settings = Settings::parse(br#"{"type":"echo","port":1}"#).expect("valid");
+        let mut recorded = serde_json::to_value(&settings).expect("serializes");
+        if let Value::Object(fields) = &mut recorded {
+            fields.remove("ready_timeout");
+        }
+        let read: Settings = serde_json::from_value(recorded).expect("an earlier record reads");
+        assert_eq!(
+            read, settings,
+            "the same settings: an upgrade restarts nothing"
+        );
+    }
+
+    #[test]
     fn bad_settings_name_the_key() {
         let cases = [
             (r#"{"type":"echo","port":70000}"#, "port"),
@@ -342,6 +402,14 @@ mod tests {
                 "stop_timeout",
             ),
             (r#"{"type":"echo","port":1,"env":{"A":1}}"#, "env.A"),
+            (
+                r#"{"type":"echo","port":1,"ready_timeout":0}"#,
+                "ready_timeout",
+            ),
+            (
+                r#"{"type":"echo","port":1,"ready_timeout":"soon"}"#,
+                "ready_timeout",
+            ),
             (
                 r#"{"type":"echo","port":1,"session_loss":"panic"}"#,
                 "session_loss",

@@ -5,7 +5,7 @@ use pop_core::assignment::{parse_assignment, render_settings};
 use pop_core::journal::{decode, Record};
 use pop_core::names::{MachineId, ServiceName};
 use pop_core::paths;
-use pop_core::published::{parse_pid, render_pid, StateNode};
+use pop_core::published::{parse_pid, render_pid, AgentReport, Phase, ServiceReport, StateNode};
 use pop_core::settings::{
     parse_machines, render_machines, RestartPolicy, ServiceType, SessionLoss, Settings,
 };
@@ -24,6 +24,7 @@ proptest! {
         let _ = Settings::parse(&bytes);
         let _ = parse_pid(&bytes);
         let _ = StateNode::parse(&bytes);
+        let _ = AgentReport::parse(&bytes);
         let text = String::from_utf8_lossy(&bytes);
         let _ = decode(&text);
         let _ = parse_assignment(&text);
@@ -33,7 +34,64 @@ proptest! {
     fn json_shaped_payloads_never_panic(text in r#"[\[\]{}",:0-9a-z_ .-]{0,60}"#) {
         let _ = parse_machines(text.as_bytes());
         let _ = Settings::parse(text.as_bytes());
+        let _ = AgentReport::parse(text.as_bytes());
         let _ = decode(&text);
+    }
+
+    #[test]
+    fn agent_reports_round_trip(report in agent_report()) {
+        prop_assert_eq!(AgentReport::parse(&report.render()), Ok(report));
+    }
+
+    /// A newer agent's report (a field this version does not know, at the top and in a
+    /// service) reads as the report without it.
+    #[test]
+    fn agent_reports_tolerate_an_extra_field(report in agent_report(), value in any::<i64>()) {
+        let mut json: serde_json::Value = serde_json::from_slice(&report.render()).expect("json");
+        json["a_newer_field"] = value.into();
+        for service in json["services"].as_object_mut().expect("services").values_mut() {
+            service["another_newer_field"] = serde_json::json!({ "x": value });
+        }
+        let data = serde_json::to_vec(&json).expect("encodes");
+        prop_assert_eq!(AgentReport::parse(&data), Ok(report));
+    }
+
+    /// An older agent's report, without an optional field, reads with it defaulted.
+    #[test]
+    fn agent_reports_tolerate_a_missing_optional_field(
+        report in agent_report(),
+        top in prop::sample::select(vec!["problems", "services", "started_at"]),
+        nested in prop::sample::select(vec![
+            "generation", "last_exit", "next_start_at", "not_ready_within", "pid",
+            "quick_failures", "restarts", "since",
+        ]),
+    ) {
+        let mut json: serde_json::Value = serde_json::from_slice(&report.render()).expect("json");
+        for service in json["services"].as_object_mut().expect("services").values_mut() {
+            service.as_object_mut().expect("a service object").remove(nested);
+        }
+        json.as_object_mut().expect("an object").remove(top);
+        let data = serde_json::to_vec(&json).expect("encodes");
+        let read = AgentReport::parse(&data).expect("an older report reads");
+        let mut expected = report;
+        match top {
+            "problems" => expected.problems.clear(),
+            "services" => expected.services.clear(),
+            _ => expected.started_at = None,
+        }
+        for service in expected.services.values_mut() {
+            match nested {
+                "generation" => service.generation = 0,
+                "last_exit" => service.last_exit = None,
+                "next_start_at" => service.next_start_at = None,
+                "not_ready_within" => service.not_ready_within = None,
+                "pid" => service.pid = None,
+                "quick_failures" => service.quick_failures = 0,
+                "restarts" => service.restarts = 0,
+                _ => service.since = None,
+            }
+        }
+        prop_assert_eq!(read, expected);
     }
 
     #[test]
@@ -128,6 +186,86 @@ proptest! {
         let journal = decode(&(record.to_line() + "\n")).expect("decodes");
         prop_assert_eq!(journal.records.len(), 1);
         prop_assert_eq!(journal.records[0].to_line(), record.to_line());
+    }
+}
+
+fn seconds() -> impl Strategy<Value = f64> {
+    (0..u64::MAX / 2).prop_map(|ms| Timestamp::from_millis(ms).as_secs_f64())
+}
+
+fn service_report() -> impl Strategy<Value = ServiceReport> {
+    let phase = prop::sample::select(vec![
+        Phase::Stopped,
+        Phase::Backoff,
+        Phase::Exited,
+        Phase::Starting,
+        Phase::Running,
+        Phase::Stopping,
+        Phase::Unknown,
+    ]);
+    (
+        (
+            any::<u64>(),
+            prop::option::of("\\PC{0,20}"),
+            prop::option::of(seconds()),
+            prop::option::of(seconds()),
+        ),
+        (
+            phase,
+            any::<Option<u32>>(),
+            any::<u32>(),
+            any::<u32>(),
+            prop::option::of(seconds()),
+        ),
+    )
+        .prop_map(
+            |(
+                (generation, last_exit, next_start_at, not_ready_within),
+                (phase, pid, quick_failures, restarts, since),
+            )| {
+                ServiceReport {
+                    generation,
+                    last_exit,
+                    next_start_at,
+                    not_ready_within,
+                    phase,
+                    pid,
+                    quick_failures,
+                    restarts,
+                    since,
+                }
+            },
+        )
+}
+
+fn agent_report() -> impl Strategy<Value = AgentReport> {
+    (
+        ("\\PC{0,20}", "\\PC{0,20}", "[a-z0-9-]{1,12}", any::<u32>()),
+        prop::collection::btree_map("/services/[a-z]{1,8}/settings", "\\PC{0,20}", 0..3),
+        prop::collection::btree_map("[a-z0-9-]{1,12}", service_report(), 0..4),
+        (prop::option::of(seconds()), "\\PC{0,10}"),
+    )
+        .prop_map(
+            |((containment, hostname, machine, pid), problems, services, (started_at, version))| {
+                AgentReport {
+                    containment,
+                    hostname,
+                    machine,
+                    pid,
+                    problems,
+                    services,
+                    started_at,
+                    version,
+                }
+            },
+        )
+}
+
+#[test]
+fn a_report_that_is_not_one_is_an_error_not_a_panic() {
+    for data in [&b""[..], b"null", b"[]", b"{}", br#"{"pid":-1}"#, b"\xff"] {
+        let err = AgentReport::parse(data).expect_err("not a report");
+        assert!(err.to_string().contains("agent report"), "{err}");
     }
 }
 

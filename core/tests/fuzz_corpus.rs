@@ -1,9 +1,9 @@
 //! Replays every committed fuzz input (`fuzz/corpus/<target>`) and every crash the
 //! fuzzer found (`fuzz/regressions/<target>`) through the target bodies, on stable Rust.
+//! With a bug planted, the same corpus is caught (sim/planted, `checker_catches`).
 
-mod corpus;
-
-use pop_core::fuzzing::TARGETS;
+use pop_checker::corpus;
+use pop_checker::targets::{input_sequence_summary, TARGETS};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 #[test]
@@ -34,4 +34,20 @@ fn every_committed_fuzz_input_passes() {
         );
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The corpus gets deep enough for the checks to matter: it spawns, stops and requests.
+#[test]
+fn the_corpus_reaches_spawns_stops_and_requests() {
+    let mut spawns = 0;
+    let mut stops = 0;
+    let mut requests = 0;
+    for (_, data) in corpus::inputs("corpus", "input_sequence") {
+        let summary = input_sequence_summary(&data).unwrap_or_else(|v| panic!("{v}"));
+        spawns += summary.spawns;
+        stops += summary.stops;
+        requests += summary.requests;
+    }
+    eprintln!("corpus: {requests} requests, {spawns} spawns, {stops} stops");
+    assert!(spawns > 0 && stops > 0 && requests > 0);
 }

@@ -1,13 +1,14 @@
 //! The core over arbitrary input sequences (any order of session events, replies with
 //! stale or unknown ids, watch events, exits of unknown generations, early and late
-//! ticks, garbage data), checked by `pop_core::fuzzing::Checker`: it never panics,
+//! ticks, garbage data), checked by `pop_checker::Checker`: it never panics,
 //! requests only while connected and only under the namespace, writes only this
 //! machine's nodes (pids it was given, JSON state), spawns only services read as wanted
 //! here with settings it read and never beside a running generation, stops only what it
 //! had, does nothing more when nothing new happened, and replays to the same actions.
 
+use pop_checker::check_inputs;
+use pop_checker::targets::input_sequence_summary;
 use pop_core::event::{ExitStatus, Input};
-use pop_core::fuzzing::{check_inputs, input_sequence_summary};
 use pop_core::zk::{
     NodeStat, RequestId, SessionEvent, SessionId, WatchEvent, WatchKind, ZkError, ZkReply,
 };

@@ -1,5 +1,5 @@
-//! `cargo fuzz run input_sequence`: the body is `pop_core::fuzzing::input_sequence`, which the core's tests
-//! also run over the committed corpus in `fuzz/corpus/input_sequence`.
+//! `cargo fuzz run input_sequence`: the body is `pop_checker::targets::input_sequence`, which the core's
+//! tests also run over the committed corpus in `fuzz/corpus/input_sequence`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| pop_core::fuzzing::input_sequence(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| pop_checker::targets::input_sequence(data));

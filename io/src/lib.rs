@@ -7,4 +7,3 @@ pub mod journal;
 pub mod machine_id;
 pub mod supervise;
 pub mod zk;
-pub mod zkserver;

@@ -1,6 +1,6 @@
 //! A deterministic simulator for pop: the real core against modelled ZooKeeper and
-//! processes, on virtual time. Later issues add seeded fault schedules; for now it is the
-//! harness for scenario tests of the core.
+//! processes, on virtual time ([`world`]), and the seeded chaos runner that schedules
+//! faults and checks invariants over it ([`chaos`], `pop sim`).
 
 pub mod chaos;
 pub mod world;

@@ -1,7 +1,7 @@
-//! The seeded chaos runner: deterministic, clean on a fixed batch of seeds (including
-//! every seed that once found a bug), and able to catch each planted bug.
+//! The seeded chaos runner: deterministic, and clean on a fixed batch of seeds (including
+//! every seed that once found a bug). That it catches each planted bug is shown apart, in
+//! sim/planted (pop-planted-tests), the only build with the bug switches.
 
-use pop_core::planted::{plant, Bug};
 use pop_sim::chaos::{run, run_catching, Options};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -67,21 +67,5 @@ fn a_batch_of_seeds_is_clean_and_covers_the_rare_situations() {
             coverage.get(situation).is_some_and(|n| *n > 0),
             "never: {situation}; {coverage:?}"
         );
-    }
-}
-
-/// Each planted bug, in the agent or in the operator's plans, is caught within a fixed
-/// number of seeds; the runner is not blind.
-#[test]
-fn every_planted_bug_is_caught() {
-    for bug in Bug::ALL.into_iter().chain(Bug::IN_PLANS) {
-        plant(Some(bug));
-        let caught = (0..20).find_map(|seed| {
-            let outcome = run_catching(&short(seed));
-            outcome.failure.map(|f| (seed, f))
-        });
-        plant(None);
-        let (seed, failure) = caught.unwrap_or_else(|| panic!("{bug:?} not caught in 20 seeds"));
-        eprintln!("{bug:?}: caught at seed {seed}: {failure}");
     }
 }

@@ -1,6 +1,6 @@
 //! The production driver loop (`pop_io::driver::run_with`) against simulated ports: the
-//! ZooKeeper model, modelled processes and tokio's paused clock. This is the seam a
-//! madsim build uses; here it shows the loop depends on nothing but its ports.
+//! ZooKeeper model, modelled processes and tokio's paused clock: the loop depends on
+//! nothing but its ports.
 
 use pop_core::backoff::Backoff;
 use pop_core::event::{ExitStatus, Input};

@@ -2,6 +2,7 @@
 
 use pop_core::event::ExitStatus;
 use pop_core::paths;
+use pop_core::published::AgentReport;
 use pop_sim::World;
 use std::time::Duration;
 
@@ -517,4 +518,54 @@ fn nothing_is_sent_or_queued_while_disconnected() {
     );
     w.reconnect(0);
     settle(&mut w);
+}
+
+#[test]
+fn a_service_that_never_accepts_connections_fails_readiness_and_restarts_with_growing_delays() {
+    let mut w = World::new(&["m1"], 11);
+    w.check_invariants = true;
+    w.never_ready.insert("web".into());
+    w.add_service(
+        "web",
+        r#"{"type":"command","command":"serve","port":8080,"ready_timeout":1}"#,
+        &["m1"],
+    );
+    // When each new process appeared.
+    let mut spawned_at = Vec::new();
+    let mut last_pid = None;
+    for _ in 0..2000 {
+        w.run_for(Duration::from_millis(10));
+        assert_eq!(w.violation, None, "{}", w.trace.join("\n"));
+        let pid = w.machines[0].processes.keys().next().copied();
+        if pid.is_some() && pid != last_pid {
+            spawned_at.push(w.now);
+        }
+        last_pid = pid;
+        assert!(
+            w.zk.get(&paths::service_state("web", "m1")).is_none(),
+            "a service that is not ready is never published"
+        );
+    }
+    assert!(spawned_at.len() >= 5, "{spawned_at:?}");
+    let gaps: Vec<Duration> = spawned_at
+        .windows(2)
+        .map(|pair| pair[1].saturating_since(pair[0]))
+        .collect();
+    for (gap, next) in gaps.iter().zip(&gaps[1..]) {
+        assert!(
+            *gap > Duration::from_secs(1),
+            "waited out the timeout: {gaps:?}"
+        );
+        assert!(next > gap, "the crash-loop delay grows: {gaps:?}");
+    }
+    let trace = w.trace.join("\n");
+    assert!(
+        trace.contains(r#"NotReady { service: "web", port: 8080, waited: 1s }"#),
+        "{trace}"
+    );
+    let node = w.zk.get(&paths::agent("m1")).expect("agent node");
+    let report = AgentReport::parse(&node.data).expect("a report pop reads");
+    let web = report.services.get("web").expect("web reported");
+    assert_eq!(web.not_ready_within, Some(1.0), "{web:?}");
+    assert!(web.quick_failures >= 3 && web.restarts >= 4, "{web:?}");
 }

@@ -1,10 +1,10 @@
 //! A loopback ZooKeeper ensemble (`QuorumPeerMain`), each node a child process with its
 //! own data directory, `myid` and free ports; every node killed when dropped.
 //!
-//! The JVM command line follows `pop_io::zkserver` (same jars via its public
+//! The JVM command line follows pop-zkserver's (same jars via its public
 //! `find_installation`, same flags); only the main class and the configuration differ.
 
-use pop_io::zkserver::{find_installation, four_letter, ZkInstallation};
+use pop_zkserver::{find_installation, four_letter, ZkInstallation};
 use std::fs;
 use std::io;
 use std::net::{SocketAddr, TcpListener};

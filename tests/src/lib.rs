@@ -7,7 +7,7 @@ pub mod proxy;
 pub use ensemble::Ensemble;
 pub use proxy::TcpProxy;
 
-use pop_io::zkserver::{four_letter, ZkServer, ZkServerConfig};
+use pop_zkserver::{four_letter, ZkServer, ZkServerConfig};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -233,6 +233,26 @@ impl Machine {
         self.spawn_agent(cmd)
     }
 
+    /// Starts `pop fg` inside the cgroup v2 directory `cgroup`, as systemd starts a
+    /// unit's main process in the unit's cgroup.
+    pub fn agent_in_cgroup(&self, cgroup: &Path) -> Agent {
+        let fg = self.command(&["fg"]);
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#"echo $$ > "$0/cgroup.procs" && exec "$@""#)
+            .arg(cgroup)
+            .arg(fg.get_program())
+            .args(fg.get_args())
+            .stdin(Stdio::null());
+        for (key, value) in fg.get_envs() {
+            match value {
+                Some(value) => cmd.env(key, value),
+                None => cmd.env_remove(key),
+            };
+        }
+        self.spawn_agent(cmd)
+    }
+
     fn spawn_agent(&self, mut cmd: Command) -> Agent {
         let log = self.state.path().join("fg.log");
         let file = std::fs::File::create(&log).expect("agent log");
@@ -268,7 +288,7 @@ impl Drop for Machine {
         }
         let zk_pid = self.state.path().join("zookeeper").join("zookeeper.pid");
         if zk_pid.exists() {
-            let _ = pop_io::zkserver::stop_daemon(&zk_pid);
+            let _ = pop_zkserver::stop_daemon(&zk_pid);
         }
         // Services outlive a killed agent by design (the next one adopts them); a test
         // that ends without a next agent must not leave them running.

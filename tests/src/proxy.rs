@@ -125,11 +125,6 @@ impl TcpProxy {
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::SeqCst)
     }
-
-    /// Connections currently open (black-holed or not).
-    pub fn open_connections(&self) -> usize {
-        lock(&self.shared.conns).len()
-    }
 }
 
 impl Drop for TcpProxy {

@@ -142,3 +142,35 @@ fn agent_survives_bad_json_and_keeps_its_last_good_view() {
     assert!(status.success(), "{}", agent.log_text());
     assert!(!agent.log_text().contains("panicked"));
 }
+
+#[test]
+fn an_agent_report_pop_cannot_read_is_a_problem_naming_its_node() {
+    let (_zk, m, zkc) = initialised();
+    m.ok(&["add", "echo", "--port", "0"]);
+    m.ok(&["deploy", "echo", "--machine", "ghost-1"]);
+    // Somebody else's node where an agent's report belongs.
+    zkc.create("/agents/ghost-1", br#"{"machine":"ghost-1","pid":"one"}"#);
+
+    let status = m.ok(&["status"]);
+    assert!(
+        status.contains("echo on ghost-1: cannot read the agent report /agents/ghost-1: "),
+        "{status}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&m.ok(&["--json", "status"])).expect("status json");
+    let instance = &json["services"][0]["instances"][0];
+    assert_eq!(instance["agent_live"], true, "{instance}");
+    assert_eq!(instance["phase"], "unknown", "{instance}");
+    assert!(
+        instance["problems"][0]
+            .as_str()
+            .is_some_and(|p| p.contains("/agents/ghost-1")),
+        "{instance}"
+    );
+
+    let machines = m.ok(&["machines"]);
+    assert!(
+        machines.contains("cannot read the agent report /agents/ghost-1"),
+        "{machines}"
+    );
+}

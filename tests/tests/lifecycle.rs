@@ -174,3 +174,80 @@ fn session_expiry_keeps_the_service_and_republishes() {
     assert!(pid_alive(pid));
     assert!(agent.log_text().contains("expired"), "{}", agent.log_text());
 }
+
+/// A port nothing listens on: bound and released at once.
+fn unused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The `deaf` instance on this machine in `pop status --json`.
+fn deaf_instance(m: &pop_tests::Machine) -> Option<serde_json::Value> {
+    let status: serde_json::Value = serde_json::from_str(&m.ok(&["--json", "status"])).ok()?;
+    let instances = status["services"][0]["instances"].as_array()?;
+    instances.iter().find(|i| i["machine"] == m.id).cloned()
+}
+
+fn fails_readiness(instance: &serde_json::Value) -> bool {
+    instance["problems"].as_array().is_some_and(|problems| {
+        problems.iter().any(|p| {
+            p.as_str()
+                .is_some_and(|p| p.contains("failed readiness") && p.contains("within 1s"))
+        })
+    })
+}
+
+#[test]
+fn a_service_whose_port_never_accepts_connections_fails_readiness_and_is_restarted() {
+    let (_zk, m, zkc) = initialised();
+    let port = unused_port().to_string();
+    m.ok(&[
+        "add",
+        "command",
+        "--name",
+        "deaf",
+        "--port",
+        &port,
+        "--set",
+        "command=exec sleep 4321988",
+        "--set",
+        "ready_timeout=1",
+    ]);
+    m.ok(&["deploy", "deaf"]);
+    let _agent = m.agent();
+
+    let first = wait_for("deaf to be started", || {
+        deaf_instance(&m).filter(|i| i["phase"] == "starting" && i["pid"].is_u64())
+    });
+    let first_pid = first["pid"].as_u64().expect("a pid");
+    let failed = wait_for("pop status to report failing readiness", || {
+        deaf_instance(&m).filter(fails_readiness)
+    });
+    assert_eq!(failed["desired"], true, "{failed}");
+    wait_for("a new process after the failure", || {
+        deaf_instance(&m).filter(|i| {
+            i["pid"].as_u64().is_some_and(|pid| pid != first_pid)
+                && i["restarts"].as_u64().is_some_and(|r| r >= 1)
+        })
+    });
+    assert!(!pid_alive(first_pid), "the failed run was stopped");
+    // Still not ready, so never published, and failing again.
+    let again = wait_for("a second readiness failure", || {
+        deaf_instance(&m).filter(|i| i["restarts"].as_u64().is_some_and(|r| r >= 2))
+    });
+    assert!(fails_readiness(&again), "{again}");
+    assert!(
+        zkc.get(&format!("/services/deaf/state/{}", m.id)).is_none(),
+        "never published"
+    );
+    let table = m.ok(&["status"]);
+    assert!(
+        table.contains(&format!(
+            "deaf on {}: failed readiness: port {port} accepted no connection within 1s",
+            m.id
+        )),
+        "{table}"
+    );
+}

@@ -8,8 +8,9 @@ use crate::Cli;
 use anyhow::{bail, Result};
 use pop_core::names::ServiceName;
 use pop_core::paths;
-use pop_core::published::StateNode;
-use pop_core::settings::{parse_machines, Settings};
+use pop_core::published::{AgentReport, ServiceReport, StateNode};
+use pop_core::settings::{parse_machines, DataError, Settings};
+use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -21,41 +22,81 @@ fn now_secs() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Agent reports by machine id; a machine is live when its ephemeral agent node exists.
-async fn agent_reports(admin: &Admin) -> Result<BTreeMap<String, Value>> {
+/// Agent reports by machine id; a machine is live when its ephemeral agent node exists,
+/// whether or not its report can be read.
+type Reports = BTreeMap<String, Result<AgentReport, DataError>>;
+
+async fn agent_reports(admin: &Admin) -> Result<Reports> {
     let mut reports = BTreeMap::new();
     for machine in admin.children(paths::AGENTS).await? {
         if let Some(node) = admin.get(&paths::agent(&machine)).await? {
-            reports.insert(machine, node_value(&node.data));
+            reports.insert(machine, AgentReport::parse(&node.data));
         }
     }
     Ok(reports)
 }
 
-async fn service_json(
+fn unreadable_report(machine: &str, error: &DataError) -> String {
+    format!(
+        "cannot read the agent report {}: {error}",
+        paths::agent(machine)
+    )
+}
+
+/// One service, as `pop status --json` prints it. Fields in name order.
+#[derive(Serialize)]
+struct ServiceStatus {
+    instances: Vec<Instance>,
+    machines: BTreeSet<String>,
+    name: String,
+    problems: Vec<String>,
+    /// The settings node as written (also when it is not valid settings).
+    settings: Value,
+    #[serde(rename = "type")]
+    service_type: Option<&'static str>,
+}
+
+/// The service on one machine: wanted there, or published from there. Fields in name order.
+#[derive(Serialize)]
+struct Instance {
+    agent_live: bool,
+    containment: Option<String>,
+    desired: bool,
+    last_exit: Option<String>,
+    machine: String,
+    phase: String,
+    pid: Option<u32>,
+    problems: Vec<String>,
+    restarts: Option<u32>,
+    state: Option<StateNode>,
+    uptime_seconds: Option<f64>,
+}
+
+async fn service_status(
     admin: &Admin,
     name: &str,
-    agents: &BTreeMap<String, Value>,
+    agents: &Reports,
     now: f64,
-) -> Result<Value> {
+) -> Result<ServiceStatus> {
     let mut problems = Vec::new();
     let settings_raw = admin.get(&paths::service_settings(name)).await?;
-    let (settings, service_type) = match &settings_raw {
+    let (settings, parsed) = match &settings_raw {
         None => {
             problems.push("settings node is missing".to_string());
-            (Value::Null, Value::Null)
+            (Value::Null, None)
         }
         Some(node) => {
             let value = node_value(&node.data);
             match Settings::parse(&node.data) {
-                Ok(s) => (value, Value::from(s.service_type.as_str())),
+                Ok(s) => (value, Some(s)),
                 Err(e) => {
                     problems.push(format!("invalid settings: {e}"));
-                    (value, Value::Null)
+                    (value, None)
                 }
             }
         }
     };
+    let port = parsed.as_ref().and_then(|s| s.port);
     let desired: BTreeSet<String> = match admin.get(&paths::service_machines(name)).await? {
         None => {
             problems.push("machines node is missing".to_string());
@@ -71,10 +112,10 @@ async fn service_json(
     for machine in admin.children(&paths::service_state_dir(name)).await? {
         if let Some(node) = admin.get(&paths::service_state(name, &machine)).await? {
             let state = match StateNode::parse(&node.data) {
-                Ok(state) => serde_json::to_value(state)?,
+                Ok(state) => Some(state),
                 Err(e) => {
                     bad_states.insert(machine.clone(), format!("invalid state node: {e}"));
-                    Value::Null
+                    None
                 }
             };
             states.insert(machine, state);
@@ -84,67 +125,92 @@ async fn service_json(
     let mut instances = Vec::new();
     for machine in machines {
         let agent = agents.get(&machine);
-        let report = agent
-            .map(|a| a["services"][name].clone())
-            .unwrap_or(Value::Null);
-        let state = states.get(&machine).cloned().unwrap_or(Value::Null);
+        let live = agent.is_some();
+        let readable = agent.and_then(|a| a.as_ref().ok());
+        let report = readable.and_then(|a| a.services.get(name));
+        let state = states.get(&machine).cloned().flatten();
         let mut issues = Vec::new();
         let is_desired = desired.contains(&machine);
-        if agent.is_none() && is_desired {
+        if !live && is_desired {
             issues.push("no live agent on this machine".to_string());
+        }
+        if let Some(Err(e)) = agent {
+            issues.push(unreadable_report(&machine, e));
         }
         if let Some(problem) = bad_states.get(&machine) {
             issues.push(problem.clone());
         }
-        if let Some(problems) = agent.and_then(|a| a["problems"].as_object()) {
+        if let Some(agent) = readable {
             let prefix = format!("{}/", paths::service(name));
-            for (path, problem) in problems {
+            for (path, problem) in &agent.problems {
                 if path.starts_with(&prefix) || path == paths::SERVICES {
-                    issues.push(format!("{path}: {}", problem.as_str().unwrap_or("?")));
+                    issues.push(format!("{path}: {problem}"));
                 }
             }
         }
-        if report["quick_failures"].as_u64().unwrap_or(0) >= 3 {
-            let wait = report["next_start_at"]
-                .as_f64()
-                .map(|t| format!(", next start in {}", output::duration(t - now)))
-                .unwrap_or_default();
-            issues.push(format!(
-                "crash loop: {} quick failures{wait}",
-                report["quick_failures"]
-            ));
+        if let Some(report) = report {
+            issues.extend(service_issues(report, port, now));
         }
-        let phase = match (&report["phase"], agent) {
-            (Value::String(p), _) => p.clone(),
-            (_, Some(_)) if is_desired => "pending".to_string(),
+        let phase = match (report, agent) {
+            (Some(report), _) => report.phase.to_string(),
+            (None, Some(Ok(_))) if is_desired => "pending".to_string(),
             _ => "unknown".to_string(),
         };
-        let pid = state["pid"].as_u64().or_else(|| report["pid"].as_u64());
-        let since = state["started_at"]
-            .as_f64()
-            .or_else(|| report["since"].as_f64());
-        instances.push(json!({
-            "machine": machine,
-            "desired": is_desired,
-            "agent_live": agent.is_some(),
-            "phase": phase,
-            "pid": pid,
-            "uptime_seconds": since.map(|s| (now - s).max(0.0).round()),
-            "restarts": report["restarts"].as_u64().or_else(|| state["restarts"].as_u64()),
-            "last_exit": report["last_exit"],
-            "containment": agent.map(|a| a["containment"].clone()),
-            "state": state,
-            "problems": issues,
-        }));
+        let pid = state.as_ref().map(|s| s.pid).or(report.and_then(|r| r.pid));
+        let since = state
+            .as_ref()
+            .map(|s| s.started_at)
+            .or(report.and_then(|r| r.since));
+        instances.push(Instance {
+            agent_live: live,
+            containment: readable.map(|a| a.containment.clone()),
+            desired: is_desired,
+            last_exit: report.and_then(|r| r.last_exit.clone()),
+            machine,
+            phase,
+            pid,
+            problems: issues,
+            restarts: report
+                .map(|r| r.restarts)
+                .or(state.as_ref().map(|s| s.restarts)),
+            state,
+            uptime_seconds: since.map(|s| (now - s).max(0.0).round()),
+        });
     }
-    Ok(json!({
-        "name": name,
-        "type": service_type,
-        "settings": settings,
-        "machines": desired,
-        "problems": problems,
-        "instances": instances,
-    }))
+    Ok(ServiceStatus {
+        instances,
+        machines: desired,
+        name: name.to_string(),
+        problems,
+        settings,
+        service_type: parsed.map(|s| s.service_type.as_str()),
+    })
+}
+
+/// What the agent says is wrong with a service it runs (`port`: its port setting).
+fn service_issues(report: &ServiceReport, port: Option<u16>, now: f64) -> Vec<String> {
+    let mut issues = Vec::new();
+    if let Some(secs) = report.not_ready_within {
+        let what = match port {
+            Some(0) => format!("no listening port found within {secs}s"),
+            Some(port) => format!("port {port} accepted no connection within {secs}s"),
+            None => format!("not ready within {secs}s"),
+        };
+        issues.push(format!(
+            "failed readiness: {what} (ready_timeout); restarted with backoff"
+        ));
+    }
+    if report.quick_failures >= 3 {
+        let wait = report
+            .next_start_at
+            .map(|t| format!(", next start in {}", output::duration(t - now)))
+            .unwrap_or_default();
+        issues.push(format!(
+            "crash loop: {} quick failures{wait}",
+            report.quick_failures
+        ));
+    }
+    issues
 }
 
 pub async fn status(cli: &Cli, admin: &Admin, only: Option<&str>) -> Result<()> {
@@ -163,7 +229,7 @@ pub async fn status(cli: &Cli, admin: &Admin, only: Option<&str>) -> Result<()> 
     let now = now_secs();
     let mut services = Vec::new();
     for name in &names {
-        services.push(service_json(admin, name, &agents, now).await?);
+        services.push(service_status(admin, name, &agents, now).await?);
     }
     if cli.json {
         return output::print_json(&json!({ "services": services }));
@@ -176,27 +242,22 @@ pub async fn status(cli: &Cli, admin: &Admin, only: Option<&str>) -> Result<()> 
     Ok(())
 }
 
-fn cell(v: &Value) -> String {
-    match v {
-        Value::Null => "-".to_string(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
+fn cell<T: ToString>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".to_string(), |v| v.to_string())
 }
 
-fn render(services: &[Value], detailed: bool) -> String {
+fn render(services: &[ServiceStatus], detailed: bool) -> String {
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     for s in services {
-        let name = cell(&s["name"]);
-        for p in s["problems"].as_array().into_iter().flatten() {
-            notes.push(format!("{name}: {}", cell(p)));
+        let name = &s.name;
+        for p in &s.problems {
+            notes.push(format!("{name}: {p}"));
         }
-        let instances = s["instances"].as_array().cloned().unwrap_or_default();
-        if instances.is_empty() {
+        if s.instances.is_empty() {
             rows.push(vec![
                 name.clone(),
-                cell(&s["type"]),
+                cell(s.service_type),
                 "-".into(),
                 "-".into(),
                 "not deployed".into(),
@@ -206,38 +267,33 @@ fn render(services: &[Value], detailed: bool) -> String {
                 "-".into(),
             ]);
         }
-        for i in instances {
-            let address = match (&i["state"]["host"], &i["state"]["port"]) {
-                (Value::String(h), Value::Number(p)) => format!("{h}:{p}"),
-                (Value::String(h), _) => h.clone(),
-                _ => "-".into(),
+        for i in &s.instances {
+            let address = match &i.state {
+                Some(StateNode {
+                    host,
+                    port: Some(port),
+                    ..
+                }) => format!("{host}:{port}"),
+                Some(StateNode { host, .. }) => host.clone(),
+                None => "-".into(),
             };
-            let desired = if i["desired"] == Value::Bool(true) {
-                "yes"
-            } else {
-                "no"
-            };
-            let agent = if i["agent_live"] == Value::Bool(true) {
-                "live"
-            } else {
-                "down"
-            };
+            let desired = if i.desired { "yes" } else { "no" };
+            let agent = if i.agent_live { "live" } else { "down" };
             rows.push(vec![
                 name.clone(),
-                cell(&s["type"]),
-                cell(&i["machine"]),
+                cell(s.service_type),
+                i.machine.clone(),
                 format!("{desired}/{agent}"),
-                cell(&i["phase"]),
-                cell(&i["pid"]),
-                i["uptime_seconds"]
-                    .as_f64()
+                i.phase.clone(),
+                cell(i.pid),
+                i.uptime_seconds
                     .map(output::duration)
                     .unwrap_or_else(|| "-".into()),
-                cell(&i["restarts"]),
+                cell(i.restarts),
                 address,
             ]);
-            for p in i["problems"].as_array().into_iter().flatten() {
-                notes.push(format!("{name} on {}: {}", cell(&i["machine"]), cell(p)));
+            for p in &i.problems {
+                notes.push(format!("{name} on {}: {p}", i.machine));
             }
         }
     }
@@ -257,30 +313,52 @@ fn render(services: &[Value], detailed: bool) -> String {
     );
     if detailed {
         for s in services {
-            for i in s["instances"].as_array().into_iter().flatten() {
-                let (name, machine) = (cell(&s["name"]), cell(&i["machine"]));
-                if let Value::String(kind) = &i["containment"] {
+            for i in &s.instances {
+                let (name, machine) = (&s.name, &i.machine);
+                if let Some(kind) = &i.containment {
                     out.push_str(&format!("\n{name} on {machine} is contained by {kind}"));
                 }
-                if !i["state"].is_null() {
-                    out.push_str(&format!("\nstate of {name} on {machine}: {}", i["state"]));
+                if let Some(state) = &i.state {
+                    out.push_str(&format!(
+                        "\nstate of {name} on {machine}: {}",
+                        String::from_utf8_lossy(&state.render())
+                    ));
                 }
             }
             out.push_str(&format!(
                 "\nsettings of {}:\n{}",
-                cell(&s["name"]),
-                serde_json::to_string_pretty(&s["settings"]).unwrap_or_default()
+                s.name,
+                serde_json::to_string_pretty(&s.settings).unwrap_or_default()
             ));
             out.push('\n');
         }
     }
+    push_notes(&mut out, &notes);
+    out
+}
+
+fn push_notes(out: &mut String, notes: &[String]) {
     if !notes.is_empty() {
         out.push_str("\nproblems:\n");
         for n in notes {
             out.push_str(&format!("  {n}\n"));
         }
     }
-    out
+}
+
+/// One machine, as `pop machines --json` prints it. Fields in name order.
+#[derive(Serialize)]
+struct MachineStatus {
+    agent_live: bool,
+    agent_pid: Option<u32>,
+    agent_uptime_seconds: Option<f64>,
+    containment: Option<String>,
+    hostname: Option<String>,
+    machine: String,
+    /// Only when the agent's report cannot be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    problem: Option<String>,
+    running: Vec<String>,
 }
 
 pub async fn machines(cli: &Cli, admin: &Admin) -> Result<()> {
@@ -297,15 +375,22 @@ pub async fn machines(cli: &Cli, admin: &Admin) -> Result<()> {
     for machine in known {
         let running = admin.children(&paths::machine(&machine)).await?;
         let agent = agents.get(&machine);
-        list.push(json!({
-            "machine": machine,
-            "agent_live": agent.is_some(),
-            "hostname": agent.map(|a| a["hostname"].clone()),
-            "agent_pid": agent.map(|a| a["pid"].clone()),
-            "containment": agent.map(|a| a["containment"].clone()),
-            "agent_uptime_seconds": agent.and_then(|a| a["started_at"].as_f64()).map(|t| (now - t).max(0.0).round()),
-            "running": running,
-        }));
+        let report = agent.and_then(|a| a.as_ref().ok());
+        list.push(MachineStatus {
+            agent_live: agent.is_some(),
+            agent_pid: report.map(|a| a.pid),
+            agent_uptime_seconds: report
+                .and_then(|a| a.started_at)
+                .map(|t| (now - t).max(0.0).round()),
+            containment: report.map(|a| a.containment.clone()),
+            hostname: report.map(|a| a.hostname.clone()),
+            problem: match agent {
+                Some(Err(e)) => Some(unreadable_report(&machine, e)),
+                _ => None,
+            },
+            machine,
+            running,
+        });
     }
     if cli.json {
         return output::print_json(&json!({ "machines": list }));
@@ -318,42 +403,34 @@ pub async fn machines(cli: &Cli, admin: &Admin) -> Result<()> {
         .iter()
         .map(|m| {
             vec![
-                cell(&m["machine"]),
-                if m["agent_live"] == Value::Bool(true) {
-                    "live"
-                } else {
-                    "down"
-                }
-                .into(),
-                cell(&m["hostname"]),
-                cell(&m["agent_pid"]),
-                m["agent_uptime_seconds"]
-                    .as_f64()
+                m.machine.clone(),
+                if m.agent_live { "live" } else { "down" }.into(),
+                cell(m.hostname.as_ref()),
+                cell(m.agent_pid),
+                m.agent_uptime_seconds
                     .map(output::duration)
                     .unwrap_or_else(|| "-".into()),
-                cell(&m["containment"]),
-                m["running"]
-                    .as_array()
-                    .map(|r| r.iter().map(cell).collect::<Vec<_>>().join(","))
+                cell(m.containment.as_ref()),
+                Some(m.running.join(","))
                     .filter(|s| !s.is_empty())
                     .unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
-    print!(
-        "{}",
-        output::table(
-            &[
-                "MACHINE",
-                "AGENT",
-                "HOSTNAME",
-                "PID",
-                "UPTIME",
-                "CONTAINMENT",
-                "RUNNING"
-            ],
-            &rows
-        )
+    let mut out = output::table(
+        &[
+            "MACHINE",
+            "AGENT",
+            "HOSTNAME",
+            "PID",
+            "UPTIME",
+            "CONTAINMENT",
+            "RUNNING",
+        ],
+        &rows,
     );
+    let notes: Vec<String> = list.iter().filter_map(|m| m.problem.clone()).collect();
+    push_notes(&mut out, &notes);
+    print!("{out}");
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! (or the next input) and deliver [`Input::Tick`] when it is reached.
 
 mod ephemeral;
+mod readiness;
 mod service;
 mod target;
 
@@ -12,15 +13,15 @@ use crate::backoff::{Backoff, SeededRng};
 use crate::event::{Action, Input, Report};
 use crate::names::MachineId;
 use crate::paths::{self, Watched};
-use crate::published::render_pid;
+use crate::published::{render_pid, AgentReport};
 use crate::time::Timestamp;
 use crate::zk::{CreateMode, RequestId, SessionEvent, SessionId, ZkError, ZkOp, ZkReply};
 use ephemeral::{EphemeralNode, Step};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
-use service::{Outbox, Service};
+use service::{Control, Outbox, Service};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
+use target::Listing;
 
 /// How long to wait before retrying reads and writes that failed.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
@@ -141,7 +142,7 @@ impl Agent {
             Input::Session(event) => self.on_session(event),
             Input::Reply { id, reply } => self.on_reply(id, reply),
             Input::Watch(event) => {
-                if !crate::planted::active(crate::planted::Bug::ForgetToRearmWatch) {
+                if !planted!(ForgetToRearmWatch) {
                     self.armed.remove(&event.path);
                 }
                 if let Some(node) = self.nodes.get_mut(&event.path) {
@@ -180,8 +181,7 @@ impl Agent {
             } => {
                 // Known or not, it is ours now; reading ZooKeeper decides its fate.
                 if !self.services.contains_key(&service) {
-                    let mut fresh = Service::new(service.clone());
-                    fresh.listed = false;
+                    let fresh = Service::new(service.clone(), Listing::NotYetRead);
                     self.services.insert(service.clone(), fresh);
                 }
                 self.with_service(&service, |s, out| {
@@ -303,7 +303,7 @@ impl Agent {
         self.pending.clear();
         self.armed.clear();
         self.reread.clear();
-        if !crate::planted::active(crate::planted::Bug::NoEphemeralsAfterExpiry) {
+        if !planted!(NoEphemeralsAfterExpiry) {
             for node in self.nodes.values_mut() {
                 node.forget();
             }
@@ -373,8 +373,9 @@ impl Agent {
         if self.fence_deadline().is_some_and(|t| self.now >= t) {
             self.fence();
         }
-        for service in self.services.values_mut() {
-            service.on_tick(self.now);
+        let names: Vec<String> = self.services.keys().cloned().collect();
+        for name in names {
+            self.with_service(&name, Service::on_tick);
         }
     }
 
@@ -436,11 +437,11 @@ impl Agent {
             let Some(service) = self.services.get_mut(name) else {
                 continue;
             };
-            if service.awaiting_target
+            if service.control == Control::AwaitingTarget
                 && (self.shutting_down || (self.fenced && service.runs_fenced()))
             {
                 // Stopping an adopted process no longer depends on what ZooKeeper wants.
-                service.awaiting_target = false;
+                service.control = Control::FollowsTarget;
             }
             let desired = service
                 .desired(&machine, self.shutting_down, self.fenced)
@@ -466,8 +467,11 @@ impl Agent {
         }
         // Forget services that are gone from ZooKeeper and have nothing running.
         // An adopted one stays until the listing is read, with its generation and backoff.
-        self.services
-            .retain(|_, s| s.listed || !s.is_quiet() || s.awaiting_target || !s.listing_read);
+        self.services.retain(|_, s| {
+            s.target.listing != Listing::Unlisted
+                || !s.is_quiet()
+                || s.control == Control::AwaitingTarget
+        });
         let services = &self.services;
         self.newest_read
             .retain(|path, _| match Watched::parse(path) {
@@ -499,7 +503,7 @@ impl Agent {
                 state.map(|s| s.render()),
             );
         }
-        let report = (!self.shutting_down).then(|| self.report_json().to_string().into_bytes());
+        let report = (!self.shutting_down).then(|| self.report().render());
         wanted.insert(paths::agent(&machine), report);
         // Nodes no longer tracked by any service must go too.
         for path in self.nodes.keys() {
@@ -537,46 +541,36 @@ impl Agent {
     }
 
     /// The agent's own node: who it is and what each service is doing.
-    fn report_json(&self) -> Value {
-        let services: serde_json::Map<String, Value> = self
+    fn report(&self) -> AgentReport {
+        let services = self
             .services
             .values()
             .filter(|s| s.desired(self.machine(), false, false).is_some() || !s.is_quiet())
-            .map(|s| (s.name.clone(), s.report_json()))
+            .map(|s| (s.name.clone(), s.report()))
             .collect();
-        json!({
-            "machine": self.machine(),
-            "hostname": self.config.hostname,
-            "pid": self.config.agent_pid,
-            "version": self.config.version,
-            "containment": self.config.containment,
-            "started_at": self.started_at.map(Timestamp::as_secs_f64),
-            "services": services,
-            "problems": self.problems,
-        })
+        AgentReport {
+            containment: self.config.containment.clone(),
+            hostname: self.config.hostname.clone(),
+            machine: self.machine().to_string(),
+            pid: self.config.agent_pid,
+            problems: self.problems.clone(),
+            services,
+            started_at: self.started_at.map(Timestamp::as_secs_f64),
+            version: self.config.version.clone(),
+        }
     }
 
     /// For tests and the simulator: what each service is doing.
     pub fn service_phases(&self) -> BTreeMap<String, String> {
         self.services
             .iter()
-            .map(|(n, s)| {
-                (
-                    n.clone(),
-                    s.report_json()["phase"].as_str().unwrap_or("?").to_string(),
-                )
-            })
+            .map(|(n, s)| (n.clone(), s.phase().as_str().to_string()))
             .collect()
     }
 
     /// For the simulator: requests sent and not yet answered (must stay bounded).
     pub fn pending_requests(&self) -> usize {
         self.pending.len()
-    }
-
-    /// For the simulator: whether `fence` services are being kept down.
-    pub fn is_fenced(&self) -> bool {
-        self.fenced
     }
 
     /// For the simulator: whether a watch is armed on `path` in the current session.

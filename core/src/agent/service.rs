@@ -1,14 +1,15 @@
 //! One service on this machine: what ZooKeeper says about it and what its process is doing.
 
+use super::readiness::{Due, Readiness};
+use super::target::{Listing, Target};
 use crate::backoff::{Backoff, SeededRng};
 use crate::event::{Action, ExitStatus, Report};
 use crate::launch::Launch;
-use crate::published::StateNode;
+use crate::published::{Phase, ServiceReport, StateNode};
 use crate::settings::{RestartPolicy, SessionLoss, Settings};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 /// Where actions go, plus what transitions need besides the service itself.
@@ -45,58 +46,80 @@ pub(crate) enum Run {
         pid: u32,
         started_at: Timestamp,
         settings: Settings,
-        ready: bool,
-        /// For services without a port: ready at this time.
-        ready_at: Option<Timestamp>,
-        port: Option<u16>,
+        readiness: Readiness,
     },
     Stopping {
         generation: u64,
         pid: u32,
+        then: AfterStop,
     },
+}
+
+/// What follows a stop once the process is gone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum AfterStop {
+    /// Whatever the target says then (the stop was wanted: a change, an undeploy, a
+    /// shutdown, fencing).
+    FollowTarget,
+    /// The run failed (it never became ready): back off, then start `settings` again.
+    Restart { settings: Settings },
+}
+
+/// Who decides what happens to the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Control {
+    /// Moved towards what ZooKeeper wants, as far as this agent knows it.
+    FollowsTarget,
+    /// Adopted from an earlier agent: left alone until this agent has read what
+    /// ZooKeeper wants, so it is not stopped merely because nothing is known yet.
+    AwaitingTarget,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Service {
     pub name: String,
-    /// Listed under /services.
-    pub listed: bool,
-    /// Last good machines list; `None` until read, or when the node is gone.
-    pub machines: Option<BTreeSet<String>>,
-    /// Last good settings; `None` until read, or when the node is gone.
-    pub settings: Option<Settings>,
+    pub target: Target,
+    pub control: Control,
     pub run: Run,
     pub generation: u64,
     pub restarts: u32,
     pub quick_failures: u32,
     pub last_exit: Option<ExitStatus>,
-    /// Adopted from an earlier agent: left alone until this agent has read what
-    /// ZooKeeper wants (`machines_read` and `settings_read`), so it is not stopped
-    /// merely because nothing is known yet.
-    pub awaiting_target: bool,
-    /// Whether the service list was read since this entry exists (replies can arrive
-    /// in any order: a machines list may be read before the listing that names it).
-    pub listing_read: bool,
-    pub machines_read: bool,
-    pub settings_read: bool,
+    /// The last run was stopped for not becoming ready within this time; cleared once
+    /// a run is ready.
+    pub not_ready_within: Option<Duration>,
+}
+
+/// How a run that ended on its own counts for the crash-loop backoff.
+enum RunEnd {
+    /// It ran at least `healthy_after`: the failure count starts again.
+    Healthy,
+    /// It ended (or failed) too soon.
+    Quick,
+}
+
+impl RunEnd {
+    fn after(started_at: Timestamp, out: &Outbox<'_>) -> RunEnd {
+        if out.now.saturating_since(started_at) >= out.backoff.healthy_after {
+            RunEnd::Healthy
+        } else {
+            RunEnd::Quick
+        }
+    }
 }
 
 impl Service {
-    pub(crate) fn new(name: String) -> Self {
+    pub(crate) fn new(name: String, listing: Listing) -> Self {
         Service {
             name,
-            listed: true,
-            machines: None,
-            settings: None,
+            target: Target::new(listing),
+            control: Control::FollowsTarget,
             run: Run::Idle,
             generation: 0,
             restarts: 0,
             quick_failures: 0,
             last_exit: None,
-            awaiting_target: false,
-            listing_read: false,
-            machines_read: false,
-            settings_read: false,
+            not_ready_within: None,
         }
     }
 
@@ -108,22 +131,24 @@ impl Service {
         shutting_down: bool,
         fenced: bool,
     ) -> Option<&Settings> {
-        if shutting_down || !self.listed {
+        if shutting_down || self.target.listing != Listing::Listed {
             return None;
         }
-        let machines = self.machines.as_ref()?;
+        let machines = self.target.machines.value()?;
         if !machines.contains(machine) {
             return None;
         }
-        self.settings
-            .as_ref()
+        self.target
+            .settings
+            .value()
             .filter(|s| !(fenced && s.session_loss == SessionLoss::Fence))
     }
 
     /// Whether the wanted settings ask for fencing.
     pub(crate) fn fences(&self) -> bool {
-        self.settings
-            .as_ref()
+        self.target
+            .settings
+            .value()
             .is_some_and(|s| s.session_loss == SessionLoss::Fence)
     }
 
@@ -169,15 +194,14 @@ impl Service {
         }
         self.stop(out);
         self.generation = self.generation.max(generation);
-        self.awaiting_target = true;
+        self.control = Control::AwaitingTarget;
+        self.not_ready_within = None;
         self.run = Run::Running {
             generation,
             pid,
             started_at,
             settings,
-            ready: true,
-            ready_at: None,
-            port,
+            readiness: Readiness::Ready { port },
         };
         out.actions.push_back(Action::Report(Report::Adopted {
             service: self.name.clone(),
@@ -195,13 +219,11 @@ impl Service {
 
     /// Moves the process towards `desired`.
     pub(crate) fn reconcile(&mut self, desired: Option<Settings>, out: &mut Outbox<'_>) {
-        if self.awaiting_target {
-            let target_known =
-                self.listing_read && (!self.listed || (self.machines_read && self.settings_read));
+        if self.control == Control::AwaitingTarget {
             // A running adopted process, or one that exited since (its backoff, or its
             // `restart: never`, is honoured once the target is known; see `deadline`),
             // waits for the target.
-            if !target_known
+            if !self.target.is_known()
                 && matches!(
                     self.run,
                     Run::Running { .. } | Run::Backoff { .. } | Run::Finished { .. }
@@ -209,7 +231,7 @@ impl Service {
             {
                 return;
             }
-            self.awaiting_target = false;
+            self.control = Control::FollowsTarget;
         }
         match (&mut self.run, desired) {
             (Run::Idle, Some(settings)) => self.spawn(settings, out),
@@ -250,7 +272,7 @@ impl Service {
                 Some(settings),
             ) => {
                 if *running != settings {
-                    if crate::planted::active(crate::planted::Bug::SpawnBeforeStopped) {
+                    if planted!(SpawnBeforeStopped) {
                         self.spawn(settings, out);
                     } else {
                         self.stop(out);
@@ -258,7 +280,7 @@ impl Service {
                 }
             }
             (Run::Running { .. }, None) => {
-                if !crate::planted::active(crate::planted::Bug::SkipStopOnUndeploy) {
+                if !planted!(SkipStopOnUndeploy) {
                     self.stop(out)
                 }
             }
@@ -273,7 +295,7 @@ impl Service {
             service: self.name.clone(),
             generation: self.generation,
             launch,
-            settings: settings.clone(),
+            settings: Box::new(settings.clone()),
         });
         self.run = Run::Starting {
             generation: self.generation,
@@ -283,6 +305,10 @@ impl Service {
     }
 
     fn stop(&mut self, out: &mut Outbox<'_>) {
+        self.stop_then(AfterStop::FollowTarget, out);
+    }
+
+    fn stop_then(&mut self, then: AfterStop, out: &mut Outbox<'_>) {
         if let Run::Running {
             generation,
             pid,
@@ -301,6 +327,7 @@ impl Service {
             self.run = Run::Stopping {
                 generation: *generation,
                 pid: *pid,
+                then,
             };
         }
     }
@@ -326,20 +353,14 @@ impl Service {
         if *g != generation {
             return;
         }
-        let ready_at = if settings.port.is_none() {
-            Some(out.now + settings.start_seconds)
-        } else {
-            None
-        };
+        let readiness = Readiness::at_start(settings, out.now);
         let stop_requested = *stop_requested;
         self.run = Run::Running {
             generation,
             pid,
             started_at: out.now,
             settings: settings.clone(),
-            ready: false,
-            ready_at,
-            port: None,
+            readiness,
         };
         out.actions.push_back(Action::Report(Report::Started {
             service: self.name.clone(),
@@ -360,34 +381,48 @@ impl Service {
         }));
         if let Run::Starting { settings, .. } = &self.run {
             let settings = settings.clone();
-            self.schedule_restart(out.now, settings, out);
+            let end = RunEnd::after(out.now, out);
+            self.schedule_restart(end, settings, out);
         }
     }
 
-    pub(crate) fn on_ready(&mut self, generation: u64, actual: Option<u16>) {
+    pub(crate) fn on_ready(&mut self, generation: u64, port: Option<u16>) {
         if let Run::Running {
             generation: g,
-            ready,
-            port,
+            readiness,
             ..
         } = &mut self.run
         {
             if *g == generation {
-                *ready = true;
-                *port = actual;
+                *readiness = Readiness::Ready { port };
+                self.not_ready_within = None;
             }
         }
     }
 
-    /// Marks services without a port ready once `start_seconds` have passed.
-    pub(crate) fn on_tick(&mut self, now: Timestamp) {
-        if let Run::Running {
-            ready, ready_at, ..
+    /// Marks services without a port ready once `start_seconds` have passed, and fails
+    /// those with a port that are not ready by their `ready_timeout`.
+    pub(crate) fn on_tick(&mut self, out: &mut Outbox<'_>) {
+        let Run::Running {
+            readiness,
+            settings,
+            ..
         } = &mut self.run
-        {
-            if ready_at.is_some_and(|t| now >= t) {
-                *ready = true;
-                *ready_at = None;
+        else {
+            return;
+        };
+        match readiness.on_tick(out.now) {
+            Due::Nothing => {}
+            Due::Ready => self.not_ready_within = None,
+            Due::Failed => {
+                let settings = settings.clone();
+                out.actions.push_back(Action::Report(Report::NotReady {
+                    service: self.name.clone(),
+                    port: settings.port.unwrap_or(0),
+                    waited: settings.ready_timeout,
+                }));
+                self.not_ready_within = Some(settings.ready_timeout);
+                self.stop_then(AfterStop::Restart { settings }, out);
             }
         }
     }
@@ -403,7 +438,18 @@ impl Service {
         }));
         match std::mem::replace(&mut self.run, Run::Idle) {
             // Asked to stop: the caller reconciles and starts it again if still wanted.
-            Run::Stopping { .. } => {}
+            Run::Stopping {
+                then: AfterStop::FollowTarget,
+                ..
+            } => {}
+            // However long it ran, a run that never became ready was a quick failure.
+            Run::Stopping {
+                then: AfterStop::Restart { settings },
+                ..
+            } => {
+                self.restarts = self.restarts.saturating_add(1);
+                self.schedule_restart(RunEnd::Quick, settings, out);
+            }
             Run::Running {
                 started_at,
                 settings,
@@ -416,32 +462,30 @@ impl Service {
                 };
                 if restart {
                     self.restarts = self.restarts.saturating_add(1);
-                    self.schedule_restart(started_at, settings, out);
+                    let end = RunEnd::after(started_at, out);
+                    self.schedule_restart(end, settings, out);
                 } else {
                     self.run = Run::Finished { settings };
                 }
             }
             // Exited before the spawn was acknowledged: a spawn that failed late.
-            Run::Starting { settings, .. } => self.schedule_restart(out.now, settings, out),
+            Run::Starting { settings, .. } => {
+                let end = RunEnd::after(out.now, out);
+                self.schedule_restart(end, settings, out);
+            }
             other => self.run = other,
         }
     }
 
-    /// After an unplanned end of a run that started at `started_at`: restart at once after a
-    /// healthy run, else back off exponentially.
-    fn schedule_restart(
-        &mut self,
-        started_at: Timestamp,
-        settings: Settings,
-        out: &mut Outbox<'_>,
-    ) {
-        if out.now.saturating_since(started_at) >= out.backoff.healthy_after {
-            self.quick_failures = 0;
-        } else {
-            self.quick_failures = self.quick_failures.saturating_add(1);
+    /// After an unplanned end of a run: restart at once after a healthy run, else back
+    /// off exponentially.
+    fn schedule_restart(&mut self, end: RunEnd, settings: Settings, out: &mut Outbox<'_>) {
+        match end {
+            RunEnd::Healthy => self.quick_failures = 0,
+            RunEnd::Quick => self.quick_failures = self.quick_failures.saturating_add(1),
         }
         let mut delay = out.backoff.delay(self.quick_failures, out.rng);
-        if crate::planted::active(crate::planted::Bug::RestartWithoutBackoff) {
+        if planted!(RestartWithoutBackoff) {
             delay = std::time::Duration::ZERO;
         }
         if self.quick_failures >= 3 {
@@ -459,12 +503,12 @@ impl Service {
 
     /// The earliest time this service needs a tick.
     pub(crate) fn deadline(&self) -> Option<Timestamp> {
-        if self.awaiting_target {
+        if self.control == Control::AwaitingTarget {
             return None; // nothing to do until the target is read
         }
         match &self.run {
             Run::Backoff { until, .. } => Some(*until),
-            Run::Running { ready_at, .. } => *ready_at,
+            Run::Running { readiness, .. } => readiness.deadline(),
             _ => None,
         }
     }
@@ -473,7 +517,9 @@ impl Service {
     pub(crate) fn ready_pid(&self) -> Option<u32> {
         match &self.run {
             Run::Running {
-                ready: true, pid, ..
+                readiness: Readiness::Ready { .. },
+                pid,
+                ..
             } => Some(*pid),
             _ => None,
         }
@@ -482,13 +528,11 @@ impl Service {
     /// The state node, once ready.
     pub(crate) fn state_node(&self, machine: &str, hostname: &str) -> Option<StateNode> {
         let Run::Running {
-            ready: true,
+            readiness: Readiness::Ready { port },
             pid,
             started_at,
             settings,
-            port,
             generation,
-            ..
         } = &self.run
         else {
             return None;
@@ -508,38 +552,45 @@ impl Service {
         })
     }
 
-    /// This service's entry in the agent report.
-    pub(crate) fn report_json(&self) -> Value {
-        let (phase, pid, since) = match &self.run {
-            Run::Idle => ("stopped", None, None),
-            Run::Backoff { .. } => ("backoff", None, None),
-            Run::Finished { .. } => ("exited", None, None),
-            Run::Starting { .. } => ("starting", None, None),
+    /// What the process is doing, as reported.
+    pub(crate) fn phase(&self) -> Phase {
+        match &self.run {
+            Run::Idle => Phase::Stopped,
+            Run::Backoff { .. } => Phase::Backoff,
+            Run::Finished { .. } => Phase::Exited,
+            Run::Starting { .. } => Phase::Starting,
             Run::Running {
-                ready,
-                pid,
-                started_at,
+                readiness: Readiness::Ready { .. },
                 ..
-            } => (
-                if *ready { "running" } else { "starting" },
-                Some(*pid),
-                Some(started_at.as_secs_f64()),
-            ),
-            Run::Stopping { pid, .. } => ("stopping", Some(*pid), None),
+            } => Phase::Running,
+            Run::Running { .. } => Phase::Starting,
+            Run::Stopping { .. } => Phase::Stopping,
+        }
+    }
+
+    /// This service's entry in the agent report.
+    pub(crate) fn report(&self) -> ServiceReport {
+        let (pid, since) = match &self.run {
+            Run::Running {
+                pid, started_at, ..
+            } => (Some(*pid), Some(started_at.as_secs_f64())),
+            Run::Stopping { pid, .. } => (Some(*pid), None),
+            _ => (None, None),
         };
-        let next_start = match &self.run {
+        let next_start_at = match &self.run {
             Run::Backoff { until, .. } => Some(until.as_secs_f64()),
             _ => None,
         };
-        json!({
-            "phase": phase,
-            "pid": pid,
-            "since": since,
-            "generation": self.generation,
-            "restarts": self.restarts,
-            "quick_failures": self.quick_failures,
-            "last_exit": self.last_exit.map(|s| s.to_string()),
-            "next_start_at": next_start,
-        })
+        ServiceReport {
+            generation: self.generation,
+            last_exit: self.last_exit.map(|s| s.to_string()),
+            next_start_at,
+            phase: self.phase(),
+            pid,
+            quick_failures: self.quick_failures,
+            restarts: self.restarts,
+            since,
+            not_ready_within: self.not_ready_within.map(|d| d.as_secs_f64()),
+        }
     }
 }

@@ -1,20 +1,81 @@
 //! Reading the target state: the service list, each service's machines list and
 //! settings, with a watch on each, and what to do when a read fails or the data is bad.
 
-use super::service::Service;
+use super::service::{Control, Service};
 use super::{Agent, Pending};
 use crate::event::{Action, Report};
 use crate::names::ServiceName;
 use crate::paths::{self, Watched};
 use crate::settings::{parse_machines, Settings};
 use crate::zk::{ZkError, ZkOp, ZkReply};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
+
+/// What this agent has read of one service's target. The machines and settings are kept
+/// beside the listing, not inside it: replies arrive in any order (a machines list may
+/// be read before the listing that names the service), and a service listed again keeps
+/// its last good view until the re-read arrives.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Target {
+    pub listing: Listing,
+    pub machines: NodeRead<BTreeSet<String>>,
+    pub settings: NodeRead<Settings>,
+}
+
+/// Whether the service is listed under /services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Listing {
+    /// No listing read since this entry exists (a process adopted before the first read).
+    NotYetRead,
+    Unlisted,
+    Listed,
+}
+
+/// The last good data of one node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum NodeRead<T> {
+    /// Not read yet, or only bad data was.
+    NotYetRead,
+    /// The node does not exist.
+    Missing,
+    Read(T),
+}
+
+impl<T> NodeRead<T> {
+    pub(crate) fn value(&self) -> Option<&T> {
+        match self {
+            NodeRead::Read(value) => Some(value),
+            NodeRead::NotYetRead | NodeRead::Missing => None,
+        }
+    }
+
+    fn is_read(&self) -> bool {
+        !matches!(self, NodeRead::NotYetRead)
+    }
+}
+
+impl Target {
+    pub(crate) fn new(listing: Listing) -> Self {
+        Target {
+            listing,
+            machines: NodeRead::NotYetRead,
+            settings: NodeRead::NotYetRead,
+        }
+    }
+
+    /// Enough has been read to tell what ZooKeeper wants of this service.
+    pub(crate) fn is_known(&self) -> bool {
+        match self.listing {
+            Listing::NotYetRead => false,
+            Listing::Unlisted => true,
+            Listing::Listed => self.machines.is_read() && self.settings.is_read(),
+        }
+    }
+}
 
 impl Agent {
     pub(super) fn read(&mut self, watched: Watched) {
-        if self.session_id().is_none()
-            && !crate::planted::active(crate::planted::Bug::ReadWhileDisconnected)
-        {
+        if self.session_id().is_none() && !planted!(ReadWhileDisconnected) {
             // Re-read once connected.
             self.reread.insert(watched.path());
             return;
@@ -37,17 +98,11 @@ impl Agent {
             match (err, &watched) {
                 (ZkError::NoNode, Watched::Machines(name)) => {
                     self.clear_problem(&path);
-                    self.update_service(name, |s| {
-                        s.machines = None;
-                        s.machines_read = true;
-                    });
+                    self.update_service(name, |s| s.target.machines = NodeRead::Missing);
                 }
                 (ZkError::NoNode, Watched::Settings(name)) => {
                     self.clear_problem(&path);
-                    self.update_service(name, |s| {
-                        s.settings = None;
-                        s.settings_read = true;
-                    });
+                    self.update_service(name, |s| s.target.settings = NodeRead::Missing);
                 }
                 (ZkError::NoNode, Watched::ServiceList) => {
                     self.problem(&path, "missing: run `pop init`".to_string());
@@ -59,9 +114,10 @@ impl Agent {
             // error was transient: look again soon, unless the service is gone.
             let still_relevant = match &watched {
                 Watched::ServiceList => true,
-                Watched::Machines(n) | Watched::Settings(n) => {
-                    self.services.get(n).is_some_and(|s| s.listed)
-                }
+                Watched::Machines(n) | Watched::Settings(n) => self
+                    .services
+                    .get(n)
+                    .is_some_and(|s| s.target.listing == Listing::Listed),
             };
             if still_relevant {
                 self.reread.insert(path);
@@ -91,20 +147,14 @@ impl Agent {
             (Watched::Machines(name), ZkReply::Data { data, .. }) => match parse_machines(&data) {
                 Ok(machines) => {
                     self.clear_problem(&path);
-                    self.update_service(&name, |s| {
-                        s.machines = Some(machines);
-                        s.machines_read = true;
-                    });
+                    self.update_service(&name, |s| s.target.machines = NodeRead::Read(machines));
                 }
                 Err(e) => self.problem(&path, e.to_string()),
             },
             (Watched::Settings(name), ZkReply::Data { data, .. }) => match Settings::parse(&data) {
                 Ok(settings) => {
                     self.clear_problem(&path);
-                    self.update_service(&name, |s| {
-                        s.settings = Some(settings);
-                        s.settings_read = true;
-                    });
+                    self.update_service(&name, |s| s.target.settings = NodeRead::Read(settings));
                 }
                 Err(e) => self.problem(&path, e.to_string()),
             },
@@ -149,21 +199,22 @@ impl Agent {
         let mut fresh = Vec::new();
         for (name, service) in self.services.iter_mut() {
             let now_listed = listed.contains(name);
-            // Removed and added again: what we knew of it is stale.
-            if now_listed && !service.listed {
+            // Removed and added again (or adopted before any listing): what we knew of
+            // it is stale.
+            if now_listed && service.target.listing != Listing::Listed {
                 fresh.push(name.clone());
             }
-            service.listed = now_listed;
-            service.listing_read = true;
-            if !now_listed {
+            if now_listed {
+                service.target.listing = Listing::Listed;
+            } else {
+                service.target.listing = Listing::Unlisted;
                 // Gone from ZooKeeper: an adopted process has nothing to wait for.
-                service.awaiting_target = false;
+                service.control = Control::FollowsTarget;
             }
         }
         for name in listed {
             if !self.services.contains_key(&name) {
-                let mut service = Service::new(name.clone());
-                service.listing_read = true;
+                let service = Service::new(name.clone(), Listing::Listed);
                 self.services.insert(name.clone(), service);
                 fresh.push(name);
             }

@@ -8,7 +8,6 @@ use super::engine::{exactly, refused_by_default, Decision, Engine, Got, Refused,
 use super::{children, get, require_service, Feedback, Outcome, Plan, PlanError, Step};
 use crate::names::ServiceName;
 use crate::paths;
-use crate::planted::{active, Bug};
 use crate::settings::parse_machines;
 use crate::time::Timestamp;
 use crate::zk::{ZkError, ZkOp, ZkReply};
@@ -124,7 +123,7 @@ impl Removing {
                 version,
             });
         }
-        if active(Bug::RemoveTreeFirst) && !self.state_deleted_first {
+        if planted!(RemoveTreeFirst) && !self.state_deleted_first {
             self.state_deleted_first = true;
             let root = paths::service_state_dir(&self.name);
             self.phase = Phase::tree(root, AfterTree::Unregister);
@@ -427,7 +426,7 @@ mod tests {
     #[cfg(feature = "planted-bugs")]
     #[test]
     fn the_planted_ordering_bug_deletes_the_state_nodes_first() {
-        crate::planted::plant(Some(Bug::RemoveTreeFirst));
+        crate::planted::plant(Some(crate::planted::Bug::RemoveTreeFirst));
         let mut tree = running();
         let outcome = tree.run(&mut remove(true));
         crate::planted::plant(None);

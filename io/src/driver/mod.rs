@@ -412,6 +412,11 @@ fn log_report(report: &Report) {
         Report::Adopted { service, pid } => {
             info!(%service, pid, "adopted a running process of the previous agent")
         }
+        Report::NotReady {
+            service,
+            port,
+            waited,
+        } => warn!(%service, port, ?waited, "not ready in time (ready_timeout); restarting it"),
         Report::Fenced { services } => {
             warn!(
                 ?services,

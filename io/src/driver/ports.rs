@@ -1,6 +1,7 @@
 //! The seams of the driver: what it needs from the world, as small traits. Production
-//! implementations are in [`super::production`]; a simulation (madsim) supplies its own,
-//! so the very same event loop runs against simulated ZooKeeper, processes and time.
+//! implementations are in [`super::production`]; a simulation supplies its own (as
+//! sim/tests/driver_ports.rs does), so the very same event loop runs against simulated
+//! ZooKeeper, processes and time.
 
 use pop_core::event::Input;
 use pop_core::launch::Launch;

@@ -20,7 +20,10 @@
 //! # Containment
 //!
 //! * **cgroup v2** (preferred): one cgroup per service generation at
-//!   `<cgroup2 mount>/pop/<machine_id>/<service>@<generation>`. The child joins
+//!   `<services dir>/<service>@<generation>`, where the services dir is the
+//!   agent's own cgroup when it is delegated to it (systemd's `Delegate=yes`;
+//!   the agent moves into its `agent/` child) and
+//!   `<cgroup2 mount>/pop/<machine_id>` otherwise. The child joins
 //!   it in `pre_exec`, before exec, so nothing escapes. Kill = `cgroup.kill`;
 //!   empty = `populated 0` in `cgroup.events` (polled every 50 ms).
 //! * **process group + subreaper** (fallback): the agent is a child subreaper,
@@ -66,8 +69,9 @@
 //! Everything else earlier agents left is killed (SIGKILL) before `new`
 //! returns, so the core starts it afresh: processes of records that fail a
 //! check (killed with their cgroup, or their process group if its leader
-//! still carries the token), every other cgroup under
-//! `<mount>/pop/<machine_id>/` (then removed), and every process whose token
+//! still carries the token), every other cgroup under the services dir (but
+//! the agent's `agent/`) and `<mount>/pop/<machine_id>/` (then removed), and
+//! every process whose token
 //! starts with `<machine_id>/` but is not an adopted generation's. Then the
 //! records of what was not adopted, unreadable ones included, are deleted.
 //! This blocks `new` briefly (at most ~5 s per stubborn cgroup). A cgroup is
@@ -131,7 +135,8 @@ pub const TOKEN_ENV: &str = "POP_SUPERVISION_TOKEN";
 /// The containment actually in use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ContainmentKind {
-    /// cgroup v2; the path is this machine's directory `<mount>/pop/<machine_id>`.
+    /// cgroup v2; the path is the services dir: the agent's delegated cgroup, or
+    /// `<mount>/pop/<machine_id>`.
     Cgroup(PathBuf),
     ProcessGroup,
 }
@@ -542,10 +547,5 @@ impl Supervisor {
         self.rotator.abort();
         self.reaper.abort();
         info!(machine = %self.config.machine_id, "supervisor detached; services keep running");
-    }
-
-    /// Same as [`Supervisor::detach`] (its former name, still used by callers).
-    pub fn abandon(self) {
-        self.detach();
     }
 }

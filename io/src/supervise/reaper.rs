@@ -85,7 +85,7 @@ fn deliver(table: &mut Routes, pid: Pid, status: ExitStatus) {
     match table.remove(&pid.as_raw()) {
         Some(tx) => {
             debug!(pid = pid.as_raw(), %status, "main process exited");
-            // The receiver may be gone (abandoned supervisor); nothing to do then.
+            // The receiver may be gone (a detached or dropped supervisor); nothing to do then.
             let _ = tx.send(status);
         }
         None => trace!(pid = pid.as_raw(), %status, "reaped orphan"),

@@ -327,7 +327,7 @@ async fn kill9_agent_child() {
     fs::rename(ready.with_extension("tmp"), &ready).unwrap();
     // Killed long before this, unless the parent test failed.
     tokio::time::sleep(Duration::from_secs(120)).await;
-    sup.abandon();
+    sup.detach();
 }
 
 /// SIGKILLs the agent process when dropped, so a failed assertion leaves

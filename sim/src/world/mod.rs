@@ -21,7 +21,7 @@ use pop_core::settings::Settings;
 use pop_core::zk::{SessionEvent, SessionId, ZkError, ZkReply};
 use pop_core::{Agent, AgentConfig, Timestamp};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::time::Duration;
 
 /// One-way network latency between an agent and ZooKeeper.
@@ -143,6 +143,8 @@ pub struct World {
     /// task, so the core must not rely on order).
     net: SeededRng,
     pub process_faults: ProcessFaults,
+    /// Services whose processes never accept connections on their port.
+    pub never_ready: BTreeSet<String>,
     process_rng: SeededRng,
     /// How often each rare situation happened, to show a batch of seeds covers them.
     pub coverage: BTreeMap<&'static str, u64>,
@@ -186,6 +188,7 @@ impl World {
             events_at_now: 0,
             net: SeededRng::new(seed ^ 0x6e65_7477_6f72_6b21),
             process_faults: ProcessFaults::default(),
+            never_ready: BTreeSet::new(),
             process_rng: SeededRng::new(seed ^ 0x7072_6f63_6573_7321),
             coverage: BTreeMap::new(),
             violation: None,
@@ -524,7 +527,7 @@ impl World {
                         generation,
                         pid,
                         launch: launch.clone(),
-                        settings,
+                        settings: *settings,
                         started_at: self.now,
                         port,
                         ignores_term,
@@ -541,7 +544,7 @@ impl World {
                         pid,
                     },
                 );
-                if let Some(port) = port {
+                if let Some(port) = port.filter(|_| !self.never_ready.contains(&service)) {
                     self.send_to_agent(
                         machine,
                         at + PROCESS_DELAY,

@@ -16,6 +16,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tracing::{debug, warn};
 
+use super::delegated;
+
 /// Finds the cgroup2 mount point in `/proc/self/mounts`.
 pub(crate) fn find_mount() -> Option<PathBuf> {
     let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
@@ -47,14 +49,32 @@ fn unescape_mount(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Creates `<mount>/pop/<machine_id>` and checks that we can manage cgroups
-/// there. Returns the machine directory, or why cgroups are unusable.
-pub(crate) fn prepare_machine_dir(machine_id: &str) -> Result<PathBuf, String> {
+/// Where this agent's service cgroups go, checked to be usable: the agent's own cgroup
+/// when it is delegated to it (the agent then moves into its `agent/` leaf; see
+/// `delegated`), else `<mount>/pop/<machine_id>`. Returns the directory, or why cgroups
+/// are unusable.
+pub(crate) fn prepare_services_dir(machine_id: &str) -> Result<PathBuf, String> {
     let mount = find_mount().ok_or_else(|| "no cgroup2 mount in /proc/self/mounts".to_string())?;
-    let dir = mount.join("pop").join(machine_id);
+    if let Some(root) = delegated::root(&mount) {
+        probe(&root)?;
+        delegated::enter_leaf(&root)?;
+        return Ok(root);
+    }
+    let dir = legacy_dir(&mount, machine_id);
     fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    // A throwaway child proves we may create service cgroups, and that the
-    // kernel has cgroup.kill (5.14+), which we rely on.
+    probe(&dir)?;
+    Ok(dir)
+}
+
+/// `<mount>/pop/<machine_id>`: the service cgroups of an agent whose own cgroup is not
+/// delegated to it.
+pub(crate) fn legacy_dir(mount: &Path, machine_id: &str) -> PathBuf {
+    mount.join("pop").join(machine_id)
+}
+
+/// A throwaway child proves we may create service cgroups in `dir`, and that the kernel
+/// has cgroup.kill (5.14+), which we rely on.
+fn probe(dir: &Path) -> Result<(), String> {
     let probe = dir.join(format!(".probe-{}", std::process::id()));
     let _ = fs::remove_dir(&probe);
     fs::create_dir(&probe).map_err(|e| format!("cannot create {}: {e}", probe.display()))?;
@@ -69,7 +89,7 @@ pub(crate) fn prepare_machine_dir(machine_id: &str) -> Result<PathBuf, String> {
         Ok(())
     })();
     let _ = fs::remove_dir(&probe);
-    ok.map(|()| dir)
+    ok
 }
 
 /// One service generation's cgroup.
@@ -177,16 +197,17 @@ impl CgroupGroup {
     }
 }
 
-/// Kills every process in every cgroup under the machine directory (left by
-/// an earlier agent that died) and removes those cgroups, except the
-/// `spared` ones (adopted generations).
-pub(crate) fn kill_leftovers(machine_dir: &Path, spared: &HashSet<PathBuf>) {
-    let Ok(entries) = fs::read_dir(machine_dir) else {
+/// Kills every process in every cgroup under the services directory (left
+/// by an earlier agent that died) and removes those cgroups, except the
+/// `spared` ones (adopted generations) and the agent's own leaf.
+pub(crate) fn kill_leftovers(services_dir: &Path, spared: &HashSet<PathBuf>) {
+    let Ok(entries) = fs::read_dir(services_dir) else {
         return;
     };
     for entry in entries.filter_map(|e| e.ok()) {
         let path = entry.path();
-        if !path.is_dir() || spared.contains(&path) {
+        // The agent's own leaf in a delegated cgroup is no leftover.
+        if !path.is_dir() || spared.contains(&path) || entry.file_name() == delegated::AGENT_LEAF {
             continue;
         }
         let g = CgroupGroup { dir: path };

@@ -2,6 +2,7 @@
 //! kernel lets us, otherwise a process group plus subreaper plus token.
 
 pub(crate) mod cgroup;
+mod delegated;
 pub(crate) mod pgroup;
 
 use std::collections::HashSet;
@@ -20,7 +21,7 @@ use super::{ContainmentChoice, ContainmentKind, SuperviseError, SupervisorConfig
 /// Per-supervisor containment backend.
 #[derive(Debug)]
 pub(crate) enum Backend {
-    Cgroup { machine_dir: PathBuf },
+    Cgroup { services_dir: PathBuf },
     Pgroup,
 }
 
@@ -30,19 +31,19 @@ impl Backend {
         match config.containment {
             ContainmentChoice::ProcessGroup => Ok(pgroup()),
             ContainmentChoice::Cgroup => {
-                let dir = cgroup::prepare_machine_dir(&config.machine_id)
+                let dir = cgroup::prepare_services_dir(&config.machine_id)
                     .map_err(SuperviseError::CgroupUnavailable)?;
                 Ok((
                     Backend::Cgroup {
-                        machine_dir: dir.clone(),
+                        services_dir: dir.clone(),
                     },
                     ContainmentKind::Cgroup(dir),
                 ))
             }
-            ContainmentChoice::Auto => match cgroup::prepare_machine_dir(&config.machine_id) {
+            ContainmentChoice::Auto => match cgroup::prepare_services_dir(&config.machine_id) {
                 Ok(dir) => Ok((
                     Backend::Cgroup {
-                        machine_dir: dir.clone(),
+                        services_dir: dir.clone(),
                     },
                     ContainmentKind::Cgroup(dir),
                 )),
@@ -66,11 +67,15 @@ impl Backend {
         spared_cgroups: &HashSet<PathBuf>,
         spared_tokens: &HashSet<String>,
     ) {
-        if let Backend::Cgroup { machine_dir } = self {
-            cgroup::kill_leftovers(machine_dir, spared_cgroups);
-        } else if let Some(mount) = cgroup::find_mount() {
-            let dir = mount.join("pop").join(&config.machine_id);
-            if dir.is_dir() {
+        if let Backend::Cgroup { services_dir } = self {
+            cgroup::kill_leftovers(services_dir, spared_cgroups);
+        }
+        // An agent of this machine that ran in process-group mode, or outside a delegated
+        // cgroup, kept its service cgroups here.
+        if let Some(mount) = cgroup::find_mount() {
+            let dir = cgroup::legacy_dir(&mount, &config.machine_id);
+            let in_use = matches!(self, Backend::Cgroup { services_dir } if *services_dir == dir);
+            if !in_use && dir.is_dir() {
                 cgroup::kill_leftovers(&dir, spared_cgroups);
             }
         }
@@ -80,8 +85,8 @@ impl Backend {
     /// The cgroup a generation gets (cgroup mode only).
     pub fn cgroup_dir(&self, service: &str, generation: u64) -> Option<PathBuf> {
         match self {
-            Backend::Cgroup { machine_dir } => {
-                Some(machine_dir.join(format!("{service}@{generation}")))
+            Backend::Cgroup { services_dir } => {
+                Some(services_dir.join(format!("{service}@{generation}")))
             }
             Backend::Pgroup => None,
         }

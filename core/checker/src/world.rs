@@ -2,22 +2,22 @@
 //! it has outstanding, the processes that exist, what ZooKeeper told it. The checks
 //! judge the agent's actions against this, never against the agent's own state.
 
-use crate::agent::AgentConfig;
-use crate::backoff::Backoff;
-use crate::event::Input;
-use crate::names::MachineId;
-use crate::paths::{self, Watched};
-use crate::settings::{parse_machines, Settings};
-use crate::time::Timestamp;
-use crate::zk::{RequestId, SessionEvent, SessionId, ZkError, ZkOp, ZkReply};
+use pop_core::agent::AgentConfig;
+use pop_core::backoff::Backoff;
+use pop_core::event::Input;
+use pop_core::names::MachineId;
+use pop_core::paths::{self, Watched};
+use pop_core::settings::{parse_machines, Settings};
+use pop_core::time::Timestamp;
+use pop_core::zk::{RequestId, SessionEvent, SessionId, ZkError, ZkOp, ZkReply};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// The machine the checked agent runs on.
-pub(super) const MACHINE: &str = "m1";
+pub(crate) const MACHINE: &str = "m1";
 /// Services the generated inputs talk about.
-pub(super) const SERVICES: [&str; 3] = ["a", "b", "c"];
-pub(super) const SESSION_TIMEOUT: Duration = Duration::from_secs(4);
+pub(crate) const SERVICES: [&str; 3] = ["a", "b", "c"];
+pub(crate) const SESSION_TIMEOUT: Duration = Duration::from_secs(4);
 
 pub fn config() -> AgentConfig {
     AgentConfig {
@@ -33,7 +33,7 @@ pub fn config() -> AgentConfig {
 
 /// The session as the agent must see it, mirrored from the inputs alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum SessionView {
+pub(crate) enum SessionView {
     Connecting,
     Connected(SessionId),
     Disconnected(SessionId),
@@ -42,7 +42,7 @@ pub(super) enum SessionView {
 
 /// A process that exists, as far as the inputs said.
 #[derive(Debug, Clone)]
-pub(super) struct Live {
+pub(crate) struct Live {
     pub settings: Settings,
     /// Set once the driver reported it running (spawned or adopted).
     pub started_at: Option<Timestamp>,
@@ -52,13 +52,13 @@ pub(super) struct Live {
 
 /// A quick end of a run: the same settings may not start again before the backoff.
 #[derive(Debug, Clone)]
-pub(super) struct QuickEnd {
+pub(crate) struct QuickEnd {
     pub at: Timestamp,
     pub settings: Settings,
 }
 
 #[derive(Debug)]
-pub(super) struct World {
+pub(crate) struct World {
     pub session: SessionView,
     pub timeout: Duration,
     /// When the session was lost (disconnected or expired), until it is back.

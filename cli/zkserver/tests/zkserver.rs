@@ -1,7 +1,7 @@
 //! The local ZooKeeper launcher against the real Debian package
 //! (`apt-get install -y zookeeper`).
 
-use pop_io::zkserver::{
+use pop_zkserver::{
     daemon_status, find_installation, four_letter, start_daemon, stop_daemon, ZkServer,
     ZkServerConfig, ZkServerError,
 };

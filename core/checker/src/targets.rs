@@ -1,23 +1,16 @@
 //! The bodies of the cargo-fuzz targets in `fuzz/`. Each takes the fuzzer's bytes and
-//! panics when a property fails, so a crash is a bug. They are library functions so the
-//! core's tests replay the committed corpora through them on stable Rust.
+//! panics when a property fails, so a crash is a bug.
 
-mod checker;
-mod steps;
-mod world;
-
-pub use checker::{check_inputs, check_steps, Checker, Summary, Violation};
-pub use steps::{Step, TimedStep};
-pub use world::config;
-
-use crate::assignment::{edit_settings, parse_assignment, render_settings};
-use crate::journal::{decode, replay, JournalError, Record};
-use crate::launch::Launch;
-use crate::names::{MachineId, ServiceName};
-use crate::paths;
-use crate::published::{parse_pid, render_pid, StateNode};
-use crate::settings::{parse_machines, render_machines, Settings};
+use crate::checker::{check_steps, Summary, Violation};
+use crate::steps::TimedStep;
 use arbitrary::{Arbitrary, Unstructured};
+use pop_core::assignment::{edit_settings, parse_assignment, render_settings};
+use pop_core::journal::{decode, replay, JournalError, Record};
+use pop_core::launch::Launch;
+use pop_core::names::{MachineId, ServiceName};
+use pop_core::paths;
+use pop_core::published::{parse_pid, render_pid, AgentReport, StateNode};
+use pop_core::settings::{parse_machines, render_machines, Settings};
 use serde_json::Value;
 
 /// A fuzz target: its name (as under `fuzz/fuzz_targets/`) and its body.
@@ -74,6 +67,10 @@ pub fn znode_payload(data: &[u8]) {
         // NaN is not JSON, so every parsed number compares equal to itself.
         assert_eq!(again.as_ref(), Ok(&state), "a rendered state re-parses");
     }
+    if let Ok(report) = AgentReport::parse(data) {
+        let again = AgentReport::parse(&report.render());
+        assert_eq!(again.as_ref(), Ok(&report), "a rendered report re-parses");
+    }
 }
 
 /// A journal file, torn or corrupt anywhere: decoding gives records or an error naming
@@ -123,8 +120,8 @@ pub fn name(data: &[u8]) {
             let path = paths::service_settings(service.as_str());
             assert_eq!(path.matches('/').count(), 3, "{path}");
             assert_eq!(
-                crate::paths::Watched::parse(&path),
-                Some(crate::paths::Watched::Settings(text.to_string())),
+                paths::Watched::parse(&path),
+                Some(paths::Watched::Settings(text.to_string())),
                 "{path} routes back to its service"
             );
             assert!(MachineId::new(&text).is_ok(), "ids and names share rules");

@@ -2,18 +2,18 @@
 //! the inputs describe: the properties that must hold whatever ZooKeeper, the network and
 //! the processes do, in any order.
 
-use super::steps::{Step, TimedStep};
-use super::world::{config, Live, SessionView, World, MACHINE};
-use crate::agent::Agent;
-use crate::backoff::Backoff;
-use crate::event::{Action, Input};
-use crate::journal::{decode, replay, Record};
-use crate::launch::Launch;
-use crate::paths::{self, Watched};
-use crate::published::{parse_pid, StateNode};
-use crate::settings::{SessionLoss, Settings};
-use crate::time::Timestamp;
-use crate::zk::{CreateMode, RequestId, SessionEvent, ZkOp};
+use crate::steps::{Step, TimedStep};
+use crate::world::{config, Live, SessionView, World, MACHINE};
+use pop_core::agent::Agent;
+use pop_core::backoff::Backoff;
+use pop_core::event::{Action, Input};
+use pop_core::journal::{decode, replay, Record};
+use pop_core::launch::Launch;
+use pop_core::paths::{self, Watched};
+use pop_core::published::{parse_pid, StateNode};
+use pop_core::settings::{SessionLoss, Settings};
+use pop_core::time::Timestamp;
+use pop_core::zk::{CreateMode, RequestId, SessionEvent, ZkOp};
 use std::fmt;
 use std::time::Duration;
 
@@ -48,11 +48,11 @@ pub struct Summary {
 
 /// Runs an agent and checks every batch of actions against the world its inputs describe.
 pub struct Checker {
-    pub(super) agent: Agent,
+    pub(crate) agent: Agent,
     records: Vec<Record>,
-    pub(super) now: Timestamp,
+    pub(crate) now: Timestamp,
     inputs: usize,
-    pub(super) world: World,
+    pub(crate) world: World,
     exited: bool,
     summary: Summary,
 }

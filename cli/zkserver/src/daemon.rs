@@ -1,6 +1,6 @@
 //! The detached ZooKeeper of `pop zk start|stop|status`, found again through its pid file.
 
-use super::*;
+use crate::*;
 use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -45,7 +45,7 @@ impl fmt::Display for DaemonStatus {
 
 /// The daemon's record, as JSON next to its pid file (`zookeeper.pid` → `zookeeper.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct DaemonState {
+pub(crate) struct DaemonState {
     pid: u32,
     port: u16,
     bind: IpAddr,
@@ -53,12 +53,12 @@ pub(super) struct DaemonState {
     log_file: PathBuf,
 }
 
-pub(super) fn state_file(pid_file: &Path) -> PathBuf {
+pub(crate) fn state_file(pid_file: &Path) -> PathBuf {
     pid_file.with_extension("json")
 }
 
 /// The pid in the pid file and what the state file says about it (if it agrees).
-pub(super) fn read_daemon(pid_file: &Path) -> Option<(u32, Option<DaemonState>)> {
+pub(crate) fn read_daemon(pid_file: &Path) -> Option<(u32, Option<DaemonState>)> {
     let pid: u32 = fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
     let state = fs::read_to_string(state_file(pid_file))
         .ok()
@@ -67,7 +67,7 @@ pub(super) fn read_daemon(pid_file: &Path) -> Option<(u32, Option<DaemonState>)>
     Some((pid, state))
 }
 
-pub(super) fn remove_daemon_files(pid_file: &Path) {
+pub(crate) fn remove_daemon_files(pid_file: &Path) {
     for path in [pid_file.to_path_buf(), state_file(pid_file)] {
         if let Err(e) = fs::remove_file(&path) {
             if e.kind() != io::ErrorKind::NotFound {
@@ -77,7 +77,7 @@ pub(super) fn remove_daemon_files(pid_file: &Path) {
     }
 }
 
-pub(super) fn write_atomically(path: &Path, text: &str) -> Result<(), ZkServerError> {
+pub(crate) fn write_atomically(path: &Path, text: &str) -> Result<(), ZkServerError> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
@@ -86,7 +86,7 @@ pub(super) fn write_atomically(path: &Path, text: &str) -> Result<(), ZkServerEr
 }
 
 /// Whether `pid` is a live (not zombie) ZooKeeper server.
-pub(super) fn is_live_zookeeper(pid: u32) -> bool {
+pub(crate) fn is_live_zookeeper(pid: u32) -> bool {
     // A zombie's command line is empty.
     fs::read(format!("/proc/{pid}/cmdline"))
         .map(|c| String::from_utf8_lossy(&c).contains(MAIN_CLASS))
@@ -95,7 +95,7 @@ pub(super) fn is_live_zookeeper(pid: u32) -> bool {
 
 /// Whether `pid` is gone: reaped, if it is our own child (the daemon started by this very
 /// process, e.g. in tests), so that no zombie lingers; else no longer a live ZooKeeper.
-pub(super) fn is_gone(pid: u32) -> bool {
+pub(crate) fn is_gone(pid: u32) -> bool {
     let Ok(raw) = i32::try_from(pid) else {
         return true;
     };
@@ -109,7 +109,7 @@ pub(super) fn is_gone(pid: u32) -> bool {
     }
 }
 
-pub(super) fn wait_gone(pid: u32, timeout: Duration) -> bool {
+pub(crate) fn wait_gone(pid: u32, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if is_gone(pid) {
@@ -122,7 +122,7 @@ pub(super) fn wait_gone(pid: u32, timeout: Duration) -> bool {
     }
 }
 
-pub(super) fn srvr_status(pid: u32, addr: Option<SocketAddr>) -> DaemonStatus {
+pub(crate) fn srvr_status(pid: u32, addr: Option<SocketAddr>) -> DaemonStatus {
     let mut status = DaemonStatus {
         running: true,
         pid: Some(pid),

@@ -1,6 +1,6 @@
 //! A ZooKeeper server as a child process, killed when its handle is dropped.
 
-use super::*;
+use crate::*;
 use nix::sys::signal::Signal;
 use std::io;
 use std::net::SocketAddr;

@@ -3,15 +3,15 @@
 //! outstanding request, end a live process), so most sequences get past the first reads
 //! instead of being dropped as stale.
 
-use super::checker::Checker;
-use super::world::{SessionView, MACHINE, SERVICES, SESSION_TIMEOUT};
-use crate::event::{ExitStatus, Input};
-use crate::paths;
-use crate::settings::Settings;
-use crate::zk::{
+use crate::checker::Checker;
+use crate::world::{SessionView, MACHINE, SERVICES, SESSION_TIMEOUT};
+use arbitrary::Arbitrary;
+use pop_core::event::{ExitStatus, Input};
+use pop_core::paths;
+use pop_core::settings::Settings;
+use pop_core::zk::{
     NodeStat, RequestId, SessionEvent, SessionId, WatchEvent, WatchKind, ZkError, ZkOp, ZkReply,
 };
-use arbitrary::Arbitrary;
 use std::time::Duration;
 
 // The step vocabulary below mirrors the core's types (ZkError, WatchKind...) on purpose

@@ -28,25 +28,25 @@ pub use server::ZkServer;
 
 /// Where Debian's `libzookeeper-java` puts its jars. `zookeeper.jar`'s manifest names its
 /// dependencies (netty, metrics, jackson, …) by absolute path under this directory.
-pub(super) const JAVA_DIR: &str = "/usr/share/java";
+pub(crate) const JAVA_DIR: &str = "/usr/share/java";
 /// Jars that must be there: the server, its wire format, the logging API.
-pub(super) const REQUIRED_JARS: [&str; 3] =
+pub(crate) const REQUIRED_JARS: [&str; 3] =
     ["zookeeper.jar", "zookeeper-jute.jar", "slf4j-api.jar"];
 /// A logging backend writing to stderr (part of `libslf4j-java`); without it the server
 /// is silent.
-pub(super) const LOG_BACKEND_JAR: &str = "slf4j-simple.jar";
+pub(crate) const LOG_BACKEND_JAR: &str = "slf4j-simple.jar";
 /// An upstream-style installation's jars, used too when present.
-pub(super) const UPSTREAM_LIB_DIR: &str = "/usr/share/zookeeper/lib";
-pub(super) const MAIN_CLASS: &str = "org.apache.zookeeper.server.ZooKeeperServerMain";
-pub(super) const INSTALL_HINT: &str = "on Debian: apt-get install -y zookeeper";
+pub(crate) const UPSTREAM_LIB_DIR: &str = "/usr/share/zookeeper/lib";
+pub(crate) const MAIN_CLASS: &str = "org.apache.zookeeper.server.ZooKeeperServerMain";
+pub(crate) const INSTALL_HINT: &str = "on Debian: apt-get install -y zookeeper";
 
 /// How long a server may take to answer after its JVM started.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a SIGTERM may take before SIGKILL.
-pub(super) const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts on different free ports when a picked port was taken meanwhile.
-pub(super) const PORT_ATTEMPTS: usize = 5;
-pub(super) const POLL: Duration = Duration::from_millis(25);
+pub(crate) const PORT_ATTEMPTS: usize = 5;
+pub(crate) const POLL: Duration = Duration::from_millis(25);
 
 #[derive(Debug, Error)]
 pub enum ZkServerError {
@@ -91,7 +91,7 @@ pub enum ZkServerError {
     },
 }
 
-pub(super) fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> ZkServerError {
+pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> ZkServerError {
     let context = context.into();
     move |source| ZkServerError::Io { context, source }
 }
@@ -114,7 +114,7 @@ impl ZkInstallation {
     }
 }
 
-pub(super) fn find_java() -> Option<PathBuf> {
+pub(crate) fn find_java() -> Option<PathBuf> {
     let from_home = std::env::var_os("JAVA_HOME").map(|h| PathBuf::from(h).join("bin/java"));
     let on_path = std::env::var_os("PATH")
         .map(|p| {
@@ -206,7 +206,7 @@ impl ZkServerConfig {
 }
 
 /// The address clients use for a server bound to `bind`.
-pub(super) fn client_addr(bind: IpAddr, port: u16) -> SocketAddr {
+pub(crate) fn client_addr(bind: IpAddr, port: u16) -> SocketAddr {
     let ip = match bind {
         IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
@@ -238,7 +238,7 @@ pub fn four_letter(
     Err(fail(last))
 }
 
-pub(super) fn four_letter_to(
+pub(crate) fn four_letter_to(
     addr: SocketAddr,
     command: &str,
     timeout: Duration,
@@ -256,14 +256,14 @@ pub(super) fn four_letter_to(
 
 /// A port nobody listens on right now (the server binds it a moment later; a race with
 /// another process is handled by retrying on a new port).
-pub(super) fn free_port(bind: IpAddr) -> Result<u16, ZkServerError> {
+pub(crate) fn free_port(bind: IpAddr) -> Result<u16, ZkServerError> {
     let context = format!("finding a free port on {bind}");
     let listener = TcpListener::bind((bind, 0)).map_err(io_err(context.clone()))?;
     Ok(listener.local_addr().map_err(io_err(context))?.port())
 }
 
 /// The last lines the server wrote since `from` (its log is appended across runs).
-pub(super) fn log_since(path: &Path, from: u64) -> String {
+pub(crate) fn log_since(path: &Path, from: u64) -> String {
     let Ok(mut file) = fs::File::open(path) else {
         return "(no log)".into();
     };
@@ -277,7 +277,7 @@ pub(super) fn log_since(path: &Path, from: u64) -> String {
     }
 }
 
-pub(super) fn tail(text: &str, lines: usize) -> String {
+pub(crate) fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     let start = all.len().saturating_sub(lines);
     let tail = all[start..].join("\n");
@@ -288,12 +288,12 @@ pub(super) fn tail(text: &str, lines: usize) -> String {
     }
 }
 
-pub(super) fn file_len(path: &Path) -> u64 {
+pub(crate) fn file_len(path: &Path) -> u64 {
     fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
 /// Creates the data directory, writes its `zoo.cfg` and builds the JVM command.
-pub(super) fn command(
+pub(crate) fn command(
     config: &ZkServerConfig,
     port: u16,
     log: &Path,
@@ -353,7 +353,7 @@ pub(super) fn command(
 
 /// Waits until the server serves requests. On failure the child is killed and reaped,
 /// and the error carries what its log says.
-pub(super) fn wait_ready(
+pub(crate) fn wait_ready(
     child: &mut Child,
     addr: SocketAddr,
     log: &Path,
@@ -402,7 +402,7 @@ pub(super) fn wait_ready(
 
 /// Starts a server on `port` (0: free ports, retried when taken meanwhile) and waits until
 /// it is ready. `detach` puts it in its own session, to outlive this process.
-pub(super) fn spawn_ready(
+pub(crate) fn spawn_ready(
     config: &ZkServerConfig,
     detach: bool,
 ) -> Result<(Child, SocketAddr), ZkServerError> {
@@ -442,7 +442,7 @@ pub(super) fn spawn_ready(
     }
 }
 
-pub(super) fn signal(pid: u32, sig: Signal) -> Result<(), ZkServerError> {
+pub(crate) fn signal(pid: u32, sig: Signal) -> Result<(), ZkServerError> {
     let raw = i32::try_from(pid).map_err(|_| ZkServerError::Io {
         context: format!("pid {pid}"),
         source: io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"),
@@ -454,7 +454,7 @@ pub(super) fn signal(pid: u32, sig: Signal) -> Result<(), ZkServerError> {
 }
 
 /// Whether every thread of `pid` is stopped (or exiting), from `/proc/PID/task/*/stat`.
-pub(super) fn all_threads_stopped(pid: u32) -> bool {
+pub(crate) fn all_threads_stopped(pid: u32) -> bool {
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
         return false;
     };
@@ -470,7 +470,7 @@ pub(super) fn all_threads_stopped(pid: u32) -> bool {
 
 /// SIGTERM (and SIGCONT, in case it is paused), then SIGKILL after `STOP_TIMEOUT`; reaps.
 /// Returns whether it had to be killed.
-pub(super) fn terminate_child(child: &mut Child) -> bool {
+pub(crate) fn terminate_child(child: &mut Child) -> bool {
     let pid = child.id();
     let _ = signal(pid, Signal::SIGTERM);
     let _ = signal(pid, Signal::SIGCONT);

@@ -1,5 +1,6 @@
-//! The committed fuzz inputs, read for the tests. The core itself reads no files; these
-//! are test data, like a proptest seed.
+//! The committed fuzz inputs (`fuzz/corpus`, and the crashes the fuzzer found in
+//! `fuzz/regressions`), read for the tests that replay them. Test data, like a proptest
+//! seed; the checker itself reads no files.
 
 use std::path::{Path, PathBuf};
 
@@ -7,11 +8,11 @@ use std::path::{Path, PathBuf};
 /// with their paths, in name order; none when the directory does not exist.
 #[allow(
     clippy::disallowed_methods,
-    reason = "test data for the core's tests, not file access by the core"
+    reason = "test data for the tests, not file access by the checker or the core"
 )]
 pub fn inputs(kind: &str, target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz")
+        .join("../../fuzz")
         .join(kind)
         .join(target);
     let Ok(entries) = std::fs::read_dir(&dir) else {

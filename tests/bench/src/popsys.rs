@@ -1,0 +1,330 @@
+//! pop under benchmark: a throwaway ZooKeeper, an agent (`pop fg`, release build) for
+//! one machine, services written the way `pop add` writes them, and an independent
+//! ZooKeeper client that watches what the agent registers.
+
+use anyhow::{anyhow, bail, Context, Result};
+use pop_core::assignment::render_settings;
+use pop_core::paths;
+use pop_core::settings::ServiceType;
+use pop_tests::Zk;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tempfile::TempDir;
+use zookeeper_client as zkc;
+
+use crate::measure::{idle_usage, monotonic_ns, wait};
+
+pub const MACHINE: &str = "bench";
+
+pub struct Pop {
+    pub exe: PathBuf,
+    zk: Zk,
+    state: TempDir,
+    agent: Option<Child>,
+    runtime: tokio::runtime::Runtime,
+    client: zkc::Client,
+}
+
+/// The settings of a stamp service, as `pop add command --set command=...` writes them.
+pub fn stamp_settings(stamp_exe: &Path, stamp_file: &Path, name: &str) -> Vec<u8> {
+    let mut settings = ServiceType::Command.default_settings(None);
+    settings.insert(
+        "command".into(),
+        Value::from(format!(
+            "exec {} {} {name}",
+            stamp_exe.display(),
+            stamp_file.display()
+        )),
+    );
+    // Registered as soon as it runs, as supervisord's startsecs=0.
+    settings.insert("start_seconds".into(), Value::from(0));
+    settings.insert("stop_timeout".into(), Value::from(1));
+    render_settings(settings)
+}
+
+impl Pop {
+    /// A ZooKeeper and `pop init`; no agent yet.
+    pub fn new(exe: &Path) -> Result<Pop> {
+        let zk = Zk::start();
+        let state = tempfile::tempdir().context("state dir")?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .context("tokio runtime")?;
+        let client = runtime
+            .block_on(zkc::Client::connect(&zk.hosts()))
+            .context("connecting to ZooKeeper")?;
+        let pop = Pop {
+            exe: exe.to_path_buf(),
+            zk,
+            state,
+            agent: None,
+            runtime,
+            client,
+        };
+        pop.cli(&["init"])?;
+        Ok(pop)
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(args)
+            .env("POP_HOST", self.zk.hosts())
+            .env("POP_MACHINE_ID", MACHINE)
+            .env("POP_STATE_DIR", self.state.path())
+            .env_remove("RUST_LOG");
+        cmd
+    }
+
+    /// Runs a pop command; its stdout, or an error with its stderr.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let out = self
+            .command(args)
+            .output()
+            .with_context(|| format!("running pop {}", args.join(" ")))?;
+        if !out.status.success() {
+            bail!(
+                "pop {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Starts the agent in the foreground as our child (its output in the state dir).
+    pub fn start_agent(&mut self) -> Result<u32> {
+        let log = std::fs::File::create(self.state.path().join("agent.out"))?;
+        let child = self
+            .command(&["fg"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting pop fg")?;
+        let pid = child.id();
+        self.agent = Some(child);
+        // Up once it has registered itself.
+        wait("the agent's report", Duration::from_secs(30), || {
+            Ok(self.exists(&paths::agent(MACHINE))?.then_some(()))
+        })?;
+        Ok(pid)
+    }
+
+    /// SIGTERM to the agent; the time until it has exited (its services stopped first).
+    pub fn stop_agent(&mut self) -> Result<Duration> {
+        let Some(mut child) = self.agent.take() else {
+            bail!("no agent");
+        };
+        let start = std::time::Instant::now();
+        // SAFETY: kill with our child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().context("waiting for the agent")?;
+        Ok(start.elapsed())
+    }
+
+    fn exists(&self, path: &str) -> Result<bool> {
+        Ok(self
+            .runtime
+            .block_on(self.client.check_stat(path))
+            .with_context(|| format!("checking {path}"))?
+            .is_some())
+    }
+
+    /// Adds services as `pop add` does (one transaction each, machines list empty),
+    /// many at once.
+    pub fn add_services(&self, services: &[(String, Vec<u8>)]) -> Result<()> {
+        let client = &self.client;
+        self.runtime.block_on(async {
+            let opts = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
+            for chunk in services.chunks(500) {
+                let mut writes = Vec::new();
+                for (name, settings) in chunk {
+                    let mut multi = client.new_multi_writer();
+                    multi.add_create(&paths::service(name), b"", &opts)?;
+                    multi.add_create(&paths::service_settings(name), settings, &opts)?;
+                    multi.add_create(&paths::service_machines(name), b"[]", &opts)?;
+                    multi.add_create(&paths::service_state_dir(name), b"", &opts)?;
+                    writes.push(multi.commit());
+                }
+                for w in writes {
+                    w.await.map_err(|e| anyhow!("adding a service: {e}"))?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Deploys every service on this machine at once (all writes in flight together);
+    /// returns the clock when the first was sent.
+    pub fn deploy_all(&self, names: &[String]) -> Result<u128> {
+        let client = &self.client;
+        let list = format!("[\"{MACHINE}\"]");
+        self.runtime.block_on(async {
+            let start = monotonic_ns();
+            let writes: Vec<_> = names
+                .iter()
+                .map(|n| client.set_data(&paths::service_machines(n), list.as_bytes(), None))
+                .collect();
+            for w in writes {
+                w.await.map_err(|e| anyhow!("deploying: {e}"))?;
+            }
+            Ok(start)
+        })
+    }
+
+    /// Writes a service's settings (the bytes `pop set` would write); returns the clock
+    /// just before the write.
+    pub fn write_settings(&self, name: &str, data: &[u8]) -> Result<u128> {
+        let start = monotonic_ns();
+        self.runtime
+            .block_on(
+                self.client
+                    .set_data(&paths::service_settings(name), data, None),
+            )
+            .map_err(|e| anyhow!("writing the settings of {name}: {e}"))?;
+        Ok(start)
+    }
+
+    /// Arms a watch on this machine's pid nodes and returns once it is armed; the
+    /// handle resolves with the clock when `count` services were registered.
+    pub fn watch_registered(&self, count: usize) -> Result<tokio::task::JoinHandle<Result<u128>>> {
+        let client = self.client.clone();
+        let path = paths::machine(MACHINE);
+        let (armed_tx, armed_rx) = tokio::sync::oneshot::channel();
+        let handle = self.runtime.spawn(async move {
+            let mut armed = Some(armed_tx);
+            loop {
+                let watcher = match client.list_and_watch_children(&path).await {
+                    Ok((names, watcher)) => {
+                        if names.len() >= count {
+                            return Ok(monotonic_ns());
+                        }
+                        watcher
+                    }
+                    Err(zkc::Error::NoNode) => {
+                        let (stat, watcher) = client
+                            .check_and_watch_stat(&path)
+                            .await
+                            .map_err(|e| anyhow!("watching {path}: {e}"))?;
+                        if stat.is_some() {
+                            continue;
+                        }
+                        watcher
+                    }
+                    Err(e) => return Err(anyhow!("watching {path}: {e}")),
+                };
+                if let Some(tx) = armed.take() {
+                    let _ = tx.send(());
+                }
+                watcher.changed().await;
+            }
+        });
+        self.runtime
+            .block_on(armed_rx)
+            .map_err(|_| anyhow!("{count} services were registered before the watch"))?;
+        Ok(handle)
+    }
+
+    /// Waits for a handle of `watch_registered` or `watch_pid_change`, up to `limit`.
+    pub fn wait_watch(
+        &self,
+        handle: tokio::task::JoinHandle<Result<u128>>,
+        limit: Duration,
+    ) -> Result<u128> {
+        self.runtime.block_on(async {
+            match tokio::time::timeout(limit, handle).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(e)) => Err(anyhow!("the watch failed: {e}")),
+                Err(_) => Err(anyhow!("nothing changed within {limit:?}")),
+            }
+        })
+    }
+
+    /// Waits (at most `limit`, then carries on) until the agent used under 5 % of a
+    /// CPU over half a second: it has read what it was told of.
+    pub fn wait_settled(&self, limit: Duration) -> Result<()> {
+        let Some(pid) = self.agent_pid() else {
+            bail!("no agent");
+        };
+        let end = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < end {
+            let (cpu, _) = idle_usage(pid, Duration::from_millis(500))?;
+            if cpu < 5.0 {
+                return Ok(());
+            }
+        }
+        eprintln!("note: the agent still used CPU after {limit:?}; measuring anyway");
+        Ok(())
+    }
+
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Child::id)
+    }
+
+    /// Arms a watch on `name`'s pid node and returns once it is armed; the handle
+    /// resolves with the clock when the node held a pid other than `old`.
+    pub fn watch_pid_change(
+        &self,
+        name: &str,
+        old: u32,
+    ) -> Result<tokio::task::JoinHandle<Result<u128>>> {
+        let client = self.client.clone();
+        let path = paths::machine_service(MACHINE, name);
+        let (armed_tx, armed_rx) = tokio::sync::oneshot::channel();
+        let handle = self.runtime.spawn(async move {
+            let mut armed = Some(armed_tx);
+            loop {
+                let watcher = match client.get_and_watch_data(&path).await {
+                    Ok((data, _, watcher)) => {
+                        let pid: Option<u32> = String::from_utf8_lossy(&data).trim().parse().ok();
+                        if pid.is_some_and(|p| p != old) {
+                            return Ok(monotonic_ns());
+                        }
+                        watcher
+                    }
+                    Err(zkc::Error::NoNode) => {
+                        let (stat, watcher) = client
+                            .check_and_watch_stat(&path)
+                            .await
+                            .map_err(|e| anyhow!("watching {path}: {e}"))?;
+                        if stat.is_some() {
+                            continue;
+                        }
+                        watcher
+                    }
+                    Err(e) => return Err(anyhow!("watching {path}: {e}")),
+                };
+                if let Some(tx) = armed.take() {
+                    let _ = tx.send(());
+                }
+                watcher.changed().await;
+            }
+        });
+        self.runtime
+            .block_on(armed_rx)
+            .map_err(|_| anyhow!("the pid node of {name} changed before the kill"))?;
+        Ok(handle)
+    }
+}
+
+impl Drop for Pop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.agent.take() {
+            // Two SIGTERMs: the second kills the services at once.
+            for _ in 0..2 {
+                // SAFETY: kill with our child's pid.
+                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let _ = wait("the agent to exit", Duration::from_secs(60), || {
+                Ok(child.try_wait()?.map(|_| ()))
+            });
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
