@@ -34,6 +34,7 @@ pub mod paths;
 pub mod plan;
 #[cfg(feature = "planted-bugs")]
 pub mod planted;
+pub mod plugin;
 pub mod published;
 pub mod settings;
 pub mod time;
