@@ -336,6 +336,20 @@ pub const COMMON_KEYS: [&str; 8] = [
     "env",
 ];
 
+/// The value the agent assumes for a setting every type has when a service's settings
+/// leave it out (`port` and `env` have none: no port, no extra variables).
+pub fn common_default(key: &str) -> Option<Value> {
+    Some(match key {
+        "restart" => Value::from("always"),
+        "session_loss" => Value::from("keep-running"),
+        "stop_timeout" => Value::from(10),
+        "start_seconds" => Value::from(1),
+        "ready_timeout" => Value::from(DEFAULT_READY_TIMEOUT.as_secs()),
+        "host" => Value::from(DEFAULT_HOST),
+        _ => return None,
+    })
+}
+
 /// Checks the settings every type has ([`COMMON_KEYS`]) exactly as [`Settings::from_map`]
 /// reads them, ignoring the rest: for the types this module does not know (plugins').
 /// They are read with the echo type's rules, which check nothing beyond them once echo's
@@ -392,6 +406,21 @@ mod tests {
         assert!(err.starts_with("setting \"port\""), "{err}");
         let bad = map(r#"{"env":{"A":1}}"#);
         assert!(check_common(&bad).is_err());
+    }
+
+    #[test]
+    fn common_defaults_are_what_the_agent_assumes_for_a_missing_setting() {
+        let bare: Map<String, Value> =
+            serde_json::from_str(r#"{"type":"echo","port":0}"#).expect("a JSON object");
+        let assumed = Settings::from_map(&bare).expect("valid");
+        for key in COMMON_KEYS {
+            let Some(default) = common_default(key) else {
+                continue;
+            };
+            let mut given = bare.clone();
+            given.insert(key.to_string(), default);
+            assert_eq!(Settings::from_map(&given).as_ref(), Ok(&assumed), "{key}");
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The operator's commands (`pop init`, `add`, `deploy`/`undeploy`, `set`, `remove`) as
-//! pure plans. A plan says what to read, what to write (one op or one all-or-nothing
+//! The operator's commands (`pop init`, `add`, `deploy`/`undeploy`, `set`, `remove`,
+//! `plugin add`/`remove`) as pure plans. A plan says what to read, what to write (one op or one all-or-nothing
 //! multi, with version checks), when to wait, and how it ended: an [`Outcome`] the CLI
 //! prints or a [`PlanError`] naming the problem. The CLI runs plans against ZooKeeper;
 //! the simulator's operator runs the same plans against its model, with faults, so the
@@ -15,19 +15,22 @@ mod add;
 mod engine;
 mod init;
 mod machines;
+mod plugins;
 mod remove;
 mod set;
 #[cfg(test)]
 mod testing;
 
-pub use add::Add;
+pub use add::{Add, AddRequest};
 pub use init::Init;
 pub use machines::{ChangeMachines, MachinesChange};
+pub use plugins::{PluginAdd, PluginRemove};
 pub use remove::Remove;
 pub use set::Set;
 
-use crate::names::MachineId;
-use crate::settings::{DataError, ServiceType};
+use crate::names::{MachineId, NameError};
+use crate::plugin::{ManifestError, SettingsError};
+use crate::settings::DataError;
 use crate::time::Timestamp;
 use crate::zk::{ZkError, ZkOp, ZkReply};
 use serde_json::{Map, Value};
@@ -99,7 +102,7 @@ pub enum Outcome {
     },
     Added {
         name: String,
-        service_type: ServiceType,
+        service_type: String,
         settings: Map<String, Value>,
     },
     /// The list changed (or, after a write in doubt, is now as asked).
@@ -121,6 +124,19 @@ pub enum Outcome {
     },
     Removed {
         name: String,
+    },
+    PluginAdded {
+        name: String,
+        /// It replaced a different manifest of the same name.
+        replaced: bool,
+    },
+    PluginUnchanged {
+        name: String,
+    },
+    PluginRemoved {
+        name: String,
+        /// Services still of its type (`--force`).
+        still_used_by: Vec<String>,
     },
 }
 
@@ -145,8 +161,7 @@ impl fmt::Display for Outcome {
                 settings,
             } => write!(
                 f,
-                "added {name} ({}): {}",
-                service_type.as_str(),
+                "added {name} ({service_type}): {}",
                 Value::Object(settings.clone())
             ),
             Outcome::MachinesChanged {
@@ -176,6 +191,31 @@ impl fmt::Display for Outcome {
                 write!(f, "nothing to do: settings of {name} are already so")
             }
             Outcome::Removed { name } => write!(f, "removed {name}"),
+            Outcome::PluginAdded {
+                name,
+                replaced: false,
+            } => write!(f, "added plugin {name}"),
+            Outcome::PluginAdded {
+                name,
+                replaced: true,
+            } => write!(f, "replaced plugin {name}"),
+            Outcome::PluginUnchanged { name } => {
+                write!(f, "nothing to do: plugin {name} is stored as given already")
+            }
+            Outcome::PluginRemoved {
+                name,
+                still_used_by,
+            } => {
+                write!(f, "removed plugin {name}")?;
+                if !still_used_by.is_empty() {
+                    write!(
+                        f,
+                        "; services still of its type: {}",
+                        still_used_by.join(", ")
+                    )?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -211,9 +251,29 @@ pub enum PlanError {
     #[error("invalid settings for {name}: {error}{hint}")]
     InvalidSettings {
         name: String,
-        error: DataError,
+        error: SettingsError,
         hint: &'static str,
     },
+    #[error("unknown service type \"{name}\" (known types: {})", known.join(", "))]
+    UnknownType { name: String, known: Vec<String> },
+    #[error("unknown service type: {0}")]
+    InvalidTypeName(NameError),
+    /// A manifest given to `pop plugin add`.
+    #[error("{0}")]
+    InvalidManifest(ManifestError),
+    /// A manifest stored in ZooKeeper by someone else.
+    #[error("{error}; replace it with `pop plugin add --replace <file>`")]
+    StoredPluginInvalid { path: String, error: ManifestError },
+    #[error("\"{name}\" is a type built into pop; give the plugin another name")]
+    BuiltinName { name: String },
+    #[error("\"{name}\" is built into pop and cannot be removed")]
+    BuiltinCannotGo { name: String },
+    #[error("another plugin named \"{name}\" is stored already (see `pop plugin show {name}`); `pop plugin add --replace` replaces it")]
+    PluginExists { name: String },
+    #[error("no plugin named \"{name}\" (see `pop plugin list`)")]
+    NoSuchPlugin { name: String },
+    #[error("plugin {name} is the type of {} {}; remove them first or use `pop plugin remove {name} --force`", if services.len() == 1 { "service" } else { "services" }, services.join(", "))]
+    PluginInUse { name: String, services: Vec<String> },
     #[error("{path} does not exist")]
     NodeMissing { path: String },
     #[error("{path} holds an invalid machines list ({error}); fix it with a ZooKeeper client, pop will not overwrite it")]

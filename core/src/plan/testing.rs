@@ -6,6 +6,21 @@ use crate::time::Timestamp;
 use crate::zk::{NodeStat, ZkError, ZkOp, ZkReply};
 use std::collections::BTreeMap;
 
+/// The issue's contract manifest.
+pub(crate) const GREETER: &str = r#"name = "greeter"
+description = "answers with a greeting"
+environment = "none"
+[settings]
+greeting = "hello"
+port = 0
+[run]
+command = ["python3", "-c", "...", "{port}", "{greeting}"]
+[tasks.hello]
+description = "say the greeting"
+command = ["sh", "-c", "echo {greeting} from $POP_MACHINE_ID"]
+restart_after = false
+"#;
+
 /// What happens to one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Fate {
@@ -58,6 +73,18 @@ impl Tree {
             ("/services/s/machines", machines),
             ("/services/s/settings", settings),
             ("/services/s/state", ""),
+        ])
+    }
+
+    /// A namespace with `/plugins` holding the issue's `greeter` manifest.
+    pub fn with_greeter() -> Tree {
+        Tree::with(&[
+            ("/pop", "{\"layout\":1}"),
+            ("/machines", ""),
+            ("/services", ""),
+            ("/agents", ""),
+            ("/plugins", ""),
+            ("/plugins/greeter", GREETER),
         ])
     }
 

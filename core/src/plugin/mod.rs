@@ -186,6 +186,8 @@ pub enum SettingsError {
         requirement: Requirement,
         service_type: String,
     },
+    #[error("setting \"type\" is the service's type, {service_type:?}; `pop add <type>` sets it")]
+    TypeChanged { service_type: String },
     #[error("{error} (in {what})")]
     Unrenderable { what: String, error: RenderError },
 }
@@ -248,21 +250,40 @@ impl Manifest {
             }
         }
         let variables = self.sample_variables();
-        render(&self.run.command, settings, &variables, &[]).map_err(|error| {
-            SettingsError::Unrenderable {
+        self.command_argv(settings, &variables)
+            .map_err(|error| SettingsError::Unrenderable {
                 what: "run.command".into(),
                 error,
-            }
-        })?;
+            })?;
         for (name, task) in &self.tasks {
-            render(&task.command, settings, &variables, &[]).map_err(|error| {
-                SettingsError::Unrenderable {
+            self.task_argv(task, settings, &variables, &[])
+                .map_err(|error| SettingsError::Unrenderable {
                     what: format!("tasks.{name}.command"),
                     error,
-                }
-            })?;
+                })?;
         }
         Ok(())
+    }
+
+    /// The service's argv on a machine: `run.command` rendered from its settings (with
+    /// the values the agent assumes for common settings they leave out).
+    pub fn command_argv(
+        &self,
+        settings: &Map<String, Value>,
+        variables: &Variables,
+    ) -> Result<Vec<String>, RenderError> {
+        render(&self.run.command, &effective(settings), variables, &[])
+    }
+
+    /// A task's argv on a machine, with its arguments.
+    pub fn task_argv(
+        &self,
+        task: &Task,
+        settings: &Map<String, Value>,
+        variables: &Variables,
+        args: &[String],
+    ) -> Result<Vec<String>, RenderError> {
+        render(&task.command, &effective(settings), variables, args)
     }
 
     /// Stand-ins for the built-in variables, to find what settings are missing.
@@ -278,6 +299,41 @@ impl Manifest {
             }),
         }
     }
+}
+
+/// Decodes a manifest stored at `/plugins/<name>`, written by anyone: it must be UTF-8
+/// TOML and be named after its node.
+pub fn decode_stored(name: &str, data: &[u8]) -> Result<Manifest, ManifestError> {
+    let origin = crate::paths::plugin(name);
+    let problem = |problem: &str| ManifestError {
+        origin: origin.clone(),
+        line: None,
+        field: None,
+        problem: problem.to_string(),
+    };
+    let text = std::str::from_utf8(data).map_err(|_| problem("not UTF-8 text"))?;
+    let manifest = Manifest::parse(&origin, text)?;
+    if manifest.name.as_str() != name {
+        return Err(ManifestError {
+            field: Some("name".into()),
+            ..problem(&format!(
+                "the manifest is named {:?}, not after its node",
+                manifest.name.as_str()
+            ))
+        });
+    }
+    Ok(manifest)
+}
+
+/// Settings with the common ones they leave out at the values the agent assumes.
+fn effective(settings: &Map<String, Value>) -> Map<String, Value> {
+    let mut map = settings.clone();
+    for key in settings::COMMON_KEYS {
+        if let (None, Some(default)) = (map.get(key), settings::common_default(key)) {
+            map.insert(key.to_string(), default);
+        }
+    }
+    map
 }
 
 /// Seconds as pop writes them into settings: whole seconds as integers.

@@ -220,6 +220,7 @@ fn builtin_command_and_echo_render_the_argv_the_agent_launches_today() {
         json!({"type": "command", "command": "python3 -m http.server 8000 'a b'"}),
         json!({"type": "command", "command": "sleep 5", "port": 9}),
         json!({"type": "echo", "host": "0.0.0.0", "port": 0}),
+        json!({"type": "echo", "port": 5}),
         json!({"type": "echo", "host": "127.0.0.1", "port": 7001, "stop_timeout": 2}),
     ];
     for case in cases {
@@ -228,11 +229,7 @@ fn builtin_command_and_echo_render_the_argv_the_agent_launches_today() {
         let vars = variables(false);
         let today = driver_argv(&Launch::new("svc", "m1", &settings), &vars.pop);
         let manifest = builtin::manifest(settings.service_type.as_str()).expect("built in");
-        assert_eq!(
-            render(&manifest.run.command, &map, &vars, &[]),
-            Ok(today),
-            "{map:?}"
-        );
+        assert_eq!(manifest.command_argv(&map, &vars), Ok(today), "{map:?}");
     }
 }
 

@@ -12,8 +12,8 @@ use super::{Event, World, LATENCY};
 use pop_core::names::{MachineId, ServiceName};
 use pop_core::paths;
 use pop_core::plan::{
-    Add, ChangeMachines, Feedback, Init, MachinesChange, Outcome, Plan, PlanError, Remove, Request,
-    Set, Step,
+    Add, AddRequest, ChangeMachines, Feedback, Init, MachinesChange, Outcome, Plan, PlanError,
+    Remove, Request, Set, Step,
 };
 use pop_core::settings::ServiceType;
 use pop_core::zk::{SessionId, ZkError, ZkOp, ZkReply};
@@ -80,9 +80,15 @@ impl Command {
                 service_type,
                 settings,
             } => {
-                let add = Add::new(AT, name, *service_type, settings.clone())?;
-                let data = add.settings_data().to_vec();
-                (Box::new(add), Some(data))
+                // The settings as `--set`s over the type's defaults, which they all give.
+                let request = AddRequest {
+                    service_type: service_type.as_str().to_string(),
+                    port: None,
+                    set: settings.clone().into_iter().collect(),
+                };
+                let add = Add::new(AT, name, request)?;
+                let data = add.settings_data().map(<[u8]>::to_vec);
+                (Box::new(add), data)
             }
             Command::Machines {
                 name,

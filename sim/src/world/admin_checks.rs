@@ -240,6 +240,17 @@ fn untrue_error(running: &Running, error: &PlanError) -> Option<String> {
         }
         // The settings the command would write: the agent would reject them.
         PlanError::InvalidSettings { .. } => true,
+        // Decided before reading: the simulated operators add only built-in types.
+        PlanError::InvalidTypeName(_)
+        | PlanError::InvalidManifest(_)
+        | PlanError::BuiltinName { .. }
+        | PlanError::BuiltinCannotGo { .. } => true,
+        PlanError::UnknownType { name, .. } | PlanError::NoSuchPlugin { name } => {
+            !has(seen, &paths::plugin(name))
+        }
+        PlanError::PluginExists { name } => has(seen, &paths::plugin(name)),
+        PlanError::StoredPluginInvalid { path, .. } => has(seen, path),
+        PlanError::PluginInUse { name, .. } => has(seen, &paths::plugin(name)),
         // Failing to talk to ZooKeeper needs a fault on the operator's connection.
         PlanError::ChildrenKeepAppearing { .. }
         | PlanError::StillConflicting { .. }
