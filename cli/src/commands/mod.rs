@@ -1,5 +1,6 @@
 //! The commands that read and write pop's namespace in ZooKeeper.
 
+pub mod plugin;
 mod status;
 
 use crate::admin::{Admin, DELETE_PATIENCE};
@@ -9,11 +10,13 @@ use anyhow::{anyhow, Result};
 use pop_core::assignment::parse_assignment;
 use pop_core::names::{MachineId, ServiceName};
 use pop_core::paths;
-use pop_core::plan::{Add, ChangeMachines, Init, MachinesChange, Plan, Remove, Set};
-use pop_core::settings::ServiceType;
+use pop_core::plan::{Add, AddRequest, ChangeMachines, Init, MachinesChange, Plan, Remove, Set};
 use serde_json::{Map, Value};
 
 pub async fn run(cli: &Cli) -> Result<()> {
+    if let Command::Plugin { action } = &cli.command {
+        return plugin::run(cli, action).await;
+    }
     if matches!(cli.command, Command::Init { .. }) {
         Admin::ensure_chroot(&cli.host).await?;
     }
@@ -69,14 +72,17 @@ async fn add(
     port: Option<u16>,
     assignments: &[String],
 ) -> Result<()> {
-    let service_type = ServiceType::parse(type_name)?;
     let name = service_name(name.unwrap_or(type_name))?;
-    let mut settings = service_type.default_settings(port);
-    for text in assignments {
-        let (key, value) = parse_assignment(text)?;
-        settings.insert(key, value);
-    }
-    let mut plan = Add::new(&admin.hosts, &name, service_type, settings)?;
+    let set = assignments
+        .iter()
+        .map(|text| parse_assignment(text))
+        .collect::<Result<_, _>>()?;
+    let request = AddRequest {
+        service_type: type_name.to_string(),
+        port,
+        set,
+    };
+    let mut plan = Add::new(&admin.hosts, &name, request)?;
     run_plan(admin, &mut plan).await
 }
 
