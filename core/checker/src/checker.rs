@@ -311,6 +311,7 @@ impl Checker {
             ZkOp::Delete { .. } => (None, None),
             ZkOp::SetData { data, .. } => (Some(data), None),
             ZkOp::Create { data, mode, .. } => (Some(data), Some(*mode)),
+            ZkOp::Multi { .. } => return Err(format!("the agent sent a multi: {op:?}")),
         };
         // This machine's own directory is persistent; everything else it writes goes with
         // its session.
