@@ -7,6 +7,7 @@
 mod ephemeral;
 mod index;
 mod publish;
+mod query;
 mod readiness;
 mod service;
 mod target;
@@ -28,6 +29,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use target::Listing;
 use types::TypeReads;
+
+pub use query::{EnvironmentState, EnvironmentView, TaskLaunchError};
 
 /// How long to wait before retrying reads and writes that failed.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
