@@ -12,11 +12,14 @@
 //!
 //! The build's programs are children whose exits the supervisor's reaper reports (it
 //! alone calls `waitpid`), each in a process group of its own, killed with it when the
-//! agent stops or when a build takes longer than [`BUILD_TIMEOUT`]. Their output goes to
+//! agent stops or when a build takes longer than [`BUILD_TIMEOUT`]. They carry the
+//! supervision token `<machine>/<service>/environment`, so the next agent kills what a
+//! killed one left building (its start-up clean-up kills every process of the machine's
+//! tokens it does not adopt), and builds again. Their output goes to
 //! `<state dir>/logs/environments/<service>.log`. Builds and removals of one service run
 //! one at a time, in the order asked.
 
-use crate::supervise::{self, ExitStatus};
+use crate::supervise::{self, ExitStatus, TOKEN_ENV};
 use pop_core::environment::EnvironmentSpec;
 use pop_core::event::Input;
 use serde::{Deserialize, Serialize};
@@ -96,6 +99,7 @@ pub fn build_log_path(state_dir: &Path, service: &str) -> PathBuf {
 #[derive(Clone)]
 pub struct EnvironmentBuilder {
     state_dir: PathBuf,
+    machine_id: String,
     installer: Installer,
     events: UnboundedSender<Input>,
     /// One lock per service: its builds and removals run one at a time.
@@ -111,10 +115,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl EnvironmentBuilder {
     /// Reports go to `events` as `Input::EnvironmentBuilt`.
-    pub fn new(state_dir: PathBuf, installer: Installer, events: UnboundedSender<Input>) -> Self {
+    pub fn new(
+        state_dir: PathBuf,
+        machine_id: &str,
+        installer: Installer,
+        events: UnboundedSender<Input>,
+    ) -> Self {
         info!(installer = %installer.name(), "Python environments are built with it");
         EnvironmentBuilder {
             state_dir,
+            machine_id: machine_id.to_string(),
             installer,
             events,
             locks: Arc::default(),
@@ -313,6 +323,10 @@ impl EnvironmentBuilder {
             .env("UV_CACHE_DIR", self.state_dir.join("cache").join("uv"))
             .env("UV_NO_PROGRESS", "1")
             .env("PIP_NO_INPUT", "1")
+            .env(
+                TOKEN_ENV,
+                format!("{}/{service}/environment", self.machine_id),
+            )
             .env_remove("VIRTUAL_ENV")
             .env_remove("PYTHONHOME")
             .env_remove("PYTHONPATH");

@@ -3,6 +3,7 @@
 
 pub mod ensemble;
 pub mod proxy;
+pub mod python;
 
 pub use ensemble::Ensemble;
 pub use proxy::TcpProxy;

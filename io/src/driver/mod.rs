@@ -109,6 +109,7 @@ pub async fn run(
     let clock = SystemClock::new();
     let environments = EnvironmentBuilder::new(
         config.state_dir.clone(),
+        config.machine_id.as_str(),
         Installer::from_env(),
         environment_tx,
     );
