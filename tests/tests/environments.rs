@@ -1,96 +1,49 @@
 //! Building Python environments for real (`pop_io::environment`), with uv and with
 //! `python3 -m venv` + pip, from wheels made in the test: no network.
 
-use pop_core::environment::{env_dir, EnvironmentSpec};
-use pop_core::event::Input;
-use pop_io::environment::{build_log_path, EnvironmentBuilder, Installer, LIST_DISTRIBUTIONS_PY};
-use pop_io::supervise::{ContainmentChoice, Supervisor, SupervisorConfig};
-use pop_tests::python::{uv, wheel};
+use pop_core::environment::EnvironmentSpec;
+use pop_io::environment::{build_log_path, Installer, LIST_DISTRIBUTIONS_PY};
+use pop_tests::python::{install_uv, wheel, BuildRig};
 use serde_json::Value;
 use std::path::Path;
+use std::path::PathBuf;
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-/// A builder in a runtime of its own, with a supervisor (whose reaper the builds need).
-struct Rig {
-    runtime: tokio::runtime::Runtime,
-    builder: EnvironmentBuilder,
-    events: UnboundedReceiver<Input>,
-    _supervisor: Supervisor,
-    machine: String,
-    dir: tempfile::TempDir,
+/// What the tests need from programs of their own (wheels, uv), made before any builder
+/// exists: a builder's supervisor reaps every child of the process, so a test's own
+/// `Command::output` could find its child gone once one runs.
+struct Fixtures {
+    greet: PathBuf,
+    alpha: PathBuf,
+    beta: PathBuf,
+    uv: Result<PathBuf, String>,
 }
 
-impl Rig {
-    fn new(installer: Installer) -> Rig {
-        let dir = tempfile::tempdir().expect("a state dir");
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let machine = format!("envtest-{}-{n}", std::process::id());
-        let (tx, events) = unbounded_channel();
-        let (supervisor, builder) = runtime.block_on(async {
-            let config =
-                SupervisorConfig::new(&machine, dir.path(), ContainmentChoice::ProcessGroup);
-            let supervisor = Supervisor::new(config, tx.clone()).expect("a supervisor");
-            let builder =
-                EnvironmentBuilder::new(dir.path().to_path_buf(), &machine, installer, tx);
-            (supervisor, builder)
-        });
-        Rig {
-            runtime,
-            builder,
-            events,
-            _supervisor: supervisor,
-            machine,
-            dir,
+fn fixtures() -> &'static Fixtures {
+    static FIXTURES: OnceLock<Fixtures> = OnceLock::new();
+    FIXTURES.get_or_init(|| {
+        // Kept for the whole test process.
+        let dir = tempfile::tempdir().expect("a directory for wheels").keep();
+        Fixtures {
+            greet: wheel(&dir, "greet", "1.2", "WORD = 'hello'\n"),
+            alpha: wheel(&dir, "alpha", "1.0", ""),
+            beta: wheel(&dir, "beta", "2.0", ""),
+            uv: install_uv(),
         }
-    }
+    })
+}
 
-    fn state(&self) -> &Path {
-        self.dir.path()
-    }
+/// uv for the tests (installed from PyPI under target/tools when missing).
+fn uv() -> PathBuf {
+    fixtures().uv.clone().unwrap_or_else(|e| panic!("{e}"))
+}
 
-    /// Builds `spec` for `service` and waits for the outcome.
-    fn build(&mut self, service: &str, spec: &EnvironmentSpec) -> Result<(), String> {
-        let state = self.state().to_string_lossy().into_owned();
-        let dir = env_dir(&state, service, &spec.hash());
-        let builder = self.builder.clone();
-        let spec2 = spec.clone();
-        let service2 = service.to_string();
-        self.runtime
-            .block_on(async move { builder.build(&service2, spec2, &dir) });
-        let hash = spec.hash();
-        self.runtime.block_on(async {
-            let wait = async {
-                while let Some(input) = self.events.recv().await {
-                    if let Input::EnvironmentBuilt {
-                        service: s,
-                        spec_hash,
-                        result,
-                    } = input
-                    {
-                        if s == service && spec_hash == hash {
-                            return result;
-                        }
-                    }
-                }
-                Err("no more events".to_string())
-            };
-            tokio::time::timeout(Duration::from_secs(300), wait)
-                .await
-                .expect("the build ends within 5 minutes")
-        })
-    }
-
-    fn dir_of(&self, service: &str, spec: &EnvironmentSpec) -> std::path::PathBuf {
-        self.state().join("env").join(service).join(spec.hash())
-    }
+/// A builder, once the fixtures are made.
+fn rig_with(installer: Installer) -> BuildRig {
+    fixtures();
+    BuildRig::new(installer)
 }
 
 fn spec(packages: &[&Path]) -> EnvironmentSpec {
@@ -108,17 +61,10 @@ fn python_of(dir: &Path) -> std::path::PathBuf {
 }
 
 /// What `LIST_DISTRIBUTIONS_PY` says of the environment.
-fn distributions(dir: &Path) -> Vec<Value> {
-    let out = Command::new(python_of(dir))
-        .args(["-I", "-c", LIST_DISTRIBUTIONS_PY])
-        .output()
-        .expect("running the environment's python");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    match serde_json::from_slice(&out.stdout).expect("a JSON array") {
+fn distributions(rig: &BuildRig, dir: &Path) -> Vec<Value> {
+    let out = rig.output(Command::new(python_of(dir)).args(["-I", "-c", LIST_DISTRIBUTIONS_PY]));
+    assert!(out.success, "{}", out.stderr);
+    match serde_json::from_str(&out.stdout).expect("a JSON array") {
         Value::Array(list) => list,
         other => panic!("not a list: {other}"),
     }
@@ -128,19 +74,16 @@ fn distributions(dir: &Path) -> Vec<Value> {
 /// its version, its path as source and an install time; asked again, nothing is
 /// rebuilt.
 fn builds_with_a_local_wheel(installer: Installer) {
-    let mut rig = Rig::new(installer);
-    let wheels = rig.state().join("wheels");
-    let greet = wheel(&wheels, "greet", "1.2", "WORD = 'hello'\n");
-    let spec = spec(&[&greet]);
+    let mut rig = rig_with(installer);
+    let greet = fixtures().greet.as_path();
+    let spec = spec(&[greet]);
     let before = std::time::SystemTime::now();
     rig.build("web", &spec).expect("built");
     let dir = rig.dir_of("web", &spec);
-    let out = Command::new(python_of(&dir))
-        .args(["-c", "import greet; print(greet.WORD)"])
-        .output()
-        .expect("running python");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
-    let listed = distributions(&dir);
+    let out =
+        rig.output(Command::new(python_of(&dir)).args(["-c", "import greet; print(greet.WORD)"]));
+    assert_eq!(out.stdout, "hello\n", "{}", out.stderr);
+    let listed = distributions(&rig, &dir);
     let greet_entry = listed
         .iter()
         .find(|d| d["name"] == "greet")
@@ -185,13 +128,10 @@ fn uv_builds_an_environment_from_a_local_wheel() {
 #[test]
 fn uv_and_venv_install_the_same_requested_packages() {
     let names = |installer: Installer| {
-        let mut rig = Rig::new(installer);
-        let wheels = rig.state().join("wheels");
-        let a = wheel(&wheels, "alpha", "1.0", "");
-        let b = wheel(&wheels, "beta", "2.0", "");
-        let spec = spec(&[&a, &b]);
+        let mut rig = rig_with(installer);
+        let spec = spec(&[&fixtures().alpha, &fixtures().beta]);
         rig.build("svc", &spec).expect("built");
-        let mut names: Vec<String> = distributions(&rig.dir_of("svc", &spec))
+        let mut names: Vec<String> = distributions(&rig, &rig.dir_of("svc", &spec))
             .iter()
             .filter_map(|d| d["name"].as_str().map(str::to_string))
             .filter(|n| !["pip", "setuptools"].contains(&n.as_str()))
@@ -206,7 +146,7 @@ fn uv_and_venv_install_the_same_requested_packages() {
 #[test]
 fn a_build_that_fails_says_why_and_leaves_nothing_behind() {
     for installer in [Installer::Venv, Installer::Uv(uv())] {
-        let mut rig = Rig::new(installer.clone());
+        let mut rig = rig_with(installer.clone());
         let missing = rig.state().join("nope-1.0-py3-none-any.whl");
         let spec = spec(&[&missing]);
         let error = rig.build("web", &spec).expect_err("no such wheel");
@@ -225,7 +165,7 @@ fn a_build_that_fails_says_why_and_leaves_nothing_behind() {
 
 #[test]
 fn an_interpreter_that_does_not_exist_fails_the_build_naming_it() {
-    let mut rig = Rig::new(Installer::Venv);
+    let mut rig = rig_with(Installer::Venv);
     let spec = EnvironmentSpec {
         python: "python-that-does-not-exist".into(),
         packages: Vec::new(),
@@ -239,7 +179,7 @@ fn an_interpreter_that_does_not_exist_fails_the_build_naming_it() {
 
 #[test]
 fn removal_keeps_only_the_environments_asked_for() {
-    let rig = Rig::new(Installer::Venv);
+    let rig = rig_with(Installer::Venv);
     let root = rig.state().join("env").join("web");
     for hash in ["aaaa", "bbbb"] {
         std::fs::create_dir_all(root.join(hash)).expect("a directory");
@@ -260,24 +200,16 @@ fn removal_keeps_only_the_environments_asked_for() {
 /// A build that hangs is killed, with its process group, when the agent stops.
 #[test]
 fn stopping_kills_a_build_in_flight() {
-    let mut rig = Rig::new(Installer::Venv);
+    let mut rig = rig_with(Installer::Venv);
     let hang = rig.state().join("hang");
     std::fs::write(&hang, "#!/bin/sh\nsleep 300\n").expect("a script");
-    Command::new("chmod")
-        .args(["+x"])
-        .arg(&hang)
-        .status()
-        .expect("chmod");
+    let executable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(&hang, executable).expect("chmod +x");
     let spec = EnvironmentSpec {
         python: hang.to_string_lossy().into_owned(),
         packages: Vec::new(),
     };
-    let state = rig.state().to_string_lossy().into_owned();
-    let dir = env_dir(&state, "web", &spec.hash());
-    let builder = rig.builder.clone();
-    let spec2 = spec.clone();
-    rig.runtime
-        .block_on(async move { builder.build("web", spec2, &dir) });
+    rig.start_build("web", &spec);
     // The shell running the script and its sleep: both carry the build's token.
     let token = format!("POP_SUPERVISION_TOKEN={}/web/environment", rig.machine);
     let sleeping = pop_tests::wait_for("the build to run", || {
@@ -285,7 +217,7 @@ fn stopping_kills_a_build_in_flight() {
         (found.len() >= 2).then_some(found)
     });
     rig.builder.stop_all();
-    let result = rig.build_result_within(&spec, Duration::from_secs(10));
+    let result = rig.outcome_within(&spec, Duration::from_secs(10));
     assert!(result.is_err(), "{result:?}");
     pop_tests::wait_for("the build's processes to be gone", || {
         sleeping
@@ -310,32 +242,4 @@ fn with_environment(entry: &str) -> Vec<i32> {
         }
     }
     found
-}
-
-impl Rig {
-    fn build_result_within(
-        &mut self,
-        spec: &EnvironmentSpec,
-        limit: Duration,
-    ) -> Result<(), String> {
-        let hash = spec.hash();
-        self.runtime.block_on(async {
-            let wait = async {
-                while let Some(input) = self.events.recv().await {
-                    if let Input::EnvironmentBuilt {
-                        spec_hash, result, ..
-                    } = input
-                    {
-                        if spec_hash == hash {
-                            return result;
-                        }
-                    }
-                }
-                Err("no more events".to_string())
-            };
-            tokio::time::timeout(limit, wait)
-                .await
-                .unwrap_or_else(|_| Err("no outcome in time".into()))
-        })
-    }
 }
