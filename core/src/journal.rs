@@ -172,6 +172,8 @@ mod tests {
             containment: "none".into(),
             seed: 3,
             backoff: Backoff::default(),
+            pop: "/usr/bin/pop".into(),
+            state_dir: "/var/lib/pop".into(),
         }
     }
 

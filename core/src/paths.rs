@@ -72,12 +72,23 @@ pub enum Watched {
     ServiceList,
     Machines(String),
     Settings(String),
+    /// A stored service type's manifest.
+    Plugin(String),
+    /// The stored types' names, watched while a type a service needs is missing.
+    PluginList,
 }
 
 impl Watched {
     pub fn parse(path: &str) -> Option<Watched> {
         if path == SERVICES {
             return Some(Watched::ServiceList);
+        }
+        if path == PLUGINS {
+            return Some(Watched::PluginList);
+        }
+        if let Some(name) = path.strip_prefix(PLUGINS).and_then(|r| r.strip_prefix('/')) {
+            return (!name.is_empty() && !name.contains('/'))
+                .then(|| Watched::Plugin(name.to_string()));
         }
         let rest = path.strip_prefix(SERVICES)?.strip_prefix('/')?;
         let (name, leaf) = rest.split_once('/')?;
@@ -93,6 +104,8 @@ impl Watched {
             Watched::ServiceList => SERVICES.to_string(),
             Watched::Machines(s) => service_machines(s),
             Watched::Settings(s) => service_settings(s),
+            Watched::Plugin(name) => plugin(name),
+            Watched::PluginList => PLUGINS.to_string(),
         }
     }
 }
@@ -115,10 +128,14 @@ mod tests {
             Watched::ServiceList,
             Watched::Machines("a".into()),
             Watched::Settings("b".into()),
+            Watched::Plugin("greeter".into()),
+            Watched::PluginList,
         ] {
             assert_eq!(Watched::parse(&w.path()), Some(w));
         }
         assert_eq!(Watched::parse("/services/a/state"), None);
+        assert_eq!(Watched::parse("/plugins/a/b"), None);
+        assert_eq!(Watched::parse("/plugins/"), None);
         assert_eq!(parent("/machines/m1/x"), Some("/machines/m1"));
         assert_eq!(parent("/machines"), None);
     }

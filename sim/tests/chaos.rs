@@ -62,6 +62,10 @@ fn a_batch_of_seeds_is_clean_and_covers_the_rare_situations() {
         "remove --force racing a live agent that still runs the service",
         "add whose reply was lost",
         "CAS retried after a BadVersion",
+        "stored type started",
+        "bad data at a stored type",
+        "service started from its environment",
+        "environment build failed",
     ] {
         assert!(
             coverage.get(situation).is_some_and(|n| *n > 0),

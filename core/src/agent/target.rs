@@ -86,7 +86,7 @@ impl Agent {
         // One watch per path per session is enough; more would multiply the events.
         let watch = self.armed.insert(path.clone());
         let op = match watched {
-            Watched::ServiceList => ZkOp::GetChildren { path, watch },
+            Watched::ServiceList | Watched::PluginList => ZkOp::GetChildren { path, watch },
             _ => ZkOp::GetData { path, watch },
         };
         self.send(op, Pending::Read(watched));
@@ -114,12 +114,18 @@ impl Agent {
             }
             // The node may appear later (written in steps by another client), or the
             // error was transient: look again soon, unless the service is gone.
+            if let (ZkError::NoNode, Watched::Plugin(_)) = (err, &watched) {
+                // Missing is an answer: `/plugins` is watched for it to appear.
+                self.on_plugin_read(watched, reply);
+                return;
+            }
             let still_relevant = match &watched {
                 Watched::ServiceList => true,
                 Watched::Machines(n) | Watched::Settings(n) => self
                     .services
                     .get(n)
                     .is_some_and(|s| s.target.listing == Listing::Listed),
+                Watched::Plugin(_) | Watched::PluginList => self.plugin_read_matters(&watched),
             };
             if still_relevant {
                 self.reread.insert(path);
@@ -165,6 +171,9 @@ impl Agent {
                 }
                 Err(e) => self.problem(&path, e.to_string()),
             },
+            (watched @ (Watched::Plugin(_) | Watched::PluginList), reply) => {
+                self.on_plugin_read(watched, reply)
+            }
             (_, other) => self.problem(&path, format!("unexpected reply {other:?}")),
         }
     }

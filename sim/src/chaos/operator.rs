@@ -1,18 +1,22 @@
-//! The operators: `pop init`, `add`, `deploy`, `undeploy`, `set` and `remove`, at random,
-//! each run as the CLI's own plan on a terminal of the world (see `world::admin`), with
-//! two terminals sometimes racing the same command; and somebody writing garbage into a
-//! service's nodes with a ZooKeeper client, bypassing pop. Settings and machine lists
-//! come from the same pure functions the CLI uses (default settings per type,
-//! `KEY=VALUE` parsing).
+//! The operators: `pop init`, `add`, `deploy`, `undeploy`, `set`, `remove`, `plugin add`
+//! and `plugin remove`, at random, each run as the CLI's own plan on a terminal of the
+//! world (see `world::admin`), with two terminals sometimes racing the same command; and
+//! somebody writing garbage into a service's or a type's node with a ZooKeeper client,
+//! bypassing pop. Settings and machine lists come from the same pure functions the CLI
+//! uses (default settings per type, `KEY=VALUE` parsing). Services are of the built-in
+//! types `command`, `echo` and `python` (with packages, some of which cannot be built),
+//! and of the stored type `tool` (a copy of `command`, in versions that launch alike or
+//! not).
 
 use super::Options;
-use crate::world::{Command, World};
+use crate::world::{tool_manifest, Command, World, BROKEN_PACKAGE, TOOL};
 use pop_core::assignment::parse_assignment;
 use pop_core::backoff::SeededRng;
-use pop_core::names::{MachineId, ServiceName};
+use pop_core::names::{MachineId, PluginName, ServiceName};
 use pop_core::paths;
 use pop_core::plan::MachinesChange;
-use pop_core::settings::{parse_machines, render_machines, ServiceType, Settings};
+use pop_core::plugin::builtin;
+use pop_core::settings::{parse_machines, render_machines, Settings};
 use serde_json::{Map, Value};
 use std::collections::BTreeSet;
 
@@ -66,6 +70,10 @@ impl Operator {
         let command = match self.pick(80) {
             0 => Command::Init { force: true },
             1 => Command::Init { force: false },
+            2..=7 => match self.plugin_command(world) {
+                Some(command) => command,
+                None => return,
+            },
             _ => {
                 let i = self.pick(self.services.len());
                 let service = self.services[i].clone();
@@ -171,17 +179,58 @@ impl Operator {
         }
     }
 
-    fn settings(&mut self, service: &ServiceName) -> (ServiceType, Map<String, Value>) {
-        let echo = self.pick(3) == 0;
-        let (service_type, mut settings) = if echo {
-            (
-                ServiceType::Echo,
-                ServiceType::Echo.default_settings(Some(0)),
-            )
-        } else {
-            let mut s = ServiceType::Command.default_settings(None);
-            s.insert("command".into(), Value::from(format!("serve {service}")));
-            (ServiceType::Command, s)
+    /// `pop plugin add|remove` of the type `tool`, or garbage written into its node.
+    fn plugin_command(&mut self, world: &mut World) -> Option<Command> {
+        Some(match self.pick(6) {
+            0..=2 => {
+                let version = self.pick(3) as u8;
+                Command::PluginAdd {
+                    text: tool_manifest(version),
+                    replace: self.pick(4) != 0,
+                }
+            }
+            3 => Command::PluginRemove {
+                name: PluginName::new(TOOL).ok()?,
+                force: self.pick(2) == 0,
+            },
+            4 => {
+                world.admin_put(&pop_core::paths::plugin(TOOL), b"name = \"tool\"\n[run");
+                return None;
+            }
+            _ => {
+                // Valid TOML, but named after another node.
+                let text = tool_manifest(0).replace("name = \"tool\"", "name = \"other\"");
+                world.admin_set_if_exists(&pop_core::paths::plugin(TOOL), text.as_bytes());
+                return None;
+            }
+        })
+    }
+
+    fn settings(&mut self, service: &ServiceName) -> (String, Map<String, Value>) {
+        let defaults = |name: &str, port: Option<u16>| {
+            builtin::get(name)
+                .map(|m| m.default_settings(port))
+                .unwrap_or_default()
+        };
+        let (service_type, mut settings) = match self.pick(6) {
+            0 | 1 => ("echo".to_string(), defaults("echo", Some(0))),
+            2 => {
+                let mut s = defaults("python", None);
+                s.insert("module".into(), Value::from("app"));
+                s.insert("packages".into(), serde_json::json!(["pkg==1"]));
+                ("python".to_string(), s)
+            }
+            3 => {
+                let mut s = defaults("command", None);
+                s.insert("type".into(), Value::from(TOOL));
+                s.insert("command".into(), Value::from(format!("serve {service}")));
+                (TOOL.to_string(), s)
+            }
+            _ => {
+                let mut s = defaults("command", None);
+                s.insert("command".into(), Value::from(format!("serve {service}")));
+                ("command".to_string(), s)
+            }
         };
         settings.insert("stop_timeout".into(), Value::from(1 + self.pick(2)));
         settings.insert("start_seconds".into(), Value::from(0.2));
@@ -203,7 +252,12 @@ impl Operator {
     /// `pop set` with one KEY=VALUE.
     fn set(&mut self, service: &ServiceName) -> Command {
         self.version += 1;
-        let assignment = match self.pick(3) {
+        let assignment = match self.pick(4) {
+            // Meaningful for python services only; others keep it as their own setting.
+            3 => match self.pick(4) {
+                0 => format!("packages=[\"{BROKEN_PACKAGE}\"]"),
+                _ => format!("packages=[\"pkg=={}\"]", self.version),
+            },
             0 => format!("env={{\"V\":\"{}\"}}", self.version),
             1 => format!(
                 "session_loss={}",
@@ -240,6 +294,21 @@ impl Operator {
             let data = serde_json::to_vec(&Value::Object(settings)).unwrap_or_default();
             world.admin_put(&paths::service_settings(s), &data);
         }
+        // Packages no environment can be built with are replaced by buildable ones.
+        let broken = world
+            .zk
+            .get(&paths::service_settings(s))
+            .and_then(|n| serde_json::from_slice::<Map<String, Value>>(&n.data).ok())
+            .filter(|map| {
+                map.get("packages")
+                    .and_then(Value::as_array)
+                    .is_some_and(|list| list.iter().any(|p| p == BROKEN_PACKAGE))
+            });
+        if let Some(mut map) = broken {
+            map.insert("packages".into(), serde_json::json!(["pkg==1"]));
+            let data = serde_json::to_vec(&Value::Object(map)).unwrap_or_default();
+            world.admin_put(&paths::service_settings(s), &data);
+        }
         if world.zk.get(&paths::service_state_dir(s)).is_none() {
             world.admin_put(&paths::service_state_dir(s), b"");
         }
@@ -251,6 +320,15 @@ impl Operator {
     pub fn repair(&mut self, world: &mut World) {
         if world.zk.get(paths::POP).is_none() {
             world.admin_put(paths::POP, b"{\"layout\":1}");
+        }
+        // The stored type as its last `pop plugin add` left it, or as first added.
+        let tool = paths::plugin(TOOL);
+        let usable = world
+            .zk
+            .get(&tool)
+            .is_some_and(|n| pop_core::plugin::decode_stored(TOOL, &n.data).is_ok());
+        if !usable {
+            world.admin_put(&tool, tool_manifest(0).as_bytes());
         }
         for service in self.services.clone() {
             if Self::exists(world, &service) {

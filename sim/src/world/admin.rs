@@ -9,13 +9,12 @@
 //! data, tests' setup), which bypass every plan.
 
 use super::{Event, World, LATENCY};
-use pop_core::names::{MachineId, ServiceName};
+use pop_core::names::{MachineId, PluginName, ServiceName};
 use pop_core::paths;
 use pop_core::plan::{
     Add, AddRequest, ChangeMachines, Feedback, Init, MachinesChange, Outcome, Plan, PlanError,
-    Remove, Request, Set, Step,
+    PluginAdd, PluginRemove, Remove, Request, Set, Step,
 };
-use pop_core::settings::ServiceType;
 use pop_core::zk::{SessionId, ZkError, ZkOp, ZkReply};
 use pop_core::Timestamp;
 use serde_json::{Map, Value};
@@ -41,7 +40,7 @@ pub enum Command {
     },
     Add {
         name: ServiceName,
-        service_type: ServiceType,
+        service_type: String,
         settings: Map<String, Value>,
     },
     Machines {
@@ -58,12 +57,21 @@ pub enum Command {
         name: ServiceName,
         force: bool,
     },
+    /// `pop plugin add [--replace] <file>` with the file's text.
+    PluginAdd {
+        text: String,
+        replace: bool,
+    },
+    PluginRemove {
+        name: PluginName,
+        force: bool,
+    },
 }
 
 impl Command {
     pub fn service(&self) -> Option<&str> {
         match self {
-            Command::Init { .. } => None,
+            Command::Init { .. } | Command::PluginAdd { .. } | Command::PluginRemove { .. } => None,
             Command::Add { name, .. }
             | Command::Machines { name, .. }
             | Command::Set { name, .. }
@@ -82,7 +90,7 @@ impl Command {
             } => {
                 // The settings as `--set`s over the type's defaults, which they all give.
                 let request = AddRequest {
-                    service_type: service_type.as_str().to_string(),
+                    service_type: service_type.clone(),
                     port: None,
                     set: settings.clone().into_iter().collect(),
                 };
@@ -110,6 +118,13 @@ impl Command {
                 Box::new(Remove::new(AT, name, *force, DELETE_PATIENCE)),
                 None,
             ),
+            Command::PluginAdd { text, replace } => (
+                Box::new(PluginAdd::new(AT, "plugin.toml", text, *replace)?),
+                None,
+            ),
+            Command::PluginRemove { name, force } => {
+                (Box::new(PluginRemove::new(AT, name, *force)?), None)
+            }
         })
     }
 }
@@ -124,7 +139,7 @@ impl fmt::Display for Command {
             Command::Init { force: x } => write!(f, "pop init{}", force(x)),
             Command::Add {
                 name, service_type, ..
-            } => write!(f, "pop add {} --name {name}", service_type.as_str()),
+            } => write!(f, "pop add {service_type} --name {name}"),
             Command::Machines {
                 name,
                 change,
@@ -151,6 +166,17 @@ impl fmt::Display for Command {
                 unset.iter().try_for_each(|k| write!(f, " --unset {k}"))
             }
             Command::Remove { name, force: x } => write!(f, "pop remove {name}{}", force(x)),
+            Command::PluginAdd { text, replace } => {
+                let name = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("name = "))
+                    .unwrap_or("?");
+                let replace = if *replace { " --replace" } else { "" };
+                write!(f, "pop plugin add{replace} <{name} manifest>")
+            }
+            Command::PluginRemove { name, force: x } => {
+                write!(f, "pop plugin remove {name}{}", force(x))
+            }
         }
     }
 }
@@ -196,6 +222,24 @@ pub struct Finished {
     pub command: Command,
     pub result: Result<Outcome, PlanError>,
     pub faults: u32,
+}
+
+/// The data `op` creates the node at `path` with, if it does.
+fn created_data(op: &ZkOp, path: &str) -> Option<Vec<u8>> {
+    match op {
+        ZkOp::Create { path: p, data, .. } if p == path => Some(data.clone()),
+        ZkOp::Multi { ops } => ops.iter().find_map(|op| created_data(op, path)),
+        _ => None,
+    }
+}
+
+/// The paths a write may change the data of.
+fn written_paths(op: &ZkOp) -> Vec<String> {
+    match op {
+        ZkOp::Create { path, .. } | ZkOp::SetData { path, .. } => vec![path.clone()],
+        ZkOp::Multi { ops } => ops.iter().flat_map(written_paths).collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// What a request becomes when its reply is lost: the CLI's own error.
@@ -289,6 +333,7 @@ impl World {
     /// An administrator writes a node with a ZooKeeper client (and its missing parents).
     pub fn admin_put(&mut self, path: &str, data: &[u8]) {
         let n = self.zk.put(path, data);
+        self.note_plugin_write(path);
         self.trace.push(format!(
             "{} admin put {path} {}",
             self.now,
@@ -350,6 +395,15 @@ impl World {
         };
         if let Request::Write(op) = &request {
             self.trace.push(format!("{now} op{terminal} {op}"));
+            // For a stored type the settings are known only once the plan read it.
+            if let Some(running) = self.terminals[terminal].running.as_mut() {
+                if let Command::Add { name, .. } = &running.command {
+                    let path = paths::service_settings(name.as_str());
+                    if let Some(data) = created_data(op, &path) {
+                        running.settings_data = Some(data);
+                    }
+                }
+            }
         }
         if self.lost(self.terminals[terminal].cut_to_server) {
             self.trace
@@ -401,6 +455,9 @@ impl World {
                 let service_existed = self.command_service_exists(terminal);
                 let (reply, n) = self.zk.apply(session, op);
                 self.notify(n);
+                for path in written_paths(op) {
+                    self.note_plugin_write(&path);
+                }
                 self.check_admin_write(terminal, op, &reply, service_existed);
                 Feedback::Wrote(reply)
             }

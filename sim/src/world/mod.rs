@@ -5,9 +5,11 @@
 mod admin;
 mod admin_checks;
 mod checks;
+mod launches;
 mod network;
 
 pub use admin::{Command, Finished, Terminal, ADMIN_TIMEOUT, DELETE_PATIENCE, TERMINALS};
+pub use launches::{tool_manifest, BROKEN_PACKAGE, BUILD_TIME, SIM_POP, SIM_STATE_DIR, TOOL};
 pub use network::NetState;
 
 use crate::zk_model::{Notification, ZkModel};
@@ -83,6 +85,14 @@ enum Event {
         step: u64,
         feedback: pop_core::plan::Feedback,
     },
+    /// An environment build of the machine's agent of `incarnation` ends.
+    Built {
+        machine: usize,
+        incarnation: u32,
+        service: String,
+        hash: String,
+        ok: bool,
+    },
 }
 
 /// How often processes misbehave, in thousandths.
@@ -127,6 +137,8 @@ pub struct Machine {
     pub net: NetState,
     /// The agent's last session news was "disconnected" or "expired".
     pub session_lost_told: bool,
+    /// Python environments on the machine's disk: (service, spec hash).
+    pub environments: BTreeSet<(String, String)>,
 }
 
 pub struct World {
@@ -175,15 +187,15 @@ pub struct World {
     pub operator_loss_per_mille: u64,
     /// The operators' network: its own draws, so agents' traffic is not shifted by it.
     admin_rng: SeededRng,
+    /// Every valid manifest ever stored per type, by the type's name.
+    pub(crate) plugin_history: BTreeMap<String, Vec<pop_core::plugin::Manifest>>,
 }
 
 impl World {
     pub fn new(machine_ids: &[&str], seed: u64) -> World {
         let mut zk = ZkModel::new();
-        // A namespace as `pop init` made it before plugins (the first `pop plugin add`
-        // creates /plugins): the agents do not read /plugins yet, and the golden traces'
-        // transaction ids stay as they were. Phase B adds it along with plugin commands.
-        for p in paths::NAMESPACE.iter().filter(|p| **p != paths::PLUGINS) {
+        // A namespace as `pop init` makes it.
+        for p in paths::NAMESPACE {
             zk.put(p, b"");
         }
         let mut world = World {
@@ -214,6 +226,7 @@ impl World {
             commands: Vec::new(),
             operator_loss_per_mille: 0,
             admin_rng: SeededRng::new(seed ^ 0x6f70_6572_6174_6f72),
+            plugin_history: BTreeMap::new(),
         };
         for (i, id) in machine_ids.iter().enumerate() {
             let config = world.agent_config(id, 0);
@@ -229,6 +242,7 @@ impl World {
                 exited: false,
                 net: NetState::default(),
                 session_lost_told: false,
+                environments: BTreeSet::new(),
             });
             world.connect(i);
         }
@@ -247,6 +261,8 @@ impl World {
                 .wrapping_add(u64::from(incarnation) << 32)
                 .wrapping_add(id.len() as u64),
             backoff: Backoff::default(),
+            pop: SIM_POP.to_string(),
+            state_dir: SIM_STATE_DIR.to_string(),
         }
     }
 
@@ -334,6 +350,7 @@ impl World {
                     started_at: p.started_at,
                     port: p.port,
                     settings: p.settings,
+                    launch: Some(Box::new(p.launch)),
                 },
             );
         }
@@ -522,6 +539,7 @@ impl World {
                     return;
                 }
                 self.check_backoff(machine, &service, &settings);
+                self.check_launch(machine, &service, &settings, &launch);
                 let ignores_term =
                     self.process_rng.next_u64() % 1000 < self.process_faults.ignore_term_per_mille;
                 self.next_pid += 1;
@@ -601,6 +619,15 @@ impl World {
                     signal: Some(15),
                 };
                 self.report_exit(machine, service, generation, status);
+            }
+            Action::BuildEnvironment { service, spec, .. } => {
+                self.build_environment(machine, service, &spec)
+            }
+            Action::RemoveEnvironments { service, keep } => {
+                self.check_environment_removal(machine, &service, &keep);
+                self.machines[machine]
+                    .environments
+                    .retain(|(s, h)| *s != service || keep.contains(h));
             }
             Action::NewSession => self.connect(machine),
             Action::Report(_) => {}
@@ -818,6 +845,13 @@ impl World {
                     self.admin_next(terminal, feedback);
                 }
             }
+            Event::Built {
+                machine,
+                incarnation,
+                service,
+                hash,
+                ok,
+            } => self.on_built(machine, incarnation, service, hash, ok),
             Event::Kill { machine, pid } => {
                 if let Some(p) = self.machines[machine].processes.remove(&pid) {
                     let status = ExitStatus {

@@ -70,6 +70,8 @@ impl Rig {
             containment: "none".into(),
             seed: 1,
             backoff: Backoff::default(),
+            pop: "/usr/bin/pop".into(),
+            state_dir: "/var/lib/pop".into(),
         });
         Rig {
             agent,
