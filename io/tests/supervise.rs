@@ -192,8 +192,10 @@ fn cgroup_dir(h: &Harness, service: &str, generation: u64) -> Option<PathBuf> {
     }
 }
 
-/// Nothing of the generation is left: no token process, none of `pids`, no cgroup.
-fn assert_gone(h: &Harness, service: &str, generation: u64, pids: &[(i32, String)]) {
+/// Nothing of the generation is left: no token process, none of `pids` (all gone by
+/// the time `Exited` is sent), and soon no cgroup and no run record (removed just
+/// after it).
+async fn assert_gone(h: &Harness, service: &str, generation: u64, pids: &[(i32, String)]) {
     let tok = token(h, service, generation);
     assert_eq!(token_procs(&tok), vec![], "processes left for {tok}");
     let still: Vec<_> = token_procs(&tok)
@@ -202,8 +204,13 @@ fn assert_gone(h: &Harness, service: &str, generation: u64, pids: &[(i32, String
         .collect();
     assert!(still.is_empty(), "recorded pids alive: {still:?}");
     if let Some(dir) = cgroup_dir(h, service, generation) {
-        assert!(!dir.exists(), "cgroup {} not removed", dir.display());
+        wait_until(&format!("cgroup {} removed", dir.display()), || {
+            !dir.exists()
+        })
+        .await;
     }
+    let record = record_path(h, service, generation);
+    wait_until("run record removed", || !record.exists()).await;
 }
 
 async fn finish(mut h: Harness) {
@@ -274,7 +281,7 @@ async fn term_stops_plain_sleep(mode: Mode) {
             signal: Some(15)
         }
     );
-    assert_gone(&h, "plain", 1, &procs);
+    assert_gone(&h, "plain", 1, &procs).await;
     assert!(h.sup.running().is_empty());
     finish(h).await;
 }
@@ -297,7 +304,7 @@ async fn grandchild_ignoring_term_is_killed_after_grace(mode: Mode) {
     assert_eq!(status.signal, Some(15), "main sh dies of TERM: {status}");
     assert!(took >= grace - Duration::from_millis(100), "took {took:?}");
     assert!(took < grace + Duration::from_secs(3), "took {took:?}");
-    assert_gone(&h, "stubborn", 1, &procs);
+    assert_gone(&h, "stubborn", 1, &procs).await;
     finish(h).await;
 }
 
@@ -310,7 +317,7 @@ async fn setsid_child_is_stopped(mode: Mode) {
     let procs = wait_for_comm(&tok, "sleep", 1).await;
     h.sup.stop("sess", 1, Duration::from_secs(2));
     expect_exited(&mut h).await;
-    assert_gone(&h, "sess", 1, &procs);
+    assert_gone(&h, "sess", 1, &procs).await;
     finish(h).await;
 }
 
@@ -339,7 +346,7 @@ async fn double_forked_daemon_is_stopped(mode: Mode) {
     let status = expect_exited(&mut h).await;
     assert_eq!(status.signal, Some(15));
     assert!(t0.elapsed() < Duration::from_secs(5));
-    assert_gone(&h, "daemon", 1, &procs);
+    assert_gone(&h, "daemon", 1, &procs).await;
     finish(h).await;
 }
 
@@ -364,7 +371,7 @@ async fn main_exit_waits_for_leftovers(mode: Mode) {
         }
     );
     // Exited was sent only once the leftover was gone.
-    assert_gone(&h, "leaver", 1, &procs);
+    assert_gone(&h, "leaver", 1, &procs).await;
     assert!(t0.elapsed() < Duration::from_secs(6));
     finish(h).await;
 }
@@ -398,7 +405,7 @@ async fn readiness_discovers_port(mode: Mode) {
     std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to discovered port");
     h.sup.stop("web", 1, Duration::from_secs(2));
     expect_exited(&mut h).await;
-    assert_gone(&h, "web", 1, &[]);
+    assert_gone(&h, "web", 1, &[]).await;
     finish(h).await;
 }
 
@@ -440,7 +447,7 @@ async fn readiness_fixed_port(mode: Mode) {
     std::net::TcpStream::connect(("127.0.0.1", port)).expect("still listening");
     h.sup.stop("fixed", 7, Duration::from_secs(2));
     assert_eq!(expect_exited(&mut h).await, UNKNOWN);
-    assert_gone(&h, "fixed", 7, &[]);
+    assert_gone(&h, "fixed", 7, &[]).await;
     finish(h).await;
 }
 
@@ -524,7 +531,7 @@ async fn spawn_failure_is_reported(mode: Mode) {
     }
     assert!(h.sup.running().is_empty());
     if let Some(dir) = cgroup_dir(&h, "nope", 1) {
-        assert!(!dir.exists());
+        wait_until("the cgroup of a failed spawn removed", || !dir.exists()).await;
     }
     h.sup.spawn(spec("nope", 2, &[]));
     assert!(matches!(

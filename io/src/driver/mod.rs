@@ -6,7 +6,8 @@
 //! journal before the core sees it, and the actions after, so `pop replay` can check
 //! that the core's decisions follow from its inputs alone.
 //!
-//! Every spawned task reports back over one channel. Messages from an older ZooKeeper
+//! Process events come straight from the supervisor's channel; every ZooKeeper task
+//! reports back over one channel of the loop's. Messages from an older ZooKeeper
 //! session are tagged with its epoch and dropped, so a reply or watch from an expired
 //! session never reaches the core.
 
@@ -32,6 +33,8 @@ use tracing::{debug, error, info, warn};
 pub enum DriverError {
     #[error("cannot set up process supervision: {0}")]
     Supervise(#[from] crate::supervise::SuperviseError),
+    #[error("setting up process supervision failed: {0}")]
+    Setup(String),
     #[error("cannot create {path}: {source}")]
     StateDir {
         path: PathBuf,
@@ -65,8 +68,6 @@ pub enum StopRequest {
 const CLOSE_LIMIT: Duration = Duration::from_secs(2);
 
 enum Msg<S> {
-    /// An input that does not depend on the session (processes, signals).
-    Local(Input),
     /// An input from the ZooKeeper session of `epoch`.
     Session {
         epoch: u64,
@@ -90,14 +91,17 @@ pub async fn run(
         source,
     })?;
     let (process_tx, process_rx) = mpsc::unbounded_channel();
-    let supervisor = Supervisor::new(
-        SupervisorConfig::new(
-            config.machine_id.as_str(),
-            config.state_dir.clone(),
-            config.containment,
-        ),
-        process_tx,
-    )?;
+    let supervisor_config = SupervisorConfig::new(
+        config.machine_id.as_str(),
+        config.state_dir.clone(),
+        config.containment,
+    );
+    // Killing what an earlier agent left may wait for stubborn processes: not on the
+    // event loop.
+    let supervisor =
+        tokio::task::spawn_blocking(move || Supervisor::new(supervisor_config, process_tx))
+            .await
+            .map_err(|e| DriverError::Setup(e.to_string()))??;
     let clock = SystemClock::new();
     let processes = SupervisedProcesses {
         supervisor,
@@ -162,14 +166,7 @@ pub async fn run_with<Z: ZkPort, P: ProcessPort, C: Clock>(
     mut stop: mpsc::UnboundedReceiver<StopRequest>,
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let fwd = tx.clone();
-    tokio::spawn(async move {
-        while let Some(event) = process_events.recv().await {
-            if fwd.send(Msg::Local(event)).is_err() {
-                break;
-            }
-        }
-    });
+    let mut process_events_open = true;
     let mut driver = Driver {
         zk: std::sync::Arc::new(ports.zk),
         processes: Some(ports.processes),
@@ -206,8 +203,14 @@ pub async fn run_with<Z: ZkPort, P: ProcessPort, C: Clock>(
             }
         };
         let input = tokio::select! {
+            // Straight from the supervisor: a restart's `Exited` takes no extra hop.
+            event = process_events.recv(), if process_events_open => {
+                if event.is_none() {
+                    process_events_open = false;
+                }
+                event
+            }
             msg = rx.recv() => match msg {
-                Some(Msg::Local(input)) => Some(input),
                 Some(Msg::Session { epoch, input }) => (epoch == driver.epoch).then_some(input),
                 Some(Msg::Connected { epoch, session }) => driver.on_connected(epoch, session),
                 None => None,

@@ -100,34 +100,40 @@
 
 mod adopt;
 mod containment;
+mod fdlimit;
 mod instance;
 mod launch;
 mod logs;
+mod pidfd;
 mod procfs;
 mod readiness;
 mod reaper;
 mod record;
+mod spawn;
+mod watch;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::io;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 pub use self::adopt::AdoptedProcess;
 use self::containment::{Backend, Group};
-use self::instance::{Instance, Table};
+use self::instance::{Instance, Phase, Table};
 pub use self::logs::log_path;
-use self::logs::Logs;
-use self::record::RunFile;
+use self::logs::{Logs, SharedLog};
+use self::record::{RecordDraft, RunFile};
 pub use self::record::{RecordContainment, RunRecord};
+pub use self::spawn::{ChildStep, SpawnError};
+use self::watch::Watcher;
 
 /// Environment variable that marks every process of a service generation.
 pub const TOKEN_ENV: &str = "POP_SUPERVISION_TOKEN";
@@ -169,7 +175,7 @@ pub struct SupervisorConfig {
     pub state_dir: PathBuf,
     pub containment: ContainmentChoice,
     /// Copy-truncate a service log once it is over this many bytes (checked
-    /// every second and before each spawn; 0: never).
+    /// about a second after it is written; 0: never).
     pub log_max_bytes: u64,
     /// Number of rotated files kept (`.1` .. `.N`).
     pub log_keep: u32,
@@ -244,6 +250,12 @@ pub enum SuperviseError {
     },
     #[error("empty argv")]
     EmptyArgv,
+    #[error("cannot start {program:?}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: SpawnError,
+    },
     #[error("{service} generation {generation} is already running")]
     AlreadyRunning { service: String, generation: u64 },
 }
@@ -255,27 +267,35 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> SuperviseErro
 
 /// Runs and contains service processes. See the module docs.
 pub struct Supervisor {
+    shared: Arc<Shared>,
+    adopted: Vec<AdoptedProcess>,
+    reaper: JoinHandle<()>,
+}
+
+/// What spawning needs, shared with the blocking pool for the rare spawn that has to
+/// wait (a cgroup an earlier run left behind).
+struct Shared {
     config: SupervisorConfig,
     kind: ContainmentKind,
     backend: Backend,
     events: UnboundedSender<SupervisorEvent>,
-    table: Table,
+    table: Arc<Table>,
     logs: Logs,
-    adopted: Vec<AdoptedProcess>,
-    reaper: JoinHandle<()>,
-    rotator: JoinHandle<()>,
+    watcher: Arc<Watcher>,
 }
 
 impl Supervisor {
     /// Picks the containment, starts the reaper, adopts the generations an
     /// earlier agent with the same `machine_id` left running (see
-    /// [`Supervisor::take_adopted`]) and kills its other leftovers. Must run
-    /// inside a tokio runtime.
+    /// [`Supervisor::take_adopted`]) and kills its other leftovers, raises the
+    /// open-file limit. Must run inside a tokio runtime; blocks while leftovers are
+    /// killed (run it on the blocking pool where that matters).
     pub fn new(
         config: SupervisorConfig,
         events: UnboundedSender<SupervisorEvent>,
     ) -> Result<Self, SuperviseError> {
         tokio::runtime::Handle::try_current().map_err(|_| SuperviseError::NoRuntime)?;
+        let nofile = fdlimit::raise();
         let (backend, kind) = Backend::select(&config)?;
         // Before any spawn, so no SIGCHLD is missed.
         let reaper = reaper::start().map_err(io_err("cannot start the reaper"))?;
@@ -284,28 +304,35 @@ impl Supervisor {
             fs::create_dir_all(&dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
         }
         let adoptees = adopt::recover(&backend, &config, &config.state_dir.join("run"));
-        let logs: Logs = Arc::default();
-        let rotator = logs::start_rotator(Arc::clone(&logs));
+        let watcher = Arc::new(Watcher::start());
+        let logs = Logs::new(
+            config.state_dir.clone(),
+            config.log_max_bytes,
+            config.log_keep,
+            Arc::clone(&watcher),
+        );
         let mut sup = Self {
-            config,
-            kind,
-            backend,
-            events,
-            table: Arc::new(Mutex::new(HashMap::new())),
-            logs,
+            shared: Arc::new(Shared {
+                config,
+                kind,
+                backend,
+                events,
+                table: Arc::default(),
+                logs,
+                watcher,
+            }),
             adopted: Vec::new(),
             reaper,
-            rotator,
         };
         for a in adoptees {
             sup.supervise_adopted(a);
         }
-        info!(machine = %sup.config.machine_id, containment = %sup.kind, adopted = sup.adopted.len(), "supervisor started");
+        info!(machine = %sup.shared.config.machine_id, containment = %sup.shared.kind, adopted = sup.adopted.len(), ?nofile, "supervisor started");
         Ok(sup)
     }
 
     pub fn containment(&self) -> &ContainmentKind {
-        &self.kind
+        &self.shared.kind
     }
 
     /// The generations [`Supervisor::new`] adopted (empty on later calls).
@@ -319,9 +346,18 @@ impl Supervisor {
     }
 
     fn supervise_adopted(&mut self, a: adopt::Adoptee) {
+        let shared = &self.shared;
         let report = a.report();
         let rec = a.record;
-        let log = match self.log_for(&rec.service) {
+        let key = (rec.service.clone(), rec.generation);
+        let Some(stop_rx) = shared
+            .table
+            .register(key, Phase::Running { pid: rec.pid })
+        else {
+            warn!(service = %rec.service, generation = rec.generation, "adopted twice; ignoring the second");
+            return;
+        };
+        let log = match shared.logs.get_or_open(&rec.service) {
             Ok(log) => Some(log),
             Err(e) => {
                 warn!(service = %rec.service, error = %e, "cannot open log of adopted service");
@@ -329,7 +365,7 @@ impl Supervisor {
             }
         };
         if let Some(log) = &log {
-            logs::lock(log).marker(&format!(
+            log.marker(&format!(
                 "adopted pid {} (generation {}) at {}",
                 rec.pid,
                 rec.generation,
@@ -344,65 +380,202 @@ impl Supervisor {
             group: Arc::new(a.group),
             log,
             record: Some(Arc::new(RunFile::existing(a.path, rec.clone()))),
-            events: self.events.clone(),
-            table: Arc::clone(&self.table),
+            events: shared.events.clone(),
+            table: Arc::clone(&shared.table),
+            watcher: Arc::clone(&shared.watcher),
             exit_grace: Duration::from_millis(rec.exit_grace_ms),
             probe: None,
         }
-        .start(exit);
+        .start(exit, stop_rx);
         self.adopted.push(report);
     }
 
     /// Starts a generation; the outcome arrives as `Spawned` or `SpawnFailed`.
+    /// Returns once the program has been exec'd (or has failed to), except when an
+    /// earlier run of the same generation left its cgroup: that is emptied on the
+    /// blocking pool first.
     pub fn spawn(&mut self, spec: ProcessSpec) {
-        let (service, generation) = (spec.service.clone(), spec.generation);
-        if let Err(e) = self.try_spawn(spec) {
-            warn!(%service, generation, error = %e, "spawn failed");
-            let _ = self.events.send(SupervisorEvent::SpawnFailed {
-                service,
-                generation,
-                error: e.to_string(),
-            });
+        Shared::spawn(&self.shared, spec);
+    }
+
+    /// SIGTERM to every process of the generation, SIGKILL to all after
+    /// `grace`; `Exited` follows once all are gone. Unknown generations are ignored.
+    pub fn stop(&mut self, service: &str, generation: u64, grace: Duration) {
+        let table = self.shared.table.lock();
+        match table.get(&(service.to_string(), generation)) {
+            Some(h) if h.phase != Phase::CleaningUp => {
+                let _ = h.stop.send(grace);
+            }
+            _ => info!(%service, generation, "stop: not running"),
         }
     }
 
-    fn try_spawn(&mut self, spec: ProcessSpec) -> Result<(), SuperviseError> {
+    /// `(service, generation, main pid)` of every generation not yet
+    /// `Exited`, adopted ones included.
+    pub fn running(&self) -> Vec<(String, u64, u32)> {
+        let mut v: Vec<_> = self
+            .shared
+            .table
+            .lock()
+            .iter()
+            .filter_map(|((s, g), h)| match h.phase {
+                Phase::Running { pid } => Some((s.clone(), *g, pid)),
+                Phase::Starting | Phase::CleaningUp => None,
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Stops everything and waits until every generation has exited and been
+    /// cleaned up.
+    pub async fn shutdown(&mut self, grace: Duration) {
+        for h in self.shared.table.lock().values() {
+            // Those starting get it as soon as they run; those cleaning up ignore it.
+            let _ = h.stop.send(grace);
+        }
+        // Bounded, in case a process is stuck in uninterruptible sleep.
+        let limit = grace + Duration::from_secs(30);
+        if tokio::time::timeout(limit, self.shared.table.emptied())
+            .await
+            .is_err()
+        {
+            warn!(left = ?self.running(), "shutdown: generations still running");
+        }
+        if let ContainmentKind::Cgroup(dir) = &self.shared.kind {
+            // Fails harmlessly if something is still in there.
+            let _ = fs::remove_dir(dir);
+        }
+    }
+
+    /// Stops supervising *without* touching the processes, their run records
+    /// or their cgroups (`pop stop --keep-services`, an agent upgrade): they
+    /// keep running and writing their logs, and the next `Supervisor::new`
+    /// with this machine id and state directory adopts them. No further
+    /// events are sent for them by this supervisor.
+    pub fn detach(self) {
+        for (_, h) in self.shared.table.lock().drain() {
+            if let Some(t) = h.task {
+                t.abort();
+            }
+        }
+        self.shared.watcher.stop();
+        self.reaper.abort();
+        info!(machine = %self.shared.config.machine_id, "supervisor detached; services keep running");
+    }
+}
+
+impl Shared {
+    fn spawn(this: &Arc<Self>, spec: ProcessSpec) {
+        let (service, generation) = (spec.service.clone(), spec.generation);
+        if let Err(e) = Self::try_spawn(this, spec) {
+            this.spawn_failed(service, generation, e);
+        }
+    }
+
+    fn spawn_failed(&self, service: String, generation: u64, error: SuperviseError) {
+        warn!(%service, generation, %error, "spawn failed");
+        let _ = self.events.send(SupervisorEvent::SpawnFailed {
+            service,
+            generation,
+            error: error.to_string(),
+        });
+    }
+
+    fn try_spawn(this: &Arc<Self>, spec: ProcessSpec) -> Result<(), SuperviseError> {
         if spec.argv.is_empty() {
             return Err(SuperviseError::EmptyArgv);
         }
         let key = (spec.service.clone(), spec.generation);
-        if instance::lock(&self.table).contains_key(&key) {
+        let Some(stop_rx) = this.table.register(key.clone(), Phase::Starting) else {
             return Err(SuperviseError::AlreadyRunning {
                 service: key.0,
                 generation: key.1,
             });
-        }
+        };
         let token = format!(
             "{}/{}/{}",
-            self.config.machine_id, spec.service, spec.generation
+            this.config.machine_id, spec.service, spec.generation
         );
-        let log = self.log_for(&spec.service)?;
-        logs::check(&log);
-        let group = self
+        match this
             .backend
             .new_group(&spec.service, spec.generation, &token)
-            .map_err(io_err("cannot create containment"))?;
+        {
+            Ok(group) => {
+                this.start(spec, token, group, stop_rx);
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let shared = Arc::clone(this);
+                tokio::task::spawn_blocking(move || {
+                    match shared
+                        .backend
+                        .reclaim_group(&spec.service, spec.generation, &token)
+                    {
+                        Ok(group) => shared.start(spec, token, group, stop_rx),
+                        Err(e) => {
+                            shared.table.remove(&key);
+                            let e = io_err("cannot reclaim the cgroup of an earlier run")(e);
+                            shared.spawn_failed(key.0, key.1, e);
+                        }
+                    }
+                });
+                Ok(())
+            }
+            Err(e) => {
+                this.table.remove(&key);
+                Err(io_err("cannot create containment")(e))
+            }
+        }
+    }
+
+    /// Launches the generation in its new containment and starts its task; reports
+    /// `Spawned` or `SpawnFailed`. The generation is in the table as `Starting`.
+    fn start(
+        &self,
+        spec: ProcessSpec,
+        token: String,
+        group: Group,
+        stop_rx: UnboundedReceiver<Duration>,
+    ) {
+        let key = (spec.service.clone(), spec.generation);
         let group = Arc::new(group);
+        let log = match self.logs.get_or_open(&spec.service) {
+            Ok(log) => log,
+            Err(e) => {
+                let path = log_path(&self.config.state_dir, &spec.service);
+                self.abandon(key, group, None, io_err(format!("cannot open {}", path.display()))(e));
+                return;
+            }
+        };
         let started_at_ms = record::now_ms();
         let (pid, exit_rx) = match launch::launch(&spec, &token, &group, &log, started_at_ms) {
             Ok(x) => x,
             Err(e) => {
-                logs::lock(&log).marker(&format!(
-                    "generation {} failed to start: {e}",
-                    spec.generation
-                ));
-                group.remove();
-                return Err(e);
+                self.abandon(key, group, Some(log), e);
+                return;
             }
         };
         group.set_main(pid);
         let exit_grace = spec.exit_grace.unwrap_or(self.config.exit_grace);
-        let record = self.write_record(&spec, pid, &token, &group, started_at_ms, exit_grace);
+        // Before `Spawned`: a generation reported running can always be adopted.
+        let record = RecordDraft {
+            path: record::record_path(
+                &self.config.state_dir.join("run"),
+                &spec.service,
+                spec.generation,
+            ),
+            service: spec.service.clone(),
+            generation: spec.generation,
+            pid,
+            token,
+            containment: group.record_containment(pid),
+            started_at_ms,
+            exit_grace_ms: u64::try_from(exit_grace.as_millis()).unwrap_or(u64::MAX),
+            note: spec.note,
+        }
+        .write()
+        .map(Arc::new);
         info!(service = %spec.service, generation = spec.generation, pid, containment = %group.describe(), "spawned");
         let _ = self.events.send(SupervisorEvent::Spawned {
             service: spec.service.clone(),
@@ -426,126 +599,27 @@ impl Supervisor {
             record,
             events: self.events.clone(),
             table: Arc::clone(&self.table),
+            watcher: Arc::clone(&self.watcher),
             exit_grace,
             probe: spec.probe,
         }
-        .start(exit);
-        Ok(())
+        .start(exit, stop_rx);
     }
 
-    /// Writes the run record of a generation just spawned. Without one, the
-    /// generation cannot be adopted (a later agent kills it instead).
-    fn write_record(
-        &self,
-        spec: &ProcessSpec,
-        pid: u32,
-        token: &str,
-        group: &Group,
-        started_at_ms: u64,
-        exit_grace: Duration,
-    ) -> Option<Arc<RunFile>> {
-        let path = record::record_path(
-            &self.config.state_dir.join("run"),
-            &spec.service,
-            spec.generation,
-        );
-        let (Some(stat), Some(boot_id)) = (procfs::stat(pid as i32), procfs::boot_id()) else {
-            warn!(service = %spec.service, pid, "cannot identify the process; no run record");
-            return None;
-        };
-        let rec = RunRecord {
-            service: spec.service.clone(),
-            generation: spec.generation,
-            pid,
-            start_ticks: stat.start_ticks,
-            boot_id,
-            token: token.to_string(),
-            containment: group.record_containment(pid),
-            started_at_ms,
-            exit_grace_ms: u64::try_from(exit_grace.as_millis()).unwrap_or(u64::MAX),
-            port: None,
-            note: spec.note.clone(),
-        };
-        match RunFile::create(path, rec) {
-            Ok(f) => Some(Arc::new(f)),
-            Err(e) => {
-                warn!(service = %spec.service, error = %e, "cannot write run record");
-                None
-            }
+    /// A generation that did not start: marks its log, reports `SpawnFailed`, and
+    /// removes its containment on the blocking pool (its failed child may still be
+    /// exiting) before it leaves the table.
+    fn abandon(&self, key: (String, u64), group: Arc<Group>, log: Option<SharedLog>, error: SuperviseError) {
+        if let Some(log) = &log {
+            log.marker(&format!("generation {} failed to start: {error}", key.1));
         }
-    }
-
-    fn log_for(&mut self, service: &str) -> Result<logs::SharedLog, SuperviseError> {
-        logs::get_or_open(
-            &self.logs,
-            &self.config.state_dir,
-            service,
-            self.config.log_max_bytes,
-            self.config.log_keep,
-        )
-        .map_err(io_err(format!(
-            "cannot open {}",
-            log_path(&self.config.state_dir, service).display()
-        )))
-    }
-
-    /// SIGTERM to every process of the generation, SIGKILL to all after
-    /// `grace`; `Exited` follows once all are gone. Unknown generations are ignored.
-    pub fn stop(&mut self, service: &str, generation: u64, grace: Duration) {
-        let table = instance::lock(&self.table);
-        match table.get(&(service.to_string(), generation)) {
-            Some(h) => {
-                let _ = h.stop.send(grace);
-            }
-            None => info!(%service, generation, "stop: not running"),
-        }
-    }
-
-    /// `(service, generation, main pid)` of every generation not yet
-    /// `Exited`, adopted ones included.
-    pub fn running(&self) -> Vec<(String, u64, u32)> {
-        let mut v: Vec<_> = instance::lock(&self.table)
-            .iter()
-            .map(|((s, g), h)| (s.clone(), *g, h.pid))
-            .collect();
-        v.sort();
-        v
-    }
-
-    /// Stops everything and waits until every generation has exited.
-    pub async fn shutdown(&mut self, grace: Duration) {
-        for (service, generation, _) in self.running() {
-            self.stop(&service, generation, grace);
-        }
-        // Bounded, in case a process is stuck in uninterruptible sleep.
-        let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(30);
-        while !instance::lock(&self.table).is_empty() {
-            if tokio::time::Instant::now() >= deadline {
-                warn!(left = ?self.running(), "shutdown: generations still running");
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.rotator.abort();
-        if let ContainmentKind::Cgroup(dir) = &self.kind {
-            // Fails harmlessly if something is still in there.
-            let _ = fs::remove_dir(dir);
-        }
-    }
-
-    /// Stops supervising *without* touching the processes, their run records
-    /// or their cgroups (`pop stop --keep-services`, an agent upgrade): they
-    /// keep running and writing their logs, and the next `Supervisor::new`
-    /// with this machine id and state directory adopts them. No further
-    /// events are sent for them by this supervisor.
-    pub fn detach(self) {
-        for (_, h) in instance::lock(&self.table).drain() {
-            if let Some(t) = h.task {
-                t.abort();
-            }
-        }
-        self.rotator.abort();
-        self.reaper.abort();
-        info!(machine = %self.config.machine_id, "supervisor detached; services keep running");
+        self.table.set_phase(&key, Phase::CleaningUp);
+        self.spawn_failed(key.0.clone(), key.1, error);
+        let table = Arc::clone(&self.table);
+        tokio::task::spawn_blocking(move || {
+            group.remove();
+            drop(log);
+            table.remove(&key);
+        });
     }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::sync::OnceLock;
 
 /// The fields of `/proc/<pid>/stat` we care about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,12 +57,18 @@ fn parse_stat(text: &str) -> Option<Stat> {
     })
 }
 
-/// `/proc/sys/kernel/random/boot_id`, trimmed; changes at every boot.
+/// `/proc/sys/kernel/random/boot_id`, trimmed; changes at every boot (so it is read
+/// once per process).
 pub(crate) fn boot_id() -> Option<String> {
-    fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
+    static BOOT_ID: OnceLock<Option<String>> = OnceLock::new();
+    BOOT_ID
+        .get_or_init(|| {
+            fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        })
+        .clone()
 }
 
 /// Whether `/proc/<pid>/environ` contains exactly the entry `entry`

@@ -4,13 +4,16 @@
 //! reparented to it and must be reaped here. `waitpid(-1)` reaps *any* child,
 //! so the routing table is process-global (several `Supervisor`s, e.g. in
 //! parallel tests, share it) and the same lock is held while spawning and
-//! while reaping. That closes two races: a child exiting before its pid is
-//! registered, and std's `Command::spawn` waiting for a child whose `exec`
-//! failed (it would panic if we had reaped it first).
+//! while reaping, so that a child cannot exit and be reaped before its pid is
+//! registered.
+//!
+//! Exits are learnt from SIGCHLD. A slow sweep backs it up (signals coalesce, and
+//! with several runtimes in one process another one's driver may consume the
+//! wakeup); it is a safety net, not how exits are normally noticed, so it is rare
+//! enough to cost nothing while idle.
 
 use std::collections::HashMap;
 use std::io;
-use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -35,15 +38,16 @@ fn routes() -> MutexGuard<'static, Routes> {
         .unwrap_or_else(|e| e.into_inner())
 }
 
-/// Spawns `cmd` and registers its pid before anyone can reap it.
-pub(crate) fn spawn_registered(
-    cmd: &mut Command,
-) -> io::Result<(u32, oneshot::Receiver<ExitStatus>)> {
+/// How often the reaper looks for exited children without being told by SIGCHLD.
+const SWEEP: Duration = Duration::from_secs(5);
+
+/// Runs `spawn` (which returns the pid of a child it forked) and registers the pid
+/// before anyone can reap it. (A child whose set-up failed is reaped as an orphan.)
+pub(crate) fn spawn_registered<E>(
+    spawn: impl FnOnce() -> Result<u32, E>,
+) -> Result<(u32, oneshot::Receiver<ExitStatus>), E> {
     let mut table = routes();
-    let child = cmd.spawn()?;
-    let pid = child.id();
-    // The `Child` is dropped without waiting: the reaper owns the status.
-    drop(child);
+    let pid = spawn()?;
     let (tx, rx) = oneshot::channel();
     table.insert(pid as i32, tx);
     Ok((pid, rx))
@@ -114,7 +118,7 @@ pub(crate) fn start() -> io::Result<JoinHandle<()>> {
                 }
                 // Belt and braces: signals coalesce, and another runtime's
                 // driver may be the one that consumed the wakeup.
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = tokio::time::sleep(SWEEP) => {}
             }
             reap_all();
         }

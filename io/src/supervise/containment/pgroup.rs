@@ -62,10 +62,6 @@ impl PgroupGroup {
             let _ = kill(Pid::from_raw(pid), sig);
         }
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.members().is_empty()
-    }
 }
 
 /// `POP_SUPERVISION_TOKEN=<token>`, as it appears in `/proc/<pid>/environ`.
