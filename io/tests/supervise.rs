@@ -19,6 +19,10 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 mod adopt;
 use adopt::*;
 
+#[path = "supervise/events.rs"]
+mod events;
+use events::*;
+
 const DEADLINE: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(20);
 
@@ -262,7 +266,21 @@ both_modes!(
     adopted_service_keeps_logging,
     agent_killed_by_sigkill,
     spawn_failure_is_reported,
+    leftover_daemon_is_waited_for_until_it_exits,
 );
+
+/// Tests of what only cgroups have.
+mod cgroup_only {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cgroups_made_by_the_service_are_removed() {
+        super::cgroups_made_by_the_service_are_removed(super::Mode::Cgroup).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stuck_old_cgroup_does_not_hold_up_other_restarts() {
+        super::a_stuck_old_cgroup_does_not_hold_up_other_restarts(super::Mode::Cgroup).await;
+    }
+}
 
 async fn term_stops_plain_sleep(mode: Mode) {
     let Some(mut h) = start(mode) else { return };

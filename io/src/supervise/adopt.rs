@@ -22,8 +22,8 @@ use tracing::{info, warn};
 use super::containment::cgroup::CgroupGroup;
 use super::containment::pgroup::PgroupGroup;
 use super::containment::{Backend, Group};
-use super::{pidfd, procfs};
 use super::record::{self, RecordContainment, RunRecord};
+use super::{pidfd, procfs};
 use super::{ExitStatus, SupervisorConfig};
 
 /// What the supervisor reports about each adopted generation; see

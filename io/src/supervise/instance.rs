@@ -45,7 +45,9 @@ pub(crate) type Key = (String, u64);
 pub(crate) enum Phase {
     /// Being spawned off the event loop (an old cgroup of the same name is reclaimed).
     Starting,
-    Running { pid: u32 },
+    Running {
+        pid: u32,
+    },
     /// `Exited` was sent; its record and cgroup are being removed.
     CleaningUp,
 }
@@ -203,9 +205,8 @@ impl Leftovers {
         if pidfds.is_empty() {
             return Leftovers::poll();
         }
-        let backup = (!complete).then(|| {
-            tokio::time::interval_at(Instant::now() + UNWATCHED_POLL, UNWATCHED_POLL)
-        });
+        let backup = (!complete)
+            .then(|| tokio::time::interval_at(Instant::now() + UNWATCHED_POLL, UNWATCHED_POLL));
         Leftovers::Exits { pidfds, backup }
     }
 }

@@ -124,8 +124,8 @@ impl LogFile {
     /// the service's that was written with one `write` either). Never waits for a
     /// rotation in progress: a marker is as safe as the service's own output.
     pub fn marker(&self, text: &str) {
-        let written =
-            open_append(&self.path).and_then(|mut f| f.write_all(format!("--- pop: {text}\n").as_bytes()));
+        let written = open_append(&self.path)
+            .and_then(|mut f| f.write_all(format!("--- pop: {text}\n").as_bytes()));
         if let Err(e) = written {
             warn!(path = %self.path.display(), error = %e, "cannot write log marker");
         }
@@ -239,9 +239,7 @@ async fn rotate_while_running(file: Arc<LogFile>, watcher: Arc<Watcher>) {
     }
     loop {
         // Armed before the check, so a write after the check is not missed.
-        let watch = watcher
-            .watch(file.path(), Interest::NextModification)
-            .ok();
+        let watch = watcher.watch(file.path(), Interest::NextModification).ok();
         let f = Arc::clone(&file);
         let checked = tokio::task::spawn_blocking(move || f.rotate_if_needed()).await;
         if let Ok(Err(e)) = checked {
@@ -292,6 +290,28 @@ mod tests {
         assert!(log.rotate_if_needed()?);
         assert_eq!(fs::read(&path)?.len(), 0);
         assert!(!dir.path().join("logs/svc.log.1").exists());
+        Ok(())
+    }
+
+    /// Written by a "service" (a descriptor of its own), checked after the write.
+    #[tokio::test]
+    async fn a_written_log_is_rotated() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let logs = Logs::new(dir.path().into(), 100, 1, Arc::new(Watcher::start()));
+        let log = logs.get_or_open("svc")?;
+        let mut service = log.for_child()?;
+        // Under the limit: the first check finds nothing to do.
+        service.write_all(&[b'a'; 60])?;
+        tokio::time::sleep(DEBOUNCE / 2).await;
+        service.write_all(&[b'b'; 60])?;
+        let rotated = dir.path().join("logs/svc.log.1");
+        let deadline = tokio::time::Instant::now() + DEBOUNCE * 5;
+        while !rotated.exists() {
+            assert!(tokio::time::Instant::now() < deadline, "not rotated");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(fs::read(&rotated)?.len(), 120);
+        assert_eq!(fs::metadata(log.path())?.len(), 0);
         Ok(())
     }
 

@@ -23,14 +23,16 @@
 //!   `<services dir>/<service>@<generation>`, where the services dir is the
 //!   agent's own cgroup when it is delegated to it (systemd's `Delegate=yes`;
 //!   the agent moves into its `agent/` child) and
-//!   `<cgroup2 mount>/pop/<machine_id>` otherwise. The child joins
-//!   it in `pre_exec`, before exec, so nothing escapes. Kill = `cgroup.kill`;
-//!   empty = `populated 0` in `cgroup.events` (polled every 50 ms).
+//!   `<cgroup2 mount>/pop/<machine_id>` otherwise. The child is created in it
+//!   (`clone3` with `CLONE_INTO_CGROUP`; where that is unavailable it joins it
+//!   itself before exec), so nothing escapes. Kill = `cgroup.kill`; empty =
+//!   `populated 0` in `cgroup.events`.
 //! * **process group + subreaper** (fallback): the agent is a child subreaper,
 //!   the main process calls `setsid`, and every process gets
 //!   `POP_SUPERVISION_TOKEN=<machine_id>/<service>/<generation>` in its
 //!   environment. Members are processes in the pgid or carrying the token,
-//!   plus their descendants; killing repeats until none is left.
+//!   plus their descendants (found by scanning /proc, on the blocking pool);
+//!   KILL is repeated at each look until none is left.
 //!
 //! # Exit semantics
 //!
@@ -39,14 +41,40 @@
 //! main process exits by itself, leftovers get SIGTERM and, after
 //! [`SupervisorConfig::exit_grace`], SIGKILL.
 //!
+//! Nothing is polled. The main process's exit comes from the reaper (or a pidfd,
+//! for an adopted one); emptiness is checked right after it, and only if
+//! something is left is the containment watched: `cgroup.events` through one
+//! inotify instance shared by all generations, or the leftovers' pidfds in
+//! process-group mode (then the group is scanned again). Where inotify (or a
+//! watch) or pidfds are unavailable, a 100 ms timer stands in, still only while
+//! leftovers exist. A running service therefore costs no CPU while idle.
+//!
+//! `Exited` is sent *before* the generation's run record and cgroup are removed
+//! (on the blocking pool), so that a restart does not wait for clean-up; the
+//! generation is no longer [`Supervisor::running`] then, and
+//! [`Supervisor::shutdown`] waits for the clean-up too. This is safe for adoption
+//! whenever the agent dies: the clean-up only removes the traces of a
+//! generation whose processes are all gone, and a later agent treats such traces
+//! as stale (a record whose main process is not running is not adopted, and an
+//! unadopted record and cgroup are removed), so whether the agent dies before
+//! `Exited`, between `Exited` and the clean-up, or during it, the next agent
+//! adopts exactly the generations still running. The cgroup of an exited
+//! generation is never used again, so nothing can land in it meanwhile.
+//!
+//! A spawn returns once the program is exec'd; a cgroup that an earlier run of
+//! the same generation left behind is emptied (up to ~5 s) on the blocking pool
+//! first, while the generation is already stoppable. After a failed spawn its
+//! cgroup is removed on the blocking pool, just after `SpawnFailed`.
+//!
 //! # Run records
 //!
-//! Right after a spawn, `<state_dir>/run/<service>@<generation>.json`
+//! Right after a spawn, before `Spawned` is sent,
+//! `<state_dir>/run/<service>@<generation>.json`
 //! ([`RunRecord`]) is written atomically: main pid, its start time (field 22
 //! of `/proc/<pid>/stat`), the boot id, token, containment (cgroup directory
 //! or pgid), spawn time, exit grace, the port once the readiness probe has
-//! found it, and [`ProcessSpec::note`] verbatim. It is deleted just before the
-//! generation's `Exited` is sent.
+//! found it, and [`ProcessSpec::note`] verbatim. It is deleted just after the
+//! generation's `Exited` is sent (see above).
 //!
 //! # Adoption and leftovers
 //!
@@ -74,15 +102,16 @@
 //! every process whose token
 //! starts with `<machine_id>/` but is not an adopted generation's. Then the
 //! records of what was not adopted, unreadable ones included, are deleted.
-//! This blocks `new` briefly (at most ~5 s per stubborn cgroup). A cgroup is
+//! This blocks `new` briefly: all is killed first, then waited for, at most
+//! ~5 s in all (the driver runs `new` on the blocking pool). A cgroup is
 //! only ever found by its expected name, never by a path read from a record.
 //!
 //! # Reaping
 //!
 //! `waitpid(-1)` is called only by this module's reaper (SIGCHLD stream plus a
-//! slow periodic sweep). The rest of the process must not wait for children
-//! itself (no `tokio::process`, no `std::process::Child::wait`): the reaper
-//! would steal their statuses.
+//! slow periodic sweep, every 5 s). The rest of the process must not wait for
+//! children itself (no `tokio::process`, no `std::process::Child::wait`): the
+//! reaper would steal their statuses.
 //!
 //! # Logs
 //!
@@ -90,13 +119,24 @@
 //! with `O_APPEND` (stdin is `/dev/null`), so the service never depends on the
 //! agent to get its output out, and an adopted one keeps writing to the same
 //! file. Each run is framed by `--- pop: started ...` (written by the child
-//! before exec, so it precedes all output) and `--- pop: exited ...` lines;
-//! adoption adds `--- pop: adopted ...`. Rotation is copy-truncate, checked
-//! every second and before each spawn: a file over
-//! [`SupervisorConfig::log_max_bytes`] is copied to `.1` (older ones shifted,
-//! [`SupervisorConfig::log_keep`] kept) and truncated. Output written between
-//! the end of the copy and the truncation is lost, and a file may exceed the
-//! limit by one check interval's worth of output.
+//! before exec, so it precedes all output) and `--- pop: exited ...` lines
+//! (written before `Exited` is sent, so it precedes the next run's start);
+//! adoption adds `--- pop: adopted ...`. The supervisor keeps no descriptor of
+//! a log open. Rotation is copy-truncate: about a second after a running
+//! service's log is written (an inotify watch, then a 1 s debounce; without a
+//! watch, every 5 s), a file over [`SupervisorConfig::log_max_bytes`] is copied
+//! to `.1` (older ones shifted, [`SupervisorConfig::log_keep`] kept) and
+//! truncated, on the blocking pool. Output written between the end of the copy
+//! and the truncation is lost (a marker too), and a file may exceed the limit
+//! by what is written in that second (5 s without a watch).
+//!
+//! # Open files
+//!
+//! [`Supervisor::new`] raises the soft `RLIMIT_NOFILE` to the hard limit; each
+//! service gets the soft limit the agent started with back before exec. In
+//! steady state the supervisor holds no descriptor per service: only while
+//! spawning (the child's log), and pidfds of a process-group generation's
+//! leftovers (at most 64 each) while they are waited for.
 
 mod adopt;
 mod containment;
@@ -130,8 +170,8 @@ use self::containment::{Backend, Group};
 use self::instance::{Instance, Phase, Table};
 pub use self::logs::log_path;
 use self::logs::{Logs, SharedLog};
-use self::record::{RecordDraft, RunFile};
 pub use self::record::{RecordContainment, RunRecord};
+use self::record::{RecordDraft, RunFile};
 pub use self::spawn::{ChildStep, SpawnError};
 use self::watch::Watcher;
 
@@ -350,10 +390,7 @@ impl Supervisor {
         let report = a.report();
         let rec = a.record;
         let key = (rec.service.clone(), rec.generation);
-        let Some(stop_rx) = shared
-            .table
-            .register(key, Phase::Running { pid: rec.pid })
-        else {
+        let Some(stop_rx) = shared.table.register(key, Phase::Running { pid: rec.pid }) else {
             warn!(service = %rec.service, generation = rec.generation, "adopted twice; ignoring the second");
             return;
         };
@@ -544,7 +581,12 @@ impl Shared {
             Ok(log) => log,
             Err(e) => {
                 let path = log_path(&self.config.state_dir, &spec.service);
-                self.abandon(key, group, None, io_err(format!("cannot open {}", path.display()))(e));
+                self.abandon(
+                    key,
+                    group,
+                    None,
+                    io_err(format!("cannot open {}", path.display()))(e),
+                );
                 return;
             }
         };
@@ -609,7 +651,13 @@ impl Shared {
     /// A generation that did not start: marks its log, reports `SpawnFailed`, and
     /// removes its containment on the blocking pool (its failed child may still be
     /// exiting) before it leaves the table.
-    fn abandon(&self, key: (String, u64), group: Arc<Group>, log: Option<SharedLog>, error: SuperviseError) {
+    fn abandon(
+        &self,
+        key: (String, u64),
+        group: Arc<Group>,
+        log: Option<SharedLog>,
+        error: SuperviseError,
+    ) {
         if let Some(log) = &log {
             log.marker(&format!("generation {} failed to start: {error}", key.1));
         }

@@ -111,8 +111,7 @@ impl RecordDraft {
     /// Completes and writes the record (blocking). Without one, the generation cannot
     /// be adopted (a later agent kills it instead), so failures are only logged.
     pub fn write(self) -> Option<RunFile> {
-        let (Some(stat), Some(boot_id)) = (procfs::stat(self.pid as i32), procfs::boot_id())
-        else {
+        let (Some(stat), Some(boot_id)) = (procfs::stat(self.pid as i32), procfs::boot_id()) else {
             warn!(service = %self.service, pid = self.pid, "cannot identify the process; no run record");
             return None;
         };

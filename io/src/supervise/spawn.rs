@@ -186,13 +186,19 @@ static CLONE3_UNUSABLE: AtomicBool = AtomicBool::new(false);
 
 /// How the child came to be.
 enum Forked {
-    Parent { pid: libc::pid_t },
+    Parent {
+        pid: libc::pid_t,
+    },
     /// `in_cgroup`: born in the cgroup, so it need not join it.
-    Child { in_cgroup: bool },
+    Child {
+        in_cgroup: bool,
+    },
 }
 
 fn last_errno() -> i32 {
-    io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 /// Forks, into `cgroup` when `clone3` allows.

@@ -1,0 +1,108 @@
+//! Open files: the supervisor raises its soft limit (but not its services'), and it
+//! holds no descriptor per service, so even a limit it cannot raise does not bound how
+//! many services it runs. The limit is process-wide, so this test has a binary of its
+//! own.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::time::Duration;
+
+use pop_io::supervise::{
+    ContainmentChoice, ProcessSpec, Supervisor, SupervisorConfig, SupervisorEvent,
+};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+/// Several times the limit below.
+const SERVICES: usize = 600;
+const LIMIT: u64 = 200;
+
+fn set_nofile(soft: u64, hard: u64) {
+    let lim = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: setrlimit reads the struct we own.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+}
+
+fn nofile() -> (u64, u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    (lim.rlim_cur, lim.rlim_max)
+}
+
+/// "Max open files" soft limit of `pid`, from /proc.
+fn soft_limit_of(pid: u32) -> u64 {
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+fn open_fds() -> usize {
+    fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+fn spec(service: String) -> ProcessSpec {
+    ProcessSpec {
+        service,
+        generation: 1,
+        argv: vec!["sleep".into(), "1000".into()],
+        env: BTreeMap::new(),
+        cwd: None,
+        probe: None,
+        exit_grace: None,
+        note: serde_json::Value::Null,
+    }
+}
+
+async fn next_event(rx: &mut UnboundedReceiver<SupervisorEvent>) -> SupervisorEvent {
+    tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .expect("timed out waiting for an event")
+        .expect("event channel closed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_services_under_a_low_open_file_limit() {
+    let (_, hard) = nofile();
+    set_nofile(64, hard.min(LIMIT));
+    let dir = tempfile::tempdir().unwrap();
+    let config = SupervisorConfig::new(
+        format!("fds-{}", std::process::id()),
+        dir.path(),
+        ContainmentChoice::Auto,
+    );
+    let (tx, mut rx) = unbounded_channel();
+    let mut sup = Supervisor::new(config, tx).expect("supervisor");
+    // Raised to the hard limit for the agent, which is low ...
+    assert_eq!(nofile(), (hard.min(LIMIT), hard.min(LIMIT)));
+    let before = open_fds();
+    for i in 0..SERVICES {
+        sup.spawn(spec(format!("many{i}")));
+        match next_event(&mut rx).await {
+            SupervisorEvent::Spawned { pid, .. } => {
+                if i == 0 {
+                    // ... but not for its services.
+                    assert_eq!(soft_limit_of(pid), 64, "a service's open-file limit");
+                }
+            }
+            other => panic!("service {i} of {SERVICES}: {other:?}"),
+        }
+    }
+    assert_eq!(sup.running().len(), SERVICES);
+    let held = open_fds().saturating_sub(before);
+    assert!(
+        held < 10,
+        "{held} more descriptors open with {SERVICES} services running"
+    );
+    sup.shutdown(Duration::from_secs(5)).await;
+    assert!(sup.running().is_empty());
+}
