@@ -547,6 +547,15 @@ async fn spawn_failure_is_reported(mode: Mode) {
         }
         other => panic!("expected SpawnFailed, got {other:?}"),
     }
+    // The service's log says why, naming the program.
+    let log = fs::read_to_string(log_path(&h.config.state_dir, "nope")).unwrap();
+    assert!(
+        log.contains(
+            "--- pop: generation 1 failed to start: cannot start \"/nonexistent/pop-test-binary\": \
+             cannot execute the program: No such file or directory"
+        ),
+        "{log}"
+    );
     assert!(h.sup.running().is_empty());
     if let Some(dir) = cgroup_dir(&h, "nope", 1) {
         wait_until("the cgroup of a failed spawn removed", || !dir.exists()).await;

@@ -103,11 +103,8 @@ pub async fn run(
             .await
             .map_err(|e| DriverError::Setup(e.to_string()))??;
     let clock = SystemClock::new();
-    let processes = SupervisedProcesses {
-        supervisor,
-        state_dir: config.state_dir.clone(),
-        pop_exe: config.pop_exe.clone(),
-    };
+    let processes =
+        SupervisedProcesses::new(supervisor, config.state_dir.clone(), config.pop_exe.clone());
     let agent_config = AgentConfig {
         machine: config.machine_id.clone(),
         hostname: config.hostname.clone(),

@@ -5,7 +5,7 @@ use super::ports::{ProcessPort, WatchFuture, ZkPort, ZkSession};
 use crate::supervise::{ProcessSpec, ReadinessProbe, Supervisor};
 use crate::zk::{self, Client, SessionState, ZkConfig};
 use pop_core::event::Input;
-use pop_core::launch::{Launch, Program};
+use pop_core::launch::{self, Launch, Program};
 use pop_core::settings::Settings;
 use pop_core::zk::{SessionEvent, SessionId, ZkOp, ZkReply};
 use pop_core::Timestamp;
@@ -97,13 +97,27 @@ impl ZkSession for RealSession {
 
 /// Services run by the process supervisor.
 pub struct SupervisedProcesses {
-    pub supervisor: Supervisor,
-    pub state_dir: PathBuf,
+    supervisor: Supervisor,
+    state_dir: PathBuf,
     /// The pop binary, for built-in service types.
-    pub pop_exe: PathBuf,
+    pop_exe: PathBuf,
+    /// Whether a plain command may be exec'd without `sh -c`: not when the agent's own
+    /// environment (which services inherit) has a variable the shell would change.
+    direct_exec: bool,
 }
 
 impl SupervisedProcesses {
+    pub fn new(supervisor: Supervisor, state_dir: PathBuf, pop_exe: PathBuf) -> Self {
+        let direct_exec = !std::env::vars_os()
+            .any(|(name, _)| name.to_str().is_none_or(launch::set_by_the_shell));
+        Self {
+            supervisor,
+            state_dir,
+            pop_exe,
+            direct_exec,
+        }
+    }
+
     fn spec(
         &self,
         service: &str,
@@ -111,23 +125,35 @@ impl SupervisedProcesses {
         launch: Launch,
         settings: &Settings,
     ) -> ProcessSpec {
-        let argv = match launch.program {
-            Program::Shell(command) => vec!["/bin/sh".to_string(), "-c".to_string(), command],
-            Program::PopBuiltin(args) => {
+        let cwd = self.state_dir.join("work").join(service);
+        if let Err(e) = std::fs::create_dir_all(&cwd) {
+            warn!(%service, "cannot create working directory {}: {e}", cwd.display());
+        }
+        let direct = launch.direct_argv().filter(|_| self.direct_exec);
+        let mut env = launch.env;
+        let argv = match (direct, launch.program) {
+            // What sh would have run, without starting sh; PWD as sh sets it (the
+            // physical working directory).
+            (Some(argv), _) => {
+                if let Ok(pwd) = std::fs::canonicalize(&cwd) {
+                    env.insert("PWD".to_string(), pwd.to_string_lossy().into_owned());
+                }
+                argv
+            }
+            (None, Program::Shell(command)) => {
+                vec!["/bin/sh".to_string(), "-c".to_string(), command]
+            }
+            (None, Program::PopBuiltin(args)) => {
                 let mut argv = vec![self.pop_exe.to_string_lossy().into_owned()];
                 argv.extend(args);
                 argv
             }
         };
-        let cwd = self.state_dir.join("work").join(service);
-        if let Err(e) = std::fs::create_dir_all(&cwd) {
-            warn!(%service, "cannot create working directory {}: {e}", cwd.display());
-        }
         ProcessSpec {
             service: service.to_string(),
             generation,
             argv,
-            env: launch.env,
+            env,
             cwd: Some(cwd),
             probe: launch.probe.map(|p| ReadinessProbe {
                 host: p.host,
