@@ -66,27 +66,47 @@ impl Launch {
     /// The argv to exec in place of `sh -c <command>`, when the shell would do nothing
     /// but run one program with the command's words: a restart then skips starting a
     /// shell. `None` when the shell might do anything else (see [`plain_command`]), or
-    /// when the service's environment sets a variable the shell itself sets or reads
-    /// ([`set_by_the_shell`]). The driver sets `PWD` as the shell does, and must also
-    /// keep the shell when the agent's own environment has such a variable. A missing
-    /// program is then a failed spawn (naming the program and the error) rather than
-    /// the shell's "not found" and exit code 127.
+    /// when the service's environment sets `PWD` (the shell keeps it only if it names
+    /// the working directory), a variable of [`set_by_the_shell`], or one whose name is
+    /// not a [`shell_name`] (the shell would drop it).
+    ///
+    /// The driver must set `PWD` to the physical working directory, as the shell does
+    /// when the inherited `PWD` (the agent's) names another directory, drop inherited
+    /// variables whose names are not [`shell_name`]s, and keep the shell when the
+    /// agent's own environment has a variable of [`set_by_the_shell`].
+    /// A missing program is then a failed spawn (naming the program and the error)
+    /// rather than the shell's "not found" and exit code 127.
     pub fn direct_argv(&self) -> Option<Vec<String>> {
         let Program::Shell(command) = &self.program else {
             return None;
         };
-        if self.env.keys().any(|k| set_by_the_shell(k)) {
+        if self
+            .env
+            .keys()
+            .any(|k| k == "PWD" || set_by_the_shell(k) || !shell_name(k))
+        {
             return None;
         }
         plain_command(command)
     }
 }
 
-/// Whether `sh` sets or reads the environment variable `name` in a way a program it
-/// runs could see: dash resets `PWD`, `OPTIND`, `PPID` and `IFS`; bash (as `sh`
-/// elsewhere) imports functions from `BASH_FUNC_*`.
+/// Whether `sh` sets or reads the environment variable `name` (other than `PWD`) in a
+/// way a program it runs could see: dash resets `OPTIND`, `PPID` and `IFS`; bash (as
+/// `sh` elsewhere) imports functions from `BASH_FUNC_*`.
 pub fn set_by_the_shell(name: &str) -> bool {
-    matches!(name, "PWD" | "OPTIND" | "PPID" | "IFS") || name.starts_with("BASH_FUNC_")
+    matches!(name, "OPTIND" | "PPID" | "IFS") || name.starts_with("BASH_FUNC_")
+}
+
+/// Whether the shell passes the environment variable `name` on to the programs it
+/// runs: only names it could use as variables (a letter or `_`, then letters, digits
+/// and `_`) are imported, so others are dropped.
+pub fn shell_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// Words a shell treats specially in command position: reserved words, and the
@@ -305,13 +325,23 @@ mod tests {
             Settings::parse(br#"{"type":"command","command":"sleep 5"}"#).expect("valid settings");
         let launch = Launch::new("s", "m", &settings);
         assert_eq!(launch.direct_argv(), strings(&["sleep", "5"]));
-        for var in ["PWD", "OPTIND", "PPID", "IFS", "BASH_FUNC_f%%"] {
+        for var in [
+            "PWD",
+            "OPTIND",
+            "PPID",
+            "IFS",
+            "BASH_FUNC_f%%",
+            "a-b",
+            "1x",
+            "é",
+        ] {
             settings.env.insert(var.into(), "x".into());
             let launch = Launch::new("s", "m", &settings);
             assert_eq!(launch.direct_argv(), None, "{var}");
             settings.env.remove(var);
         }
         settings.env.insert("HOME".into(), "/h".into());
+        settings.env.insert("_x1".into(), "y".into());
         assert!(Launch::new("s", "m", &settings).direct_argv().is_some());
     }
 }

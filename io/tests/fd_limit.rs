@@ -56,6 +56,7 @@ fn spec(service: String) -> ProcessSpec {
         generation: 1,
         argv: vec!["sleep".into(), "1000".into()],
         env: BTreeMap::new(),
+        unset: Vec::new(),
         cwd: None,
         probe: None,
         exit_grace: None,

@@ -41,6 +41,7 @@ fn spec(service: &str, argv: &[&str]) -> ProcessSpec {
         generation: 1,
         argv: argv.iter().map(|s| s.to_string()).collect(),
         env: BTreeMap::new(),
+        unset: Vec::new(),
         cwd: None,
         probe: None,
         exit_grace: None,

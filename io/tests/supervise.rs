@@ -93,6 +93,7 @@ fn spec(service: &str, generation: u64, argv: &[&str]) -> ProcessSpec {
         generation,
         argv: argv.iter().map(|s| s.to_string()).collect(),
         env: BTreeMap::new(),
+        unset: Vec::new(),
         cwd: None,
         probe: None,
         exit_grace: None,

@@ -102,19 +102,32 @@ pub struct SupervisedProcesses {
     /// The pop binary, for built-in service types.
     pop_exe: PathBuf,
     /// Whether a plain command may be exec'd without `sh -c`: not when the agent's own
-    /// environment (which services inherit) has a variable the shell would change.
+    /// environment (which services inherit) has a variable the shell would change
+    /// (`PWD` aside: it is set for the service as the shell would).
     direct_exec: bool,
+    /// The agent's environment variables the shell would not pass on (their names are
+    /// not shell names), left out when a command is exec'd directly.
+    not_for_the_shell: Vec<String>,
 }
 
 impl SupervisedProcesses {
     pub fn new(supervisor: Supervisor, state_dir: PathBuf, pop_exe: PathBuf) -> Self {
-        let direct_exec = !std::env::vars_os()
-            .any(|(name, _)| name.to_str().is_none_or(launch::set_by_the_shell));
+        let names: Vec<_> = std::env::vars_os().map(|(name, _)| name).collect();
+        let direct_exec = !names
+            .iter()
+            .any(|name| name.to_str().is_none_or(launch::set_by_the_shell));
+        let not_for_the_shell = names
+            .iter()
+            .filter_map(|name| name.to_str())
+            .filter(|name| !launch::shell_name(name))
+            .map(str::to_string)
+            .collect();
         Self {
             supervisor,
             state_dir,
             pop_exe,
             direct_exec,
+            not_for_the_shell,
         }
     }
 
@@ -131,13 +144,15 @@ impl SupervisedProcesses {
         }
         let direct = launch.direct_argv().filter(|_| self.direct_exec);
         let mut env = launch.env;
+        let mut unset = Vec::new();
         let argv = match (direct, launch.program) {
-            // What sh would have run, without starting sh; PWD as sh sets it (the
-            // physical working directory).
+            // What sh would have run, without starting sh, in the environment sh would
+            // have passed on: PWD as sh sets it (the physical working directory).
             (Some(argv), _) => {
                 if let Ok(pwd) = std::fs::canonicalize(&cwd) {
                     env.insert("PWD".to_string(), pwd.to_string_lossy().into_owned());
                 }
+                unset.clone_from(&self.not_for_the_shell);
                 argv
             }
             (None, Program::Shell(command)) => {
@@ -154,6 +169,7 @@ impl SupervisedProcesses {
             generation,
             argv,
             env,
+            unset,
             cwd: Some(cwd),
             probe: launch.probe.map(|p| ReadinessProbe {
                 host: p.host,

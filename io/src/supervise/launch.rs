@@ -4,7 +4,7 @@
 //! before any service code runs.
 
 use std::collections::BTreeMap;
-use std::ffi::{CString, OsString};
+use std::ffi::{CString, OsStr, OsString};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -26,9 +26,13 @@ fn c_string(what: &str, bytes: Vec<u8>) -> Result<CString, SuperviseError> {
     })
 }
 
-/// `KEY=VALUE` for the agent's environment with `spec.env` and the token added.
+/// `KEY=VALUE` for the agent's environment without `spec.unset`, with `spec.env` and
+/// the token added.
 fn environment(spec: &ProcessSpec, token: &str) -> Result<Vec<CString>, SuperviseError> {
     let mut env: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
+    for name in &spec.unset {
+        env.remove(OsStr::new(name));
+    }
     for (k, v) in &spec.env {
         env.insert(k.into(), v.into());
     }

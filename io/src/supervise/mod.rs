@@ -256,6 +256,9 @@ pub struct ProcessSpec {
     pub argv: Vec<String>,
     /// Added to the agent's environment.
     pub env: BTreeMap<String, String>,
+    /// Left out of the agent's environment (before `env` is added).
+    #[serde(default)]
+    pub unset: Vec<String>,
     pub cwd: Option<PathBuf>,
     pub probe: Option<ReadinessProbe>,
     /// TERM-to-KILL grace for leftovers when the main process exits by itself
