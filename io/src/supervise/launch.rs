@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use super::containment::Group;
 use super::logs::LogFile;
-use super::spawn::{self, above_stdio, CgroupTarget, ChildPlan, StartMarker};
+use super::spawn::{self, above_stdio, CgroupTarget, ChildPlan, ExecTarget, StartMarker};
 use super::{fdlimit, io_err, reaper, ExitStatus, ProcessSpec, SuperviseError, TOKEN_ENV};
 
 fn c_string(what: &str, bytes: Vec<u8>) -> Result<CString, SuperviseError> {
@@ -26,9 +26,8 @@ fn c_string(what: &str, bytes: Vec<u8>) -> Result<CString, SuperviseError> {
     })
 }
 
-/// `KEY=VALUE` for the agent's environment without `spec.unset`, with `spec.env` and
-/// the token added.
-fn environment(spec: &ProcessSpec, token: &str) -> Result<Vec<CString>, SuperviseError> {
+/// The agent's environment without `spec.unset`, with `spec.env` and the token added.
+fn environment(spec: &ProcessSpec, token: &str) -> BTreeMap<OsString, OsString> {
     let mut env: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
     for name in &spec.unset {
         env.remove(OsStr::new(name));
@@ -37,12 +36,40 @@ fn environment(spec: &ProcessSpec, token: &str) -> Result<Vec<CString>, Supervis
         env.insert(k.into(), v.into());
     }
     env.insert(TOKEN_ENV.into(), token.into());
+    env
+}
+
+/// `KEY=VALUE` strings.
+fn env_strings(env: BTreeMap<OsString, OsString>) -> Result<Vec<CString>, SuperviseError> {
     env.into_iter()
         .map(|(k, v)| {
             let mut entry = k.into_vec();
             entry.push(b'=');
             entry.extend(v.into_vec());
             c_string("an environment variable", entry)
+        })
+        .collect()
+}
+
+/// Where `execvp` would look for `program`, in order: itself if it holds a `/`, else in
+/// each directory of `path` (an empty entry is the working directory; no `PATH` means
+/// glibc's default, `/bin:/usr/bin`).
+fn exec_paths(program: &str, path: Option<&OsStr>) -> Vec<Vec<u8>> {
+    if program.is_empty() {
+        return Vec::new();
+    }
+    if program.contains('/') {
+        return vec![program.as_bytes().to_vec()];
+    }
+    let path = path.map_or(&b"/bin:/usr/bin"[..], OsStr::as_bytes);
+    path.split(|b| *b == b':')
+        .map(|dir| {
+            let mut full = dir.to_vec();
+            if !full.is_empty() {
+                full.push(b'/');
+            }
+            full.extend_from_slice(program.as_bytes());
+            full
         })
         .collect()
 }
@@ -85,7 +112,12 @@ pub(crate) fn launch(
         .iter()
         .map(|a| c_string("an argument", a.clone().into_bytes()))
         .collect::<Result<_, _>>()?;
-    let envp = environment(spec, token)?;
+    let env = environment(spec, token);
+    let paths: Vec<CString> = exec_paths(program, env.get(OsStr::new("PATH")).map(|p| &**p))
+        .into_iter()
+        .map(|p| c_string("the program's path", p))
+        .collect::<Result<_, _>>()?;
+    let envp = env_strings(env)?;
     let cwd = spec
         .cwd
         .as_ref()
@@ -108,9 +140,19 @@ pub(crate) fn launch(
     };
     let argv_ptrs = null_terminated(&argv);
     let envp_ptrs = null_terminated(&envp);
+    let targets: Vec<ExecTarget> = paths
+        .iter()
+        .map(|path| ExecTarget {
+            path: path.as_ptr(),
+            script_argv: [c"/bin/sh".as_ptr(), path.as_ptr()]
+                .into_iter()
+                .chain(argv_ptrs[1..].iter().copied())
+                .collect(),
+        })
+        .collect();
     let marker = StartMarker::new(spec.generation, started_at_ms / 1000);
     let plan = ChildPlan {
-        program: &argv[0],
+        targets: &targets,
         argv: &argv_ptrs,
         envp: &envp_ptrs,
         cwd: cwd.as_deref(),
