@@ -1,7 +1,7 @@
-//! Open files: the supervisor raises its soft limit (but not its services'), and it
-//! holds no descriptor per service, so even a limit it cannot raise does not bound how
-//! many services it runs. The limit is process-wide, so this test has a binary of its
-//! own.
+//! Open files: the supervisor raises its soft limit (but not its services'), and the
+//! descriptors it holds for services (pidfds of main processes) stay under half of it,
+//! so even a limit it cannot raise does not bound how many services it runs. The limit
+//! is process-wide, so this test has a binary of its own.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -99,11 +99,12 @@ async fn many_services_under_a_low_open_file_limit() {
         }
     }
     assert_eq!(sup.running().len(), SERVICES);
-    let held = open_fds().saturating_sub(before);
+    let held = open_fds().saturating_sub(before) as u64;
     assert!(
-        held < 10,
+        held <= LIMIT / 2 + 5,
         "{held} more descriptors open with {SERVICES} services running"
     );
+    // Those beyond the pidfds report their exits with SIGCHLD: all are seen to stop.
     sup.shutdown(Duration::from_secs(5)).await;
     assert!(sup.running().is_empty());
 }

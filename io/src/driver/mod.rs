@@ -4,7 +4,8 @@
 //! The loop is written against small ports ([`ports`]) so the same code runs in
 //! production ([`production`]) and under simulation. Every input is appended to the
 //! journal before the core sees it, and the actions after, so `pop replay` can check
-//! that the core's decisions follow from its inputs alone.
+//! that the core's decisions follow from its inputs alone (spawns are carried out
+//! before their step's actions are journaled, so a restart does not wait for that).
 //!
 //! Process events come straight from the supervisor's channel; every ZooKeeper task
 //! reports back over one channel of the loop's. Messages from an older ZooKeeper
@@ -131,7 +132,11 @@ pub async fn run(
         processes,
         clock,
     };
-    run_with(ports, agent_config, journal, process_rx, stop).await;
+    // On the runtime's workers rather than the caller's thread (`block_on`): the tasks
+    // that feed the loop then wake it on their own worker, without a thread switch.
+    tokio::spawn(run_with(ports, agent_config, journal, process_rx, stop))
+        .await
+        .map_err(|e| DriverError::Setup(format!("the event loop failed: {e}")))?;
     Ok(())
 }
 
@@ -257,11 +262,27 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
         }
         self.agent.handle(now, input);
         let actions: Vec<Action> = self.agent.drain_actions();
+        // Spawns first, even before the actions are journaled: a restart's fork and
+        // exec should not wait for that, nor compete for the CPU with the ZooKeeper
+        // requests of the same step (sent by other tasks, answered by the server on
+        // this machine). Nothing depends on that order: requests still go out in the
+        // order given, and what a spawn reports comes back as a later input.
+        let spawns: Vec<Action> = actions
+            .iter()
+            .filter(|a| matches!(a, Action::Spawn { .. }))
+            .cloned()
+            .collect();
+        for action in spawns {
+            self.perform(action);
+        }
         if let Some(journal) = self.journal.as_mut() {
             journal.actions(&actions);
             journal.rotate_if_full(&self.agent);
         }
-        for action in actions {
+        let others = actions
+            .into_iter()
+            .filter(|a| !matches!(a, Action::Spawn { .. }));
+        for action in others {
             if self.perform(action) {
                 if detach {
                     if let Some(processes) = self.processes.take() {

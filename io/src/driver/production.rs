@@ -12,7 +12,7 @@ use pop_core::Timestamp;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Sessions of a real ZooKeeper ensemble.
 pub struct RealZk {
@@ -219,7 +219,7 @@ impl ProcessPort for SupervisedProcesses {
 
     fn spawn(&mut self, service: &str, generation: u64, launch: Launch, settings: &Settings) {
         let spec = self.spec(service, generation, launch, settings);
-        info!(%service, generation, argv = ?spec.argv, "starting");
+        debug!(%service, generation, "starting");
         self.supervisor.spawn(spec);
     }
 

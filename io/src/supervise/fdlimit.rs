@@ -71,3 +71,8 @@ pub(crate) fn for_children() -> Option<libc::rlimit> {
         .filter(|l| l.raised)
         .map(|l| l.original)
 }
+
+/// The soft limit in force now.
+pub(crate) fn soft() -> Option<u64> {
+    get().map(|l| l.rlim_cur)
+}

@@ -23,7 +23,7 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::adopt::ExitFuture;
 use super::containment::Group;
@@ -298,7 +298,7 @@ impl Instance {
             let kill_due = kill_at.filter(|_| !killed);
             tokio::select! {
                 st = &mut exit, if status.is_none() => {
-                    info!(service = %self.service, generation = self.generation, pid = self.pid, status = %st, "main process exited");
+                    debug!(service = %self.service, generation = self.generation, pid = self.pid, status = %st, "main process exited");
                     status = Some(st);
                 }
                 req = stop_rx.recv(), if stop_open => match req {
@@ -363,7 +363,7 @@ impl Instance {
         }
         let key = (self.service.clone(), self.generation);
         self.table.set_phase(&key, Phase::CleaningUp);
-        info!(service = %self.service, generation = self.generation, %status, "service exited and contained processes are gone");
+        debug!(service = %self.service, generation = self.generation, %status, "service exited and contained processes are gone");
         let _ = self.events.send(SupervisorEvent::Exited {
             service: self.service.clone(),
             generation: self.generation,

@@ -12,12 +12,11 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::OnceLock;
 
-use tokio::sync::oneshot;
-
+use super::adopt::ExitFuture;
 use super::containment::Group;
 use super::logs::LogFile;
 use super::spawn::{self, above_stdio, CgroupTarget, ChildPlan, ExecTarget, StartMarker};
-use super::{fdlimit, io_err, reaper, ExitStatus, ProcessSpec, SuperviseError, TOKEN_ENV};
+use super::{fdlimit, io_err, pidfd, reaper, ExitStatus, ProcessSpec, SuperviseError, TOKEN_ENV};
 
 fn c_string(what: &str, bytes: Vec<u8>) -> Result<CString, SuperviseError> {
     CString::new(bytes).map_err(|e| SuperviseError::Io {
@@ -26,9 +25,15 @@ fn c_string(what: &str, bytes: Vec<u8>) -> Result<CString, SuperviseError> {
     })
 }
 
+/// The agent's environment, read once: the agent does not change its own.
+fn agent_environment() -> &'static BTreeMap<OsString, OsString> {
+    static ENV: OnceLock<BTreeMap<OsString, OsString>> = OnceLock::new();
+    ENV.get_or_init(|| std::env::vars_os().collect())
+}
+
 /// The agent's environment without `spec.unset`, with `spec.env` and the token added.
 fn environment(spec: &ProcessSpec, token: &str) -> BTreeMap<OsString, OsString> {
-    let mut env: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
+    let mut env = agent_environment().clone();
     for name in &spec.unset {
         env.remove(OsStr::new(name));
     }
@@ -97,15 +102,15 @@ fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
 }
 
 /// Forks and execs the main process inside `group`, with stdout and stderr
-/// appending to `log`; returns its pid and the channel its exit status
-/// arrives on.
+/// appending to `log`; returns its pid and what resolves with its exit status.
+/// Must run inside the runtime.
 pub(crate) fn launch(
     spec: &ProcessSpec,
     token: &str,
     group: &Group,
     log: &LogFile,
     started_at_ms: u64,
-) -> Result<(u32, oneshot::Receiver<ExitStatus>), SuperviseError> {
+) -> Result<(u32, ExitFuture), SuperviseError> {
     let program = spec.argv.first().ok_or(SuperviseError::EmptyArgv)?;
     let argv: Vec<CString> = spec
         .argv
@@ -164,9 +169,25 @@ pub(crate) fn launch(
         }),
         nofile: fdlimit::for_children(),
         marker: &marker,
+        exit_by_pidfd: pidfd::budget_allows(),
     };
-    reaper::spawn_registered(|| spawn::spawn(&plan)).map_err(|source| SuperviseError::Spawn {
-        program: program.clone(),
-        source,
-    })
+    let (child, reaped) = reaper::spawn_registered(|| spawn::spawn(&plan)).map_err(|source| {
+        SuperviseError::Spawn {
+            program: program.clone(),
+            source,
+        }
+    })?;
+    let pid = child.pid;
+    let exit: ExitFuture = match child.pidfd {
+        Some(fd) => Box::pin(pidfd::child_exit(pid, pidfd::Held::new(fd), reaped)),
+        None => Box::pin(async move {
+            // A dropped sender cannot happen short of a reaper bug; report
+            // an unknown status rather than hang.
+            reaped.await.unwrap_or(ExitStatus {
+                code: None,
+                signal: None,
+            })
+        }),
+    };
+    Ok((pid, exit))
 }

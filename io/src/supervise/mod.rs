@@ -41,8 +41,9 @@
 //! main process exits by itself, leftovers get SIGTERM and, after
 //! [`SupervisorConfig::exit_grace`], SIGKILL.
 //!
-//! Nothing is polled. The main process's exit comes from the reaper (or a pidfd,
-//! for an adopted one); emptiness is checked right after it, and only if
+//! Nothing is polled. The main process's exit comes from its pidfd (on x86-64 a
+//! spawned main process has one, while the open-file budget allows; an adopted one
+//! always has), else from the reaper's SIGCHLD; emptiness is checked right after it, and only if
 //! something is left is the containment watched: `cgroup.events` through one
 //! inotify instance shared by all generations, or the leftovers' pidfds in
 //! process-group mode (then the group is scanned again). Where inotify (or a
@@ -109,9 +110,10 @@
 //! # Reaping
 //!
 //! `waitpid(-1)` is called only by this module's reaper (SIGCHLD stream plus a
-//! slow periodic sweep, every 5 s). The rest of the process must not wait for
-//! children itself (no `tokio::process`, no `std::process::Child::wait`): the
-//! reaper would steal their statuses.
+//! slow periodic sweep, every 5 s); a main process with a pidfd is reaped by its
+//! task as soon as the pidfd says it exited, under the reaper's lock. The rest of
+//! the process must not wait for children itself (no `tokio::process`, no
+//! `std::process::Child::wait`): the reaper would steal their statuses.
 //!
 //! # Logs
 //!
@@ -133,10 +135,12 @@
 //! # Open files
 //!
 //! [`Supervisor::new`] raises the soft `RLIMIT_NOFILE` to the hard limit; each
-//! service gets the soft limit the agent started with back before exec. In
-//! steady state the supervisor holds no descriptor per service: only while
-//! spawning (the child's log), and pidfds of a process-group generation's
-//! leftovers (at most 64 each) while they are waited for.
+//! service gets the soft limit the agent started with back before exec. The
+//! supervisor holds no log descriptor. It holds a pidfd per running main process
+//! it spawned, while those stay under half the limit (beyond, only SIGCHLD tells
+//! of their exits, which needs none), one per adopted one, a few while spawning, and
+//! pidfds of a process-group generation's leftovers (at most 64 each) while they
+//! are waited for.
 
 mod adopt;
 mod containment;
@@ -163,7 +167,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use self::adopt::AdoptedProcess;
 use self::containment::{Backend, Group};
@@ -594,7 +598,7 @@ impl Shared {
             }
         };
         let started_at_ms = record::now_ms();
-        let (pid, exit_rx) = match launch::launch(&spec, &token, &group, &log, started_at_ms) {
+        let (pid, exit) = match launch::launch(&spec, &token, &group, &log, started_at_ms) {
             Ok(x) => x,
             Err(e) => {
                 self.abandon(key, group, Some(log), e);
@@ -621,19 +625,12 @@ impl Shared {
         }
         .write()
         .map(Arc::new);
-        info!(service = %spec.service, generation = spec.generation, pid, containment = %group.describe(), "spawned");
+        // The driver reports the start; the details are for debugging.
+        debug!(service = %spec.service, generation = spec.generation, pid, argv = ?spec.argv, containment = %group.describe(), "spawned");
         let _ = self.events.send(SupervisorEvent::Spawned {
             service: spec.service.clone(),
             generation: spec.generation,
             pid,
-        });
-        let exit = Box::pin(async move {
-            // A dropped sender cannot happen short of a reaper bug; report
-            // an unknown status rather than hang.
-            exit_rx.await.unwrap_or(ExitStatus {
-                code: None,
-                signal: None,
-            })
         });
         Instance {
             service: spec.service,

@@ -7,14 +7,15 @@
 //! while reaping, so that a child cannot exit and be reaped before its pid is
 //! registered.
 //!
-//! Exits are learnt from SIGCHLD. A slow sweep backs it up (signals coalesce, and
+//! Exits are learnt from SIGCHLD, and, for a child created with a pidfd, sooner from
+//! the pidfd: its task then reaps it with [`reap`], under the same lock. A slow sweep backs it up (signals coalesce, and
 //! with several runtimes in one process another one's driver may consume the
 //! wakeup); it is a safety net, not how exits are normally noticed, so it is rare
 //! enough to cost nothing while idle.
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock, TryLockError};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -25,12 +26,14 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{debug, trace, warn};
 
+use super::spawn::Child;
 use super::ExitStatus;
 
 type Routes = HashMap<i32, oneshot::Sender<ExitStatus>>;
 
+static ROUTES: OnceLock<Mutex<Routes>> = OnceLock::new();
+
 fn routes() -> MutexGuard<'static, Routes> {
-    static ROUTES: OnceLock<Mutex<Routes>> = OnceLock::new();
     ROUTES
         .get_or_init(|| Mutex::new(HashMap::new()))
         .lock()
@@ -41,16 +44,48 @@ fn routes() -> MutexGuard<'static, Routes> {
 /// How often the reaper looks for exited children without being told by SIGCHLD.
 const SWEEP: Duration = Duration::from_secs(5);
 
-/// Runs `spawn` (which returns the pid of a child it forked) and registers the pid
-/// before anyone can reap it. (A child whose set-up failed is reaped as an orphan.)
+/// Runs `spawn` and registers the child's pid before anyone can reap it; its status
+/// arrives on the receiver. (A child whose set-up failed is reaped as an orphan.)
 pub(crate) fn spawn_registered<E>(
-    spawn: impl FnOnce() -> Result<u32, E>,
-) -> Result<(u32, oneshot::Receiver<ExitStatus>), E> {
+    spawn: impl FnOnce() -> Result<Child, E>,
+) -> Result<(Child, oneshot::Receiver<ExitStatus>), E> {
     let mut table = routes();
-    let pid = spawn()?;
+    let child = spawn()?;
     let (tx, rx) = oneshot::channel();
-    table.insert(pid as i32, tx);
-    Ok((pid, rx))
+    table.insert(child.pid as i32, tx);
+    Ok((child, rx))
+}
+
+/// Reaps `pid` if it has exited (its pidfd said so), routing its status as usual.
+/// If the reaper holds the lock, it is reaping (the same SIGCHLD woke it): its
+/// delivery is awaited instead of the lock.
+pub(crate) fn reap(pid: u32) {
+    let mut table = match ROUTES.get().map(Mutex::try_lock) {
+        Some(Ok(table)) => table,
+        Some(Err(TryLockError::Poisoned(e))) => e.into_inner(),
+        Some(Err(TryLockError::WouldBlock)) | None => return,
+    };
+    loop {
+        match waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => {
+                let status = ExitStatus {
+                    code: Some(code),
+                    signal: None,
+                };
+                return deliver(&mut table, pid, status);
+            }
+            Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                let status = ExitStatus {
+                    code: None,
+                    signal: Some(sig as i32),
+                };
+                return deliver(&mut table, pid, status);
+            }
+            Err(Errno::EINTR) => continue,
+            // Not exited after all, or reaped already (by `reap_all`).
+            _ => return,
+        }
+    }
 }
 
 /// Reaps every child that has exited, routing registered pids' statuses.

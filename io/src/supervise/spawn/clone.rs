@@ -39,8 +39,9 @@ fn last_errno() -> i32 {
         .unwrap_or(libc::EIO)
 }
 
-/// What became of the child: its pid, and the step that failed if it did not exec.
-pub(super) type Spawned = (u32, Option<(ChildStep, i32)>);
+/// What became of the child: its pid, a pidfd if it reports its exit through one
+/// rather than SIGCHLD (see `Child`), and the step that failed if it did not exec.
+pub(super) type Spawned = (u32, Option<OwnedFd>, Option<(ChildStep, i32)>);
 
 /// All signals blocked in the calling thread while it lives (see the module docs of
 /// `spawn`), so that none is handled in the child before it has reset the handlers.
@@ -203,7 +204,7 @@ fn fork(plan: &ChildPlan<'_>, cgroup: Option<RawFd>) -> Result<Spawned, i32> {
         )),
         _ => Some((ChildStep::Exec, libc::EIO)),
     };
-    Ok((pid, failure))
+    Ok((pid, None, failure))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -213,6 +214,10 @@ mod vfork {
     //! copied and nothing is copied on write. As `posix_spawn` does, but with
     //! `CLONE_INTO_CGROUP`, which needs `clone3`, which no libc wraps: hence the few
     //! instructions of assembly that start the child on its stack.
+    //!
+    //! When the plan asks, the parent also gets a pidfd of the child (`CLONE_PIDFD`):
+    //! epoll wakes the thread that waits for the exit directly, with no signal handler
+    //! in between. (An exit signal other than SIGCHLD would not help: exec resets it.)
 
     use super::*;
 
@@ -320,6 +325,7 @@ mod vfork {
             outcome: &outcome,
             in_cgroup: cgroup.is_some(),
         };
+        let mut pidfd: libc::c_int = -1;
         let mut args = CloneArgs {
             flags: (libc::CLONE_VM | libc::CLONE_VFORK) as u64,
             exit_signal: libc::SIGCHLD as u64,
@@ -327,6 +333,10 @@ mod vfork {
             stack_size: child_stack.len as u64,
             ..CloneArgs::default()
         };
+        if plan.exit_by_pidfd {
+            args.flags |= libc::CLONE_PIDFD as u64;
+            args.pidfd = &mut pidfd as *mut libc::c_int as u64;
+        }
         if let Some(fd) = cgroup {
             args.flags |= CLONE_INTO_CGROUP;
             args.cgroup = fd as u64;
@@ -345,7 +355,11 @@ mod vfork {
         if rc < 0 {
             return Err(i32::try_from(-rc).unwrap_or(libc::EIO));
         }
-        Ok((rc as u32, outcome.failure()))
+        // SAFETY: clone3 succeeded, so a pidfd it returned is new and owned by nobody.
+        let pidfd = plan
+            .exit_by_pidfd
+            .then(|| unsafe { OwnedFd::from_raw_fd(pidfd) });
+        Ok((rc as u32, pidfd, outcome.failure()))
     }
 }
 
@@ -400,7 +414,7 @@ mod tests {
             }
         }
 
-        fn spawn(&self, how: Way) -> Spawned {
+        fn spawn(&self, (exit_by_pidfd, how): Way) -> Spawned {
             let nul = |v: &[CString]| -> Vec<*const libc::c_char> {
                 v.iter()
                     .map(|s| s.as_ptr())
@@ -429,30 +443,57 @@ mod tests {
                 cgroup: None,
                 nofile: None,
                 marker: &self.marker,
+                exit_by_pidfd,
             };
             let _blocked = SignalsBlocked::new();
             how(&plan).expect("clone")
         }
     }
 
-    fn status_of(pid: u32) -> i32 {
+    /// The child's exit code (or 128 + signal).
+    fn status_of(child: (u32, Option<OwnedFd>)) -> i32 {
+        if let (_, Some(pidfd)) = &child {
+            let mut poll = libc::pollfd {
+                fd: pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: polls one descriptor we own.
+            let ready = unsafe { libc::poll(&mut poll, 1, 10_000) };
+            assert_eq!(ready, 1, "the pidfd is readable at the exit");
+        }
         let mut status = 0;
         // SAFETY: waits for our own child.
-        unsafe { libc::waitpid(pid as i32, &mut status, 0) };
-        status
+        unsafe { libc::waitpid(child.0 as i32, &mut status, 0) };
+        if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            128 + libc::WTERMSIG(status)
+        }
     }
 
     fn fork_path(plan: &ChildPlan<'_>) -> Result<Spawned, i32> {
         fork(plan, None)
     }
 
-    /// A way to create the child.
-    type Way = fn(&ChildPlan<'_>) -> Result<Spawned, i32>;
+    /// A way to create the child: whether it may report through a pidfd, and how.
+    type Way = (bool, fn(&ChildPlan<'_>) -> Result<Spawned, i32>);
+
+    #[cfg(target_arch = "x86_64")]
+    fn vfork_path(plan: &ChildPlan<'_>) -> Result<Spawned, i32> {
+        vfork::spawn(plan, None)
+    }
 
     fn ways() -> Vec<(&'static str, Way)> {
-        let mut ways: Vec<(&'static str, Way)> = vec![("fork", fork_path)];
+        let mut ways: Vec<(&'static str, Way)> = vec![("fork", (true, fork_path))];
         #[cfg(target_arch = "x86_64")]
-        ways.push(("vfork", |plan| vfork::spawn(plan, None)));
+        ways.extend([
+            (
+                "vfork, pidfd",
+                (true, vfork_path as fn(&ChildPlan<'_>) -> _),
+            ),
+            ("vfork, SIGCHLD", (false, vfork_path)),
+        ]);
         ways
     }
 
@@ -464,9 +505,9 @@ mod tests {
                 dir.path(),
                 &["sh", "-c", "echo $ANSWER $0 $1 $(pwd)", "zero", "one"],
             );
-            let (pid, failure) = child.spawn(how);
+            let (pid, pidfd, failure) = child.spawn(how);
             assert_eq!(failure, None, "{way}");
-            assert_eq!(status_of(pid), 0, "{way}");
+            assert_eq!(status_of((pid, pidfd)), 0, "{way}");
             let out = fs::read_to_string(dir.path().join("out")).expect("output");
             let lines: Vec<&str> = out.lines().collect();
             assert_eq!(
@@ -488,9 +529,9 @@ mod tests {
                 dir.path(),
                 &["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"],
             );
-            let (pid, failure) = child.spawn(how);
+            let (pid, pidfd, failure) = child.spawn(how);
             assert_eq!(failure, None, "{way}");
-            assert_eq!(status_of(pid), 0, "{way}");
+            assert_eq!(status_of((pid, pidfd)), 0, "{way}");
             let out = fs::read_to_string(dir.path().join("out")).expect("output");
             let mask = |name: &str| {
                 let line = out
@@ -510,30 +551,47 @@ mod tests {
         }
     }
 
+    /// A child that failed to exec: exits with 127.
+    fn assert_failed(way: &str, (pid, pidfd, _): Spawned) {
+        assert_eq!(status_of((pid, pidfd)), 127, "{way}");
+    }
+
     #[test]
     fn both_ways_search_and_report_like_execvp() {
         for (way, how) in ways() {
             let dir = tempfile::tempdir().expect("dir");
             // Not found anywhere in PATH.
-            let (pid, failure) = Owned::new(dir.path(), &["no-such-program-pop"]).spawn(how);
-            assert_eq!(failure, Some((ChildStep::Exec, libc::ENOENT)), "{way}");
-            assert_eq!(status_of(pid), 127 << 8, "{way}");
+            let spawned = Owned::new(dir.path(), &["no-such-program-pop"]).spawn(how);
+            assert_eq!(spawned.2, Some((ChildStep::Exec, libc::ENOENT)), "{way}");
+            assert_failed(way, spawned);
             // Found but not executable.
             let plain = dir.path().join("plain");
             fs::write(&plain, "echo hi\n").expect("file");
-            let (pid, failure) =
-                Owned::new(dir.path(), &[plain.to_str().expect("utf-8")]).spawn(how);
-            assert_eq!(failure, Some((ChildStep::Exec, libc::EACCES)), "{way}");
-            status_of(pid);
+            let spawned = Owned::new(dir.path(), &[plain.to_str().expect("utf-8")]).spawn(how);
+            assert_eq!(spawned.2, Some((ChildStep::Exec, libc::EACCES)), "{way}");
+            assert_failed(way, spawned);
             // Executable without `#!`: run by /bin/sh, with its arguments.
             fs::set_permissions(&plain, fs::Permissions::from_mode(0o755)).expect("chmod");
             fs::write(&plain, "echo script $1\n").expect("file");
-            let (pid, failure) =
+            let (pid, pidfd, failure) =
                 Owned::new(dir.path(), &[plain.to_str().expect("utf-8"), "arg"]).spawn(how);
             assert_eq!(failure, None, "{way}");
-            assert_eq!(status_of(pid), 0, "{way}");
+            assert_eq!(status_of((pid, pidfd)), 0, "{way}");
             let out = fs::read_to_string(dir.path().join("out")).expect("output");
             assert!(out.ends_with("script arg\n"), "{way}: {out}");
+        }
+    }
+
+    /// Killed: the pidfd tells, and the status says by what.
+    #[test]
+    fn a_killed_child_is_told_by_its_pidfd() {
+        for (way, how) in ways() {
+            let dir = tempfile::tempdir().expect("dir");
+            let (pid, pidfd, failure) = Owned::new(dir.path(), &["sleep", "100"]).spawn(how);
+            assert_eq!(failure, None, "{way}");
+            // SAFETY: kill with a pid and a signal number.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            assert_eq!(status_of((pid, pidfd)), 128 + libc::SIGKILL, "{way}");
         }
     }
 }

@@ -51,6 +51,8 @@ pub(crate) struct ChildPlan<'a> {
     pub nofile: Option<libc::rlimit>,
     /// Written to stdout by the child before exec.
     pub marker: &'a StartMarker,
+    /// Get a pidfd of the child, where the way it is created allows (see `clone`).
+    pub exit_by_pidfd: bool,
 }
 
 /// One place the program may be: its path, and the argv that runs it with `/bin/sh`
@@ -198,13 +200,21 @@ pub(crate) fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
-/// Creates the child and has it exec `plan`; returns its pid once the exec has
-/// happened, or the step that failed (the child then exits with 127 and is reaped as an
-/// orphan).
-pub(crate) fn spawn(plan: &ChildPlan<'_>) -> Result<u32, SpawnError> {
-    let (pid, failure) = clone::spawn(plan)?;
+/// A child that has exec'd its program.
+pub(crate) struct Child {
+    pub pid: u32,
+    /// Readable once it has exited, when the plan asked for one and the way it was
+    /// created allows (see `clone`).
+    pub pidfd: Option<OwnedFd>,
+}
+
+/// Creates the child and has it exec `plan`; returns once the exec has happened, or
+/// with the step that failed (the child exits with 127 then, and is reaped by the
+/// reaper as an orphan).
+pub(crate) fn spawn(plan: &ChildPlan<'_>) -> Result<Child, SpawnError> {
+    let (pid, pidfd, failure) = clone::spawn(plan)?;
     match failure {
-        None => Ok(pid),
+        None => Ok(Child { pid, pidfd }),
         Some((step, errno)) => Err(SpawnError {
             step: Some(step),
             error: io::Error::from_raw_os_error(errno),
