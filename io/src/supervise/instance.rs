@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::adopt::ExitFuture;
+use super::containment::scan::Scanner;
 use super::containment::Group;
 use super::logs::SharedLog;
 use super::record::RunFile;
@@ -131,6 +132,7 @@ pub(crate) struct Instance {
     pub events: UnboundedSender<SupervisorEvent>,
     pub table: Arc<Table>,
     pub watcher: Arc<Watcher>,
+    pub scanner: Arc<Scanner>,
     pub exit_grace: Duration,
     pub probe: Option<ReadinessProbe>,
 }
@@ -226,14 +228,16 @@ impl Instance {
         };
     }
 
-    /// TERM or KILL to every process of the generation; off the event loop where that
-    /// means scanning /proc.
+    /// TERM or KILL to every process of the generation; in process-group mode, the
+    /// group at once and those that left it after a /proc scan (shared, off the event
+    /// loop).
     async fn signal(&self, sig: Signal) {
         match self.group.as_ref() {
             Group::Cgroup(g) => g.signal_all(sig),
-            Group::Pgroup(_) => {
-                let group = Arc::clone(&self.group);
-                let _ = tokio::task::spawn_blocking(move || group.signal_all(sig)).await;
+            Group::Pgroup(g) => {
+                g.signal(sig, &[]);
+                let members = self.scanner.members(g).await;
+                g.signal(sig, &members);
             }
         }
     }
@@ -261,11 +265,8 @@ impl Instance {
                 }
                 false
             }
-            Group::Pgroup(_) => {
-                let group = Arc::clone(&self.group);
-                let members = tokio::task::spawn_blocking(move || group.members())
-                    .await
-                    .unwrap_or_default();
+            Group::Pgroup(g) => {
+                let members = self.scanner.members(g).await;
                 if members.is_empty() {
                     return true;
                 }

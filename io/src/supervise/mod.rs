@@ -170,6 +170,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 pub use self::adopt::AdoptedProcess;
+use self::containment::scan::Scanner;
 use self::containment::{Backend, Group};
 use self::instance::{Instance, Phase, Table};
 pub use self::logs::log_path;
@@ -329,6 +330,7 @@ struct Shared {
     table: Arc<Table>,
     logs: Logs,
     watcher: Arc<Watcher>,
+    scanner: Arc<Scanner>,
 }
 
 impl Supervisor {
@@ -367,6 +369,7 @@ impl Supervisor {
                 table: Arc::default(),
                 logs,
                 watcher,
+                scanner: Arc::default(),
             }),
             adopted: Vec::new(),
             reaper,
@@ -427,6 +430,7 @@ impl Supervisor {
             events: shared.events.clone(),
             table: Arc::clone(&shared.table),
             watcher: Arc::clone(&shared.watcher),
+            scanner: Arc::clone(&shared.scanner),
             exit_grace: Duration::from_millis(rec.exit_grace_ms),
             probe: None,
         }
@@ -642,6 +646,7 @@ impl Shared {
             events: self.events.clone(),
             table: Arc::clone(&self.table),
             watcher: Arc::clone(&self.watcher),
+            scanner: Arc::clone(&self.scanner),
             exit_grace,
             probe: spec.probe,
         }

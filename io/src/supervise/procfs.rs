@@ -80,6 +80,15 @@ pub(crate) fn has_env_entry(pid: i32, entry: &[u8]) -> bool {
     }
 }
 
+/// The `key=value` entry of `key` in `/proc/<pid>/environ`, if any.
+pub(crate) fn env_entry(pid: i32, key: &str) -> Option<Vec<u8>> {
+    let env = fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let key = key.as_bytes();
+    env.split(|b| *b == 0)
+        .find(|e| e.len() > key.len() && e.starts_with(key) && e[key.len()] == b'=')
+        .map(<[u8]>::to_vec)
+}
+
 /// The value of `key` in `/proc/<pid>/environ`, if any.
 pub(crate) fn env_value(pid: i32, key: &str) -> Option<String> {
     let env = fs::read(format!("/proc/{pid}/environ")).ok()?;

@@ -4,12 +4,12 @@
 pub(crate) mod cgroup;
 mod delegated;
 pub(crate) mod pgroup;
+pub(crate) mod scan;
 
 use std::collections::HashSet;
 use std::io;
 use std::path::PathBuf;
 
-use nix::sys::signal::Signal;
 use tracing::info;
 
 use self::cgroup::CgroupGroup;
@@ -154,15 +154,6 @@ impl Group {
         match self {
             Group::Cgroup(g) => g.all_members(),
             Group::Pgroup(g) => g.members(),
-        }
-    }
-
-    /// Blocking in process-group mode (a /proc scan); in cgroup mode a few reads of
-    /// cgroup files.
-    pub fn signal_all(&self, sig: Signal) {
-        match self {
-            Group::Cgroup(g) => g.signal_all(sig),
-            Group::Pgroup(g) => g.signal_all(sig),
         }
     }
 
