@@ -13,9 +13,21 @@ use pop_io::supervise::{
 };
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-/// Several times the limit below.
-const SERVICES: usize = 600;
-const LIMIT: u64 = 200;
+/// How many services, and under what limit: several times as many as the limit
+/// (`POP_FD_TEST_SERVICES` and `POP_FD_TEST_LIMIT` change them, e.g. 10000 and 1024
+/// for the usual default limit).
+fn sizes() -> (usize, u64) {
+    let var = |name: &str, default| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    (
+        var("POP_FD_TEST_SERVICES", 600) as usize,
+        var("POP_FD_TEST_LIMIT", 200),
+    )
+}
 
 fn set_nofile(soft: u64, hard: u64) {
     let lim = libc::rlimit {
@@ -73,8 +85,9 @@ async fn next_event(rx: &mut UnboundedReceiver<SupervisorEvent>) -> SupervisorEv
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_services_under_a_low_open_file_limit() {
+    let (services, limit) = sizes();
     let (_, hard) = nofile();
-    set_nofile(64, hard.min(LIMIT));
+    set_nofile(64, hard.min(limit));
     let dir = tempfile::tempdir().unwrap();
     let config = SupervisorConfig::new(
         format!("fds-{}", std::process::id()),
@@ -84,9 +97,9 @@ async fn many_services_under_a_low_open_file_limit() {
     let (tx, mut rx) = unbounded_channel();
     let mut sup = Supervisor::new(config, tx).expect("supervisor");
     // Raised to the hard limit for the agent, which is low ...
-    assert_eq!(nofile(), (hard.min(LIMIT), hard.min(LIMIT)));
+    assert_eq!(nofile(), (hard.min(limit), hard.min(limit)));
     let before = open_fds();
-    for i in 0..SERVICES {
+    for i in 0..services {
         sup.spawn(spec(format!("many{i}")));
         match next_event(&mut rx).await {
             SupervisorEvent::Spawned { pid, .. } => {
@@ -95,16 +108,21 @@ async fn many_services_under_a_low_open_file_limit() {
                     assert_eq!(soft_limit_of(pid), 64, "a service's open-file limit");
                 }
             }
-            other => panic!("service {i} of {SERVICES}: {other:?}"),
+            other => panic!("service {i} of {services}: {other:?}"),
         }
     }
-    assert_eq!(sup.running().len(), SERVICES);
+    assert_eq!(sup.running().len(), services);
     let held = open_fds().saturating_sub(before) as u64;
     assert!(
-        held <= LIMIT / 2 + 5,
-        "{held} more descriptors open with {SERVICES} services running"
+        held <= limit / 2 + 5,
+        "{held} more descriptors open with {services} services running"
     );
     // Those beyond the pidfds report their exits with SIGCHLD: all are seen to stop.
+    let t = std::time::Instant::now();
     sup.shutdown(Duration::from_secs(5)).await;
+    println!(
+        "{services} services under a limit of {limit}: {held} descriptors held, stopped in {:?}",
+        t.elapsed()
+    );
     assert!(sup.running().is_empty());
 }
