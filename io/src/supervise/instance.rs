@@ -4,8 +4,8 @@
 //! the exit once the containment is empty. Spawned and adopted generations
 //! differ only in how the main process's exit is learnt.
 //!
-//! Nothing here polls. The task sleeps until the main process exits (the reaper, or a
-//! pidfd for an adopted one), a stop is requested, or a KILL is due. Emptiness is
+//! Nothing here polls. The task sleeps until the main process exits (told by its pidfd,
+//! or by the reaper), a stop is requested, or a KILL is due. Emptiness is
 //! checked once right after the main exit; only if something is left is it watched:
 //! `cgroup.events` through inotify in cgroup mode, the leftovers' pidfds in
 //! process-group mode (then the group is scanned again). Without inotify or pidfds it
