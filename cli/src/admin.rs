@@ -1,16 +1,19 @@
 //! ZooKeeper access for the command-line tool: one short session, every call under a
-//! timeout, errors that name the path, and compare-and-set edits of JSON nodes.
+//! timeout, errors that name the path. The reads behind `status`, `machines` and `dump`
+//! are here; the commands that write are plans (`pop_core::plan`), which [`Admin::run`]
+//! performs step by step with production's request mapping (`pop_io::zk::execute`).
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use pop_core::paths;
+use pop_core::plan::{Feedback, Outcome, Plan, PlanError, Request, Step};
+use pop_io::clock::SystemClock;
 use pop_io::zk::{self as zkio, Client, ZkConfig};
 use std::time::Duration;
 use zookeeper_client as zkc;
 
-/// How often a compare-and-set edit is retried when others write concurrently.
-const CAS_ATTEMPTS: usize = 100;
-/// How long a subtree delete waits for agents to stop re-creating children.
-const DELETE_DEADLINE: Duration = Duration::from_secs(30);
+/// How long `pop remove` and `pop init --force` wait for agents that keep publishing
+/// under a service they are deleting.
+pub const DELETE_PATIENCE: Duration = Duration::from_secs(30);
 
 pub struct Admin {
     pub client: Client,
@@ -18,10 +21,9 @@ pub struct Admin {
     timeout: Duration,
 }
 
-/// A node's data and the version it was read at.
+/// A node's data and who owns it (ephemeral nodes).
 pub struct Versioned {
     pub data: Vec<u8>,
-    pub version: i32,
     pub ephemeral_owner: i64,
 }
 
@@ -63,7 +65,6 @@ impl Admin {
         {
             Ok((data, stat)) => Ok(Some(Versioned {
                 data,
-                version: stat.version,
                 ephemeral_owner: stat.ephemeral_owner,
             })),
             Err(zkc::Error::NoNode) => Ok(None),
@@ -141,89 +142,28 @@ impl Admin {
         Ok(())
     }
 
-    /// Deletes one node; false if it has children.
-    pub async fn delete_node(&self, path: &str) -> Result<bool> {
-        match self
-            .timed("deleting", path, self.client.delete(path, None))
-            .await?
-        {
-            Ok(()) | Err(zkc::Error::NoNode) => Ok(true),
-            Err(zkc::Error::NotEmpty) => Ok(false),
-            Err(e) => bail!("deleting {path}: {e}"),
-        }
-    }
-
-    /// Deletes a subtree, children first. Nodes vanishing meanwhile are fine; children
-    /// appearing meanwhile (an agent still stopping) are waited for, up to a deadline.
-    pub async fn delete_tree(&self, path: &str) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + DELETE_DEADLINE;
-        let mut stack = vec![(path.to_string(), false)];
-        while let Some((node, expanded)) = stack.pop() {
-            if !expanded {
-                stack.push((node.clone(), true));
-                for child in self.children(&node).await? {
-                    stack.push((format!("{node}/{child}"), false));
+    /// Runs a plan to its end: reads one after another, writes and waits as it asks.
+    pub async fn run(&self, plan: &mut dyn Plan) -> Result<Outcome, PlanError> {
+        let clock = SystemClock::new();
+        let mut feedback = Feedback::Start;
+        loop {
+            feedback = match plan.next(clock.now(), feedback) {
+                Step::Done(result) => return result,
+                Step::Do(Request::Read(ops)) => {
+                    let mut replies = Vec::with_capacity(ops.len());
+                    for op in &ops {
+                        replies.push(zkio::execute(&self.client, op, self.timeout).await.0);
+                    }
+                    Feedback::Read(replies)
                 }
-                continue;
-            }
-            if !self.delete_node(&node).await? {
-                if tokio::time::Instant::now() > deadline {
-                    bail!("deleting {node}: children keep appearing for {DELETE_DEADLINE:?} (an agent still publishing?)");
+                Step::Do(Request::Write(op)) => {
+                    Feedback::Wrote(zkio::execute(&self.client, &op, self.timeout).await.0)
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                stack.push((node, false));
-            }
-        }
-        Ok(())
-    }
-
-    /// Runs creates as one transaction: all or nothing.
-    pub async fn create_all(&self, nodes: &[(String, Vec<u8>)]) -> Result<()> {
-        let mut multi = self.client.new_multi_writer();
-        for (path, data) in nodes {
-            multi
-                .add_create(path, data, &persistent())
-                .map_err(|e| anyhow!("preparing {path}: {e}"))?;
-        }
-        let first = nodes.first().map(|(p, _)| p.as_str()).unwrap_or("/");
-        match self.timed("creating", first, multi.commit()).await? {
-            Ok(_) => Ok(()),
-            Err(zkc::MultiWriteError::OperationFailed { index, source }) => {
-                let path = nodes.get(index).map(|(p, _)| p.as_str()).unwrap_or("?");
-                Err(anyhow!("creating {path}: {source}"))
-            }
-            Err(e) => Err(anyhow!("creating {first}: {e}")),
-        }
-    }
-
-    /// Read-modify-write of one node, retried while someone else writes it in between.
-    /// `edit` gets the current data and returns the new data, or `None` to leave it.
-    pub async fn edit(
-        &self,
-        path: &str,
-        mut edit: impl FnMut(&[u8]) -> Result<Option<Vec<u8>>>,
-    ) -> Result<bool> {
-        for _ in 0..CAS_ATTEMPTS {
-            let current = self
-                .get(path)
-                .await?
-                .with_context(|| format!("{path} does not exist"))?;
-            let Some(new) = edit(&current.data)? else {
-                return Ok(false);
+                Step::Do(Request::Wait(until)) => {
+                    tokio::time::sleep_until(clock.instant_of(until)).await;
+                    Feedback::Woke
+                }
             };
-            match self
-                .timed(
-                    "writing",
-                    path,
-                    self.client.set_data(path, &new, Some(current.version)),
-                )
-                .await?
-            {
-                Ok(_) => return Ok(true),
-                Err(zkc::Error::BadVersion) => continue,
-                Err(e) => bail!("writing {path}: {e}"),
-            }
         }
-        bail!("writing {path}: still conflicting after {CAS_ATTEMPTS} attempts")
     }
 }

@@ -58,7 +58,8 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Add a service of a type (command, echo) with default settings.
+    /// Add a service of a type (built in: command, echo, http, python; or a stored
+    /// plugin's) with the type's default settings.
     Add {
         /// The service type.
         service_type: String,
@@ -116,6 +117,11 @@ pub enum Command {
         service: String,
         #[arg(long)]
         force: bool,
+    },
+    /// Manage service types: plugins stored in ZooKeeper, and the built-in ones.
+    Plugin {
+        #[command(subcommand)]
+        action: commands::plugin::PluginAction,
     },
     /// Print everything pop keeps in ZooKeeper.
     Dump {

@@ -45,6 +45,26 @@ pub fn edit_settings(
     set: &[(String, Value)],
     unset: &[String],
 ) -> Result<Option<Vec<u8>>, EditError> {
+    let edited = edit_unchecked(current, set, unset)?;
+    Settings::from_map(&edited.map)?;
+    Ok(edited.changed.then(|| render_settings(edited.map)))
+}
+
+/// Settings after an edit, before anyone checked them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Edited {
+    pub map: Map<String, Value>,
+    /// False when the edit changes nothing.
+    pub changed: bool,
+}
+
+/// [`edit_settings`] without the check, for settings whose type decides what is valid
+/// (a plugin's manifest: `plan::Set`).
+pub fn edit_unchecked(
+    current: &[u8],
+    set: &[(String, Value)],
+    unset: &[String],
+) -> Result<Edited, EditError> {
     let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(current) else {
         return Err(EditError::NotAnObject);
     };
@@ -55,11 +75,8 @@ pub fn edit_settings(
     for key in unset {
         map.remove(key);
     }
-    Settings::from_map(&map)?;
-    if map == before {
-        return Ok(None);
-    }
-    Ok(Some(render_settings(map)))
+    let changed = map != before;
+    Ok(Edited { map, changed })
 }
 
 /// Settings as pop writes them: pretty JSON, for whoever reads the znode by hand.

@@ -84,6 +84,10 @@ impl fmt::Display for ZkOp {
                 version: v,
             } => write!(f, "set {path} {} {}", version(*v), Data(data)),
             ZkOp::Delete { path, version: v } => write!(f, "delete {path} {}", version(*v)),
+            ZkOp::Multi { ops } => {
+                let ops: Vec<String> = ops.iter().map(ToString::to_string).collect();
+                write!(f, "multi [{}]", ops.join("; "))
+            }
         }
     }
 }
@@ -99,6 +103,13 @@ impl fmt::Display for ZkReply {
             ZkReply::Set { stat } => write!(f, "set {}", Stat(stat)),
             ZkReply::Deleted => f.write_str("deleted"),
             ZkReply::Error(e) => write!(f, "error: {e}"),
+            ZkReply::Multi { replies } => {
+                let replies: Vec<String> = replies.iter().map(ToString::to_string).collect();
+                write!(f, "multi [{}]", replies.join("; "))
+            }
+            ZkReply::MultiFailed { index, error } => {
+                write!(f, "multi failed at op {index}: {error}")
+            }
         }
     }
 }

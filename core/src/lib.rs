@@ -31,8 +31,10 @@ pub mod journal;
 pub mod launch;
 pub mod names;
 pub mod paths;
+pub mod plan;
 #[cfg(feature = "planted-bugs")]
 pub mod planted;
+pub mod plugin;
 pub mod published;
 pub mod settings;
 pub mod time;

@@ -1,4 +1,5 @@
-//! Names that become znode path components: service names and machine ids.
+//! Names that become znode path components: service names, machine ids, and the names of
+//! plugins (service types) and their tasks.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -142,6 +143,58 @@ impl From<MachineId> for String {
     }
 }
 
+/// A name checked by the shared rules, with what it names for messages; serialized as
+/// the plain string.
+macro_rules! checked_name {
+    ($(#[$doc:meta])* $type:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $type(String);
+
+        impl $type {
+            pub fn new(name: &str) -> Result<Self, NameError> {
+                check($what, name)?;
+                Ok($type(name.to_string()))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $type {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl TryFrom<String> for $type {
+            type Error = NameError;
+            fn try_from(s: String) -> Result<Self, NameError> {
+                $type::new(&s)
+            }
+        }
+
+        impl From<$type> for String {
+            fn from(n: $type) -> String {
+                n.0
+            }
+        }
+    };
+}
+
+checked_name!(
+    /// A validated service type (plugin) name: `/plugins/<name>` and the settings' `type`.
+    PluginName,
+    "plugin name"
+);
+checked_name!(
+    /// A validated task name of a plugin (`[tasks.<name>]`).
+    TaskName,
+    "task name"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,5 +236,15 @@ mod tests {
         assert!(err.contains("U+1F600"), "{err}");
         let err = MachineId::new("").unwrap_err().to_string();
         assert_eq!(err, "machine id is empty");
+    }
+
+    #[test]
+    fn plugin_and_task_names_follow_the_same_rules_and_say_what_they_name() {
+        assert!(PluginName::new("greeter").is_ok());
+        assert!(TaskName::new("install").is_ok());
+        let err = PluginName::new("a b").unwrap_err().to_string();
+        assert!(err.starts_with("plugin name \"a b\""), "{err}");
+        let err = TaskName::new("").unwrap_err().to_string();
+        assert_eq!(err, "task name is empty");
     }
 }

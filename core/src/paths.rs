@@ -7,15 +7,18 @@
 //! | /services/<service>/settings           | JSON object       |           |
 //! | /services/<service>/state/<machine-id> | JSON object       | ephemeral |
 //! | /agents/<machine-id>                   | JSON agent report | ephemeral |
+//! | /plugins/<type>                        | TOML manifest     |           |
 
 pub const MACHINES: &str = "/machines";
 pub const SERVICES: &str = "/services";
 pub const AGENTS: &str = "/agents";
+/// Service types stored in ZooKeeper, each a manifest's TOML text.
+pub const PLUGINS: &str = "/plugins";
 /// Marks an initialised namespace; holds the layout version.
 pub const POP: &str = "/pop";
 
 /// Every persistent node `pop init` creates, parents first.
-pub const NAMESPACE: [&str; 4] = [POP, MACHINES, SERVICES, AGENTS];
+pub const NAMESPACE: [&str; 5] = [POP, MACHINES, SERVICES, AGENTS, PLUGINS];
 
 pub fn machine(machine: &str) -> String {
     format!("{MACHINES}/{machine}")
@@ -47,6 +50,10 @@ pub fn service_state(service: &str, machine: &str) -> String {
 
 pub fn agent(machine: &str) -> String {
     format!("{AGENTS}/{machine}")
+}
+
+pub fn plugin(name: &str) -> String {
+    format!("{PLUGINS}/{name}")
 }
 
 /// The parent of a path, `None` for the root and top-level nodes' parent "/".

@@ -41,6 +41,23 @@ bugs! {
     SpawnBeforeStopped,
     /// Reads are sent while the session is lost instead of after it is back.
     ReadWhileDisconnected,
+    /// A process exit is not noted as a change of its service, which is then neither
+    /// reconciled nor indexed nor published until something else touches it.
+    ExitNotNoted,
+    /// `pop remove` deletes the service's state nodes before its machines list and
+    /// settings, unregistering it while agents still run it as wanted.
+    RemoveTreeFirst,
+}
+
+impl Bug {
+    /// The bugs planted in the operator's plans: only the simulator, which runs the
+    /// plans, can catch these; the agent checker never sees a plan.
+    pub const IN_PLANS: &'static [Bug] = &[Bug::RemoveTreeFirst];
+
+    /// Whether the bug is in the agent (the fuzz checker catches those).
+    pub fn in_agent(self) -> bool {
+        !Self::IN_PLANS.contains(&self)
+    }
 }
 
 thread_local! {

@@ -324,6 +324,49 @@ impl Settings {
     }
 }
 
+/// The settings every service type has, whatever its manifest says.
+pub const COMMON_KEYS: [&str; 8] = [
+    "restart",
+    "session_loss",
+    "stop_timeout",
+    "start_seconds",
+    "ready_timeout",
+    "host",
+    "port",
+    "env",
+];
+
+/// The value the agent assumes for a setting every type has when a service's settings
+/// leave it out (`port` and `env` have none: no port, no extra variables).
+pub fn common_default(key: &str) -> Option<Value> {
+    Some(match key {
+        "restart" => Value::from("always"),
+        "session_loss" => Value::from("keep-running"),
+        "stop_timeout" => Value::from(10),
+        "start_seconds" => Value::from(1),
+        "ready_timeout" => Value::from(DEFAULT_READY_TIMEOUT.as_secs()),
+        "host" => Value::from(DEFAULT_HOST),
+        _ => return None,
+    })
+}
+
+/// Checks the settings every type has ([`COMMON_KEYS`]) exactly as [`Settings::from_map`]
+/// reads them, ignoring the rest: for the types this module does not know (plugins').
+/// They are read with the echo type's rules, which check nothing beyond them once echo's
+/// required port is there.
+pub fn check_common(map: &Map<String, Value>) -> Result<(), DataError> {
+    let mut common: Map<String, Value> = map
+        .iter()
+        .filter(|(key, _)| COMMON_KEYS.contains(&key.as_str()))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    common.insert("type".into(), Value::from(ServiceType::Echo.as_str()));
+    if common.get("port").is_none_or(Value::is_null) {
+        common.insert("port".into(), Value::from(0));
+    }
+    Settings::from_map(&common).map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,6 +391,35 @@ mod tests {
             let s = Settings::from_map(&m).unwrap();
             assert_eq!(s.service_type, t);
             assert_eq!(s.restart, RestartPolicy::Always);
+        }
+    }
+
+    #[test]
+    fn common_settings_are_checked_whatever_the_type_and_other_keys_are_left_alone() {
+        let map = |json: &str| -> Map<String, Value> {
+            serde_json::from_str(json).expect("a JSON object")
+        };
+        let ok = map(r#"{"type":"greeter","greeting":[1],"command":7,"restart":"never"}"#);
+        assert_eq!(check_common(&ok), Ok(()));
+        let bad = map(r#"{"type":"greeter","port":70000}"#);
+        let err = check_common(&bad).expect_err("a bad port").to_string();
+        assert!(err.starts_with("setting \"port\""), "{err}");
+        let bad = map(r#"{"env":{"A":1}}"#);
+        assert!(check_common(&bad).is_err());
+    }
+
+    #[test]
+    fn common_defaults_are_what_the_agent_assumes_for_a_missing_setting() {
+        let bare: Map<String, Value> =
+            serde_json::from_str(r#"{"type":"echo","port":0}"#).expect("a JSON object");
+        let assumed = Settings::from_map(&bare).expect("valid");
+        for key in COMMON_KEYS {
+            let Some(default) = common_default(key) else {
+                continue;
+            };
+            let mut given = bare.clone();
+            given.insert(key.to_string(), default);
+            assert_eq!(Settings::from_map(&given).as_ref(), Ok(&assumed), "{key}");
         }
     }
 

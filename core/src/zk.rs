@@ -5,6 +5,10 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::Duration;
 
+/// Why a multi holding a read (or another multi) fails: only creates, sets and deletes
+/// go in one. (The client reports it as "bad arguments: ...".)
+pub const NOT_IN_MULTI: &str = "only create, set and delete go in a multi";
+
 /// Identifies a request so its reply can be matched; replies to unknown ids are stale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RequestId(pub u64);
@@ -45,9 +49,15 @@ pub enum ZkOp {
         path: String,
         version: Option<i32>,
     },
+    /// Creates, sets and deletes applied as one transaction: all or nothing. Only the
+    /// operator's plans (`crate::plan`) send these; the agent never does.
+    Multi {
+        ops: Vec<ZkOp>,
+    },
 }
 
 impl ZkOp {
+    /// The node the request is about; for a multi, its first op's (`/` when empty).
     pub fn path(&self) -> &str {
         match self {
             ZkOp::GetData { path, .. }
@@ -55,7 +65,16 @@ impl ZkOp {
             | ZkOp::Create { path, .. }
             | ZkOp::SetData { path, .. }
             | ZkOp::Delete { path, .. } => path,
+            ZkOp::Multi { ops } => ops.first().map_or("/", ZkOp::path),
         }
+    }
+
+    /// True for the ops a multi may hold: creates, sets and deletes.
+    pub fn fits_in_multi(&self) -> bool {
+        matches!(
+            self,
+            ZkOp::Create { .. } | ZkOp::SetData { .. } | ZkOp::Delete { .. }
+        )
     }
 }
 
@@ -91,6 +110,15 @@ pub enum ZkReply {
     },
     Deleted,
     Error(ZkError),
+    /// A multi that committed: one reply per op, in order.
+    Multi {
+        replies: Vec<ZkReply>,
+    },
+    /// A multi that applied nothing because the op at `index` failed with `error`.
+    MultiFailed {
+        index: usize,
+        error: ZkError,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +133,16 @@ pub enum ZkError {
     /// The driver gave up waiting; a write may or may not have happened.
     Timeout,
     Other(String),
+}
+
+impl ZkError {
+    /// True when a write's outcome is unknown and the node must be re-read.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            ZkError::ConnectionLoss | ZkError::Timeout | ZkError::Other(_)
+        )
+    }
 }
 
 impl fmt::Display for ZkError {

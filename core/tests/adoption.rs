@@ -5,7 +5,7 @@ use pop_core::backoff::Backoff;
 use pop_core::event::{Action, ExitStatus, Input};
 use pop_core::names::MachineId;
 use pop_core::settings::Settings;
-use pop_core::zk::{SessionEvent, SessionId};
+use pop_core::zk::{NodeStat, SessionEvent, SessionId, ZkOp, ZkReply};
 use pop_core::{Agent, AgentConfig, Timestamp};
 use std::time::Duration;
 
@@ -177,4 +177,38 @@ fn a_fence_service_adopted_long_after_the_session_was_lost_is_stopped() {
         adopted(settings(r#","session_loss":"fence""#)),
     );
     assert!(stops(&actions), "{actions:?}");
+}
+
+fn reads_of(actions: &[Action], path: &str) -> usize {
+    actions
+        .iter()
+        .filter(|a| matches!(a, Action::Zk { op: ZkOp::GetData { path: p, .. }, .. } if p == path))
+        .count()
+}
+
+/// A new session reads what it adopted before the listing arrives; the listing naming
+/// those services does not read them again.
+#[test]
+fn an_adopted_service_is_read_once_in_the_new_session() {
+    let mut a = agent();
+    feed(&mut a, 1000, adopted(settings("")));
+    let mut actions = connect(&mut a, 1001);
+    let listing = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Zk {
+                id,
+                op: ZkOp::GetChildren { .. },
+            } => Some(*id),
+            _ => None,
+        })
+        .expect("the service list is read");
+    let reply = ZkReply::Children {
+        names: vec!["web".into()],
+        stat: NodeStat::default(),
+    };
+    actions.extend(feed(&mut a, 1002, Input::Reply { id: listing, reply }));
+    for path in ["/services/web/machines", "/services/web/settings"] {
+        assert_eq!(reads_of(&actions, path), 1, "{path}: {actions:?}");
+    }
 }

@@ -5,7 +5,9 @@ use pop_core::assignment::{parse_assignment, render_settings};
 use pop_core::journal::{decode, Record};
 use pop_core::names::{MachineId, ServiceName};
 use pop_core::paths;
-use pop_core::published::{parse_pid, render_pid, AgentReport, Phase, ServiceReport, StateNode};
+use pop_core::published::{
+    parse_pid, render_pid, AgentReport, Phase, PhaseCounts, ServiceReport, StateNode,
+};
 use pop_core::settings::{
     parse_machines, render_machines, RestartPolicy, ServiceType, SessionLoss, Settings,
 };
@@ -60,7 +62,9 @@ proptest! {
     #[test]
     fn agent_reports_tolerate_a_missing_optional_field(
         report in agent_report(),
-        top in prop::sample::select(vec!["problems", "services", "started_at"]),
+        top in prop::sample::select(vec![
+            "phases", "problems", "problems_omitted", "services", "services_omitted", "started_at",
+        ]),
         nested in prop::sample::select(vec![
             "generation", "last_exit", "next_start_at", "not_ready_within", "pid",
             "quick_failures", "restarts", "since",
@@ -75,8 +79,11 @@ proptest! {
         let read = AgentReport::parse(&data).expect("an older report reads");
         let mut expected = report;
         match top {
+            "phases" => expected.phases = PhaseCounts::default(),
             "problems" => expected.problems.clear(),
+            "problems_omitted" => expected.problems_omitted = 0,
             "services" => expected.services.clear(),
+            "services_omitted" => expected.services_omitted = 0,
             _ => expected.started_at = None,
         }
         for service in expected.services.values_mut() {
@@ -122,6 +129,7 @@ proptest! {
     fn state_nodes_round_trip(
         generation in any::<u64>(),
         host in "\\PC{0,20}",
+        last_exit in prop::option::of("\\PC{0,20}"),
         pid in any::<u32>(),
         port in any::<Option<u16>>(),
         restarts in any::<u32>(),
@@ -130,6 +138,7 @@ proptest! {
         let state = StateNode {
             generation,
             host,
+            last_exit,
             machine: "m1".into(),
             pid,
             port,
@@ -238,22 +247,45 @@ fn service_report() -> impl Strategy<Value = ServiceReport> {
         )
 }
 
+fn phase_counts() -> impl Strategy<Value = PhaseCounts> {
+    any::<[u32; 6]>().prop_map(|[backoff, exited, running, starting, stopped, stopping]| {
+        PhaseCounts {
+            backoff,
+            exited,
+            running,
+            starting,
+            stopped,
+            stopping,
+        }
+    })
+}
+
 fn agent_report() -> impl Strategy<Value = AgentReport> {
     (
         ("\\PC{0,20}", "\\PC{0,20}", "[a-z0-9-]{1,12}", any::<u32>()),
         prop::collection::btree_map("/services/[a-z]{1,8}/settings", "\\PC{0,20}", 0..3),
         prop::collection::btree_map("[a-z0-9-]{1,12}", service_report(), 0..4),
         (prop::option::of(seconds()), "\\PC{0,10}"),
+        (phase_counts(), any::<u32>(), any::<u32>()),
     )
         .prop_map(
-            |((containment, hostname, machine, pid), problems, services, (started_at, version))| {
+            |(
+                (containment, hostname, machine, pid),
+                problems,
+                services,
+                (started_at, version),
+                (phases, problems_omitted, services_omitted),
+            )| {
                 AgentReport {
                     containment,
                     hostname,
                     machine,
+                    phases,
                     pid,
                     problems,
+                    problems_omitted,
                     services,
+                    services_omitted,
                     started_at,
                     version,
                 }

@@ -1,6 +1,8 @@
 //! The ZooKeeper client, behind timeouts, speaking the core's request/reply types.
 
-use pop_core::zk::{CreateMode, NodeStat, WatchEvent, WatchKind, ZkError, ZkOp, ZkReply};
+use pop_core::zk::{
+    CreateMode, NodeStat, WatchEvent, WatchKind, ZkError, ZkOp, ZkReply, NOT_IN_MULTI,
+};
 use std::time::Duration;
 use thiserror::Error;
 use zookeeper_client as zkc;
@@ -95,6 +97,9 @@ pub async fn execute(
     op: &ZkOp,
     timeout: Duration,
 ) -> (ZkReply, Option<OneshotWatcher>) {
+    if let ZkOp::Multi { ops } = op {
+        return (execute_multi(client, ops, timeout).await, None);
+    }
     let work = async {
         match op {
             ZkOp::GetData { path, watch: true } => {
@@ -146,12 +151,64 @@ pub async fn execute(
                 .delete(path, *version)
                 .await
                 .map(|()| (ZkReply::Deleted, None)),
+            ZkOp::Multi { .. } => Err(zkc::Error::BadArguments(&NOT_IN_MULTI)),
         }
     };
     match tokio::time::timeout(timeout, work).await {
         Err(_) => (ZkReply::Error(ZkError::Timeout), None),
         Ok(Err(e)) => (ZkReply::Error(map_error(e)), None),
         Ok(Ok(done)) => done,
+    }
+}
+
+/// Runs creates, sets and deletes as one transaction under `timeout`: every reply, or
+/// the index and error of the op that made it apply nothing.
+async fn execute_multi(client: &Client, ops: &[ZkOp], timeout: Duration) -> ZkReply {
+    let mut writer = client.new_multi_writer();
+    for (index, op) in ops.iter().enumerate() {
+        let added = match op {
+            ZkOp::Create { path, data, mode } => {
+                writer.add_create(path, data, &create_options(*mode))
+            }
+            ZkOp::SetData {
+                path,
+                data,
+                version,
+            } => writer.add_set_data(path, data, *version),
+            ZkOp::Delete { path, version } => writer.add_delete(path, *version),
+            ZkOp::GetData { .. } | ZkOp::GetChildren { .. } | ZkOp::Multi { .. } => {
+                Err(zkc::Error::BadArguments(&NOT_IN_MULTI))
+            }
+        };
+        if let Err(e) = added {
+            return ZkReply::MultiFailed {
+                index,
+                error: map_error(e),
+            };
+        }
+    }
+    match tokio::time::timeout(timeout, writer.commit()).await {
+        Err(_) => ZkReply::Error(ZkError::Timeout),
+        Ok(Ok(results)) => ZkReply::Multi {
+            replies: results
+                .into_iter()
+                .map(|r| match r {
+                    zkc::MultiWriteResult::Create { .. } => ZkReply::Created,
+                    zkc::MultiWriteResult::SetData { stat: s } => ZkReply::Set { stat: stat(&s) },
+                    zkc::MultiWriteResult::Delete => ZkReply::Deleted,
+                    other => {
+                        ZkReply::Error(ZkError::Other(format!("unexpected multi result {other:?}")))
+                    }
+                })
+                .collect(),
+        },
+        Ok(Err(zkc::MultiWriteError::OperationFailed { index, source })) => ZkReply::MultiFailed {
+            index,
+            error: map_error(source),
+        },
+        Ok(Err(zkc::MultiWriteError::RequestFailed { source })) => {
+            ZkReply::Error(map_error(source))
+        }
     }
 }
 

@@ -59,6 +59,9 @@ fn a_batch_of_seeds_is_clean_and_covers_the_rare_situations() {
         "connection loss of an applied request",
         "stop of a process that ignores SIGTERM",
         "spawn failure",
+        "remove --force racing a live agent that still runs the service",
+        "add whose reply was lost",
+        "CAS retried after a BadVersion",
     ] {
         assert!(
             coverage.get(situation).is_some_and(|n| *n > 0),

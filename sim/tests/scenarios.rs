@@ -38,7 +38,13 @@ fn deploy_starts_and_publishes_only_on_chosen_machines() {
     assert!(state["port"].as_u64().is_some_and(|p| p > 0), "{state}");
     let agent = w.zk.get(&paths::agent("m1")).expect("agent node");
     let agent: serde_json::Value = serde_json::from_slice(&agent.data).expect("json");
-    assert_eq!(agent["services"]["web"]["phase"], "running");
+    // Running as it should: counted, and described by its state node, not listed.
+    assert_eq!(
+        agent["phases"],
+        serde_json::json!({ "running": 1 }),
+        "{agent}"
+    );
+    assert_eq!(agent["services"], serde_json::json!({}), "{agent}");
 }
 
 #[test]

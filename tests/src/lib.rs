@@ -485,6 +485,12 @@ impl Checker {
             .unwrap_or_else(|e| panic!("writing {path}: {e}"));
     }
 
+    pub fn delete(&self, path: &str) {
+        self.runtime
+            .block_on(self.client.delete(path, None))
+            .unwrap_or_else(|e| panic!("deleting {path}: {e}"));
+    }
+
     pub fn create(&self, path: &str, data: &[u8]) {
         let opts = zookeeper_client::CreateMode::Persistent
             .with_acls(zookeeper_client::Acls::anyone_all());

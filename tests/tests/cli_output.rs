@@ -153,8 +153,10 @@ fn status_and_machines_output() {
     let job = wait_for("job running", || state("job"));
     let report = wait_for("the agent reports both running", || {
         let report = zkc.get_json("/agents/web-1")?;
-        let running = |s: &str| report["services"][s]["phase"] == "running";
-        (running("echo") && running("job")).then_some(report)
+        // Running as they should: counted, and not listed.
+        let settled = report["phases"]["running"] == 2
+            && report["services"].as_object().is_some_and(|s| s.is_empty());
+        settled.then_some(report)
     });
     let pids: Vec<u64> = [&echo["pid"], &job["pid"], &report["pid"]]
         .iter()
@@ -185,4 +187,78 @@ fn status_and_machines_output() {
         "status_with_bad_settings",
         without_pids(&m.ok(&["status"]), &pids)
     );
+}
+
+/// The issue's contract manifest, in a file in the machine's directory (its path is a
+/// `[dir]` placeholder in the snapshots).
+fn greeter_file(m: &Machine, name: &str, text: &str) -> String {
+    let path = m.state_dir().join(name);
+    std::fs::write(&path, text).expect("writing the manifest");
+    path.to_str().expect("a UTF-8 path").to_string()
+}
+
+const GREETER: &str = r#"name = "greeter"
+description = "answers with a greeting"
+environment = "none"
+[settings]
+greeting = "hello"
+port = 0
+[run]
+command = ["python3", "-c", "...", "{port}", "{greeting}"]
+[tasks.hello]
+description = "say the greeting"
+command = ["sh", "-c", "echo {greeting} from $POP_MACHINE_ID"]
+restart_after = false
+"#;
+
+#[test]
+fn plugin_output_and_errors() {
+    let zk = Zk::start();
+    let mut m = Machine::new(&zk);
+    m.id = "web-2".into();
+    let zkc = Checker::connect(&zk);
+    m.ok(&["init"]);
+    let greeter = greeter_file(&m, "greeter.toml", GREETER);
+    let mut transcript = vec![
+        format!(
+            "$ pop plugin add [dir]/greeter.toml\n{}",
+            m.ok(&["plugin", "add", &greeter])
+        ),
+        format!(
+            "$ pop add greeter --set greeting=hi\n{}",
+            m.ok(&["add", "greeter", "--set", "greeting=hi"])
+        ),
+        format!("$ pop add echo\n{}", m.ok(&["add", "echo"])),
+    ];
+    zkc.create(
+        "/plugins/broken",
+        b"name = \"broken\"\n[run]\ncommand = []\n",
+    );
+    transcript.push(format!("$ pop plugin list\n{}", m.ok(&["plugin", "list"])));
+    snapshot!("plugin_commands", transcript.join("\n"));
+    snapshot!("plugin_list_json", m.ok(&["--json", "plugin", "list"]));
+
+    let bad = greeter_file(&m, "bad.toml", &GREETER.replace("{port}", "{prot}"));
+    let typo = greeter_file(&m, "typo.toml", &GREETER.replace("[run]", "[rnu]"));
+    let echo = greeter_file(&m, "echo.toml", &GREETER.replace("\"greeter\"", "\"echo\""));
+    let other = greeter_file(&m, "other.toml", &GREETER.replace("hello", "howdy"));
+    let errors = [
+        failure(&m, &["plugin", "add", &bad]),
+        failure(&m, &["plugin", "add", &typo]),
+        failure(&m, &["plugin", "add", &echo]),
+        failure(&m, &["plugin", "add", &other]),
+        failure(&m, &["plugin", "remove", "greeter"]),
+        failure(&m, &["plugin", "remove", "command"]),
+        failure(&m, &["plugin", "remove", "nosuch"]),
+        failure(&m, &["plugin", "show", "nosuch"]),
+        failure(&m, &["plugin", "show", "broken"]),
+        failure(&m, &["add", "nosuch"]),
+        failure(
+            &m,
+            &["add", "greeter", "--name", "g2", "--set", "greeting=null"],
+        ),
+        failure(&m, &["add", "python"]),
+        failure(&m, &["add", "http"]),
+    ];
+    snapshot!("plugin_error_messages", errors.join("\n"));
 }

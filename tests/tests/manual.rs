@@ -18,6 +18,7 @@ const COMMANDS: &[&str] = &[
     "undeploy",
     "set",
     "remove",
+    "plugin",
     "dump",
     "logs",
     "replay",

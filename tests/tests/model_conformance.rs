@@ -3,8 +3,8 @@
 //!
 //! Each scenario is a list of steps by numbered sessions. On the real server every session
 //! is a `zookeeper-client` connection through its own TCP proxy (so that it can be made to
-//! time out), and requests go through production's `pop_io::zk::execute` (multis through
-//! the client's `MultiWriter` and production's `map_error`), so production's mapping of
+//! time out), and requests go through production's `pop_io::zk::execute` (multis too, as
+//! `ZkOp::Multi`, the way the CLI's plans send them), so production's mapping of
 //! replies and errors is what is compared. Compared per step: the reply (data, version,
 //! ephemeral owner as "which of our sessions", children sorted, error) and the watch events
 //! each session received, in order. At the end the trees are compared, child versions
@@ -67,12 +67,13 @@ enum Seen {
     },
     Deleted,
     Error(ZkError),
+    Multi(Vec<Seen>),
+    MultiFailed(usize, ZkError),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Outcome {
     Reply(Seen),
-    Multi(Result<Vec<Seen>, (usize, ZkError)>),
     Ended,
 }
 
@@ -137,6 +138,10 @@ fn seen(reply: ZkReply, ids: &[i64]) -> Seen {
         }
         ZkReply::Deleted => Seen::Deleted,
         ZkReply::Error(e) => Seen::Error(e),
+        ZkReply::Multi { replies } => {
+            Seen::Multi(replies.into_iter().map(|r| seen(r, ids)).collect())
+        }
+        ZkReply::MultiFailed { index, error } => Seen::MultiFailed(index, error),
     }
 }
 
@@ -182,10 +187,9 @@ fn run_model(timeouts: &[Duration], steps: &[Step]) -> Run {
                 (Outcome::Reply(seen(reply, &raw)), notes)
             }
             Step::Multi(s, ops) => {
-                let (result, notes) = zk.multi(ids[*s], ops);
-                let result =
-                    result.map(|rs| rs.into_iter().map(|r| seen(r, &raw)).collect::<Vec<_>>());
-                (Outcome::Multi(result), notes)
+                let multi = ZkOp::Multi { ops: ops.clone() };
+                let (reply, notes) = zk.apply(ids[*s], &multi);
+                (Outcome::Reply(seen(reply, &raw)), notes)
             }
             Step::Close(s) => (Outcome::Ended, zk.expire(ids[*s])),
             Step::Expire(s) => {
@@ -252,13 +256,6 @@ async fn connect(hosts: &str, timeout: Duration) -> zkc::Client {
         .expect("connecting")
 }
 
-fn create_options(mode: CreateMode) -> zkc::CreateOptions<'static> {
-    match mode {
-        CreateMode::Persistent => zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all()),
-        CreateMode::Ephemeral => zkc::CreateMode::Ephemeral.with_acls(zkc::Acls::anyone_all()),
-    }
-}
-
 impl Real<'_> {
     fn client(&self, s: usize) -> &zkc::Client {
         self.clients[s]
@@ -277,49 +274,6 @@ impl Real<'_> {
             });
         }
         seen(reply, &self.ids)
-    }
-
-    async fn multi(&mut self, s: usize, ops: &[ZkOp]) -> Result<Vec<Seen>, (usize, ZkError)> {
-        let client = self.client(s);
-        let mut writer = client.new_multi_writer();
-        for op in ops {
-            match op {
-                ZkOp::Create { path, data, mode } => {
-                    writer.add_create(path, data, &create_options(*mode))
-                }
-                ZkOp::SetData {
-                    path,
-                    data,
-                    version,
-                } => writer.add_set_data(path, data, *version),
-                ZkOp::Delete { path, version } => writer.add_delete(path, *version),
-                read => panic!("the client cannot put {read:?} in a multi"),
-            }
-            .expect("a valid multi op");
-        }
-        let result = tokio::time::timeout(OP_TIMEOUT, writer.commit())
-            .await
-            .expect("multi in time");
-        match result {
-            Ok(results) => Ok(results
-                .into_iter()
-                .map(|r| match r {
-                    zkc::MultiWriteResult::Create { .. } => Seen::Created,
-                    zkc::MultiWriteResult::SetData { stat } => Seen::Set {
-                        version: stat.version,
-                        owner: owner(stat.ephemeral_owner, &self.ids),
-                    },
-                    zkc::MultiWriteResult::Delete => Seen::Deleted,
-                    other => panic!("unexpected multi result {other:?}"),
-                })
-                .collect()),
-            Err(zkc::MultiWriteError::OperationFailed { index, source }) => {
-                Err((index, pop_io::zk::map_error(source)))
-            }
-            Err(zkc::MultiWriteError::RequestFailed { source }) => {
-                Err((0, pop_io::zk::map_error(source)))
-            }
-        }
     }
 
     async fn close(&mut self, s: usize) {
@@ -425,7 +379,10 @@ async fn run_real(zk: &Zk, timeouts: &[Duration], steps: &[Step]) -> Run {
     for step in steps {
         let outcome = match step {
             Step::Op(s, op) => Outcome::Reply(real.op(*s, op).await),
-            Step::Multi(s, ops) => Outcome::Multi(real.multi(*s, ops).await),
+            Step::Multi(s, ops) => {
+                let multi = ZkOp::Multi { ops: ops.clone() };
+                Outcome::Reply(real.op(*s, &multi).await)
+            }
             Step::Close(s) => {
                 real.close(*s).await;
                 Outcome::Ended
@@ -798,6 +755,17 @@ fn a_multi_that_fails_applies_nothing() {
             Step::Multi(
                 0,
                 vec![set_op("/mf", "1", None), delete_op("/mf/none", None)],
+            ),
+            // A read cannot go in a multi: refused before anything is sent or applied.
+            Step::Multi(
+                0,
+                vec![
+                    set_op("/mf", "1", None),
+                    ZkOp::GetData {
+                        path: "/mf".into(),
+                        watch: false,
+                    },
+                ],
             ),
             list(1, "/mf"),
             get(1, "/mf"),

@@ -1,19 +1,22 @@
 //! The commands that read and write pop's namespace in ZooKeeper.
 
+pub mod plugin;
 mod status;
 
-use crate::admin::Admin;
+use crate::admin::{Admin, DELETE_PATIENCE};
 use crate::output::{self, DumpFormat};
 use crate::{context, Cli, Command};
-use anyhow::{anyhow, bail, Context, Result};
-use pop_core::assignment::{edit_settings, parse_assignment, render_settings, EditError};
+use anyhow::{anyhow, Result};
+use pop_core::assignment::parse_assignment;
 use pop_core::names::{MachineId, ServiceName};
 use pop_core::paths;
-use pop_core::settings::{parse_machines, render_machines, ServiceType, Settings};
-use serde_json::{json, Map, Value};
-use std::collections::BTreeSet;
+use pop_core::plan::{Add, AddRequest, ChangeMachines, Init, MachinesChange, Plan, Remove, Set};
+use serde_json::{Map, Value};
 
 pub async fn run(cli: &Cli) -> Result<()> {
+    if let Command::Plugin { action } = &cli.command {
+        return plugin::run(cli, action).await;
+    }
     if matches!(cli.command, Command::Init { .. }) {
         Admin::ensure_chroot(&cli.host).await?;
     }
@@ -30,11 +33,11 @@ pub async fn run(cli: &Cli) -> Result<()> {
         Command::Machines => status::machines(cli, &admin).await,
         Command::Deploy { service, machines } => {
             let ids = target_machines(cli, machines)?;
-            change_machines(&admin, service, &ids, true).await
+            change_machines(&admin, service, ids, MachinesChange::Deploy).await
         }
         Command::Undeploy { service, machines } => {
             let ids = target_machines(cli, machines)?;
-            change_machines(&admin, service, &ids, false).await
+            change_machines(&admin, service, ids, MachinesChange::Undeploy).await
         }
         Command::Set {
             service,
@@ -47,54 +50,19 @@ pub async fn run(cli: &Cli) -> Result<()> {
     }
 }
 
-async fn init(admin: &Admin, force: bool) -> Result<()> {
-    if admin.exists(paths::POP).await? {
-        if !force {
-            let services = admin.children(paths::SERVICES).await?.len();
-            bail!(
-                "pop is already initialised at {} ({services} services); `pop init --force` resets it, deleting every service",
-                admin.hosts
-            );
-        }
-        // Reset the configuration: every service goes (agents stop them). What agents
-        // publish about themselves (/agents, their ephemerals) is theirs and stays;
-        // machines with nothing published are pruned.
-        for name in admin.children(paths::SERVICES).await? {
-            delete_service(admin, &name).await?;
-        }
-        for machine in admin.children(paths::MACHINES).await? {
-            admin.delete_node(&paths::machine(&machine)).await?;
-        }
-        admin.delete_node(paths::POP).await?;
-    }
-    let marker = json!({ "layout": 1 }).to_string().into_bytes();
-    for path in paths::NAMESPACE {
-        let data = if path == paths::POP {
-            marker.clone()
-        } else {
-            Vec::new()
-        };
-        admin.create_if_missing(path, &data).await?;
-    }
-    println!(
-        "initialised pop at {}{}",
-        admin.hosts,
-        if force { " (reset)" } else { "" }
-    );
+/// Runs a command's plan and prints how it ended.
+async fn run_plan(admin: &Admin, plan: &mut dyn Plan) -> Result<()> {
+    let outcome = admin.run(plan).await?;
+    println!("{outcome}");
     Ok(())
+}
+
+async fn init(admin: &Admin, force: bool) -> Result<()> {
+    run_plan(admin, &mut Init::new(&admin.hosts, force, DELETE_PATIENCE)).await
 }
 
 fn service_name(name: &str) -> Result<ServiceName> {
     Ok(ServiceName::new(name)?)
-}
-
-async fn require_service(admin: &Admin, name: &str) -> Result<ServiceName> {
-    let name = service_name(name)?;
-    admin.require_namespace().await?;
-    if !admin.exists(&paths::service(name.as_str())).await? {
-        bail!("no service named \"{name}\" (see `pop status`)");
-    }
-    Ok(name)
 }
 
 async fn add(
@@ -104,41 +72,18 @@ async fn add(
     port: Option<u16>,
     assignments: &[String],
 ) -> Result<()> {
-    let service_type = ServiceType::parse(type_name)?;
     let name = service_name(name.unwrap_or(type_name))?;
-    let mut settings = service_type.default_settings(port);
-    for text in assignments {
-        let (key, value) = parse_assignment(text)?;
-        settings.insert(key, value);
-    }
-    Settings::from_map(&settings).map_err(|e| {
-        let hint = if service_type == ServiceType::Command {
-            " (e.g. --set command='python3 -m http.server')"
-        } else {
-            ""
-        };
-        anyhow!("invalid settings for {name}: {e}{hint}")
-    })?;
-    admin.require_namespace().await?;
-    if admin.exists(&paths::service(name.as_str())).await? {
-        bail!("a service named \"{name}\" exists already (`pop remove {name}` first, or pick another --name)");
-    }
-    let data = render_settings(settings.clone());
-    admin
-        .create_all(&[
-            (paths::service(name.as_str()), Vec::new()),
-            (paths::service_settings(name.as_str()), data),
-            (paths::service_machines(name.as_str()), b"[]".to_vec()),
-            (paths::service_state_dir(name.as_str()), Vec::new()),
-        ])
-        .await
-        .with_context(|| format!("adding {name}"))?;
-    println!(
-        "added {name} ({}): {}",
-        service_type.as_str(),
-        Value::Object(settings)
-    );
-    Ok(())
+    let set = assignments
+        .iter()
+        .map(|text| parse_assignment(text))
+        .collect::<Result<_, _>>()?;
+    let request = AddRequest {
+        service_type: type_name.to_string(),
+        port,
+        set,
+    };
+    let mut plan = Add::new(&admin.hosts, &name, request)?;
+    run_plan(admin, &mut plan).await
 }
 
 fn target_machines(cli: &Cli, given: &[String]) -> Result<Vec<MachineId>> {
@@ -154,101 +99,31 @@ fn target_machines(cli: &Cli, given: &[String]) -> Result<Vec<MachineId>> {
 async fn change_machines(
     admin: &Admin,
     service: &str,
-    ids: &[MachineId],
-    deploy: bool,
+    ids: Vec<MachineId>,
+    change: MachinesChange,
 ) -> Result<()> {
-    let name = require_service(admin, service).await?;
-    let path = paths::service_machines(name.as_str());
-    let mut result = BTreeSet::new();
-    let changed = admin
-        .edit(&path, |data| {
-            let mut machines = parse_machines(data).map_err(|e| {
-                anyhow!("{path} holds an invalid machines list ({e}); fix it with a ZooKeeper client, pop will not overwrite it")
-            })?;
-            let before = machines.clone();
-            for id in ids {
-                if deploy {
-                    machines.insert(id.as_str().to_string());
-                } else {
-                    machines.remove(id.as_str());
-                }
-            }
-            result = machines.clone();
-            Ok((machines != before).then(|| render_machines(&machines)))
-        })
-        .await?;
-    let list: Vec<String> = ids.iter().map(ToString::to_string).collect();
-    let verb = if deploy { "deployed" } else { "undeployed" };
-    let now = if result.is_empty() {
-        "nowhere".to_string()
-    } else {
-        result.iter().cloned().collect::<Vec<_>>().join(", ")
-    };
-    if changed {
-        println!(
-            "{verb} {name} on {}; it now runs on: {now}",
-            list.join(", ")
-        );
-    } else {
-        println!("nothing to do: {name} runs on: {now}");
-    }
-    Ok(())
+    let name = service_name(service)?;
+    run_plan(
+        admin,
+        &mut ChangeMachines::new(&admin.hosts, &name, change, ids),
+    )
+    .await
 }
 
 async fn set(admin: &Admin, service: &str, assignments: &[String], unset: &[String]) -> Result<()> {
-    let name = require_service(admin, service).await?;
+    let name = service_name(service)?;
     let parsed: Vec<(String, Value)> = assignments
         .iter()
         .map(|a| parse_assignment(a))
         .collect::<Result<_, _>>()?;
-    let path = paths::service_settings(name.as_str());
-    let changed = admin
-        .edit(&path, |data| {
-            edit_settings(data, &parsed, unset).map_err(|e| match e {
-                EditError::NotAnObject => anyhow!(
-                    "{path} is not a JSON object; fix it with a ZooKeeper client, pop will not overwrite it"
-                ),
-                EditError::Invalid(e) => anyhow!("invalid settings for {name}: {e}"),
-            })
-        })
-        .await?;
-    if changed {
-        println!("updated settings of {name}; it restarts wherever it runs");
-    } else {
-        println!("nothing to do: settings of {name} are already so");
-    }
-    Ok(())
+    let mut plan = Set::new(&admin.hosts, &name, parsed, unset.to_vec());
+    run_plan(admin, &mut plan).await
 }
 
 async fn remove(admin: &Admin, service: &str, force: bool) -> Result<()> {
-    let name = require_service(admin, service).await?;
-    if !force {
-        let path = paths::service_machines(name.as_str());
-        let deployed = match admin.get(&path).await? {
-            None => BTreeSet::new(),
-            Some(node) => parse_machines(&node.data).map_err(|e| {
-                anyhow!("{path} holds an invalid machines list ({e}), so agents may still run {name}; use `pop remove {name} --force`")
-            })?,
-        };
-        if !deployed.is_empty() {
-            let list: Vec<String> = deployed.into_iter().collect();
-            bail!(
-                "{name} is deployed on {}; `pop undeploy` it first or use `pop remove {name} --force`",
-                list.join(", ")
-            );
-        }
-    }
-    delete_service(admin, name.as_str()).await?;
-    println!("removed {name}");
-    Ok(())
-}
-
-/// Deletes a service so agents stop it first: its machines list and settings go before
-/// anything else, so no agent keeps publishing state nodes while the rest is deleted.
-async fn delete_service(admin: &Admin, name: &str) -> Result<()> {
-    admin.delete_node(&paths::service_machines(name)).await?;
-    admin.delete_node(&paths::service_settings(name)).await?;
-    admin.delete_tree(&paths::service(name)).await
+    let name = service_name(service)?;
+    let mut plan = Remove::new(&admin.hosts, &name, force, DELETE_PATIENCE);
+    run_plan(admin, &mut plan).await
 }
 
 /// The data of a node as JSON when it is JSON, else as text.

@@ -8,7 +8,7 @@ use crate::Cli;
 use anyhow::{bail, Result};
 use pop_core::names::ServiceName;
 use pop_core::paths;
-use pop_core::published::{AgentReport, ServiceReport, StateNode};
+use pop_core::published::{AgentReport, ServiceReport, StateNode, CRASH_LOOP_FAILURES};
 use pop_core::settings::{parse_machines, DataError, Settings};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -151,9 +151,19 @@ async fn service_status(
         if let Some(report) = report {
             issues.extend(service_issues(report, port, now));
         }
-        let phase = match (report, agent) {
+        // The report lists only services not running as they should; one running as it
+        // should is known by its state node.
+        let phase = match (report, readable) {
             (Some(report), _) => report.phase.to_string(),
-            (None, Some(Ok(_))) if is_desired => "pending".to_string(),
+            (None, Some(_)) if state.is_some() => "running".to_string(),
+            (None, Some(agent)) if is_desired && agent.services_omitted > 0 => {
+                issues.push(format!(
+                    "not among the services the agent reports (it leaves out {})",
+                    agent.services_omitted
+                ));
+                "unknown".to_string()
+            }
+            (None, Some(_)) if is_desired => "pending".to_string(),
             _ => "unknown".to_string(),
         };
         let pid = state.as_ref().map(|s| s.pid).or(report.and_then(|r| r.pid));
@@ -165,7 +175,9 @@ async fn service_status(
             agent_live: live,
             containment: readable.map(|a| a.containment.clone()),
             desired: is_desired,
-            last_exit: report.and_then(|r| r.last_exit.clone()),
+            last_exit: report
+                .and_then(|r| r.last_exit.clone())
+                .or_else(|| state.as_ref().and_then(|s| s.last_exit.clone())),
             machine,
             phase,
             pid,
@@ -200,7 +212,7 @@ fn service_issues(report: &ServiceReport, port: Option<u16>, now: f64) -> Vec<St
             "failed readiness: {what} (ready_timeout); restarted with backoff"
         ));
     }
-    if report.quick_failures >= 3 {
+    if report.quick_failures >= CRASH_LOOP_FAILURES {
         let wait = report
             .next_start_at
             .map(|t| format!(", next start in {}", output::duration(t - now)))

@@ -132,7 +132,9 @@ impl Checker {
         let actions = self.agent.drain_actions();
         let checked = self
             .check(&actions)
-            .and_then(|()| self.check_batch(&input, &change, &actions));
+            .and_then(|()| self.check_batch(&input, &change, &actions))
+            // The O(change) bookkeeping: doing everything again would do nothing more.
+            .and_then(|()| self.agent.audit());
         self.records.push(Record::Actions { actions });
         checked.map_err(|problem| self.violation(&described, problem))?;
         // Nothing new happened: a tick before any deadline must do nothing.
@@ -309,6 +311,7 @@ impl Checker {
             ZkOp::Delete { .. } => (None, None),
             ZkOp::SetData { data, .. } => (Some(data), None),
             ZkOp::Create { data, mode, .. } => (Some(data), Some(*mode)),
+            ZkOp::Multi { .. } => return Err(format!("the agent sent a multi: {op:?}")),
         };
         // This machine's own directory is persistent; everything else it writes goes with
         // its session.

@@ -402,6 +402,10 @@ impl Checker {
                     stat: self.stat(*zxid, 1, Owner::ThisSession),
                 },
                 Some(ZkOp::Delete { .. }) => ZkReply::Deleted,
+                // The agent sends no multis; no bytes are drawn for one.
+                Some(ZkOp::Multi { .. }) => ZkReply::Multi {
+                    replies: Vec::new(),
+                },
             },
             ReplyChoice::Data {
                 payload,

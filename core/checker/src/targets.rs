@@ -9,6 +9,7 @@ use pop_core::journal::{decode, replay, JournalError, Record};
 use pop_core::launch::Launch;
 use pop_core::names::{MachineId, ServiceName};
 use pop_core::paths;
+use pop_core::plugin::{decode_stored, Manifest};
 use pop_core::published::{parse_pid, render_pid, AgentReport, StateNode};
 use pop_core::settings::{parse_machines, render_machines, Settings};
 use serde_json::Value;
@@ -17,12 +18,13 @@ use serde_json::Value;
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Every target, for the corpus replay.
-pub const TARGETS: [Target; 5] = [
+pub const TARGETS: [Target; 6] = [
     ("input_sequence", input_sequence),
     ("znode_payload", znode_payload),
     ("journal_reader", journal_reader),
     ("name", name),
     ("settings_assignment", settings_assignment),
+    ("plugin_manifest", plugin_manifest),
 ];
 
 /// The core over a sequence of inputs decoded from the bytes; see [`check_steps`].
@@ -217,4 +219,36 @@ pub fn settings_assignment(data: &[u8]) {
         Ok(None),
         "a second identical edit changes nothing"
     );
+}
+
+/// A plugin manifest anybody may have written (`pop plugin add`, or straight into
+/// `/plugins/<name>`): decoding gives a manifest or an error that starts with where it
+/// came from and names a line of the text; a decoded manifest decodes the same as stored
+/// under its name, and checking settings against it never panics.
+pub fn plugin_manifest(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    match Manifest::parse("fuzz.toml", &text) {
+        Err(error) => {
+            let message = error.to_string();
+            assert!(message.starts_with("fuzz.toml"), "{message}");
+            if let Some(line) = error.line {
+                assert!(
+                    (1..=text.split('\n').count()).contains(&line),
+                    "line {line} of a {}-line text",
+                    text.split('\n').count()
+                );
+            }
+        }
+        Ok(manifest) => {
+            let stored = decode_stored(manifest.name.as_str(), text.as_bytes());
+            assert_eq!(
+                stored.as_ref(),
+                Ok(&manifest),
+                "stored, it decodes the same"
+            );
+            let _ = manifest.check_settings(&manifest.default_settings(None));
+            let json = serde_json::to_value(&manifest);
+            assert!(json.is_ok(), "a manifest serializes: {json:?}");
+        }
+    }
 }

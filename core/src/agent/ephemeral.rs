@@ -36,7 +36,7 @@ pub(crate) enum Step {
     Delete,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct EphemeralNode {
     path: String,
     #[serde(with = "crate::bytes::option")]
@@ -80,6 +80,12 @@ impl EphemeralNode {
         if kind == WatchKind::Deleted && self.in_flight.is_none() {
             self.have = Have::Absent;
         }
+    }
+
+    /// No request is out for it and none waits for the retry timer: the next change of
+    /// what it should hold may be sent at once.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.in_flight.is_none() && !self.stalled
     }
 
     /// Nothing wanted and nothing there: the agent may drop this node.

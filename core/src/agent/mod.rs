@@ -5,6 +5,8 @@
 //! (or the next input) and deliver [`Input::Tick`] when it is reached.
 
 mod ephemeral;
+mod index;
+mod publish;
 mod readiness;
 mod service;
 mod target;
@@ -13,13 +15,14 @@ use crate::backoff::{Backoff, SeededRng};
 use crate::event::{Action, Input, Report};
 use crate::names::MachineId;
 use crate::paths::{self, Watched};
-use crate::published::{render_pid, AgentReport};
 use crate::time::Timestamp;
 use crate::zk::{CreateMode, RequestId, SessionEvent, SessionId, ZkError, ZkOp, ZkReply};
 use ephemeral::{EphemeralNode, Step};
+use index::{Dirty, Index};
 use serde::{Deserialize, Serialize};
 use service::{Control, Outbox, Service};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 use target::Listing;
 
@@ -67,6 +70,11 @@ enum SessionState {
 }
 
 /// Serializable, so the driver can snapshot it into its journal between inputs.
+///
+/// An input costs what it changes: it notes the services and nodes it touched
+/// ([`Dirty`]), and only those are reconciled and published; deadlines, counts and the
+/// report's list are kept in an [`Index`]. Neither is serialized: they follow from the
+/// rest, and an agent read from a snapshot rebuilds them on its first input.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Agent {
     config: AgentConfig,
@@ -97,6 +105,16 @@ pub struct Agent {
     exited: bool,
     actions: VecDeque<Action>,
     rng: SeededRng,
+    #[serde(skip)]
+    index: Index,
+    #[serde(skip)]
+    dirty: Dirty,
+    /// Ephemeral nodes waiting for the retry timer, by path.
+    #[serde(skip)]
+    stalled: BTreeSet<String>,
+    /// False in an agent read from a snapshot, until it has rebuilt the fields above.
+    #[serde(skip)]
+    indexed: bool,
 }
 
 impl Agent {
@@ -123,6 +141,13 @@ impl Agent {
             exited: false,
             actions: VecDeque::new(),
             rng,
+            index: Index::default(),
+            dirty: Dirty {
+                report: true,
+                ..Dirty::default()
+            },
+            stalled: BTreeSet::new(),
+            indexed: true,
         }
     }
 
@@ -136,6 +161,9 @@ impl Agent {
 
     /// Feeds one input. Afterwards drain `poll_action`.
     pub fn handle(&mut self, now: Timestamp, input: Input) {
+        if !self.indexed {
+            self.reindex();
+        }
         self.now = self.now.max(now);
         self.started_at.get_or_insert(self.now);
         match input {
@@ -147,6 +175,7 @@ impl Agent {
                 }
                 if let Some(node) = self.nodes.get_mut(&event.path) {
                     node.on_watch(event.kind);
+                    self.dirty.nodes.insert(event.path);
                 } else if let Some(watched) = Watched::parse(&event.path) {
                     self.read(watched);
                 }
@@ -170,7 +199,12 @@ impl Agent {
                 service,
                 generation,
                 status,
-            } => self.with_service(&service, |s, out| s.on_exited(generation, status, out)),
+            } => {
+                self.with_service(&service, |s, out| s.on_exited(generation, status, out));
+                if planted!(ExitNotNoted) {
+                    self.dirty.services.remove(&service);
+                }
+            }
             Input::Adopted {
                 service,
                 generation,
@@ -184,12 +218,19 @@ impl Agent {
                     let fresh = Service::new(service.clone(), Listing::NotYetRead);
                     self.services.insert(service.clone(), fresh);
                 }
+                let settings = Arc::new(settings);
                 self.with_service(&service, |s, out| {
                     s.adopt(generation, pid, started_at, port, settings, out)
                 });
             }
             Input::Tick => self.on_tick(),
-            Input::Shutdown => self.shutting_down = true,
+            Input::Shutdown => {
+                if !self.shutting_down {
+                    self.shutting_down = true;
+                    self.mark_all_services();
+                    self.dirty.report = true;
+                }
+            }
             Input::Detach => {
                 if !self.exited {
                     self.exited = true;
@@ -215,14 +256,49 @@ impl Agent {
     /// When to deliver the next `Input::Tick`, if anything is scheduled.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        self.services
-            .values()
-            // A fenced service's backoff is served once the session is back.
-            .filter(|s| !(self.fenced && s.fences() && s.is_quiet()))
-            .filter_map(Service::deadline)
+        if !self.indexed {
+            // Read from a snapshot and fed nothing yet: ask an indexed copy.
+            let mut copy = self.clone();
+            copy.reindex();
+            return copy.poll_timeout();
+        }
+        self.index
+            .next_deadline()
+            .into_iter()
             .chain(self.retry_at)
             .chain(self.fence_deadline())
             .min()
+    }
+
+    /// Whether any service runs under the `fence` policy (see `fenced_runners`).
+    fn any_fenced_runner(&self) -> bool {
+        self.index
+            .fenced_runners()
+            .iter()
+            .any(|name| !self.dirty.services.contains(name))
+            || self
+                .dirty
+                .services
+                .iter()
+                .any(|name| self.services.get(name).is_some_and(Service::runs_fenced))
+    }
+
+    /// The services running under the `fence` policy, by name, as they are now (the
+    /// index, except for the services this input changed).
+    fn fenced_runners(&self) -> Vec<String> {
+        let mut runners: BTreeSet<&String> = self
+            .index
+            .fenced_runners()
+            .iter()
+            .filter(|name| !self.dirty.services.contains(*name))
+            .collect();
+        runners.extend(
+            self.dirty
+                .services
+                .iter()
+                .filter(|name| self.services.get(*name).is_some_and(Service::runs_fenced)),
+        );
+        runners.into_iter().cloned().collect()
     }
 
     /// The session has been lost for long enough that `fence` services must not run.
@@ -235,7 +311,7 @@ impl Agent {
 
     /// When `fence` services must be stopped, if the session is lost and any runs.
     fn fence_deadline(&self) -> Option<Timestamp> {
-        if self.fenced || !self.services.values().any(Service::runs_fenced) {
+        if self.fenced || !self.any_fenced_runner() {
             return None;
         }
         self.lost_since
@@ -267,7 +343,10 @@ impl Agent {
             SessionEvent::Connected { session, timeout } => {
                 self.session_timeout = timeout;
                 self.lost_since = None;
-                self.fenced = false;
+                if self.fenced {
+                    self.fenced = false;
+                    self.mark_all_services();
+                }
                 let same = matches!(self.session,
                     SessionState::Connected(id) | SessionState::Disconnected(id) if id == session);
                 self.session = SessionState::Connected(session);
@@ -307,7 +386,9 @@ impl Agent {
             for node in self.nodes.values_mut() {
                 node.forget();
             }
+            self.stalled.clear();
         }
+        self.dirty.nodes.extend(self.nodes.keys().cloned());
         self.send(
             ZkOp::Create {
                 path: paths::machine(self.config.machine.as_str()),
@@ -343,8 +424,11 @@ impl Agent {
                 self.read(w);
             }
         }
-        for node in self.nodes.values_mut() {
-            node.stalled = false;
+        for path in std::mem::take(&mut self.stalled) {
+            if let Some(node) = self.nodes.get_mut(&path) {
+                node.stalled = false;
+                self.dirty.nodes.insert(path);
+            }
         }
     }
 
@@ -353,13 +437,9 @@ impl Agent {
         if self.fenced {
             return;
         }
+        let services = self.fenced_runners();
         self.fenced = true;
-        let services: Vec<String> = self
-            .services
-            .values()
-            .filter(|s| s.runs_fenced())
-            .map(|s| s.name.clone())
-            .collect();
+        self.mark_all_services();
         if !services.is_empty() {
             self.actions
                 .push_back(Action::Report(Report::Fenced { services }));
@@ -373,8 +453,7 @@ impl Agent {
         if self.fence_deadline().is_some_and(|t| self.now >= t) {
             self.fence();
         }
-        let names: Vec<String> = self.services.keys().cloned().collect();
-        for name in names {
+        for name in self.index.due(self.now) {
             self.with_service(&name, Service::on_tick);
         }
     }
@@ -395,8 +474,10 @@ impl Agent {
                 if let Some(node) = self.nodes.get_mut(&path) {
                     node.on_reply(step, &reply, session);
                     if node.stalled {
+                        self.stalled.insert(path.clone());
                         self.schedule_retry();
                     }
+                    self.dirty.nodes.insert(path);
                 }
             }
             Pending::Read(watched) => self.on_read(watched, reply),
@@ -415,11 +496,13 @@ impl Agent {
                 stop_grace_cap,
             };
             f(service, &mut out);
+            self.dirty.services.insert(name.to_string());
         }
     }
 
-    /// After every input: move each service towards its target, publish what is ready,
-    /// and finish a shutdown once everything has stopped.
+    /// After every input: move each service it touched, and each whose deadline has
+    /// come, towards its target; publish what changed; finish a shutdown once
+    /// everything has stopped.
     fn converge(&mut self) {
         if self.exited {
             return;
@@ -430,9 +513,13 @@ impl Agent {
         if self.fence_overdue() {
             self.fence();
         }
+        // A backoff that has run out is served by whichever input comes first (other
+        // deadlines by the tick).
+        let due = self.index.due_restarts(self.now);
+        self.dirty.services.extend(due);
+        let names = std::mem::take(&mut self.dirty.services);
         let machine = self.config.machine.as_str().to_string();
         let stop_grace_cap = self.outbox_grace_cap();
-        let names: Vec<String> = self.services.keys().cloned().collect();
         for name in &names {
             let Some(service) = self.services.get_mut(name) else {
                 continue;
@@ -465,98 +552,13 @@ impl Agent {
             };
             service.reconcile(desired, &mut out);
         }
-        // Forget services that are gone from ZooKeeper and have nothing running.
-        // An adopted one stays until the listing is read, with its generation and backoff.
-        self.services.retain(|_, s| {
-            s.target.listing != Listing::Unlisted
-                || !s.is_quiet()
-                || s.control == Control::AwaitingTarget
-        });
-        let services = &self.services;
-        self.newest_read
-            .retain(|path, _| match Watched::parse(path) {
-                Some(Watched::Machines(name) | Watched::Settings(name)) => {
-                    services.contains_key(&name)
-                }
-                _ => true,
-            });
+        for name in &names {
+            self.settle(name);
+        }
         self.publish();
-        if self.shutting_down && self.services.values().all(Service::is_quiet) {
+        if self.shutting_down && self.index.phases().with_process() == 0 {
             self.exited = true;
             self.actions.push_back(Action::Exit);
-        }
-    }
-
-    /// Sets the wanted content of every ephemeral node and sends what is needed.
-    fn publish(&mut self) {
-        let machine = self.config.machine.as_str().to_string();
-        let mut wanted: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
-        for service in self.services.values() {
-            let state = service.state_node(&machine, &self.config.hostname);
-            let pid = service.ready_pid();
-            wanted.insert(
-                paths::machine_service(&machine, &service.name),
-                pid.map(render_pid),
-            );
-            wanted.insert(
-                paths::service_state(&service.name, &machine),
-                state.map(|s| s.render()),
-            );
-        }
-        let report = (!self.shutting_down).then(|| self.report().render());
-        wanted.insert(paths::agent(&machine), report);
-        // Nodes no longer tracked by any service must go too.
-        for path in self.nodes.keys() {
-            wanted.entry(path.clone()).or_insert(None);
-        }
-        for (path, data) in wanted {
-            // Nothing wanted and nothing tracked: nothing to do (no blind deletes).
-            if data.is_none() && !self.nodes.contains_key(&path) {
-                continue;
-            }
-            self.nodes
-                .entry(path.clone())
-                .or_insert_with(|| EphemeralNode::new(path.clone()))
-                .want(data);
-        }
-        if self.session_id().is_none() {
-            return;
-        }
-        let mut sends = Vec::new();
-        for (path, node) in self.nodes.iter_mut() {
-            if let Some((step, op)) = node.next() {
-                sends.push((
-                    op,
-                    Pending::Ephemeral {
-                        path: path.clone(),
-                        step,
-                    },
-                ));
-            }
-        }
-        for (op, pending) in sends {
-            self.send(op, pending);
-        }
-        self.nodes.retain(|_, node| !node.settled_absent());
-    }
-
-    /// The agent's own node: who it is and what each service is doing.
-    fn report(&self) -> AgentReport {
-        let services = self
-            .services
-            .values()
-            .filter(|s| s.desired(self.machine(), false, false).is_some() || !s.is_quiet())
-            .map(|s| (s.name.clone(), s.report()))
-            .collect();
-        AgentReport {
-            containment: self.config.containment.clone(),
-            hostname: self.config.hostname.clone(),
-            machine: self.machine().to_string(),
-            pid: self.config.agent_pid,
-            problems: self.problems.clone(),
-            services,
-            started_at: self.started_at.map(Timestamp::as_secs_f64),
-            version: self.config.version.clone(),
         }
     }
 

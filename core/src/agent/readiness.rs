@@ -207,12 +207,7 @@ mod tests {
         }
 
         fn report(&self) -> crate::published::ServiceReport {
-            let report = self.agent.report();
-            report
-                .services
-                .get("web")
-                .cloned()
-                .expect("web is reported")
+            self.agent.service_report("web").expect("web is known")
         }
     }
 

@@ -5,11 +5,12 @@ use super::target::{Listing, Target};
 use crate::backoff::{Backoff, SeededRng};
 use crate::event::{Action, ExitStatus, Report};
 use crate::launch::Launch;
-use crate::published::{Phase, ServiceReport, StateNode};
+use crate::published::{Phase, ServiceReport, StateNode, CRASH_LOOP_FAILURES};
 use crate::settings::{RestartPolicy, SessionLoss, Settings};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Where actions go, plus what transitions need besides the service itself.
@@ -29,15 +30,15 @@ pub(crate) enum Run {
     /// Waiting out a crash-loop delay before starting `settings` again.
     Backoff {
         until: Timestamp,
-        settings: Settings,
+        settings: Arc<Settings>,
     },
     /// Exited and the restart policy says to leave it; a settings change starts it again.
     Finished {
-        settings: Settings,
+        settings: Arc<Settings>,
     },
     Starting {
         generation: u64,
-        settings: Settings,
+        settings: Arc<Settings>,
         /// Stop as soon as the pid is known (it stopped being desired meanwhile).
         stop_requested: bool,
     },
@@ -45,7 +46,7 @@ pub(crate) enum Run {
         generation: u64,
         pid: u32,
         started_at: Timestamp,
-        settings: Settings,
+        settings: Arc<Settings>,
         readiness: Readiness,
     },
     Stopping {
@@ -62,7 +63,7 @@ pub(crate) enum AfterStop {
     /// shutdown, fencing).
     FollowTarget,
     /// The run failed (it never became ready): back off, then start `settings` again.
-    Restart { settings: Settings },
+    Restart { settings: Arc<Settings> },
 }
 
 /// Who decides what happens to the process.
@@ -75,7 +76,7 @@ pub(crate) enum Control {
     AwaitingTarget,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Service {
     pub name: String,
     pub target: Target,
@@ -130,7 +131,7 @@ impl Service {
         machine: &str,
         shutting_down: bool,
         fenced: bool,
-    ) -> Option<&Settings> {
+    ) -> Option<&Arc<Settings>> {
         if shutting_down || self.target.listing != Listing::Listed {
             return None;
         }
@@ -166,7 +167,7 @@ impl Service {
         pid: u32,
         started_at: Timestamp,
         port: Option<u16>,
-        settings: Settings,
+        settings: Arc<Settings>,
         out: &mut Outbox<'_>,
     ) {
         let grace = settings.stop_timeout;
@@ -218,7 +219,7 @@ impl Service {
     }
 
     /// Moves the process towards `desired`.
-    pub(crate) fn reconcile(&mut self, desired: Option<Settings>, out: &mut Outbox<'_>) {
+    pub(crate) fn reconcile(&mut self, desired: Option<Arc<Settings>>, out: &mut Outbox<'_>) {
         if self.control == Control::AwaitingTarget {
             // A running adopted process, or one that exited since (its backoff, or its
             // `restart: never`, is honoured once the target is known; see `deadline`),
@@ -288,14 +289,14 @@ impl Service {
         }
     }
 
-    fn spawn(&mut self, settings: Settings, out: &mut Outbox<'_>) {
+    fn spawn(&mut self, settings: Arc<Settings>, out: &mut Outbox<'_>) {
         self.generation = self.generation.saturating_add(1);
         let launch = Launch::new(&self.name, out.machine, &settings);
         out.actions.push_back(Action::Spawn {
             service: self.name.clone(),
             generation: self.generation,
             launch,
-            settings: Box::new(settings.clone()),
+            settings: Box::new(Settings::clone(&settings)),
         });
         self.run = Run::Starting {
             generation: self.generation,
@@ -359,7 +360,7 @@ impl Service {
             generation,
             pid,
             started_at: out.now,
-            settings: settings.clone(),
+            settings: Arc::clone(settings),
             readiness,
         };
         out.actions.push_back(Action::Report(Report::Started {
@@ -380,7 +381,7 @@ impl Service {
             error,
         }));
         if let Run::Starting { settings, .. } = &self.run {
-            let settings = settings.clone();
+            let settings = Arc::clone(settings);
             let end = RunEnd::after(out.now, out);
             self.schedule_restart(end, settings, out);
         }
@@ -415,7 +416,7 @@ impl Service {
             Due::Nothing => {}
             Due::Ready => self.not_ready_within = None,
             Due::Failed => {
-                let settings = settings.clone();
+                let settings = Arc::clone(settings);
                 out.actions.push_back(Action::Report(Report::NotReady {
                     service: self.name.clone(),
                     port: settings.port.unwrap_or(0),
@@ -479,7 +480,7 @@ impl Service {
 
     /// After an unplanned end of a run: restart at once after a healthy run, else back
     /// off exponentially.
-    fn schedule_restart(&mut self, end: RunEnd, settings: Settings, out: &mut Outbox<'_>) {
+    fn schedule_restart(&mut self, end: RunEnd, settings: Arc<Settings>, out: &mut Outbox<'_>) {
         match end {
             RunEnd::Healthy => self.quick_failures = 0,
             RunEnd::Quick => self.quick_failures = self.quick_failures.saturating_add(1),
@@ -488,7 +489,7 @@ impl Service {
         if planted!(RestartWithoutBackoff) {
             delay = std::time::Duration::ZERO;
         }
-        if self.quick_failures >= 3 {
+        if self.quick_failures >= CRASH_LOOP_FAILURES {
             out.actions.push_back(Action::Report(Report::CrashLoop {
                 service: self.name.clone(),
                 failures: self.quick_failures,
@@ -509,6 +510,14 @@ impl Service {
         match &self.run {
             Run::Backoff { until, .. } => Some(*until),
             Run::Running { readiness, .. } => readiness.deadline(),
+            _ => None,
+        }
+    }
+
+    /// When its backoff ends, if it waits one out (a deadline that any input serves).
+    pub(crate) fn restart_at(&self) -> Option<Timestamp> {
+        match &self.run {
+            Run::Backoff { until, .. } => self.deadline().and(Some(*until)),
             _ => None,
         }
     }
@@ -544,6 +553,7 @@ impl Service {
         Some(StateNode {
             machine: machine.to_string(),
             host: host.to_string(),
+            last_exit: self.last_exit.map(|s| s.to_string()),
             port: *port,
             pid: *pid,
             started_at: started_at.as_secs_f64(),
@@ -566,6 +576,14 @@ impl Service {
             Run::Running { .. } => Phase::Starting,
             Run::Stopping { .. } => Phase::Stopping,
         }
+    }
+
+    /// Not running as it should: the agent report lists it (see
+    /// [`crate::published::AgentReport::services`]).
+    pub(crate) fn needs_attention(&self) -> bool {
+        self.phase() != Phase::Running
+            || self.quick_failures >= CRASH_LOOP_FAILURES
+            || self.not_ready_within.is_some()
     }
 
     /// This service's entry in the agent report.

@@ -10,16 +10,18 @@ use crate::settings::{parse_machines, Settings};
 use crate::zk::{ZkError, ZkOp, ZkReply};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 /// What this agent has read of one service's target. The machines and settings are kept
 /// beside the listing, not inside it: replies arrive in any order (a machines list may
 /// be read before the listing that names the service), and a service listed again keeps
 /// its last good view until the re-read arrives.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Target {
     pub listing: Listing,
     pub machines: NodeRead<BTreeSet<String>>,
-    pub settings: NodeRead<Settings>,
+    /// Shared with the runs started from it, so passing it on costs no copy.
+    pub settings: NodeRead<Arc<Settings>>,
 }
 
 /// Whether the service is listed under /services.
@@ -138,6 +140,10 @@ impl Agent {
                 return;
             }
             *newest = zxid;
+            // Noted as a change even if the service is gone, so the entry goes with it.
+            if let Watched::Machines(name) | Watched::Settings(name) = &watched {
+                self.dirty.services.insert(name.clone());
+            }
         }
         match (watched, reply) {
             (Watched::ServiceList, ZkReply::Children { names, .. }) => {
@@ -154,6 +160,7 @@ impl Agent {
             (Watched::Settings(name), ZkReply::Data { data, .. }) => match Settings::parse(&data) {
                 Ok(settings) => {
                     self.clear_problem(&path);
+                    let settings = Arc::new(settings);
                     self.update_service(&name, |s| s.target.settings = NodeRead::Read(settings));
                 }
                 Err(e) => self.problem(&path, e.to_string()),
@@ -199,35 +206,57 @@ impl Agent {
         let mut fresh = Vec::new();
         for (name, service) in self.services.iter_mut() {
             let now_listed = listed.contains(name);
-            // Removed and added again (or adopted before any listing): what we knew of
-            // it is stale.
-            if now_listed && service.target.listing != Listing::Listed {
-                fresh.push(name.clone());
+            let listing = if now_listed {
+                Listing::Listed
+            } else {
+                Listing::Unlisted
+            };
+            let unchanged = service.target.listing == listing
+                && (now_listed || service.control == Control::FollowsTarget);
+            if unchanged {
+                continue;
             }
             if now_listed {
-                service.target.listing = Listing::Listed;
+                // Removed and added again: what we knew of it is stale. Adopted before
+                // any listing: the new session read it already, unless that failed.
+                let stale = service.target.listing == Listing::Unlisted;
+                fresh.push((name.clone(), stale));
             } else {
-                service.target.listing = Listing::Unlisted;
                 // Gone from ZooKeeper: an adopted process has nothing to wait for.
                 service.control = Control::FollowsTarget;
             }
+            service.target.listing = listing;
+            self.dirty.services.insert(name.clone());
         }
         for name in listed {
             if !self.services.contains_key(&name) {
                 let service = Service::new(name.clone(), Listing::Listed);
                 self.services.insert(name.clone(), service);
-                fresh.push(name);
+                self.dirty.services.insert(name.clone());
+                fresh.push((name, true));
             }
         }
-        for name in fresh {
-            self.read(Watched::Machines(name.clone()));
-            self.read(Watched::Settings(name));
+        for (name, stale) in fresh {
+            self.read_unless_watched(Watched::Machines(name.clone()), stale);
+            self.read_unless_watched(Watched::Settings(name), stale);
         }
     }
 
+    /// Reads `watched`, unless what was read is not `stale` and a read with a watch went
+    /// out for it in this session: that reply, and the watch after it, tell what the node
+    /// holds. (A new session reads the services it adopted before the listing arrives.)
+    fn read_unless_watched(&mut self, watched: Watched, stale: bool) {
+        let path = watched.path();
+        if stale || !(self.session_id().is_some() && self.armed.contains(&path)) {
+            self.read(watched);
+        }
+    }
+
+    /// Changes one service (if it is known) and notes the change.
     pub(super) fn update_service(&mut self, name: &str, f: impl FnOnce(&mut Service)) {
         if let Some(service) = self.services.get_mut(name) {
             f(service);
+            self.dirty.services.insert(name.to_string());
         }
     }
 
@@ -238,6 +267,7 @@ impl Agent {
                 error: error.clone(),
             }));
             self.problems.insert(path.to_string(), error);
+            self.dirty.report = true;
         }
     }
 
@@ -246,6 +276,7 @@ impl Agent {
             self.actions.push_back(Action::Report(Report::DataRepaired {
                 path: path.to_string(),
             }));
+            self.dirty.report = true;
         }
     }
 }

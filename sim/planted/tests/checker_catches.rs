@@ -14,7 +14,8 @@ fn planted_bugs_are_reported() {
         .map(|(_, data)| data)
         .collect();
     assert!(!corpus.is_empty(), "no committed input_sequence corpus");
-    for &bug in Bug::ALL {
+    // The checker runs the agent alone: bugs in the operator's plans are the simulator's.
+    for &bug in Bug::ALL.iter().filter(|b| b.in_agent()) {
         let caught = with_planted(bug, || {
             corpus
                 .iter()

@@ -29,11 +29,13 @@ pub struct FaultWeights {
     pub failover: u64,
     pub expiry: u64,
     pub service_crash: u64,
+    /// An operator's own connection is cut for a while.
+    pub operator_cut: u64,
 }
 
 impl FaultWeights {
     /// Each kind of step with its weight, in the order `chaos_step` numbers them.
-    fn named(&self) -> [(&'static str, u64); 10] {
+    fn named(&self) -> [(&'static str, u64); 11] {
         [
             ("operator", self.operator),
             ("partition", self.partition),
@@ -45,6 +47,7 @@ impl FaultWeights {
             ("failover", self.failover),
             ("expiry", self.expiry),
             ("service_crash", self.service_crash),
+            ("operator_cut", self.operator_cut),
         ]
     }
 }
@@ -60,6 +63,8 @@ pub struct Options {
     pub step_mean: Duration,
     pub weights: FaultWeights,
     pub process_faults: ProcessFaults,
+    /// Operators' requests and replies lost at random, in thousandths.
+    pub operator_loss_per_mille: u64,
 }
 
 /// A sub-seed for one subsystem, so adding draws to one does not shift the others.
@@ -113,6 +118,7 @@ impl Options {
             failover: weight(2),
             expiry: weight(2),
             service_crash: weight(6),
+            operator_cut: weight(2),
         };
         let mut rng = SeededRng::new(sub_seed(seed, "shape"));
         let mut pick = |n: u64| rng.next_u64() % n;
@@ -127,6 +133,7 @@ impl Options {
                 spawn_fail_per_mille: pick(3) * 20,
                 ignore_term_per_mille: pick(3) * 100,
             },
+            operator_loss_per_mille: pick(4) * 50,
         }
     }
 }
@@ -142,7 +149,7 @@ impl fmt::Display for Options {
         write!(
             f,
             "seed={:#x} machines={} services={} chaos={:?} step_mean={:?} weights({}) \
-             spawn_fail={}/1000 ignore_term={}/1000",
+             spawn_fail={}/1000 ignore_term={}/1000 operator_loss={}/1000",
             self.seed,
             self.machines,
             self.services,
@@ -151,6 +158,7 @@ impl fmt::Display for Options {
             weights.join(" "),
             self.process_faults.spawn_fail_per_mille,
             self.process_faults.ignore_term_per_mille,
+            self.operator_loss_per_mille,
         )
     }
 }
@@ -192,6 +200,7 @@ pub fn run(options: &Options) -> Outcome {
     let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let mut world = World::new(&id_refs, sub_seed(options.seed, "world"));
     world.process_faults = options.process_faults;
+    world.operator_loss_per_mille = options.operator_loss_per_mille;
     world.check_invariants = true;
     let start = world.now;
     let mut operator = Operator::new(sub_seed(options.seed, "operator"), options, &ids);
@@ -225,6 +234,9 @@ pub fn run(options: &Options) -> Outcome {
             world.run_until(t.max(world.now));
             end(&mut world, ending);
         }
+        finish_commands(&mut world);
+    }
+    if world.violation.is_none() {
         operator.repair(&mut world);
         world.trace.push(format!("{} healed phase", world.now));
         world.run_for(HEAL);
@@ -261,6 +273,23 @@ pub fn run(options: &Options) -> Outcome {
         simulated: world.now.saturating_since(start),
         coverage: world.coverage.clone(),
         trace: std::mem::take(&mut world.trace),
+    }
+}
+
+/// How long commands still running at the end of the chaos phase may take: a removal's
+/// patience, with time for every retry.
+pub const COMMANDS_END: Duration = Duration::from_secs(120);
+
+/// Lets the operators' commands run to their end; one that does not is a violation.
+fn finish_commands(world: &mut World) {
+    let deadline = world.now + COMMANDS_END;
+    while !world.terminals_idle() && world.violation.is_none() && world.now < deadline {
+        world.run_for(Duration::from_millis(100));
+    }
+    if !world.terminals_idle() && world.violation.is_none() {
+        world.violate(format!(
+            "liveness: an operator's command still runs {COMMANDS_END:?} after the faults ended"
+        ));
     }
 }
 
@@ -327,6 +356,15 @@ fn chaos_step(
             world.failover(downtime);
         }
         8 => world.expire_session(machine),
+        10 => {
+            let terminal = (rng.next_u64() % crate::world::TERMINALS as u64) as usize;
+            let (to, from) = match rng.next_u64() % 3 {
+                0 => (true, true),
+                1 => (true, false),
+                _ => (false, true),
+            };
+            world.cut_terminal(terminal, to, from, world.now + outage);
+        }
         _ => {
             let services: Vec<String> = world.machines[machine]
                 .processes

@@ -1,21 +1,25 @@
-//! The operator: `pop add`, `deploy`, `undeploy`, `set`, `remove`, and somebody writing
-//! garbage into a service's nodes, at random. Settings and machine lists are made by the
-//! same pure functions the CLI uses (default settings per type, `KEY=VALUE` parsing,
-//! machine list rendering).
+//! The operators: `pop init`, `add`, `deploy`, `undeploy`, `set` and `remove`, at random,
+//! each run as the CLI's own plan on a terminal of the world (see `world::admin`), with
+//! two terminals sometimes racing the same command; and somebody writing garbage into a
+//! service's nodes with a ZooKeeper client, bypassing pop. Settings and machine lists
+//! come from the same pure functions the CLI uses (default settings per type,
+//! `KEY=VALUE` parsing).
 
 use super::Options;
-use crate::world::World;
+use crate::world::{Command, World};
 use pop_core::assignment::parse_assignment;
 use pop_core::backoff::SeededRng;
+use pop_core::names::{MachineId, ServiceName};
 use pop_core::paths;
+use pop_core::plan::MachinesChange;
 use pop_core::settings::{parse_machines, render_machines, ServiceType, Settings};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::collections::BTreeSet;
 
 pub(super) struct Operator {
     rng: SeededRng,
-    services: Vec<String>,
-    machines: Vec<String>,
+    services: Vec<ServiceName>,
+    machines: Vec<MachineId>,
     version: u64,
 }
 
@@ -23,8 +27,13 @@ impl Operator {
     pub fn new(seed: u64, options: &Options, machines: &[String]) -> Operator {
         Operator {
             rng: SeededRng::new(seed),
-            services: (1..=options.services).map(|i| format!("s{i}")).collect(),
-            machines: machines.to_vec(),
+            services: (1..=options.services)
+                .filter_map(|i| ServiceName::new(&format!("s{i}")).ok())
+                .collect(),
+            machines: machines
+                .iter()
+                .filter_map(|m| MachineId::new(m).ok())
+                .collect(),
             version: 0,
         }
     }
@@ -33,83 +42,166 @@ impl Operator {
         (self.rng.next_u64() % n.max(1) as u64) as usize
     }
 
-    fn exists(world: &World, service: &str) -> bool {
-        world.zk.get(&paths::service(service)).is_some()
+    fn any_machine(&mut self) -> MachineId {
+        let i = self.pick(self.machines.len());
+        self.machines[i].clone()
     }
 
-    fn machines_of(world: &World, service: &str) -> Option<BTreeSet<String>> {
-        let node = world.zk.get(&paths::service_machines(service))?;
+    fn exists(world: &World, service: &ServiceName) -> bool {
+        world.zk.get(&paths::service(service.as_str())).is_some()
+    }
+
+    fn machines_of(world: &World, service: &ServiceName) -> Option<BTreeSet<String>> {
+        let node = world.zk.get(&paths::service_machines(service.as_str()))?;
         parse_machines(&node.data).ok()
     }
 
     pub fn step(&mut self, world: &mut World) {
-        let i = self.pick(self.services.len());
-        let service = self.services[i].clone();
-        if !Self::exists(world, &service) {
-            self.add(world, &service);
+        let idle = world.idle_terminals();
+        if idle.is_empty() {
+            world.trace.push(format!("{} operators busy", world.now));
             return;
         }
-        match self.pick(10) {
-            0..=2 => {
-                let mut list = Self::machines_of(world, &service).unwrap_or_default();
-                let i = self.pick(self.machines.len());
-                let m = self.machines[i].clone();
-                if list.contains(&m) {
-                    world.coverage_if_down("undeploy while the machine is disconnected", &m);
-                    list.remove(&m);
-                } else {
-                    list.insert(m);
-                }
-                world.admin_put(&paths::service_machines(&service), &render_machines(&list));
-            }
-            3..=5 => self.set(world, &service),
-            6 => world.admin_remove(&paths::service(&service)),
-            7 => {
-                world.admin_put(&paths::service_settings(&service), b"{\"type\": garbage");
-            }
-            8 => world.admin_put(&paths::service_machines(&service), b"[\"m1\", 7"),
+        let terminal = idle[self.pick(idle.len())];
+        let command = match self.pick(80) {
+            0 => Command::Init { force: true },
+            1 => Command::Init { force: false },
             _ => {
-                // Deploy everywhere.
-                let all: BTreeSet<String> = self.machines.iter().cloned().collect();
-                world.admin_put(&paths::service_machines(&service), &render_machines(&all));
+                let i = self.pick(self.services.len());
+                let service = self.services[i].clone();
+                if !Self::exists(world, &service) {
+                    self.add(&service)
+                } else {
+                    match self.command_on(world, &service) {
+                        Some(command) => command,
+                        None => return,
+                    }
+                }
+            }
+        };
+        world.run_command(terminal, command.clone());
+        // Now and then another operator does the same at the same moment.
+        if self.pick(4) == 0 {
+            if let Some(&other) = world.idle_terminals().first() {
+                let twin = self.twin(world, command);
+                world.run_command(other, twin);
             }
         }
     }
 
-    fn add(&mut self, world: &mut World, service: &str) {
+    fn settings_valid(world: &World, service: &ServiceName) -> bool {
+        world
+            .zk
+            .get(&paths::service_settings(service.as_str()))
+            .is_some_and(|n| Settings::parse(&n.data).is_ok())
+    }
+
+    /// A command on an existing service, or `None` after a write by hand.
+    fn command_on(&mut self, world: &mut World, service: &ServiceName) -> Option<Command> {
+        let name = service.clone();
+        let s = service.as_str();
+        let garbage =
+            Self::machines_of(world, service).is_none() || !Self::settings_valid(world, service);
+        if garbage && self.pick(2) == 0 {
+            // pop refuses to overwrite what it cannot read: somebody fixes it by hand.
+            let list = BTreeSet::from([self.any_machine().to_string()]);
+            self.fix_by_hand(world, service, Some(list));
+            return None;
+        }
+        Some(match self.pick(10) {
+            0..=2 => {
+                let list = Self::machines_of(world, service).unwrap_or_default();
+                let m = self.any_machine();
+                let change = if list.contains(m.as_str()) {
+                    world
+                        .coverage_if_down("undeploy while the machine is disconnected", m.as_str());
+                    MachinesChange::Undeploy
+                } else {
+                    MachinesChange::Deploy
+                };
+                Command::Machines {
+                    name,
+                    change,
+                    machines: vec![m],
+                }
+            }
+            3..=5 => {
+                if world.any_phase(s, "backoff") {
+                    world.note_coverage("settings change during a crash-loop backoff");
+                }
+                self.set(service)
+            }
+            6 => Command::Remove {
+                name,
+                force: self.pick(3) != 0,
+            },
+            7 => {
+                world.admin_set_if_exists(&paths::service_settings(s), b"{\"type\": garbage");
+                return None;
+            }
+            8 => {
+                world.admin_set_if_exists(&paths::service_machines(s), b"[\"m1\", 7");
+                return None;
+            }
+            _ => Command::Machines {
+                name,
+                change: MachinesChange::Deploy,
+                machines: self.machines.clone(),
+            },
+        })
+    }
+
+    /// The same command by another operator: another machine, another setting.
+    fn twin(&mut self, world: &mut World, command: Command) -> Command {
+        match command {
+            Command::Machines { name, change, .. } => {
+                let m = self.any_machine();
+                if change == MachinesChange::Undeploy {
+                    world
+                        .coverage_if_down("undeploy while the machine is disconnected", m.as_str());
+                }
+                Command::Machines {
+                    name,
+                    change,
+                    machines: vec![m],
+                }
+            }
+            Command::Set { name, .. } => self.set(&name),
+            other => other,
+        }
+    }
+
+    fn settings(&mut self, service: &ServiceName) -> (ServiceType, Map<String, Value>) {
         let echo = self.pick(3) == 0;
-        let mut settings = if echo {
-            ServiceType::Echo.default_settings(Some(0))
+        let (service_type, mut settings) = if echo {
+            (
+                ServiceType::Echo,
+                ServiceType::Echo.default_settings(Some(0)),
+            )
         } else {
             let mut s = ServiceType::Command.default_settings(None);
             s.insert("command".into(), Value::from(format!("serve {service}")));
-            s
+            (ServiceType::Command, s)
         };
         settings.insert("stop_timeout".into(), Value::from(1 + self.pick(2)));
         settings.insert("start_seconds".into(), Value::from(0.2));
         if self.pick(3) == 0 {
             settings.insert("session_loss".into(), Value::from("fence"));
         }
-        let data = serde_json::to_vec(&Value::Object(settings)).unwrap_or_default();
-        world.admin_put(&paths::service_settings(service), &data);
-        world.admin_put(&paths::service_state_dir(service), b"");
-        let mut list = BTreeSet::new();
-        let i = self.pick(self.machines.len());
-        list.insert(self.machines[i].clone());
-        world.admin_put(&paths::service_machines(service), &render_machines(&list));
+        (service_type, settings)
     }
 
-    /// `pop set`: one KEY=VALUE applied to the current settings, if they are valid.
-    fn set(&mut self, world: &mut World, service: &str) {
-        let Some(node) = world.zk.get(&paths::service_settings(service)) else {
-            return;
-        };
-        let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(&node.data) else {
-            return; // `pop set` refuses to edit corrupt settings
-        };
-        if world.any_phase(service, "backoff") {
-            world.note_coverage("settings change during a crash-loop backoff");
+    fn add(&mut self, service: &ServiceName) -> Command {
+        let (service_type, settings) = self.settings(service);
+        Command::Add {
+            name: service.clone(),
+            service_type,
+            settings,
         }
+    }
+
+    /// `pop set` with one KEY=VALUE.
+    fn set(&mut self, service: &ServiceName) -> Command {
         self.version += 1;
         let assignment = match self.pick(3) {
             0 => format!("env={{\"V\":\"{}\"}}", self.version),
@@ -123,30 +215,46 @@ impl Operator {
             ),
             _ => format!("stop_timeout={}", 1 + self.pick(2)),
         };
-        let Ok((key, value)) = parse_assignment(&assignment) else {
-            return;
-        };
-        map.insert(key, value);
-        let data = serde_json::to_vec(&Value::Object(map)).unwrap_or_default();
-        world.admin_put(&paths::service_settings(service), &data);
+        Command::Set {
+            name: service.clone(),
+            assignments: parse_assignment(&assignment).into_iter().collect(),
+            unset: Vec::new(),
+        }
     }
 
-    /// Before the healed phase: garbage is replaced by valid data (the agents keep their
-    /// last good view until then, which the convergence check cannot know).
+    /// With a ZooKeeper client: invalid or missing settings and machines list (`list`,
+    /// or none) replaced by valid data, a missing state directory created.
+    fn fix_by_hand(
+        &mut self,
+        world: &mut World,
+        service: &ServiceName,
+        list: Option<BTreeSet<String>>,
+    ) {
+        let s = service.as_str();
+        if Self::machines_of(world, service).is_none() {
+            let list = list.unwrap_or_default();
+            world.admin_put(&paths::service_machines(s), &render_machines(&list));
+        }
+        if !Self::settings_valid(world, service) {
+            let (_, settings) = self.settings(service);
+            let data = serde_json::to_vec(&Value::Object(settings)).unwrap_or_default();
+            world.admin_put(&paths::service_settings(s), &data);
+        }
+        if world.zk.get(&paths::service_state_dir(s)).is_none() {
+            world.admin_put(&paths::service_state_dir(s), b"");
+        }
+    }
+
+    /// Before the healed phase, by hand: garbage is replaced by valid data and
+    /// half-removed services are completed (the agents keep their last good view until
+    /// then, which the convergence check cannot know).
     pub fn repair(&mut self, world: &mut World) {
+        if world.zk.get(paths::POP).is_none() {
+            world.admin_put(paths::POP, b"{\"layout\":1}");
+        }
         for service in self.services.clone() {
-            if !Self::exists(world, &service) {
-                continue;
-            }
-            if Self::machines_of(world, &service).is_none() {
-                world.admin_put(&paths::service_machines(&service), b"[]");
-            }
-            let valid = world
-                .zk
-                .get(&paths::service_settings(&service))
-                .is_some_and(|n| Settings::parse(&n.data).is_ok());
-            if !valid {
-                self.add(world, &service);
+            if Self::exists(world, &service) {
+                self.fix_by_hand(world, &service, None);
             }
         }
     }

@@ -174,7 +174,7 @@ impl World {
 
     /// What ZooKeeper wants of `service` on `machine`, if it can be told (garbage in a
     /// node means the agent rightly keeps its last good view).
-    fn target(&self, service: &str, machine: &str) -> Target {
+    pub(super) fn target(&self, service: &str, machine: &str) -> Target {
         if self.zk.get(&paths::service(service)).is_none() {
             return Target::NotHere;
         }
@@ -225,6 +225,15 @@ impl World {
                     "{id}: bad data at {path} started or stopped {service}"
                 ));
             }
+        }
+    }
+
+    /// The agent reconciles and publishes only what an input changed: doing everything
+    /// again would do nothing more (see `Agent::audit`).
+    pub(super) fn check_bookkeeping(&mut self, machine: usize) {
+        if let Err(problem) = self.machines[machine].agent.audit() {
+            let id = self.machines[machine].id.clone();
+            self.violate(format!("{id}: {problem}"));
         }
     }
 
@@ -325,6 +334,12 @@ impl World {
                 path
             }
             ZkOp::GetData { .. } | ZkOp::GetChildren { .. } => return,
+            ZkOp::Multi { ops } => {
+                for op in ops {
+                    self.check_own_write(machine, op);
+                }
+                return;
+            }
         };
         let own = *path == paths::machine(&id)
             || paths::parent(path) == Some(paths::machine(&id).as_str())
@@ -454,7 +469,7 @@ impl World {
     }
 }
 
-enum Target {
+pub(super) enum Target {
     /// Garbage in its nodes: the agent keeps its last good view.
     Unknown,
     NotHere,

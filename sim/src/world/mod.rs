@@ -2,9 +2,12 @@
 //! against one modelled ZooKeeper and modelled processes. Time is virtual; every event
 //! is ordered by (time, sequence), so one seed gives one history.
 
+mod admin;
+mod admin_checks;
 mod checks;
 mod network;
 
+pub use admin::{Command, Finished, Terminal, ADMIN_TIMEOUT, DELETE_PATIENCE, TERMINALS};
 pub use network::NetState;
 
 use crate::zk_model::{Notification, ZkModel};
@@ -25,9 +28,11 @@ use std::time::Duration;
 const LATENCY: Duration = Duration::from_millis(1);
 /// The negotiated session timeout the agents are told.
 const SESSION_TIMEOUT: Duration = Duration::from_secs(4);
-/// More events than this at one virtual instant is a livelock.
+/// More events than this at one virtual instant is a livelock (by default; see
+/// [`World::max_events_at_one_time`]).
 const MAX_EVENTS_AT_ONE_TIME: u64 = 10_000;
-/// Journal records per file before the simulated driver rotates it.
+/// Journal records per file before the simulated driver rotates it (by default; see
+/// [`World::journal_rotate_records`]).
 const JOURNAL_ROTATE_RECORDS: usize = 150;
 /// Time a process takes to start, to stop, or to bind its port.
 const PROCESS_DELAY: Duration = Duration::from_millis(2);
@@ -65,6 +70,18 @@ enum Event {
     Kill {
         machine: usize,
         pid: u32,
+    },
+    /// An operator's request reaching the server.
+    AdminRequest {
+        terminal: usize,
+        step: u64,
+        request: pop_core::plan::Request,
+    },
+    /// What comes back to an operator's plan: replies, the client's error, a wake-up.
+    AdminFeedback {
+        terminal: usize,
+        step: u64,
+        feedback: pop_core::plan::Feedback,
     },
 }
 
@@ -145,12 +162,28 @@ pub struct World {
     /// the settings, to check restarts keep to the backoff policy.
     last_crash: BTreeMap<(usize, String), (Timestamp, Duration, Settings)>,
     pub events_handled: u64,
+    /// More events than this at one virtual instant is a livelock. Thousands of services
+    /// deployed at once legitimately make more (time has millisecond steps).
+    pub max_events_at_one_time: u64,
+    /// Journal records per file before the simulated driver rotates it; each new file
+    /// starts with a snapshot of the whole agent.
+    pub journal_rotate_records: usize,
+    /// The operators' terminals, and every command they finished.
+    pub terminals: Vec<Terminal>,
+    pub commands: Vec<Finished>,
+    /// Requests and replies of the operators lost, in thousandths (half each way).
+    pub operator_loss_per_mille: u64,
+    /// The operators' network: its own draws, so agents' traffic is not shifted by it.
+    admin_rng: SeededRng,
 }
 
 impl World {
     pub fn new(machine_ids: &[&str], seed: u64) -> World {
         let mut zk = ZkModel::new();
-        for p in paths::NAMESPACE {
+        // A namespace as `pop init` made it before plugins (the first `pop plugin add`
+        // creates /plugins): the agents do not read /plugins yet, and the golden traces'
+        // transaction ids stay as they were. Phase B adds it along with plugin commands.
+        for p in paths::NAMESPACE.iter().filter(|p| **p != paths::PLUGINS) {
             zk.put(p, b"");
         }
         let mut world = World {
@@ -175,6 +208,12 @@ impl World {
             healthy_from: BTreeMap::new(),
             last_crash: BTreeMap::new(),
             events_handled: 0,
+            max_events_at_one_time: MAX_EVENTS_AT_ONE_TIME,
+            journal_rotate_records: JOURNAL_ROTATE_RECORDS,
+            terminals: (0..TERMINALS).map(|_| Terminal::default()).collect(),
+            commands: Vec::new(),
+            operator_loss_per_mille: 0,
+            admin_rng: SeededRng::new(seed ^ 0x6f70_6572_6174_6f72),
         };
         for (i, id) in machine_ids.iter().enumerate() {
             let config = world.agent_config(id, 0);
@@ -372,31 +411,6 @@ impl World {
                 }
             }
         }
-    }
-
-    /// An administrator (`pop` CLI) writes a node.
-    pub fn admin_put(&mut self, path: &str, data: &[u8]) {
-        let n = self.zk.put(path, data);
-        self.trace.push(format!(
-            "{} admin put {path} {}",
-            self.now,
-            String::from_utf8_lossy(data)
-        ));
-        self.notify(n);
-    }
-
-    pub fn admin_remove(&mut self, path: &str) {
-        let n = self.zk.remove_tree(path);
-        self.trace.push(format!("{} admin remove {path}", self.now));
-        self.notify(n);
-    }
-
-    /// Adds a service the way `pop add` does and deploys it to `machines`.
-    pub fn add_service(&mut self, name: &str, settings: &str, machines: &[&str]) {
-        self.admin_put(&paths::service_settings(name), settings.as_bytes());
-        self.admin_put(&paths::service_state_dir(name), b"");
-        let list = serde_json::to_vec(machines).unwrap_or_default();
-        self.admin_put(&paths::service_machines(name), &list);
     }
 
     /// The process of `service` on `machine` dies on its own.
@@ -642,7 +656,7 @@ impl World {
             });
             // Rotate as the driver does at its size limit: the next file starts with a
             // snapshot, so replay is also checked from snapshots.
-            if journal.len() >= JOURNAL_ROTATE_RECORDS {
+            if journal.len() >= self.journal_rotate_records {
                 let snapshot = Record::Snapshot {
                     agent: Box::new(m.agent.clone()),
                 };
@@ -652,6 +666,7 @@ impl World {
         if self.check_invariants {
             self.check_bad_data_changes_nothing(machine, &actions, &phases_before);
             self.check_requests_only_when_connected(machine, &actions);
+            self.check_bookkeeping(machine);
         }
         for action in actions {
             self.perform(machine, action);
@@ -723,11 +738,11 @@ impl World {
     fn advance(&mut self, t: Timestamp) {
         if t == self.now {
             self.events_at_now += 1;
-            if self.events_at_now > MAX_EVENTS_AT_ONE_TIME {
+            if self.events_at_now > self.max_events_at_one_time {
                 let tail: Vec<&String> = self.trace.iter().rev().take(40).collect();
                 panic!(
-                    "livelock: over {MAX_EVENTS_AT_ONE_TIME} events at {} without time passing; last events:\n{tail:#?}",
-                    self.now
+                    "livelock: over {} events at {} without time passing; last events:\n{tail:#?}",
+                    self.max_events_at_one_time, self.now
                 );
             }
         } else {
@@ -789,6 +804,20 @@ impl World {
                 timer,
             } => self.on_link_timer(machine, since, timer),
             Event::Heal { machine } => self.heal(machine),
+            Event::AdminRequest {
+                terminal,
+                step,
+                request,
+            } => self.on_admin_request(terminal, step, request),
+            Event::AdminFeedback {
+                terminal,
+                step,
+                feedback,
+            } => {
+                if self.terminals[terminal].step_is(step) {
+                    self.admin_next(terminal, feedback);
+                }
+            }
             Event::Kill { machine, pid } => {
                 if let Some(p) = self.machines[machine].processes.remove(&pid) {
                     let status = ExitStatus {

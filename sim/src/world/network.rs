@@ -410,5 +410,8 @@ impl World {
                 self.schedule(self.now + downtime, Event::Heal { machine });
             }
         }
+        for terminal in 0..self.terminals.len() {
+            self.cut_terminal(terminal, true, true, self.now + downtime);
+        }
     }
 }

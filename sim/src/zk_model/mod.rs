@@ -23,7 +23,8 @@ pub use sessions::Session;
 /// core has no variant for it; the client's message becomes `ZkError::Other`).
 pub const NO_CHILDREN_FOR_EPHEMERALS: &str = "ephemeral node can not have children";
 
-/// The model's answer to a read inside a multi, which the real client cannot even send.
+/// The model's answer to a read (or a multi) inside a multi, which the real client cannot
+/// even send; production answers the same (`pop_core::zk::NOT_IN_MULTI` as bad arguments).
 pub const READ_IN_MULTI: &str = "bad arguments: only create, set and delete go in a multi";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,6 +171,14 @@ impl ZkModel {
         if !self.is_live(session) {
             return (ZkReply::Error(ZkError::SessionExpired), events);
         }
+        if let ZkOp::Multi { ops } = op {
+            let (result, events) = self.multi(session, ops);
+            let reply = match result {
+                Ok(replies) => ZkReply::Multi { replies },
+                Err((index, error)) => ZkReply::MultiFailed { index, error },
+            };
+            return (reply, events);
+        }
         let reply = match self.apply_live(session, op, &mut events) {
             Ok(reply) => reply,
             Err(e) => ZkReply::Error(e),
@@ -181,15 +190,13 @@ impl ZkModel {
     /// ones before it; on the first failure nothing is applied, no watch fires, and its
     /// index and error are returned. Only Create, SetData and Delete may appear (the
     /// client cannot put a read in a multi); an empty multi succeeds with no replies.
+    /// `apply` runs a `ZkOp::Multi` through here.
     /// A request from an expired session fails as a whole: reported at index 0.
     pub fn multi(&mut self, session: SessionId, ops: &[ZkOp]) -> (MultiResult, Vec<Notification>) {
         if !self.is_live(session) {
             return (Err((0, ZkError::SessionExpired)), Vec::new());
         }
-        if let Some(i) = ops
-            .iter()
-            .position(|op| matches!(op, ZkOp::GetData { .. } | ZkOp::GetChildren { .. }))
-        {
+        if let Some(i) = ops.iter().position(|op| !op.fits_in_multi()) {
             return (Err((i, ZkError::Other(READ_IN_MULTI.into()))), Vec::new());
         }
         let saved = (
@@ -312,6 +319,7 @@ impl ZkModel {
                 self.remove_node(path, events);
                 Ok(ZkReply::Deleted)
             }
+            ZkOp::Multi { .. } => Err(ZkError::Other(READ_IN_MULTI.into())),
         }
     }
 

@@ -1,6 +1,8 @@
 //! Core throughput: the cost of one input to an agent that runs N services, for N = 10,
 //! 1000 and 10,000, with nothing but the core and the simulator's ZooKeeper model (no IO).
-//! The inputs touch one service, so ideally their cost does not grow with N.
+//! The inputs touch one service, so ideally their cost does not grow with N. And the cost
+//! of deploying N services at once, from the first listing to all running and registered,
+//! which ideally grows linearly.
 //!
 //! `cargo bench -p pop-bench --bench core`
 
@@ -36,6 +38,15 @@ struct Rig {
 impl Rig {
     /// An agent with `n` services deployed on its machine, all running and registered.
     fn new(n: usize) -> Rig {
+        let mut rig = Rig::deployed_to(n);
+        rig.connect();
+        assert_eq!(rig.generations.len(), n, "every service runs");
+        rig
+    }
+
+    /// ZooKeeper with `n` services deployed on the agent's machine, and an agent that
+    /// has not connected yet.
+    fn deployed_to(n: usize) -> Rig {
         let mut zk = ZkModel::new();
         for path in paths::NAMESPACE {
             zk.put(path, b"");
@@ -60,7 +71,7 @@ impl Rig {
             seed: 1,
             backoff: Backoff::default(),
         });
-        let mut rig = Rig {
+        Rig {
             agent,
             zk,
             session,
@@ -68,14 +79,17 @@ impl Rig {
             next_pid: 100,
             queue: VecDeque::new(),
             generations: BTreeMap::new(),
-        };
-        rig.queue.push_back(Input::Session(SessionEvent::Connected {
-            session,
-            timeout: Duration::from_secs(10),
-        }));
-        rig.settle();
-        assert_eq!(rig.generations.len(), n, "every service runs");
-        rig
+        }
+    }
+
+    /// The session is connected: the agent reads everything and starts what it should.
+    fn connect(&mut self) {
+        self.queue
+            .push_back(Input::Session(SessionEvent::Connected {
+                session: self.session,
+                timeout: Duration::from_secs(10),
+            }));
+        self.settle();
     }
 
     fn feed(&mut self, input: Input) {
@@ -180,4 +194,17 @@ fn crash_and_restart_of_one_service(bencher: divan::Bencher, n: usize) {
         });
         rig.settle();
     });
+}
+
+/// All N services deployed before the agent connects: from the session to every one
+/// running and registered (each input handled, each request answered at once).
+#[divan::bench(args = SIZES, sample_count = 3, sample_size = 1)]
+fn deploy_all_at_once(bencher: divan::Bencher, n: usize) {
+    bencher
+        .with_inputs(|| Rig::deployed_to(n))
+        .bench_local_values(|mut rig| {
+            rig.connect();
+            assert_eq!(rig.generations.len(), n, "every service runs");
+            rig
+        });
 }

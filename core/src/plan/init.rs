@@ -1,0 +1,380 @@
+//! `pop init [--force]`: creates the namespace's nodes that are missing. On an
+//! initialised namespace it refuses, unless `--force`, which first removes every service
+//! the way `pop remove --force` does (agents stop them), prunes machine directories with
+//! nothing published in them and drops the marker, then creates the namespace again. What
+//! live agents publish about themselves (/agents, their ephemerals) is theirs and stays.
+
+use super::engine::{exactly, Decision, Engine, Got, Refused, Steps};
+use super::remove::Remove;
+use super::{children, get, Feedback, Outcome, Plan, PlanError, Step};
+use crate::paths;
+use crate::time::Timestamp;
+use crate::zk::{CreateMode, ZkError, ZkOp, ZkReply};
+use std::time::Duration;
+
+pub struct Init {
+    at: String,
+    force: bool,
+    patience: Duration,
+    stage: Stage,
+}
+
+enum Stage {
+    Survey(Engine<Survey>),
+    Removing {
+        current: Box<Remove>,
+        rest: Vec<String>,
+        machines: Vec<String>,
+    },
+    Pruning(Engine<Prune>),
+    Creating(Engine<Create>),
+    Finished,
+}
+
+/// What `pop init --force` has to clear.
+struct Found {
+    services: Vec<String>,
+    machines: Vec<String>,
+}
+
+impl Init {
+    /// `patience`: how long each service's removal waits for agents still publishing.
+    pub fn new(at: &str, force: bool, patience: Duration) -> Init {
+        Init {
+            at: at.to_string(),
+            force,
+            patience,
+            stage: Stage::Survey(Engine::new(Survey {
+                at: at.to_string(),
+                force,
+            })),
+        }
+    }
+
+    /// The stage after the services are gone.
+    fn prune(machines: Vec<String>) -> Stage {
+        let mut queue: Vec<String> = machines.iter().map(|m| paths::machine(m)).collect();
+        queue.push(paths::POP.to_string());
+        Stage::Pruning(Engine::new(Prune { queue }))
+    }
+
+    fn remove_next(&self, mut rest: Vec<String>, machines: Vec<String>) -> Stage {
+        if rest.is_empty() {
+            return Init::prune(machines);
+        }
+        let name = rest.remove(0);
+        Stage::Removing {
+            current: Box::new(Remove::named(&self.at, &name, true, self.patience)),
+            rest,
+            machines,
+        }
+    }
+}
+
+/// How a stage ended.
+enum Ended {
+    /// `None`: nothing to clear.
+    Surveyed(Option<Found>),
+    Removed,
+    Pruned,
+    Created,
+}
+
+impl Plan for Init {
+    fn next(&mut self, now: Timestamp, feedback: Feedback) -> Step {
+        let mut feedback = feedback;
+        loop {
+            let ended = match &mut self.stage {
+                Stage::Survey(e) => match e.next(now, feedback) {
+                    Step::Do(r) => return Step::Do(r),
+                    Step::Done(result) => result.map(Ended::Surveyed),
+                },
+                Stage::Removing { current, .. } => match current.next(now, feedback) {
+                    Step::Do(r) => return Step::Do(r),
+                    // Removed by someone else meanwhile is removed too.
+                    Step::Done(Ok(_) | Err(PlanError::NoSuchService { .. })) => Ok(Ended::Removed),
+                    Step::Done(Err(e)) => Err(e),
+                },
+                Stage::Pruning(e) => match e.next(now, feedback) {
+                    Step::Do(r) => return Step::Do(r),
+                    Step::Done(result) => result.map(|()| Ended::Pruned),
+                },
+                Stage::Creating(e) => match e.next(now, feedback) {
+                    Step::Do(r) => return Step::Do(r),
+                    Step::Done(result) => result.map(|()| Ended::Created),
+                },
+                Stage::Finished => Err(PlanError::Misfed {
+                    expected: "nothing (it had finished)",
+                    got: feedback.name(),
+                }),
+            };
+            let stage = std::mem::replace(&mut self.stage, Stage::Finished);
+            self.stage = match (ended, stage) {
+                (Err(e), _) => return Step::Done(Err(e)),
+                (Ok(Ended::Surveyed(None)) | Ok(Ended::Pruned), _) => create(),
+                (Ok(Ended::Surveyed(Some(found))), _) => {
+                    self.remove_next(found.services, found.machines)
+                }
+                (Ok(Ended::Removed), Stage::Removing { rest, machines, .. }) => {
+                    self.remove_next(rest, machines)
+                }
+                (Ok(Ended::Removed), _) => Stage::Finished,
+                (Ok(Ended::Created), _) => {
+                    return Step::Done(Ok(Outcome::Initialised {
+                        at: self.at.clone(),
+                        reset: self.force,
+                    }))
+                }
+            };
+            // The next stage starts afresh.
+            feedback = Feedback::Start;
+        }
+    }
+}
+
+fn create() -> Stage {
+    Stage::Creating(Engine::new(Create))
+}
+
+/// Reads whether the namespace exists and what is in it.
+struct Survey {
+    at: String,
+    force: bool,
+}
+
+impl Steps for Survey {
+    type Done = Option<Found>;
+
+    fn reads(&self) -> Vec<ZkOp> {
+        vec![
+            get(paths::POP),
+            children(paths::SERVICES),
+            children(paths::MACHINES),
+        ]
+    }
+
+    fn decide(&mut self, _now: Timestamp, got: Vec<Got>) -> Decision<Option<Found>> {
+        let [pop, services, machines] = match exactly(got) {
+            Ok(got) => got,
+            Err(e) => return Decision::Done(Err(e)),
+        };
+        let names = |got: Got| match got {
+            Got::Children(names) => names,
+            _ => Vec::new(),
+        };
+        if !pop.exists() {
+            return Decision::Done(Ok(None));
+        }
+        let services = names(services);
+        if !self.force {
+            return Decision::Done(Err(PlanError::AlreadyInitialised {
+                at: self.at.clone(),
+                services: services.len(),
+            }));
+        }
+        Decision::Done(Ok(Some(Found {
+            services,
+            machines: names(machines),
+        })))
+    }
+
+    fn written(&mut self, _reply: &ZkReply) -> Option<Result<Option<Found>, PlanError>> {
+        Some(Ok(None))
+    }
+
+    fn in_doubt(&mut self) {}
+}
+
+/// Deletes each path in turn if it has no children (machine directories, then the
+/// marker).
+struct Prune {
+    queue: Vec<String>,
+}
+
+impl Steps for Prune {
+    type Done = ();
+
+    fn reads(&self) -> Vec<ZkOp> {
+        Vec::new()
+    }
+
+    fn decide(&mut self, _now: Timestamp, _got: Vec<Got>) -> Decision<()> {
+        match self.queue.first() {
+            Some(path) => Decision::Write(ZkOp::Delete {
+                path: path.clone(),
+                version: None,
+            }),
+            None => Decision::Done(Ok(())),
+        }
+    }
+
+    fn written(&mut self, _reply: &ZkReply) -> Option<Result<(), PlanError>> {
+        self.queue.remove(0);
+        None
+    }
+
+    fn refused(&mut self, _now: Timestamp, path: &str, error: &ZkError) -> Refused<()> {
+        match error {
+            // Something is published there (it stays), or it is gone already.
+            ZkError::NotEmpty | ZkError::NoNode => {
+                self.queue.remove(0);
+                Refused::Look
+            }
+            other => super::engine::refused_by_default(path, other),
+        }
+    }
+
+    // A delete in doubt is sent again; "no node" then means it took effect.
+    fn in_doubt(&mut self) {}
+}
+
+/// Creates the namespace's missing nodes in one multi.
+struct Create;
+
+impl Steps for Create {
+    type Done = ();
+
+    fn reads(&self) -> Vec<ZkOp> {
+        paths::NAMESPACE.iter().map(|p| get(*p)).collect()
+    }
+
+    fn decide(&mut self, _now: Timestamp, got: Vec<Got>) -> Decision<()> {
+        let marker = serde_json::json!({ "layout": 1 }).to_string().into_bytes();
+        let ops: Vec<ZkOp> = paths::NAMESPACE
+            .iter()
+            .zip(got)
+            .filter(|(_, got)| !got.exists())
+            .map(|(path, _)| ZkOp::Create {
+                path: path.to_string(),
+                data: if *path == paths::POP {
+                    marker.clone()
+                } else {
+                    Vec::new()
+                },
+                mode: CreateMode::Persistent,
+            })
+            .collect();
+        if ops.is_empty() {
+            return Decision::Done(Ok(()));
+        }
+        Decision::Write(ZkOp::Multi { ops })
+    }
+
+    fn written(&mut self, _reply: &ZkReply) -> Option<Result<(), PlanError>> {
+        Some(Ok(()))
+    }
+
+    // Created meanwhile (by us or another `pop init`): the next look creates the rest.
+    fn in_doubt(&mut self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::testing::{Fate, Tree};
+    use crate::plan::Request;
+
+    const PATIENCE: Duration = Duration::from_secs(30);
+
+    fn initialised() -> Tree {
+        let mut tree = Tree::with_service("[\"m1\"]", "{\"type\":\"echo\"}");
+        for (path, data) in [
+            ("/services/s/state/m2", "{}"),
+            ("/services/t", ""),
+            ("/services/t/settings", "{}"),
+            ("/machines/m1", ""),
+            ("/machines/m2", ""),
+            ("/machines/m2/s", "7"),
+            ("/agents/m2", "{}"),
+        ] {
+            tree.set(path, data);
+        }
+        tree
+    }
+
+    #[test]
+    fn init_creates_the_namespace_with_its_marker() {
+        let mut tree = Tree::with(&[("/machines", "")]);
+        let outcome = tree.run(&mut Init::new("zk", false, PATIENCE));
+        assert_eq!(
+            outcome.map(|o| o.to_string()),
+            Ok("initialised pop at zk".into())
+        );
+        assert_eq!(tree.data("/pop"), Some("{\"layout\":1}"));
+        for path in paths::NAMESPACE {
+            assert!(tree.data(path).is_some(), "{path}");
+        }
+        assert_eq!(tree.writes.len(), 1, "one multi: {:?}", tree.writes);
+    }
+
+    #[test]
+    fn init_refuses_an_initialised_namespace_and_writes_nothing() {
+        let mut tree = initialised();
+        let outcome = tree.run(&mut Init::new("zk", false, PATIENCE));
+        assert_eq!(
+            outcome,
+            Err(PlanError::AlreadyInitialised {
+                at: "zk".into(),
+                services: 2
+            })
+        );
+        assert!(tree.writes.is_empty());
+    }
+
+    #[test]
+    fn init_force_removes_every_service_and_keeps_what_agents_publish_about_themselves() {
+        let mut tree = initialised();
+        let outcome = tree.run(&mut Init::new("zk", true, PATIENCE));
+        assert_eq!(
+            outcome.map(|o| o.to_string()),
+            Ok("initialised pop at zk (reset)".into())
+        );
+        assert!(tree.children("/services").is_empty());
+        assert_eq!(tree.children("/machines"), ["m2"], "m1 had nothing in it");
+        assert_eq!(tree.data("/agents/m2"), Some("{}"));
+        assert_eq!(tree.data("/pop"), Some("{\"layout\":1}"));
+        // Each service loses its machines list and settings before the rest.
+        let s_unregistered = tree
+            .writes
+            .iter()
+            .position(|w| w.contains("delete /services/s/settings"));
+        let s_tree = tree
+            .writes
+            .iter()
+            .position(|w| w.contains("delete /services/s/state/m2"));
+        assert!(s_unregistered < s_tree, "{:?}", tree.writes);
+    }
+
+    #[test]
+    fn init_force_finishes_when_a_service_is_removed_by_someone_else_meanwhile() {
+        let mut tree = initialised();
+        let outcome = tree.run_with(&mut Init::new("zk", true, PATIENCE), |tree, request| {
+            let first_write = matches!(request, Request::Write(_)) && tree.writes.is_empty();
+            if first_write {
+                tree.nodes.retain(|p, _| !p.starts_with("/services/s"));
+            }
+            Fate::Deliver
+        });
+        assert!(
+            matches!(outcome, Ok(Outcome::Initialised { reset: true, .. })),
+            "{outcome:?}"
+        );
+        assert!(tree.children("/services").is_empty());
+    }
+
+    #[test]
+    fn init_whose_create_reply_was_lost_reports_initialised() {
+        let mut tree = Tree::with(&[]);
+        let outcome = tree.run_with(&mut Init::new("zk", false, PATIENCE), |tree, request| {
+            if matches!(request, Request::Write(_)) && tree.writes.is_empty() {
+                return Fate::LoseReply;
+            }
+            Fate::Deliver
+        });
+        assert!(
+            matches!(outcome, Ok(Outcome::Initialised { .. })),
+            "{outcome:?}"
+        );
+        assert_eq!(tree.writes.len(), 1);
+    }
+}

@@ -1,0 +1,503 @@
+//! Operators at their terminals. Each terminal runs one `pop` command at a time as the
+//! very plan the CLI runs (`pop_core::plan`), over its own connection to the modelled
+//! ZooKeeper: every step travels with a latency, so agents' events interleave with it,
+//! and may be lost on the way (not applied) or on the way back (applied, reply lost), at
+//! random or while the terminal's link is cut. The plan then hears, after the CLI's
+//! timeout, that the request failed, as the CLI would.
+//!
+//! Also here: the raw writes of someone using a ZooKeeper client instead of pop (garbage
+//! data, tests' setup), which bypass every plan.
+
+use super::{Event, World, LATENCY};
+use pop_core::names::{MachineId, ServiceName};
+use pop_core::paths;
+use pop_core::plan::{
+    Add, AddRequest, ChangeMachines, Feedback, Init, MachinesChange, Outcome, Plan, PlanError,
+    Remove, Request, Set, Step,
+};
+use pop_core::settings::ServiceType;
+use pop_core::zk::{SessionId, ZkError, ZkOp, ZkReply};
+use pop_core::Timestamp;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+/// Operators that may run commands at the same time.
+pub const TERMINALS: usize = 2;
+/// How long a terminal waits for a reply before the command hears of a timeout (the CLI
+/// waits 5 s; shorter here, so a chaos phase sees more commands).
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `remove` waits for agents still publishing (as the CLI).
+pub const DELETE_PATIENCE: Duration = Duration::from_secs(30);
+/// What plans call the namespace in their messages.
+const AT: &str = "sim";
+
+/// A command as the operator typed it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Init {
+        force: bool,
+    },
+    Add {
+        name: ServiceName,
+        service_type: ServiceType,
+        settings: Map<String, Value>,
+    },
+    Machines {
+        name: ServiceName,
+        change: MachinesChange,
+        machines: Vec<MachineId>,
+    },
+    Set {
+        name: ServiceName,
+        assignments: Vec<(String, Value)>,
+        unset: Vec<String>,
+    },
+    Remove {
+        name: ServiceName,
+        force: bool,
+    },
+}
+
+impl Command {
+    pub fn service(&self) -> Option<&str> {
+        match self {
+            Command::Init { .. } => None,
+            Command::Add { name, .. }
+            | Command::Machines { name, .. }
+            | Command::Set { name, .. }
+            | Command::Remove { name, .. } => Some(name.as_str()),
+        }
+    }
+
+    /// The plan that carries it out, and for `add` the settings data it writes.
+    fn plan(&self) -> Result<Built, PlanError> {
+        Ok(match self {
+            Command::Init { force } => (Box::new(Init::new(AT, *force, DELETE_PATIENCE)), None),
+            Command::Add {
+                name,
+                service_type,
+                settings,
+            } => {
+                // The settings as `--set`s over the type's defaults, which they all give.
+                let request = AddRequest {
+                    service_type: service_type.as_str().to_string(),
+                    port: None,
+                    set: settings.clone().into_iter().collect(),
+                };
+                let add = Add::new(AT, name, request)?;
+                let data = add.settings_data().map(<[u8]>::to_vec);
+                (Box::new(add), data)
+            }
+            Command::Machines {
+                name,
+                change,
+                machines,
+            } => (
+                Box::new(ChangeMachines::new(AT, name, *change, machines.clone())),
+                None,
+            ),
+            Command::Set {
+                name,
+                assignments,
+                unset,
+            } => (
+                Box::new(Set::new(AT, name, assignments.clone(), unset.clone())),
+                None,
+            ),
+            Command::Remove { name, force } => (
+                Box::new(Remove::new(AT, name, *force, DELETE_PATIENCE)),
+                None,
+            ),
+        })
+    }
+}
+
+/// A command's plan, and for `add` the settings data it writes.
+type Built = (Box<dyn Plan>, Option<Vec<u8>>);
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let force = |force: &bool| if *force { " --force" } else { "" };
+        match self {
+            Command::Init { force: x } => write!(f, "pop init{}", force(x)),
+            Command::Add {
+                name, service_type, ..
+            } => write!(f, "pop add {} --name {name}", service_type.as_str()),
+            Command::Machines {
+                name,
+                change,
+                machines,
+            } => {
+                let verb = match change {
+                    MachinesChange::Deploy => "deploy",
+                    MachinesChange::Undeploy => "undeploy",
+                };
+                write!(f, "pop {verb} {name}")?;
+                machines
+                    .iter()
+                    .try_for_each(|m| write!(f, " --machine {m}"))
+            }
+            Command::Set {
+                name,
+                assignments,
+                unset,
+            } => {
+                write!(f, "pop set {name}")?;
+                for (key, value) in assignments {
+                    write!(f, " {key}={value}")?;
+                }
+                unset.iter().try_for_each(|k| write!(f, " --unset {k}"))
+            }
+            Command::Remove { name, force: x } => write!(f, "pop remove {name}{}", force(x)),
+        }
+    }
+}
+
+/// A command being carried out.
+pub(super) struct Running {
+    pub command: Command,
+    plan: Box<dyn Plan>,
+    /// For `add`: the settings data its plan writes.
+    pub settings_data: Option<Vec<u8>>,
+    /// Requests or replies of this command that were lost.
+    pub faults: u32,
+    /// An `add` whose create took effect while its reply was lost.
+    pub applied_unacknowledged: bool,
+    /// Every node's data when the server last answered this command: what its outcome
+    /// must be true of.
+    pub seen: BTreeMap<String, Vec<u8>>,
+}
+
+/// A terminal and its connection.
+#[derive(Default)]
+pub struct Terminal {
+    session: Option<SessionId>,
+    pub(super) running: Option<Running>,
+    /// Counts requests; an event for an earlier one is stale.
+    step: u64,
+    /// Until when the link drops what goes to the server, and what comes back.
+    cut_to_server: Option<Timestamp>,
+    cut_from_server: Option<Timestamp>,
+}
+
+impl Terminal {
+    /// True when `step` is the request the terminal waits on.
+    pub(super) fn step_is(&self, step: u64) -> bool {
+        self.step == step
+    }
+}
+
+/// A command that ended, as the operator saw it.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub terminal: usize,
+    pub command: Command,
+    pub result: Result<Outcome, PlanError>,
+    pub faults: u32,
+}
+
+/// What a request becomes when its reply is lost: the CLI's own error.
+fn failed(request: &Request, error: ZkError) -> Feedback {
+    match request {
+        Request::Read(ops) => Feedback::Read(vec![ZkReply::Error(error); ops.len()]),
+        Request::Write(_) => Feedback::Wrote(ZkReply::Error(error)),
+        Request::Wait(_) => Feedback::Woke,
+    }
+}
+
+impl World {
+    pub fn idle_terminals(&self) -> Vec<usize> {
+        (0..self.terminals.len())
+            .filter(|t| self.terminals[*t].running.is_none())
+            .collect()
+    }
+
+    pub fn terminals_idle(&self) -> bool {
+        self.terminals.iter().all(|t| t.running.is_none())
+    }
+
+    /// Starts `command` on an idle terminal; its first request leaves at once.
+    pub fn run_command(&mut self, terminal: usize, command: Command) {
+        if self.terminals[terminal].running.is_some() {
+            return;
+        }
+        self.trace
+            .push(format!("{} op{terminal} $ {command}", self.now));
+        let (plan, settings_data) = match command.plan() {
+            Ok(built) => built,
+            // Refused before anything is read (settings the agent would reject).
+            Err(e) => {
+                self.trace
+                    .push(format!("{} op{terminal} {command}: error: {e}", self.now));
+                self.coverage("command refused");
+                self.commands.push(Finished {
+                    terminal,
+                    command,
+                    result: Err(e),
+                    faults: 0,
+                });
+                return;
+            }
+        };
+        if self.terminals[terminal].session.is_none() {
+            // Opened on first use, so runs without an operator keep their session ids.
+            self.terminals[terminal].session = Some(self.zk.open_session());
+        }
+        self.terminals[terminal].running = Some(Running {
+            command,
+            plan,
+            settings_data,
+            faults: 0,
+            applied_unacknowledged: false,
+            seen: BTreeMap::new(),
+        });
+        self.admin_next(terminal, Feedback::Start);
+    }
+
+    /// Cuts the terminal's link until `until`: requests sent meanwhile are lost
+    /// (`to_server`), or applied with their replies lost (`from_server`).
+    pub fn cut_terminal(
+        &mut self,
+        terminal: usize,
+        to_server: bool,
+        from_server: bool,
+        until: Timestamp,
+    ) {
+        self.trace.push(format!(
+            "{} op{terminal} link cut to_server={to_server} from_server={from_server} until {until}",
+            self.now
+        ));
+        let t = &mut self.terminals[terminal];
+        if to_server {
+            t.cut_to_server = Some(until);
+        }
+        if from_server {
+            t.cut_from_server = Some(until);
+        }
+    }
+
+    /// Somebody writes a node with a ZooKeeper client, bypassing pop, if it exists.
+    pub fn admin_set_if_exists(&mut self, path: &str, data: &[u8]) {
+        if self.zk.get(path).is_none() {
+            return;
+        }
+        self.admin_put(path, data);
+    }
+
+    /// An administrator writes a node with a ZooKeeper client (and its missing parents).
+    pub fn admin_put(&mut self, path: &str, data: &[u8]) {
+        let n = self.zk.put(path, data);
+        self.trace.push(format!(
+            "{} admin put {path} {}",
+            self.now,
+            String::from_utf8_lossy(data)
+        ));
+        self.notify(n);
+    }
+
+    /// An administrator deletes a subtree with a ZooKeeper client, deepest first, at once.
+    pub fn admin_remove(&mut self, path: &str) {
+        let n = self.zk.remove_tree(path);
+        self.trace.push(format!("{} admin remove {path}", self.now));
+        self.notify(n);
+    }
+
+    /// Adds a service as `pop add` leaves it and deploys it to `machines`, by hand.
+    pub fn add_service(&mut self, name: &str, settings: &str, machines: &[&str]) {
+        self.admin_put(&paths::service_settings(name), settings.as_bytes());
+        self.admin_put(&paths::service_state_dir(name), b"");
+        let list = serde_json::to_vec(machines).unwrap_or_default();
+        self.admin_put(&paths::service_machines(name), &list);
+    }
+
+    fn lost(&mut self, cut_until: Option<Timestamp>) -> bool {
+        let cut = cut_until.is_some_and(|until| self.now < until);
+        // Half the loss rate each way.
+        let random = self.admin_rng.next_u64() % 2000 < self.operator_loss_per_mille;
+        cut || random
+    }
+
+    fn admin_latency(&mut self) -> Duration {
+        LATENCY + Duration::from_micros(self.admin_rng.next_u64() % 3000)
+    }
+
+    /// Feeds the terminal's plan and carries out what it asks next.
+    pub(super) fn admin_next(&mut self, terminal: usize, feedback: Feedback) {
+        let now = self.now;
+        let Some(running) = self.terminals[terminal].running.as_mut() else {
+            return;
+        };
+        let step = running.plan.next(now, feedback);
+        self.terminals[terminal].step += 1;
+        let id = self.terminals[terminal].step;
+        let request = match step {
+            Step::Done(result) => return self.finish_command(terminal, result),
+            Step::Do(Request::Wait(until)) => {
+                let feedback = Feedback::Woke;
+                let at = until.max(now);
+                return self.schedule(
+                    at,
+                    Event::AdminFeedback {
+                        terminal,
+                        step: id,
+                        feedback,
+                    },
+                );
+            }
+            Step::Do(request) => request,
+        };
+        if let Request::Write(op) = &request {
+            self.trace.push(format!("{now} op{terminal} {op}"));
+        }
+        if self.lost(self.terminals[terminal].cut_to_server) {
+            self.trace
+                .push(format!("{now} op{terminal} request lost on the way"));
+            if let Some(running) = self.terminals[terminal].running.as_mut() {
+                running.faults += 1;
+            }
+            let feedback = failed(&request, ZkError::Timeout);
+            let at = now + ADMIN_TIMEOUT;
+            return self.schedule(
+                at,
+                Event::AdminFeedback {
+                    terminal,
+                    step: id,
+                    feedback,
+                },
+            );
+        }
+        let at = now + self.admin_latency();
+        self.schedule(
+            at,
+            Event::AdminRequest {
+                terminal,
+                step: id,
+                request,
+            },
+        );
+    }
+
+    /// The terminal's request reaches the server.
+    pub(super) fn on_admin_request(&mut self, terminal: usize, step: u64, request: Request) {
+        if self.terminals[terminal].step != step {
+            return;
+        }
+        let Some(session) = self.terminals[terminal].session else {
+            return;
+        };
+        let feedback = match &request {
+            Request::Read(ops) => {
+                let mut replies = Vec::with_capacity(ops.len());
+                for op in ops {
+                    let (reply, n) = self.zk.apply(session, op);
+                    self.notify(n);
+                    replies.push(reply);
+                }
+                Feedback::Read(replies)
+            }
+            Request::Write(op) => {
+                let service_existed = self.command_service_exists(terminal);
+                let (reply, n) = self.zk.apply(session, op);
+                self.notify(n);
+                self.check_admin_write(terminal, op, &reply, service_existed);
+                Feedback::Wrote(reply)
+            }
+            Request::Wait(_) => Feedback::Woke,
+        };
+        let seen: BTreeMap<String, Vec<u8>> = self
+            .zk
+            .paths()
+            .map(|(p, n)| (p.clone(), n.data.clone()))
+            .collect();
+        if let Some(running) = self.terminals[terminal].running.as_mut() {
+            running.seen = seen;
+        }
+        if self.lost(self.terminals[terminal].cut_from_server) {
+            self.reply_lost(terminal, &request, &feedback);
+            let feedback = failed(&request, ZkError::ConnectionLoss);
+            let at = self.now + ADMIN_TIMEOUT;
+            return self.schedule(
+                at,
+                Event::AdminFeedback {
+                    terminal,
+                    step,
+                    feedback,
+                },
+            );
+        }
+        match &feedback {
+            Feedback::Wrote(ZkReply::Error(ZkError::BadVersion)) => {
+                self.coverage("CAS retried after a BadVersion");
+            }
+            Feedback::Wrote(ZkReply::MultiFailed {
+                error: ZkError::NotEmpty,
+                ..
+            }) => self.coverage("remove waited for a node that appeared under it"),
+            _ => {}
+        }
+        let at = self.now + self.admin_latency();
+        self.schedule(
+            at,
+            Event::AdminFeedback {
+                terminal,
+                step,
+                feedback,
+            },
+        );
+    }
+
+    fn reply_lost(&mut self, terminal: usize, request: &Request, feedback: &Feedback) {
+        self.trace.push(format!(
+            "{} op{terminal} reply lost on the way back",
+            self.now
+        ));
+        let Some(running) = self.terminals[terminal].running.as_mut() else {
+            return;
+        };
+        running.faults += 1;
+        let applied_add = matches!(running.command, Command::Add { .. })
+            && matches!(request, Request::Write(ZkOp::Multi { .. }))
+            && matches!(feedback, Feedback::Wrote(ZkReply::Multi { .. }));
+        if applied_add {
+            running.applied_unacknowledged = true;
+            self.coverage("add whose reply was lost");
+        }
+    }
+
+    /// Whether the running command's service exists (before its write is applied).
+    fn command_service_exists(&self, terminal: usize) -> bool {
+        let service = self.terminals[terminal]
+            .running
+            .as_ref()
+            .and_then(|r| r.command.service());
+        service.is_some_and(|s| self.zk.get(&paths::service(s)).is_some())
+    }
+
+    fn finish_command(&mut self, terminal: usize, result: Result<Outcome, PlanError>) {
+        let Some(running) = self.terminals[terminal].running.take() else {
+            return;
+        };
+        let shown = match &result {
+            Ok(outcome) => outcome.to_string(),
+            Err(e) => format!("error: {e}"),
+        };
+        self.trace.push(format!(
+            "{} op{terminal} {}: {shown}",
+            self.now, running.command
+        ));
+        self.check_command_result(terminal, &running, &result);
+        match &result {
+            Ok(_) => self.coverage("command succeeded"),
+            Err(e) if e.is_refusal() => self.coverage("command refused"),
+            Err(_) => self.coverage("command failed under operator faults"),
+        }
+        self.commands.push(Finished {
+            terminal,
+            command: running.command,
+            result,
+            faults: running.faults,
+        });
+    }
+}
