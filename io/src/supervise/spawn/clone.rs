@@ -67,7 +67,7 @@ impl Drop for SignalsBlocked {
     }
 }
 
-/// What to do when `clone3` fails with `errno`: `true` to fall back to a fork.
+/// What to do when `clone3` fails with `errno`: `Ok` to fall back to a fork.
 fn clone3_failed(errno: i32, cgroup: Option<RawFd>) -> io::Result<()> {
     match errno {
         // No clone3, or a seccomp filter refusing it: never try again.
@@ -75,9 +75,13 @@ fn clone3_failed(errno: i32, cgroup: Option<RawFd>) -> io::Result<()> {
             CLONE3_UNUSABLE.store(true, Ordering::Relaxed);
             Ok(())
         }
-        // A kernel without CLONE_INTO_CGROUP, or something wrong with the cgroup: the
-        // fork says which, through the child's own join.
-        libc::EINVAL | libc::EBUSY | libc::EOPNOTSUPP if cgroup.is_some() => Ok(()),
+        // With a cgroup, any other refusal may be the cgroup's: a kernel without
+        // CLONE_INTO_CGROUP (EINVAL), no right to place a process there (EACCES), a
+        // cgroup removed meanwhile (ENOENT, ENODEV), not a leaf (EBUSY, EOPNOTSUPP), a
+        // descriptor that is no cgroup (EBADF). The fork joins it itself and so says
+        // which, as "cannot join the cgroup"; a failure that is not the cgroup's
+        // (EAGAIN, ENOMEM) the fork reports as it would have anyway.
+        _ if cgroup.is_some() => Ok(()),
         errno => Err(io::Error::from_raw_os_error(errno)),
     }
 }

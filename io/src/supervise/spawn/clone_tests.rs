@@ -2,7 +2,7 @@
 //! reported when it cannot be run.
 
 use super::*;
-use crate::supervise::spawn::{ExecTarget, StartMarker};
+use crate::supervise::spawn::{CgroupTarget, ExecTarget, StartMarker};
 use std::ffi::CString;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -51,6 +51,16 @@ impl Owned {
     }
 
     fn spawn(&self, (exit_by_pidfd, how): Way) -> Spawned {
+        self.spawn_with(exit_by_pidfd, None, how).expect("clone")
+    }
+
+    /// Spawns `how`, with the child to start in `cgroup`.
+    fn spawn_with(
+        &self,
+        exit_by_pidfd: bool,
+        cgroup: Option<CgroupTarget<'_>>,
+        how: impl FnOnce(&ChildPlan<'_>) -> Result<Spawned, i32>,
+    ) -> Result<Spawned, i32> {
         let nul = |v: &[CString]| -> Vec<*const libc::c_char> {
             v.iter()
                 .map(|s| s.as_ptr())
@@ -76,13 +86,13 @@ impl Owned {
             cwd: Some(&self.cwd),
             stdin: self.null.as_raw_fd(),
             output: self.out.as_raw_fd(),
-            cgroup: None,
+            cgroup,
             nofile: None,
             marker: &self.marker,
             exit_by_pidfd,
         };
         let _blocked = SignalsBlocked::new();
-        how(&plan).expect("clone")
+        how(&plan)
     }
 }
 
@@ -229,4 +239,119 @@ fn a_killed_child_is_told_by_its_pidfd() {
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         assert_eq!(status_of((pid, pidfd)), 128 + libc::SIGKILL, "{way}");
     }
+}
+
+/// A fresh cgroup v2 of this test's, removed when dropped; `None` (the test skips)
+/// where there is no cgroup2 mount we may write to.
+struct TestCgroup {
+    dir: std::path::PathBuf,
+    fd: OwnedFd,
+    procs: CString,
+}
+
+impl TestCgroup {
+    fn new(name: &str) -> Option<TestCgroup> {
+        let mount = crate::supervise::containment::cgroup::find_mount()?;
+        let dir = mount.join(format!("pop-spawn-test-{}-{name}", std::process::id()));
+        if let Err(e) = fs::create_dir(&dir) {
+            println!(
+                "SKIPPED: cannot create a cgroup in {}: {e}",
+                mount.display()
+            );
+            return None;
+        }
+        let fd = fs::File::open(&dir).expect("open the cgroup").into();
+        let procs = CString::new(
+            dir.join("cgroup.procs")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .expect("no NUL");
+        Some(TestCgroup { dir, fd, procs })
+    }
+
+    fn target(&self) -> CgroupTarget<'_> {
+        CgroupTarget {
+            dir: self.fd.as_raw_fd(),
+            procs: &self.procs,
+        }
+    }
+
+    /// The line `/proc/self/cgroup` shows for a member, for cgroup v2.
+    fn line(&self) -> String {
+        let mount = crate::supervise::containment::cgroup::find_mount().expect("mount");
+        let rel = self.dir.strip_prefix(&mount).expect("under the mount");
+        format!("0::/{}", rel.display())
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+/// The cgroup v2 line of what the child printed of its `/proc/self/cgroup`.
+fn printed_cgroup(dir: &std::path::Path) -> String {
+    let out = fs::read_to_string(dir.join("out")).expect("output");
+    out.lines()
+        .find(|l| l.starts_with("0::"))
+        .unwrap_or_else(|| panic!("no cgroup v2 line in {out}"))
+        .to_string()
+}
+
+/// Born in the cgroup (clone3 with CLONE_INTO_CGROUP), or joining it before exec (the
+/// fork): either way the program runs in it from its first instruction.
+#[test]
+fn every_way_starts_the_program_in_its_cgroup() {
+    let Some(cgroup) = TestCgroup::new("ways") else {
+        return;
+    };
+    let fd = cgroup.fd.as_raw_fd();
+    let mut ways: Vec<(&str, Box<dyn Fn(&ChildPlan<'_>) -> Result<Spawned, i32>>)> = vec![
+        (
+            "clone3 fork into the cgroup",
+            Box::new(move |p| fork(p, Some(fd))),
+        ),
+        ("fork, joining", Box::new(|p| fork(p, None))),
+    ];
+    #[cfg(target_arch = "x86_64")]
+    ways.push((
+        "vfork into the cgroup",
+        Box::new(move |p| vfork::spawn(p, Some(fd))),
+    ));
+    for (way, how) in ways {
+        let dir = tempfile::tempdir().expect("dir");
+        let child = Owned::new(dir.path(), &["cat", "/proc/self/cgroup"]);
+        let (pid, pidfd, failure) = child
+            .spawn_with(false, Some(cgroup.target()), how)
+            .unwrap_or_else(|errno| panic!("{way}: errno {errno}"));
+        assert_eq!(failure, None, "{way}");
+        assert_eq!(status_of((pid, pidfd)), 0, "{way}");
+        assert_eq!(printed_cgroup(dir.path()), cgroup.line(), "{way}");
+    }
+}
+
+/// clone3 refusing the cgroup (here: a descriptor that is no cgroup, EBADF) is not a
+/// failure to fork: the fork joins the cgroup by its `cgroup.procs` and runs there.
+#[test]
+fn a_cgroup_clone3_refuses_is_joined_by_the_fork() {
+    let Some(cgroup) = TestCgroup::new("refused") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let not_a_cgroup: OwnedFd = fs::File::open(dir.path()).expect("open dir").into();
+    let child = Owned::new(dir.path(), &["cat", "/proc/self/cgroup"]);
+    let target = CgroupTarget {
+        dir: not_a_cgroup.as_raw_fd(),
+        procs: &cgroup.procs,
+    };
+    let (pid, pidfd, failure) = child
+        .spawn_with(true, Some(target), |p| {
+            spawn(p).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+        })
+        .expect("falls back to a fork");
+    assert_eq!(failure, None);
+    assert_eq!(status_of((pid, pidfd)), 0);
+    assert_eq!(printed_cgroup(dir.path()), cgroup.line());
 }
