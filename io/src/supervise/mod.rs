@@ -17,6 +17,36 @@
 //! log_path(state_dir, service) -> PathBuf
 //! ```
 //!
+//! # Contract
+//!
+//! For every [`Supervisor::spawn`], exactly one of `Spawned` (the program was exec'd in
+//! its containment, and its run record is on disk) or `SpawnFailed` (nothing of it
+//! runs, or what runs is being removed); after `Spawned`, exactly one `Exited`, sent
+//! only once the main process has exited *and* nothing is left in its containment.
+//! [`Supervisor::stop`] sends SIGTERM to everything the generation started, and
+//! SIGKILL after the grace to what is left (a process the kernel cannot kill, e.g. in
+//! a frozen cgroup, holds up only its own `Exited`). No service's spawn, stop or exit
+//! waits for another's: whatever can block (reclaiming or removing a cgroup, scans of
+//! /proc, log rotation, run records' removal) runs on the blocking pool. Exits are
+//! reported as they happen (pidfd, SIGCHLD, inotify), not found by polling.
+//!
+//! What can be lost, or be late:
+//! * the exit status of a main process that exits while no agent runs: the next agent
+//!   does not adopt its generation (its pid is gone) and removes its traces, so no
+//!   `Exited` is ever sent for it, and its log has no `--- pop: exited` line; an
+//!   adopted main process's exit is reported with an unknown status (it is not our
+//!   child);
+//! * service output written between the copy and the truncation of a log rotation
+//!   (see Logs);
+//! * in process-group mode, a descendant that left the process group, was reparented
+//!   (its parent exited) and exec'd without [`TOKEN_ENV`] in its environment is no
+//!   longer recognised as the service's: it is neither waited for nor killed (cgroups
+//!   have no such hole);
+//! * an exit told only by SIGCHLD (no pidfd: not x86-64, or past the pidfd budget)
+//!   whose signal another runtime consumed is found by the reaper's sweep, up to 5 s
+//!   late; leftovers that cannot be watched (no inotify watch, more than 64 leftover
+//!   pids) are looked for every 100 ms while they exist.
+//!
 //! # Containment
 //!
 //! * **cgroup v2** (preferred): one cgroup per service generation at
