@@ -308,7 +308,8 @@ fn every_way_starts_the_program_in_its_cgroup() {
         return;
     };
     let fd = cgroup.fd.as_raw_fd();
-    let mut ways: Vec<(&str, Box<dyn Fn(&ChildPlan<'_>) -> Result<Spawned, i32>>)> = vec![
+    type Creates = Box<dyn Fn(&ChildPlan<'_>) -> Result<Spawned, i32>>;
+    let mut ways: Vec<(&str, Creates)> = vec![
         (
             "clone3 fork into the cgroup",
             Box::new(move |p| fork(p, Some(fd))),
