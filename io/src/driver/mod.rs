@@ -4,9 +4,11 @@
 //! The loop is written against small ports ([`ports`]) so the same code runs in
 //! production ([`production`]) and under simulation. Every input is appended to the
 //! journal before the core sees it, and the actions after, so `pop replay` can check
-//! that the core's decisions follow from its inputs alone.
+//! that the core's decisions follow from its inputs alone (spawns are carried out
+//! before their step's actions are journaled, so a restart does not wait for that).
 //!
-//! Every spawned task reports back over one channel. Messages from an older ZooKeeper
+//! Process events come straight from the supervisor's channel; every ZooKeeper task
+//! reports back over one channel of the loop's. Messages from an older ZooKeeper
 //! session are tagged with its epoch and dropped, so a reply or watch from an expired
 //! session never reaches the core.
 
@@ -33,6 +35,8 @@ use tracing::{debug, error, info, warn};
 pub enum DriverError {
     #[error("cannot set up process supervision: {0}")]
     Supervise(#[from] crate::supervise::SuperviseError),
+    #[error("setting up process supervision failed: {0}")]
+    Setup(String),
     #[error("cannot create {path}: {source}")]
     StateDir {
         path: PathBuf,
@@ -66,12 +70,11 @@ pub enum StopRequest {
 const CLOSE_LIMIT: Duration = Duration::from_secs(2);
 
 enum Msg<S> {
-    /// An input that does not depend on the session (processes, signals).
-    Local(Input),
     /// An input from the ZooKeeper session of `epoch`.
     Session {
         epoch: u64,
-        input: Input,
+        // Boxed: an input is large beside the other messages.
+        input: Box<Input>,
     },
     Connected {
         epoch: u64,
@@ -98,14 +101,17 @@ pub async fn run(
     }
     let (process_tx, process_rx) = mpsc::unbounded_channel();
     let environment_tx = process_tx.clone();
-    let supervisor = Supervisor::new(
-        SupervisorConfig::new(
-            config.machine_id.as_str(),
-            config.state_dir.clone(),
-            config.containment,
-        ),
-        process_tx,
-    )?;
+    let supervisor_config = SupervisorConfig::new(
+        config.machine_id.as_str(),
+        config.state_dir.clone(),
+        config.containment,
+    );
+    // Killing what an earlier agent left may wait for stubborn processes: not on the
+    // event loop.
+    let supervisor =
+        tokio::task::spawn_blocking(move || Supervisor::new(supervisor_config, process_tx))
+            .await
+            .map_err(|e| DriverError::Setup(e.to_string()))??;
     let clock = SystemClock::new();
     let environments = EnvironmentBuilder::new(
         config.state_dir.clone(),
@@ -113,10 +119,7 @@ pub async fn run(
         Installer::from_env(),
         environment_tx,
     );
-    let processes = SupervisedProcesses {
-        supervisor,
-        environments,
-    };
+    let processes = SupervisedProcesses::new(supervisor, environments);
     let agent_config = AgentConfig {
         machine: config.machine_id.clone(),
         hostname: config.hostname.clone(),
@@ -145,7 +148,11 @@ pub async fn run(
         processes,
         clock,
     };
-    run_with(ports, agent_config, journal, process_rx, stop).await;
+    // On the runtime's workers rather than the caller's thread (`block_on`): the tasks
+    // that feed the loop then wake it on their own worker, without a thread switch.
+    tokio::spawn(run_with(ports, agent_config, journal, process_rx, stop))
+        .await
+        .map_err(|e| DriverError::Setup(format!("the event loop failed: {e}")))?;
     Ok(())
 }
 
@@ -177,14 +184,7 @@ pub async fn run_with<Z: ZkPort, P: ProcessPort, C: Clock>(
     mut stop: mpsc::UnboundedReceiver<StopRequest>,
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let fwd = tx.clone();
-    tokio::spawn(async move {
-        while let Some(event) = process_events.recv().await {
-            if fwd.send(Msg::Local(event)).is_err() {
-                break;
-            }
-        }
-    });
+    let mut process_events_open = true;
     let mut driver = Driver {
         zk: std::sync::Arc::new(ports.zk),
         processes: Some(ports.processes),
@@ -221,9 +221,15 @@ pub async fn run_with<Z: ZkPort, P: ProcessPort, C: Clock>(
             }
         };
         let input = tokio::select! {
+            // Straight from the supervisor: a restart's `Exited` takes no extra hop.
+            event = process_events.recv(), if process_events_open => {
+                if event.is_none() {
+                    process_events_open = false;
+                }
+                event
+            }
             msg = rx.recv() => match msg {
-                Some(Msg::Local(input)) => Some(input),
-                Some(Msg::Session { epoch, input }) => (epoch == driver.epoch).then_some(input),
+                Some(Msg::Session { epoch, input }) => (epoch == driver.epoch).then_some(*input),
                 Some(Msg::Connected { epoch, session }) => driver.on_connected(epoch, session),
                 None => None,
             },
@@ -272,11 +278,27 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
         }
         self.agent.handle(now, input);
         let actions: Vec<Action> = self.agent.drain_actions();
+        // Spawns first, even before the actions are journaled: a restart's fork and
+        // exec should not wait for that, nor compete for the CPU with the ZooKeeper
+        // requests of the same step (sent by other tasks, answered by the server on
+        // this machine). Nothing depends on that order: requests still go out in the
+        // order given, and what a spawn reports comes back as a later input.
+        let spawns: Vec<Action> = actions
+            .iter()
+            .filter(|a| matches!(a, Action::Spawn { .. }))
+            .cloned()
+            .collect();
+        for action in spawns {
+            self.perform(action);
+        }
         if let Some(journal) = self.journal.as_mut() {
             journal.actions(&actions);
             journal.rotate_if_full(&self.agent);
         }
-        for action in actions {
+        let others = actions
+            .into_iter()
+            .filter(|a| !matches!(a, Action::Spawn { .. }));
+        for action in others {
             if self.perform(action) {
                 if detach {
                     if let Some(processes) = self.processes.take() {
@@ -307,7 +329,13 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
         tokio::spawn(async move {
             while let Some(event) = events.recv().await {
                 let input = Input::Session(event);
-                if tx.send(Msg::Session { epoch, input }).is_err() {
+                if tx
+                    .send(Msg::Session {
+                        epoch,
+                        input: Box::new(input),
+                    })
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -363,7 +391,10 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
                 let Some(session) = self.session.clone() else {
                     let reply = ZkReply::Error(ZkError::ConnectionLoss);
                     let input = Input::Reply { id, reply };
-                    let _ = tx.send(Msg::Session { epoch, input });
+                    let _ = tx.send(Msg::Session {
+                        epoch,
+                        input: Box::new(input),
+                    });
                     return false;
                 };
                 tokio::spawn(async move {
@@ -372,13 +403,22 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
                     // closes it, which shutdown relies on.
                     drop(session);
                     let input = Input::Reply { id, reply };
-                    if tx.send(Msg::Session { epoch, input }).is_err() {
+                    if tx
+                        .send(Msg::Session {
+                            epoch,
+                            input: Box::new(input),
+                        })
+                        .is_err()
+                    {
                         return;
                     }
                     if let Some(watch) = watch {
                         if let Some(event) = watch.await {
                             let input = Input::Watch(event);
-                            let _ = tx.send(Msg::Session { epoch, input });
+                            let _ = tx.send(Msg::Session {
+                                epoch,
+                                input: Box::new(input),
+                            });
                         }
                     }
                 });
