@@ -178,4 +178,11 @@ pub enum Report {
     Fenced {
         services: Vec<String>,
     },
+    /// ZooKeeper refused a request of the agent (NoAuth): its credential is missing,
+    /// wrong or not allowed this. The agent exits after it (services keep running).
+    NotAuthorised {
+        path: String,
+        /// "reading", "creating", ...
+        doing: String,
+    },
 }

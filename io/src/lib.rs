@@ -2,6 +2,7 @@
 //! event loop that feeds `pop_core::Agent` and carries out its actions.
 
 pub mod clock;
+pub mod credential;
 pub mod driver;
 pub mod journal;
 pub mod machine_id;

@@ -11,12 +11,13 @@ mod readiness;
 mod service;
 mod target;
 
+use crate::access::AgentAccess;
 use crate::backoff::{Backoff, SeededRng};
 use crate::event::{Action, Input, Report};
 use crate::names::MachineId;
 use crate::paths::{self, Watched};
 use crate::time::Timestamp;
-use crate::zk::{CreateMode, RequestId, SessionEvent, SessionId, ZkError, ZkOp, ZkReply};
+use crate::zk::{Acl, CreateMode, RequestId, SessionEvent, SessionId, ZkError, ZkOp, ZkReply};
 use ephemeral::{EphemeralNode, Step};
 use index::{Dirty, Index};
 use serde::{Deserialize, Serialize};
@@ -48,6 +49,9 @@ pub struct AgentConfig {
     /// Seeds the backoff jitter.
     pub seed: u64,
     pub backoff: Backoff,
+    /// The ACL of the nodes it creates; open unless the namespace is secured.
+    #[serde(default, skip_serializing_if = "AgentAccess::is_open")]
+    pub access: AgentAccess,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -389,14 +393,18 @@ impl Agent {
             self.stalled.clear();
         }
         self.dirty.nodes.extend(self.nodes.keys().cloned());
-        self.send(
-            ZkOp::Create {
-                path: paths::machine(self.config.machine.as_str()),
-                data: Vec::new(),
-                mode: CreateMode::Persistent,
-            },
-            Pending::MachineNode,
-        );
+        // In a secured namespace `pop machine add` made it, and only the admin may.
+        if self.config.access.is_open() {
+            self.send(
+                ZkOp::Create {
+                    path: paths::machine(self.config.machine.as_str()),
+                    data: Vec::new(),
+                    mode: CreateMode::Persistent,
+                    acl: Acl::open(),
+                },
+                Pending::MachineNode,
+            );
+        }
         self.read(Watched::ServiceList);
         let names: Vec<String> = self.services.keys().cloned().collect();
         for name in names {
@@ -465,6 +473,26 @@ impl Agent {
         // The server says the session is gone, whether or not the client told us yet.
         if reply == ZkReply::Error(ZkError::SessionExpired) {
             self.on_session(SessionEvent::Expired);
+            return;
+        }
+        // Refused by an ACL: it would be refused again, so the agent cannot do its job
+        // with this credential. It says what was refused and exits; its services keep
+        // running for the next agent (with the right credential) to adopt.
+        if reply == ZkReply::Error(ZkError::NoAuth) {
+            let (path, doing) = match &pending {
+                Pending::MachineNode => return,
+                Pending::Read(watched) => (watched.path(), "reading"),
+                Pending::Ephemeral { path, step } => (path.clone(), step.doing()),
+            };
+            if !self.exited {
+                self.exited = true;
+                self.actions
+                    .push_back(Action::Report(Report::NotAuthorised {
+                        path,
+                        doing: doing.to_string(),
+                    }));
+                self.actions.push_back(Action::Exit);
+            }
             return;
         }
         match pending {
