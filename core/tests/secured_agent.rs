@@ -134,3 +134,71 @@ fn a_refused_machine_directory_is_no_refusal() {
     let actions = feed(&mut agent, 1001, Input::Reply { id, reply });
     assert!(!actions.contains(&Action::Exit), "{actions:?}");
 }
+
+#[test]
+fn settings_kept_from_it_are_read_again_once_it_is_deployed() {
+    let mut agent = agent(secured());
+    let actions = connect(&mut agent);
+    let id = request_for(&actions, "/services");
+    let listing = ZkReply::Children {
+        names: vec!["web".into()],
+        stat: NodeStat::default(),
+    };
+    let actions = feed(&mut agent, 1001, Input::Reply { id, reply: listing });
+    let settings = request_for(&actions, "/services/web/settings");
+    let machines = request_for(&actions, "/services/web/machines");
+    let refused = ZkReply::Error(ZkError::NoAuth);
+    let after = feed(
+        &mut agent,
+        1002,
+        Input::Reply {
+            id: settings,
+            reply: refused,
+        },
+    );
+    assert!(!after.contains(&Action::Exit), "{after:?}");
+    let elsewhere = ZkReply::Data {
+        data: b"[\"m2\"]".to_vec(),
+        stat: NodeStat {
+            mzxid: 5,
+            ..NodeStat::default()
+        },
+    };
+    let after = feed(
+        &mut agent,
+        1003,
+        Input::Reply {
+            id: machines,
+            reply: elsewhere,
+        },
+    );
+    assert!(
+        after
+            .iter()
+            .all(|a| !matches!(a, Action::Zk { op, .. } if op.path() == "/services/web/settings")),
+        "not deployed here: not read again {after:?}"
+    );
+    // The admin granted read, then listed m1: the list's watch fires, settings are read.
+    let watch = pop_core::zk::WatchEvent {
+        path: "/services/web/machines".into(),
+        kind: pop_core::zk::WatchKind::DataChanged,
+    };
+    let actions = feed(&mut agent, 1004, Input::Watch(watch));
+    let machines = request_for(&actions, "/services/web/machines");
+    let here = ZkReply::Data {
+        data: b"[\"m1\"]".to_vec(),
+        stat: NodeStat {
+            mzxid: 6,
+            ..NodeStat::default()
+        },
+    };
+    let actions = feed(
+        &mut agent,
+        1005,
+        Input::Reply {
+            id: machines,
+            reply: here,
+        },
+    );
+    request_for(&actions, "/services/web/settings");
+}

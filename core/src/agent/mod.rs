@@ -105,6 +105,11 @@ pub struct Agent {
     newest_read: BTreeMap<String, i64>,
     /// Paths whose data is bad, with the problem; shown in the agent report.
     problems: BTreeMap<String, String>,
+    /// Services whose settings an ACL keeps from this machine (a secured namespace lets
+    /// a machine read only the settings of services deployed on it): read again once
+    /// its machines list names this machine.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    withheld: BTreeSet<String>,
     shutting_down: bool,
     exited: bool,
     actions: VecDeque<Action>,
@@ -141,6 +146,7 @@ impl Agent {
             nodes: BTreeMap::new(),
             newest_read: BTreeMap::new(),
             problems: BTreeMap::new(),
+            withheld: BTreeSet::new(),
             shutting_down: false,
             exited: false,
             actions: VecDeque::new(),
@@ -481,6 +487,11 @@ impl Agent {
         if reply == ZkReply::Error(ZkError::NoAuth) {
             let (path, doing) = match &pending {
                 Pending::MachineNode => return,
+                Pending::Read(Watched::Settings(name)) => {
+                    let name = name.clone();
+                    self.withhold_settings(name);
+                    return;
+                }
                 Pending::Read(watched) => (watched.path(), "reading"),
                 Pending::Ephemeral { path, step } => (path.clone(), step.doing()),
             };
