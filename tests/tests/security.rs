@@ -290,6 +290,23 @@ fn two_agents_with_their_own_credentials_run_the_tutorial_under_acls() {
         machine_two.delete(&m1_nodes[1]),
     );
 
+    // m2's agent got its credential in POP_AUTH (from `pop start --auth`); its service
+    // must not inherit it.
+    let pid = admin_client
+        .read(&format!("/services/echo/state/{}", m2.id))
+        .ok()
+        .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d).ok())
+        .and_then(|s| s["pid"].as_u64())
+        .expect("echo's pid on m2");
+    let environ = String::from_utf8_lossy(
+        &std::fs::read(format!("/proc/{pid}/environ")).expect("the service's environment"),
+    )
+    .into_owned();
+    assert!(
+        !environ.contains("POP_AUTH"),
+        "a service inherited POP_AUTH"
+    );
+
     // Undeployed from m2: its agent stops the service and may no longer read settings.
     admin_ok(&m1, &["undeploy", "echo", "--machine", &m2.id]);
     let state2 = format!("/services/echo/state/{}", m2.id);
@@ -303,20 +320,6 @@ fn two_agents_with_their_own_credentials_run_the_tutorial_under_acls() {
 
     // No secret in any command line, log or journal, nor in the service's environment.
     let secrets = [ADMIN_PASSWORD, secret_of(&one), secret_of(&two)];
-    let pid = admin_client
-        .read(&format!("/services/echo/state/{}", m1.id))
-        .ok()
-        .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d).ok())
-        .and_then(|s| s["pid"].as_u64())
-        .expect("echo's pid on m1");
-    let environ = String::from_utf8_lossy(
-        &std::fs::read(format!("/proc/{pid}/environ")).expect("the service's environment"),
-    )
-    .into_owned();
-    assert!(
-        !environ.contains("POP_AUTH"),
-        "a service inherited POP_AUTH"
-    );
     let texts = [
         all_command_lines(),
         environ,
