@@ -397,3 +397,83 @@ fn an_agent_without_its_credential_exits_saying_which() {
     assert!(log.contains("chmod 600"), "{log}");
     assert!(!log.contains("whatever"), "{log}");
 }
+
+#[test]
+fn securing_an_open_namespace_takes_force_and_shuts_out_anonymous_agents() {
+    let zk = Zk::start();
+    let m = Machine::new(&zk);
+    m.ok(&["init"]);
+    m.ok(&["add", "echo"]);
+    m.ok(&["deploy", "echo"]);
+    let mut agent = m.agent();
+    let anonymous = Client::connect(&zk, None);
+    let state = format!("/services/echo/state/{}", m.id);
+    wait_for("the open namespace's agent runs echo", || {
+        anonymous.read(&state).ok()
+    });
+
+    let init = |force: bool| {
+        let mut args = vec!["init"];
+        if force {
+            args.push("--force");
+        }
+        m.command(&args)
+            .env("POP_ADMIN_IDENTITY", ADMIN)
+            .output()
+            .expect("pop init")
+    };
+    let refused_init = init(false);
+    assert!(!refused_init.status.success());
+    let err = String::from_utf8_lossy(&refused_init.stderr);
+    assert!(err.contains("--force"), "{err}");
+    let migrated = init(true);
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+
+    // What stayed is the admin's now: anonymous clients read nothing but the marker.
+    refused("anonymous: listing services", anonymous.list("/services"));
+    refused("anonymous: listing agents", anonymous.list("/agents"));
+    refused(
+        "anonymous: adding a service",
+        anonymous.create("/services/evil", b""),
+    );
+    // The anonymous agent is refused at its next read (a service added fires its watch on
+    // /services) and exits, saying why.
+    admin_ok(&m, &["add", "echo"]);
+    let status = wait_for("the anonymous agent exits", || agent.try_exit());
+    assert!(!status.success());
+    let log = agent.log_text();
+    assert!(log.contains("this agent has no credential"), "{log}");
+
+    // The operator's credentials file: refused while others may read it.
+    let config = tempfile::tempdir().expect("config dir");
+    let file = config.path().join("pop").join("credentials");
+    std::fs::create_dir_all(file.parent().expect("a parent")).expect("config dir");
+    std::fs::write(&file, format!("{ADMIN}\n")).expect("credentials");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let status_with = |m: &Machine| {
+        m.command(&["status"])
+            .env("XDG_CONFIG_HOME", config.path())
+            .output()
+            .expect("pop status")
+    };
+    let exposed = status_with(&m);
+    let err = String::from_utf8_lossy(&exposed.stderr);
+    assert!(
+        !exposed.status.success() && err.contains("chmod 600"),
+        "{err}"
+    );
+    assert!(!err.contains(ADMIN_PASSWORD), "{err}");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let fine = status_with(&m);
+    let out = String::from_utf8_lossy(&fine.stdout);
+    assert!(
+        fine.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fine.stderr)
+    );
+    assert!(out.contains("namespace secured"), "{out}");
+}
