@@ -185,8 +185,10 @@ pub enum AgentAccess {
     #[default]
     Open,
     Secured {
-        /// Digest ids.
+        /// Digest ids (journaled as `user:x`, see [`crate::zk::redacted_digest`]).
+        #[serde(serialize_with = "crate::zk::serialize_redacted")]
         admin: String,
+        #[serde(serialize_with = "crate::zk::serialize_redacted")]
         machine: String,
     },
 }

@@ -223,7 +223,29 @@ impl fmt::Display for Perms {
 pub struct AclEntry {
     pub perms: Perms,
     pub scheme: String,
+    /// Written to journals without a digest's hash (see [`redacted_digest`]).
+    #[serde(serialize_with = "serialize_redacted")]
     pub id: String,
+}
+
+/// A digest id (`user:BASE64(SHA1(user:password))`) as files may show it: `user:x`, as
+/// ZooKeeper shows it to those who may not change the ACL. The hash of a weak password
+/// can be reversed by trying passwords, so it is kept out of journals; a journal read
+/// back has `user:x` in its config and its actions alike, so replay still matches.
+pub fn redacted_digest(id: &str) -> String {
+    match id.split_once(':') {
+        Some((user, _)) => format!("{user}:x"),
+        None => id.to_string(),
+    }
+}
+
+/// Serializes an ACL entry's id with [`redacted_digest`] (ids of other schemes hold no
+/// secret, but only digests appear in pop's ACLs besides `world:anyone`).
+pub fn serialize_redacted<S: serde::Serializer>(id: &str, s: S) -> Result<S::Ok, S::Error> {
+    if id == "anyone" {
+        return s.serialize_str(id);
+    }
+    s.serialize_str(&redacted_digest(id))
 }
 
 /// A node's access control list, in a canonical order (sorted, one entry per id).

@@ -2,6 +2,7 @@
 //! add`), with an independent client (the zookeeper-client crate, not pop's code) playing
 //! the attacker: anonymous, or holding one machine's credential.
 
+use pop_io::credential::Credential;
 use pop_tests::{wait_for, Machine, Zk};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -328,8 +329,23 @@ fn two_agents_with_their_own_credentials_run_the_tutorial_under_acls() {
         file_text(&m1.state_dir().join("journal.jsonl")),
         file_text(&m2.state_dir().join("journal.jsonl")),
     ];
-    for text in &texts {
-        for secret in secrets {
+    // Nor the digests ACLs name them by (a weak password's can be reversed).
+    let digests: Vec<String> = [ADMIN, &one, &two]
+        .iter()
+        .map(|c| {
+            let id = c.parse::<Credential>().expect("a credential").digest_id();
+            id.split_once(':')
+                .map(|(_, hash)| hash.to_string())
+                .expect("user:hash")
+        })
+        .collect();
+    let dump = admin_ok(&m1, &["dump"]);
+    for text in texts.iter().chain([&dump]) {
+        for secret in secrets
+            .iter()
+            .copied()
+            .chain(digests.iter().map(String::as_str))
+        {
             assert!(
                 !text.contains(secret),
                 "a secret leaked: {secret} in {text}"
@@ -338,6 +354,9 @@ fn two_agents_with_their_own_credentials_run_the_tutorial_under_acls() {
     }
     m2.ok(&["stop"]);
     m1.ok(&["stop"]);
+    // The journal, digests redacted in its config and its actions alike, still replays.
+    let replayed = m1.ok(&["replay", "-q"]);
+    assert!(!replayed.is_empty(), "replay says how it went");
 }
 
 /// Waits for `pop fg` to exit by itself; its status and what it printed.

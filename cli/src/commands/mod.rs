@@ -8,7 +8,7 @@ use crate::output::{self, DumpFormat};
 use crate::{auth, context, Cli, Command};
 use anyhow::{anyhow, bail, Result};
 use clap::Subcommand;
-use pop_core::access::{Access, Marker};
+use pop_core::access::{self, Access, Marker};
 use pop_core::assignment::parse_assignment;
 use pop_core::names::{MachineId, ServiceName};
 use pop_core::paths;
@@ -16,6 +16,7 @@ use pop_core::plan::{
     Add, AddRequest, ChangeMachines, Init, MachineRegistration, MachinesChange, Plan, PlanError,
     Remove, Set, SettingsAcl,
 };
+use pop_core::zk::redacted_digest;
 use pop_io::credential::Credential;
 use serde_json::{Map, Value};
 use std::collections::BTreeSet;
@@ -232,7 +233,13 @@ async fn dump(admin: &Admin, format: DumpFormat) -> Result<()> {
     while let Some(path) = stack.pop() {
         if let Some(node) = admin.get(&path).await? {
             let mut entry = Map::new();
-            entry.insert("data".into(), node_value(&node.data));
+            // Digest ids are hashes of passwords: shown by user only.
+            let data = if path == access::ADMIN || paths::parent(&path) == Some(access::REGISTRY) {
+                redacted_digest(&String::from_utf8_lossy(&node.data)).into_bytes()
+            } else {
+                node.data
+            };
+            entry.insert("data".into(), node_value(&data));
             if node.ephemeral_owner != 0 {
                 entry.insert("ephemeral".into(), Value::Bool(true));
             }
