@@ -131,6 +131,16 @@ impl Steps for Syncing {
             if let Err(e) = self.registry.take(got) {
                 return Decision::Done(Err(e));
             }
+            // A machine of the admin's name would get the admin's rights wherever the
+            // ACLs name that machine (`pop init --admin-identity` after `machine add`).
+            let admin = digest_user(&self.admin);
+            if let Registry::Loaded(machines) = &self.registry {
+                if machines.contains_key(admin) {
+                    return Decision::Done(Err(PlanError::MachineIsAdmin {
+                        machine: admin.to_string(),
+                    }));
+                }
+            }
             return Decision::Look;
         };
         if let Some(visit) = &self.visited {
@@ -582,11 +592,23 @@ mod tests {
     }
 
     #[test]
-    fn the_admin_name_is_no_machine_id() {
+    fn the_admin_name_is_no_machine_id_either_way() {
         assert!(matches!(
             MachineRegistration::add("zk", ROOT, &machine("root"), "root:X="),
             Err(PlanError::MachineIsAdmin { .. })
         ));
+        // A namespace re-secured with an admin named as a registered machine.
+        let mut tree = secured();
+        add_machine(&mut tree, "m1").expect("m1");
+        let before = tree.clone();
+        let init = Init::new("zk", true, Duration::from_secs(1)).secured("m1", "m1:O=");
+        assert_eq!(
+            tree.run(&mut { init }),
+            Err(PlanError::MachineIsAdmin {
+                machine: "m1".into()
+            })
+        );
+        assert_eq!(tree.nodes, before.nodes, "nothing written");
     }
 
     #[test]

@@ -53,6 +53,7 @@ impl Init {
             stage: Stage::Survey(Engine::new(Survey {
                 at: at.to_string(),
                 force,
+                admin: None,
             })),
             admin: None,
         }
@@ -61,6 +62,9 @@ impl Init {
     /// `pop init --admin-identity`: the namespace becomes secured by this admin (`user`
     /// and its digest id), and every node's ACL is set (migrating an existing one).
     pub fn secured(mut self, user: &str, digest: &str) -> Init {
+        if let Stage::Survey(survey) = &mut self.stage {
+            survey.steps.admin = Some(user.to_string());
+        }
         self.admin = Some((user.to_string(), digest.to_string()));
         self
     }
@@ -181,24 +185,38 @@ impl Plan for Init {
 struct Survey {
     at: String,
     force: bool,
+    /// `--admin-identity`'s user: it must not be a registered machine's id.
+    admin: Option<String>,
 }
 
 impl Steps for Survey {
     type Done = Option<Found>;
 
     fn reads(&self) -> Vec<ZkOp> {
-        vec![
+        let mut reads = vec![
             get(paths::POP),
             children(paths::SERVICES),
             children(paths::MACHINES),
-        ]
+        ];
+        if self.admin.is_some() {
+            reads.push(children(REGISTRY));
+        }
+        reads
     }
 
-    fn decide(&mut self, _now: Timestamp, got: Vec<Got>) -> Decision<Option<Found>> {
+    fn decide(&mut self, _now: Timestamp, mut got: Vec<Got>) -> Decision<Option<Found>> {
+        let registry = got.split_off(got.len().min(3));
         let [pop, services, machines] = match exactly(got) {
             Ok(got) => got,
             Err(e) => return Decision::Done(Err(e)),
         };
+        if let (Some(admin), Some(Got::Children(registered))) = (&self.admin, registry.first()) {
+            if registered.contains(admin) {
+                return Decision::Done(Err(PlanError::MachineIsAdmin {
+                    machine: admin.clone(),
+                }));
+            }
+        }
         let names = |got: Got| match got {
             Got::Children(names) => names,
             _ => Vec::new(),

@@ -356,9 +356,9 @@ pub enum PlanError {
     BadRegistryEntry { path: String },
     #[error("machine {machine} is registered already; `pop machine remove {machine}` first to give it a new credential")]
     MachineRegistered { machine: String },
-    #[error("no machine {machine} is registered (see `pop machines`)")]
+    #[error("no machine {machine} is registered (`pop machine add {machine}` registers it)")]
     MachineNotRegistered { machine: String },
-    #[error("\"{machine}\" is the admin's user name; a machine cannot have it")]
+    #[error("\"{machine}\" is the admin's user name; a machine cannot have it (nor the admin a registered machine's)")]
     MachineIsAdmin { machine: String },
     #[error("the namespace at {at} is not secured: `pop init --admin-identity USER:PASSWORD --force` secures it")]
     NotSecured { at: String },
