@@ -2,6 +2,7 @@
 //! the agent's whole life; see `pidfile`).
 
 use crate::agent_log;
+use crate::auth;
 use crate::context;
 use crate::pidfile::{read_pid, PidLock};
 use crate::Cli;
@@ -182,6 +183,12 @@ pub async fn foreground(cli: &Cli) -> Result<()> {
         .unwrap_or_else(|| "localhost".to_string());
     let mut zk = ZkConfig::new(&cli.host);
     zk.session_timeout = session_timeout();
+    let credential = auth::agent(cli, &state_dir)?;
+    match &credential {
+        Some(c) => tracing::info!(user = c.user(), "authenticating to ZooKeeper"),
+        None => tracing::info!("no credential: anonymous to ZooKeeper"),
+    }
+    zk.auth.extend(credential);
     let config = DriverConfig {
         zk,
         machine_id: machine,
@@ -239,6 +246,11 @@ pub fn start(cli: &Cli) -> Result<()> {
         .arg(&state_dir);
     for _ in 0..cli.verbose {
         cmd.arg("-v");
+    }
+    // Through the environment, never argv (which anyone may read in ps); `main` took it
+    // out of ours, so only the agent gets it.
+    if let Some(credential) = auth::given(cli)? {
+        cmd.env("POP_AUTH", credential.secret_line());
     }
     // The agent rotates the file itself; until it has opened it (and for an error
     // in its arguments) its output goes there too.

@@ -211,6 +211,7 @@ mod tests {
             backoff: Backoff::default(),
             pop: "/usr/bin/pop".into(),
             state_dir: "/var/lib/pop".into(),
+            access: Default::default(),
         }
     }
 

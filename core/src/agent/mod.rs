@@ -14,12 +14,13 @@ mod target;
 mod types;
 mod wanted;
 
+use crate::access::AgentAccess;
 use crate::backoff::{Backoff, SeededRng};
 use crate::event::{Action, Input, Report};
 use crate::names::MachineId;
 use crate::paths::{self, Watched};
 use crate::time::Timestamp;
-use crate::zk::{CreateMode, RequestId, SessionEvent, SessionId, ZkError, ZkOp, ZkReply};
+use crate::zk::{Acl, CreateMode, RequestId, SessionEvent, SessionId, ZkError, ZkOp, ZkReply};
 use ephemeral::{EphemeralNode, Step};
 use index::{Dirty, Index};
 use serde::{Deserialize, Serialize};
@@ -61,6 +62,9 @@ pub struct AgentConfig {
     /// their environments are in `<state_dir>/env/<service>/`.
     #[serde(default)]
     pub state_dir: String,
+    /// The ACL of the nodes it creates; open unless the namespace is secured.
+    #[serde(default, skip_serializing_if = "AgentAccess::is_open")]
+    pub access: AgentAccess,
 }
 
 impl AgentConfig {
@@ -128,6 +132,11 @@ pub struct Agent {
     /// The stored types the wanted services have, as read.
     #[serde(default)]
     types: TypeReads,
+    /// Services whose settings an ACL keeps from this machine (a secured namespace lets
+    /// a machine read only the settings of services deployed on it): read again once
+    /// its machines list names this machine.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    withheld: BTreeSet<String>,
     shutting_down: bool,
     exited: bool,
     actions: VecDeque<Action>,
@@ -165,6 +174,7 @@ impl Agent {
             newest_read: BTreeMap::new(),
             problems: BTreeMap::new(),
             types: TypeReads::default(),
+            withheld: BTreeSet::new(),
             shutting_down: false,
             exited: false,
             actions: VecDeque::new(),
@@ -432,14 +442,18 @@ impl Agent {
             self.stalled.clear();
         }
         self.dirty.nodes.extend(self.nodes.keys().cloned());
-        self.send(
-            ZkOp::Create {
-                path: paths::machine(self.config.machine.as_str()),
-                data: Vec::new(),
-                mode: CreateMode::Persistent,
-            },
-            Pending::MachineNode,
-        );
+        // In a secured namespace `pop machine add` made it, and only the admin may.
+        if self.config.access.is_open() {
+            self.send(
+                ZkOp::Create {
+                    path: paths::machine(self.config.machine.as_str()),
+                    data: Vec::new(),
+                    mode: CreateMode::Persistent,
+                    acl: Acl::open(),
+                },
+                Pending::MachineNode,
+            );
+        }
         self.read(Watched::ServiceList);
         let names: Vec<String> = self.services.keys().cloned().collect();
         for name in names {
@@ -509,6 +523,31 @@ impl Agent {
         // The server says the session is gone, whether or not the client told us yet.
         if reply == ZkReply::Error(ZkError::SessionExpired) {
             self.on_session(SessionEvent::Expired);
+            return;
+        }
+        // Refused by an ACL: it would be refused again, so the agent cannot do its job
+        // with this credential. It says what was refused and exits; its services keep
+        // running for the next agent (with the right credential) to adopt.
+        if reply == ZkReply::Error(ZkError::NoAuth) {
+            let (path, doing) = match &pending {
+                Pending::MachineNode => return,
+                Pending::Read(Watched::Settings(name)) => {
+                    let name = name.clone();
+                    self.withhold_settings(name);
+                    return;
+                }
+                Pending::Read(watched) => (watched.path(), "reading"),
+                Pending::Ephemeral { path, step } => (path.clone(), step.doing()),
+            };
+            if !self.exited {
+                self.exited = true;
+                self.actions
+                    .push_back(Action::Report(Report::NotAuthorised {
+                        path,
+                        doing: doing.to_string(),
+                    }));
+                self.actions.push_back(Action::Exit);
+            }
             return;
         }
         match pending {

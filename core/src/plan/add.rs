@@ -6,6 +6,7 @@
 use super::engine::{exactly, Decision, Engine, Got, Refused, Steps};
 use super::plugins::{resolve, type_reads};
 use super::{get, require_namespace, Doing, Feedback, Outcome, Plan, PlanError, Step};
+use crate::access::Access;
 use crate::assignment::render_settings;
 use crate::names::{PluginName, ServiceName};
 use crate::paths;
@@ -13,6 +14,7 @@ use crate::plugin::{builtin, Manifest, SettingsError};
 use crate::time::Timestamp;
 use crate::zk::{CreateMode, ZkError, ZkOp, ZkReply};
 use serde_json::{Map, Value};
+use std::collections::BTreeSet;
 
 /// What `pop add` was asked for.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +38,7 @@ struct Adding {
     written: Option<Settled>,
     /// A create was sent whose outcome is unknown.
     in_doubt: bool,
+    access: Access,
 }
 
 /// Settings decided on, and the settings node's data they make.
@@ -91,7 +94,14 @@ impl Add {
             builtin,
             written: None,
             in_doubt: false,
+            access: Access::Open,
         })))
+    }
+
+    /// The ACLs of a secured namespace for what it creates.
+    pub fn with_access(mut self, access: Access) -> Add {
+        self.0.steps.access = access;
+        self
     }
 
     /// What the plan writes into the settings node, when known before reading (a
@@ -107,8 +117,10 @@ impl Plan for Add {
     }
 }
 
-fn create(path: String, data: Vec<u8>) -> ZkOp {
+/// A persistent node with the ACL `access` gives its path (nobody is deployed yet).
+fn create(access: &Access, path: String, data: Vec<u8>) -> ZkOp {
     ZkOp::Create {
+        acl: access.acl(&path, &BTreeSet::new()),
         path,
         data,
         mode: CreateMode::Persistent,
@@ -149,10 +161,14 @@ impl Adding {
         let name = &self.name;
         let write = ZkOp::Multi {
             ops: vec![
-                create(paths::service(name), Vec::new()),
-                create(paths::service_settings(name), settled.data.clone()),
-                create(paths::service_machines(name), b"[]".to_vec()),
-                create(paths::service_state_dir(name), Vec::new()),
+                create(&self.access, paths::service(name), Vec::new()),
+                create(
+                    &self.access,
+                    paths::service_settings(name),
+                    settled.data.clone(),
+                ),
+                create(&self.access, paths::service_machines(name), b"[]".to_vec()),
+                create(&self.access, paths::service_state_dir(name), Vec::new()),
             ],
         };
         self.written = Some(settled);

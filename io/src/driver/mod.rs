@@ -20,10 +20,11 @@ use crate::environment::{EnvironmentBuilder, Installer};
 use crate::journal::{journal_path, JournalLimits, JournalWriter};
 use crate::supervise::{ContainmentChoice, Supervisor, SupervisorConfig};
 use crate::zk::ZkConfig;
+use pop_core::access::AgentAccess;
 use pop_core::event::{Action, Input, Report};
 use pop_core::zk::{SessionEvent, ZkError, ZkReply};
 use pop_core::{Agent, AgentConfig};
-use ports::{Clock, ProcessPort, ZkPort, ZkSession};
+use ports::{Clock, ConnectFailure, ProcessPort, ZkPort, ZkSession};
 use production::{RealZk, SupervisedProcesses};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -37,6 +38,9 @@ pub enum DriverError {
     Supervise(#[from] crate::supervise::SuperviseError),
     #[error("setting up process supervision failed: {0}")]
     Setup(String),
+    /// ZooKeeper refused this agent: its credential is missing, wrong or not allowed.
+    #[error("{0}")]
+    Refused(String),
     #[error("cannot create {path}: {source}")]
     StateDir {
         path: PathBuf,
@@ -80,6 +84,8 @@ enum Msg<S> {
         epoch: u64,
         session: S,
     },
+    /// The server refused the credential: the agent cannot go on.
+    Refused(String),
 }
 
 /// Runs the production agent until `stop` asks it to end (and, for `Stop`, every
@@ -113,6 +119,7 @@ pub async fn run(
             .await
             .map_err(|e| DriverError::Setup(e.to_string()))??;
     let clock = SystemClock::new();
+    let access = agent_access(&config.zk, &config.machine_id).await?;
     let environments = EnvironmentBuilder::new(
         config.state_dir.clone(),
         config.machine_id.as_str(),
@@ -121,6 +128,7 @@ pub async fn run(
     );
     let processes = SupervisedProcesses::new(supervisor, environments);
     let agent_config = AgentConfig {
+        access,
         machine: config.machine_id.clone(),
         hostname: config.hostname.clone(),
         agent_pid: std::process::id(),
@@ -144,7 +152,9 @@ pub async fn run(
     };
     info!(machine = %config.machine_id, containment = %agent_config.containment, zk = %config.zk.hosts, "agent starting");
     let ports = Ports {
-        zk: RealZk { config: config.zk },
+        zk: RealZk {
+            config: config.zk.clone(),
+        },
         processes,
         clock,
     };
@@ -152,8 +162,75 @@ pub async fn run(
     // that feed the loop then wake it on their own worker, without a thread switch.
     tokio::spawn(run_with(ports, agent_config, journal, process_rx, stop))
         .await
-        .map_err(|e| DriverError::Setup(format!("the event loop failed: {e}")))?;
-    Ok(())
+        .map_err(|e| DriverError::Setup(format!("the event loop failed: {e}")))?
+        .map_err(|refusal| DriverError::Refused(refusal.explain(&config.zk, &config.machine_id)))
+}
+
+/// With a credential, what ACL the agent's own nodes get: it asks ZooKeeper (until it
+/// can) whether the namespace is secured and by whom. Without one, open ACLs: in a
+/// secured namespace its first refused request says what is missing.
+async fn agent_access(
+    zk: &ZkConfig,
+    machine: &pop_core::names::MachineId,
+) -> Result<AgentAccess, DriverError> {
+    let Some(credential) = zk.auth.first() else {
+        return Ok(AgentAccess::Open);
+    };
+    if credential.user() != machine.as_str() {
+        warn!(
+            user = credential.user(),
+            "the agent authenticates as a user other than its machine id"
+        );
+    }
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match crate::zk::namespace_access(zk).await {
+            Ok(None) => return Ok(AgentAccess::Open),
+            Ok(Some(admin)) => {
+                return Ok(AgentAccess::Secured {
+                    admin,
+                    machine: credential.digest_id(),
+                })
+            }
+            Err(crate::zk::AccessError::Refused(message)) => {
+                let refusal = Refusal::Session(message);
+                return Err(DriverError::Refused(refusal.explain(zk, machine)));
+            }
+            Err(crate::zk::AccessError::Retry(message)) => {
+                warn!("cannot learn whether the namespace is secured: {message}; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// What ZooKeeper refused the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A request (NoAuth).
+    Request { doing: String, path: String },
+    /// The session's authentication.
+    Session(String),
+}
+
+impl Refusal {
+    /// Names the credential in use and what to do: the message the agent exits with.
+    pub fn explain(&self, zk: &ZkConfig, machine: &pop_core::names::MachineId) -> String {
+        let what = match self {
+            Refusal::Request { doing, path } => format!("ZooKeeper refused {doing} {path}"),
+            Refusal::Session(message) => message.clone(),
+        };
+        match zk.auth.first() {
+            None => format!(
+                "{what}: this agent has no credential and the namespace is secured; give it machine {machine}'s (printed by `pop machine add {machine}`) in POP_AUTH, --auth or <state dir>/credential (mode 0600)"
+            ),
+            Some(credential) => format!(
+                "{what} to user {}: is machine {machine} registered (`pop machine add {machine}`) and its secret the one printed then?",
+                credential.user()
+            ),
+        }
+    }
 }
 
 /// What the loop talks to.
@@ -172,17 +249,22 @@ struct Driver<Z: ZkPort, P, C> {
     session: Option<Z::Session>,
     epoch: u64,
     tx: mpsc::UnboundedSender<Msg<Z::Session>>,
+    /// What ZooKeeper refused, once it has (the core then exits).
+    refused: Option<Refusal>,
 }
 
 /// The event loop over any ports. Returns when the core emits `Exit`, or at once after a
 /// second `Stop` request (services are then killed without the full grace).
+///
+/// Ends with a [`Refusal`] when ZooKeeper refused the agent's credential (or a request for
+/// want of one): the services are left running for the next agent to adopt.
 pub async fn run_with<Z: ZkPort, P: ProcessPort, C: Clock>(
     ports: Ports<Z, P, C>,
     agent_config: AgentConfig,
     journal: Option<JournalWriter>,
     mut process_events: mpsc::UnboundedReceiver<Input>,
     mut stop: mpsc::UnboundedReceiver<StopRequest>,
-) {
+) -> Result<(), Refusal> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut process_events_open = true;
     let mut driver = Driver {
@@ -194,6 +276,7 @@ pub async fn run_with<Z: ZkPort, P: ProcessPort, C: Clock>(
         session: None,
         epoch: 0,
         tx,
+        refused: None,
     };
     // What an earlier agent left running is known before anything else happens.
     let adopted = driver
@@ -203,7 +286,7 @@ pub async fn run_with<Z: ZkPort, P: ProcessPort, C: Clock>(
         .unwrap_or_default();
     for input in adopted {
         if driver.step(input).await {
-            return;
+            return driver.ended();
         }
     }
     driver.start_session();
@@ -231,6 +314,12 @@ pub async fn run_with<Z: ZkPort, P: ProcessPort, C: Clock>(
             msg = rx.recv() => match msg {
                 Some(Msg::Session { epoch, input }) => (epoch == driver.epoch).then_some(*input),
                 Some(Msg::Connected { epoch, session }) => driver.on_connected(epoch, session),
+                Some(Msg::Refused(message)) => {
+                    if let Some(processes) = driver.processes.take() {
+                        processes.detach();
+                    }
+                    return Err(Refusal::Session(message));
+                }
                 None => None,
             },
             () = sleep => Some(Input::Tick),
@@ -250,7 +339,7 @@ pub async fn run_with<Z: ZkPort, P: ProcessPort, C: Clock>(
                         processes.shutdown(Duration::from_millis(500)).await;
                     }
                     driver.close_session().await;
-                    return;
+                    return driver.ended();
                 }
                 Some(StopRequest::Stop) => {
                     stop_requested = true;
@@ -261,12 +350,16 @@ pub async fn run_with<Z: ZkPort, P: ProcessPort, C: Clock>(
         };
         let Some(input) = input else { continue };
         if driver.step(input).await {
-            return;
+            return driver.ended();
         }
     }
 }
 
 impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
+    fn ended(&mut self) -> Result<(), Refusal> {
+        self.refused.take().map_or(Ok(()), Err)
+    }
+
     /// Journals one input, hands it to the core and performs what it asks; true when
     /// the agent is done.
     async fn step(&mut self, input: Input) -> bool {
@@ -300,7 +393,7 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
             .filter(|a| !matches!(a, Action::Spawn { .. }));
         for action in others {
             if self.perform(action) {
-                if detach {
+                if detach || self.refused.is_some() {
                     if let Some(processes) = self.processes.take() {
                         processes.detach();
                     }
@@ -362,7 +455,11 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
                         let _ = tx.send(Msg::Connected { epoch, session });
                         return;
                     }
-                    Err(e) => {
+                    Err(ConnectFailure::Refused(message)) => {
+                        let _ = tx.send(Msg::Refused(message));
+                        return;
+                    }
+                    Err(ConnectFailure::Retry(e)) => {
                         warn!("{e}; retrying in {delay:?}");
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(Duration::from_secs(5));
@@ -456,6 +553,10 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
                 warn!("ZooKeeper session expired; opening a new one");
                 self.start_session();
             }
+            Action::Report(Report::NotAuthorised { path, doing }) => {
+                error!(%path, "ZooKeeper refused {doing} it: not authorised");
+                self.refused = Some(Refusal::Request { doing, path });
+            }
             Action::Report(report) => log_report(&report),
             Action::Exit => return true,
         }
@@ -500,5 +601,8 @@ fn log_report(report: &Report) {
             spec_hash,
             error,
         } => error!(%service, spec_hash, "environment build failed: {error}"),
+        Report::NotAuthorised { path, doing } => {
+            error!(%path, "ZooKeeper refused {doing} it: not authorised")
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! The production implementations of the driver's ports: the `zookeeper-client` crate
 //! and the process supervisor.
 
-use super::ports::{ProcessPort, WatchFuture, ZkPort, ZkSession};
+use super::ports::{ConnectFailure, ProcessPort, WatchFuture, ZkPort, ZkSession};
 use crate::environment::EnvironmentBuilder;
 use crate::supervise::{ProcessSpec, ReadinessProbe, Supervisor};
 use crate::zk::{self, Client, SessionState, ZkConfig};
@@ -26,8 +26,11 @@ pub struct RealZk {
 impl ZkPort for RealZk {
     type Session = RealSession;
 
-    async fn connect(&self) -> Result<RealSession, String> {
-        let client = zk::connect(&self.config).await.map_err(|e| e.to_string())?;
+    async fn connect(&self) -> Result<RealSession, ConnectFailure> {
+        let client = zk::connect(&self.config).await.map_err(|e| match e {
+            zk::ConnectError::AuthFailed { .. } => ConnectFailure::Refused(e.to_string()),
+            other => ConnectFailure::Retry(other.to_string()),
+        })?;
         Ok(RealSession {
             client,
             op_timeout: self.config.op_timeout,
@@ -69,7 +72,12 @@ impl ZkSession for RealSession {
                     SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
                         SessionEvent::Connected { session, timeout }
                     }
-                    // Expired, auth failure or closed: the session is over for good.
+                    SessionState::AuthFailed => {
+                        // The next session's connect is refused too, and the agent exits.
+                        warn!("ZooKeeper closed the session: authentication failed");
+                        SessionEvent::Expired
+                    }
+                    // Expired or closed: the session is over for good.
                     _ => SessionEvent::Expired,
                 };
                 let terminal = event == SessionEvent::Expired;
