@@ -139,14 +139,16 @@ impl Adding {
     fn plan(&mut self, mut got: Vec<Got>) -> Result<Decision<Outcome>, PlanError> {
         let type_got = got.split_off(got.len().min(3));
         let [pop, service, settings] = exactly(got)?;
+        // A multi is all or nothing: our settings there mean our create took effect,
+        // whatever else has happened since (the marker may be read gone while another
+        // terminal's `init --force` deletes the namespace around it).
+        if let Some(written) = self.written.as_ref().filter(|_| self.in_doubt) {
+            if service.exists() && settings.data() == Some(written.data.as_slice()) {
+                return Ok(Decision::Done(Ok(self.added(written))));
+            }
+        }
         require_namespace(&self.at, &pop)?;
         if service.exists() {
-            // A multi is all or nothing: our settings there mean our create took effect.
-            if let Some(written) = self.written.as_ref().filter(|_| self.in_doubt) {
-                if settings.data() == Some(written.data.as_slice()) {
-                    return Ok(Decision::Done(Ok(self.added(written))));
-                }
-            }
             return Err(PlanError::ExistsAlready {
                 name: self.name.clone(),
             });
@@ -284,6 +286,29 @@ mod tests {
         });
         assert!(matches!(outcome, Ok(Outcome::Added { .. })), "{outcome:?}");
         assert_eq!(tree.writes.len(), 1, "written once: {:?}", tree.writes);
+    }
+
+    /// Found by the simulator (7 machines, seed 4): the marker read gone while our
+    /// service was still there (another terminal's `init --force` was deleting the
+    /// namespace) made an add that took effect report "no pop namespace".
+    #[test]
+    fn add_in_doubt_finding_its_service_reports_added_even_if_the_marker_is_gone() {
+        let mut tree = namespace();
+        let mut wrote = false;
+        let outcome = tree.run_with(&mut echo(), |tree, request| {
+            if is_write(request) && !wrote {
+                wrote = true;
+                return Fate::LoseReply;
+            }
+            if wrote {
+                tree.apply(&ZkOp::Delete {
+                    path: "/pop".into(),
+                    version: None,
+                });
+            }
+            Fate::Deliver
+        });
+        assert!(matches!(outcome, Ok(Outcome::Added { .. })), "{outcome:?}");
     }
 
     #[test]
