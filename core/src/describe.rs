@@ -171,6 +171,34 @@ impl fmt::Display for Input {
                     None => Ok(()),
                 }
             }
+            Input::TaskStarted {
+                service,
+                task,
+                attempt,
+                pid,
+            } => write!(
+                f,
+                "task {service}/{task} attempt {attempt} started, pid {pid}"
+            ),
+            Input::TaskFailedToStart {
+                service,
+                task,
+                attempt,
+                error,
+            } => write!(
+                f,
+                "task {service}/{task} attempt {attempt} failed to start: {error}"
+            ),
+            Input::TaskExited {
+                service,
+                task,
+                attempt,
+                status,
+                ..
+            } => write!(
+                f,
+                "task {service}/{task} attempt {attempt} exited: {status}"
+            ),
             Input::Tick => f.write_str("tick"),
             Input::Shutdown => f.write_str("shutdown requested"),
             Input::Detach => f.write_str("detach requested"),
@@ -234,6 +262,12 @@ impl fmt::Display for Report {
                 f.write_str(", restarting it")
             }
             Report::Fenced { services } => write!(f, "fenced: {}", services.join(", ")),
+            Report::TaskEnded {
+                service,
+                task,
+                attempt,
+                state,
+            } => write!(f, "task {service}/{task} attempt {attempt}: {state}"),
         }
     }
 }
@@ -255,6 +289,27 @@ impl fmt::Display for Action {
             } => write!(
                 f,
                 "stop {service}#{generation}, SIGKILL after {}s",
+                grace.as_secs_f64()
+            ),
+            Action::RunTask {
+                service,
+                task,
+                attempt,
+                argv,
+                ..
+            } => write!(
+                f,
+                "run task {service}/{task} attempt {attempt}: {}",
+                argv.join(" ")
+            ),
+            Action::StopTask {
+                service,
+                task,
+                attempt,
+                grace,
+            } => write!(
+                f,
+                "stop task {service}/{task} attempt {attempt}, SIGKILL after {}s",
                 grace.as_secs_f64()
             ),
             Action::NewSession => f.write_str("open a new session"),

@@ -172,6 +172,8 @@ mod tests {
             containment: "none".into(),
             seed: 3,
             backoff: Backoff::default(),
+            state_dir: String::new(),
+            pop_exe: String::new(),
         }
     }
 

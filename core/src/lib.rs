@@ -37,6 +37,7 @@ pub mod planted;
 pub mod plugin;
 pub mod published;
 pub mod settings;
+pub mod task;
 pub mod time;
 pub mod zk;
 

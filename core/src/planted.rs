@@ -47,6 +47,8 @@ bugs! {
     /// `pop remove` deletes the service's state nodes before its machines list and
     /// settings, unregistering it while agents still run it as wanted.
     RemoveTreeFirst,
+    /// A machine of a rolling task starts it without waiting for the machine before it.
+    RollingIgnoresPredecessor,
 }
 
 impl Bug {

@@ -18,6 +18,8 @@ fn agent() -> Agent {
         containment: "none".into(),
         seed: 1,
         backoff: Backoff::default(),
+        state_dir: String::new(),
+        pop_exe: String::new(),
     })
 }
 

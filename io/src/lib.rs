@@ -6,4 +6,5 @@ pub mod driver;
 pub mod journal;
 pub mod machine_id;
 pub mod supervise;
+pub mod tasks;
 pub mod zk;

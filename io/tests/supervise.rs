@@ -18,6 +18,9 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 #[path = "supervise/adopt.rs"]
 mod adopt;
 use adopt::*;
+#[path = "supervise/one_off.rs"]
+mod one_off;
+use one_off::*;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(20);
@@ -93,6 +96,7 @@ fn spec(service: &str, generation: u64, argv: &[&str]) -> ProcessSpec {
         probe: None,
         exit_grace: None,
         note: serde_json::Value::Null,
+        output: None,
     }
 }
 
@@ -255,6 +259,8 @@ both_modes!(
     adopted_service_keeps_logging,
     agent_killed_by_sigkill,
     spawn_failure_is_reported,
+    one_off_output_goes_to_its_files_and_its_tree_is_stopped,
+    a_detached_one_off_is_killed_by_the_next_supervisor,
 );
 
 async fn term_stops_plain_sleep(mode: Mode) {

@@ -28,6 +28,8 @@ pub fn config() -> AgentConfig {
         containment: "none".into(),
         seed: 7,
         backoff: Backoff::default(),
+        state_dir: "/var/lib/pop".into(),
+        pop_exe: "/usr/bin/pop".into(),
     }
 }
 
@@ -186,7 +188,13 @@ impl World {
                 self.pids.entry(service.clone()).or_default().insert(*pid);
             }
             Input::Shutdown => self.shutting_down = true,
-            Input::Watch(_) | Input::Ready { .. } | Input::Tick | Input::Detach => {}
+            Input::Watch(_)
+            | Input::Ready { .. }
+            | Input::Tick
+            | Input::Detach
+            | Input::TaskStarted { .. }
+            | Input::TaskFailedToStart { .. }
+            | Input::TaskExited { .. } => {}
         }
     }
 

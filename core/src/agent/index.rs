@@ -138,6 +138,8 @@ pub(crate) struct Dirty {
     pub services: BTreeSet<String>,
     /// Ephemeral nodes that may have a request to send, by path.
     pub nodes: BTreeSet<String>,
+    /// Tasks to reconcile and re-index.
+    pub tasks: BTreeSet<super::tasks::TaskKey>,
     /// The report must be rendered again.
     pub report: bool,
 }
@@ -175,8 +177,10 @@ impl Agent {
         self.dirty = Dirty {
             services: BTreeSet::new(),
             nodes: self.nodes.keys().cloned().collect(),
+            tasks: BTreeSet::new(),
             report: true,
         };
+        self.reindex_tasks();
         self.indexed = true;
     }
 

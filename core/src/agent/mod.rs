@@ -10,6 +10,7 @@ mod publish;
 mod readiness;
 mod service;
 mod target;
+mod tasks;
 
 use crate::backoff::{Backoff, SeededRng};
 use crate::event::{Action, Input, Report};
@@ -25,6 +26,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use target::Listing;
+use tasks::{TaskIndex, TaskOutcome, Tasks};
 
 /// How long to wait before retrying reads and writes that failed.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
@@ -48,6 +50,13 @@ pub struct AgentConfig {
     /// Seeds the backoff jitter.
     pub seed: u64,
     pub backoff: Backoff,
+    /// The agent's state directory: services' working directories and environments are
+    /// under it (`{state_dir}`, `{env_dir}` in commands).
+    #[serde(default)]
+    pub state_dir: String,
+    /// The pop binary (`{pop}` in commands).
+    #[serde(default)]
+    pub pop_exe: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -59,6 +68,12 @@ enum Pending {
     },
     /// Creating /machines/<id>; the result does not matter beyond the log.
     MachineNode,
+    /// A read or write of a task's node without a watch.
+    Task {
+        service: String,
+        task: crate::task::TaskId,
+        read: tasks::replies::Read,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +110,9 @@ pub struct Agent {
     reread: BTreeSet<String>,
     retry_at: Option<Timestamp>,
     services: BTreeMap<String, Service>,
+    /// Coordinated tasks of the services deployed here.
+    #[serde(default)]
+    tasks: Tasks,
     nodes: BTreeMap<String, EphemeralNode>,
     /// The newest data seen per read path (its mzxid), so a late reply is not applied.
     #[serde(default)]
@@ -107,6 +125,8 @@ pub struct Agent {
     rng: SeededRng,
     #[serde(skip)]
     index: Index,
+    #[serde(skip)]
+    task_index: TaskIndex,
     #[serde(skip)]
     dirty: Dirty,
     /// Ephemeral nodes waiting for the retry timer, by path.
@@ -134,6 +154,7 @@ impl Agent {
             reread: BTreeSet::new(),
             retry_at: None,
             services: BTreeMap::new(),
+            tasks: Tasks::default(),
             nodes: BTreeMap::new(),
             newest_read: BTreeMap::new(),
             problems: BTreeMap::new(),
@@ -142,6 +163,7 @@ impl Agent {
             actions: VecDeque::new(),
             rng,
             index: Index::default(),
+            task_index: TaskIndex::default(),
             dirty: Dirty {
                 report: true,
                 ..Dirty::default()
@@ -177,7 +199,12 @@ impl Agent {
                     node.on_watch(event.kind);
                     self.dirty.nodes.insert(event.path);
                 } else if let Some(watched) = Watched::parse(&event.path) {
-                    self.read(watched);
+                    match watched {
+                        Watched::ServiceList | Watched::Machines(_) | Watched::Settings(_) => {
+                            self.read(watched)
+                        }
+                        task => self.on_task_watch(task),
+                    }
                 }
             }
             Input::Spawned {
@@ -223,11 +250,39 @@ impl Agent {
                     s.adopt(generation, pid, started_at, port, settings, out)
                 });
             }
+            Input::TaskStarted {
+                service,
+                task,
+                attempt,
+                pid,
+            } => self.on_task_started(&service, &task, attempt, pid),
+            Input::TaskFailedToStart {
+                service,
+                task,
+                attempt,
+                error,
+            } => self.on_task_ended(&service, &task, attempt, TaskOutcome::NotStarted { error }),
+            Input::TaskExited {
+                service,
+                task,
+                attempt,
+                status,
+                stdout_tail,
+                stderr_tail,
+            } => {
+                let outcome = TaskOutcome::Exited {
+                    status,
+                    stdout_tail,
+                    stderr_tail,
+                };
+                self.on_task_ended(&service, &task, attempt, outcome);
+            }
             Input::Tick => self.on_tick(),
             Input::Shutdown => {
                 if !self.shutting_down {
                     self.shutting_down = true;
                     self.mark_all_services();
+                    self.mark_active_tasks();
                     self.dirty.report = true;
                 }
             }
@@ -265,6 +320,7 @@ impl Agent {
         self.index
             .next_deadline()
             .into_iter()
+            .chain(self.task_index.next_deadline())
             .chain(self.retry_at)
             .chain(self.fence_deadline())
             .min()
@@ -350,6 +406,8 @@ impl Agent {
                 let same = matches!(self.session,
                     SessionState::Connected(id) | SessionState::Disconnected(id) if id == session);
                 self.session = SessionState::Connected(session);
+                // Tasks that waited for the session go on.
+                self.mark_active_tasks();
                 if same {
                     // Watches survive a reconnect within the session; retry what failed meanwhile.
                     self.retry_now();
@@ -389,6 +447,7 @@ impl Agent {
             self.stalled.clear();
         }
         self.dirty.nodes.extend(self.nodes.keys().cloned());
+        self.tasks_new_session();
         self.send(
             ZkOp::Create {
                 path: paths::machine(self.config.machine.as_str()),
@@ -430,6 +489,7 @@ impl Agent {
                 self.dirty.nodes.insert(path);
             }
         }
+        self.retry_task_reads();
     }
 
     /// From now until the session is back, `fence` services are not wanted.
@@ -481,6 +541,11 @@ impl Agent {
                 }
             }
             Pending::Read(watched) => self.on_read(watched, reply),
+            Pending::Task {
+                service,
+                task,
+                read,
+            } => self.on_task_reply(service, task, read, reply),
         }
     }
 
@@ -555,8 +620,12 @@ impl Agent {
         for name in &names {
             self.settle(name);
         }
+        self.converge_tasks(&names);
         self.publish();
-        if self.shutting_down && self.index.phases().with_process() == 0 {
+        if self.shutting_down
+            && self.index.phases().with_process() == 0
+            && self.task_index.processes() == 0
+        {
             self.exited = true;
             self.actions.push_back(Action::Exit);
         }

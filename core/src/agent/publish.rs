@@ -145,7 +145,14 @@ impl Agent {
                 self.index, full.index
             ));
         }
+        if full.task_index != self.task_index {
+            return Err(format!(
+                "the task index is not what the tasks make of it: kept {:?}, rebuilt {:?}",
+                self.task_index, full.task_index
+            ));
+        }
         full.mark_all_services();
+        full.mark_all_tasks();
         full.converge();
         if !full.actions.is_empty() {
             return Err(format!(
@@ -156,6 +163,7 @@ impl Agent {
         // Without actions, this is all reconciling and publishing can change.
         let changed = [
             (full.services != self.services, "services"),
+            (full.tasks != self.tasks, "tasks"),
             (full.nodes != self.nodes, "nodes"),
             (full.newest_read != self.newest_read, "reads"),
             (full.fenced != self.fenced, "fencing"),

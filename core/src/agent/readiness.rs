@@ -117,6 +117,8 @@ mod tests {
                     containment: "none".into(),
                     seed: 1,
                     backoff: Backoff::default(),
+                    state_dir: String::new(),
+                    pop_exe: String::new(),
                 }),
                 now: 1000,
                 next_zxid: 10,

@@ -289,6 +289,15 @@ impl Service {
         }
     }
 
+    /// A task that succeeded asks for a new generation (`restart_after`): a running
+    /// process is stopped, and reconciling starts the next one. One still starting
+    /// started after the task anyway.
+    pub(crate) fn restart(&mut self, out: &mut Outbox<'_>) {
+        if matches!(self.run, Run::Running { .. }) {
+            self.stop(out);
+        }
+    }
+
     fn spawn(&mut self, settings: Arc<Settings>, out: &mut Outbox<'_>) {
         self.generation = self.generation.saturating_add(1);
         let launch = Launch::new(&self.name, out.machine, &settings);

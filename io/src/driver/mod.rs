@@ -89,7 +89,8 @@ pub async fn run(
         path: work_dir.clone(),
         source,
     })?;
-    let (process_tx, process_rx) = mpsc::unbounded_channel();
+    let (process_tx, supervisor_rx) = mpsc::unbounded_channel();
+    let process_rx = task_inputs(supervisor_rx, config.state_dir.clone());
     let supervisor = Supervisor::new(
         SupervisorConfig::new(
             config.machine_id.as_str(),
@@ -112,6 +113,8 @@ pub async fn run(
         containment: processes.containment(),
         seed: u64::from(std::process::id()) ^ clock.now().as_millis(),
         backoff: Default::default(),
+        state_dir: config.state_dir.to_string_lossy().into_owned(),
+        pop_exe: config.pop_exe.to_string_lossy().into_owned(),
     };
     let journal = match JournalWriter::start(
         journal_path(&config.state_dir),
@@ -132,6 +135,35 @@ pub async fn run(
     };
     run_with(ports, agent_config, journal, process_rx, stop).await;
     Ok(())
+}
+
+/// The supervisor's events as the core's inputs: those of a task's processes become
+/// task inputs (the ends of its output are read from files, on the blocking pool), in
+/// the order they came.
+fn task_inputs(
+    mut events: mpsc::UnboundedReceiver<Input>,
+    state_dir: PathBuf,
+) -> mpsc::UnboundedReceiver<Input> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            let dir = state_dir.clone();
+            let input =
+                match tokio::task::spawn_blocking(move || crate::tasks::translate(&dir, event))
+                    .await
+                {
+                    Ok(input) => input,
+                    Err(e) => {
+                        error!("reading a task's output failed: {e}");
+                        continue;
+                    }
+                };
+            if tx.send(input).is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// What the loop talks to.
@@ -384,6 +416,35 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
                     processes.stop(&service, generation, grace);
                 }
             }
+            Action::RunTask {
+                service,
+                task,
+                attempt,
+                argv,
+                env,
+                cwd,
+            } => {
+                if let Some(processes) = self.processes.as_mut() {
+                    processes.run_task(crate::tasks::TaskLaunch {
+                        service,
+                        task,
+                        attempt,
+                        argv,
+                        env,
+                        cwd: PathBuf::from(cwd),
+                    });
+                }
+            }
+            Action::StopTask {
+                service,
+                task,
+                attempt,
+                grace,
+            } => {
+                if let Some(processes) = self.processes.as_mut() {
+                    processes.stop_task(&service, &task, attempt, grace);
+                }
+            }
             Action::NewSession => {
                 warn!("ZooKeeper session expired; opening a new one");
                 self.start_session();
@@ -417,6 +478,12 @@ fn log_report(report: &Report) {
             port,
             waited,
         } => warn!(%service, port, ?waited, "not ready in time (ready_timeout); restarting it"),
+        Report::TaskEnded {
+            service,
+            task,
+            attempt,
+            state,
+        } => info!(%service, %task, attempt, %state, "task ended"),
         Report::Fenced { services } => {
             warn!(
                 ?services,

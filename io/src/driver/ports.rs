@@ -6,6 +6,7 @@
 use pop_core::event::Input;
 use pop_core::launch::Launch;
 use pop_core::settings::Settings;
+use pop_core::task::TaskId;
 use pop_core::zk::{SessionEvent, SessionId, WatchEvent, ZkOp, ZkReply};
 use pop_core::Timestamp;
 use std::future::Future;
@@ -53,6 +54,9 @@ pub trait ProcessPort: Send + 'static {
     fn take_adopted(&mut self) -> Vec<Input>;
     fn spawn(&mut self, service: &str, generation: u64, launch: Launch, settings: &Settings);
     fn stop(&mut self, service: &str, generation: u64, grace: Duration);
+    /// Runs a task's process (`TaskStarted` or `TaskFailedToStart`, then `TaskExited`).
+    fn run_task(&mut self, launch: crate::tasks::TaskLaunch);
+    fn stop_task(&mut self, service: &str, task: &TaskId, attempt: u32, grace: Duration);
     /// Stops everything within about `grace` and waits until it is gone.
     fn shutdown(&mut self, grace: Duration) -> impl Future<Output = ()> + Send;
     /// Lets go of every process, leaving it running for the next agent to adopt.

@@ -3,10 +3,12 @@
 
 use super::ports::{ProcessPort, WatchFuture, ZkPort, ZkSession};
 use crate::supervise::{ProcessSpec, ReadinessProbe, Supervisor};
+use crate::tasks::{self, TaskLaunch};
 use crate::zk::{self, Client, SessionState, ZkConfig};
 use pop_core::event::Input;
 use pop_core::launch::{Launch, Program};
 use pop_core::settings::Settings;
+use pop_core::task::TaskId;
 use pop_core::zk::{SessionEvent, SessionId, ZkOp, ZkReply};
 use pop_core::Timestamp;
 use std::path::PathBuf;
@@ -136,6 +138,7 @@ impl SupervisedProcesses {
             exit_grace: Some(launch.stop_timeout),
             // Kept in the run record: what a later agent needs to adopt the process.
             note: serde_json::to_value(settings).unwrap_or_default(),
+            output: None,
         }
     }
 }
@@ -184,6 +187,20 @@ impl ProcessPort for SupervisedProcesses {
     fn stop(&mut self, service: &str, generation: u64, grace: Duration) {
         info!(%service, generation, ?grace, "stopping");
         self.supervisor.stop(service, generation, grace);
+    }
+
+    fn run_task(&mut self, launch: TaskLaunch) {
+        let (service, task, attempt) =
+            (launch.service.clone(), launch.task.clone(), launch.attempt);
+        let spec = tasks::spec(&self.state_dir, launch);
+        info!(%service, %task, attempt, argv = ?spec.argv, "running task");
+        self.supervisor.spawn(spec);
+    }
+
+    fn stop_task(&mut self, service: &str, task: &TaskId, attempt: u32, grace: Duration) {
+        info!(%service, %task, attempt, ?grace, "stopping task");
+        self.supervisor
+            .stop(&tasks::key(service, task), u64::from(attempt), grace);
     }
 
     async fn shutdown(&mut self, grace: Duration) {

@@ -26,8 +26,21 @@ pub(crate) fn launch(
         let err = out.try_clone().map_err(io_err("cannot dup log"))?;
         (out, err)
     };
-    let join = group.join_path().map_err(io_err("bad cgroup path"))?;
     let marker = StartMarker::new(spec.generation, started_at_ms / 1000);
+    launch_to(spec, token, group, out, err, Some(marker))
+}
+
+/// Forks and execs the main process inside `group`, its stdout and stderr to
+/// these files, the start marker first if there is one.
+pub(crate) fn launch_to(
+    spec: &ProcessSpec,
+    token: &str,
+    group: &Group,
+    out: std::fs::File,
+    err: std::fs::File,
+    marker: Option<StartMarker>,
+) -> Result<(u32, tokio::sync::oneshot::Receiver<ExitStatus>), SuperviseError> {
+    let join = group.join_path().map_err(io_err("bad cgroup path"))?;
     let mut cmd = Command::new(&spec.argv[0]);
     cmd.args(&spec.argv[1..])
         .envs(&spec.env)
@@ -40,7 +53,7 @@ pub(crate) fn launch(
     }
     // SAFETY: the hook only makes async-signal-safe syscalls and does not allocate.
     unsafe {
-        cmd.pre_exec(move || child_setup(join.as_deref(), &marker));
+        cmd.pre_exec(move || child_setup(join.as_deref(), marker.as_ref()));
     }
     let spawned = reaper::spawn_registered(&mut cmd);
     spawned.map_err(io_err(format!("cannot start {:?}", spec.argv[0])))
@@ -49,7 +62,7 @@ pub(crate) fn launch(
 /// The `--- pop: started pid <pid> ...` line, written by the child itself
 /// (it alone knows its pid before running service code), so that it
 /// precedes all of the service's output.
-struct StartMarker {
+pub(crate) struct StartMarker {
     prefix: Vec<u8>,
     suffix: Vec<u8>,
 }
@@ -97,7 +110,7 @@ impl StartMarker {
 /// Runs in the forked child before exec (after stdio is set up): join the
 /// cgroup (so nothing the service does can escape it), start a new session
 /// (own process group, no controlling terminal) and write the start marker.
-fn child_setup(cgroup_procs: Option<&CStr>, marker: &StartMarker) -> io::Result<()> {
+fn child_setup(cgroup_procs: Option<&CStr>, marker: Option<&StartMarker>) -> io::Result<()> {
     if let Some(path) = cgroup_procs {
         // SAFETY: raw syscalls on a valid NUL-terminated path and a local buffer.
         unsafe {
@@ -117,6 +130,8 @@ fn child_setup(cgroup_procs: Option<&CStr>, marker: &StartMarker) -> io::Result<
     if unsafe { libc::setsid() } < 0 {
         return Err(io::Error::last_os_error());
     }
-    marker.write_from_child();
+    if let Some(marker) = marker {
+        marker.write_from_child();
+    }
     Ok(())
 }

@@ -220,6 +220,19 @@ pub struct ProcessSpec {
     /// (the driver keeps the service's settings here).
     #[serde(default)]
     pub note: serde_json::Value,
+    /// A one-off process (a task): stdout and stderr go to these files
+    /// (created or truncated) instead of the service's log, without markers,
+    /// and no run record is written, so a later agent kills it at its start
+    /// instead of adopting it.
+    #[serde(default)]
+    pub output: Option<OutputFiles>,
+}
+
+/// Where a one-off process's output goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputFiles {
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
 }
 
 /// How the main process ended: the core's type, so events pass through unchanged.
@@ -381,6 +394,9 @@ impl Supervisor {
             "{}/{}/{}",
             self.config.machine_id, spec.service, spec.generation
         );
+        if let Some(output) = &spec.output {
+            return self.spawn_one_off(&spec, output, &token);
+        }
         let log = self.log_for(&spec.service)?;
         logs::check(&log);
         let group = self
@@ -428,6 +444,59 @@ impl Supervisor {
             table: Arc::clone(&self.table),
             exit_grace,
             probe: spec.probe,
+        }
+        .start(exit);
+        Ok(())
+    }
+
+    /// Starts a one-off process (see [`ProcessSpec::output`]): contained like a
+    /// service, its output to its own files, no record.
+    fn spawn_one_off(
+        &mut self,
+        spec: &ProcessSpec,
+        output: &OutputFiles,
+        token: &str,
+    ) -> Result<(), SuperviseError> {
+        let open = |path: &PathBuf| {
+            fs::File::create(path).map_err(io_err(format!("cannot create {}", path.display())))
+        };
+        let (stdout, stderr) = (open(&output.stdout)?, open(&output.stderr)?);
+        let group = self
+            .backend
+            .new_group(&spec.service, spec.generation, token)
+            .map_err(io_err("cannot create containment"))?;
+        let group = Arc::new(group);
+        let (pid, exit_rx) = match launch::launch_to(spec, token, &group, stdout, stderr, None) {
+            Ok(x) => x,
+            Err(e) => {
+                group.remove();
+                return Err(e);
+            }
+        };
+        group.set_main(pid);
+        info!(service = %spec.service, generation = spec.generation, pid, containment = %group.describe(), "spawned");
+        let _ = self.events.send(SupervisorEvent::Spawned {
+            service: spec.service.clone(),
+            generation: spec.generation,
+            pid,
+        });
+        let exit = Box::pin(async move {
+            exit_rx.await.unwrap_or(ExitStatus {
+                code: None,
+                signal: None,
+            })
+        });
+        Instance {
+            service: spec.service.clone(),
+            generation: spec.generation,
+            pid,
+            group,
+            log: None,
+            record: None,
+            events: self.events.clone(),
+            table: Arc::clone(&self.table),
+            exit_grace: spec.exit_grace.unwrap_or(self.config.exit_grace),
+            probe: None,
         }
         .start(exit);
         Ok(())

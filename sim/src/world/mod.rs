@@ -247,6 +247,8 @@ impl World {
                 .wrapping_add(u64::from(incarnation) << 32)
                 .wrapping_add(id.len() as u64),
             backoff: Backoff::default(),
+            state_dir: "/var/lib/pop".into(),
+            pop_exe: "/usr/bin/pop".into(),
         }
     }
 
@@ -603,6 +605,8 @@ impl World {
                 self.report_exit(machine, service, generation, status);
             }
             Action::NewSession => self.connect(machine),
+            // Tasks come with the task process model.
+            Action::RunTask { .. } | Action::StopTask { .. } => {}
             Action::Report(_) => {}
             Action::Exit => {
                 self.machines[machine].exited = true;

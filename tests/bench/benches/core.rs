@@ -70,6 +70,8 @@ impl Rig {
             containment: "none".into(),
             seed: 1,
             backoff: Backoff::default(),
+            state_dir: String::new(),
+            pop_exe: String::new(),
         });
         Rig {
             agent,

@@ -1,0 +1,262 @@
+//! What to do next about one task on this machine, from what the agent knows of it: a
+//! pure function of the task's entry and the agent's situation, so reconciling it again
+//! without news decides nothing new.
+
+use super::{Node, Purpose, Run, StopReason, Task, TaskLaunch};
+use crate::agent::AgentConfig;
+use crate::names::MachineId;
+use crate::plugin::{self, Environment, PythonEnvironment, Variables};
+use crate::task::{AgentRef, TaskId, TaskRequest, TaskResult, TaskState};
+use crate::time::Timestamp;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The grace between SIGTERM and SIGKILL when a service's settings give none.
+const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+
+/// What the agent's situation is, as far as one task cares.
+pub(super) struct Context<'a> {
+    pub now: Timestamp,
+    pub machine: &'a str,
+    pub service: &'a str,
+    pub task: &'a TaskId,
+    /// Requests can be sent.
+    pub connected: bool,
+    /// The service is listed and its machines list names this machine.
+    pub deployed: bool,
+    pub shutting_down: bool,
+    pub config: &'a AgentConfig,
+    pub agent: &'a AgentRef,
+}
+
+/// Which node to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Fetch {
+    Own,
+    Request,
+    /// The result of the machine before this one (rolling), with a watch.
+    Previous(MachineId),
+    /// The service's settings, to render the command.
+    Settings,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Next {
+    Nothing,
+    Read(Fetch),
+    /// Write this result over ours (with its version).
+    Write(Box<TaskResult>, Purpose),
+    /// Stop the process (or note to, until its pid is known).
+    Stop(StopReason),
+    /// Gone from ZooKeeper and nothing runs: drop the entry.
+    Forget,
+}
+
+pub(super) fn decide(task: &Task, cx: &Context<'_>) -> Next {
+    if task.write.is_some() {
+        return Next::Nothing; // its reply decides
+    }
+    match &task.run {
+        Run::Started { deadline, stop, .. } => {
+            if stop.is_some() {
+                return Next::Nothing;
+            }
+            let reason = if task.gone {
+                StopReason::Gone
+            } else if cx.shutting_down {
+                StopReason::Shutdown
+            } else if cx.now >= *deadline {
+                StopReason::TimedOut
+            } else {
+                return Next::Nothing;
+            };
+            return Next::Stop(reason);
+        }
+        Run::Ended { result } => {
+            if task.gone {
+                return Next::Forget;
+            }
+            return match &task.own {
+                Node::Read(_) if cx.connected => Next::Write(result.clone(), Purpose::Final),
+                Node::Unread if cx.connected => Next::Read(Fetch::Own),
+                Node::Missing => Next::Forget,
+                _ => Next::Nothing,
+            };
+        }
+        Run::Idle => {}
+    }
+    if task.gone {
+        return Next::Forget;
+    }
+    let own = match &task.own {
+        Node::Unread if cx.connected => return Next::Read(Fetch::Own),
+        Node::Read(own) => own,
+        _ => return Next::Nothing,
+    };
+    if own.result.state.is_final() || cx.shutting_down || !cx.connected {
+        return Next::Nothing;
+    }
+    let end = |state: TaskState, error: String| {
+        let result = TaskResult {
+            state,
+            ended_at: Some(cx.now.as_secs_f64()),
+            error: Some(error),
+            agent: Some(cx.agent.clone()),
+            ..own.result.clone()
+        };
+        Next::Write(Box::new(result), Purpose::Final)
+    };
+    let request = match &task.request {
+        Node::Unread => return Next::Read(Fetch::Request),
+        Node::Read(request) => request,
+        Node::Bad(error) => return end(TaskState::Failed, error.clone()),
+        Node::Reading | Node::Retry | Node::Missing => return Next::Nothing,
+    };
+    if !request.targets(cx.machine) {
+        return Next::Nothing; // never run where it was not asked for
+    }
+    if !cx.deployed {
+        let error = format!("{} is not deployed on {}", cx.service, cx.machine);
+        return end(TaskState::Skipped, error);
+    }
+    if cx.now >= request.expires() {
+        let error = format!("not started before it expired at {}", request.expires());
+        return end(TaskState::Expired, error);
+    }
+    if let Some(previous) = request.predecessor(cx.machine) {
+        if !planted!(RollingIgnoresPredecessor) {
+            match &task.previous {
+                Node::Unread => return Next::Read(Fetch::Previous(previous.clone())),
+                Node::Read(TaskState::Succeeded) => {}
+                Node::Read(state) if state.is_final() => {
+                    return end(TaskState::Skipped, format!("{previous} {state}"));
+                }
+                Node::Missing => {
+                    return end(TaskState::Skipped, format!("{previous} has no result"));
+                }
+                Node::Read(_) if own.result.state != TaskState::Waiting => {
+                    let waiting = own.result.with_state(TaskState::Waiting);
+                    return Next::Write(Box::new(waiting), Purpose::Waiting);
+                }
+                Node::Read(_) | Node::Reading | Node::Retry | Node::Bad(_) => return Next::Nothing,
+            }
+        }
+    }
+    let settings = match &task.settings {
+        Node::Unread => return Next::Read(Fetch::Settings),
+        Node::Read(settings) => settings,
+        Node::Missing => return end(TaskState::Failed, format!("{} has no settings", cx.service)),
+        Node::Bad(error) => return end(TaskState::Failed, error.clone()),
+        Node::Reading | Node::Retry => return Next::Nothing,
+    };
+    let attempt = own.result.attempt.saturating_add(1);
+    match launch(request, settings, cx, attempt) {
+        Ok(launch) => {
+            let claim = TaskResult {
+                state: TaskState::Running,
+                attempt,
+                started_at: Some(cx.now.as_secs_f64()),
+                agent: Some(cx.agent.clone()),
+                ..TaskResult::pending()
+            };
+            Next::Write(Box::new(claim), Purpose::Claim(Box::new(launch)))
+        }
+        Err(error) => end(TaskState::Failed, error),
+    }
+}
+
+/// When, with no news, the decision may change: a run's timeout, a task's expiry. Only
+/// a time after `now`: one that has come was acted on.
+pub(super) fn deadline(task: &Task, now: Timestamp) -> Option<Timestamp> {
+    let at = match &task.run {
+        Run::Started {
+            deadline,
+            stop: None,
+            ..
+        } => *deadline,
+        Run::Started { .. } | Run::Ended { .. } => return None,
+        Run::Idle => {
+            let own = task.own.value()?;
+            let request = task.request.value()?;
+            if own.result.state.is_final() || task.gone {
+                return None;
+            }
+            request.expires()
+        }
+    };
+    (at > now).then_some(at)
+}
+
+/// The task's process on this machine: its command rendered from the service's
+/// settings and the machine's variables, the service's environment variables, and its
+/// working directory.
+fn launch(
+    request: &TaskRequest,
+    settings: &Map<String, Value>,
+    cx: &Context<'_>,
+    attempt: u32,
+) -> Result<TaskLaunch, String> {
+    let templates = request.templates()?;
+    let state_dir = format!("{}/work/{}", cx.config.state_dir, cx.service);
+    let python = (request.environment == Environment::Python).then(|| {
+        let env_dir = format!("{}/env/{}", cx.config.state_dir, cx.service);
+        PythonEnvironment {
+            python: format!("{env_dir}/bin/python"),
+            env_dir,
+        }
+    });
+    let variables = Variables {
+        machine: cx.machine.to_string(),
+        service: cx.service.to_string(),
+        state_dir: state_dir.clone(),
+        pop: cx.config.pop_exe.clone(),
+        python: python.clone(),
+    };
+    let settings = plugin::effective(settings);
+    let argv = plugin::render(&templates, &settings, &variables, &request.args)
+        .map_err(|e| format!("cannot render the command: {e}"))?;
+    let mut env = BTreeMap::new();
+    env.insert("POP_SERVICE".to_string(), cx.service.to_string());
+    env.insert("POP_MACHINE_ID".to_string(), cx.machine.to_string());
+    env.insert("POP_TASK".to_string(), request.task.to_string());
+    env.insert("POP_TASK_ID".to_string(), cx.task.to_string());
+    env.insert("POP_TASK_ATTEMPT".to_string(), attempt.to_string());
+    if let Some(Value::String(host)) = settings.get("host") {
+        env.insert("POP_HOST".to_string(), host.clone());
+    }
+    if let Some(port) = settings.get("port").and_then(Value::as_u64) {
+        env.insert("POP_PORT".to_string(), port.to_string());
+    }
+    if let Some(python) = &python {
+        env.insert("VIRTUAL_ENV".to_string(), python.env_dir.clone());
+    }
+    // The service's own variables win over pop's, as for the service itself.
+    match settings.get("env") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(vars)) => {
+            for (name, value) in vars {
+                let Value::String(value) = value else {
+                    return Err(format!("setting env.{name} is not a string"));
+                };
+                env.insert(name.clone(), value.clone());
+            }
+        }
+        Some(_) => return Err("setting env is not an object of strings".into()),
+    }
+    let grace = settings
+        .get("stop_timeout")
+        .and_then(Value::as_f64)
+        .filter(|s| s.is_finite() && (0.0..=86400.0).contains(s))
+        .map_or(DEFAULT_GRACE, Duration::from_secs_f64);
+    Ok(TaskLaunch {
+        argv,
+        env,
+        cwd: state_dir,
+        grace,
+        timeout: request.timeout(),
+    })
+}
+
+#[cfg(test)]
+mod tests;
