@@ -446,7 +446,8 @@ mod tests {
 
     #[test]
     fn bad_requests_say_why() {
-        let cases: [(fn(&mut TaskRequest), &str); 5] = [
+        type Change = fn(&mut TaskRequest);
+        let cases: [(Change, &str); 5] = [
             (|r| r.machines.clear(), "no machine"),
             (
                 |r| r.machines.push(MachineId::new("m1").expect("an id")),

@@ -127,10 +127,9 @@ impl Agent {
             (Watched::ServiceChildren(service), ZkReply::Children { names, .. }) => {
                 let tasks = Watched::Tasks(service.clone());
                 let listed = self.armed.contains(&tasks.path());
-                if names.iter().any(|n| n == "tasks") && !listed {
-                    if self.task_read_relevant(&tasks) {
-                        self.read(tasks);
-                    }
+                if names.iter().any(|n| n == "tasks") && !listed && self.task_read_relevant(&tasks)
+                {
+                    self.read(tasks);
                 }
             }
             (watched @ Watched::TaskResult { .. }, ZkReply::Data { data, .. }) => {
