@@ -13,7 +13,7 @@ use pop_core::names::{MachineId, ServiceName};
 use pop_core::paths;
 use pop_core::plan::{
     Add, AddRequest, ChangeMachines, Feedback, Init, MachinesChange, Outcome, Plan, PlanError,
-    Remove, Request, Set, Step,
+    Remove, Request, Run, RunRequest, Set, Step,
 };
 use pop_core::settings::ServiceType;
 use pop_core::zk::{SessionId, ZkError, ZkOp, ZkReply};
@@ -58,6 +58,13 @@ pub enum Command {
         name: ServiceName,
         force: bool,
     },
+    /// `pop run --detach`: the operator does not wait for the results.
+    Run {
+        name: ServiceName,
+        request: RunRequest,
+        /// The random part of the task's id.
+        nonce: u16,
+    },
 }
 
 impl Command {
@@ -67,12 +74,14 @@ impl Command {
             Command::Add { name, .. }
             | Command::Machines { name, .. }
             | Command::Set { name, .. }
-            | Command::Remove { name, .. } => Some(name.as_str()),
+            | Command::Remove { name, .. }
+            | Command::Run { name, .. } => Some(name.as_str()),
         }
     }
 
-    /// The plan that carries it out, and for `add` the settings data it writes.
-    fn plan(&self) -> Result<Built, PlanError> {
+    /// The plan that carries it out, and for `add` the settings data it writes. A task
+    /// is created at `now`.
+    fn plan(&self, now: Timestamp) -> Result<Built, PlanError> {
         Ok(match self {
             Command::Init { force } => (Box::new(Init::new(AT, *force, DELETE_PATIENCE)), None),
             Command::Add {
@@ -108,6 +117,14 @@ impl Command {
             ),
             Command::Remove { name, force } => (
                 Box::new(Remove::new(AT, name, *force, DELETE_PATIENCE)),
+                None,
+            ),
+            Command::Run {
+                name,
+                request,
+                nonce,
+            } => (
+                Box::new(Run::new(AT, name, request.clone(), now, *nonce)?),
                 None,
             ),
         })
@@ -151,6 +168,25 @@ impl fmt::Display for Command {
                 unset.iter().try_for_each(|k| write!(f, " --unset {k}"))
             }
             Command::Remove { name, force: x } => write!(f, "pop remove {name}{}", force(x)),
+            Command::Run { name, request, .. } => {
+                write!(f, "pop run {name} {}", request.task)?;
+                for arg in &request.args {
+                    write!(f, " {arg}")?;
+                }
+                for m in &request.machines {
+                    write!(f, " --machine {m}")?;
+                }
+                if request.rolling {
+                    f.write_str(" --rolling")?;
+                }
+                if let Some(t) = request.timeout {
+                    write!(f, " --timeout {}s", t.as_secs())?;
+                }
+                if let Some(e) = request.expire {
+                    write!(f, " --expire {}s", e.as_secs())?;
+                }
+                f.write_str(" --detach")
+            }
         }
     }
 }
@@ -225,7 +261,7 @@ impl World {
         }
         self.trace
             .push(format!("{} op{terminal} $ {command}", self.now));
-        let (plan, settings_data) = match command.plan() {
+        let (plan, settings_data) = match command.plan(self.now) {
             Ok(built) => built,
             // Refused before anything is read (settings the agent would reject).
             Err(e) => {

@@ -197,6 +197,8 @@ fn untrue_outcome(running: &Running, outcome: &Outcome) -> Option<String> {
                 .find(|p| **p == root || p.starts_with(&format!("{root}/")))
                 .map(|p| format!("{claim} but {p} was still there"))
         }
+        // What became of the task is the task checks' (world::tasks).
+        (Outcome::TaskIssued { .. }, Command::Run { .. }) => None,
         (outcome, command) => Some(format!("{outcome:?} is no outcome of {command:?}")),
     }
 }
@@ -251,6 +253,18 @@ fn untrue_error(running: &Running, error: &PlanError) -> Option<String> {
         PlanError::PluginExists { name } => has(seen, &paths::plugin(name)),
         PlanError::StoredPluginInvalid { path, .. } => has(seen, path),
         PlanError::PluginInUse { name, .. } => has(seen, &paths::plugin(name)),
+        PlanError::DeployedNowhere { name } => {
+            machines_in(seen, name).is_some_and(|m| m.is_empty())
+        }
+        PlanError::NotDeployedOn { name, machine, .. } => {
+            machines_in(seen, name).is_some_and(|m| !m.contains(machine))
+        }
+        // Decided by the task's manifest and the service's settings, or before reading.
+        PlanError::UnknownTask { .. }
+        | PlanError::BadTaskArguments { .. }
+        | PlanError::TaskUnrenderable { .. } => true,
+        // Ids are unique per command.
+        PlanError::TaskIdTaken { .. } => false,
         // Failing to talk to ZooKeeper needs a fault on the operator's connection.
         PlanError::ChildrenKeepAppearing { .. }
         | PlanError::StillConflicting { .. }
