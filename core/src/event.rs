@@ -160,6 +160,8 @@ pub enum Action {
         attempt: u32,
         argv: Vec<String>,
         env: BTreeMap<String, String>,
+        /// Searched before the `PATH` it would otherwise get (`env`'s, else the agent's).
+        path_prepend: Vec<String>,
         /// The service's working directory.
         cwd: String,
     },

@@ -173,7 +173,7 @@ mod tests {
             seed: 3,
             backoff: Backoff::default(),
             state_dir: String::new(),
-            pop_exe: String::new(),
+            pop: String::new(),
         }
     }
 

@@ -19,7 +19,7 @@ fn agent() -> Agent {
         seed: 1,
         backoff: Backoff::default(),
         state_dir: String::new(),
-        pop_exe: String::new(),
+        pop: String::new(),
     })
 }
 

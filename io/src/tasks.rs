@@ -29,6 +29,8 @@ pub struct TaskLaunch {
     pub attempt: u32,
     pub argv: Vec<String>,
     pub env: BTreeMap<String, String>,
+    /// Searched before the `PATH` it would otherwise get.
+    pub path_prepend: Vec<String>,
     pub cwd: PathBuf,
 }
 
@@ -70,11 +72,25 @@ pub fn spec(state_dir: &Path, launch: TaskLaunch) -> ProcessSpec {
     if let Err(e) = std::fs::create_dir_all(&launch.cwd) {
         warn!(service = %launch.service, "cannot create {}: {e}", launch.cwd.display());
     }
+    let mut env = launch.env;
+    if !launch.path_prepend.is_empty() {
+        let rest = env
+            .get("PATH")
+            .cloned()
+            .or_else(|| std::env::var("PATH").ok())
+            .unwrap_or_default();
+        let mut path = launch.path_prepend.join(":");
+        if !rest.is_empty() {
+            path.push(':');
+            path.push_str(&rest);
+        }
+        env.insert("PATH".to_string(), path);
+    }
     ProcessSpec {
         service: key(&launch.service, &launch.task),
         generation: u64::from(launch.attempt),
         argv: launch.argv,
-        env: launch.env,
+        env,
         cwd: Some(launch.cwd),
         probe: None,
         exit_grace: Some(LEFTOVER_GRACE),

@@ -255,7 +255,7 @@ async fn the_production_loop_runs_against_simulated_ports() {
         seed: 7,
         backoff: Backoff::default(),
         state_dir: String::new(),
-        pop_exe: String::new(),
+        pop: String::new(),
     };
     let agent = tokio::spawn(run_with(ports, config, None, process_rx, stop_rx));
 

@@ -29,7 +29,7 @@ pub fn config() -> AgentConfig {
         seed: 7,
         backoff: Backoff::default(),
         state_dir: "/var/lib/pop".into(),
-        pop_exe: "/usr/bin/pop".into(),
+        pop: "/usr/bin/pop".into(),
     }
 }
 

@@ -56,7 +56,7 @@ pub struct AgentConfig {
     pub state_dir: String,
     /// The pop binary (`{pop}` in commands).
     #[serde(default)]
-    pub pop_exe: String,
+    pub pop: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

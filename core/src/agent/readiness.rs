@@ -118,7 +118,7 @@ mod tests {
                     seed: 1,
                     backoff: Backoff::default(),
                     state_dir: String::new(),
-                    pop_exe: String::new(),
+                    pop: String::new(),
                 }),
                 now: 1000,
                 next_zxid: 10,

@@ -114,7 +114,7 @@ pub async fn run(
         seed: u64::from(std::process::id()) ^ clock.now().as_millis(),
         backoff: Default::default(),
         state_dir: config.state_dir.to_string_lossy().into_owned(),
-        pop_exe: config.pop_exe.to_string_lossy().into_owned(),
+        pop: config.pop_exe.to_string_lossy().into_owned(),
     };
     let journal = match JournalWriter::start(
         journal_path(&config.state_dir),
@@ -422,6 +422,7 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
                 attempt,
                 argv,
                 env,
+                path_prepend,
                 cwd,
             } => {
                 if let Some(processes) = self.processes.as_mut() {
@@ -431,6 +432,7 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
                         attempt,
                         argv,
                         env,
+                        path_prepend,
                         cwd: PathBuf::from(cwd),
                     });
                 }

@@ -248,7 +248,7 @@ impl World {
                 .wrapping_add(id.len() as u64),
             backoff: Backoff::default(),
             state_dir: "/var/lib/pop".into(),
-            pop_exe: "/usr/bin/pop".into(),
+            pop: "/usr/bin/pop".into(),
         }
     }
 

@@ -71,7 +71,7 @@ impl Rig {
             seed: 1,
             backoff: Backoff::default(),
             state_dir: String::new(),
-            pop_exe: String::new(),
+            pop: String::new(),
         });
         Rig {
             agent,

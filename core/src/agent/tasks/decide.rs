@@ -2,18 +2,12 @@
 //! pure function of the task's entry and the agent's situation, so reconciling it again
 //! without news decides nothing new.
 
-use super::{Node, Purpose, Run, StopReason, Task, TaskLaunch};
+use super::launch::launch;
+use super::{Node, Purpose, Run, StopReason, Task};
 use crate::agent::AgentConfig;
 use crate::names::MachineId;
-use crate::plugin::{self, Environment, PythonEnvironment, Variables};
-use crate::task::{AgentRef, TaskId, TaskRequest, TaskResult, TaskState};
+use crate::task::{AgentRef, TaskId, TaskResult, TaskState};
 use crate::time::Timestamp;
-use serde_json::{Map, Value};
-use std::collections::BTreeMap;
-use std::time::Duration;
-
-/// The grace between SIGTERM and SIGKILL when a service's settings give none.
-const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 
 /// What the agent's situation is, as far as one task cares.
 pub(super) struct Context<'a> {
@@ -186,76 +180,6 @@ pub(super) fn deadline(task: &Task, now: Timestamp) -> Option<Timestamp> {
         }
     };
     (at > now).then_some(at)
-}
-
-/// The task's process on this machine: its command rendered from the service's
-/// settings and the machine's variables, the service's environment variables, and its
-/// working directory.
-fn launch(
-    request: &TaskRequest,
-    settings: &Map<String, Value>,
-    cx: &Context<'_>,
-    attempt: u32,
-) -> Result<TaskLaunch, String> {
-    let templates = request.templates()?;
-    let state_dir = format!("{}/work/{}", cx.config.state_dir, cx.service);
-    let python = (request.environment == Environment::Python).then(|| {
-        let env_dir = format!("{}/env/{}", cx.config.state_dir, cx.service);
-        PythonEnvironment {
-            python: format!("{env_dir}/bin/python"),
-            env_dir,
-        }
-    });
-    let variables = Variables {
-        machine: cx.machine.to_string(),
-        service: cx.service.to_string(),
-        state_dir: state_dir.clone(),
-        pop: cx.config.pop_exe.clone(),
-        python: python.clone(),
-    };
-    let settings = plugin::effective(settings);
-    let argv = plugin::render(&templates, &settings, &variables, &request.args)
-        .map_err(|e| format!("cannot render the command: {e}"))?;
-    let mut env = BTreeMap::new();
-    env.insert("POP_SERVICE".to_string(), cx.service.to_string());
-    env.insert("POP_MACHINE_ID".to_string(), cx.machine.to_string());
-    env.insert("POP_TASK".to_string(), request.task.to_string());
-    env.insert("POP_TASK_ID".to_string(), cx.task.to_string());
-    env.insert("POP_TASK_ATTEMPT".to_string(), attempt.to_string());
-    if let Some(Value::String(host)) = settings.get("host") {
-        env.insert("POP_HOST".to_string(), host.clone());
-    }
-    if let Some(port) = settings.get("port").and_then(Value::as_u64) {
-        env.insert("POP_PORT".to_string(), port.to_string());
-    }
-    if let Some(python) = &python {
-        env.insert("VIRTUAL_ENV".to_string(), python.env_dir.clone());
-    }
-    // The service's own variables win over pop's, as for the service itself.
-    match settings.get("env") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(vars)) => {
-            for (name, value) in vars {
-                let Value::String(value) = value else {
-                    return Err(format!("setting env.{name} is not a string"));
-                };
-                env.insert(name.clone(), value.clone());
-            }
-        }
-        Some(_) => return Err("setting env is not an object of strings".into()),
-    }
-    let grace = settings
-        .get("stop_timeout")
-        .and_then(Value::as_f64)
-        .filter(|s| s.is_finite() && (0.0..=86400.0).contains(s))
-        .map_or(DEFAULT_GRACE, Duration::from_secs_f64);
-    Ok(TaskLaunch {
-        argv,
-        env,
-        cwd: state_dir,
-        grace,
-        timeout: request.timeout(),
-    })
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 //! Nothing else ever starts a task twice on one machine.
 
 mod decide;
+mod launch;
 pub(super) mod replies;
 
 use super::{Agent, Pending};
@@ -96,6 +97,8 @@ pub(crate) struct Write {
 pub(crate) struct TaskLaunch {
     argv: Vec<String>,
     env: BTreeMap<String, String>,
+    /// Directories to search before the `PATH` it would otherwise get.
+    path_prepend: Vec<String>,
     cwd: String,
     /// SIGTERM to SIGKILL, when it is stopped.
     grace: Duration,
@@ -609,6 +612,7 @@ impl Agent {
                     attempt,
                     argv: launch.argv,
                     env: launch.env,
+                    path_prepend: launch.path_prepend,
                     cwd: launch.cwd,
                 });
             }

@@ -2,6 +2,10 @@ use super::*;
 use crate::agent::tasks::{Own, Write};
 use crate::backoff::Backoff;
 use crate::names::{MachineId, TaskName};
+use crate::plugin::Environment;
+use crate::task::TaskRequest;
+use serde_json::{Map, Value};
+use std::time::Duration;
 use std::sync::Arc;
 
 fn config() -> AgentConfig {
@@ -14,7 +18,7 @@ fn config() -> AgentConfig {
         seed: 1,
         backoff: Backoff::default(),
         state_dir: "/var/pop".into(),
-        pop_exe: "/usr/bin/pop".into(),
+        pop: "/usr/bin/pop".into(),
     }
 }
 
@@ -319,4 +323,5 @@ fn a_python_task_gets_its_environment() {
         launch.env.get("VIRTUAL_ENV").map(String::as_str),
         Some("/var/pop/env/web")
     );
+    assert_eq!(launch.path_prepend, ["/var/pop/env/web/bin"]);
 }
