@@ -160,10 +160,15 @@ impl Agent {
                 full.actions
             ));
         }
+        if full.tasks != self.tasks {
+            return Err(format!(
+                "reconciling everything again changes the agent's tasks: {}",
+                self.tasks.first_difference(&full.tasks)
+            ));
+        }
         // Without actions, this is all reconciling and publishing can change.
         let changed = [
             (full.services != self.services, "services"),
-            (full.tasks != self.tasks, "tasks"),
             (full.nodes != self.nodes, "nodes"),
             (full.newest_read != self.newest_read, "reads"),
             (full.fenced != self.fenced, "fencing"),

@@ -262,6 +262,31 @@ impl Tasks {
             .collect()
     }
 
+    /// For the audit: where `other` differs from these tasks, in words.
+    pub(crate) fn first_difference(&self, other: &Tasks) -> String {
+        let names: BTreeSet<&String> = self.services.keys().chain(other.services.keys()).collect();
+        for name in names {
+            let (a, b) = (self.services.get(name), other.services.get(name));
+            if a == b {
+                continue;
+            }
+            let (Some(a), Some(b)) = (a, b) else {
+                return format!("{name}: {a:?} became {b:?}");
+            };
+            if a.followed != b.followed {
+                return format!("{name}: followed {} became {}", a.followed, b.followed);
+            }
+            let ids: BTreeSet<&TaskId> = a.tasks.keys().chain(b.tasks.keys()).collect();
+            for id in ids {
+                let (x, y) = (a.tasks.get(id), b.tasks.get(id));
+                if x != y {
+                    return format!("{name} {id}: {x:?} became {y:?}");
+                }
+            }
+        }
+        "nothing".to_string()
+    }
+
     /// Every key of the service's tasks.
     fn of_service(&self, service: &str) -> Vec<TaskKey> {
         self.services.get(service).map_or_else(Vec::new, |st| {

@@ -214,7 +214,15 @@ impl Agent {
             Some(bad) => self.problem(&path, format!("{bad:?} is not a task id")),
             None => self.clear_problem(&path),
         }
-        let st = self.tasks.services.entry(service.to_string()).or_default();
+        // A late reply for a service no longer followed: the next follow reads again.
+        let Some(st) = self
+            .tasks
+            .services
+            .get_mut(service)
+            .filter(|st| st.followed)
+        else {
+            return;
+        };
         let mut touched = Vec::new();
         for (id, task) in st.tasks.iter_mut() {
             if !ids.contains(id) && !task.gone {

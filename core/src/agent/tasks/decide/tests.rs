@@ -5,8 +5,8 @@ use crate::names::{MachineId, TaskName};
 use crate::plugin::Environment;
 use crate::task::TaskRequest;
 use serde_json::{Map, Value};
-use std::time::Duration;
 use std::sync::Arc;
+use std::time::Duration;
 
 fn config() -> AgentConfig {
     AgentConfig {
