@@ -1,20 +1,24 @@
-//! The operators: `pop init`, `add`, `deploy`, `undeploy`, `set` and `remove`, at random,
-//! each run as the CLI's own plan on a terminal of the world (see `world::admin`), with
-//! two terminals sometimes racing the same command; and somebody writing garbage into a
-//! service's nodes with a ZooKeeper client, bypassing pop. Settings and machine lists
-//! come from the same pure functions the CLI uses (default settings per type,
-//! `KEY=VALUE` parsing).
+//! The operators: `pop init`, `add`, `deploy`, `undeploy`, `set`, `remove` and `run
+//! --detach`, at random, each run as the CLI's own plan on a terminal of the world (see
+//! `world::admin`), with two terminals sometimes racing the same command; and somebody
+//! writing garbage into a service's nodes with a ZooKeeper client, bypassing pop (or a
+//! task's result placeholder for a machine the task does not target). Settings and
+//! machine lists come from the same pure functions the CLI uses (default settings per
+//! type, `KEY=VALUE` parsing). Tasks are those of the stored type `job` ([`JOB`]):
+//! their process succeeds, fails or hangs as its argument says.
 
 use super::Options;
-use crate::world::{Command, World};
+use crate::world::{Command, World, JOB};
 use pop_core::assignment::parse_assignment;
 use pop_core::backoff::SeededRng;
 use pop_core::names::{MachineId, ServiceName};
 use pop_core::paths;
-use pop_core::plan::MachinesChange;
+use pop_core::plan::{MachinesChange, RunRequest};
 use pop_core::settings::{parse_machines, render_machines, ServiceType, Settings};
+use pop_core::task::TaskResult;
 use serde_json::{Map, Value};
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 pub(super) struct Operator {
     rng: SeededRng,
@@ -96,19 +100,32 @@ impl Operator {
             .is_some_and(|n| Settings::parse(&n.data).is_ok())
     }
 
+    fn is_job_service(world: &World, service: &ServiceName) -> bool {
+        world
+            .zk
+            .get(&paths::service_settings(service.as_str()))
+            .is_some_and(|n| is_job(&n.data))
+    }
+
     /// A command on an existing service, or `None` after a write by hand.
     fn command_on(&mut self, world: &mut World, service: &ServiceName) -> Option<Command> {
         let name = service.clone();
         let s = service.as_str();
-        let garbage =
-            Self::machines_of(world, service).is_none() || !Self::settings_valid(world, service);
+        // Settings of `job` are garbage only to an agent that cannot launch its type.
+        let garbage = Self::machines_of(world, service).is_none()
+            || !(Self::settings_valid(world, service) || Self::is_job_service(world, service));
         if garbage && self.pick(2) == 0 {
             // pop refuses to overwrite what it cannot read: somebody fixes it by hand.
             let list = BTreeSet::from([self.any_machine().to_string()]);
             self.fix_by_hand(world, service, Some(list));
             return None;
         }
-        Some(match self.pick(10) {
+        Some(match self.pick(14) {
+            10..=12 if Self::is_job_service(world, service) => self.run(world, service),
+            13 => {
+                self.placeholder_by_hand(world, service);
+                return None;
+            }
             0..=2 => {
                 let list = Self::machines_of(world, service).unwrap_or_default();
                 let m = self.any_machine();
@@ -167,21 +184,32 @@ impl Operator {
                 }
             }
             Command::Set { name, .. } => self.set(&name),
+            // The same task again, typed at the same moment: another id.
+            Command::Run { name, request, .. } => Command::Run {
+                name,
+                request,
+                nonce: (self.rng.next_u64() & 0xffff) as u16,
+            },
             other => other,
         }
     }
 
-    fn settings(&mut self, service: &ServiceName) -> (ServiceType, Map<String, Value>) {
-        let echo = self.pick(3) == 0;
-        let (service_type, mut settings) = if echo {
-            (
-                ServiceType::Echo,
+    fn settings(&mut self, service: &ServiceName) -> (String, Map<String, Value>) {
+        let (service_type, mut settings) = match self.pick(3) {
+            0 => (
+                ServiceType::Echo.as_str().to_string(),
                 ServiceType::Echo.default_settings(Some(0)),
-            )
-        } else {
-            let mut s = ServiceType::Command.default_settings(None);
-            s.insert("command".into(), Value::from(format!("serve {service}")));
-            (ServiceType::Command, s)
+            ),
+            1 => {
+                let mut s = job_defaults();
+                s.insert("command".into(), Value::from(format!("serve {service}")));
+                ("job".to_string(), s)
+            }
+            _ => {
+                let mut s = ServiceType::Command.default_settings(None);
+                s.insert("command".into(), Value::from(format!("serve {service}")));
+                (ServiceType::Command.as_str().to_string(), s)
+            }
         };
         settings.insert("stop_timeout".into(), Value::from(1 + self.pick(2)));
         settings.insert("start_seconds".into(), Value::from(0.2));
@@ -222,6 +250,72 @@ impl Operator {
         }
     }
 
+    /// `pop run --detach` of one of `job`'s tasks: on some of the machines the service
+    /// is deployed on (in a random order) or all of them, rolling or not, with a
+    /// timeout short enough for a hanging task to end within the healed phase, and
+    /// sometimes an expiry short enough to pass while a target is cut off.
+    fn run(&mut self, world: &World, service: &ServiceName) -> Command {
+        let deployed: Vec<MachineId> = Self::machines_of(world, service)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|m| MachineId::new(m).ok())
+            .collect();
+        let mut machines = Vec::new();
+        if self.pick(2) == 0 {
+            let mut pool = deployed;
+            // Now and then a machine it is not deployed on: refused.
+            if self.pick(8) == 0 {
+                pool.push(self.any_machine());
+            }
+            while !pool.is_empty() && (machines.is_empty() || self.pick(3) != 0) {
+                let i = self.pick(pool.len());
+                let m = pool.remove(i);
+                if !machines.contains(&m) {
+                    machines.push(m);
+                }
+            }
+        }
+        let arg = match self.pick(6) {
+            0 => "fail",
+            1 => "hang",
+            _ => "ok",
+        };
+        let task = if self.pick(3) == 0 { "deploy" } else { "work" };
+        let expire = match self.pick(3) {
+            0 => Some(Duration::from_secs(3 + self.pick(30) as u64)),
+            _ => None,
+        };
+        Command::Run {
+            name: service.clone(),
+            request: RunRequest {
+                task: task.to_string(),
+                args: vec![arg.to_string()],
+                machines,
+                rolling: self.pick(2) == 0,
+                timeout: Some(Duration::from_secs(1 + self.pick(8) as u64)),
+                expire,
+                author: "operator@sim".to_string(),
+            },
+            nonce: (self.rng.next_u64() & 0xffff) as u16,
+        }
+    }
+
+    /// With a ZooKeeper client: a pending result for a machine a task of the service
+    /// does not target (an agent must not run it there).
+    fn placeholder_by_hand(&mut self, world: &mut World, service: &ServiceName) {
+        let s = service.as_str();
+        let tasks = world.zk.children(&paths::service_tasks(s));
+        if tasks.is_empty() {
+            return;
+        }
+        let task = tasks[self.pick(tasks.len())].clone();
+        let m = self.any_machine();
+        let path = paths::task_result(s, &task, m.as_str());
+        if world.zk.get(&paths::task(s, &task)).is_some() && world.zk.get(&path).is_none() {
+            world.admin_put(&path, &TaskResult::pending().render());
+        }
+    }
+
     /// With a ZooKeeper client: invalid or missing settings and machines list (`list`,
     /// or none) replaced by valid data, a missing state directory created.
     fn fix_by_hand(
@@ -236,8 +330,16 @@ impl Operator {
             world.admin_put(&paths::service_machines(s), &render_machines(&list));
         }
         if !Self::settings_valid(world, service) {
-            let (_, settings) = self.settings(service);
-            let data = serde_json::to_vec(&Value::Object(settings)).unwrap_or_default();
+            // Settings the agents take (of a type they launch).
+            let data = (0..8)
+                .map(|_| self.settings(service).1)
+                .map(|settings| serde_json::to_vec(&Value::Object(settings)).unwrap_or_default())
+                .find(|data| Settings::parse(data).is_ok())
+                .unwrap_or_else(|| {
+                    let mut s = ServiceType::Command.default_settings(None);
+                    s.insert("command".into(), Value::from(format!("serve {service}")));
+                    serde_json::to_vec(&Value::Object(s)).unwrap_or_default()
+                });
             world.admin_put(&paths::service_settings(s), &data);
         }
         if world.zk.get(&paths::service_state_dir(s)).is_none() {
@@ -252,10 +354,28 @@ impl Operator {
         if world.zk.get(paths::POP).is_none() {
             world.admin_put(paths::POP, b"{\"layout\":1}");
         }
+        if world.zk.get(&paths::plugin("job")).is_none() {
+            world.admin_put(&paths::plugin("job"), JOB.as_bytes());
+        }
         for service in self.services.clone() {
             if Self::exists(world, &service) {
                 self.fix_by_hand(world, &service, None);
             }
         }
     }
+}
+
+/// Whether settings data is a JSON object of the stored type `job`.
+fn is_job(data: &[u8]) -> bool {
+    matches!(
+        serde_json::from_slice::<Value>(data),
+        Ok(Value::Object(map)) if map.get("type") == Some(&Value::from("job"))
+    )
+}
+
+/// The settings `pop add job` writes before the `--set`s.
+fn job_defaults() -> Map<String, Value> {
+    pop_core::plugin::Manifest::parse("job", JOB)
+        .map(|m| m.default_settings(None))
+        .unwrap_or_default()
 }

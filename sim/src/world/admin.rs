@@ -15,7 +15,6 @@ use pop_core::plan::{
     Add, AddRequest, ChangeMachines, Feedback, Init, MachinesChange, Outcome, Plan, PlanError,
     Remove, Request, Run, RunRequest, Set, Step,
 };
-use pop_core::settings::ServiceType;
 use pop_core::zk::{SessionId, ZkError, ZkOp, ZkReply};
 use pop_core::Timestamp;
 use serde_json::{Map, Value};
@@ -41,7 +40,8 @@ pub enum Command {
     },
     Add {
         name: ServiceName,
-        service_type: ServiceType,
+        /// A built-in type, or the simulator's stored `job` ([`super::JOB`]).
+        service_type: String,
         settings: Map<String, Value>,
     },
     Machines {
@@ -91,12 +91,15 @@ impl Command {
             } => {
                 // The settings as `--set`s over the type's defaults, which they all give.
                 let request = AddRequest {
-                    service_type: service_type.as_str().to_string(),
+                    service_type: service_type.clone(),
                     port: None,
                     set: settings.clone().into_iter().collect(),
                 };
                 let add = Add::new(AT, name, request)?;
-                let data = add.settings_data().map(<[u8]>::to_vec);
+                let data = add
+                    .settings_data()
+                    .map(<[u8]>::to_vec)
+                    .or_else(|| stored_type_settings(service_type, settings));
                 (Box::new(add), data)
             }
             Command::Machines {
@@ -134,6 +137,18 @@ impl Command {
 /// A command's plan, and for `add` the settings data it writes.
 type Built = (Box<dyn Plan>, Option<Vec<u8>>);
 
+/// The settings data `pop add` writes for a service of the stored `job` type: its
+/// defaults, then the `--set`s (as the plan does once it has read the manifest).
+fn stored_type_settings(service_type: &str, settings: &Map<String, Value>) -> Option<Vec<u8>> {
+    if service_type != "job" {
+        return None;
+    }
+    let manifest = pop_core::plugin::Manifest::parse("job", super::JOB).ok()?;
+    let mut map = manifest.default_settings(None);
+    map.extend(settings.clone());
+    Some(pop_core::assignment::render_settings(map))
+}
+
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let force = |force: &bool| if *force { " --force" } else { "" };
@@ -141,7 +156,7 @@ impl fmt::Display for Command {
             Command::Init { force: x } => write!(f, "pop init{}", force(x)),
             Command::Add {
                 name, service_type, ..
-            } => write!(f, "pop add {} --name {name}", service_type.as_str()),
+            } => write!(f, "pop add {service_type} --name {name}"),
             Command::Machines {
                 name,
                 change,
@@ -438,6 +453,7 @@ impl World {
                 let (reply, n) = self.zk.apply(session, op);
                 self.notify(n);
                 self.check_admin_write(terminal, op, &reply, service_existed);
+                self.note_issued(op, &reply);
                 Feedback::Wrote(reply)
             }
             Request::Wait(_) => Feedback::Woke,

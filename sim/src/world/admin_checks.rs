@@ -17,7 +17,7 @@
 use super::admin::{Command, Running};
 use super::checks::Target;
 use super::World;
-use pop_core::assignment::edit_settings;
+use pop_core::assignment::edit_unchecked;
 use pop_core::launch::Launch;
 use pop_core::paths;
 use pop_core::plan::{MachinesChange, Outcome, PlanError};
@@ -188,7 +188,10 @@ fn untrue_outcome(running: &Running, outcome: &Outcome) -> Option<String> {
             },
         ) => {
             let data = seen.get(&paths::service_settings(name));
-            let as_asked = data.is_some_and(|d| edit_settings(d, assignments, unset) == Ok(None));
+            // Unchecked: what is valid depends on the type (a stored one, too).
+            let as_asked = data.is_some_and(|d| {
+                edit_unchecked(d, assignments, unset).is_ok_and(|edited| !edited.changed)
+            });
             (!as_asked).then(|| format!("{claim} but the settings were not as asked"))
         }
         (Outcome::Removed { name }, _) => {
