@@ -62,6 +62,14 @@ fn a_batch_of_seeds_is_clean_and_covers_the_rare_situations() {
         "remove --force racing a live agent that still runs the service",
         "add whose reply was lost",
         "CAS retried after a BadVersion",
+        "task run",
+        "rolling task issued",
+        "task issued while a target was cut off",
+        "task run again after its agent died",
+        "session expiry while a task runs",
+        "task timed out",
+        "task skipped",
+        "task written by hand with an untargeted placeholder",
     ] {
         assert!(
             coverage.get(situation).is_some_and(|n| *n > 0),

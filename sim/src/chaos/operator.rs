@@ -2,7 +2,7 @@
 //! --detach`, at random, each run as the CLI's own plan on a terminal of the world (see
 //! `world::admin`), with two terminals sometimes racing the same command; and somebody
 //! writing garbage into a service's nodes with a ZooKeeper client, bypassing pop (or a
-//! task's result placeholder for a machine the task does not target). Settings and
+//! task with a result placeholder for a machine it does not target). Settings and
 //! machine lists come from the same pure functions the CLI uses (default settings per
 //! type, `KEY=VALUE` parsing). Tasks are those of the stored type `job` ([`JOB`]):
 //! their process succeeds, fails or hangs as its argument says.
@@ -11,11 +11,12 @@ use super::Options;
 use crate::world::{Command, World, JOB};
 use pop_core::assignment::parse_assignment;
 use pop_core::backoff::SeededRng;
-use pop_core::names::{MachineId, ServiceName};
+use pop_core::names::{MachineId, ServiceName, TaskName};
 use pop_core::paths;
 use pop_core::plan::{MachinesChange, RunRequest};
+use pop_core::plugin::Environment;
 use pop_core::settings::{parse_machines, render_machines, ServiceType, Settings};
-use pop_core::task::TaskResult;
+use pop_core::task::{TaskId, TaskRequest, TaskResult};
 use serde_json::{Map, Value};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -121,9 +122,10 @@ impl Operator {
             return None;
         }
         Some(match self.pick(14) {
-            10..=12 if Self::is_job_service(world, service) => self.run(world, service),
+            // Tasks are often run where they can be: seeds must show rolling ones.
+            7..=12 if Self::is_job_service(world, service) => self.run(world, service),
             13 => {
-                self.placeholder_by_hand(world, service);
+                self.task_by_hand(world, service);
                 return None;
             }
             0..=2 => {
@@ -281,7 +283,7 @@ impl Operator {
             _ => "ok",
         };
         let task = if self.pick(3) == 0 { "deploy" } else { "work" };
-        let expire = match self.pick(3) {
+        let expire = match self.pick(4) {
             0 => Some(Duration::from_secs(3 + self.pick(30) as u64)),
             _ => None,
         };
@@ -300,18 +302,48 @@ impl Operator {
         }
     }
 
-    /// With a ZooKeeper client: a pending result for a machine a task of the service
-    /// does not target (an agent must not run it there).
-    fn placeholder_by_hand(&mut self, world: &mut World, service: &ServiceName) {
+    /// With a ZooKeeper client, bypassing pop: a task of `job` whose request targets one
+    /// machine the service is deployed on, with a pending result for every one of them
+    /// (an agent must run it on the target only).
+    fn task_by_hand(&mut self, world: &mut World, service: &ServiceName) {
         let s = service.as_str();
-        let tasks = world.zk.children(&paths::service_tasks(s));
-        if tasks.is_empty() {
+        let deployed: Vec<MachineId> = Self::machines_of(world, service)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|m| MachineId::new(m).ok())
+            .collect();
+        if deployed.len() < 2 {
             return;
         }
-        let task = tasks[self.pick(tasks.len())].clone();
-        let m = self.any_machine();
-        let path = paths::task_result(s, &task, m.as_str());
-        if world.zk.get(&paths::task(s, &task)).is_some() && world.zk.get(&path).is_none() {
+        let target = deployed[self.pick(deployed.len())].clone();
+        let now = world.now.as_secs_f64();
+        let request = TaskRequest {
+            task: match TaskName::new("work") {
+                Ok(name) => name,
+                Err(_) => return,
+            },
+            args: vec!["ok".to_string()],
+            machines: vec![target],
+            rolling: false,
+            author: "script@sim".to_string(),
+            created_at: now,
+            expires_at: now + 3600.0,
+            timeout_s: 5.0,
+            command: vec!["work".to_string(), "{args}".to_string()],
+            environment: Environment::None,
+            restart_after: false,
+        };
+        let id = TaskId::new(world.now, (self.rng.next_u64() & 0xffff) as u16);
+        if world.zk.get(&paths::task(s, id.as_str())).is_some() {
+            return;
+        }
+        world.note_coverage("task written by hand with an untargeted placeholder");
+        world
+            .issued
+            .insert((s.to_string(), id.clone()), request.clone());
+        world.admin_put(&paths::task(s, id.as_str()), &request.render());
+        for m in &deployed {
+            let path = paths::task_result(s, id.as_str(), m.as_str());
             world.admin_put(&path, &TaskResult::pending().render());
         }
     }

@@ -155,7 +155,7 @@ impl World {
         if runs.runs > runs.allowed {
             let n = runs.runs;
             self.violate(format!(
-                "{id} runs {key:?} a {n}th time though its agent never died while it was unfinished"
+                "{id} runs {key:?} again (run {n}) though its agent never died while it was unfinished"
             ));
         }
         self.next_pid += 1;
@@ -180,7 +180,7 @@ impl World {
             },
         );
         if let Behaviour::Exit(code) = behaviour(argv) {
-            let took = Duration::from_millis(5 + self.process_rng.next_u64() % 2000);
+            let took = Duration::from_millis(5 + self.process_rng.next_u64() % 5000);
             let status = ExitStatus {
                 code: Some(code),
                 signal: None,

@@ -348,6 +348,9 @@ impl Agent {
         for st in self.tasks.services.values_mut() {
             st.followed = false;
             for task in st.tasks.values_mut() {
+                if planted!(ForgetsTaskRunsOnNewSession) {
+                    task.run = Run::Idle;
+                }
                 if let Some(write) = task.write.take() {
                     task.doubt = Some(write);
                     task.own = Node::Unread;

@@ -151,7 +151,9 @@ impl Agent {
 
     /// A watch on a task's node fired: read it again if it still matters.
     pub(in crate::agent) fn on_task_watch(&mut self, watched: Watched) {
-        if self.task_read_relevant(&watched) {
+        let ignored =
+            planted!(PredecessorWatchIgnored) && matches!(watched, Watched::TaskResult { .. });
+        if self.task_read_relevant(&watched) && !ignored {
             if let Watched::TaskResult { .. } = &watched {
                 self.set_previous(&watched, Node::Reading);
             }
