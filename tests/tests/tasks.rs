@@ -377,3 +377,40 @@ fn pop_run_refuses_what_it_cannot_do_and_writes_nothing() {
     assert_eq!(task_ids(&c.zkc), Vec::<String>::new(), "nothing written");
     assert_eq!(c.zkc.children("/services/idle/tasks"), Vec::<String>::new());
 }
+
+/// The README's tutorial of tasks, with the manifest as the README gives it.
+#[test]
+fn the_readme_tutorial_of_tasks_runs_as_written() {
+    let readme = include_str!("../../README.md");
+    let manifest = readme
+        .split_once("cat > greeter.toml <<'EOF'\n")
+        .and_then(|(_, rest)| rest.split_once("\nEOF\n"))
+        .map(|(text, _)| text)
+        .expect("the README's tutorial has greeter.toml");
+    let zk = Zk::start();
+    let m = Machine::new(&zk);
+    let zkc = Checker::connect(&zk);
+    m.ok(&["init"]);
+    let file = m.state_dir().join("greeter.toml");
+    std::fs::write(&file, manifest).expect("writing the manifest");
+    m.ok(&["plugin", "add", file.to_str().expect("a UTF-8 path")]);
+    m.ok(&["add", "greeter", "--set", "greeting=hi"]);
+    let _agent = m.agent();
+    m.ok(&["deploy", "greeter"]);
+    let out = m.ok(&["run", "greeter", "hello"]);
+    let row = out.lines().nth(1).unwrap_or_default();
+    assert!(
+        row.starts_with(m.id.as_str()) && row.ends_with(&format!("hi from {}", m.id)),
+        "{out}"
+    );
+    let detached = m.ok(&["run", "greeter", "hello", "--rolling", "--detach"]);
+    assert!(
+        detached.starts_with("issued task hello of greeter as t"),
+        "{detached}"
+    );
+    let ids = zkc.children("/services/greeter/tasks");
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    wait_for_state(&zkc, &ids[1], &m.id, "succeeded");
+    let listed = m.ok(&["tasks", "greeter"]);
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+}
