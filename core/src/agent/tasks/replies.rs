@@ -216,15 +216,11 @@ impl Agent {
             Some(bad) => self.problem(&path, format!("{bad:?} is not a task id")),
             None => self.clear_problem(&path),
         }
-        // A late reply for a service no longer followed: the next follow reads again.
-        let Some(st) = self
-            .tasks
-            .services
-            .get_mut(service)
-            .filter(|st| st.followed)
-        else {
+        // A late reply for a service gone from ZooKeeper: its tasks went with it.
+        if !self.services.contains_key(service) {
             return;
-        };
+        }
+        let st = self.tasks.services.entry(service.to_string()).or_default();
         let mut touched = Vec::new();
         for (id, task) in st.tasks.iter_mut() {
             if !ids.contains(id) && !task.gone {
@@ -237,6 +233,11 @@ impl Agent {
                 st.tasks.insert(id.clone(), Task::new());
                 touched.push(id);
             }
+        }
+        // A late reply for a service no longer deployed here: its tasks are written
+        // `skipped` (see `decide`); without any, no entry is kept, as when it left.
+        if !st.followed && st.tasks.is_empty() {
+            self.tasks.services.remove(service);
         }
         self.dirty
             .tasks
