@@ -390,8 +390,13 @@ pub(super) async fn agent_killed_by_sigkill(mode: Mode) {
             fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.ends_with(b"1000\0"))
         })
     };
-    wait_until("the daemon running", || daemon().is_some()).await;
-    let daemon_pid = daemon().unwrap().0;
+    // Keep what the wait found: a second scan can miss the daemon while it execs (its
+    // /proc files are briefly unreadable then), as seen once under load.
+    let mut daemon_pid = 0;
+    wait_until("the daemon running", || {
+        daemon().map(|(p, _)| daemon_pid = p).is_some()
+    })
+    .await;
     let path = log_path(dir.path(), "survivor");
     drop(agent_guard); // kill -9 the agent
     wait_until("the agent is dead", || !alive(agent_pid)).await;
