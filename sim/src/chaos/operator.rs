@@ -121,13 +121,15 @@ impl Operator {
             self.fix_by_hand(world, service, Some(list));
             return None;
         }
-        Some(match self.pick(14) {
-            // Tasks are often run where they can be: seeds must show rolling ones.
-            7..=12 if Self::is_job_service(world, service) => self.run(world, service),
-            13 => {
-                self.task_by_hand(world, service);
-                return None;
-            }
+        // Tasks are often run where they can be: seeds must show rolling ones.
+        if Self::is_job_service(world, service) && self.pick(2) == 0 {
+            return Some(self.run(world, service));
+        }
+        if self.pick(12) == 0 {
+            self.task_by_hand(world, service);
+            return None;
+        }
+        Some(match self.pick(10) {
             0..=2 => {
                 let list = Self::machines_of(world, service).unwrap_or_default();
                 let m = self.any_machine();
