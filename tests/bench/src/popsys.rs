@@ -107,11 +107,27 @@ impl Pop {
             .context("starting pop fg")?;
         let pid = child.id();
         self.agent = Some(child);
-        // Up once it has registered itself.
-        wait("the agent's report", Duration::from_secs(30), || {
+        // Up once it has registered itself; an agent that exits or never registers is
+        // reported with what it printed.
+        let registered = wait("the agent's report", Duration::from_secs(60), || {
+            if let Some(status) = self
+                .agent
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!("the agent exited ({status}) before registering");
+            }
             Ok(self.exists(&paths::agent(MACHINE))?.then_some(()))
-        })?;
+        });
+        registered.with_context(|| format!("the agent printed:\n{}", self.agent_output()))?;
         Ok(pid)
+    }
+
+    /// The last lines the agent printed (for an error).
+    fn agent_output(&self) -> String {
+        let text = std::fs::read_to_string(self.state.path().join("agent.out")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
     /// SIGTERM to the agent; the time until it has exited (its services stopped first).
