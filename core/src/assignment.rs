@@ -121,7 +121,7 @@ mod tests {
         assert_eq!(map["mine"], 1);
         assert_eq!(edit_settings(&edited, &port, &[]), Ok(None));
         assert!(matches!(
-            edit_settings(current, &[], &["port".into()]),
+            edit_settings(current, &[], &["type".into()]),
             Err(EditError::Invalid(_))
         ));
         assert_eq!(

@@ -2,7 +2,7 @@
 //! `pop replay`. Node data is shown as text, cut after [`DATA_SHOWN`] characters.
 
 use crate::event::{Action, Input, Report};
-use crate::launch::{Launch, Program};
+use crate::launch::Launch;
 use crate::zk::{CreateMode, NodeStat, SessionEvent, WatchKind, ZkOp, ZkReply};
 use std::fmt;
 
@@ -199,6 +199,14 @@ impl fmt::Display for Input {
                 f,
                 "task {service}/{task} attempt {attempt} exited: {status}"
             ),
+            Input::EnvironmentBuilt {
+                service,
+                spec_hash,
+                result,
+            } => match result {
+                Ok(()) => write!(f, "environment {spec_hash} of {service} built"),
+                Err(error) => write!(f, "environment {spec_hash} of {service} failed: {error}"),
+            },
             Input::Tick => f.write_str("tick"),
             Input::Shutdown => f.write_str("shutdown requested"),
             Input::Detach => f.write_str("detach requested"),
@@ -208,10 +216,23 @@ impl fmt::Display for Input {
 
 impl fmt::Display for Launch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.program {
-            Program::Shell(command) => write!(f, "sh -c {command:?}")?,
-            Program::PopBuiltin(args) => write!(f, "pop {}", args.join(" "))?,
-        }
+        // Plain words as they are, others quoted, so the argv reads back unambiguously.
+        let words: Vec<String> = self
+            .argv
+            .iter()
+            .map(|word| {
+                let plain = !word.is_empty()
+                    && word
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-./:,+@%=".contains(c));
+                if plain {
+                    word.clone()
+                } else {
+                    format!("{word:?}")
+                }
+            })
+            .collect();
+        f.write_str(&words.join(" "))?;
         // pop's own variables are the same for every launch; show the service's.
         let own: Vec<String> = self
             .env
@@ -268,6 +289,15 @@ impl fmt::Display for Report {
                 attempt,
                 state,
             } => write!(f, "task {service}/{task} attempt {attempt}: {state}"),
+            Report::Waiting { service, reason } => write!(f, "{service} waits: {reason}"),
+            Report::EnvironmentReady { service, spec_hash } => {
+                write!(f, "{service}: environment {spec_hash} ready")
+            }
+            Report::EnvironmentFailed {
+                service,
+                spec_hash,
+                error,
+            } => write!(f, "{service}: environment {spec_hash} failed: {error}"),
         }
     }
 }
@@ -312,6 +342,24 @@ impl fmt::Display for Action {
                 "stop task {service}/{task} attempt {attempt}, SIGKILL after {}s",
                 grace.as_secs_f64()
             ),
+            Action::BuildEnvironment { service, spec, dir } => {
+                write!(
+                    f,
+                    "build environment of {service} at {dir}: {}",
+                    spec.python
+                )?;
+                for package in &spec.packages {
+                    write!(f, " {package:?}")?;
+                }
+                Ok(())
+            }
+            Action::RemoveEnvironments { service, keep } => {
+                write!(f, "remove environments of {service}")?;
+                match keep.as_slice() {
+                    [] => Ok(()),
+                    keep => write!(f, " but {}", keep.join(", ")),
+                }
+            }
             Action::NewSession => f.write_str("open a new session"),
             Action::Report(report) => write!(f, "report: {report}"),
             Action::Exit => f.write_str("exit"),

@@ -1,5 +1,6 @@
 //! The core's inputs and outputs.
 
+use crate::environment::EnvironmentSpec;
 use crate::launch::Launch;
 use crate::settings::Settings;
 use crate::task::{TaskId, TaskState};
@@ -95,6 +96,16 @@ pub enum Input {
         started_at: Timestamp,
         port: Option<u16>,
         settings: Settings,
+        /// What it was launched with; `None` from an agent that did not record it
+        /// (before plugins): taken to be what its settings launch now.
+        #[serde(default)]
+        launch: Option<Box<Launch>>,
+    },
+    /// The build of a service's environment (`Action::BuildEnvironment`) ended.
+    EnvironmentBuilt {
+        service: String,
+        spec_hash: String,
+        result: Result<(), String>,
     },
     /// A task's process started (`Action::RunTask`).
     TaskStarted {
@@ -145,7 +156,22 @@ pub enum Action {
         /// other actions.
         settings: Box<Settings>,
     },
-    /// SIGTERM everything of this run, SIGKILL after `grace`; report `Exited` when gone.
+    /// Build the Python environment `spec` for `service` at `dir` (unless a complete one
+    /// built from the same spec is there), off the event loop; report `EnvironmentBuilt`.
+    /// What runs from an older environment keeps running meanwhile.
+    BuildEnvironment {
+        service: String,
+        spec: EnvironmentSpec,
+        dir: String,
+    },
+    /// Remove the environments of `service` but those whose hash is in `keep` (nothing
+    /// runs from them any more).
+    RemoveEnvironments {
+        service: String,
+        keep: Vec<String>,
+    },
+    /// The launch's stop signal to everything of this run, SIGKILL after `grace`; report
+    /// `Exited` when gone.
     Stop {
         service: String,
         generation: u64,
@@ -231,5 +257,22 @@ pub enum Report {
         task: TaskId,
         attempt: u32,
         state: TaskState,
+    },
+    /// A wanted service is not started (or not restarted with what it should run now):
+    /// its type, a setting its command needs, or its environment is not there.
+    Waiting {
+        service: String,
+        reason: String,
+    },
+    /// A service's environment is built and can be launched from.
+    EnvironmentReady {
+        service: String,
+        spec_hash: String,
+    },
+    /// Building a service's environment failed; what runs keeps running.
+    EnvironmentFailed {
+        service: String,
+        spec_hash: String,
+        error: String,
     },
 }

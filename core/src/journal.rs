@@ -172,8 +172,8 @@ mod tests {
             containment: "none".into(),
             seed: 3,
             backoff: Backoff::default(),
-            state_dir: String::new(),
-            pop: String::new(),
+            pop: "/usr/bin/pop".into(),
+            state_dir: "/var/lib/pop".into(),
         }
     }
 

@@ -26,6 +26,7 @@ pub mod assignment;
 pub mod backoff;
 mod bytes;
 mod describe;
+pub mod environment;
 pub mod event;
 pub mod journal;
 pub mod launch;

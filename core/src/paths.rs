@@ -100,12 +100,23 @@ pub enum Watched {
         task: String,
         machine: String,
     },
+    /// A stored service type's manifest.
+    Plugin(String),
+    /// The stored types' names, watched while a type a service needs is missing.
+    PluginList,
 }
 
 impl Watched {
     pub fn parse(path: &str) -> Option<Watched> {
         if path == SERVICES {
             return Some(Watched::ServiceList);
+        }
+        if path == PLUGINS {
+            return Some(Watched::PluginList);
+        }
+        if let Some(name) = path.strip_prefix(PLUGINS).and_then(|r| r.strip_prefix('/')) {
+            return (!name.is_empty() && !name.contains('/'))
+                .then(|| Watched::Plugin(name.to_string()));
         }
         let rest = path.strip_prefix(SERVICES)?.strip_prefix('/')?;
         let Some((name, leaf)) = rest.split_once('/') else {
@@ -130,14 +141,17 @@ impl Watched {
     pub fn reads_children(&self) -> bool {
         matches!(
             self,
-            Watched::ServiceList | Watched::Tasks(_) | Watched::ServiceChildren(_)
+            Watched::ServiceList
+                | Watched::PluginList
+                | Watched::Tasks(_)
+                | Watched::ServiceChildren(_)
         )
     }
 
     /// The service the path is about, if any.
     pub fn service(&self) -> Option<&str> {
         match self {
-            Watched::ServiceList => None,
+            Watched::ServiceList | Watched::Plugin(_) | Watched::PluginList => None,
             Watched::Machines(s)
             | Watched::Settings(s)
             | Watched::Tasks(s)
@@ -158,6 +172,8 @@ impl Watched {
                 task,
                 machine,
             } => task_result(service, task, machine),
+            Watched::Plugin(name) => plugin(name),
+            Watched::PluginList => PLUGINS.to_string(),
         }
     }
 }
@@ -187,6 +203,8 @@ mod tests {
                 task: "t1".into(),
                 machine: "m1".into(),
             },
+            Watched::Plugin("greeter".into()),
+            Watched::PluginList,
         ] {
             assert_eq!(Watched::parse(&w.path()), Some(w));
         }
@@ -194,6 +212,8 @@ mod tests {
         assert_eq!(Watched::parse("/services/a/tasks/t1"), None);
         assert_eq!(Watched::parse("/services/a/tasks/t1/m1/x"), None);
         assert_eq!(Watched::parse("/services/"), None);
+        assert_eq!(Watched::parse("/plugins/a/b"), None);
+        assert_eq!(Watched::parse("/plugins/"), None);
         assert_eq!(parent("/machines/m1/x"), Some("/machines/m1"));
         assert_eq!(parent("/machines"), None);
     }

@@ -128,6 +128,10 @@ pub struct ServiceReport {
     pub phase: Phase,
     #[serde(default)]
     pub pid: Option<u32>,
+    /// Why it is not launched as its settings say (its type, a setting its command needs,
+    /// its environment): absent when nothing keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
     /// Consecutive runs that ended too soon; 3 or more is a crash loop.
     #[serde(default)]
     pub quick_failures: u32,
@@ -144,6 +148,9 @@ pub struct ServiceReport {
 pub enum Phase {
     /// Not running and not wanted.
     Stopped,
+    /// Wanted, and not started: its type, a setting its command needs or its
+    /// environment is not there yet (the service's `problem` says which).
+    Waiting,
     /// Waiting out a crash-loop delay before starting again.
     Backoff,
     /// Ended, and its restart policy leaves it so.
@@ -159,8 +166,9 @@ pub enum Phase {
 
 impl Phase {
     /// The phases an agent reports; `Unknown` is only ever read.
-    pub const KNOWN: [Phase; 6] = [
+    pub const KNOWN: [Phase; 7] = [
         Phase::Stopped,
+        Phase::Waiting,
         Phase::Backoff,
         Phase::Exited,
         Phase::Starting,
@@ -171,6 +179,7 @@ impl Phase {
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Stopped => "stopped",
+            Phase::Waiting => "waiting",
             Phase::Backoff => "backoff",
             Phase::Exited => "exited",
             Phase::Starting => "starting",
@@ -204,6 +213,8 @@ pub struct PhaseCounts {
     pub stopped: u32,
     #[serde(skip_serializing_if = "is_zero")]
     pub stopping: u32,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub waiting: u32,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -214,6 +225,7 @@ impl PhaseCounts {
     pub fn get(&self, phase: Phase) -> u32 {
         match phase {
             Phase::Stopped => self.stopped,
+            Phase::Waiting => self.waiting,
             Phase::Backoff => self.backoff,
             Phase::Exited => self.exited,
             Phase::Starting => self.starting,
@@ -226,6 +238,7 @@ impl PhaseCounts {
     fn slot(&mut self, phase: Phase) -> Option<&mut u32> {
         match phase {
             Phase::Stopped => Some(&mut self.stopped),
+            Phase::Waiting => Some(&mut self.waiting),
             Phase::Backoff => Some(&mut self.backoff),
             Phase::Exited => Some(&mut self.exited),
             Phase::Starting => Some(&mut self.starting),
@@ -318,6 +331,7 @@ mod tests {
             next_start_at: None,
             not_ready_within: None,
             phase: Phase::Running,
+            problem: None,
             pid: Some(42),
             quick_failures: 1,
             restarts: 2,

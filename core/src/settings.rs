@@ -1,6 +1,7 @@
 //! Service settings (`/services/<name>/settings`) and machine lists (`/services/<name>/machines`):
 //! parsing JSON written by anyone into values the agent can trust, with errors naming the problem.
 
+use crate::names::PluginName;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -27,8 +28,6 @@ pub enum DataError {
         key: &'static str,
         service_type: String,
     },
-    #[error("unknown service type {0:?} (known types: command, echo)")]
-    UnknownType(String),
     #[error("expected {expected}, found {found}")]
     BadNode {
         expected: &'static str,
@@ -75,55 +74,6 @@ pub fn render_machines(machines: &BTreeSet<String>) -> Vec<u8> {
     serde_json::to_vec(&list).unwrap_or_else(|_| b"[]".to_vec())
 }
 
-/// The built-in service types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum ServiceType {
-    /// Runs the `command` setting with `sh -c`.
-    Command,
-    /// A TCP echo server built into the pop binary.
-    Echo,
-}
-
-impl ServiceType {
-    pub const ALL: [ServiceType; 2] = [ServiceType::Command, ServiceType::Echo];
-
-    pub fn parse(name: &str) -> Result<Self, DataError> {
-        match name {
-            "command" => Ok(ServiceType::Command),
-            "echo" => Ok(ServiceType::Echo),
-            other => Err(DataError::UnknownType(other.to_string())),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ServiceType::Command => "command",
-            ServiceType::Echo => "echo",
-        }
-    }
-
-    /// The settings `pop add` writes for this type, before the user's overrides.
-    pub fn default_settings(self, port: Option<u16>) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("type".into(), Value::from(self.as_str()));
-        m.insert("restart".into(), Value::from("always"));
-        m.insert("stop_timeout".into(), Value::from(10));
-        m.insert("start_seconds".into(), Value::from(1));
-        match self {
-            ServiceType::Command => {
-                if let Some(port) = port {
-                    m.insert("port".into(), Value::from(port));
-                }
-            }
-            ServiceType::Echo => {
-                m.insert("host".into(), Value::from("127.0.0.1"));
-                m.insert("port".into(), Value::from(port.unwrap_or(0)));
-            }
-        }
-        m
-    }
-}
-
 /// What to do when a service's process exits without pop asking it to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RestartPolicy {
@@ -143,12 +93,15 @@ pub enum SessionLoss {
     Fence,
 }
 
-/// Validated settings of one service. Unknown keys are kept (`extra`) so plugins and
-/// operators can add their own; a change to any of them restarts the service.
+/// Validated settings of one service: the settings every type has, checked here, and the
+/// rest (`extra`: the type's own, like `command` or `packages`, and operators' own), kept
+/// as they are for the type's manifest to use ([`Settings::values`]). A change to any of
+/// them restarts the service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "Recorded")]
 pub struct Settings {
-    pub service_type: ServiceType,
-    pub command: Option<String>,
+    /// The type's name: a built-in type or a plugin stored at `/plugins/<name>`.
+    pub service_type: PluginName,
     pub host: String,
     /// `None`: the service has no port; `Some(0)`: the service picks one.
     pub port: Option<u16>,
@@ -219,9 +172,18 @@ impl Settings {
         }
     }
 
+    /// Reads the settings every type has; what the type needs of the rest is its
+    /// manifest's to check (`Manifest::check_settings`, and rendering the launch).
     pub fn from_map(map: &Map<String, Value>) -> Result<Settings, DataError> {
-        let type_name = match map.get("type") {
-            Some(v) => string("type", v)?,
+        let service_type = match map.get("type") {
+            Some(v) => {
+                let name = string("type", v)?;
+                PluginName::new(&name).map_err(|e| DataError::BadSetting {
+                    key: "type".into(),
+                    expected: "a service type's name",
+                    found: e.to_string(),
+                })?
+            }
             None => {
                 return Err(DataError::MissingSetting {
                     key: "type",
@@ -229,10 +191,8 @@ impl Settings {
                 })
             }
         };
-        let service_type = ServiceType::parse(&type_name)?;
         let mut settings = Settings {
             service_type,
-            command: None,
             host: DEFAULT_HOST.to_string(),
             port: None,
             restart: RestartPolicy::Always,
@@ -246,7 +206,6 @@ impl Settings {
         for (key, v) in map {
             match key.as_str() {
                 "type" => {}
-                "command" => settings.command = Some(string(key, v)?),
                 "host" => settings.host = string(key, v)?,
                 "port" => {
                     settings.port = match v {
@@ -308,19 +267,102 @@ impl Settings {
                 }
             }
         }
-        if service_type == ServiceType::Command && settings.command.is_none() {
-            return Err(DataError::MissingSetting {
-                key: "command",
-                service_type: type_name,
-            });
-        }
-        if service_type == ServiceType::Echo && settings.port.is_none() {
-            return Err(DataError::MissingSetting {
-                key: "port",
-                service_type: type_name,
-            });
-        }
         Ok(settings)
+    }
+
+    /// Every setting as a value a command template can use: the ones every type has as
+    /// `pop set` writes them (seconds as numbers), and the others as they were given.
+    pub fn values(&self) -> Map<String, Value> {
+        let mut map: Map<String, Value> = self
+            .extra
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        map.insert("type".into(), Value::from(self.service_type.as_str()));
+        map.insert("host".into(), Value::from(self.host.as_str()));
+        if let Some(port) = self.port {
+            map.insert("port".into(), Value::from(port));
+        }
+        let restart = match self.restart {
+            RestartPolicy::Always => "always",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Never => "never",
+        };
+        map.insert("restart".into(), Value::from(restart));
+        let session_loss = match self.session_loss {
+            SessionLoss::KeepRunning => "keep-running",
+            SessionLoss::Fence => "fence",
+        };
+        map.insert("session_loss".into(), Value::from(session_loss));
+        map.insert("stop_timeout".into(), seconds_value(self.stop_timeout));
+        map.insert("start_seconds".into(), seconds_value(self.start_seconds));
+        map.insert("ready_timeout".into(), seconds_value(self.ready_timeout));
+        let env: Map<String, Value> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+            .collect();
+        map.insert("env".into(), Value::Object(env));
+        map
+    }
+}
+
+/// Seconds as pop writes them into settings: whole seconds as integers.
+pub fn seconds_value(d: Duration) -> Value {
+    if d.subsec_nanos() == 0 {
+        Value::from(d.as_secs())
+    } else {
+        Value::from(d.as_secs_f64())
+    }
+}
+
+/// Settings as an agent recorded them (journal, run records), this version's or an
+/// earlier one's: before plugins the type was `"Command"` or `"Echo"` and `command` a
+/// field of its own. Read into the same [`Settings`] the settings node gives, so an
+/// upgraded agent adopting a process sees no change.
+#[derive(Deserialize)]
+struct Recorded {
+    service_type: String,
+    #[serde(default)]
+    command: Option<String>,
+    host: String,
+    port: Option<u16>,
+    restart: RestartPolicy,
+    session_loss: SessionLoss,
+    stop_timeout: Duration,
+    start_seconds: Duration,
+    #[serde(default = "default_ready_timeout")]
+    ready_timeout: Duration,
+    env: BTreeMap<String, String>,
+    extra: BTreeMap<String, Value>,
+}
+
+impl TryFrom<Recorded> for Settings {
+    type Error = crate::names::NameError;
+
+    fn try_from(r: Recorded) -> Result<Settings, Self::Error> {
+        let name = match r.service_type.as_str() {
+            "Command" => "command",
+            "Echo" => "echo",
+            other => other,
+        };
+        let service_type = PluginName::new(name)?;
+        let mut extra = r.extra;
+        if let Some(command) = r.command {
+            extra.insert("command".into(), Value::from(command));
+        }
+        Ok(Settings {
+            service_type,
+            host: r.host,
+            port: r.port,
+            restart: r.restart,
+            session_loss: r.session_loss,
+            stop_timeout: r.stop_timeout,
+            start_seconds: r.start_seconds,
+            ready_timeout: r.ready_timeout,
+            env: r.env,
+            extra,
+        })
     }
 }
 
@@ -351,19 +393,14 @@ pub fn common_default(key: &str) -> Option<Value> {
 }
 
 /// Checks the settings every type has ([`COMMON_KEYS`]) exactly as [`Settings::from_map`]
-/// reads them, ignoring the rest: for the types this module does not know (plugins').
-/// They are read with the echo type's rules, which check nothing beyond them once echo's
-/// required port is there.
+/// reads them, ignoring the rest (a manifest's defaults have no type of their own).
 pub fn check_common(map: &Map<String, Value>) -> Result<(), DataError> {
     let mut common: Map<String, Value> = map
         .iter()
         .filter(|(key, _)| COMMON_KEYS.contains(&key.as_str()))
         .map(|(key, value)| (key.clone(), value.clone()))
         .collect();
-    common.insert("type".into(), Value::from(ServiceType::Echo.as_str()));
-    if common.get("port").is_none_or(Value::is_null) {
-        common.insert("port".into(), Value::from(0));
-    }
+    common.insert("type".into(), Value::from("any"));
     Settings::from_map(&common).map(|_| ())
 }
 
@@ -382,16 +419,57 @@ mod tests {
     }
 
     #[test]
-    fn defaults_are_valid_settings() {
-        for t in ServiceType::ALL {
-            let mut m = t.default_settings(Some(0));
-            if t == ServiceType::Command {
-                m.insert("command".into(), Value::from("sleep 1"));
-            }
-            let s = Settings::from_map(&m).unwrap();
-            assert_eq!(s.service_type, t);
-            assert_eq!(s.restart, RestartPolicy::Always);
-        }
+    fn any_type_name_is_read_and_the_type_own_settings_are_kept_as_given() {
+        let s = Settings::parse(br#"{"type":"greeter","greeting":"hi","command":7}"#).unwrap();
+        assert_eq!(s.service_type.as_str(), "greeter");
+        assert_eq!(s.extra.get("greeting"), Some(&Value::from("hi")));
+        assert_eq!(s.extra.get("command"), Some(&Value::from(7)));
+        let err = Settings::parse(br#"{"type":"a b"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("setting \"type\": expected a service type's name"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn values_give_templates_every_setting_as_pop_set_writes_it() {
+        let s = Settings::parse(
+            br#"{"type":"echo","port":7,"stop_timeout":1.5,"mine":[1],"env":{"A":"b"}}"#,
+        )
+        .unwrap();
+        let values = s.values();
+        assert_eq!(values["type"], Value::from("echo"));
+        assert_eq!(values["port"], Value::from(7));
+        assert_eq!(values["host"], Value::from("0.0.0.0"));
+        assert_eq!(values["stop_timeout"], Value::from(1.5));
+        assert_eq!(values["start_seconds"], Value::from(1));
+        assert_eq!(values["restart"], Value::from("always"));
+        assert_eq!(values["mine"], serde_json::json!([1]));
+        assert_eq!(values["env"], serde_json::json!({"A": "b"}));
+        // What values gives, read again, is the same settings.
+        assert_eq!(Settings::from_map(&values), Ok(s));
+    }
+
+    /// A run record written before plugins: the type as the old enum, `command` a field.
+    #[test]
+    fn settings_recorded_by_an_agent_before_plugins_read_as_todays() {
+        let today = Settings::parse(br#"{"type":"command","command":"sleep 5","port":9}"#).unwrap();
+        let mut recorded = serde_json::to_value(&today).unwrap();
+        let fields = recorded.as_object_mut().unwrap();
+        fields.insert("service_type".into(), Value::from("Command"));
+        fields.insert("command".into(), Value::from("sleep 5"));
+        fields.insert("extra".into(), serde_json::json!({}));
+        let read: Settings = serde_json::from_value(recorded).expect("an old record reads");
+        assert_eq!(read, today);
+        let echo = serde_json::json!({"service_type":"Echo","command":null,"host":"h",
+            "port":0,"restart":"Always","session_loss":"KeepRunning",
+            "stop_timeout":{"secs":10,"nanos":0},"start_seconds":{"secs":1,"nanos":0},
+            "env":{},"extra":{}});
+        let read: Settings = serde_json::from_value(echo).expect("an old echo record reads");
+        assert_eq!(read.service_type.as_str(), "echo");
+        assert!(read.extra.is_empty());
     }
 
     #[test]
@@ -467,8 +545,8 @@ mod tests {
                 r#"{"type":"echo","port":1,"restart":"sometimes"}"#,
                 "restart",
             ),
-            (r#"{"type":"command"}"#, "command"),
-            (r#"{"type":"nope"}"#, "nope"),
+            (r#"{"port":1}"#, "type"),
+            (r#"{"type":"no/pe"}"#, "type"),
             (
                 r#"{"type":"echo","port":1,"stop_timeout":-1}"#,
                 "stop_timeout",

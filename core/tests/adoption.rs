@@ -18,8 +18,8 @@ fn agent() -> Agent {
         containment: "none".into(),
         seed: 1,
         backoff: Backoff::default(),
-        state_dir: String::new(),
-        pop: String::new(),
+        pop: "/usr/bin/pop".into(),
+        state_dir: "/var/lib/pop".into(),
     })
 }
 
@@ -50,6 +50,7 @@ fn adopted(settings: Settings) -> Input {
         started_at: Timestamp::from_millis(1),
         port: None,
         settings,
+        launch: None,
     }
 }
 

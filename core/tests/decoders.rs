@@ -8,9 +8,7 @@ use pop_core::paths;
 use pop_core::published::{
     parse_pid, render_pid, AgentReport, Phase, PhaseCounts, ServiceReport, StateNode,
 };
-use pop_core::settings::{
-    parse_machines, render_machines, RestartPolicy, ServiceType, SessionLoss, Settings,
-};
+use pop_core::settings::{parse_machines, render_machines, RestartPolicy, SessionLoss, Settings};
 use pop_core::zk::{RequestId, ZkReply};
 use pop_core::{Input, Timestamp};
 use proptest::prelude::*;
@@ -159,7 +157,8 @@ proptest! {
         env in prop::collection::btree_map("[A-Z_]{1,8}", "\\PC{0,12}", 0..4),
         extra in prop::collection::btree_map("x_[a-z]{1,8}", any::<i64>(), 0..3),
     ) {
-        let mut map = ServiceType::Command.default_settings(port);
+        let manifest = pop_core::plugin::builtin::get("command").expect("built in");
+        let mut map = manifest.default_settings(port);
         map.insert("command".into(), command.clone().into());
         map.insert("restart".into(), restart.into());
         map.insert("session_loss".into(), if fence { "fence" } else { "keep-running" }.into());
@@ -169,7 +168,7 @@ proptest! {
             map.insert(k.clone(), (*v).into());
         }
         let settings = Settings::parse(&render_settings(map)).expect("valid");
-        prop_assert_eq!(settings.command.as_deref(), Some(command.as_str()));
+        prop_assert_eq!(settings.extra.get("command"), Some(&serde_json::Value::from(command)));
         prop_assert_eq!(settings.port, port);
         let policy = match restart {
             "always" => RestartPolicy::Always,
@@ -180,7 +179,8 @@ proptest! {
         prop_assert_eq!(settings.session_loss == SessionLoss::Fence, fence);
         prop_assert_eq!(settings.stop_timeout, Duration::from_millis(stop_ms));
         prop_assert_eq!(settings.env, env);
-        prop_assert_eq!(settings.extra.len(), extra.len());
+        // `command` is the command type's own setting, kept with the others.
+        prop_assert_eq!(settings.extra.len(), extra.len() + 1);
     }
 
     #[test]
@@ -205,6 +205,7 @@ fn seconds() -> impl Strategy<Value = f64> {
 fn service_report() -> impl Strategy<Value = ServiceReport> {
     let phase = prop::sample::select(vec![
         Phase::Stopped,
+        Phase::Waiting,
         Phase::Backoff,
         Phase::Exited,
         Phase::Starting,
@@ -222,6 +223,7 @@ fn service_report() -> impl Strategy<Value = ServiceReport> {
         (
             phase,
             any::<Option<u32>>(),
+            prop::option::of("\\PC{0,20}"),
             any::<u32>(),
             any::<u32>(),
             prop::option::of(seconds()),
@@ -230,7 +232,7 @@ fn service_report() -> impl Strategy<Value = ServiceReport> {
         .prop_map(
             |(
                 (generation, last_exit, next_start_at, not_ready_within),
-                (phase, pid, quick_failures, restarts, since),
+                (phase, pid, problem, quick_failures, restarts, since),
             )| {
                 ServiceReport {
                     generation,
@@ -239,6 +241,7 @@ fn service_report() -> impl Strategy<Value = ServiceReport> {
                     not_ready_within,
                     phase,
                     pid,
+                    problem,
                     quick_failures,
                     restarts,
                     since,
@@ -248,16 +251,17 @@ fn service_report() -> impl Strategy<Value = ServiceReport> {
 }
 
 fn phase_counts() -> impl Strategy<Value = PhaseCounts> {
-    any::<[u32; 6]>().prop_map(|[backoff, exited, running, starting, stopped, stopping]| {
-        PhaseCounts {
+    any::<[u32; 7]>().prop_map(
+        |[backoff, exited, running, starting, stopped, stopping, waiting]| PhaseCounts {
             backoff,
             exited,
             running,
             starting,
             stopped,
             stopping,
-        }
-    })
+            waiting,
+        },
+    )
 }
 
 fn agent_report() -> impl Strategy<Value = AgentReport> {

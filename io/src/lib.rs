@@ -3,6 +3,7 @@
 
 pub mod clock;
 pub mod driver;
+pub mod environment;
 pub mod journal;
 pub mod machine_id;
 pub mod supervise;

@@ -6,4 +6,4 @@ pub mod chaos;
 pub mod world;
 pub mod zk_model;
 
-pub use world::World;
+pub use world::{tool_manifest, World, BROKEN_PACKAGE, TOOL};

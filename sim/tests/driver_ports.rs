@@ -3,6 +3,7 @@
 //! nothing but its ports.
 
 use pop_core::backoff::Backoff;
+use pop_core::environment::EnvironmentSpec;
 use pop_core::event::{ExitStatus, Input};
 use pop_core::launch::Launch;
 use pop_core::names::MachineId;
@@ -195,6 +196,15 @@ impl ProcessPort for ModelProcesses {
             self.stop(&service, generation, Duration::ZERO);
         }
     }
+    fn build_environment(&mut self, service: &str, spec: EnvironmentSpec, _dir: &str) {
+        let _ = self.events.send(Input::EnvironmentBuilt {
+            service: service.to_string(),
+            spec_hash: spec.hash(),
+            result: Ok(()),
+        });
+    }
+    fn remove_environments(&mut self, _service: &str, _keep: Vec<String>) {}
+    fn stop_builds(&mut self) {}
     fn detach(self) {}
 }
 
@@ -254,8 +264,8 @@ async fn the_production_loop_runs_against_simulated_ports() {
         containment: "model".into(),
         seed: 7,
         backoff: Backoff::default(),
-        state_dir: String::new(),
-        pop: String::new(),
+        pop: "/usr/bin/pop".into(),
+        state_dir: "/var/lib/pop".into(),
     };
     let agent = tokio::spawn(run_with(ports, config, None, process_rx, stop_rx));
 

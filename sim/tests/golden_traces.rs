@@ -9,9 +9,9 @@ use pop_core::assignment::render_settings;
 use pop_core::event::ExitStatus;
 use pop_core::journal::Record;
 use pop_core::paths;
-use pop_core::settings::ServiceType;
+use pop_core::plugin::builtin;
 use pop_core::Timestamp;
-use pop_sim::World;
+use pop_sim::{tool_manifest, World, TOOL};
 use std::time::Duration;
 
 /// One machine's journal rendered as it grows.
@@ -120,8 +120,12 @@ impl Golden {
 }
 
 /// Settings as `pop add <type>` writes them.
-fn added(service_type: ServiceType, extra: &[(&str, serde_json::Value)]) -> String {
-    let mut map = service_type.default_settings(None);
+fn added(service_type: &str, extra: &[(&str, serde_json::Value)]) -> String {
+    let manifest = builtin::get(service_type)
+        .cloned()
+        .or_else(|| pop_core::plugin::decode_stored(TOOL, tool_manifest(0).as_bytes()).ok())
+        .expect("a built-in type or the stored test type");
+    let mut map = manifest.default_settings(None);
     for (key, value) in extra {
         map.insert(key.to_string(), value.clone());
     }
@@ -130,7 +134,7 @@ fn added(service_type: ServiceType, extra: &[(&str, serde_json::Value)]) -> Stri
 
 fn command(line: &str) -> String {
     added(
-        ServiceType::Command,
+        "command",
         &[
             ("command", line.into()),
             ("start_seconds", serde_json::Value::from(0.5)),
@@ -146,7 +150,7 @@ fn tutorial() {
     g.note("pop init; pop start (the agent connects to an empty namespace)");
     g.run_for(Duration::from_secs(1));
     g.note("pop add plone4 (an echo service on any free port); pop deploy plone4");
-    g.add("plone4", &added(ServiceType::Echo, &[]));
+    g.add("plone4", &added("echo", &[]));
     g.settle();
     insta::assert_snapshot!(g.trace());
 }
@@ -159,7 +163,7 @@ fn settings_change() {
     g.settle();
     g.note("pop set job command='serve --v2' env='{\"V\":\"2\"}'");
     let changed = added(
-        ServiceType::Command,
+        "command",
         &[
             ("command", "serve --v2".into()),
             ("start_seconds", serde_json::Value::from(0.5)),
@@ -201,7 +205,7 @@ fn crash_loop_with_backoff() {
 #[test]
 fn session_expiry_and_reregistration() {
     let mut g = Golden::new(4);
-    g.add("web", &added(ServiceType::Echo, &[]));
+    g.add("web", &added("echo", &[]));
     g.settle();
     g.note("the server expires the agent's session");
     g.world.expire_session(0);
@@ -214,7 +218,7 @@ fn session_expiry_and_reregistration() {
 #[test]
 fn agent_restart_with_adoption() {
     let mut g = Golden::new(5);
-    g.add("web", &added(ServiceType::Echo, &[]));
+    g.add("web", &added("echo", &[]));
     g.add("job", &command("serve"));
     g.settle();
     g.note("the agent is killed; job's settings change before the next agent reads them");
@@ -236,6 +240,49 @@ fn garbage_settings_json() {
     g.run_for(Duration::from_secs(5));
     g.note("the settings are repaired, with a new command");
     g.put_settings("job", &command("serve --fixed"));
+    g.settle();
+    insta::assert_snapshot!(g.trace());
+}
+
+/// A stored type (a copy of `command` as `tool`) and two services of it: changing what
+/// the manifest launches restarts both; changing only its description restarts none;
+/// garbage in its node and its removal keep them running with the last manifest read.
+#[test]
+fn plugin_change_restarts_its_services() {
+    let mut g = Golden::new(7);
+    g.note("pop plugin add tool.toml (a copy of the command type); pop add tool (two)");
+    g.world
+        .admin_put(&paths::plugin(TOOL), tool_manifest(0).as_bytes());
+    let tool = |line: &str| {
+        added(
+            TOOL,
+            &[
+                ("command", line.into()),
+                ("start_seconds", serde_json::Value::from(0.5)),
+            ],
+        )
+    };
+    g.add("a", &tool("serve a"));
+    g.add("b", &tool("serve b"));
+    g.settle();
+    g.note("pop plugin add --replace: only the description changes");
+    g.world
+        .admin_put(&paths::plugin(TOOL), tool_manifest(2).as_bytes());
+    g.settle();
+    g.note("pop plugin add --replace: run.command is now sh -c 'exec {command}'");
+    g.world
+        .admin_put(&paths::plugin(TOOL), tool_manifest(1).as_bytes());
+    g.settle();
+    g.note("somebody writes garbage into /plugins/tool");
+    g.world
+        .admin_put(&paths::plugin(TOOL), b"name = \"tool\"\n[run");
+    g.run_for(Duration::from_secs(2));
+    g.note("pop plugin remove --force tool");
+    g.world.admin_remove(&paths::plugin(TOOL));
+    g.run_for(Duration::from_secs(2));
+    g.note("pop plugin add tool.toml again, as it was before the garbage");
+    g.world
+        .admin_put(&paths::plugin(TOOL), tool_manifest(1).as_bytes());
     g.settle();
     insta::assert_snapshot!(g.trace());
 }

@@ -3,6 +3,7 @@
 
 pub mod ensemble;
 pub mod proxy;
+pub mod python;
 
 pub use ensemble::Ensemble;
 pub use proxy::TcpProxy;
@@ -498,4 +499,35 @@ impl Checker {
             .block_on(self.client.create(path, data, &opts))
             .unwrap_or_else(|e| panic!("creating {path}: {e}"));
     }
+}
+
+/// Like [`wait_for`], with its own deadline: for what takes longer than [`DEADLINE`]
+/// allows, e.g. building a Python environment on a busy machine.
+pub fn wait_for_within<T>(what: &str, limit: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `GET path` over HTTP/1.0 from 127.0.0.1:`port`: the status code and the body, or
+/// `None` when nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
 }

@@ -383,8 +383,8 @@ fn pop_run_refuses_what_it_cannot_do_and_writes_nothing() {
 fn the_readme_tutorial_of_tasks_runs_as_written() {
     let readme = include_str!("../../README.md");
     let manifest = readme
-        .split_once("cat > greeter.toml <<'EOF'\n")
-        .and_then(|(_, rest)| rest.split_once("\nEOF\n"))
+        .split_once("cat > greeter.toml <<'TOML'\n")
+        .and_then(|(_, rest)| rest.split_once("\nTOML\n"))
         .map(|(text, _)| text)
         .expect("the README's tutorial has greeter.toml");
     let zk = Zk::start();
@@ -394,23 +394,35 @@ fn the_readme_tutorial_of_tasks_runs_as_written() {
     let file = m.state_dir().join("greeter.toml");
     std::fs::write(&file, manifest).expect("writing the manifest");
     m.ok(&["plugin", "add", file.to_str().expect("a UTF-8 path")]);
-    m.ok(&["add", "greeter", "--set", "greeting=hi"]);
+    m.ok(&[
+        "add",
+        "greeter",
+        "--name",
+        "greet",
+        "--set",
+        "greeting=howdy",
+    ]);
     let _agent = m.agent();
-    m.ok(&["deploy", "greeter"]);
-    let out = m.ok(&["run", "greeter", "hello"]);
+    m.ok(&["deploy", "greet"]);
+    let out = m.ok(&["run", "greet", "hello"]);
     let row = out.lines().nth(1).unwrap_or_default();
     assert!(
-        row.starts_with(m.id.as_str()) && row.ends_with(&format!("hi from {}", m.id)),
+        row.starts_with(m.id.as_str()) && row.ends_with(&format!("howdy from {}", m.id)),
         "{out}"
     );
-    let detached = m.ok(&["run", "greeter", "hello", "--rolling", "--detach"]);
+    let detached = m.ok(&["run", "greet", "hello", "--rolling", "--detach"]);
     assert!(
-        detached.starts_with("issued task hello of greeter as t"),
+        detached.starts_with("issued task hello of greet as t"),
         "{detached}"
     );
-    let ids = zkc.children("/services/greeter/tasks");
+    let ids = zkc.children("/services/greet/tasks");
     assert_eq!(ids.len(), 2, "{ids:?}");
-    wait_for_state(&zkc, &ids[1], &m.id, "succeeded");
-    let listed = m.ok(&["tasks", "greeter"]);
+    wait_for("the rolling task's result", || {
+        let r = zkc
+            .get_json(&format!("/services/greet/tasks/{}/{}", ids[1], m.id))
+            .unwrap_or(Value::Null);
+        (r["state"] == "succeeded").then_some(())
+    });
+    let listed = m.ok(&["tasks", "greet"]);
     assert_eq!(listed.lines().count(), 3, "{listed}");
 }

@@ -53,7 +53,7 @@ struct ServiceStatus {
     /// The settings node as written (also when it is not valid settings).
     settings: Value,
     #[serde(rename = "type")]
-    service_type: Option<&'static str>,
+    service_type: Option<String>,
 }
 
 /// The service on one machine: wanted there, or published from there. Fields in name order.
@@ -142,8 +142,15 @@ async fn service_status(
         }
         if let Some(agent) = readable {
             let prefix = format!("{}/", paths::service(name));
+            // Its type's node, when the agent cannot use what it holds.
+            let type_node = parsed
+                .as_ref()
+                .map(|s| paths::plugin(s.service_type.as_str()));
             for (path, problem) in &agent.problems {
-                if path.starts_with(&prefix) || path == paths::SERVICES {
+                if path.starts_with(&prefix)
+                    || path == paths::SERVICES
+                    || Some(path) == type_node.as_ref()
+                {
                     issues.push(format!("{path}: {problem}"));
                 }
             }
@@ -195,13 +202,16 @@ async fn service_status(
         name: name.to_string(),
         problems,
         settings,
-        service_type: parsed.map(|s| s.service_type.as_str()),
+        service_type: parsed.map(|s| s.service_type.to_string()),
     })
 }
 
 /// What the agent says is wrong with a service it runs (`port`: its port setting).
 fn service_issues(report: &ServiceReport, port: Option<u16>, now: f64) -> Vec<String> {
     let mut issues = Vec::new();
+    if let Some(problem) = &report.problem {
+        issues.push(problem.clone());
+    }
     if let Some(secs) = report.not_ready_within {
         let what = match port {
             Some(0) => format!("no listening port found within {secs}s"),
@@ -269,7 +279,7 @@ fn render(services: &[ServiceStatus], detailed: bool) -> String {
         if s.instances.is_empty() {
             rows.push(vec![
                 name.clone(),
-                cell(s.service_type),
+                cell(s.service_type.as_deref()),
                 "-".into(),
                 "-".into(),
                 "not deployed".into(),
@@ -293,7 +303,7 @@ fn render(services: &[ServiceStatus], detailed: bool) -> String {
             let agent = if i.agent_live { "live" } else { "down" };
             rows.push(vec![
                 name.clone(),
-                cell(s.service_type),
+                cell(s.service_type.as_deref()),
                 i.machine.clone(),
                 format!("{desired}/{agent}"),
                 i.phase.clone(),

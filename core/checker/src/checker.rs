@@ -6,10 +6,12 @@ use crate::steps::{Step, TimedStep};
 use crate::world::{config, Live, SessionView, World, MACHINE};
 use pop_core::agent::Agent;
 use pop_core::backoff::Backoff;
+use pop_core::environment::{env_dir, python_environment, EnvironmentSpec};
 use pop_core::event::{Action, Input};
 use pop_core::journal::{decode, replay, Record};
-use pop_core::launch::Launch;
+use pop_core::launch::{self, Launch};
 use pop_core::paths::{self, Watched};
+use pop_core::plugin::{builtin, Environment, Manifest};
 use pop_core::published::{parse_pid, StateNode};
 use pop_core::settings::{SessionLoss, Settings};
 use pop_core::time::Timestamp;
@@ -44,6 +46,12 @@ pub struct Summary {
     pub requests: usize,
     pub spawns: usize,
     pub stops: usize,
+    /// Spawns of services whose type is stored in `/plugins`.
+    pub stored_type_spawns: usize,
+    /// Environment builds asked for.
+    pub builds: usize,
+    /// Spawns of services with a Python environment.
+    pub environment_spawns: usize,
 }
 
 /// Runs an agent and checks every batch of actions against the world its inputs describe.
@@ -186,12 +194,15 @@ impl Checker {
                     launch,
                 } => {
                     self.summary.spawns += 1;
-                    if *launch != Launch::new(service, MACHINE, settings) {
-                        return Err(format!(
-                            "spawned {service} with a launch not made from its settings"
-                        ));
-                    }
-                    self.check_spawn(service, *generation, settings)?
+                    self.check_launch(service, settings, launch)?;
+                    self.check_spawn(service, *generation, settings, launch)?
+                }
+                Action::BuildEnvironment { service, spec, dir } => {
+                    self.summary.builds += 1;
+                    self.check_build(service, spec, dir)?
+                }
+                Action::RemoveEnvironments { service, keep } => {
+                    self.check_removal(service, keep)?
                 }
                 Action::Stop {
                     service,
@@ -384,11 +395,159 @@ impl Checker {
             .is_some_and(|p| p.contains(&pid))
     }
 
+    /// The manifests the agent may have resolved `settings`' type to: the built-in one,
+    /// or any it read valid from `/plugins/<type>`.
+    fn manifests_for(&self, settings: &Settings) -> Vec<&Manifest> {
+        let name = settings.service_type.as_str();
+        match builtin::get(name) {
+            Some(manifest) => vec![manifest],
+            None => self
+                .world
+                .manifests_read
+                .get(name)
+                .map(|read| read.iter().collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// A spawn carries the launch its settings and a manifest the agent read make, and a
+    /// service with a Python environment starts only from one reported built.
+    fn check_launch(
+        &mut self,
+        service: &str,
+        settings: &Settings,
+        launch: &Launch,
+    ) -> Result<(), String> {
+        let host = config().host();
+        let mut python_built = false;
+        let rendered = self.manifests_for(settings).into_iter().any(|manifest| {
+            let python = match manifest.environment {
+                Environment::None => None,
+                Environment::Python => {
+                    let Ok(spec) = EnvironmentSpec::from_settings(settings) else {
+                        return false;
+                    };
+                    let hash = spec.hash();
+                    if !self
+                        .world
+                        .built
+                        .contains(&(service.to_string(), hash.clone()))
+                    {
+                        return false;
+                    }
+                    python_built = true;
+                    Some(python_environment(&env_dir(
+                        &host.state_dir,
+                        service,
+                        &hash,
+                    )))
+                }
+            };
+            launch::render(service, &host, settings, manifest, python.as_ref()).as_ref()
+                == Ok(launch)
+        });
+        if !rendered {
+            return Err(format!(
+                "spawned {service} with a launch not made from its settings and a manifest it \
+                 read (or before its environment was built): {launch:?}"
+            ));
+        }
+        if builtin::get(settings.service_type.as_str()).is_none() {
+            self.summary.stored_type_spawns += 1;
+        }
+        if python_built {
+            self.summary.environment_spawns += 1;
+        }
+        Ok(())
+    }
+
+    /// A build is of the environment a Python service's settings ask for, at its place,
+    /// one at a time per service, and never while shutting down.
+    fn check_build(
+        &mut self,
+        service: &str,
+        spec: &EnvironmentSpec,
+        dir: &str,
+    ) -> Result<(), String> {
+        if self.world.shutting_down {
+            return Err(format!(
+                "built an environment of {service} while shutting down"
+            ));
+        }
+        if !self.world.listed.contains(service) || !self.world.listed_here.contains(service) {
+            return Err(format!(
+                "built an environment of {service}, which no reply listed (for this machine)"
+            ));
+        }
+        let asked = self.world.settings_read.get(service).is_some_and(|read| {
+            read.iter().any(|settings| {
+                EnvironmentSpec::from_settings(settings).as_ref() == Ok(spec)
+                    && self
+                        .manifests_for(settings)
+                        .iter()
+                        .any(|m| m.environment == Environment::Python)
+            })
+        });
+        if !asked {
+            return Err(format!(
+                "built an environment of {service} no settings it read ask for: {spec:?}"
+            ));
+        }
+        let hash = spec.hash();
+        if dir != env_dir(&config().state_dir, service, &hash) {
+            return Err(format!("built the environment of {service} at {dir}"));
+        }
+        if self.world.builds.keys().any(|(s, _)| s == service) {
+            return Err(format!("a second build of {service} while one runs"));
+        }
+        let key = (service.to_string(), hash);
+        if self.world.built.contains(&key) {
+            return Err(format!("built {key:?} again, though it was built"));
+        }
+        self.world.builds.insert(key, spec.clone());
+        Ok(())
+    }
+
+    /// Environments are removed only when nothing runs from them and none is being
+    /// built there.
+    fn check_removal(&mut self, service: &str, keep: &[String]) -> Result<(), String> {
+        let state_dir = config().state_dir;
+        for ((s, generation), live) in &self.world.live {
+            let env = live
+                .launch
+                .as_ref()
+                .and_then(|l| l.env.get("VIRTUAL_ENV"))
+                .filter(|_| s == service);
+            if let Some(env) = env {
+                if !keep.iter().any(|h| *env == env_dir(&state_dir, service, h)) {
+                    return Err(format!(
+                        "removed the environment {env} {service}#{generation} runs from"
+                    ));
+                }
+            }
+        }
+        if let Some((_, hash)) = self
+            .world
+            .builds
+            .keys()
+            .find(|(s, h)| s == service && !keep.contains(h))
+        {
+            return Err(format!(
+                "removed the environment {hash} of {service} while it is built"
+            ));
+        }
+        self.world
+            .built
+            .retain(|(s, h)| s != service || keep.contains(h));
+        Ok(())
+    }
+
     fn check_spawn(
         &mut self,
         service: &str,
         generation: u64,
         settings: &Settings,
+        launch: &Launch,
     ) -> Result<(), String> {
         let world = &self.world;
         if world.shutting_down {
@@ -446,6 +605,7 @@ impl Checker {
         self.world.known.insert(key.clone());
         let live = Live {
             settings: settings.clone(),
+            launch: Some(launch.clone()),
             started_at: None,
             stopping: false,
         };

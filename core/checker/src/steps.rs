@@ -318,6 +318,7 @@ impl Checker {
                 started_at: self.now - Duration::from_secs(60),
                 port: *port,
                 settings: Settings::parse(&settings.bytes()).ok()?,
+                launch: None,
             },
             Step::Tick => Input::Tick,
             Step::TickAtDeadline => {

@@ -6,10 +6,10 @@ use crate::steps::TimedStep;
 use arbitrary::{Arbitrary, Unstructured};
 use pop_core::assignment::{edit_settings, parse_assignment, render_settings};
 use pop_core::journal::{decode, replay, JournalError, Record};
-use pop_core::launch::Launch;
+use pop_core::launch::{self, Host};
 use pop_core::names::{MachineId, ServiceName};
 use pop_core::paths;
-use pop_core::plugin::{decode_stored, Manifest};
+use pop_core::plugin::{builtin, decode_stored, Manifest};
 use pop_core::published::{parse_pid, render_pid, AgentReport, StateNode};
 use pop_core::settings::{parse_machines, render_machines, Settings};
 use serde_json::Value;
@@ -50,7 +50,14 @@ pub fn znode_payload(data: &[u8]) {
         assert_eq!(again.as_ref(), Ok(&machines), "a rendered list re-parses");
     }
     if let Ok(settings) = Settings::parse(data) {
-        let _ = Launch::new("fuzz", "machine", &settings);
+        if let Some(manifest) = builtin::get(settings.service_type.as_str()) {
+            let host = Host {
+                machine: "machine".into(),
+                pop: "pop".into(),
+                state_dir: "/state".into(),
+            };
+            let _ = launch::render("fuzz", &host, &settings, manifest, None);
+        }
         // As pop would write the same settings back (pop set with nothing to change).
         if let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(data) {
             let again = Settings::parse(&render_settings(map));

@@ -4,9 +4,12 @@
 
 use pop_core::agent::AgentConfig;
 use pop_core::backoff::Backoff;
+use pop_core::environment::EnvironmentSpec;
 use pop_core::event::Input;
+use pop_core::launch::Launch;
 use pop_core::names::MachineId;
 use pop_core::paths::{self, Watched};
+use pop_core::plugin::{decode_stored, Manifest};
 use pop_core::settings::{parse_machines, Settings};
 use pop_core::time::Timestamp;
 use pop_core::zk::{RequestId, SessionEvent, SessionId, ZkError, ZkOp, ZkReply};
@@ -28,8 +31,8 @@ pub fn config() -> AgentConfig {
         containment: "none".into(),
         seed: 7,
         backoff: Backoff::default(),
-        state_dir: "/var/lib/pop".into(),
         pop: "/usr/bin/pop".into(),
+        state_dir: "/var/lib/pop".into(),
     }
 }
 
@@ -46,6 +49,8 @@ pub(crate) enum SessionView {
 #[derive(Debug, Clone)]
 pub(crate) struct Live {
     pub settings: Settings,
+    /// What it was launched with, when the inputs said.
+    pub launch: Option<Launch>,
     /// Set once the driver reported it running (spawned or adopted).
     pub started_at: Option<Timestamp>,
     /// The agent asked it to stop.
@@ -77,6 +82,12 @@ pub(crate) struct World {
     /// Services some reply said run on this machine.
     pub listed_here: BTreeSet<String>,
     pub settings_read: BTreeMap<String, Vec<Settings>>,
+    /// Valid manifests some reply gave for a stored type, by the type's name.
+    pub manifests_read: BTreeMap<String, Vec<Manifest>>,
+    /// Environment builds asked for and not reported: (service, spec hash) → spec.
+    pub builds: BTreeMap<(String, String), EnvironmentSpec>,
+    /// Environments reported built and not removed since: (service, spec hash).
+    pub built: BTreeSet<(String, String)>,
     pub quick_ends: BTreeMap<String, QuickEnd>,
     /// Told to shut down: nothing may be started any more.
     pub shutting_down: bool,
@@ -98,6 +109,9 @@ impl World {
             listed: BTreeSet::new(),
             listed_here: BTreeSet::new(),
             settings_read: BTreeMap::new(),
+            manifests_read: BTreeMap::new(),
+            builds: BTreeMap::new(),
+            built: BTreeSet::new(),
             quick_ends: BTreeMap::new(),
             shutting_down: false,
             zxid: 100,
@@ -175,11 +189,13 @@ impl World {
                 pid,
                 started_at,
                 settings,
+                launch,
                 ..
             } => {
                 let key = (service.clone(), *generation);
                 let live = Live {
                     settings: settings.clone(),
+                    launch: launch.as_deref().cloned(),
                     started_at: Some(*started_at),
                     stopping: false,
                 };
@@ -188,6 +204,17 @@ impl World {
                 self.pids.entry(service.clone()).or_default().insert(*pid);
             }
             Input::Shutdown => self.shutting_down = true,
+            Input::EnvironmentBuilt {
+                service,
+                spec_hash,
+                result,
+            } => {
+                let key = (service.clone(), spec_hash.clone());
+                self.builds.remove(&key);
+                if result.is_ok() {
+                    self.built.insert(key);
+                }
+            }
             Input::Watch(_)
             | Input::Ready { .. }
             | Input::Tick
@@ -232,6 +259,14 @@ impl World {
                             let read = self.settings_read.entry(s).or_default();
                             if !read.contains(&settings) {
                                 read.push(settings);
+                            }
+                        }
+                    }
+                    Some(Watched::Plugin(t)) => {
+                        if let Ok(manifest) = decode_stored(&t, data) {
+                            let read = self.manifests_read.entry(t).or_default();
+                            if !read.contains(&manifest) {
+                                read.push(manifest);
                             }
                         }
                     }

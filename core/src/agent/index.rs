@@ -25,6 +25,8 @@ pub(crate) struct Entry {
     pub listed: bool,
     /// It runs under the `fence` policy.
     pub runs_fenced: bool,
+    /// It is wanted here with this stored (not built-in) type, whose manifest is read.
+    pub stored_type: Option<String>,
 }
 
 impl Entry {
@@ -42,12 +44,20 @@ pub(crate) struct Index {
     phases: PhaseCounts,
     listed: BTreeSet<String>,
     fenced_runners: BTreeSet<String>,
+    /// Stored types, with the services wanted here that have them.
+    types: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Index {
     /// Sets what is known of `name` (`None`: it is gone). True when the report may have
     /// to say something else: its counts, its list, or a listed service's details.
-    pub(crate) fn put(&mut self, name: &str, entry: Option<Entry>) -> bool {
+    /// Types the service stopped or started having are added to `types_touched`.
+    pub(crate) fn put(
+        &mut self,
+        name: &str,
+        entry: Option<Entry>,
+        types_touched: &mut BTreeSet<String>,
+    ) -> bool {
         let old = self.entries.get(name);
         let report_changed = Entry::in_report(old) != Entry::in_report(entry.as_ref())
             || old.is_some_and(|e| e.listed)
@@ -71,6 +81,15 @@ impl Index {
             if old.runs_fenced {
                 self.fenced_runners.remove(name);
             }
+            if let Some(t) = old.stored_type {
+                if let Some(services) = self.types.get_mut(&t) {
+                    services.remove(name);
+                    if services.is_empty() {
+                        self.types.remove(&t);
+                    }
+                }
+                types_touched.insert(t);
+            }
         }
         if let Some(new) = entry {
             if let Some(at) = new.deadline {
@@ -87,6 +106,13 @@ impl Index {
             }
             if new.runs_fenced {
                 self.fenced_runners.insert(name.to_string());
+            }
+            if let Some(t) = &new.stored_type {
+                self.types
+                    .entry(t.clone())
+                    .or_default()
+                    .insert(name.to_string());
+                types_touched.insert(t.clone());
             }
             self.entries.insert(name.to_string(), new);
         }
@@ -129,6 +155,16 @@ impl Index {
     pub(crate) fn fenced_runners(&self) -> &BTreeSet<String> {
         &self.fenced_runners
     }
+
+    /// The services wanted here with the stored type `name`; `None` when there are none.
+    pub(crate) fn services_of_type(&self, name: &str) -> Option<&BTreeSet<String>> {
+        self.types.get(name)
+    }
+
+    /// The stored types wanted services have.
+    pub(crate) fn stored_types(&self) -> impl Iterator<Item = &String> {
+        self.types.keys()
+    }
 }
 
 /// What the current input changed, to reconcile and publish only that.
@@ -142,6 +178,8 @@ pub(crate) struct Dirty {
     pub tasks: BTreeSet<super::tasks::TaskKey>,
     /// The report must be rendered again.
     pub report: bool,
+    /// Stored types whose need may have changed: read or forget them.
+    pub types: BTreeSet<String>,
 }
 
 impl Agent {
@@ -151,12 +189,18 @@ impl Agent {
             service.desired(self.machine(), false, false).is_some() || !service.is_quiet();
         // A fenced service's backoff is served once the session is back.
         let waits = self.fenced && service.fences() && service.is_quiet();
+        let stored_type = service
+            .desired(self.machine(), false, false)
+            .map(|settings| settings.service_type.as_str())
+            .filter(|t| !crate::plugin::builtin::is_builtin(t))
+            .map(str::to_string);
         Entry {
             deadline: service.deadline().filter(|_| !waits),
             restart_at: service.restart_at().filter(|_| !waits),
             counted: counted.then(|| service.phase()),
             listed: counted && service.needs_attention(),
             runs_fenced: service.runs_fenced(),
+            stored_type,
         }
     }
 
@@ -164,10 +208,12 @@ impl Agent {
     /// possibly changed (an agent read from a snapshot; the checkers).
     pub(super) fn reindex(&mut self) {
         let mut index = Index::default();
+        let mut types = BTreeSet::new();
         for service in self.services.values() {
-            index.put(&service.name, Some(self.entry(service)));
+            index.put(&service.name, Some(self.entry(service)), &mut types);
         }
         self.index = index;
+        self.types.decode_kept();
         self.stalled = self
             .nodes
             .iter()
@@ -179,6 +225,7 @@ impl Agent {
             nodes: self.nodes.keys().cloned().collect(),
             tasks: BTreeSet::new(),
             report: true,
+            types: BTreeSet::new(),
         };
         self.reindex_tasks();
         self.indexed = true;
@@ -201,24 +248,52 @@ mod tests {
             counted,
             listed,
             runs_fenced: false,
+            stored_type: None,
         }
+    }
+
+    impl Index {
+        fn put_(&mut self, name: &str, entry: Option<Entry>) -> bool {
+            self.put(name, entry, &mut BTreeSet::new())
+        }
+    }
+
+    #[test]
+    fn stored_types_follow_the_services_that_have_them() {
+        let mut index = Index::default();
+        let typed = |t: &str| Entry {
+            stored_type: Some(t.to_string()),
+            ..entry(None, None, false)
+        };
+        let mut touched = BTreeSet::new();
+        index.put("a", Some(typed("greeter")), &mut touched);
+        index.put("b", Some(typed("greeter")), &mut touched);
+        assert_eq!(touched, ["greeter".to_string()].into());
+        index.put("a", Some(typed("tool")), &mut touched);
+        index.put("b", None, &mut touched);
+        assert_eq!(index.services_of_type("greeter"), None);
+        assert_eq!(
+            index.services_of_type("tool"),
+            Some(&["a".to_string()].into())
+        );
+        assert_eq!(touched, ["greeter".to_string(), "tool".to_string()].into());
     }
 
     #[test]
     fn deadlines_stay_exact_as_entries_change_and_go() {
         let mut index = Index::default();
-        index.put("a", Some(entry(Some(30), None, false)));
-        index.put("b", Some(entry(Some(10), None, false)));
-        index.put("c", Some(entry(None, None, false)));
+        index.put_("a", Some(entry(Some(30), None, false)));
+        index.put_("b", Some(entry(Some(10), None, false)));
+        index.put_("c", Some(entry(None, None, false)));
         assert_eq!(index.next_deadline(), Some(Timestamp::from_millis(10)));
-        index.put("b", Some(entry(Some(40), None, false)));
+        index.put_("b", Some(entry(Some(40), None, false)));
         assert_eq!(index.next_deadline(), Some(Timestamp::from_millis(30)));
         assert_eq!(
             index.due(Timestamp::from_millis(40)),
             ["a".to_string(), "b".to_string()].into()
         );
-        index.put("a", None);
-        index.put("b", Some(entry(None, None, false)));
+        index.put_("a", None);
+        index.put_("b", Some(entry(None, None, false)));
         assert_eq!(index.next_deadline(), None);
         assert!(index.due(Timestamp::from_millis(1_000_000)).is_empty());
     }
@@ -226,18 +301,18 @@ mod tests {
     #[test]
     fn counts_and_the_list_follow_the_entries_and_say_when_the_report_changes() {
         let mut index = Index::default();
-        assert!(index.put("a", Some(entry(None, Some(Phase::Starting), true))));
-        assert!(index.put("b", Some(entry(None, Some(Phase::Running), false))));
+        assert!(index.put_("a", Some(entry(None, Some(Phase::Starting), true))));
+        assert!(index.put_("b", Some(entry(None, Some(Phase::Running), false))));
         // A listed service may have changed details: the report is rendered again.
-        assert!(index.put("a", Some(entry(None, Some(Phase::Starting), true))));
+        assert!(index.put_("a", Some(entry(None, Some(Phase::Starting), true))));
         // A service running as it should, unchanged: nothing to render.
-        assert!(!index.put("b", Some(entry(None, Some(Phase::Running), false))));
-        assert!(!index.put("c", Some(entry(Some(5), None, false))));
-        assert!(index.put("a", Some(entry(None, Some(Phase::Running), false))));
+        assert!(!index.put_("b", Some(entry(None, Some(Phase::Running), false))));
+        assert!(!index.put_("c", Some(entry(Some(5), None, false))));
+        assert!(index.put_("a", Some(entry(None, Some(Phase::Running), false))));
         assert_eq!(index.phases().running, 2);
         assert_eq!(index.phases().starting, 0);
         assert!(index.listed().is_empty());
-        assert!(index.put("b", None));
+        assert!(index.put_("b", None));
         assert_eq!(index.phases().running, 1);
     }
 }

@@ -7,10 +7,13 @@
 mod ephemeral;
 mod index;
 mod publish;
+mod query;
 mod readiness;
 mod service;
 mod target;
 mod tasks;
+mod types;
+mod wanted;
 
 use crate::backoff::{Backoff, SeededRng};
 use crate::event::{Action, Input, Report};
@@ -21,12 +24,15 @@ use crate::zk::{CreateMode, RequestId, SessionEvent, SessionId, ZkError, ZkOp, Z
 use ephemeral::{EphemeralNode, Step};
 use index::{Dirty, Index};
 use serde::{Deserialize, Serialize};
-use service::{Control, Outbox, Service};
+use service::{Control, Desired, Outbox, RunSpec, Service};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use target::Listing;
 use tasks::{TaskIndex, TaskOutcome, Tasks};
+use types::TypeReads;
+
+pub use query::{EnvironmentState, EnvironmentView, TaskLaunchError};
 
 /// How long to wait before retrying reads and writes that failed.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
@@ -50,13 +56,24 @@ pub struct AgentConfig {
     /// Seeds the backoff jitter.
     pub seed: u64,
     pub backoff: Backoff,
-    /// The agent's state directory: services' working directories and environments are
-    /// under it (`{state_dir}`, `{env_dir}` in commands).
-    #[serde(default)]
-    pub state_dir: String,
-    /// The pop binary (`{pop}` in commands).
+    /// The pop binary (`{pop}` in commands: the `echo` type runs it).
     #[serde(default)]
     pub pop: String,
+    /// The agent's state directory: services work in `<state_dir>/work/<service>` and
+    /// their environments are in `<state_dir>/env/<service>/`.
+    #[serde(default)]
+    pub state_dir: String,
+}
+
+impl AgentConfig {
+    /// What rendering a launch needs of the machine.
+    pub fn host(&self) -> crate::launch::Host {
+        crate::launch::Host {
+            machine: self.machine.as_str().to_string(),
+            pop: self.pop.clone(),
+            state_dir: self.state_dir.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -119,6 +136,9 @@ pub struct Agent {
     newest_read: BTreeMap<String, i64>,
     /// Paths whose data is bad, with the problem; shown in the agent report.
     problems: BTreeMap<String, String>,
+    /// The stored types the wanted services have, as read.
+    #[serde(default)]
+    types: TypeReads,
     shutting_down: bool,
     exited: bool,
     actions: VecDeque<Action>,
@@ -158,6 +178,7 @@ impl Agent {
             nodes: BTreeMap::new(),
             newest_read: BTreeMap::new(),
             problems: BTreeMap::new(),
+            types: TypeReads::default(),
             shutting_down: false,
             exited: false,
             actions: VecDeque::new(),
@@ -203,6 +224,7 @@ impl Agent {
                         Watched::ServiceList | Watched::Machines(_) | Watched::Settings(_) => {
                             self.read(watched)
                         }
+                        Watched::Plugin(_) | Watched::PluginList => self.on_plugin_watch(watched),
                         task => self.on_task_watch(task),
                     }
                 }
@@ -239,15 +261,20 @@ impl Agent {
                 started_at,
                 port,
                 settings,
+                launch,
             } => {
                 // Known or not, it is ours now; reading ZooKeeper decides its fate.
                 if !self.services.contains_key(&service) {
                     let fresh = Service::new(service.clone(), Listing::NotYetRead);
                     self.services.insert(service.clone(), fresh);
                 }
-                let settings = Arc::new(settings);
+                let spec = RunSpec {
+                    settings: Arc::new(settings),
+                    launch: launch.map(|l| Arc::new(*l)),
+                    environment: None,
+                };
                 self.with_service(&service, |s, out| {
-                    s.adopt(generation, pid, started_at, port, settings, out)
+                    s.adopt(generation, pid, started_at, port, spec, out)
                 });
             }
             Input::TaskStarted {
@@ -277,6 +304,13 @@ impl Agent {
                 };
                 self.on_task_ended(&service, &task, attempt, outcome);
             }
+            Input::EnvironmentBuilt {
+                service,
+                spec_hash,
+                result,
+            } => self.with_service(&service, |s, out| {
+                s.on_environment_built(spec_hash, result, out)
+            }),
             Input::Tick => self.on_tick(),
             Input::Shutdown => {
                 if !self.shutting_down {
@@ -462,6 +496,7 @@ impl Agent {
             self.read(Watched::Machines(name.clone()));
             self.read(Watched::Settings(name));
         }
+        self.read_types_again();
     }
 
     fn send(&mut self, op: ZkOp, pending: Pending) {
@@ -556,7 +591,6 @@ impl Agent {
                 actions: &mut self.actions,
                 rng: &mut self.rng,
                 backoff: &self.config.backoff,
-                machine: self.config.machine.as_str(),
                 now: self.now,
                 stop_grace_cap,
             };
@@ -584,6 +618,7 @@ impl Agent {
         self.dirty.services.extend(due);
         let names = std::mem::take(&mut self.dirty.services);
         let machine = self.config.machine.as_str().to_string();
+        let host = self.config.host();
         let stop_grace_cap = self.outbox_grace_cap();
         for name in &names {
             let Some(service) = self.services.get_mut(name) else {
@@ -595,23 +630,33 @@ impl Agent {
                 // Stopping an adopted process no longer depends on what ZooKeeper wants.
                 service.control = Control::FollowsTarget;
             }
-            let desired = service
+            let wanted = service
                 .desired(&machine, self.shutting_down, self.fenced)
                 .cloned();
             // Fencing stops what runs; a service waiting out a backoff keeps waiting
             // (fencing must not reset its crash-loop delay).
-            let fenced_only = desired.is_none()
+            let fenced_only = wanted.is_none()
                 && service
                     .desired(&machine, self.shutting_down, false)
                     .is_some();
             if fenced_only && service.is_quiet() {
                 continue;
             }
+            let desired = match wanted {
+                None => Desired::Stopped,
+                Some(settings) => wanted::desire(
+                    service,
+                    settings,
+                    &self.types,
+                    &host,
+                    self.now,
+                    &mut self.actions,
+                ),
+            };
             let mut out = Outbox {
                 actions: &mut self.actions,
                 rng: &mut self.rng,
                 backoff: &self.config.backoff,
-                machine: &machine,
                 now: self.now,
                 stop_grace_cap,
             };
@@ -620,6 +665,7 @@ impl Agent {
         for name in &names {
             self.settle(name);
         }
+        self.sync_types();
         self.converge_tasks(&names);
         self.publish();
         if self.shutting_down

@@ -6,6 +6,7 @@ use super::ephemeral::EphemeralNode;
 use super::service::Control;
 use super::target::Listing;
 use super::{Agent, Pending};
+use crate::event::Action;
 use crate::paths::{self, Watched};
 use crate::published::{render_pid, AgentReport, ServiceReport, REPORT_LIMIT};
 use crate::time::Timestamp;
@@ -20,8 +21,13 @@ impl Agent {
                 && s.is_quiet()
                 && s.control != Control::AwaitingTarget
         });
-        if gone {
-            self.services.remove(name);
+        // Nothing of it runs any more, nor will: its environments go with it.
+        let removed = gone.then(|| self.services.remove(name)).flatten();
+        if removed.is_some_and(|s| s.has_environments()) {
+            self.actions.push_back(Action::RemoveEnvironments {
+                service: name.to_string(),
+                keep: Vec::new(),
+            });
         }
         let machine = self.config.machine.as_str();
         let (entry, pid, state) = match self.services.get(name) {
@@ -42,7 +48,7 @@ impl Agent {
         };
         let pid_path = paths::machine_service(machine, name);
         let state_path = paths::service_state(name, machine);
-        if self.index.put(name, entry) {
+        if self.index.put(name, entry, &mut self.dirty.types) {
             self.dirty.report = true;
         }
         self.want(pid_path, pid);
@@ -149,6 +155,13 @@ impl Agent {
             return Err(format!(
                 "the task index is not what the tasks make of it: kept {:?}, rebuilt {:?}",
                 self.task_index, full.task_index
+            ));
+        }
+        let needed: Vec<&String> = self.index.stored_types().collect();
+        let read: Vec<&String> = self.types.names().collect();
+        if needed != read {
+            return Err(format!(
+                "reads the stored types {read:?}, but the wanted services have {needed:?}"
             ));
         }
         full.mark_all_services();

@@ -27,13 +27,15 @@ pub(crate) enum Due {
 }
 
 impl Readiness {
-    /// For a process that started at `now` with `settings`.
-    pub(crate) fn at_start(settings: &Settings, now: Timestamp) -> Readiness {
-        match settings.port {
-            Some(_) => Readiness::WaitingForPort {
+    /// For a process that started at `now` with `settings`; `probed`: its launch has a
+    /// readiness probe (its type's readiness is its port, and it has one).
+    pub(crate) fn at_start(probed: bool, settings: &Settings, now: Timestamp) -> Readiness {
+        if probed {
+            Readiness::WaitingForPort {
                 deadline: now + settings.ready_timeout,
-            },
-            None => Readiness::WaitingUntil(now + settings.start_seconds),
+            }
+        } else {
+            Readiness::WaitingUntil(now + settings.start_seconds)
         }
     }
 
@@ -80,7 +82,7 @@ mod tests {
     #[test]
     fn waiting_for_a_port_fails_at_the_ready_timeout_not_before() {
         let s = settings(r#"{"type":"echo","port":8080,"ready_timeout":2}"#);
-        let mut readiness = Readiness::at_start(&s, at(1000));
+        let mut readiness = Readiness::at_start(s.port.is_some(), &s, at(1000));
         assert_eq!(readiness.deadline(), Some(at(3000)));
         assert_eq!(readiness.on_tick(at(2999)), Due::Nothing);
         assert_eq!(readiness.on_tick(at(3000)), Due::Failed);
@@ -89,7 +91,7 @@ mod tests {
     #[test]
     fn a_service_without_a_port_is_ready_after_start_seconds_whatever_its_ready_timeout() {
         let s = settings(r#"{"type":"command","command":"x","start_seconds":5,"ready_timeout":1}"#);
-        let mut readiness = Readiness::at_start(&s, at(1000));
+        let mut readiness = Readiness::at_start(s.port.is_some(), &s, at(1000));
         assert_eq!(readiness.deadline(), Some(at(6000)));
         assert_eq!(readiness.on_tick(at(2000)), Due::Nothing);
         assert_eq!(readiness.on_tick(at(6000)), Due::Ready);
@@ -117,8 +119,8 @@ mod tests {
                     containment: "none".into(),
                     seed: 1,
                     backoff: Backoff::default(),
-                    state_dir: String::new(),
-                    pop: String::new(),
+                    pop: "/usr/bin/pop".into(),
+                    state_dir: "/var/lib/pop".into(),
                 }),
                 now: 1000,
                 next_zxid: 10,

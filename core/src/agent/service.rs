@@ -9,6 +9,7 @@ use crate::published::{Phase, ServiceReport, StateNode, CRASH_LOOP_FAILURES};
 use crate::settings::{RestartPolicy, SessionLoss, Settings};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,27 +19,103 @@ pub(crate) struct Outbox<'a> {
     pub actions: &'a mut VecDeque<Action>,
     pub rng: &'a mut SeededRng,
     pub backoff: &'a Backoff,
-    pub machine: &'a str,
     pub now: Timestamp,
     /// While fencing, stops must finish before the session can expire.
     pub stop_grace_cap: Option<Duration>,
 }
 
+/// What a run is started with: the settings, and the process the type's manifest makes
+/// of them. A change of either starts the next generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct RunSpec {
+    pub settings: Arc<Settings>,
+    /// `None`: adopted from an agent that did not record it (before plugins), taken to
+    /// be what these settings launch now.
+    pub launch: Option<Arc<Launch>>,
+    /// The hash of the Python environment it runs from, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+}
+
+impl RunSpec {
+    /// A run started with `self` is what `wanted` asks for.
+    pub(crate) fn fits(&self, wanted: &RunSpec) -> bool {
+        self.settings == wanted.settings
+            && self
+                .launch
+                .as_ref()
+                .is_none_or(|launch| Some(launch) == wanted.launch.as_ref())
+    }
+
+    /// It is ready once its probe finds it listening (else after `start_seconds`).
+    fn probed(&self) -> bool {
+        match &self.launch {
+            Some(launch) => launch.probe.is_some(),
+            None => self.settings.port.is_some(),
+        }
+    }
+}
+
+/// What the target asks of a service's process on this machine.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Desired {
+    /// Not to run here (not now: shutting down, fenced).
+    Stopped,
+    Run(RunSpec),
+    /// To run, but what to launch cannot be had yet: its type, a setting its command
+    /// needs, its environment. What runs keeps running and nothing new starts; a run
+    /// that failed is started again as it was only when `restart_last` (its type is
+    /// known; without it, nothing of it is started).
+    Held {
+        reason: String,
+        restart_last: bool,
+    },
+}
+
+/// The Python environments of a service on this machine (see [`crate::environment`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Environments {
+    /// Built and complete, as the driver said in this agent's life, by spec hash.
+    pub built: BTreeSet<String>,
+    /// The build in flight, by spec hash (one at a time).
+    pub building: Option<String>,
+    /// The last build failed: it is tried again at `retry_at`, or at once for another spec.
+    pub failed: Option<FailedBuild>,
+    /// The environment the newest run was started from: the others can go.
+    pub in_use: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct FailedBuild {
+    pub hash: String,
+    pub error: String,
+    pub retry_at: Timestamp,
+}
+
+impl Environments {
+    fn is_empty(&self) -> bool {
+        *self == Environments::default()
+    }
+}
+
+/// A failed environment build is tried again after this long (a changed spec at once).
+pub(crate) const ENVIRONMENT_RETRY: Duration = Duration::from_secs(300);
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) enum Run {
     Idle,
-    /// Waiting out a crash-loop delay before starting `settings` again.
+    /// Waiting out a crash-loop delay before starting `spec` again.
     Backoff {
         until: Timestamp,
-        settings: Arc<Settings>,
+        spec: RunSpec,
     },
-    /// Exited and the restart policy says to leave it; a settings change starts it again.
+    /// Exited and the restart policy says to leave it; a change starts it again.
     Finished {
-        settings: Arc<Settings>,
+        spec: RunSpec,
     },
     Starting {
         generation: u64,
-        settings: Arc<Settings>,
+        spec: RunSpec,
         /// Stop as soon as the pid is known (it stopped being desired meanwhile).
         stop_requested: bool,
     },
@@ -46,7 +123,7 @@ pub(crate) enum Run {
         generation: u64,
         pid: u32,
         started_at: Timestamp,
-        settings: Arc<Settings>,
+        spec: RunSpec,
         readiness: Readiness,
     },
     Stopping {
@@ -62,8 +139,8 @@ pub(crate) enum AfterStop {
     /// Whatever the target says then (the stop was wanted: a change, an undeploy, a
     /// shutdown, fencing).
     FollowTarget,
-    /// The run failed (it never became ready): back off, then start `settings` again.
-    Restart { settings: Arc<Settings> },
+    /// The run failed (it never became ready): back off, then start `spec` again.
+    Restart { spec: RunSpec },
 }
 
 /// Who decides what happens to the process.
@@ -89,6 +166,11 @@ pub(crate) struct Service {
     /// The last run was stopped for not becoming ready within this time; cleared once
     /// a run is ready.
     pub not_ready_within: Option<Duration>,
+    /// Why what the target asks cannot be launched (see [`Desired::Held`]).
+    #[serde(default)]
+    pub held: Option<String>,
+    #[serde(default)]
+    pub environments: Environments,
 }
 
 /// How a run that ended on its own counts for the crash-loop backoff.
@@ -121,6 +203,8 @@ impl Service {
             quick_failures: 0,
             last_exit: None,
             not_ready_within: None,
+            held: None,
+            environments: Environments::default(),
         }
     }
 
@@ -155,8 +239,8 @@ impl Service {
 
     /// Whether this service runs under the `fence` policy right now.
     pub(crate) fn runs_fenced(&self) -> bool {
-        matches!(&self.run, Run::Starting { settings, .. } | Run::Running { settings, .. }
-            if settings.session_loss == SessionLoss::Fence)
+        matches!(&self.run, Run::Starting { spec, .. } | Run::Running { spec, .. }
+            if spec.settings.session_loss == SessionLoss::Fence)
     }
 
     /// Takes over a process an earlier agent started. Of two adopted generations of one
@@ -167,10 +251,10 @@ impl Service {
         pid: u32,
         started_at: Timestamp,
         port: Option<u16>,
-        settings: Arc<Settings>,
+        spec: RunSpec,
         out: &mut Outbox<'_>,
     ) {
-        let grace = settings.stop_timeout;
+        let grace = spec.settings.stop_timeout;
         if self.current_generation().is_some_and(|g| g > generation) {
             out.actions.push_back(Action::Stop {
                 service: self.name.clone(),
@@ -181,7 +265,7 @@ impl Service {
         }
         if let Run::Starting {
             generation: starting,
-            settings,
+            spec: starting_spec,
             ..
         } = &self.run
         {
@@ -190,7 +274,7 @@ impl Service {
             out.actions.push_back(Action::Stop {
                 service: self.name.clone(),
                 generation: *starting,
-                grace: settings.stop_timeout,
+                grace: starting_spec.settings.stop_timeout,
             });
         }
         self.stop(out);
@@ -201,7 +285,7 @@ impl Service {
             generation,
             pid,
             started_at,
-            settings,
+            spec,
             readiness: Readiness::Ready { port },
         };
         out.actions.push_back(Action::Report(Report::Adopted {
@@ -219,7 +303,7 @@ impl Service {
     }
 
     /// Moves the process towards `desired`.
-    pub(crate) fn reconcile(&mut self, desired: Option<Arc<Settings>>, out: &mut Outbox<'_>) {
+    pub(crate) fn reconcile(&mut self, desired: Desired, out: &mut Outbox<'_>) {
         if self.control == Control::AwaitingTarget {
             // A running adopted process, or one that exited since (its backoff, or its
             // `restart: never`, is honoured once the target is known; see `deadline`),
@@ -234,50 +318,68 @@ impl Service {
             }
             self.control = Control::FollowsTarget;
         }
+        let desired = match desired {
+            Desired::Stopped => {
+                self.hold(None, out);
+                // A failed build is not retried for a service not wanted now.
+                self.environments.failed = None;
+                None
+            }
+            Desired::Run(spec) => {
+                self.hold(None, out);
+                Some(spec)
+            }
+            Desired::Held {
+                reason,
+                restart_last,
+            } => {
+                self.hold(Some(reason), out);
+                self.keep_what_runs(restart_last, out);
+                return;
+            }
+        };
         match (&mut self.run, desired) {
-            (Run::Idle, Some(settings)) => self.spawn(settings, out),
-            (Run::Finished { settings: done }, Some(settings)) => {
-                if *done != settings {
-                    self.spawn(settings, out);
+            (Run::Idle, Some(spec)) => self.spawn(spec, out),
+            (Run::Finished { spec: done }, Some(spec)) => {
+                if !done.fits(&spec) {
+                    self.spawn(spec, out);
                 }
             }
             (
                 Run::Backoff {
                     until,
-                    settings: failed,
+                    spec: failed,
                 },
-                Some(settings),
+                Some(spec),
             ) => {
-                // New settings may be the fix: try them at once, with a fresh count.
-                if *failed != settings {
+                // A change may be the fix: try it at once, with a fresh count.
+                if !failed.fits(&spec) {
                     self.quick_failures = 0;
-                    self.spawn(settings, out);
+                    self.spawn(spec, out);
                 } else if out.now >= *until {
-                    self.spawn(settings, out);
+                    self.spawn(spec, out);
                 }
             }
             (Run::Backoff { .. } | Run::Finished { .. }, None) => self.run = Run::Idle,
             (Run::Starting { stop_requested, .. }, None) => *stop_requested = true,
             (
                 Run::Starting {
-                    settings: running,
+                    spec: running,
                     stop_requested,
                     ..
                 },
-                Some(settings),
-            ) => *stop_requested = *running != settings,
-            (
-                Run::Running {
-                    settings: running, ..
-                },
-                Some(settings),
-            ) => {
-                if *running != settings {
+                Some(spec),
+            ) => *stop_requested = !running.fits(&spec),
+            (Run::Running { spec: running, .. }, Some(spec)) => {
+                if !running.fits(&spec) {
                     if planted!(SpawnBeforeStopped) {
-                        self.spawn(settings, out);
+                        self.spawn(spec, out);
                     } else {
                         self.stop(out);
                     }
+                } else if running.launch.is_none() {
+                    // Adopted without a record of its launch: it fits, so this is it.
+                    running.launch = spec.launch;
                 }
             }
             (Run::Running { .. }, None) => {
@@ -298,18 +400,71 @@ impl Service {
         }
     }
 
-    fn spawn(&mut self, settings: Arc<Settings>, out: &mut Outbox<'_>) {
+    /// Notes why the service cannot be launched as wanted (`None`: it can), and says so
+    /// when that is news.
+    fn hold(&mut self, reason: Option<String>, out: &mut Outbox<'_>) {
+        if self.held == reason {
+            return;
+        }
+        if let Some(reason) = &reason {
+            out.actions.push_back(Action::Report(Report::Waiting {
+                service: self.name.clone(),
+                reason: reason.clone(),
+            }));
+        }
+        self.held = reason;
+    }
+
+    /// What the target wants cannot be launched: what runs keeps running; a run waiting
+    /// out its backoff is started again as it was, when that is allowed.
+    fn keep_what_runs(&mut self, restart_last: bool, out: &mut Outbox<'_>) {
+        match &mut self.run {
+            Run::Starting { stop_requested, .. } => *stop_requested = false,
+            Run::Backoff { until, spec } if out.now >= *until => {
+                if restart_last {
+                    let spec = spec.clone();
+                    self.spawn(spec, out);
+                } else {
+                    self.run = Run::Idle;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Starts the next generation with `spec`; one without a launch (adopted without a
+    /// record of it) cannot be started again and leaves the service idle.
+    fn spawn(&mut self, spec: RunSpec, out: &mut Outbox<'_>) {
+        let Some(launch) = spec.launch.clone() else {
+            self.run = Run::Idle;
+            return;
+        };
+        if let Some(hash) = &spec.environment {
+            let envs = &mut self.environments;
+            if envs.in_use.as_ref() != Some(hash) {
+                // Nothing runs from the others now (the last run has stopped).
+                let mut keep: Vec<String> = std::iter::once(hash.clone())
+                    .chain(envs.building.clone())
+                    .collect();
+                keep.dedup();
+                envs.built.retain(|h| keep.contains(h));
+                envs.in_use = Some(hash.clone());
+                out.actions.push_back(Action::RemoveEnvironments {
+                    service: self.name.clone(),
+                    keep,
+                });
+            }
+        }
         self.generation = self.generation.saturating_add(1);
-        let launch = Launch::new(&self.name, out.machine, &settings);
         out.actions.push_back(Action::Spawn {
             service: self.name.clone(),
             generation: self.generation,
-            launch,
-            settings: Box::new(Settings::clone(&settings)),
+            launch: Launch::clone(&launch),
+            settings: Box::new(Settings::clone(&spec.settings)),
         });
         self.run = Run::Starting {
             generation: self.generation,
-            settings,
+            spec,
             stop_requested: false,
         };
     }
@@ -322,13 +477,12 @@ impl Service {
         if let Run::Running {
             generation,
             pid,
-            settings,
+            spec,
             ..
         } = &self.run
         {
-            let grace = out
-                .stop_grace_cap
-                .map_or(settings.stop_timeout, |cap| settings.stop_timeout.min(cap));
+            let timeout = spec.settings.stop_timeout;
+            let grace = out.stop_grace_cap.map_or(timeout, |cap| timeout.min(cap));
             out.actions.push_back(Action::Stop {
                 service: self.name.clone(),
                 generation: *generation,
@@ -354,7 +508,7 @@ impl Service {
     pub(crate) fn on_spawned(&mut self, generation: u64, pid: u32, out: &mut Outbox<'_>) {
         let Run::Starting {
             generation: g,
-            settings,
+            spec,
             stop_requested,
         } = &self.run
         else {
@@ -363,13 +517,13 @@ impl Service {
         if *g != generation {
             return;
         }
-        let readiness = Readiness::at_start(settings, out.now);
+        let readiness = Readiness::at_start(spec.probed(), &spec.settings, out.now);
         let stop_requested = *stop_requested;
         self.run = Run::Running {
             generation,
             pid,
             started_at: out.now,
-            settings: Arc::clone(settings),
+            spec: spec.clone(),
             readiness,
         };
         out.actions.push_back(Action::Report(Report::Started {
@@ -389,10 +543,10 @@ impl Service {
             service: self.name.clone(),
             error,
         }));
-        if let Run::Starting { settings, .. } = &self.run {
-            let settings = Arc::clone(settings);
+        if let Run::Starting { spec, .. } = &self.run {
+            let spec = spec.clone();
             let end = RunEnd::after(out.now, out);
-            self.schedule_restart(end, settings, out);
+            self.schedule_restart(end, spec, out);
         }
     }
 
@@ -414,9 +568,7 @@ impl Service {
     /// those with a port that are not ready by their `ready_timeout`.
     pub(crate) fn on_tick(&mut self, out: &mut Outbox<'_>) {
         let Run::Running {
-            readiness,
-            settings,
-            ..
+            readiness, spec, ..
         } = &mut self.run
         else {
             return;
@@ -425,14 +577,15 @@ impl Service {
             Due::Nothing => {}
             Due::Ready => self.not_ready_within = None,
             Due::Failed => {
-                let settings = Arc::clone(settings);
+                let spec = spec.clone();
+                let settings = &spec.settings;
                 out.actions.push_back(Action::Report(Report::NotReady {
                     service: self.name.clone(),
                     port: settings.port.unwrap_or(0),
                     waited: settings.ready_timeout,
                 }));
                 self.not_ready_within = Some(settings.ready_timeout);
-                self.stop_then(AfterStop::Restart { settings }, out);
+                self.stop_then(AfterStop::Restart { spec }, out);
             }
         }
     }
@@ -454,18 +607,16 @@ impl Service {
             } => {}
             // However long it ran, a run that never became ready was a quick failure.
             Run::Stopping {
-                then: AfterStop::Restart { settings },
+                then: AfterStop::Restart { spec },
                 ..
             } => {
                 self.restarts = self.restarts.saturating_add(1);
-                self.schedule_restart(RunEnd::Quick, settings, out);
+                self.schedule_restart(RunEnd::Quick, spec, out);
             }
             Run::Running {
-                started_at,
-                settings,
-                ..
+                started_at, spec, ..
             } => {
-                let restart = match settings.restart {
+                let restart = match spec.settings.restart {
                     RestartPolicy::Always => true,
                     RestartPolicy::OnFailure => !status.success(),
                     RestartPolicy::Never => false,
@@ -473,15 +624,15 @@ impl Service {
                 if restart {
                     self.restarts = self.restarts.saturating_add(1);
                     let end = RunEnd::after(started_at, out);
-                    self.schedule_restart(end, settings, out);
+                    self.schedule_restart(end, spec, out);
                 } else {
-                    self.run = Run::Finished { settings };
+                    self.run = Run::Finished { spec };
                 }
             }
             // Exited before the spawn was acknowledged: a spawn that failed late.
-            Run::Starting { settings, .. } => {
+            Run::Starting { spec, .. } => {
                 let end = RunEnd::after(out.now, out);
-                self.schedule_restart(end, settings, out);
+                self.schedule_restart(end, spec, out);
             }
             other => self.run = other,
         }
@@ -489,7 +640,7 @@ impl Service {
 
     /// After an unplanned end of a run: restart at once after a healthy run, else back
     /// off exponentially.
-    fn schedule_restart(&mut self, end: RunEnd, settings: Arc<Settings>, out: &mut Outbox<'_>) {
+    fn schedule_restart(&mut self, end: RunEnd, spec: RunSpec, out: &mut Outbox<'_>) {
         match end {
             RunEnd::Healthy => self.quick_failures = 0,
             RunEnd::Quick => self.quick_failures = self.quick_failures.saturating_add(1),
@@ -507,8 +658,56 @@ impl Service {
         }
         self.run = Run::Backoff {
             until: out.now + delay,
-            settings,
+            spec,
         };
+    }
+
+    /// The driver finished building one of the service's environments.
+    pub(crate) fn on_environment_built(
+        &mut self,
+        hash: String,
+        result: Result<(), String>,
+        out: &mut Outbox<'_>,
+    ) {
+        let envs = &mut self.environments;
+        let ours = envs.building.as_ref() == Some(&hash);
+        match result {
+            Ok(()) => {
+                if ours {
+                    envs.building = None;
+                }
+                if envs.failed.as_ref().is_some_and(|f| f.hash == hash) {
+                    envs.failed = None;
+                }
+                envs.built.insert(hash.clone());
+                out.actions
+                    .push_back(Action::Report(Report::EnvironmentReady {
+                        service: self.name.clone(),
+                        spec_hash: hash,
+                    }));
+            }
+            // Only the build it asked for (a late report of an older one says nothing).
+            Err(error) if ours => {
+                envs.building = None;
+                envs.failed = Some(FailedBuild {
+                    hash: hash.clone(),
+                    error: error.clone(),
+                    retry_at: out.now + ENVIRONMENT_RETRY,
+                });
+                out.actions
+                    .push_back(Action::Report(Report::EnvironmentFailed {
+                        service: self.name.clone(),
+                        spec_hash: hash,
+                        error,
+                    }));
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Whether anything of its environments is left to remove once it is forgotten.
+    pub(crate) fn has_environments(&self) -> bool {
+        !self.environments.is_empty()
     }
 
     /// The earliest time this service needs a tick.
@@ -516,19 +715,29 @@ impl Service {
         if self.control == Control::AwaitingTarget {
             return None; // nothing to do until the target is read
         }
-        match &self.run {
+        let run = match &self.run {
             Run::Backoff { until, .. } => Some(*until),
             Run::Running { readiness, .. } => readiness.deadline(),
             _ => None,
-        }
+        };
+        run.into_iter().chain(self.retry_build_at()).min()
     }
 
-    /// When its backoff ends, if it waits one out (a deadline that any input serves).
+    /// When its backoff ends, or a failed build is tried again, if it waits for either
+    /// (a deadline that any input serves).
     pub(crate) fn restart_at(&self) -> Option<Timestamp> {
-        match &self.run {
-            Run::Backoff { until, .. } => self.deadline().and(Some(*until)),
-            _ => None,
+        if self.control == Control::AwaitingTarget {
+            return None;
         }
+        let backoff = match &self.run {
+            Run::Backoff { until, .. } => Some(*until),
+            _ => None,
+        };
+        backoff.into_iter().chain(self.retry_build_at()).min()
+    }
+
+    fn retry_build_at(&self) -> Option<Timestamp> {
+        self.environments.failed.as_ref().map(|f| f.retry_at)
     }
 
     /// The pid to publish, once the service is ready.
@@ -549,13 +758,13 @@ impl Service {
             readiness: Readiness::Ready { port },
             pid,
             started_at,
-            settings,
+            spec,
             generation,
         } = &self.run
         else {
             return None;
         };
-        let host = match settings.host.as_str() {
+        let host = match spec.settings.host.as_str() {
             "" | "0.0.0.0" | "::" => hostname,
             specific => specific,
         };
@@ -574,6 +783,7 @@ impl Service {
     /// What the process is doing, as reported.
     pub(crate) fn phase(&self) -> Phase {
         match &self.run {
+            Run::Idle if self.held.is_some() => Phase::Waiting,
             Run::Idle => Phase::Stopped,
             Run::Backoff { .. } => Phase::Backoff,
             Run::Finished { .. } => Phase::Exited,
@@ -593,6 +803,7 @@ impl Service {
         self.phase() != Phase::Running
             || self.quick_failures >= CRASH_LOOP_FAILURES
             || self.not_ready_within.is_some()
+            || self.held.is_some()
     }
 
     /// This service's entry in the agent report.
@@ -618,6 +829,7 @@ impl Service {
             restarts: self.restarts,
             since,
             not_ready_within: self.not_ready_within.map(|d| d.as_secs_f64()),
+            problem: self.held.clone(),
         }
     }
 }

@@ -120,12 +120,18 @@ impl Agent {
             }
             // The node may appear later (written in steps by another client), or the
             // error was transient: look again soon, unless the service is gone.
+            if let (ZkError::NoNode, Watched::Plugin(_)) = (err, &watched) {
+                // Missing is an answer: `/plugins` is watched for it to appear.
+                self.on_plugin_read(watched, reply);
+                return;
+            }
             let still_relevant = match &watched {
                 Watched::ServiceList => true,
                 Watched::Machines(n) | Watched::Settings(n) => self
                     .services
                     .get(n)
                     .is_some_and(|s| s.target.listing == Listing::Listed),
+                Watched::Plugin(_) | Watched::PluginList => self.plugin_read_matters(&watched),
                 task => self.task_read_relevant(task),
             };
             if still_relevant {
@@ -172,6 +178,9 @@ impl Agent {
                 }
                 Err(e) => self.problem(&path, e.to_string()),
             },
+            (watched @ (Watched::Plugin(_) | Watched::PluginList), reply) => {
+                self.on_plugin_read(watched, reply)
+            }
             (_, other) => self.problem(&path, format!("unexpected reply {other:?}")),
         }
     }

@@ -206,7 +206,6 @@ mod tests {
     use crate::plan::testing::GREETER;
     use crate::plan::testing::{Fate, Tree};
     use crate::plan::{Request, MAX_FAILURES};
-    use crate::settings::ServiceType;
     use serde_json::json;
 
     fn namespace() -> Tree {
@@ -450,21 +449,30 @@ mod tests {
 
     #[test]
     fn add_of_builtin_command_and_echo_writes_what_it_always_wrote() {
-        for (service_type, set) in [
-            (ServiceType::Echo, vec![]),
-            (ServiceType::Command, vec![("command", json!("sleep 1"))]),
+        let common = json!({"restart": "always", "stop_timeout": 10, "start_seconds": 1});
+        for (service_type, set, written) in [
+            (
+                "echo",
+                vec![],
+                json!({"type": "echo", "host": "127.0.0.1", "port": 8080}),
+            ),
+            (
+                "command",
+                vec![("command", json!("sleep 1"))],
+                json!({"type": "command", "command": "sleep 1", "port": 8080}),
+            ),
         ] {
             let mut tree = namespace();
             let name = ServiceName::new("s").expect("a valid name");
-            let mut request = request(service_type.as_str(), &set);
+            let mut request = request(service_type, &set);
             request.port = Some(8080);
             tree.run(&mut Add::new("zk", &name, request).expect("valid"))
                 .expect("added");
-            let mut expected = service_type.default_settings(Some(8080));
-            for (key, value) in set {
-                expected.insert(key.into(), value);
+            let mut expected = common.clone();
+            if let (Value::Object(expected), Value::Object(written)) = (&mut expected, written) {
+                expected.extend(written);
             }
-            assert_eq!(settings(&tree, "s"), Value::Object(expected));
+            assert_eq!(settings(&tree, "s"), expected);
         }
     }
 

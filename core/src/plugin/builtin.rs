@@ -1,6 +1,7 @@
 //! The service types compiled into pop, as manifests like any plugin's.
 
 use super::Manifest;
+use std::sync::OnceLock;
 
 /// Each built-in type's name and manifest text, in the order `pop plugin list` shows them.
 pub const MANIFESTS: [(&str, &str); 4] = [
@@ -38,4 +39,14 @@ pub fn manifest(name: &str) -> Option<Manifest> {
 /// Every built-in manifest, decoded.
 pub fn all() -> Vec<Manifest> {
     names().filter_map(manifest).collect()
+}
+
+/// The decoded manifest of a built-in type, decoded once for the process: the agent
+/// resolves every service's type on each change, and decoding is deterministic.
+pub fn get(name: &str) -> Option<&'static Manifest> {
+    static DECODED: OnceLock<Vec<Manifest>> = OnceLock::new();
+    DECODED
+        .get_or_init(all)
+        .iter()
+        .find(|m| m.name.as_str() == name)
 }

@@ -17,8 +17,8 @@ pub use template::{
 };
 
 use crate::names::{PluginName, TaskName};
-use crate::settings::{self, DataError, ServiceType, Settings};
-use serde::{Serialize, Serializer};
+use crate::settings::{self, DataError};
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -112,7 +112,7 @@ pub enum Readiness {
 }
 
 /// The signal that asks the service to stop (SIGKILL follows after `stop_timeout`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StopSignal {
     #[serde(rename = "SIGTERM")]
     Term,
@@ -146,6 +146,18 @@ impl StopSignal {
             StopSignal::Hup => "SIGHUP",
             StopSignal::Usr1 => "SIGUSR1",
             StopSignal::Usr2 => "SIGUSR2",
+        }
+    }
+
+    /// Its number on Linux.
+    pub fn number(self) -> i32 {
+        match self {
+            StopSignal::Term => 15,
+            StopSignal::Int => 2,
+            StopSignal::Quit => 3,
+            StopSignal::Hup => 1,
+            StopSignal::Usr1 => 10,
+            StopSignal::Usr2 => 12,
         }
     }
 
@@ -190,6 +202,8 @@ pub enum SettingsError {
     TypeChanged { service_type: String },
     #[error("{error} (in {what})")]
     Unrenderable { what: String, error: RenderError },
+    #[error(transparent)]
+    Environment(#[from] crate::environment::SpecError),
 }
 
 impl Manifest {
@@ -218,7 +232,7 @@ impl Manifest {
         let mut map = Map::new();
         map.insert("type".into(), Value::from(self.name.as_str()));
         map.insert("restart".into(), Value::from("always"));
-        map.insert("stop_timeout".into(), seconds_value(stop_timeout));
+        map.insert("stop_timeout".into(), settings::seconds_value(stop_timeout));
         map.insert("start_seconds".into(), Value::from(1));
         map.extend(self.settings.clone());
         if let Some(port) = port {
@@ -231,12 +245,7 @@ impl Manifest {
     /// type has (for `command` and `echo`, everything the agent checks today), the
     /// required ones, and every value a command or task needs.
     pub fn check_settings(&self, settings: &Map<String, Value>) -> Result<(), SettingsError> {
-        match ServiceType::parse(self.name.as_str()) {
-            // The agent launches these two from `Settings` until it launches from
-            // manifests: what it accepts is what they must be.
-            Ok(_) => Settings::from_map(settings).map(|_| ())?,
-            Err(_) => settings::check_common(settings)?,
-        }
+        settings::check_common(settings)?;
         for requirement in &self.required {
             let given = requirement.names().iter().any(|name| {
                 !matches!(settings.get(name), None | Some(Value::Null))
@@ -248,6 +257,9 @@ impl Manifest {
                     service_type: self.name.to_string(),
                 });
             }
+        }
+        if self.environment == Environment::Python {
+            crate::environment::EnvironmentSpec::from_values(settings)?;
         }
         let variables = self.sample_variables();
         self.command_argv(settings, &variables)
@@ -334,15 +346,6 @@ pub(crate) fn effective(settings: &Map<String, Value>) -> Map<String, Value> {
         }
     }
     map
-}
-
-/// Seconds as pop writes them into settings: whole seconds as integers.
-fn seconds_value(d: Duration) -> Value {
-    if d.subsec_nanos() == 0 {
-        Value::from(d.as_secs())
-    } else {
-        Value::from(d.as_secs_f64())
-    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,4 @@
 use super::*;
-use crate::launch::{Launch, Program};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -192,44 +191,81 @@ fn every_builtin_manifest_decodes_under_its_own_name() {
 /// `pop add command|echo` writes exactly what it wrote before types were manifests.
 #[test]
 fn builtin_command_and_echo_default_to_the_settings_pop_add_always_wrote() {
-    for service_type in ServiceType::ALL {
-        let manifest = builtin::manifest(service_type.as_str()).expect("built in");
-        for port in [None, Some(0), Some(8080)] {
-            assert_eq!(
-                manifest.default_settings(port),
-                service_type.default_settings(port),
-                "{service_type:?} {port:?}"
-            );
-        }
-    }
-}
-
-/// The argv today's driver makes of a launch (io's `SupervisedProcesses::spec`).
-fn driver_argv(launch: &Launch, pop: &str) -> Vec<String> {
-    match &launch.program {
-        Program::Shell(command) => vec!["/bin/sh".into(), "-c".into(), command.clone()],
-        Program::PopBuiltin(args) => std::iter::once(pop.to_string())
-            .chain(args.iter().cloned())
-            .collect(),
-    }
-}
-
-#[test]
-fn builtin_command_and_echo_render_the_argv_the_agent_launches_today() {
+    let common = json!({"restart": "always", "stop_timeout": 10, "start_seconds": 1});
+    let with = |extra: Value| {
+        let mut map = object(common.clone());
+        map.extend(object(extra));
+        map
+    };
     let cases = [
-        json!({"type": "command", "command": "python3 -m http.server 8000 'a b'"}),
-        json!({"type": "command", "command": "sleep 5", "port": 9}),
-        json!({"type": "echo", "host": "0.0.0.0", "port": 0}),
-        json!({"type": "echo", "port": 5}),
-        json!({"type": "echo", "host": "127.0.0.1", "port": 7001, "stop_timeout": 2}),
+        ("command", None, with(json!({"type": "command"}))),
+        (
+            "command",
+            Some(8080),
+            with(json!({"type": "command", "port": 8080})),
+        ),
+        (
+            "echo",
+            None,
+            with(json!({"type": "echo", "host": "127.0.0.1", "port": 0})),
+        ),
+        (
+            "echo",
+            Some(7),
+            with(json!({"type": "echo", "host": "127.0.0.1", "port": 7})),
+        ),
     ];
-    for case in cases {
+    for (name, port, expected) in cases {
+        let manifest = builtin::manifest(name).expect("built in");
+        assert_eq!(manifest.default_settings(port), expected, "{name} {port:?}");
+    }
+}
+
+/// What the driver ran before types were manifests: `sh -c <command>`, and the pop
+/// binary's echo server.
+#[test]
+fn builtin_command_and_echo_render_the_argv_the_agent_launched_before_plugins() {
+    let cases = [
+        (
+            json!({"type": "command", "command": "python3 -m http.server 8000 'a b'"}),
+            vec!["/bin/sh", "-c", "python3 -m http.server 8000 'a b'"],
+        ),
+        (
+            json!({"type": "command", "command": "sleep 5", "port": 9}),
+            vec!["/bin/sh", "-c", "sleep 5"],
+        ),
+        (
+            json!({"type": "echo", "host": "0.0.0.0", "port": 0}),
+            vec![
+                "/usr/bin/pop",
+                "echo-server",
+                "--host",
+                "0.0.0.0",
+                "--port",
+                "0",
+            ],
+        ),
+        (
+            json!({"type": "echo", "port": 5}),
+            vec![
+                "/usr/bin/pop",
+                "echo-server",
+                "--host",
+                "0.0.0.0",
+                "--port",
+                "5",
+            ],
+        ),
+    ];
+    for (case, argv) in cases {
         let map = object(case);
-        let settings = Settings::from_map(&map).expect("valid settings");
-        let vars = variables(false);
-        let today = driver_argv(&Launch::new("svc", "m1", &settings), &vars.pop);
-        let manifest = builtin::manifest(settings.service_type.as_str()).expect("built in");
-        assert_eq!(manifest.command_argv(&map, &vars), Ok(today), "{map:?}");
+        let manifest = builtin::get(map["type"].as_str().expect("a type")).expect("built in");
+        let argv: Vec<String> = argv.into_iter().map(String::from).collect();
+        assert_eq!(
+            manifest.command_argv(&map, &variables(false)),
+            Ok(argv),
+            "{map:?}"
+        );
     }
 }
 

@@ -14,6 +14,7 @@ pub mod ports;
 pub mod production;
 
 use crate::clock::SystemClock;
+use crate::environment::{EnvironmentBuilder, Installer};
 use crate::journal::{journal_path, JournalLimits, JournalWriter};
 use crate::supervise::{ContainmentChoice, Supervisor, SupervisorConfig};
 use crate::zk::ZkConfig;
@@ -89,8 +90,15 @@ pub async fn run(
         path: work_dir.clone(),
         source,
     })?;
+    // Services get absolute paths (their working directory, their environment's
+    // interpreter), whatever the agent's own working directory.
+    let mut config = config;
+    if let Ok(absolute) = std::fs::canonicalize(&config.state_dir) {
+        config.state_dir = absolute;
+    }
     let (process_tx, supervisor_rx) = mpsc::unbounded_channel();
     let process_rx = task_inputs(supervisor_rx, config.state_dir.clone());
+    let environment_tx = process_tx.clone();
     let supervisor = Supervisor::new(
         SupervisorConfig::new(
             config.machine_id.as_str(),
@@ -100,10 +108,16 @@ pub async fn run(
         process_tx,
     )?;
     let clock = SystemClock::new();
+    let environments = EnvironmentBuilder::new(
+        config.state_dir.clone(),
+        config.machine_id.as_str(),
+        Installer::from_env(),
+        environment_tx,
+    );
     let processes = SupervisedProcesses {
         supervisor,
+        environments,
         state_dir: config.state_dir.clone(),
-        pop_exe: config.pop_exe.clone(),
     };
     let agent_config = AgentConfig {
         machine: config.machine_id.clone(),
@@ -113,8 +127,8 @@ pub async fn run(
         containment: processes.containment(),
         seed: u64::from(std::process::id()) ^ clock.now().as_millis(),
         backoff: Default::default(),
-        state_dir: config.state_dir.to_string_lossy().into_owned(),
         pop: config.pop_exe.to_string_lossy().into_owned(),
+        state_dir: config.state_dir.to_string_lossy().into_owned(),
     };
     let journal = match JournalWriter::start(
         journal_path(&config.state_dir),
@@ -301,6 +315,9 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
                     }
                     info!("agent detached; closing the ZooKeeper session");
                 } else {
+                    if let Some(processes) = self.processes.as_mut() {
+                        processes.stop_builds();
+                    }
                     info!("all services stopped; closing the ZooKeeper session");
                 }
                 self.close_session().await;
@@ -447,6 +464,16 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
                     processes.stop_task(&service, &task, attempt, grace);
                 }
             }
+            Action::BuildEnvironment { service, spec, dir } => {
+                if let Some(processes) = self.processes.as_mut() {
+                    processes.build_environment(&service, spec, &dir);
+                }
+            }
+            Action::RemoveEnvironments { service, keep } => {
+                if let Some(processes) = self.processes.as_mut() {
+                    processes.remove_environments(&service, keep);
+                }
+            }
             Action::NewSession => {
                 warn!("ZooKeeper session expired; opening a new one");
                 self.start_session();
@@ -492,5 +519,14 @@ fn log_report(report: &Report) {
                 "ZooKeeper session lost too long: stopping fence services"
             )
         }
+        Report::Waiting { service, reason } => warn!(%service, "not started: {reason}"),
+        Report::EnvironmentReady { service, spec_hash } => {
+            info!(%service, spec_hash, "environment ready")
+        }
+        Report::EnvironmentFailed {
+            service,
+            spec_hash,
+            error,
+        } => error!(%service, spec_hash, "environment build failed: {error}"),
     }
 }

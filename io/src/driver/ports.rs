@@ -3,6 +3,7 @@
 //! sim/tests/driver_ports.rs does), so the very same event loop runs against simulated
 //! ZooKeeper, processes and time.
 
+use pop_core::environment::EnvironmentSpec;
 use pop_core::event::Input;
 use pop_core::launch::Launch;
 use pop_core::settings::Settings;
@@ -44,8 +45,9 @@ pub trait ZkPort: Send + Sync + 'static {
     fn connect(&self) -> impl Future<Output = Result<Self::Session, String>> + Send;
 }
 
-/// Runs and contains service processes. Outcomes (`Spawned`, `SpawnFailed`, `Ready`,
-/// `Exited`) arrive as core inputs on the channel the port was built with.
+/// Runs and contains service processes, and builds their Python environments. Outcomes
+/// (`Spawned`, `SpawnFailed`, `Ready`, `Exited`, `EnvironmentBuilt`) arrive as core
+/// inputs on the channel the port was built with.
 pub trait ProcessPort: Send + 'static {
     /// How services are contained, for `pop status`.
     fn containment(&self) -> String;
@@ -57,6 +59,12 @@ pub trait ProcessPort: Send + 'static {
     /// Runs a task's process (`TaskStarted` or `TaskFailedToStart`, then `TaskExited`).
     fn run_task(&mut self, launch: crate::tasks::TaskLaunch);
     fn stop_task(&mut self, service: &str, task: &TaskId, attempt: u32, grace: Duration);
+    /// Builds a Python environment (see `pop_io::environment`), off the event loop.
+    fn build_environment(&mut self, service: &str, spec: EnvironmentSpec, dir: &str);
+    /// Removes the environments of `service` but those in `keep` (by spec hash).
+    fn remove_environments(&mut self, service: &str, keep: Vec<String>);
+    /// Kills the environment builds running (the agent is exiting).
+    fn stop_builds(&mut self);
     /// Stops everything within about `grace` and waits until it is gone.
     fn shutdown(&mut self, grace: Duration) -> impl Future<Output = ()> + Send;
     /// Lets go of every process, leaving it running for the next agent to adopt.

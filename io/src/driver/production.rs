@@ -2,15 +2,19 @@
 //! and the process supervisor.
 
 use super::ports::{ProcessPort, WatchFuture, ZkPort, ZkSession};
+use crate::environment::EnvironmentBuilder;
 use crate::supervise::{ProcessSpec, ReadinessProbe, Supervisor};
 use crate::tasks::{self, TaskLaunch};
 use crate::zk::{self, Client, SessionState, ZkConfig};
+use pop_core::environment::EnvironmentSpec;
 use pop_core::event::Input;
-use pop_core::launch::{Launch, Program};
+use pop_core::launch::Launch;
 use pop_core::settings::Settings;
 use pop_core::task::TaskId;
 use pop_core::zk::{SessionEvent, SessionId, ZkOp, ZkReply};
 use pop_core::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -97,12 +101,34 @@ impl ZkSession for RealSession {
     }
 }
 
-/// Services run by the process supervisor.
+/// Services run by the process supervisor, and their environments built.
 pub struct SupervisedProcesses {
     pub supervisor: Supervisor,
+    pub environments: EnvironmentBuilder,
+    /// Where tasks' output goes (`<state_dir>/tasks/<service>/`).
     pub state_dir: PathBuf,
-    /// The pop binary, for built-in service types.
-    pub pop_exe: PathBuf,
+}
+
+/// What the run record keeps of a generation (`ProcessSpec::note`), for the agent that
+/// adopts it: its settings and what was launched. Records of agents before plugins hold
+/// the settings alone.
+#[derive(Serialize, Deserialize)]
+struct RunNote {
+    settings: Settings,
+    launch: Launch,
+}
+
+/// The `PATH` a process gets: `prepend`, then the one it would have had.
+fn path_with(prepend: &[String], env: &BTreeMap<String, String>) -> Option<String> {
+    if prepend.is_empty() {
+        return None;
+    }
+    let inherited = env
+        .get("PATH")
+        .cloned()
+        .or_else(|| std::env::var("PATH").ok())
+        .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".to_string());
+    Some(format!("{}:{inherited}", prepend.join(":")))
 }
 
 impl SupervisedProcesses {
@@ -113,23 +139,24 @@ impl SupervisedProcesses {
         launch: Launch,
         settings: &Settings,
     ) -> ProcessSpec {
-        let argv = match launch.program {
-            Program::Shell(command) => vec!["/bin/sh".to_string(), "-c".to_string(), command],
-            Program::PopBuiltin(args) => {
-                let mut argv = vec![self.pop_exe.to_string_lossy().into_owned()];
-                argv.extend(args);
-                argv
-            }
-        };
-        let cwd = self.state_dir.join("work").join(service);
+        let cwd = PathBuf::from(&launch.cwd);
         if let Err(e) = std::fs::create_dir_all(&cwd) {
             warn!(%service, "cannot create working directory {}: {e}", cwd.display());
+        }
+        let note = serde_json::to_value(RunNote {
+            settings: settings.clone(),
+            launch: launch.clone(),
+        })
+        .unwrap_or_default();
+        let mut env = launch.env;
+        if let Some(path) = path_with(&launch.path_prepend, &env) {
+            env.insert("PATH".to_string(), path);
         }
         ProcessSpec {
             service: service.to_string(),
             generation,
-            argv,
-            env: launch.env,
+            argv: launch.argv,
+            env,
             cwd: Some(cwd),
             probe: launch.probe.map(|p| ReadinessProbe {
                 host: p.host,
@@ -137,9 +164,19 @@ impl SupervisedProcesses {
             }),
             exit_grace: Some(launch.stop_timeout),
             // Kept in the run record: what a later agent needs to adopt the process.
-            note: serde_json::to_value(settings).unwrap_or_default(),
+            note,
             output: None,
         }
+    }
+}
+
+/// Reads a run record's note: this version's, or an earlier agent's settings alone.
+fn read_note(note: serde_json::Value) -> Result<(Settings, Option<Box<Launch>>), String> {
+    match serde_json::from_value::<RunNote>(note.clone()) {
+        Ok(RunNote { settings, launch }) => Ok((settings, Some(Box::new(launch)))),
+        Err(e) => serde_json::from_value::<Settings>(note)
+            .map(|settings| (settings, None))
+            .map_err(|_| e.to_string()),
     }
 }
 
@@ -154,14 +191,15 @@ impl ProcessPort for SupervisedProcesses {
         adopted.sort_by_key(|a| a.generation);
         let mut inputs = Vec::new();
         for process in adopted {
-            match serde_json::from_value::<Settings>(process.note) {
-                Ok(settings) => inputs.push(Input::Adopted {
+            match read_note(process.note) {
+                Ok((settings, launch)) => inputs.push(Input::Adopted {
                     service: process.service,
                     generation: process.generation,
                     pid: process.pid,
                     started_at: Timestamp::from_millis(process.started_at_ms),
                     port: process.port,
                     settings,
+                    launch,
                 }),
                 Err(e) => {
                     // Not knowing what it runs, we cannot keep it: stop it, and the core
@@ -203,11 +241,27 @@ impl ProcessPort for SupervisedProcesses {
             .stop(&tasks::key(service, task), u64::from(attempt), grace);
     }
 
+    fn build_environment(&mut self, service: &str, spec: EnvironmentSpec, dir: &str) {
+        info!(%service, %dir, "building an environment");
+        self.environments.build(service, spec, dir);
+    }
+
+    fn remove_environments(&mut self, service: &str, keep: Vec<String>) {
+        self.environments.remove(service, keep);
+    }
+
+    fn stop_builds(&mut self) {
+        self.environments.stop_all();
+    }
+
     async fn shutdown(&mut self, grace: Duration) {
+        self.environments.stop_all();
         self.supervisor.shutdown(grace).await;
     }
 
     fn detach(self) {
+        // A build is not adopted: the next agent builds again.
+        self.environments.stop_all();
         self.supervisor.detach();
     }
 }

@@ -238,6 +238,15 @@ pub struct OutputFiles {
 /// How the main process ended: the core's type, so events pass through unchanged.
 pub use pop_core::ExitStatus;
 
+/// Starts a helper program of the agent's own (a step of a Python environment build)
+/// as a child whose exit the reaper reports: its pid, and where its status arrives. The
+/// reaper must be running (a [`Supervisor`] exists).
+pub fn spawn_helper(
+    cmd: &mut std::process::Command,
+) -> io::Result<(u32, tokio::sync::oneshot::Receiver<ExitStatus>)> {
+    reaper::spawn_registered(cmd)
+}
+
 /// What the supervisor reports: the core's process inputs (`Spawned`, `SpawnFailed`,
 /// `Ready` when the spec had a probe, and `Exited` once the main process has exited and
 /// the containment is empty), so the driver passes them on unchanged.

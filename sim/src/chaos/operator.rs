@@ -1,21 +1,24 @@
-//! The operators: `pop init`, `add`, `deploy`, `undeploy`, `set`, `remove` and `run
-//! --detach`, at random, each run as the CLI's own plan on a terminal of the world (see
-//! `world::admin`), with two terminals sometimes racing the same command; and somebody
-//! writing garbage into a service's nodes with a ZooKeeper client, bypassing pop (or a
-//! task with a result placeholder for a machine it does not target). Settings and
-//! machine lists come from the same pure functions the CLI uses (default settings per
-//! type, `KEY=VALUE` parsing). Tasks are those of the stored type `job` ([`JOB`]):
-//! their process succeeds, fails or hangs as its argument says.
+//! The operators: `pop init`, `add`, `deploy`, `undeploy`, `set`, `remove`, `plugin add`,
+//! `plugin remove` and `run --detach`, at random, each run as the CLI's own plan on a
+//! terminal of the world (see `world::admin`), with two terminals sometimes racing the
+//! same command; and somebody writing garbage into a service's or a type's node with a
+//! ZooKeeper client, bypassing pop (or a task with a result placeholder for a machine it
+//! does not target). Settings and machine lists come from the same pure functions the
+//! CLI uses (default settings per type, `KEY=VALUE` parsing). Services are of the
+//! built-in types `command`, `echo` and `python` (with packages, some of which cannot be
+//! built), of the stored type `tool` (a copy of `command`, in versions that launch alike
+//! or not), and of the stored type `job` ([`JOB`]), whose tasks succeed, fail or hang as
+//! their argument says.
 
 use super::Options;
-use crate::world::{Command, World, JOB};
+use crate::world::{tool_manifest, Command, World, BROKEN_PACKAGE, JOB, TOOL};
 use pop_core::assignment::parse_assignment;
 use pop_core::backoff::SeededRng;
-use pop_core::names::{MachineId, ServiceName, TaskName};
+use pop_core::names::{MachineId, PluginName, ServiceName, TaskName};
 use pop_core::paths;
 use pop_core::plan::{MachinesChange, RunRequest};
-use pop_core::plugin::Environment;
-use pop_core::settings::{parse_machines, render_machines, ServiceType, Settings};
+use pop_core::plugin::{builtin, Environment};
+use pop_core::settings::{parse_machines, render_machines, Settings};
 use pop_core::task::{TaskId, TaskRequest, TaskResult};
 use serde_json::{Map, Value};
 use std::collections::BTreeSet;
@@ -71,6 +74,10 @@ impl Operator {
         let command = match self.pick(80) {
             0 => Command::Init { force: true },
             1 => Command::Init { force: false },
+            2..=7 => match self.plugin_command(world) {
+                Some(command) => command,
+                None => return,
+            },
             _ => {
                 let i = self.pick(self.services.len());
                 let service = self.services[i].clone();
@@ -112,9 +119,8 @@ impl Operator {
     fn command_on(&mut self, world: &mut World, service: &ServiceName) -> Option<Command> {
         let name = service.clone();
         let s = service.as_str();
-        // Settings of `job` are garbage only to an agent that cannot launch its type.
-        let garbage = Self::machines_of(world, service).is_none()
-            || !(Self::settings_valid(world, service) || Self::is_job_service(world, service));
+        let garbage =
+            Self::machines_of(world, service).is_none() || !Self::settings_valid(world, service);
         if garbage && self.pick(2) == 0 {
             // pop refuses to overwrite what it cannot read: somebody fixes it by hand.
             let list = BTreeSet::from([self.any_machine().to_string()]);
@@ -198,21 +204,62 @@ impl Operator {
         }
     }
 
+    /// `pop plugin add|remove` of the type `tool`, or garbage written into its node.
+    fn plugin_command(&mut self, world: &mut World) -> Option<Command> {
+        Some(match self.pick(6) {
+            0..=2 => {
+                let version = self.pick(3) as u8;
+                Command::PluginAdd {
+                    text: tool_manifest(version),
+                    replace: self.pick(4) != 0,
+                }
+            }
+            3 => Command::PluginRemove {
+                name: PluginName::new(TOOL).ok()?,
+                force: self.pick(2) == 0,
+            },
+            4 => {
+                world.admin_put(&pop_core::paths::plugin(TOOL), b"name = \"tool\"\n[run");
+                return None;
+            }
+            _ => {
+                // Valid TOML, but named after another node.
+                let text = tool_manifest(0).replace("name = \"tool\"", "name = \"other\"");
+                world.admin_set_if_exists(&pop_core::paths::plugin(TOOL), text.as_bytes());
+                return None;
+            }
+        })
+    }
+
     fn settings(&mut self, service: &ServiceName) -> (String, Map<String, Value>) {
-        let (service_type, mut settings) = match self.pick(3) {
-            0 => (
-                ServiceType::Echo.as_str().to_string(),
-                ServiceType::Echo.default_settings(Some(0)),
-            ),
-            1 => {
+        let defaults = |name: &str, port: Option<u16>| {
+            builtin::get(name)
+                .map(|m| m.default_settings(port))
+                .unwrap_or_default()
+        };
+        let (service_type, mut settings) = match self.pick(8) {
+            0 | 1 => ("echo".to_string(), defaults("echo", Some(0))),
+            2 => {
+                let mut s = defaults("python", None);
+                s.insert("module".into(), Value::from("app"));
+                s.insert("packages".into(), serde_json::json!(["pkg==1"]));
+                ("python".to_string(), s)
+            }
+            3 => {
+                let mut s = defaults("command", None);
+                s.insert("type".into(), Value::from(TOOL));
+                s.insert("command".into(), Value::from(format!("serve {service}")));
+                (TOOL.to_string(), s)
+            }
+            4 | 5 => {
                 let mut s = job_defaults();
                 s.insert("command".into(), Value::from(format!("serve {service}")));
                 ("job".to_string(), s)
             }
             _ => {
-                let mut s = ServiceType::Command.default_settings(None);
+                let mut s = defaults("command", None);
                 s.insert("command".into(), Value::from(format!("serve {service}")));
-                (ServiceType::Command.as_str().to_string(), s)
+                ("command".to_string(), s)
             }
         };
         settings.insert("stop_timeout".into(), Value::from(1 + self.pick(2)));
@@ -235,7 +282,12 @@ impl Operator {
     /// `pop set` with one KEY=VALUE.
     fn set(&mut self, service: &ServiceName) -> Command {
         self.version += 1;
-        let assignment = match self.pick(3) {
+        let assignment = match self.pick(4) {
+            // Meaningful for python services only; others keep it as their own setting.
+            3 => match self.pick(4) {
+                0 => format!("packages=[\"{BROKEN_PACKAGE}\"]"),
+                _ => format!("packages=[\"pkg=={}\"]", self.version),
+            },
             0 => format!("env={{\"V\":\"{}\"}}", self.version),
             1 => format!(
                 "session_loss={}",
@@ -364,16 +416,23 @@ impl Operator {
             world.admin_put(&paths::service_machines(s), &render_machines(&list));
         }
         if !Self::settings_valid(world, service) {
-            // Settings the agents take (of a type they launch).
-            let data = (0..8)
-                .map(|_| self.settings(service).1)
-                .map(|settings| serde_json::to_vec(&Value::Object(settings)).unwrap_or_default())
-                .find(|data| Settings::parse(data).is_ok())
-                .unwrap_or_else(|| {
-                    let mut s = ServiceType::Command.default_settings(None);
-                    s.insert("command".into(), Value::from(format!("serve {service}")));
-                    serde_json::to_vec(&Value::Object(s)).unwrap_or_default()
-                });
+            let (_, settings) = self.settings(service);
+            let data = serde_json::to_vec(&Value::Object(settings)).unwrap_or_default();
+            world.admin_put(&paths::service_settings(s), &data);
+        }
+        // Packages no environment can be built with are replaced by buildable ones.
+        let broken = world
+            .zk
+            .get(&paths::service_settings(s))
+            .and_then(|n| serde_json::from_slice::<Map<String, Value>>(&n.data).ok())
+            .filter(|map| {
+                map.get("packages")
+                    .and_then(Value::as_array)
+                    .is_some_and(|list| list.iter().any(|p| p == BROKEN_PACKAGE))
+            });
+        if let Some(mut map) = broken {
+            map.insert("packages".into(), serde_json::json!(["pkg==1"]));
+            let data = serde_json::to_vec(&Value::Object(map)).unwrap_or_default();
             world.admin_put(&paths::service_settings(s), &data);
         }
         if world.zk.get(&paths::service_state_dir(s)).is_none() {
@@ -390,6 +449,15 @@ impl Operator {
         }
         if world.zk.get(&paths::plugin("job")).is_none() {
             world.admin_put(&paths::plugin("job"), JOB.as_bytes());
+        }
+        // The stored type as its last `pop plugin add` left it, or as first added.
+        let tool = paths::plugin(TOOL);
+        let usable = world
+            .zk
+            .get(&tool)
+            .is_some_and(|n| pop_core::plugin::decode_stored(TOOL, &n.data).is_ok());
+        if !usable {
+            world.admin_put(&tool, tool_manifest(0).as_bytes());
         }
         for service in self.services.clone() {
             if Self::exists(world, &service) {

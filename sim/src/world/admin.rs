@@ -9,11 +9,11 @@
 //! data, tests' setup), which bypass every plan.
 
 use super::{Event, World, LATENCY};
-use pop_core::names::{MachineId, ServiceName};
+use pop_core::names::{MachineId, PluginName, ServiceName};
 use pop_core::paths;
 use pop_core::plan::{
     Add, AddRequest, ChangeMachines, Feedback, Init, MachinesChange, Outcome, Plan, PlanError,
-    Remove, Request, Run, RunRequest, Set, Step,
+    PluginAdd, PluginRemove, Remove, Request, Run, RunRequest, Set, Step,
 };
 use pop_core::zk::{SessionId, ZkError, ZkOp, ZkReply};
 use pop_core::Timestamp;
@@ -40,7 +40,7 @@ pub enum Command {
     },
     Add {
         name: ServiceName,
-        /// A built-in type, or the simulator's stored `job` ([`super::JOB`]).
+        /// A built-in type, or one of the simulator's stored ones (`tool`, `job`).
         service_type: String,
         settings: Map<String, Value>,
     },
@@ -65,12 +65,21 @@ pub enum Command {
         /// The random part of the task's id.
         nonce: u16,
     },
+    /// `pop plugin add [--replace] <file>` with the file's text.
+    PluginAdd {
+        text: String,
+        replace: bool,
+    },
+    PluginRemove {
+        name: PluginName,
+        force: bool,
+    },
 }
 
 impl Command {
     pub fn service(&self) -> Option<&str> {
         match self {
-            Command::Init { .. } => None,
+            Command::Init { .. } | Command::PluginAdd { .. } | Command::PluginRemove { .. } => None,
             Command::Add { name, .. }
             | Command::Machines { name, .. }
             | Command::Set { name, .. }
@@ -130,6 +139,13 @@ impl Command {
                 Box::new(Run::new(AT, name, request.clone(), now, *nonce)?),
                 None,
             ),
+            Command::PluginAdd { text, replace } => (
+                Box::new(PluginAdd::new(AT, "plugin.toml", text, *replace)?),
+                None,
+            ),
+            Command::PluginRemove { name, force } => {
+                (Box::new(PluginRemove::new(AT, name, *force)?), None)
+            }
         })
     }
 }
@@ -202,6 +218,17 @@ impl fmt::Display for Command {
                 }
                 f.write_str(" --detach")
             }
+            Command::PluginAdd { text, replace } => {
+                let name = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("name = "))
+                    .unwrap_or("?");
+                let replace = if *replace { " --replace" } else { "" };
+                write!(f, "pop plugin add{replace} <{name} manifest>")
+            }
+            Command::PluginRemove { name, force: x } => {
+                write!(f, "pop plugin remove {name}{}", force(x))
+            }
         }
     }
 }
@@ -247,6 +274,24 @@ pub struct Finished {
     pub command: Command,
     pub result: Result<Outcome, PlanError>,
     pub faults: u32,
+}
+
+/// The data `op` creates the node at `path` with, if it does.
+fn created_data(op: &ZkOp, path: &str) -> Option<Vec<u8>> {
+    match op {
+        ZkOp::Create { path: p, data, .. } if p == path => Some(data.clone()),
+        ZkOp::Multi { ops } => ops.iter().find_map(|op| created_data(op, path)),
+        _ => None,
+    }
+}
+
+/// The paths a write may change the data of.
+fn written_paths(op: &ZkOp) -> Vec<String> {
+    match op {
+        ZkOp::Create { path, .. } | ZkOp::SetData { path, .. } => vec![path.clone()],
+        ZkOp::Multi { ops } => ops.iter().flat_map(written_paths).collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// What a request becomes when its reply is lost: the CLI's own error.
@@ -340,6 +385,7 @@ impl World {
     /// An administrator writes a node with a ZooKeeper client (and its missing parents).
     pub fn admin_put(&mut self, path: &str, data: &[u8]) {
         let n = self.zk.put(path, data);
+        self.note_plugin_write(path);
         self.trace.push(format!(
             "{} admin put {path} {}",
             self.now,
@@ -401,6 +447,15 @@ impl World {
         };
         if let Request::Write(op) = &request {
             self.trace.push(format!("{now} op{terminal} {op}"));
+            // For a stored type the settings are known only once the plan read it.
+            if let Some(running) = self.terminals[terminal].running.as_mut() {
+                if let Command::Add { name, .. } = &running.command {
+                    let path = paths::service_settings(name.as_str());
+                    if let Some(data) = created_data(op, &path) {
+                        running.settings_data = Some(data);
+                    }
+                }
+            }
         }
         if self.lost(self.terminals[terminal].cut_to_server) {
             self.trace
@@ -452,6 +507,9 @@ impl World {
                 let service_existed = self.command_service_exists(terminal);
                 let (reply, n) = self.zk.apply(session, op);
                 self.notify(n);
+                for path in written_paths(op) {
+                    self.note_plugin_write(&path);
+                }
                 self.check_admin_write(terminal, op, &reply, service_existed);
                 self.note_issued(op, &reply);
                 Feedback::Wrote(reply)

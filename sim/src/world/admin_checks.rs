@@ -15,10 +15,9 @@
 //!   would take it for stopped).
 
 use super::admin::{Command, Running};
-use super::checks::Target;
+use super::launches::Target;
 use super::World;
 use pop_core::assignment::edit_unchecked;
-use pop_core::launch::Launch;
 use pop_core::paths;
 use pop_core::plan::{MachinesChange, Outcome, PlanError};
 use pop_core::settings::parse_machines;
@@ -59,14 +58,14 @@ fn applied(reply: &ZkReply) -> bool {
 impl World {
     /// The process of `service` on `machine` that runs as ZooKeeper wants it, if any.
     fn runs_as_wanted(&self, service: &str, machine: &str) -> Option<u32> {
-        let Target::Run(settings) = self.target(service, machine) else {
+        let index = self.machines.iter().position(|m| m.id == machine)?;
+        let Target::Run(_, launch) = self.target(service, index) else {
             return None;
         };
-        let m = self.machines.iter().find(|m| m.id == machine)?;
-        let launch = Launch::new(service, machine, &settings);
-        m.processes
+        self.machines[index]
+            .processes
             .values()
-            .find(|p| p.service == service && !p.stopping && p.launch == launch)
+            .find(|p| p.service == service && !p.stopping && p.launch == *launch)
             .map(|p| p.pid)
     }
 
@@ -202,6 +201,14 @@ fn untrue_outcome(running: &Running, outcome: &Outcome) -> Option<String> {
         }
         // What became of the task is the task checks' (world::tasks).
         (Outcome::TaskIssued { .. }, Command::Run { .. }) => None,
+        (
+            Outcome::PluginAdded { name, .. } | Outcome::PluginUnchanged { name },
+            Command::PluginAdd { text, .. },
+        ) => (seen.get(&paths::plugin(name)) != Some(&text.as_bytes().to_vec()))
+            .then(|| format!("{claim} but the manifest stored was not the one given")),
+        (Outcome::PluginRemoved { name, .. }, Command::PluginRemove { .. }) => {
+            has(seen, &paths::plugin(name)).then(|| format!("{claim} but it was still there"))
+        }
         (outcome, command) => Some(format!("{outcome:?} is no outcome of {command:?}")),
     }
 }

@@ -1,10 +1,12 @@
 //! What must hold of a world: convergence to what ZooKeeper says, and every agent's
 //! journal replaying to the decisions it made.
 
+use super::launches::Target;
 use super::{World, SESSION_TIMEOUT};
 use pop_core::event::{Action, Report};
 use pop_core::launch::Launch;
 use pop_core::paths;
+use pop_core::plugin::builtin;
 use pop_core::settings::{parse_machines, Settings};
 use pop_core::zk::ZkOp;
 use pop_core::Timestamp;
@@ -123,7 +125,21 @@ impl World {
                     );
                 }
             }
-            // Nothing runs that ZooKeeper does not want here, nor with old settings.
+            // Every process runs from an environment that is there.
+            for p in self.machines[machine].processes.values() {
+                if let Some(env) = World::environment_of(&p.launch, &p.service) {
+                    if !self.machines[machine].environments.contains(&env) {
+                        let what = format!(
+                            "{id}: {} pid {} runs from environment {} that is not there",
+                            p.service, p.pid, env.1
+                        );
+                        self.violate(what);
+                        return;
+                    }
+                }
+            }
+            // Nothing runs that ZooKeeper does not want here, nor with old settings or an
+            // old manifest.
             let procs: Vec<(String, Launch, u32)> = self.machines[machine]
                 .processes
                 .values()
@@ -131,7 +147,7 @@ impl World {
                 .map(|p| (p.service.clone(), p.launch.clone(), p.pid))
                 .collect();
             for (service, launch, pid) in procs {
-                match self.target(&service, &id) {
+                match self.target(&service, machine) {
                     Target::Unknown => {}
                     Target::NotHere => self.bounded(
                         format!("{id}: {service} runs but ZooKeeper does not want it here"),
@@ -139,8 +155,8 @@ impl World {
                         healthy,
                         &mut seen,
                     ),
-                    Target::Run(settings) => {
-                        if launch != Launch::new(&service, &id, &settings) {
+                    Target::Run(settings, wanted) => {
+                        if launch != *wanted {
                             self.bounded(
                                 format!("{id}: {service} runs with old settings"),
                                 REACT_BOUND,
@@ -172,29 +188,59 @@ impl World {
         self.pending_since.retain(|k, _| seen.contains(k));
     }
 
-    /// What ZooKeeper wants of `service` on `machine`, if it can be told (garbage in a
-    /// node means the agent rightly keeps its last good view).
-    pub(super) fn target(&self, service: &str, machine: &str) -> Target {
-        if self.zk.get(&paths::service(service)).is_none() {
-            return Target::NotHere;
+    /// A spawn carries what the settings make with the built-in type or a manifest stored
+    /// for their type at some time: a service whose type was never valid is never
+    /// started, and one with a Python environment only from one built on the machine.
+    pub(super) fn check_launch(
+        &mut self,
+        machine: usize,
+        service: &str,
+        settings: &Settings,
+        launch: &Launch,
+    ) {
+        if !self.check_invariants {
+            return;
         }
-        let machines = self
-            .zk
-            .get(&paths::service_machines(service))
-            .map(|n| parse_machines(&n.data));
-        let settings = self
-            .zk
-            .get(&paths::service_settings(service))
-            .map(|n| Settings::parse(&n.data));
-        match (machines, settings) {
-            (Some(Err(_)), _) | (_, Some(Err(_))) => Target::Unknown,
-            (Some(Ok(list)), Some(Ok(settings))) if list.contains(machine) => Target::Run(settings),
-            (Some(Ok(_)), Some(Ok(_))) | (None, _) | (_, None) => Target::NotHere,
+        if !self.launch_from_a_valid_manifest(machine, service, settings, launch) {
+            let id = self.machines[machine].id.clone();
+            self.violate(format!(
+                "{id}: {service} started with a launch no valid manifest and built environment make: {launch:?}"
+            ));
+        }
+        if builtin::get(settings.service_type.as_str()).is_none() {
+            self.coverage("stored type started");
+        }
+        if launch.env.contains_key("VIRTUAL_ENV") {
+            self.coverage("service started from its environment");
         }
     }
 
-    /// Garbage JSON starts or stops nothing: an input that made the agent report bad
-    /// data at a service's node brings no spawn or stop of that service.
+    /// Environments go only when nothing runs from them.
+    pub(super) fn check_environment_removal(
+        &mut self,
+        machine: usize,
+        service: &str,
+        keep: &[String],
+    ) {
+        let running: Vec<(u32, String)> = self.machines[machine]
+            .processes
+            .values()
+            .filter_map(|p| {
+                let (s, hash) = World::environment_of(&p.launch, &p.service)?;
+                (s == service && !keep.contains(&hash)).then_some((p.pid, hash))
+            })
+            .collect();
+        if let Some((pid, hash)) = running.first() {
+            let id = self.machines[machine].id.clone();
+            self.violate(format!(
+                "{id}: removed environment {hash} of {service} while pid {pid} runs from it"
+            ));
+        }
+    }
+
+    /// Garbage starts or stops nothing: an input that made the agent report bad data at
+    /// a service's node brings no spawn or stop of that service, nor bad data at a
+    /// type's node of a service of that type.
     pub(super) fn check_bad_data_changes_nothing(
         &mut self,
         machine: usize,
@@ -205,25 +251,35 @@ impl World {
             let Action::Report(Report::BadData { path, .. }) = action else {
                 continue;
             };
-            let Some(service) = path
+            let services: Vec<String> = if let Some(service) = path
                 .strip_prefix(paths::SERVICES)
                 .and_then(|r| r.strip_prefix('/'))
                 .and_then(|r| r.split('/').next())
-            else {
+            {
+                vec![service.to_string()]
+            } else if let Some(name) = path
+                .strip_prefix(paths::PLUGINS)
+                .and_then(|r| r.strip_prefix('/'))
+            {
+                self.coverage("bad data at a stored type");
+                self.services_of_type(name)
+            } else {
                 continue;
             };
-            // A restart that was due anyway (its backoff ran out) is not the bad data's.
-            let due = phases_before.get(service).is_some_and(|p| p == "backoff");
-            let acted = actions.iter().any(|a| match a {
-                Action::Spawn { service: s, .. } => s == service && !due,
-                Action::Stop { service: s, .. } => s == service,
-                _ => false,
-            });
-            if acted {
-                let id = self.machines[machine].id.clone();
-                self.violate(format!(
-                    "{id}: bad data at {path} started or stopped {service}"
-                ));
+            for service in services {
+                // A restart that was due anyway (its backoff ran out) is not the bad data's.
+                let due = phases_before.get(&service).is_some_and(|p| p == "backoff");
+                let acted = actions.iter().any(|a| match a {
+                    Action::Spawn { service: s, .. } => *s == service && !due,
+                    Action::Stop { service: s, .. } => *s == service,
+                    _ => false,
+                });
+                if acted {
+                    let id = self.machines[machine].id.clone();
+                    self.violate(format!(
+                        "{id}: bad data at {path} started or stopped {service}"
+                    ));
+                }
             }
         }
     }
@@ -393,48 +449,102 @@ impl World {
         Ok(())
     }
 
-    /// What ZooKeeper says `machine` should run: service name -> settings.
-    pub fn desired(&self, machine: &str) -> BTreeMap<String, Settings> {
+    /// The services whose settings name the type `name`.
+    fn services_of_type(&self, name: &str) -> Vec<String> {
+        self.zk
+            .children(paths::SERVICES)
+            .into_iter()
+            .filter(|s| {
+                self.zk
+                    .get(&paths::service_settings(s))
+                    .and_then(|n| Settings::parse(&n.data).ok())
+                    .is_some_and(|settings| settings.service_type.as_str() == name)
+            })
+            .collect()
+    }
+
+    /// What ZooKeeper says the machine with index `machine` should run: service name ->
+    /// the launch; services whose target cannot be told are left out (see `unknown`).
+    pub fn desired(&self, machine: usize) -> BTreeMap<String, Launch> {
         let mut out = BTreeMap::new();
         for name in self.zk.children(paths::SERVICES) {
-            let machines = self
-                .zk
-                .get(&paths::service_machines(&name))
-                .and_then(|n| parse_machines(&n.data).ok());
-            let settings = self
-                .zk
-                .get(&paths::service_settings(&name))
-                .and_then(|n| Settings::parse(&n.data).ok());
-            if let (Some(machines), Some(settings)) = (machines, settings) {
-                if machines.contains(machine) {
-                    out.insert(name, settings);
-                }
+            if let Target::Run(_, launch) = self.target(&name, machine) {
+                out.insert(name, *launch);
             }
         }
         out
     }
 
+    /// The services whose target on the machine cannot be told (see [`Target::Unknown`]).
+    fn unknown(&self, machine: usize) -> BTreeSet<String> {
+        self.zk
+            .children(paths::SERVICES)
+            .into_iter()
+            .filter(|name| self.target(name, machine) == Target::Unknown)
+            .collect()
+    }
+
+    /// The stored types of the services the machine should run, by ZooKeeper.
+    fn stored_types_wanted(&self, machine: usize) -> BTreeSet<String> {
+        let id = &self.machines[machine].id;
+        self.zk
+            .children(paths::SERVICES)
+            .into_iter()
+            .filter(|name| {
+                self.zk
+                    .get(&paths::service_machines(name))
+                    .and_then(|n| parse_machines(&n.data).ok())
+                    .is_some_and(|list| list.contains(id))
+            })
+            .filter_map(|name| {
+                let node = self.zk.get(&paths::service_settings(&name))?;
+                let settings = Settings::parse(&node.data).ok()?;
+                let t = settings.service_type.as_str();
+                (!builtin::is_builtin(t)).then(|| t.to_string())
+            })
+            .collect()
+    }
+
     /// Checks the converged state: each live machine runs exactly its desired services,
-    /// once each, and ZooKeeper's ephemerals say so with the right pids.
+    /// once each, as their settings and types launch them, and ZooKeeper's ephemerals say
+    /// so with the right pids; it reads and watches exactly the stored types its services
+    /// have.
     pub fn check_converged(&self) -> Result<(), String> {
-        for m in self.machines.iter().filter(|m| !m.exited) {
-            let wanted = self.desired(&m.id);
+        for (index, m) in self.machines.iter().enumerate().filter(|(_, m)| !m.exited) {
+            let wanted = self.desired(index);
+            let unknown = self.unknown(index);
             let desired: BTreeSet<String> = wanted.keys().cloned().collect();
+            let types = self.stored_types_wanted(index);
+            let read: BTreeSet<String> = m.agent.stored_types().into_iter().collect();
+            if read != types {
+                return Err(format!(
+                    "{}: reads the stored types {read:?}, its services have {types:?}",
+                    m.id
+                ));
+            }
+            for t in &types {
+                if self.zk.get(&paths::plugin(t)).is_some()
+                    && !m.agent.is_watching(&paths::plugin(t))
+                {
+                    return Err(format!("{}: does not watch {}", m.id, paths::plugin(t)));
+                }
+            }
             let mut running = BTreeSet::new();
             for p in m.processes.values() {
                 if !running.insert(p.service.clone()) {
                     return Err(format!("{}: {} runs twice", m.id, p.service));
                 }
             }
-            if running != desired {
+            let known: BTreeSet<String> = running.difference(&unknown).cloned().collect();
+            if known != desired {
                 return Err(format!(
                     "{}: runs {running:?} but ZooKeeper wants {desired:?}",
                     m.id
                 ));
             }
             for p in m.processes.values() {
-                if let Some(settings) = wanted.get(&p.service) {
-                    if p.launch != Launch::new(&p.service, &m.id, settings) {
+                if let Some(launch) = wanted.get(&p.service) {
+                    if p.launch != *launch {
                         return Err(format!(
                             "{}: {} runs with old settings {:?}",
                             m.id, p.service, p.launch
@@ -478,11 +588,4 @@ impl World {
         }
         Ok(())
     }
-}
-
-pub(super) enum Target {
-    /// Garbage in its nodes: the agent keeps its last good view.
-    Unknown,
-    NotHere,
-    Run(Settings),
 }

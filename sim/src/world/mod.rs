@@ -5,10 +5,12 @@
 mod admin;
 mod admin_checks;
 mod checks;
+mod launches;
 mod network;
 mod tasks;
 
 pub use admin::{Command, Finished, Terminal, ADMIN_TIMEOUT, DELETE_PATIENCE, TERMINALS};
+pub use launches::{tool_manifest, BROKEN_PACKAGE, BUILD_TIME, SIM_POP, SIM_STATE_DIR, TOOL};
 pub use network::NetState;
 pub use tasks::{TaskKey, TaskProcess, JOB};
 
@@ -92,6 +94,14 @@ enum Event {
         step: u64,
         feedback: pop_core::plan::Feedback,
     },
+    /// An environment build of the machine's agent of `incarnation` ends.
+    Built {
+        machine: usize,
+        incarnation: u32,
+        service: String,
+        hash: String,
+        ok: bool,
+    },
 }
 
 /// How often processes misbehave, in thousandths.
@@ -138,6 +148,8 @@ pub struct Machine {
     pub net: NetState,
     /// The agent's last session news was "disconnected" or "expired".
     pub session_lost_told: bool,
+    /// Python environments on the machine's disk: (service, spec hash).
+    pub environments: BTreeSet<(String, String)>,
 }
 
 pub struct World {
@@ -190,15 +202,15 @@ pub struct World {
     pub issued: BTreeMap<TaskKey, pop_core::task::TaskRequest>,
     /// How often each task ran on each machine, and how often it may have.
     task_runs: tasks::TaskRuns,
+    /// Every valid manifest ever stored per type, by the type's name.
+    pub(crate) plugin_history: BTreeMap<String, Vec<pop_core::plugin::Manifest>>,
 }
 
 impl World {
     pub fn new(machine_ids: &[&str], seed: u64) -> World {
         let mut zk = ZkModel::new();
-        // A namespace as `pop init` made it before plugins (the first `pop plugin add`
-        // creates /plugins): the agents do not read /plugins yet, and the golden traces'
-        // transaction ids stay as they were. Phase B adds it along with plugin commands.
-        for p in paths::NAMESPACE.iter().filter(|p| **p != paths::PLUGINS) {
+        // A namespace as `pop init` makes it.
+        for p in paths::NAMESPACE {
             zk.put(p, b"");
         }
         let mut world = World {
@@ -231,6 +243,7 @@ impl World {
             admin_rng: SeededRng::new(seed ^ 0x6f70_6572_6174_6f72),
             issued: BTreeMap::new(),
             task_runs: BTreeMap::new(),
+            plugin_history: BTreeMap::new(),
         };
         for (i, id) in machine_ids.iter().enumerate() {
             let config = world.agent_config(id, 0);
@@ -247,6 +260,7 @@ impl World {
                 exited: false,
                 net: NetState::default(),
                 session_lost_told: false,
+                environments: BTreeSet::new(),
             });
             world.connect(i);
         }
@@ -265,8 +279,8 @@ impl World {
                 .wrapping_add(u64::from(incarnation) << 32)
                 .wrapping_add(id.len() as u64),
             backoff: Backoff::default(),
-            state_dir: "/var/lib/pop".into(),
-            pop: "/usr/bin/pop".into(),
+            pop: SIM_POP.to_string(),
+            state_dir: SIM_STATE_DIR.to_string(),
         }
     }
 
@@ -356,6 +370,7 @@ impl World {
                     started_at: p.started_at,
                     port: p.port,
                     settings: p.settings,
+                    launch: Some(Box::new(p.launch)),
                 },
             );
         }
@@ -547,6 +562,7 @@ impl World {
                     return;
                 }
                 self.check_backoff(machine, &service, &settings);
+                self.check_launch(machine, &service, &settings, &launch);
                 let ignores_term =
                     self.process_rng.next_u64() % 1000 < self.process_faults.ignore_term_per_mille;
                 self.next_pid += 1;
@@ -626,6 +642,15 @@ impl World {
                     signal: Some(15),
                 };
                 self.report_exit(machine, service, generation, status);
+            }
+            Action::BuildEnvironment { service, spec, .. } => {
+                self.build_environment(machine, service, &spec)
+            }
+            Action::RemoveEnvironments { service, keep } => {
+                self.check_environment_removal(machine, &service, &keep);
+                self.machines[machine]
+                    .environments
+                    .retain(|(s, h)| *s != service || keep.contains(h));
             }
             Action::NewSession => self.connect(machine),
             Action::RunTask {
@@ -865,6 +890,13 @@ impl World {
                 pid,
                 status,
             } => self.end_task(machine, key, pid, status),
+            Event::Built {
+                machine,
+                incarnation,
+                service,
+                hash,
+                ok,
+            } => self.on_built(machine, incarnation, service, hash, ok),
             Event::Kill { machine, pid } => {
                 if let Some(p) = self.machines[machine].processes.remove(&pid) {
                     let status = ExitStatus {

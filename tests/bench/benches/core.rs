@@ -70,8 +70,8 @@ impl Rig {
             containment: "none".into(),
             seed: 1,
             backoff: Backoff::default(),
-            state_dir: String::new(),
-            pop: String::new(),
+            pop: "/usr/bin/pop".into(),
+            state_dir: "/var/lib/pop".into(),
         });
         Rig {
             agent,

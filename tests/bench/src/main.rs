@@ -7,6 +7,7 @@
 //! `cargo run --release -p pop-bench -- <benchmark>` (see BENCHMARKS.md).
 
 mod deploy;
+mod env;
 mod floor;
 mod idle;
 mod measure;
@@ -74,6 +75,12 @@ enum Bench {
     Sim {
         #[arg(long)]
         seeds: Option<u64>,
+    },
+    /// Building a Python environment with one local wheel: uv against venv + pip.
+    Env {
+        /// How many builds per installer.
+        #[arg(long)]
+        builds: Option<usize>,
     },
     /// Every benchmark above, with its defaults.
     All,
@@ -177,12 +184,15 @@ fn main() -> Result<()> {
         } => idle::run(&env, counts.clone(), *seconds, *supervisord_max)?,
         Bench::Set { changes } => set::run(&env, *changes)?,
         Bench::Sim { seeds } => sim::run(&env, *seeds)?,
+        Bench::Env { builds } => env::run(&env, *builds)?,
         Bench::All => {
             restart::run(&env, None)?;
             deploy::run(&env, None)?;
             idle::run(&env, None, None, 1000)?;
             set::run(&env, None)?;
             sim::run(&env, None)?;
+            // Last: its builder's supervisor reaps every child of this process.
+            env::run(&env, None)?;
         }
         Bench::Floor { .. } => {}
     }

@@ -5,7 +5,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use pop_core::assignment::render_settings;
 use pop_core::paths;
-use pop_core::settings::ServiceType;
+use pop_core::plugin::builtin;
 use pop_tests::Zk;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -29,7 +29,9 @@ pub struct Pop {
 
 /// The settings of a stamp service, as `pop add command --set command=...` writes them.
 pub fn stamp_settings(stamp_exe: &Path, stamp_file: &Path, name: &str) -> Vec<u8> {
-    let mut settings = ServiceType::Command.default_settings(None);
+    let mut settings = builtin::get("command")
+        .map(|m| m.default_settings(None))
+        .unwrap_or_default();
     settings.insert(
         "command".into(),
         Value::from(format!(

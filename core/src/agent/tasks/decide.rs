@@ -6,6 +6,7 @@ use super::launch::launch;
 use super::{Node, Purpose, Run, StopReason, Task};
 use crate::agent::AgentConfig;
 use crate::names::MachineId;
+use crate::plugin::{Environment, PythonEnvironment};
 use crate::task::{AgentRef, TaskId, TaskResult, TaskState};
 use crate::time::Timestamp;
 
@@ -22,6 +23,19 @@ pub(super) struct Context<'a> {
     pub shutting_down: bool,
     pub config: &'a AgentConfig,
     pub agent: &'a AgentRef,
+    /// The service's Python environment on this machine, for a task that runs in one.
+    pub python: TaskPython,
+}
+
+/// Where a Python environment's task stands with the service's environment here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum TaskPython {
+    /// Built for the service's current settings: the task runs from it.
+    Ready(PythonEnvironment),
+    /// Being built, or waiting for its build: the task waits (its expiry still counts).
+    Pending,
+    /// Its build failed, or the service has none: the task fails, saying why.
+    Unavailable(String),
 }
 
 /// Which node to read.
@@ -144,8 +158,16 @@ pub(super) fn decide(task: &Task, cx: &Context<'_>) -> Next {
         Node::Bad(error) => return end(TaskState::Failed, error.clone()),
         Node::Reading | Node::Retry => return Next::Nothing,
     };
+    let python = match (request.environment, &cx.python) {
+        (Environment::None, _) => None,
+        (Environment::Python, TaskPython::Ready(python)) => Some(python),
+        (Environment::Python, TaskPython::Pending) => return Next::Nothing,
+        (Environment::Python, TaskPython::Unavailable(why)) => {
+            return end(TaskState::Failed, format!("no Python environment: {why}"))
+        }
+    };
     let attempt = own.result.attempt.saturating_add(1);
-    match launch(request, settings, cx, attempt) {
+    match launch(request, settings, cx, attempt, python) {
         Ok(launch) => {
             let claim = TaskResult {
                 state: TaskState::Running,

@@ -2,14 +2,15 @@
 //! (the task's definition as issued) and the service's settings as read just before
 //! it starts, the service's environment variables, its working directory.
 //!
-//! This is the one seam to the agent's launching of services (launch-api.md): there,
-//! `launch::render_task` renders a task the same way as the service's own command
-//! (`PATH` with the environment's `bin` first, `{env_dir}` under the environment's
-//! hash), and replaces the body of [`launch`].
+//! The task's definition comes with its request (what was issued, whatever happened to
+//! the type since), so it is rendered here rather than by `launch::render_task` (which
+//! takes the type's current manifest); the service's environment and working directory
+//! are the ones its launches use (`launch::work_dir`, and the environment the agent
+//! built for its current settings, `Agent::environment`).
 
 use super::decide::Context;
 use super::TaskLaunch;
-use crate::plugin::{self, Environment, PythonEnvironment, Variables};
+use crate::plugin::{self, PythonEnvironment, Variables};
 use crate::task::TaskRequest;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -26,16 +27,11 @@ pub(super) fn launch(
     settings: &Map<String, Value>,
     cx: &Context<'_>,
     attempt: u32,
+    python: Option<&PythonEnvironment>,
 ) -> Result<TaskLaunch, String> {
     let templates = request.templates()?;
-    let state_dir = format!("{}/work/{}", cx.config.state_dir, cx.service);
-    let python = (request.environment == Environment::Python).then(|| {
-        let env_dir = format!("{}/env/{}", cx.config.state_dir, cx.service);
-        PythonEnvironment {
-            python: format!("{env_dir}/bin/python"),
-            env_dir,
-        }
-    });
+    let state_dir = crate::launch::work_dir(&cx.config.state_dir, cx.service);
+    let python = python.cloned();
     let variables = Variables {
         machine: cx.machine.to_string(),
         service: cx.service.to_string(),

@@ -23,7 +23,7 @@ use crate::paths::{self, Watched};
 use crate::task::{AgentRef, TaskId, TaskRequest, TaskResult, TaskState};
 use crate::time::Timestamp;
 use crate::zk::ZkOp;
-use decide::{decide, Context, Fetch, Next};
+use decide::{decide, Context, Fetch, Next, TaskPython};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -409,6 +409,9 @@ impl Agent {
     pub(super) fn converge_tasks(&mut self, services: &BTreeSet<String>) {
         for name in services {
             self.reconcile_service_tasks(name);
+            // What the service's environment is may have changed: a task waits for it.
+            let waiting = self.tasks.of_service(name);
+            self.dirty.tasks.extend(waiting);
         }
         let due = self.task_index.due(self.now);
         self.dirty.tasks.extend(due);
@@ -481,6 +484,7 @@ impl Agent {
                 shutting_down: self.shutting_down,
                 config: &self.config,
                 agent: &agent,
+                python: self.task_python(&key.0),
             };
             decide(task, &cx)
         };
@@ -513,6 +517,25 @@ impl Agent {
                 }
             }
             Next::Forget => self.forget_task(key),
+        }
+    }
+
+    /// The service's Python environment as a task of it sees it.
+    fn task_python(&self, service: &str) -> TaskPython {
+        use super::EnvironmentState;
+        match self.environment(service) {
+            None => TaskPython::Unavailable(format!(
+                "{service} has none on this machine (its type, or its packages)"
+            )),
+            Some(view) => match view.state {
+                EnvironmentState::Ready => {
+                    TaskPython::Ready(crate::environment::python_environment(&view.dir))
+                }
+                EnvironmentState::Building | EnvironmentState::Waiting => TaskPython::Pending,
+                EnvironmentState::Failed { error } => {
+                    TaskPython::Unavailable(format!("its build failed: {error}"))
+                }
+            },
         }
     }
 

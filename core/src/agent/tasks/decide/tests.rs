@@ -93,6 +93,9 @@ fn decide_at(task: &Task, now: u64, tweak: impl FnOnce(&mut Context<'_>)) -> Nex
         shutting_down: false,
         config: &config,
         agent: &agent,
+        python: TaskPython::Ready(crate::environment::python_environment(
+            "/var/pop/env/web/0123456789abcdef",
+        )),
     };
     tweak(&mut cx);
     decide(task, &cx)
@@ -318,10 +321,24 @@ fn a_python_task_gets_its_environment() {
     let Purpose::Claim(launch) = purpose else {
         panic!("a claim");
     };
-    assert_eq!(launch.argv, ["/var/pop/env/web/bin/python", "-V", "x y"]);
+    let env = "/var/pop/env/web/0123456789abcdef";
     assert_eq!(
-        launch.env.get("VIRTUAL_ENV").map(String::as_str),
-        Some("/var/pop/env/web")
+        launch.argv,
+        [format!("{env}/bin/python"), "-V".into(), "x y".into()]
     );
-    assert_eq!(launch.path_prepend, ["/var/pop/env/web/bin"]);
+    assert_eq!(launch.env.get("VIRTUAL_ENV").map(String::as_str), Some(env));
+    assert_eq!(launch.path_prepend, [format!("{env}/bin")]);
+    // Waits while the environment is built; fails if it cannot be.
+    assert_eq!(
+        decide_at(&task, NOW, |cx| cx.python = TaskPython::Pending),
+        Next::Nothing
+    );
+    let (failed, _) = written(decide_at(&task, NOW, |cx| {
+        cx.python = TaskPython::Unavailable("its build failed: no such package".into())
+    }));
+    assert_eq!(failed.state, TaskState::Failed);
+    assert_eq!(
+        failed.error.as_deref(),
+        Some("no Python environment: its build failed: no such package")
+    );
 }
