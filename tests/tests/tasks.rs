@@ -426,3 +426,49 @@ fn the_readme_tutorial_of_tasks_runs_as_written() {
     let listed = m.ok(&["tasks", "greet"]);
     assert_eq!(listed.lines().count(), 3, "{listed}");
 }
+
+/// A task of a type with a Python environment runs from the environment the agent built
+/// for the service (issued before it is built, it waits for it).
+#[test]
+fn a_python_task_runs_in_the_services_environment() {
+    const PYJOB: &str = r#"name = "pyjob"
+description = "a Python service with a task"
+environment = "python"
+[settings]
+packages = []
+python = "python3"
+[run]
+command = ["{python}", "-c", "import time; time.sleep(100000)"]
+readiness = "none"
+[tasks.where]
+description = "say where it runs"
+command = ["{python}", "-c", "import sys, hello; print(hello.WORD, sys.prefix)"]
+"#;
+    let zk = Zk::start();
+    let m = Machine::new(&zk);
+    m.ok(&["init"]);
+    let file = m.state_dir().join("pyjob.toml");
+    std::fs::write(&file, PYJOB).expect("writing the manifest");
+    m.ok(&["plugin", "add", file.to_str().expect("a UTF-8 path")]);
+    let wheels = tempfile::tempdir().expect("a directory for wheels");
+    let hello = pop_tests::python::wheel(wheels.path(), "hello", "1.0", "WORD = 'hi'\n");
+    let packages = format!("packages=[{:?}]", hello.to_string_lossy());
+    m.ok(&["add", "pyjob", "--name", "py", "--set", &packages]);
+    let _agent = m.agent_env(&[("POP_UV", "none"), ("PIP_NO_INDEX", "1")]);
+    m.ok(&["deploy", "py"]);
+    // Issued at once: the environment is still being built.
+    let out = json(&m.ok(&["--json", "run", "py", "where", "--timeout", "5m"]));
+    let result = &out["machines"][0];
+    assert_eq!(result["state"], "succeeded", "{out}");
+    let env = std::fs::canonicalize(m.state_dir())
+        .expect("the state dir")
+        .join("env/py");
+    let line = result["stdout_tail"].as_str().unwrap_or_default().trim();
+    let (word, prefix) = line.split_once(' ').unwrap_or_default();
+    assert_eq!(word, "hi", "{line}");
+    assert!(
+        prefix.starts_with(&format!("{}/", env.display())),
+        "{prefix} is not under {}",
+        env.display()
+    );
+}
