@@ -3,11 +3,15 @@
 //! are here; the commands that write are plans (`pop_core::plan`), which [`Admin::run`]
 //! performs step by step with production's request mapping (`pop_io::zk::execute`).
 
+use crate::{auth, Cli};
 use anyhow::{anyhow, bail, Result};
+use pop_core::access::{self, Access, Marker, Principals};
 use pop_core::paths;
 use pop_core::plan::{Feedback, Outcome, Plan, PlanError, Request, Step};
 use pop_io::clock::SystemClock;
+use pop_io::credential::Credential;
 use pop_io::zk::{self as zkio, Client, ZkConfig};
+use std::collections::BTreeMap;
 use std::time::Duration;
 use zookeeper_client as zkc;
 
@@ -19,6 +23,8 @@ pub struct Admin {
     pub client: Client,
     pub hosts: String,
     timeout: Duration,
+    /// What the session authenticated with, if anything.
+    pub credential: Option<Credential>,
 }
 
 /// A node's data and who owns it (ephemeral nodes).
@@ -32,14 +38,70 @@ fn persistent() -> zkc::CreateOptions<'static> {
 }
 
 impl Admin {
-    pub async fn connect(hosts: &str) -> Result<Admin> {
-        let config = ZkConfig::new(hosts);
+    /// A session for the operator's commands, authenticated as [`auth::operator`] says.
+    pub async fn for_cli(cli: &Cli) -> Result<Admin> {
+        Admin::connect(&cli.host, auth::operator(cli)?).await
+    }
+
+    pub async fn connect(hosts: &str, credential: Option<Credential>) -> Result<Admin> {
+        let mut config = ZkConfig::new(hosts);
+        config.auth.extend(credential.clone());
         let client = zkio::connect(&config).await?;
         Ok(Admin {
             client,
             hosts: hosts.to_string(),
             timeout: config.op_timeout,
+            credential,
         })
+    }
+
+    /// An error for a request an ACL refused, naming the credential in use.
+    fn refused(&self, doing: &str, path: &str) -> anyhow::Error {
+        anyhow!(
+            "ZooKeeper refused {doing} {path}: not authorised ({})",
+            auth::described(self.credential.as_ref())
+        )
+    }
+
+    /// What the namespace's marker says: `None` when there is no namespace.
+    pub async fn marker(&self) -> Result<Option<Marker>> {
+        match self.get(paths::POP).await? {
+            None => Ok(None),
+            Some(node) => Ok(Some(Marker::parse(&node.data)?)),
+        }
+    }
+
+    /// The ACLs the plans of this command give what they create: open in an unsecured
+    /// namespace; in a secured one the admin's and the registered machines', which only
+    /// the admin may read (so this refuses anyone else, saying why).
+    pub async fn access(&self) -> Result<Access> {
+        let Some(Marker::Secured { admin }) = self.marker().await? else {
+            return Ok(Access::Open);
+        };
+        let credential = match &self.credential {
+            Some(c) if c.user() == admin => c,
+            other => bail!(
+                "the namespace at {} is secured: only its admin, {admin}, may change it ({})",
+                self.hosts,
+                auth::described(other.as_ref())
+            ),
+        };
+        let names = self.children(access::REGISTRY).await.map_err(|_| {
+            anyhow!(
+                "ZooKeeper refused the admin's registry to {admin}: the password given is not the one of `pop init --admin-identity`"
+            )
+        })?;
+        let mut machines = BTreeMap::new();
+        for machine in names {
+            let path = access::registered(&machine);
+            if let Some(node) = self.get(&path).await? {
+                machines.insert(machine, String::from_utf8_lossy(&node.data).into_owned());
+            }
+        }
+        Ok(Access::Secured(Principals {
+            admin: credential.digest_id(),
+            machines,
+        }))
     }
 
     async fn timed<T, E>(
@@ -68,6 +130,7 @@ impl Admin {
                 ephemeral_owner: stat.ephemeral_owner,
             })),
             Err(zkc::Error::NoNode) => Ok(None),
+            Err(zkc::Error::NoAuth) => Err(self.refused("reading", path)),
             Err(e) => Err(anyhow!("reading {path}: {e}")),
         }
     }
@@ -82,6 +145,7 @@ impl Admin {
                 Ok(names)
             }
             Err(zkc::Error::NoNode) => Ok(Vec::new()),
+            Err(zkc::Error::NoAuth) => Err(self.refused("listing", path)),
             Err(e) => Err(anyhow!("listing {path}: {e}")),
         }
     }
@@ -108,6 +172,7 @@ impl Admin {
         {
             Ok(_) => Ok(true),
             Err(zkc::Error::NodeExists) => Ok(false),
+            Err(zkc::Error::NoAuth) => Err(self.refused("creating", path)),
             Err(e) => Err(anyhow!("creating {path}: {e}")),
         }
     }
@@ -121,7 +186,7 @@ impl Admin {
         if chroot.trim_matches('/').is_empty() {
             return Ok(());
         }
-        let base = Admin::connect(servers).await?;
+        let base = Admin::connect(servers, None).await?;
         let mut path = String::new();
         for part in chroot.split('/').filter(|p| !p.is_empty()) {
             path.push('/');
@@ -140,6 +205,18 @@ impl Admin {
             );
         }
         Ok(())
+    }
+
+    /// Runs a plan to its end; an ACL's refusal names the credential in use.
+    pub async fn run_plan(&self, plan: &mut dyn Plan) -> Result<Outcome> {
+        match self.run(plan).await {
+            Ok(outcome) => Ok(outcome),
+            Err(e @ PlanError::NotAuthorised { .. }) => Err(anyhow!(
+                "{e} ({})",
+                auth::described(self.credential.as_ref())
+            )),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Runs a plan to its end: reads one after another, writes and waits as it asks.

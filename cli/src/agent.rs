@@ -2,6 +2,7 @@
 //! the agent's whole life; see `pidfile`).
 
 use crate::agent_log;
+use crate::auth;
 use crate::context;
 use crate::pidfile::{read_pid, PidLock};
 use crate::Cli;
@@ -12,6 +13,7 @@ use pop_io::supervise::ContainmentChoice;
 use pop_io::zk::ZkConfig;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -55,6 +57,53 @@ fn alive(pid: i32) -> bool {
             .rsplit_once(')')
             .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
         Err(_) => false,
+    }
+}
+
+/// Waiting for a process to exit: told by a pidfd (it polls readable at the exit),
+/// or checking every 50 ms where there are none (before Linux 5.3).
+struct ExitWatch {
+    pid: i32,
+    pidfd: Option<OwnedFd>,
+}
+
+impl ExitWatch {
+    fn new(pid: i32) -> ExitWatch {
+        // SAFETY: a plain syscall with integer arguments.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        let pidfd = RawFd::try_from(fd)
+            .ok()
+            .filter(|fd| *fd >= 0)
+            // SAFETY: the kernel just returned this descriptor; nothing else owns it.
+            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+        ExitWatch { pid, pidfd }
+    }
+
+    /// True once the process has exited (or is a zombie), false after `limit`.
+    fn wait(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if !alive(self.pid) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            match &self.pidfd {
+                Some(fd) => {
+                    let mut poll = libc::pollfd {
+                        fd: fd.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+                    // SAFETY: polls one descriptor we own, described by a local struct.
+                    unsafe { libc::poll(&mut poll, 1, ms) };
+                }
+                None => std::thread::sleep(Duration::from_millis(50).min(left)),
+            }
+        }
     }
 }
 
@@ -134,6 +183,12 @@ pub async fn foreground(cli: &Cli) -> Result<()> {
         .unwrap_or_else(|| "localhost".to_string());
     let mut zk = ZkConfig::new(&cli.host);
     zk.session_timeout = session_timeout();
+    let credential = auth::agent(cli, &state_dir)?;
+    match &credential {
+        Some(c) => tracing::info!(user = c.user(), "authenticating to ZooKeeper"),
+        None => tracing::info!("no credential: anonymous to ZooKeeper"),
+    }
+    zk.auth.extend(credential);
     let config = DriverConfig {
         zk,
         machine_id: machine,
@@ -191,6 +246,11 @@ pub fn start(cli: &Cli) -> Result<()> {
         .arg(&state_dir);
     for _ in 0..cli.verbose {
         cmd.arg("-v");
+    }
+    // Through the environment, never argv (which anyone may read in ps); `main` took it
+    // out of ours, so only the agent gets it.
+    if let Some(credential) = auth::given(cli)? {
+        cmd.env("POP_AUTH", credential.secret_line());
     }
     // The agent rotates the file itself; until it has opened it (and for an error
     // in its arguments) its output goes there too.
@@ -268,6 +328,8 @@ pub fn stop(cli: &Cli, keep_services: bool) -> Result<()> {
         bail!("no agent is running for machine {machine} (removed a stale pid file)");
     }
     let pid = agent_pid(&pid_file)?;
+    // Opened before the signal, so the wait below is for this very process.
+    let exited = ExitWatch::new(pid);
     let signal = if keep_services {
         nix::sys::signal::Signal::SIGUSR1
     } else {
@@ -281,12 +343,8 @@ pub fn stop(cli: &Cli, keep_services: bool) -> Result<()> {
         eprintln!("stopping agent {pid} and its services...");
     }
     // Services get their own stop_timeout each; wait generously but not forever.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while alive(pid) {
-        if Instant::now() > deadline {
-            bail!("the agent (pid {pid}) is still running after 300s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if !exited.wait(Duration::from_secs(300)) {
+        bail!("the agent (pid {pid}) is still running after 300s");
     }
     if keep_services {
         println!("agent for machine {machine} stopped; services left running for the next agent");

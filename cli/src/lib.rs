@@ -3,6 +3,7 @@
 mod admin;
 mod agent;
 mod agent_log;
+mod auth;
 mod commands;
 mod context;
 mod duration;
@@ -48,6 +49,19 @@ pub struct Cli {
     /// Print data as JSON for scripts.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Authenticate to ZooKeeper (digest scheme) as USER:PASSWORD: the admin's for the
+    /// commands that change pop's namespace, the machine's (from `pop machine add`) for
+    /// the agent. Default: the user's credentials file ($XDG_CONFIG_HOME/pop/credentials,
+    /// mode 0600), or for the agent <state dir>/credential. Prefer POP_AUTH or the file:
+    /// other users can see a command line.
+    #[arg(
+        long,
+        global = true,
+        env = "POP_AUTH",
+        hide_env_values = true,
+        value_name = "USER:PASSWORD"
+    )]
+    pub auth: Option<auth::Secret>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -58,6 +72,16 @@ pub enum Command {
     Init {
         #[arg(long)]
         force: bool,
+        /// Secure the namespace: only this digest identity may change it, anonymous
+        /// clients can read nothing but /pop, each machine gets its own credential
+        /// (`pop machine add`). Prefer it in POP_ADMIN_IDENTITY: others see command lines.
+        #[arg(
+            long,
+            env = "POP_ADMIN_IDENTITY",
+            hide_env_values = true,
+            value_name = "USER:PASSWORD"
+        )]
+        admin_identity: Option<auth::Secret>,
     },
     /// Add a service of a type (built in: command, echo, http, python; or a stored
     /// plugin's) with the type's default settings.
@@ -78,6 +102,11 @@ pub enum Command {
     Status { service: Option<String> },
     /// List known machines and whether their agent is live.
     Machines,
+    /// Register or remove a machine's credential (a secured namespace's admin only).
+    Machine {
+        #[command(subcommand)]
+        action: commands::MachineAction,
+    },
     /// Start the agent for this machine in the background.
     Start,
     /// Run the agent in the foreground.
@@ -181,6 +210,10 @@ pub enum Command {
 /// Runs the command line; prints errors as one line and returns the exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Read now; gone from the environment before any thread or child process starts,
+    // so services never inherit a credential (`pop start` hands the agent its own).
+    std::env::remove_var("POP_AUTH");
+    std::env::remove_var("POP_ADMIN_IDENTITY");
     // Before logging starts, so log lines go to the file, without terminal colours.
     if let Command::Fg {
         log_file: Some(path),

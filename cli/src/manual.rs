@@ -39,6 +39,14 @@ const ENVIRONMENT: &[(&str, &str)] = &[
     ("POP_MACHINE_ID", "this machine's id, as --machine-id."),
     ("POP_STATE_DIR", "the state directory, as --state-dir."),
     (
+        "POP_AUTH",
+        "USER:PASSWORD to authenticate to ZooKeeper with, as --auth (the admin's for commands, the machine's for the agent); never passed on to services.",
+    ),
+    (
+        "POP_ADMIN_IDENTITY",
+        "USER:PASSWORD of pop init --admin-identity, which secures the namespace.",
+    ),
+    (
         "POP_CONTAINMENT",
         "auto (default), cgroup or process-group: how the agent holds each service's processes together.",
     ),
@@ -78,6 +86,14 @@ const SIGNALS: &[(&str, &str)] = &[
 
 /// Files pop reads or writes.
 const FILES: &[(&str, &str)] = &[
+    (
+        "$XDG_CONFIG_HOME/pop/credentials",
+        "(else ~/.config/pop/credentials) the operator's USER:PASSWORD when neither --auth nor POP_AUTH is given; refused unless mode 0600.",
+    ),
+    (
+        "<state dir>/credential",
+        "the agent's machine credential (the line pop machine add prints) when neither --auth nor POP_AUTH is given; refused unless mode 0600.",
+    ),
     (
         "/etc/pop/machine-id",
         "this machine's id for every user, when set (else /etc/machine-id, then /var/lib/dbus/machine-id).",

@@ -71,13 +71,27 @@ impl fmt::Display for ZkOp {
         match self {
             ZkOp::GetData { path, watch: w } => write!(f, "get {path}{}", watch(*w)),
             ZkOp::GetChildren { path, watch: w } => write!(f, "children {path}{}", watch(*w)),
-            ZkOp::Create { path, data, mode } => {
+            ZkOp::Create {
+                path,
+                data,
+                mode,
+                acl,
+            } => {
                 let mode = match mode {
                     CreateMode::Persistent => "",
                     CreateMode::Ephemeral => " ephemeral",
                 };
-                write!(f, "create{mode} {path} {}", Data(data))
+                write!(f, "create{mode} {path} {}", Data(data))?;
+                if !acl.is_open() {
+                    write!(f, " acl {acl}")?;
+                }
+                Ok(())
             }
+            ZkOp::SetAcl {
+                path,
+                acl,
+                version: v,
+            } => write!(f, "setacl {path} {} {acl}", version(*v)),
             ZkOp::SetData {
                 path,
                 data,
@@ -298,6 +312,9 @@ impl fmt::Display for Report {
                 spec_hash,
                 error,
             } => write!(f, "{service}: environment {spec_hash} failed: {error}"),
+            Report::NotAuthorised { path, doing } => {
+                write!(f, "not authorised: ZooKeeper refused {doing} {path}")
+            }
         }
     }
 }
@@ -378,6 +395,7 @@ mod tests {
             path: "/x".into(),
             data: format!("a\n{}", "b".repeat(300)).into_bytes(),
             mode: CreateMode::Ephemeral,
+            acl: Default::default(),
         };
         let line = Action::Zk {
             id: RequestId(3),

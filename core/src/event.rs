@@ -275,4 +275,11 @@ pub enum Report {
         spec_hash: String,
         error: String,
     },
+    /// ZooKeeper refused a request of the agent (NoAuth): its credential is missing,
+    /// wrong or not allowed this. The agent exits after it (services keep running).
+    NotAuthorised {
+        path: String,
+        /// "reading", "creating", ...
+        doing: String,
+    },
 }

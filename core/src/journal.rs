@@ -165,6 +165,7 @@ mod tests {
 
     fn config() -> AgentConfig {
         AgentConfig {
+            access: Default::default(),
             machine: MachineId::new("m1").unwrap(),
             hostname: "h".into(),
             agent_pid: 1,

@@ -12,6 +12,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use thiserror::Error;
 
+mod direct;
+pub use direct::{plain_command, set_by_the_shell, shell_name};
+
 /// Readiness: the service is ready once it accepts TCP connections on this port
 /// (0: on whatever port it listens).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -21,6 +21,7 @@ macro_rules! planted {
     };
 }
 
+pub mod access;
 pub mod agent;
 pub mod assignment;
 pub mod backoff;

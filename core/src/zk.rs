@@ -38,6 +38,10 @@ pub enum ZkOp {
         #[serde(with = "crate::bytes")]
         data: Vec<u8>,
         mode: CreateMode,
+        /// Who may do what with the new node. Open (anyone, everything) unless the
+        /// namespace is secured; left out of journals when open, so they read as before.
+        #[serde(default, skip_serializing_if = "Acl::is_open")]
+        acl: Acl,
     },
     SetData {
         path: String,
@@ -47,6 +51,13 @@ pub enum ZkOp {
     },
     Delete {
         path: String,
+        version: Option<i32>,
+    },
+    /// Replaces a node's ACL (`version`: of the ACL, not the data). Never in a multi:
+    /// ZooKeeper's transactions cannot hold it.
+    SetAcl {
+        path: String,
+        acl: Acl,
         version: Option<i32>,
     },
     /// Creates, sets and deletes applied as one transaction: all or nothing. Only the
@@ -64,7 +75,8 @@ impl ZkOp {
             | ZkOp::GetChildren { path, .. }
             | ZkOp::Create { path, .. }
             | ZkOp::SetData { path, .. }
-            | ZkOp::Delete { path, .. } => path,
+            | ZkOp::Delete { path, .. }
+            | ZkOp::SetAcl { path, .. } => path,
             ZkOp::Multi { ops } => ops.first().map_or("/", ZkOp::path),
         }
     }
@@ -132,6 +144,9 @@ pub enum ZkError {
     SessionExpired,
     /// The driver gave up waiting; a write may or may not have happened.
     Timeout,
+    /// The node's ACL does not let this session's credential do that. Permanent: the
+    /// same request fails again until someone changes the ACL or the credential.
+    NoAuth,
     Other(String),
 }
 
@@ -155,8 +170,159 @@ impl fmt::Display for ZkError {
             ZkError::ConnectionLoss => f.write_str("connection lost"),
             ZkError::SessionExpired => f.write_str("session expired"),
             ZkError::Timeout => f.write_str("timed out"),
+            ZkError::NoAuth => f.write_str("not authorised by the node's ACL"),
             ZkError::Other(s) => write!(f, "{s}"),
         }
+    }
+}
+
+/// ZooKeeper's permission bits for one ACL entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Perms(pub u8);
+
+impl Perms {
+    pub const READ: Perms = Perms(1);
+    pub const WRITE: Perms = Perms(2);
+    pub const CREATE: Perms = Perms(4);
+    pub const DELETE: Perms = Perms(8);
+    pub const ADMIN: Perms = Perms(16);
+    pub const ALL: Perms = Perms(31);
+
+    pub const fn and(self, other: Perms) -> Perms {
+        Perms(self.0 | other.0)
+    }
+
+    pub const fn has(self, other: Perms) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl fmt::Display for Perms {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == Perms::ALL {
+            return f.write_str("all");
+        }
+        let letters: String = [
+            (Perms::READ, 'r'),
+            (Perms::WRITE, 'w'),
+            (Perms::CREATE, 'c'),
+            (Perms::DELETE, 'd'),
+            (Perms::ADMIN, 'a'),
+        ]
+        .iter()
+        .filter(|(p, _)| self.has(*p))
+        .map(|(_, c)| *c)
+        .collect();
+        f.write_str(if letters.is_empty() { "none" } else { &letters })
+    }
+}
+
+/// One entry of a node's ACL: `scheme:id` may do `perms`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AclEntry {
+    pub perms: Perms,
+    pub scheme: String,
+    /// Written to journals without a digest's hash (see [`redacted_digest`]).
+    #[serde(serialize_with = "serialize_redacted")]
+    pub id: String,
+}
+
+/// A digest id (`user:BASE64(SHA1(user:password))`) as files may show it: `user:x`, as
+/// ZooKeeper shows it to those who may not change the ACL. The hash of a weak password
+/// can be reversed by trying passwords, so it is kept out of journals; a journal read
+/// back has `user:x` in its config and its actions alike, so replay still matches.
+pub fn redacted_digest(id: &str) -> String {
+    match id.split_once(':') {
+        Some((user, _)) => format!("{user}:x"),
+        None => id.to_string(),
+    }
+}
+
+/// Serializes an ACL entry's id with [`redacted_digest`] (ids of other schemes hold no
+/// secret, but only digests appear in pop's ACLs besides `world:anyone`).
+pub fn serialize_redacted<S: serde::Serializer>(id: &str, s: S) -> Result<S::Ok, S::Error> {
+    if id == "anyone" {
+        return s.serialize_str(id);
+    }
+    s.serialize_str(&redacted_digest(id))
+}
+
+/// A node's access control list, in a canonical order (sorted, one entry per id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Acl(Vec<AclEntry>);
+
+impl Acl {
+    /// Anyone may do anything: what every node of an unsecured namespace gets.
+    pub fn open() -> Acl {
+        Acl(vec![AclEntry {
+            perms: Perms::ALL,
+            scheme: "world".into(),
+            id: "anyone".into(),
+        }])
+    }
+
+    pub fn is_open(&self) -> bool {
+        *self == Acl::open()
+    }
+
+    /// An empty list, to add entries to (an empty ACL is refused by ZooKeeper).
+    pub fn none() -> Acl {
+        Acl(Vec::new())
+    }
+
+    /// Adds `perms` for a digest id (`user:BASE64(SHA1(user:password))`), merging with
+    /// an entry the id has already.
+    pub fn digest(self, id: &str, perms: Perms) -> Acl {
+        self.grant("digest", id, perms)
+    }
+
+    /// Adds `perms` for everyone.
+    pub fn anyone(self, perms: Perms) -> Acl {
+        self.grant("world", "anyone", perms)
+    }
+
+    fn grant(mut self, scheme: &str, id: &str, perms: Perms) -> Acl {
+        match self.0.iter_mut().find(|e| e.scheme == scheme && e.id == id) {
+            Some(entry) => entry.perms = entry.perms.and(perms),
+            None => self.0.push(AclEntry {
+                perms,
+                scheme: scheme.into(),
+                id: id.into(),
+            }),
+        }
+        self.0
+            .sort_by(|a, b| (&a.scheme, &a.id).cmp(&(&b.scheme, &b.id)));
+        self
+    }
+
+    pub fn entries(&self) -> &[AclEntry] {
+        &self.0
+    }
+}
+
+impl Default for Acl {
+    fn default() -> Acl {
+        Acl::open()
+    }
+}
+
+impl fmt::Display for Acl {
+    /// Digest ids are shown by user only: the hash is no business of logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let entries: Vec<String> = self
+            .0
+            .iter()
+            .map(|e| {
+                let who = match e.scheme.as_str() {
+                    "digest" => e.id.split(':').next().unwrap_or_default().to_string(),
+                    _ => format!("{}:{}", e.scheme, e.id),
+                };
+                format!("{who}={}", e.perms)
+            })
+            .collect();
+        write!(f, "[{}]", entries.join(" "))
     }
 }
 

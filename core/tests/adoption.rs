@@ -11,6 +11,7 @@ use std::time::Duration;
 
 fn agent() -> Agent {
     Agent::new(AgentConfig {
+        access: Default::default(),
         machine: MachineId::new("m1").expect("machine id"),
         hostname: "h".into(),
         agent_pid: 1,

@@ -57,6 +57,7 @@ impl Rig {
             backoff: Backoff::default(),
             pop: "/usr/bin/pop".into(),
             state_dir: "/var/lib/pop".into(),
+            access: Default::default(),
         });
         let mut rig = Rig {
             agent,
@@ -180,6 +181,7 @@ impl Rig {
                 ZkReply::Deleted
             }
             ZkOp::Multi { .. } => ZkReply::Error(ZkError::Other("no multis".into())),
+            ZkOp::SetAcl { .. } => ZkReply::Error(ZkError::Other("no ACLs".into())),
         }
     }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 fn agent() -> Agent {
     Agent::new(AgentConfig {
+        access: Default::default(),
         machine: MachineId::new("m1").expect("machine id"),
         hostname: "h".into(),
         agent_pid: 1,
@@ -155,4 +156,67 @@ fn an_empty_tasks_list_arriving_after_the_service_left_this_machine_leaves_no_en
     assert_eq!(a.audit(), Ok(()));
     feed(&mut a, 1006, children(tasks, &[]));
     assert_eq!(a.audit(), Ok(()));
+}
+
+/// The reply ZooKeeper gives a request an ACL refuses.
+fn refused(id: RequestId) -> Input {
+    Input::Reply {
+        id,
+        reply: ZkReply::Error(pop_core::zk::ZkError::NoAuth),
+    }
+}
+
+/// A request of a task this machine may not read: the task fails, saying why in its
+/// result, and the agent goes on (nothing else of its job is refused).
+#[test]
+fn a_refused_request_fails_the_task_and_the_agent_goes_on() {
+    let mut a = agent();
+    let actions = deployed(&mut a);
+    let tasks = read_of(&actions, "/services/web/tasks");
+    let actions = feed(&mut a, 1006, children(tasks, &[TASK]));
+    let own = read_of(&actions, &format!("/services/web/tasks/{TASK}/m1"));
+    let actions = feed(&mut a, 1007, data(own, r#"{"state":"pending"}"#, 13));
+    let request = read_of(&actions, &format!("/services/web/tasks/{TASK}"));
+    let actions = feed(&mut a, 1008, refused(request));
+    assert!(!actions.contains(&Action::Exit), "{actions:?}");
+    let written = actions.iter().find_map(|a| match a {
+        Action::Zk {
+            op: ZkOp::SetData { path, data, .. },
+            ..
+        } if path.ends_with("/m1") => Some(String::from_utf8_lossy(data).into_owned()),
+        _ => None,
+    });
+    let written = written.unwrap_or_else(|| panic!("no result written: {actions:?}"));
+    let result = TaskResult::parse(written.as_bytes()).expect("a result");
+    assert_eq!(result.state, TaskState::Failed);
+    assert!(
+        written.contains(&format!(
+            "reading /services/web/tasks/{TASK}: not authorised"
+        )),
+        "{written}"
+    );
+    assert_eq!(a.audit(), Ok(()));
+}
+
+/// Its own result this machine may not read: it cannot do its job with this
+/// credential, so it says so and exits, as for its other nodes.
+#[test]
+fn a_refused_own_result_is_reported_and_the_agent_exits() {
+    let mut a = agent();
+    let actions = deployed(&mut a);
+    let tasks = read_of(&actions, "/services/web/tasks");
+    let actions = feed(&mut a, 1006, children(tasks, &[TASK]));
+    let path = format!("/services/web/tasks/{TASK}/m1");
+    let own = read_of(&actions, &path);
+    let actions = feed(&mut a, 1007, refused(own));
+    assert_eq!(
+        actions,
+        vec![
+            Action::Report(pop_core::event::Report::NotAuthorised {
+                path,
+                doing: "reading".into(),
+            }),
+            Action::Exit,
+        ]
+    );
 }

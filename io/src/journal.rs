@@ -1,7 +1,9 @@
 //! Writes the agent's journal (see `pop_core::journal`): one line per input, appended
 //! before the core sees it, and one per batch of actions. Size-bounded: past `max_bytes`
-//! the file is rotated and the new one starts with a snapshot of the core, so every file
-//! replays on its own. A journal that cannot be written is reported once and the agent
+//! journaled after its first line the file is rotated and the new one starts with a
+//! snapshot of the core, so every file replays on its own. A snapshot larger than
+//! `max_bytes` (an agent with thousands of services) raises the bound to its own size:
+//! else every input would rotate and write the whole agent again, O(services) each. A journal that cannot be written is reported once and the agent
 //! carries on: supervising services matters more than recording it.
 
 use pop_core::event::{Action, Input};
@@ -28,7 +30,8 @@ pub fn rotated_path(path: &Path, n: u32) -> PathBuf {
 
 #[derive(Debug, Clone, Copy)]
 pub struct JournalLimits {
-    /// Rotate once the current file is larger than this.
+    /// Rotate once more than this (or than the file's first line, a snapshot, if that
+    /// is larger) was written after the file's first line.
     pub max_bytes: u64,
     /// Older files kept.
     pub keep: u32,
@@ -47,6 +50,8 @@ pub struct JournalWriter {
     path: PathBuf,
     file: Option<File>,
     written: u64,
+    /// The size of the current file's first line (a start record or a snapshot).
+    first: u64,
     limits: JournalLimits,
 }
 
@@ -60,6 +65,7 @@ impl JournalWriter {
             path,
             file: None,
             written: 0,
+            first: 0,
             limits,
         };
         writer.open_fresh(&Record::Start {
@@ -93,6 +99,7 @@ impl JournalWriter {
         self.file = Some(file);
         self.written = 0;
         self.write(first);
+        self.first = self.written;
         Ok(())
     }
 
@@ -127,7 +134,8 @@ impl JournalWriter {
 
     /// Between inputs: past the size limit, start a new file with a snapshot of `agent`.
     pub fn rotate_if_full(&mut self, agent: &Agent) {
-        if self.file.is_none() || self.written <= self.limits.max_bytes {
+        let since_first = self.written.saturating_sub(self.first);
+        if self.file.is_none() || since_first <= self.limits.max_bytes.max(self.first) {
             return;
         }
         info!(path = %self.path.display(), bytes = self.written, "rotating the journal");
@@ -184,4 +192,96 @@ pub fn read(path: &Path) -> Result<Journal, ReadError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pop_core::backoff::Backoff;
+    use pop_core::names::MachineId;
+
+    fn config() -> AgentConfig {
+        AgentConfig {
+            machine: MachineId::new("m1").expect("machine id"),
+            hostname: "h".into(),
+            agent_pid: 1,
+            version: "t".into(),
+            containment: "none".into(),
+            seed: 1,
+            backoff: Backoff::default(),
+            pop: "/usr/bin/pop".into(),
+            state_dir: "/var/lib/pop".into(),
+            access: Default::default(),
+        }
+    }
+
+    fn tick(writer: &mut JournalWriter, agent: &Agent, at: u64) {
+        writer.input(
+            Timestamp::from_millis(at),
+            &Input::Spawned {
+                service: "s".into(),
+                generation: at,
+                pid: 1,
+            },
+        );
+        writer.rotate_if_full(agent);
+    }
+
+    /// A snapshot larger than the limit: the next file is not rotated again at once
+    /// (each rotation would write the whole agent for every input), only once as much
+    /// again was journaled after it.
+    #[test]
+    fn a_snapshot_over_the_limit_is_not_rewritten_for_every_input() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = journal_path(dir.path());
+        let limits = JournalLimits {
+            max_bytes: 50,
+            keep: 5,
+        };
+        let agent = Agent::new(config());
+        let snapshot_len = Record::Snapshot {
+            agent: Box::new(agent.clone()),
+        }
+        .to_line()
+        .len();
+        assert!(snapshot_len > 200, "the snapshot is over the limit");
+        let mut writer = JournalWriter::start(path.clone(), &config(), limits).expect("start");
+        let longest_input = Record::Input {
+            at: Timestamp::from_millis(999),
+            input: Input::Spawned {
+                service: "s".into(),
+                generation: 999,
+                pid: 1,
+            },
+        }
+        .to_line()
+        .len()
+            + 1;
+        // Past the limit (or the start record) after the start record: rotated, the new
+        // file begins with a snapshot.
+        let mut at = 0;
+        while !rotated_path(&path, 1).exists() {
+            tick(&mut writer, &agent, at);
+            at += 1;
+            assert!(at < 100, "never rotated");
+        }
+        let rotated_at = at;
+        // A few inputs after the snapshot: not rotated again.
+        for _ in 0..3 {
+            tick(&mut writer, &agent, at);
+            at += 1;
+        }
+        assert!(!rotated_path(&path, 2).exists(), "no rotation per input");
+        // As much as the snapshot journaled after it: rotated again.
+        while !rotated_path(&path, 2).exists() {
+            tick(&mut writer, &agent, at);
+            at += 1;
+            assert!(at < 999, "never rotated again");
+        }
+        let inputs = (at - rotated_at) as usize;
+        assert!(
+            inputs * longest_input > snapshot_len,
+            "rotated after {inputs} inputs, the snapshot is {snapshot_len} bytes"
+        );
+    }
 }

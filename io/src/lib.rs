@@ -2,6 +2,7 @@
 //! event loop that feeds `pop_core::Agent` and carries out its actions.
 
 pub mod clock;
+pub mod credential;
 pub mod driver;
 pub mod environment;
 pub mod journal;

@@ -91,12 +91,18 @@ pub fn spec(state_dir: &Path, launch: TaskLaunch) -> ProcessSpec {
         generation: u64::from(launch.attempt),
         argv: launch.argv,
         env,
+        unset: Vec::new(),
         cwd: Some(launch.cwd),
         probe: None,
         exit_grace: Some(LEFTOVER_GRACE),
         note: serde_json::Value::Null,
         output: Some(output),
     }
+}
+
+/// Whether a supervisor event is a task's end, which [`translate`] reads files for.
+pub fn reads_output(event: &Input) -> bool {
+    matches!(event, Input::Exited { service, .. } if parse_key(service).is_some())
 }
 
 /// A supervisor event as the core's input: a task's as a task input (reading the ends

@@ -1,7 +1,8 @@
 //! The ZooKeeper client, behind timeouts, speaking the core's request/reply types.
 
+use crate::credential::Credential;
 use pop_core::zk::{
-    CreateMode, NodeStat, WatchEvent, WatchKind, ZkError, ZkOp, ZkReply, NOT_IN_MULTI,
+    Acl, CreateMode, NodeStat, WatchEvent, WatchKind, ZkError, ZkOp, ZkReply, NOT_IN_MULTI,
 };
 use std::time::Duration;
 use thiserror::Error;
@@ -13,6 +14,8 @@ pub use zkc::{Client, OneshotWatcher, SessionState};
 pub enum ConnectError {
     #[error("cannot reach ZooKeeper at {hosts} within {}s (is it running? `pop zk start` runs a local one)", timeout.as_secs_f64())]
     Unreachable { hosts: String, timeout: Duration },
+    #[error("ZooKeeper at {hosts} refused the credential of user {user} (authentication failed)")]
+    AuthFailed { hosts: String, user: String },
     #[error("cannot connect to ZooKeeper at {hosts}: {source}")]
     Failed {
         hosts: String,
@@ -30,6 +33,8 @@ pub struct ZkConfig {
     pub connect_timeout: Duration,
     /// Every request gives up after this; a write's outcome is then unknown.
     pub op_timeout: Duration,
+    /// Authenticates the session (digest scheme); anonymous without.
+    pub auth: Vec<Credential>,
 }
 
 impl ZkConfig {
@@ -39,6 +44,7 @@ impl ZkConfig {
             session_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             op_timeout: Duration::from_secs(5),
+            auth: Vec::new(),
         }
     }
 }
@@ -49,10 +55,22 @@ pub async fn connect(config: &ZkConfig) -> Result<Client, ConnectError> {
     connector
         .session_timeout(config.session_timeout)
         .connection_timeout(config.connect_timeout);
+    for credential in &config.auth {
+        connector.auth("digest".to_string(), credential.auth_bytes());
+    }
     match tokio::time::timeout(config.connect_timeout, connector.connect(&config.hosts)).await {
         Err(_) => Err(ConnectError::Unreachable {
             hosts: config.hosts.clone(),
             timeout: config.connect_timeout,
+        }),
+        Ok(Err(zkc::Error::AuthFailed)) => Err(ConnectError::AuthFailed {
+            hosts: config.hosts.clone(),
+            user: config
+                .auth
+                .iter()
+                .map(Credential::user)
+                .collect::<Vec<_>>()
+                .join(", "),
         }),
         Ok(Err(source)) => Err(ConnectError::Failed {
             hosts: config.hosts.clone(),
@@ -71,7 +89,57 @@ pub fn map_error(err: zkc::Error) -> ZkError {
         zkc::Error::ConnectionLoss => ZkError::ConnectionLoss,
         zkc::Error::SessionExpired => ZkError::SessionExpired,
         zkc::Error::Timeout => ZkError::Timeout,
+        zkc::Error::NoAuth => ZkError::NoAuth,
         other => ZkError::Other(other.to_string()),
+    }
+}
+
+/// Why [`namespace_access`] could not tell.
+#[derive(Debug)]
+pub enum AccessError {
+    Retry(String),
+    Refused(String),
+}
+
+/// Whether pop's namespace is secured: `Some(admin digest id)` if so, read from the
+/// marker (the admin's user) and `/pop/admin` (its digest id, readable by machines).
+pub async fn namespace_access(config: &ZkConfig) -> Result<Option<String>, AccessError> {
+    use pop_core::access::{digest_user, Marker};
+    let client = connect(config).await.map_err(|e| match e {
+        ConnectError::AuthFailed { .. } => AccessError::Refused(e.to_string()),
+        other => AccessError::Retry(other.to_string()),
+    })?;
+    let retry = |e: zkc::Error| AccessError::Retry(format!("reading /pop: {e}"));
+    let data = match tokio::time::timeout(config.op_timeout, client.get_data(pop_core::paths::POP))
+        .await
+    {
+        Err(_) => return Err(AccessError::Retry("reading /pop: timed out".into())),
+        Ok(Err(zkc::Error::NoNode)) => return Ok(None),
+        Ok(Err(e)) => return Err(retry(e)),
+        Ok(Ok((data, _))) => data,
+    };
+    let admin = match Marker::parse(&data) {
+        Ok(Marker::Secured { admin }) => admin,
+        // An unreadable marker is reported by the commands; the agent acts as before.
+        Ok(Marker::Open) | Err(_) => return Ok(None),
+    };
+    match tokio::time::timeout(config.op_timeout, client.get_data(pop_core::access::ADMIN)).await {
+        Err(_) => Err(AccessError::Retry("reading /pop/admin: timed out".into())),
+        Ok(Err(zkc::Error::NoAuth)) => Err(AccessError::Refused(format!(
+            "ZooKeeper refused reading {}",
+            pop_core::access::ADMIN
+        ))),
+        Ok(Err(e)) => Err(AccessError::Retry(format!("reading /pop/admin: {e}"))),
+        Ok(Ok((data, _))) => {
+            let id = String::from_utf8_lossy(&data).into_owned();
+            if digest_user(&id) == admin && id.contains(':') {
+                Ok(Some(id))
+            } else {
+                Err(AccessError::Refused(format!(
+                    "/pop/admin does not hold {admin}'s digest id; run `pop init --admin-identity ... --force`"
+                )))
+            }
+        }
     }
 }
 
@@ -84,10 +152,31 @@ fn stat(s: &zkc::Stat) -> NodeStat {
     }
 }
 
-fn create_options(mode: CreateMode) -> zkc::CreateOptions<'static> {
+/// The client's ACL entries for ours.
+pub fn client_acl(acl: &Acl) -> Vec<zkc::Acl> {
+    acl.entries()
+        .iter()
+        .map(|e| {
+            let perms = [
+                (pop_core::zk::Perms::READ, zkc::Permission::READ),
+                (pop_core::zk::Perms::WRITE, zkc::Permission::WRITE),
+                (pop_core::zk::Perms::CREATE, zkc::Permission::CREATE),
+                (pop_core::zk::Perms::DELETE, zkc::Permission::DELETE),
+                (pop_core::zk::Perms::ADMIN, zkc::Permission::ADMIN),
+            ]
+            .into_iter()
+            .filter(|(ours, _)| e.perms.has(*ours))
+            .fold(zkc::Permission::NONE, |all, (_, theirs)| all | theirs);
+            zkc::Acl::new(perms, zkc::AuthId::new(&e.scheme, &e.id))
+        })
+        .collect()
+}
+
+fn create_options(mode: CreateMode, acl: &[zkc::Acl]) -> zkc::CreateOptions<'_> {
+    let acls = zkc::Acls::new(acl);
     match mode {
-        CreateMode::Persistent => zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all()),
-        CreateMode::Ephemeral => zkc::CreateMode::Ephemeral.with_acls(zkc::Acls::anyone_all()),
+        CreateMode::Persistent => zkc::CreateMode::Persistent.with_acls(acls),
+        CreateMode::Ephemeral => zkc::CreateMode::Ephemeral.with_acls(acls),
     }
 }
 
@@ -135,10 +224,22 @@ pub async fn execute(
                     (ZkReply::Children { names, stat }, None)
                 })
             }
-            ZkOp::Create { path, data, mode } => client
-                .create(path, data, &create_options(*mode))
+            ZkOp::Create {
+                path,
+                data,
+                mode,
+                acl,
+            } => {
+                let acl = client_acl(acl);
+                client
+                    .create(path, data, &create_options(*mode, &acl))
+                    .await
+                    .map(|_| (ZkReply::Created, None))
+            }
+            ZkOp::SetAcl { path, acl, version } => client
+                .set_acl(path, &client_acl(acl), *version)
                 .await
-                .map(|_| (ZkReply::Created, None)),
+                .map(|s| (ZkReply::Set { stat: stat(&s) }, None)),
             ZkOp::SetData {
                 path,
                 data,
@@ -167,8 +268,14 @@ async fn execute_multi(client: &Client, ops: &[ZkOp], timeout: Duration) -> ZkRe
     let mut writer = client.new_multi_writer();
     for (index, op) in ops.iter().enumerate() {
         let added = match op {
-            ZkOp::Create { path, data, mode } => {
-                writer.add_create(path, data, &create_options(*mode))
+            ZkOp::Create {
+                path,
+                data,
+                mode,
+                acl,
+            } => {
+                let acl = client_acl(acl);
+                writer.add_create(path, data, &create_options(*mode, &acl))
             }
             ZkOp::SetData {
                 path,
@@ -176,9 +283,10 @@ async fn execute_multi(client: &Client, ops: &[ZkOp], timeout: Duration) -> ZkRe
                 version,
             } => writer.add_set_data(path, data, *version),
             ZkOp::Delete { path, version } => writer.add_delete(path, *version),
-            ZkOp::GetData { .. } | ZkOp::GetChildren { .. } | ZkOp::Multi { .. } => {
-                Err(zkc::Error::BadArguments(&NOT_IN_MULTI))
-            }
+            ZkOp::GetData { .. }
+            | ZkOp::GetChildren { .. }
+            | ZkOp::SetAcl { .. }
+            | ZkOp::Multi { .. } => Err(zkc::Error::BadArguments(&NOT_IN_MULTI)),
         };
         if let Err(e) = added {
             return ZkReply::MultiFailed {

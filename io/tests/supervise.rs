@@ -18,6 +18,10 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 #[path = "supervise/adopt.rs"]
 mod adopt;
 use adopt::*;
+
+#[path = "supervise/events.rs"]
+mod events;
+use events::*;
 #[path = "supervise/one_off.rs"]
 mod one_off;
 use one_off::*;
@@ -92,6 +96,7 @@ fn spec(service: &str, generation: u64, argv: &[&str]) -> ProcessSpec {
         generation,
         argv: argv.iter().map(|s| s.to_string()).collect(),
         env: BTreeMap::new(),
+        unset: Vec::new(),
         cwd: None,
         probe: None,
         exit_grace: None,
@@ -196,8 +201,10 @@ fn cgroup_dir(h: &Harness, service: &str, generation: u64) -> Option<PathBuf> {
     }
 }
 
-/// Nothing of the generation is left: no token process, none of `pids`, no cgroup.
-fn assert_gone(h: &Harness, service: &str, generation: u64, pids: &[(i32, String)]) {
+/// Nothing of the generation is left: no token process, none of `pids` (all gone by
+/// the time `Exited` is sent), and soon no cgroup and no run record (removed just
+/// after it).
+async fn assert_gone(h: &Harness, service: &str, generation: u64, pids: &[(i32, String)]) {
     let tok = token(h, service, generation);
     assert_eq!(token_procs(&tok), vec![], "processes left for {tok}");
     let still: Vec<_> = token_procs(&tok)
@@ -206,8 +213,13 @@ fn assert_gone(h: &Harness, service: &str, generation: u64, pids: &[(i32, String
         .collect();
     assert!(still.is_empty(), "recorded pids alive: {still:?}");
     if let Some(dir) = cgroup_dir(h, service, generation) {
-        assert!(!dir.exists(), "cgroup {} not removed", dir.display());
+        wait_until(&format!("cgroup {} removed", dir.display()), || {
+            !dir.exists()
+        })
+        .await;
     }
+    let record = record_path(h, service, generation);
+    wait_until("run record removed", || !record.exists()).await;
 }
 
 async fn finish(mut h: Harness) {
@@ -259,9 +271,23 @@ both_modes!(
     adopted_service_keeps_logging,
     agent_killed_by_sigkill,
     spawn_failure_is_reported,
+    leftover_daemon_is_waited_for_until_it_exits,
     one_off_output_goes_to_its_files_and_its_tree_is_stopped,
     a_detached_one_off_is_killed_by_the_next_supervisor,
 );
+
+/// Tests of what only cgroups have.
+mod cgroup_only {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cgroups_made_by_the_service_are_removed() {
+        super::cgroups_made_by_the_service_are_removed(super::Mode::Cgroup).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stuck_old_cgroup_does_not_hold_up_other_restarts() {
+        super::a_stuck_old_cgroup_does_not_hold_up_other_restarts(super::Mode::Cgroup).await;
+    }
+}
 
 async fn term_stops_plain_sleep(mode: Mode) {
     let Some(mut h) = start(mode) else { return };
@@ -280,7 +306,7 @@ async fn term_stops_plain_sleep(mode: Mode) {
             signal: Some(15)
         }
     );
-    assert_gone(&h, "plain", 1, &procs);
+    assert_gone(&h, "plain", 1, &procs).await;
     assert!(h.sup.running().is_empty());
     finish(h).await;
 }
@@ -303,7 +329,7 @@ async fn grandchild_ignoring_term_is_killed_after_grace(mode: Mode) {
     assert_eq!(status.signal, Some(15), "main sh dies of TERM: {status}");
     assert!(took >= grace - Duration::from_millis(100), "took {took:?}");
     assert!(took < grace + Duration::from_secs(3), "took {took:?}");
-    assert_gone(&h, "stubborn", 1, &procs);
+    assert_gone(&h, "stubborn", 1, &procs).await;
     finish(h).await;
 }
 
@@ -316,7 +342,7 @@ async fn setsid_child_is_stopped(mode: Mode) {
     let procs = wait_for_comm(&tok, "sleep", 1).await;
     h.sup.stop("sess", 1, Duration::from_secs(2));
     expect_exited(&mut h).await;
-    assert_gone(&h, "sess", 1, &procs);
+    assert_gone(&h, "sess", 1, &procs).await;
     finish(h).await;
 }
 
@@ -345,7 +371,7 @@ async fn double_forked_daemon_is_stopped(mode: Mode) {
     let status = expect_exited(&mut h).await;
     assert_eq!(status.signal, Some(15));
     assert!(t0.elapsed() < Duration::from_secs(5));
-    assert_gone(&h, "daemon", 1, &procs);
+    assert_gone(&h, "daemon", 1, &procs).await;
     finish(h).await;
 }
 
@@ -370,7 +396,7 @@ async fn main_exit_waits_for_leftovers(mode: Mode) {
         }
     );
     // Exited was sent only once the leftover was gone.
-    assert_gone(&h, "leaver", 1, &procs);
+    assert_gone(&h, "leaver", 1, &procs).await;
     assert!(t0.elapsed() < Duration::from_secs(6));
     finish(h).await;
 }
@@ -404,7 +430,7 @@ async fn readiness_discovers_port(mode: Mode) {
     std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to discovered port");
     h.sup.stop("web", 1, Duration::from_secs(2));
     expect_exited(&mut h).await;
-    assert_gone(&h, "web", 1, &[]);
+    assert_gone(&h, "web", 1, &[]).await;
     finish(h).await;
 }
 
@@ -446,7 +472,7 @@ async fn readiness_fixed_port(mode: Mode) {
     std::net::TcpStream::connect(("127.0.0.1", port)).expect("still listening");
     h.sup.stop("fixed", 7, Duration::from_secs(2));
     assert_eq!(expect_exited(&mut h).await, UNKNOWN);
-    assert_gone(&h, "fixed", 7, &[]);
+    assert_gone(&h, "fixed", 7, &[]).await;
     finish(h).await;
 }
 
@@ -528,9 +554,18 @@ async fn spawn_failure_is_reported(mode: Mode) {
         }
         other => panic!("expected SpawnFailed, got {other:?}"),
     }
+    // The service's log says why, naming the program.
+    let log = fs::read_to_string(log_path(&h.config.state_dir, "nope")).unwrap();
+    assert!(
+        log.contains(
+            "--- pop: generation 1 failed to start: cannot start \"/nonexistent/pop-test-binary\": \
+             cannot execute the program: No such file or directory"
+        ),
+        "{log}"
+    );
     assert!(h.sup.running().is_empty());
     if let Some(dir) = cgroup_dir(&h, "nope", 1) {
-        assert!(!dir.exists());
+        wait_until("the cgroup of a failed spawn removed", || !dir.exists()).await;
     }
     h.sup.spawn(spec("nope", 2, &[]));
     assert!(matches!(

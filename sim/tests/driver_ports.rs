@@ -62,7 +62,7 @@ impl ModelZk {
 
 impl ZkPort for ModelZk {
     type Session = ModelSession;
-    async fn connect(&self) -> Result<ModelSession, String> {
+    async fn connect(&self) -> Result<ModelSession, pop_io::driver::ports::ConnectFailure> {
         let id = self.lock().model.open_session();
         Ok(ModelSession {
             id,
@@ -257,6 +257,7 @@ async fn the_production_loop_runs_against_simulated_ports() {
         },
     };
     let config = AgentConfig {
+        access: Default::default(),
         machine: MachineId::new("m1").expect("machine id"),
         hostname: "sim".into(),
         agent_pid: 1,
@@ -322,7 +323,8 @@ async fn the_production_loop_runs_against_simulated_ports() {
     tokio::time::timeout(Duration::from_secs(60), agent)
         .await
         .expect("agent exits")
-        .expect("agent task");
+        .expect("agent task")
+        .expect("nothing refused");
     assert!(running.lock().unwrap_or_else(|e| e.into_inner()).is_empty());
     assert!(zk.lock().model.get(&pid_node).is_none());
 }

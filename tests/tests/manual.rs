@@ -11,6 +11,7 @@ const COMMANDS: &[&str] = &[
     "add",
     "status",
     "machines",
+    "machine",
     "start",
     "fg",
     "stop",
@@ -159,7 +160,12 @@ fn the_manual_page_renders_with_its_sections() {
             "pop(1) does not list {command}"
         );
     }
-    for variable in ["POP_HOST", "POP_CONTAINMENT", "POP_SESSION_TIMEOUT_MS"] {
+    for variable in [
+        "POP_HOST",
+        "POP_CONTAINMENT",
+        "POP_SESSION_TIMEOUT_MS",
+        "POP_AUTH",
+    ] {
         assert!(text.contains(variable), "ENVIRONMENT lacks {variable}");
     }
 

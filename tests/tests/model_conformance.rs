@@ -441,6 +441,7 @@ fn create_op(path: &str, data: &str, mode: CreateMode) -> ZkOp {
         path: path.into(),
         data: data.as_bytes().to_vec(),
         mode,
+        acl: Default::default(),
     }
 }
 

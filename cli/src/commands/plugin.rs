@@ -42,18 +42,19 @@ pub async fn run(cli: &Cli, action: &PluginAction) -> Result<()> {
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("reading {}", file.display()))?;
             let origin = file.display().to_string();
-            let mut plan = PluginAdd::new(&cli.host, &origin, &text, *replace)?;
-            let admin = Admin::connect(&cli.host).await?;
+            let plan = PluginAdd::new(&cli.host, &origin, &text, *replace)?;
+            let admin = Admin::for_cli(cli).await?;
+            let mut plan = plan.with_access(admin.access().await?);
             run_plan(&admin, &mut plan).await
         }
         PluginAction::Remove { name, force } => {
             let name = PluginName::new(name)?;
             let mut plan = PluginRemove::new(&cli.host, &name, *force)?;
-            let admin = Admin::connect(&cli.host).await?;
+            let admin = Admin::for_cli(cli).await?;
             run_plan(&admin, &mut plan).await
         }
-        PluginAction::List => list(cli, &Admin::connect(&cli.host).await?).await,
-        PluginAction::Show { name } => show(cli, &Admin::connect(&cli.host).await?, name).await,
+        PluginAction::List => list(cli, &Admin::for_cli(cli).await?).await,
+        PluginAction::Show { name } => show(cli, &Admin::for_cli(cli).await?, name).await,
     }
 }
 

@@ -6,6 +6,7 @@ use crate::admin::Admin;
 use crate::output;
 use crate::Cli;
 use anyhow::{bail, Result};
+use pop_core::access::Marker;
 use pop_core::names::ServiceName;
 use pop_core::paths;
 use pop_core::published::{AgentReport, ServiceReport, StateNode, CRASH_LOOP_FAILURES};
@@ -237,6 +238,11 @@ fn service_issues(report: &ServiceReport, port: Option<u16>, now: f64) -> Vec<St
 
 pub async fn status(cli: &Cli, admin: &Admin, only: Option<&str>) -> Result<()> {
     admin.require_namespace().await?;
+    // Said only of a secured namespace, so an unsecured one's output is as before.
+    let secured = match admin.marker().await? {
+        Some(Marker::Secured { admin }) => Some(admin),
+        _ => None,
+    };
     let names = match only {
         Some(name) => {
             let name = ServiceName::new(name)?;
@@ -254,7 +260,16 @@ pub async fn status(cli: &Cli, admin: &Admin, only: Option<&str>) -> Result<()> 
         services.push(service_status(admin, name, &agents, now).await?);
     }
     if cli.json {
-        return output::print_json(&json!({ "services": services }));
+        let mut out = json!({ "services": services });
+        if let Some(admin) = &secured {
+            out["secured"] = json!({ "admin": admin });
+        }
+        return output::print_json(&out);
+    }
+    if let Some(admin) = &secured {
+        println!(
+            "namespace secured: only {admin} may change it; machines have their own credentials"
+        );
     }
     if services.is_empty() {
         println!("no services yet: add one with `pop add <type>`");

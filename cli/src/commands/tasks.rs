@@ -89,7 +89,8 @@ pub async fn run(cli: &Cli, admin: &Admin, args: &RunArgs) -> Result<()> {
     };
     let clock = SystemClock::new();
     let nonce = (std::process::id() as u16) ^ (clock.now().as_millis() as u16).rotate_left(7);
-    let mut plan = Run::new(&admin.hosts, &name, request, clock.now(), nonce)?;
+    let mut plan = Run::new(&admin.hosts, &name, request, clock.now(), nonce)?
+        .with_access(admin.access().await?);
     let id = plan.id().clone();
     let outcome = admin.run(&mut plan).await?;
     let Outcome::TaskIssued {

@@ -324,6 +324,7 @@ impl Checker {
             ZkOp::SetData { data, .. } => (Some(data), None),
             ZkOp::Create { data, mode, .. } => (Some(data), Some(*mode)),
             ZkOp::Multi { .. } => return Err(format!("the agent sent a multi: {op:?}")),
+            ZkOp::SetAcl { .. } => return Err(format!("the agent set an ACL: {op:?}")),
         };
         // This machine's own directory is persistent; everything else it writes goes with
         // its session.

@@ -399,7 +399,7 @@ impl Checker {
                     stat: self.stat(*zxid, 0, Owner::Persistent),
                 },
                 Some(ZkOp::Create { .. }) | None => ZkReply::Created,
-                Some(ZkOp::SetData { .. }) => ZkReply::Set {
+                Some(ZkOp::SetData { .. } | ZkOp::SetAcl { .. }) => ZkReply::Set {
                     stat: self.stat(*zxid, 1, Owner::ThisSession),
                 },
                 Some(ZkOp::Delete { .. }) => ZkReply::Deleted,

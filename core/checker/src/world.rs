@@ -24,6 +24,7 @@ pub(crate) const SESSION_TIMEOUT: Duration = Duration::from_secs(4);
 
 pub fn config() -> AgentConfig {
     AgentConfig {
+        access: Default::default(),
         machine: MachineId::new(MACHINE).unwrap_or_else(|e| unreachable!("{e}")),
         hostname: "host-m1".into(),
         agent_pid: 1,

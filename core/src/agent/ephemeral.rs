@@ -9,7 +9,7 @@
 use crate::paths;
 use serde::{Deserialize, Serialize};
 
-use crate::zk::{CreateMode, SessionId, WatchKind, ZkError, ZkOp, ZkReply};
+use crate::zk::{Acl, CreateMode, SessionId, WatchKind, ZkError, ZkOp, ZkReply};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum Have {
@@ -48,6 +48,18 @@ pub(crate) struct EphemeralNode {
     pub(crate) stalled: bool,
     /// A watch is registered on the node in this session.
     watched: bool,
+}
+
+impl Step {
+    /// What the step does, for messages.
+    pub(crate) fn doing(self) -> &'static str {
+        match self {
+            Step::Create | Step::CreateParent => "creating",
+            Step::Read | Step::Watch => "reading",
+            Step::Set => "writing",
+            Step::Delete => "deleting",
+        }
+    }
 }
 
 impl EphemeralNode {
@@ -109,7 +121,7 @@ impl EphemeralNode {
     }
 
     /// The next request to send, if any; the caller sends it and reports back via `on_reply`.
-    pub(crate) fn next(&mut self) -> Option<(Step, ZkOp)> {
+    pub(crate) fn next(&mut self, acl: &Acl) -> Option<(Step, ZkOp)> {
         if self.in_flight.is_some() || self.stalled {
             return None;
         }
@@ -121,6 +133,7 @@ impl EphemeralNode {
                     path,
                     data: data.clone(),
                     mode: CreateMode::Ephemeral,
+                    acl: acl.clone(),
                 },
             ),
             (Some(data), Have::ParentMissing) => match self.own_parent() {
@@ -130,6 +143,7 @@ impl EphemeralNode {
                         path: parent.to_string(),
                         data: Vec::new(),
                         mode: CreateMode::Persistent,
+                        acl: acl.clone(),
                     },
                 ),
                 // Not ours to create: try the node again (the retry timer paces this).
@@ -139,6 +153,7 @@ impl EphemeralNode {
                         path,
                         data: data.clone(),
                         mode: CreateMode::Ephemeral,
+                        acl: acl.clone(),
                     },
                 ),
             },
@@ -236,7 +251,7 @@ mod tests {
     const ME: SessionId = SessionId(7);
 
     fn drive(node: &mut EphemeralNode, reply: ZkReply) -> Step {
-        let (step, _) = node.next().expect("a request");
+        let (step, _) = node.next(&Acl::open()).expect("a request");
         node.on_reply(step, &reply, Some(ME));
         step
     }
@@ -256,7 +271,10 @@ mod tests {
             },
         };
         assert_eq!(drive(&mut n, mine), Step::Watch);
-        assert!(n.next().is_none(), "published and watched: nothing to do");
+        assert!(
+            n.next(&Acl::open()).is_none(),
+            "published and watched: nothing to do"
+        );
         // Deleted behind our back: created again.
         n.on_watch(WatchKind::Deleted);
         assert_eq!(drive(&mut n, ZkReply::Created), Step::Create);
@@ -292,7 +310,10 @@ mod tests {
         let mut n = EphemeralNode::new("/machines/m/s".into());
         n.want(Some(b"3".to_vec()));
         drive(&mut n, ZkReply::Error(ZkError::Timeout));
-        assert!(n.next().is_none(), "stalled until the retry timer");
+        assert!(
+            n.next(&Acl::open()).is_none(),
+            "stalled until the retry timer"
+        );
         n.stalled = false;
         drive(&mut n, ZkReply::Error(ZkError::NodeExists));
         let ours = NodeStat {
@@ -315,9 +336,9 @@ mod tests {
         let mut n = EphemeralNode::new("/services/s/state/m".into());
         n.want(Some(b"{}".to_vec()));
         drive(&mut n, ZkReply::Error(ZkError::NoNode));
-        assert!(n.next().is_none(), "waits for the retry timer");
+        assert!(n.next(&Acl::open()).is_none(), "waits for the retry timer");
         n.stalled = false;
-        let (step, _) = n.next().expect("a retry");
+        let (step, _) = n.next(&Acl::open()).expect("a retry");
         assert_eq!(step, Step::Create, "retries the node, not its parent");
     }
 
@@ -326,7 +347,7 @@ mod tests {
         let mut n = EphemeralNode::new("/machines/m/s".into());
         n.want(Some(b"1".to_vec()));
         drive(&mut n, ZkReply::Error(ZkError::NoNode));
-        let (step, op) = n.next().expect("parent create");
+        let (step, op) = n.next(&Acl::open()).expect("parent create");
         assert_eq!(step, Step::CreateParent);
         assert_eq!(op.path(), "/machines/m");
         n.on_reply(step, &ZkReply::Created, Some(ME));

@@ -15,12 +15,13 @@ mod tasks;
 mod types;
 mod wanted;
 
+use crate::access::AgentAccess;
 use crate::backoff::{Backoff, SeededRng};
 use crate::event::{Action, Input, Report};
 use crate::names::MachineId;
 use crate::paths::{self, Watched};
 use crate::time::Timestamp;
-use crate::zk::{CreateMode, RequestId, SessionEvent, SessionId, ZkError, ZkOp, ZkReply};
+use crate::zk::{Acl, CreateMode, RequestId, SessionEvent, SessionId, ZkError, ZkOp, ZkReply};
 use ephemeral::{EphemeralNode, Step};
 use index::{Dirty, Index};
 use serde::{Deserialize, Serialize};
@@ -63,6 +64,9 @@ pub struct AgentConfig {
     /// their environments are in `<state_dir>/env/<service>/`.
     #[serde(default)]
     pub state_dir: String,
+    /// The ACL of the nodes it creates; open unless the namespace is secured.
+    #[serde(default, skip_serializing_if = "AgentAccess::is_open")]
+    pub access: AgentAccess,
 }
 
 impl AgentConfig {
@@ -139,6 +143,11 @@ pub struct Agent {
     /// The stored types the wanted services have, as read.
     #[serde(default)]
     types: TypeReads,
+    /// Services whose settings an ACL keeps from this machine (a secured namespace lets
+    /// a machine read only the settings of services deployed on it): read again once
+    /// its machines list names this machine.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    withheld: BTreeSet<String>,
     shutting_down: bool,
     exited: bool,
     actions: VecDeque<Action>,
@@ -179,6 +188,7 @@ impl Agent {
             newest_read: BTreeMap::new(),
             problems: BTreeMap::new(),
             types: TypeReads::default(),
+            withheld: BTreeSet::new(),
             shutting_down: false,
             exited: false,
             actions: VecDeque::new(),
@@ -482,14 +492,18 @@ impl Agent {
         }
         self.dirty.nodes.extend(self.nodes.keys().cloned());
         self.tasks_new_session();
-        self.send(
-            ZkOp::Create {
-                path: paths::machine(self.config.machine.as_str()),
-                data: Vec::new(),
-                mode: CreateMode::Persistent,
-            },
-            Pending::MachineNode,
-        );
+        // In a secured namespace `pop machine add` made it, and only the admin may.
+        if self.config.access.is_open() {
+            self.send(
+                ZkOp::Create {
+                    path: paths::machine(self.config.machine.as_str()),
+                    data: Vec::new(),
+                    mode: CreateMode::Persistent,
+                    acl: Acl::open(),
+                },
+                Pending::MachineNode,
+            );
+        }
         self.read(Watched::ServiceList);
         let names: Vec<String> = self.services.keys().cloned().collect();
         for name in names {
@@ -561,6 +575,48 @@ impl Agent {
         if reply == ZkReply::Error(ZkError::SessionExpired) {
             self.on_session(SessionEvent::Expired);
             return;
+        }
+        // Refused by an ACL: it would be refused again, so the agent cannot do its job
+        // with this credential. It says what was refused and exits; its services keep
+        // running for the next agent (with the right credential) to adopt.
+        if reply == ZkReply::Error(ZkError::NoAuth) {
+            let refused = match &pending {
+                Pending::MachineNode => return,
+                Pending::Read(Watched::Settings(name)) => {
+                    let name = name.clone();
+                    self.withhold_settings(name);
+                    return;
+                }
+                Pending::Read(watched) => Some((watched.path(), "reading")),
+                Pending::Ephemeral { path, step } => Some((path.clone(), step.doing())),
+                // A task's request or settings it may not read: the task fails, saying
+                // so in its result (see `on_task_reply`), and the agent goes on.
+                Pending::Task {
+                    read: tasks::replies::Read::Request | tasks::replies::Read::Settings,
+                    ..
+                } => None,
+                // Its own result it may not read or write: it cannot do its job.
+                Pending::Task {
+                    service,
+                    task,
+                    read,
+                } => Some((
+                    paths::task_result(service, task.as_str(), self.config.machine.as_str()),
+                    read.doing(),
+                )),
+            };
+            if let Some((path, doing)) = refused {
+                if !self.exited {
+                    self.exited = true;
+                    self.actions
+                        .push_back(Action::Report(Report::NotAuthorised {
+                            path,
+                            doing: doing.to_string(),
+                        }));
+                    self.actions.push_back(Action::Exit);
+                }
+                return;
+            }
         }
         match pending {
             Pending::MachineNode => {}

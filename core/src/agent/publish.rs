@@ -84,11 +84,12 @@ impl Agent {
             let report = (!self.shutting_down).then(|| self.report().render());
             self.want(path, report);
         }
+        let acl = self.config.access.own_node();
         for path in std::mem::take(&mut self.dirty.nodes) {
             let Some(node) = self.nodes.get_mut(&path) else {
                 continue;
             };
-            let next = node.next();
+            let next = node.next(&acl);
             if node.settled_absent() {
                 self.nodes.remove(&path);
             }

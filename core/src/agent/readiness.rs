@@ -112,6 +112,7 @@ mod tests {
         fn running(settings: &str) -> Machine {
             let mut m = Machine {
                 agent: Agent::new(AgentConfig {
+                    access: Default::default(),
                     machine: MachineId::new("m1").expect("machine id"),
                     hostname: "h".into(),
                     agent_pid: 1,

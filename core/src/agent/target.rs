@@ -93,6 +93,15 @@ impl Agent {
         self.send(op, Pending::Read(watched));
     }
 
+    /// An ACL refused reading the service's settings: not deployed here (in a secured
+    /// namespace the admin grants read before listing a machine). Not there for this
+    /// machine, until its machines list names it.
+    pub(super) fn withhold_settings(&mut self, name: String) {
+        self.armed.remove(&paths::service_settings(&name));
+        self.update_service(&name, |s| s.target.settings = NodeRead::Missing);
+        self.withheld.insert(name);
+    }
+
     pub(super) fn on_read(&mut self, watched: Watched, reply: ZkReply) {
         if let Watched::Tasks(_) | Watched::ServiceChildren(_) | Watched::TaskResult { .. } =
             watched
@@ -166,7 +175,11 @@ impl Agent {
             (Watched::Machines(name), ZkReply::Data { data, .. }) => match parse_machines(&data) {
                 Ok(machines) => {
                     self.clear_problem(&path);
+                    let here = machines.contains(self.machine());
                     self.update_service(&name, |s| s.target.machines = NodeRead::Read(machines));
+                    if here && self.withheld.remove(&name) {
+                        self.read(Watched::Settings(name));
+                    }
                 }
                 Err(e) => self.problem(&path, e.to_string()),
             },

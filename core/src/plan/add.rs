@@ -6,6 +6,7 @@
 use super::engine::{exactly, Decision, Engine, Got, Refused, Steps};
 use super::plugins::{resolve, type_reads};
 use super::{get, require_namespace, Doing, Feedback, Outcome, Plan, PlanError, Step};
+use crate::access::Access;
 use crate::assignment::render_settings;
 use crate::names::{PluginName, ServiceName};
 use crate::paths;
@@ -13,6 +14,7 @@ use crate::plugin::{builtin, Manifest, SettingsError};
 use crate::time::Timestamp;
 use crate::zk::{CreateMode, ZkError, ZkOp, ZkReply};
 use serde_json::{Map, Value};
+use std::collections::BTreeSet;
 
 /// What `pop add` was asked for.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +38,7 @@ struct Adding {
     written: Option<Settled>,
     /// A create was sent whose outcome is unknown.
     in_doubt: bool,
+    access: Access,
 }
 
 /// Settings decided on, and the settings node's data they make.
@@ -91,7 +94,14 @@ impl Add {
             builtin,
             written: None,
             in_doubt: false,
+            access: Access::Open,
         })))
+    }
+
+    /// The ACLs of a secured namespace for what it creates.
+    pub fn with_access(mut self, access: Access) -> Add {
+        self.0.steps.access = access;
+        self
     }
 
     /// What the plan writes into the settings node, when known before reading (a
@@ -107,8 +117,10 @@ impl Plan for Add {
     }
 }
 
-fn create(path: String, data: Vec<u8>) -> ZkOp {
+/// A persistent node with the ACL `access` gives its path (nobody is deployed yet).
+fn create(access: &Access, path: String, data: Vec<u8>) -> ZkOp {
     ZkOp::Create {
+        acl: access.acl(&path, &BTreeSet::new()),
         path,
         data,
         mode: CreateMode::Persistent,
@@ -127,14 +139,16 @@ impl Adding {
     fn plan(&mut self, mut got: Vec<Got>) -> Result<Decision<Outcome>, PlanError> {
         let type_got = got.split_off(got.len().min(3));
         let [pop, service, settings] = exactly(got)?;
+        // A multi is all or nothing: our settings there mean our create took effect,
+        // whatever else has happened since (the marker may be read gone while another
+        // terminal's `init --force` deletes the namespace around it).
+        if let Some(written) = self.written.as_ref().filter(|_| self.in_doubt) {
+            if service.exists() && settings.data() == Some(written.data.as_slice()) {
+                return Ok(Decision::Done(Ok(self.added(written))));
+            }
+        }
         require_namespace(&self.at, &pop)?;
         if service.exists() {
-            // A multi is all or nothing: our settings there mean our create took effect.
-            if let Some(written) = self.written.as_ref().filter(|_| self.in_doubt) {
-                if settings.data() == Some(written.data.as_slice()) {
-                    return Ok(Decision::Done(Ok(self.added(written))));
-                }
-            }
             return Err(PlanError::ExistsAlready {
                 name: self.name.clone(),
             });
@@ -149,11 +163,15 @@ impl Adding {
         let name = &self.name;
         let write = ZkOp::Multi {
             ops: vec![
-                create(paths::service(name), Vec::new()),
-                create(paths::service_settings(name), settled.data.clone()),
-                create(paths::service_machines(name), b"[]".to_vec()),
-                create(paths::service_state_dir(name), Vec::new()),
-                create(paths::service_tasks(name), Vec::new()),
+                create(&self.access, paths::service(name), Vec::new()),
+                create(
+                    &self.access,
+                    paths::service_settings(name),
+                    settled.data.clone(),
+                ),
+                create(&self.access, paths::service_machines(name), b"[]".to_vec()),
+                create(&self.access, paths::service_state_dir(name), Vec::new()),
+                create(&self.access, paths::service_tasks(name), Vec::new()),
             ],
         };
         self.written = Some(settled);
@@ -270,6 +288,29 @@ mod tests {
         });
         assert!(matches!(outcome, Ok(Outcome::Added { .. })), "{outcome:?}");
         assert_eq!(tree.writes.len(), 1, "written once: {:?}", tree.writes);
+    }
+
+    /// Found by the simulator (7 machines, seed 4): the marker read gone while our
+    /// service was still there (another terminal's `init --force` was deleting the
+    /// namespace) made an add that took effect report "no pop namespace".
+    #[test]
+    fn add_in_doubt_finding_its_service_reports_added_even_if_the_marker_is_gone() {
+        let mut tree = namespace();
+        let mut wrote = false;
+        let outcome = tree.run_with(&mut echo(), |tree, request| {
+            if is_write(request) && !wrote {
+                wrote = true;
+                return Fate::LoseReply;
+            }
+            if wrote {
+                tree.apply(&ZkOp::Delete {
+                    path: "/pop".into(),
+                    version: None,
+                });
+            }
+            Fate::Deliver
+        });
+        assert!(matches!(outcome, Ok(Outcome::Added { .. })), "{outcome:?}");
     }
 
     #[test]

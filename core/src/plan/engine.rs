@@ -71,6 +71,10 @@ pub(crate) fn refused_by_default<T>(path: &str, error: &ZkError) -> Refused<T> {
         ZkError::BadVersion | ZkError::NoNode | ZkError::NodeExists | ZkError::NotEmpty => {
             Refused::Conflict
         }
+        ZkError::NoAuth => Refused::Done(Err(PlanError::NotAuthorised {
+            doing: Doing::Writing,
+            path: path.to_string(),
+        })),
         other => Refused::Done(Err(PlanError::Zk {
             doing: Doing::Writing,
             path: path.to_string(),
@@ -277,6 +281,12 @@ fn read_all(ops: &[ZkOp], replies: Vec<ZkReply>) -> Result<Vec<Got>, ReadFailure
                     Ok(Got::Children(names))
                 }
                 (_, ZkReply::Error(ZkError::NoNode)) => Ok(Got::Missing),
+                (_, ZkReply::Error(ZkError::NoAuth)) => {
+                    Err(ReadFailure::Fatal(PlanError::NotAuthorised {
+                        doing: Doing::Reading,
+                        path,
+                    }))
+                }
                 (_, ZkReply::Error(error)) if error.outcome_unknown() => {
                     Err(ReadFailure::Retry { path, error })
                 }

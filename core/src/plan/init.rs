@@ -4,12 +4,15 @@
 //! nothing published in them and drops the marker, then creates the namespace again. What
 //! live agents publish about themselves (/agents, their ephemerals) is theirs and stays.
 
+use super::acls::SyncAcls;
 use super::engine::{exactly, Decision, Engine, Got, Refused, Steps};
 use super::remove::Remove;
 use super::{children, get, Feedback, Outcome, Plan, PlanError, Step};
+use crate::access::{Access, Marker, Principals, ADMIN, REGISTRY};
 use crate::paths;
 use crate::time::Timestamp;
 use crate::zk::{CreateMode, ZkError, ZkOp, ZkReply};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 pub struct Init {
@@ -17,6 +20,8 @@ pub struct Init {
     force: bool,
     patience: Duration,
     stage: Stage,
+    /// `--admin-identity`: the admin's user and digest id; the namespace is secured.
+    admin: Option<(String, String)>,
 }
 
 enum Stage {
@@ -28,6 +33,7 @@ enum Stage {
     },
     Pruning(Engine<Prune>),
     Creating(Engine<Create>),
+    Securing(Box<SyncAcls>),
     Finished,
 }
 
@@ -47,8 +53,37 @@ impl Init {
             stage: Stage::Survey(Engine::new(Survey {
                 at: at.to_string(),
                 force,
+                admin: None,
             })),
+            admin: None,
         }
+    }
+
+    /// `pop init --admin-identity`: the namespace becomes secured by this admin (`user`
+    /// and its digest id), and every node's ACL is set (migrating an existing one).
+    pub fn secured(mut self, user: &str, digest: &str) -> Init {
+        if let Stage::Survey(survey) = &mut self.stage {
+            survey.steps.admin = Some(user.to_string());
+        }
+        self.admin = Some((user.to_string(), digest.to_string()));
+        self
+    }
+
+    fn create(&self) -> Stage {
+        let marker = match &self.admin {
+            Some((user, _)) => Marker::Secured {
+                admin: user.clone(),
+            },
+            None => Marker::Open,
+        };
+        let access = match &self.admin {
+            Some((_, digest)) => Access::Secured(Principals {
+                admin: digest.clone(),
+                machines: Default::default(),
+            }),
+            None => Access::Open,
+        };
+        Stage::Creating(Engine::new(Create { marker, access }))
     }
 
     /// The stage after the services are gone.
@@ -78,6 +113,7 @@ enum Ended {
     Removed,
     Pruned,
     Created,
+    Secured,
 }
 
 impl Plan for Init {
@@ -103,6 +139,10 @@ impl Plan for Init {
                     Step::Do(r) => return Step::Do(r),
                     Step::Done(result) => result.map(|()| Ended::Created),
                 },
+                Stage::Securing(sync) => match sync.next(now, feedback) {
+                    Step::Do(r) => return Step::Do(r),
+                    Step::Done(result) => result.map(|_| Ended::Secured),
+                },
                 Stage::Finished => Err(PlanError::Misfed {
                     expected: "nothing (it had finished)",
                     got: feedback.name(),
@@ -111,7 +151,12 @@ impl Plan for Init {
             let stage = std::mem::replace(&mut self.stage, Stage::Finished);
             self.stage = match (ended, stage) {
                 (Err(e), _) => return Step::Done(Err(e)),
-                (Ok(Ended::Surveyed(None)) | Ok(Ended::Pruned), _) => create(),
+                (Ok(Ended::Surveyed(None)) | Ok(Ended::Pruned), _) => self.create(),
+                // A secured namespace's machine directories are made by `pop machine
+                // add`, and their agents may not make them again: they stay.
+                (Ok(Ended::Surveyed(Some(found))), _) if self.admin.is_some() => {
+                    self.remove_next(found.services, Vec::new())
+                }
                 (Ok(Ended::Surveyed(Some(found))), _) => {
                     self.remove_next(found.services, found.machines)
                 }
@@ -119,7 +164,11 @@ impl Plan for Init {
                     self.remove_next(rest, machines)
                 }
                 (Ok(Ended::Removed), _) => Stage::Finished,
-                (Ok(Ended::Created), _) => {
+                (Ok(Ended::Created), _) if self.admin.is_some() => {
+                    let digest = self.admin.as_ref().map_or("", |(_, d)| d.as_str());
+                    Stage::Securing(Box::new(SyncAcls::new(digest)))
+                }
+                (Ok(Ended::Created | Ended::Secured), _) => {
                     return Step::Done(Ok(Outcome::Initialised {
                         at: self.at.clone(),
                         reset: self.force,
@@ -132,32 +181,42 @@ impl Plan for Init {
     }
 }
 
-fn create() -> Stage {
-    Stage::Creating(Engine::new(Create))
-}
-
 /// Reads whether the namespace exists and what is in it.
 struct Survey {
     at: String,
     force: bool,
+    /// `--admin-identity`'s user: it must not be a registered machine's id.
+    admin: Option<String>,
 }
 
 impl Steps for Survey {
     type Done = Option<Found>;
 
     fn reads(&self) -> Vec<ZkOp> {
-        vec![
+        let mut reads = vec![
             get(paths::POP),
             children(paths::SERVICES),
             children(paths::MACHINES),
-        ]
+        ];
+        if self.admin.is_some() {
+            reads.push(children(REGISTRY));
+        }
+        reads
     }
 
-    fn decide(&mut self, _now: Timestamp, got: Vec<Got>) -> Decision<Option<Found>> {
+    fn decide(&mut self, _now: Timestamp, mut got: Vec<Got>) -> Decision<Option<Found>> {
+        let registry = got.split_off(got.len().min(3));
         let [pop, services, machines] = match exactly(got) {
             Ok(got) => got,
             Err(e) => return Decision::Done(Err(e)),
         };
+        if let (Some(admin), Some(Got::Children(registered))) = (&self.admin, registry.first()) {
+            if registered.contains(admin) {
+                return Decision::Done(Err(PlanError::MachineIsAdmin {
+                    machine: admin.clone(),
+                }));
+            }
+        }
         let names = |got: Got| match got {
             Got::Children(names) => names,
             _ => Vec::new(),
@@ -228,32 +287,59 @@ impl Steps for Prune {
     fn in_doubt(&mut self) {}
 }
 
-/// Creates the namespace's missing nodes in one multi.
-struct Create;
+/// Creates the namespace's missing nodes in one multi, with the marker (rewritten when
+/// `/pop` stayed: a secured namespace's keeps its machine registry).
+struct Create {
+    marker: Marker,
+    access: Access,
+}
+
+impl Create {
+    /// The namespace's nodes and what each holds (`None`: nothing, and whatever it holds
+    /// stays); a secured one's also the registry and the admin's id.
+    fn nodes(&self) -> Vec<(&'static str, Option<Vec<u8>>)> {
+        let mut nodes: Vec<(&'static str, Option<Vec<u8>>)> = paths::NAMESPACE
+            .iter()
+            .map(|p| (*p, (*p == paths::POP).then(|| self.marker.render())))
+            .collect();
+        if let Access::Secured(principals) = &self.access {
+            nodes.push((REGISTRY, None));
+            nodes.push((ADMIN, Some(principals.admin.clone().into_bytes())));
+        }
+        nodes
+    }
+}
 
 impl Steps for Create {
     type Done = ();
 
     fn reads(&self) -> Vec<ZkOp> {
-        paths::NAMESPACE.iter().map(|p| get(*p)).collect()
+        self.nodes()
+            .into_iter()
+            .map(|(path, _)| get(path))
+            .collect()
     }
 
     fn decide(&mut self, _now: Timestamp, got: Vec<Got>) -> Decision<()> {
-        let marker = serde_json::json!({ "layout": 1 }).to_string().into_bytes();
-        let ops: Vec<ZkOp> = paths::NAMESPACE
-            .iter()
-            .zip(got)
-            .filter(|(_, got)| !got.exists())
-            .map(|(path, _)| ZkOp::Create {
-                path: path.to_string(),
-                data: if *path == paths::POP {
-                    marker.clone()
-                } else {
-                    Vec::new()
-                },
-                mode: CreateMode::Persistent,
-            })
-            .collect();
+        let mut ops = Vec::new();
+        for ((path, wanted), got) in self.nodes().into_iter().zip(got) {
+            match (got, wanted) {
+                (Got::Missing, wanted) => ops.push(ZkOp::Create {
+                    path: path.to_string(),
+                    data: wanted.unwrap_or_default(),
+                    mode: CreateMode::Persistent,
+                    acl: self.access.acl(path, &BTreeSet::new()),
+                }),
+                (Got::Data { data, stat }, Some(wanted)) if data != wanted => {
+                    ops.push(ZkOp::SetData {
+                        path: path.to_string(),
+                        data: wanted,
+                        version: Some(stat.version),
+                    })
+                }
+                _ => {}
+            }
+        }
         if ops.is_empty() {
             return Decision::Done(Ok(()));
         }

@@ -11,6 +11,7 @@
 //! it took effect. Both are bounded, and waits are deadlines computed from the `now` each
 //! step is given, so every plan ends.
 
+mod acls;
 mod add;
 mod engine;
 mod init;
@@ -22,6 +23,7 @@ mod set;
 #[cfg(test)]
 mod testing;
 
+pub use acls::{MachineRegistration, SettingsAcl, SyncAcls};
 pub use add::{Add, AddRequest};
 pub use init::Init;
 pub use machines::{ChangeMachines, MachinesChange};
@@ -152,6 +154,18 @@ pub enum Outcome {
         /// Why deleting old tasks failed (the task is issued all the same).
         prune_error: Option<String>,
     },
+    /// ACLs were set on this many nodes, for these registered machines.
+    AclsSet {
+        nodes: usize,
+        machines: Vec<String>,
+    },
+    MachineRegistered {
+        machine: String,
+        /// It was removed from the registry rather than added.
+        removed: bool,
+        /// Nodes whose ACL was set afterwards.
+        nodes: usize,
+    },
 }
 
 fn list_or_nowhere(machines: &BTreeSet<String>) -> String {
@@ -255,6 +269,28 @@ impl fmt::Display for Outcome {
                 }
                 Ok(())
             }
+            Outcome::AclsSet { nodes, machines } => write!(
+                f,
+                "set the ACLs of {nodes} nodes (registered machines: {})",
+                if machines.is_empty() {
+                    "none".to_string()
+                } else {
+                    machines.join(", ")
+                }
+            ),
+            Outcome::MachineRegistered {
+                machine,
+                removed: false,
+                nodes,
+            } => write!(f, "added machine {machine}; set the ACLs of {nodes} nodes"),
+            Outcome::MachineRegistered {
+                machine,
+                removed: true,
+                nodes,
+            } => write!(
+                f,
+                "removed machine {machine}: its credential is refused now; set the ACLs of {nodes} nodes"
+            ),
         }
     }
 }
@@ -375,6 +411,21 @@ pub enum PlanError {
         path: String,
         error: ZkError,
     },
+    /// An ACL refused a request (NoAuth): the credential in use may not do it.
+    #[error("ZooKeeper refused {doing} {path}: not authorised by its ACL")]
+    NotAuthorised { doing: Doing, path: String },
+    #[error(
+        "{path} is not a machine's digest id; `pop machine remove` and add that machine again"
+    )]
+    BadRegistryEntry { path: String },
+    #[error("machine {machine} is registered already; `pop machine remove {machine}` first to give it a new credential")]
+    MachineRegistered { machine: String },
+    #[error("no machine {machine} is registered (`pop machine add {machine}` registers it)")]
+    MachineNotRegistered { machine: String },
+    #[error("\"{machine}\" is the admin's user name; a machine cannot have it (nor the admin a registered machine's)")]
+    MachineIsAdmin { machine: String },
+    #[error("the namespace at {at} is not secured: `pop init --admin-identity USER:PASSWORD --force` secures it")]
+    NotSecured { at: String },
     /// Whoever runs the plan answered a request with the wrong kind of feedback.
     #[error("the plan got {got} while it waited for {expected}")]
     Misfed {
@@ -393,6 +444,7 @@ impl PlanError {
                 | PlanError::StillConflicting { .. }
                 | PlanError::GaveUp { .. }
                 | PlanError::Zk { .. }
+                | PlanError::NotAuthorised { .. }
                 | PlanError::Misfed { .. }
         )
     }

@@ -7,12 +7,14 @@
 
 use super::engine::{exactly, Decision, Engine, Got, Refused, Steps};
 use super::{children, get, require_namespace, Feedback, Outcome, Plan, PlanError, Step};
+use crate::access::Access;
 use crate::names::PluginName;
 use crate::paths;
 use crate::plugin::{builtin, decode_stored, Manifest};
 use crate::time::Timestamp;
 use crate::zk::{CreateMode, ZkError, ZkOp, ZkReply};
 use serde_json::Value;
+use std::collections::BTreeSet;
 
 /// The reads that find the manifest of type `name` (none for a built-in): its node, and
 /// the stored names to list when there is none.
@@ -68,9 +70,16 @@ struct AddingPlugin {
     replacing: bool,
     /// A write was sent whose outcome is unknown.
     in_doubt: bool,
+    access: Access,
 }
 
 impl PluginAdd {
+    /// The ACLs of a secured namespace for what it creates.
+    pub fn with_access(mut self, access: Access) -> PluginAdd {
+        self.0.steps.access = access;
+        self
+    }
+
     /// Refuses a manifest that does not decode, or takes a built-in's name, before
     /// anything is read. `origin` (the file) starts the messages about the manifest.
     pub fn new(at: &str, origin: &str, text: &str, replace: bool) -> Result<PluginAdd, PlanError> {
@@ -86,6 +95,7 @@ impl PluginAdd {
             replace,
             replacing: false,
             in_doubt: false,
+            access: Access::Open,
         })))
     }
 }
@@ -124,7 +134,9 @@ impl AddingPlugin {
             Got::Data { .. } | Got::Children(_) => Err(PlanError::PluginExists { name }),
             Got::Missing => {
                 self.replacing = false;
+                let access = &self.access;
                 let create = |path: String, data: Vec<u8>| ZkOp::Create {
+                    acl: access.acl(&path, &BTreeSet::new()),
                     path,
                     data,
                     mode: CreateMode::Persistent,

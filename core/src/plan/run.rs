@@ -11,6 +11,7 @@
 use super::engine::{exactly, Decision, Engine, Got, Refused, Steps};
 use super::plugins::{resolve, type_reads};
 use super::{children, get, require_service, Feedback, Outcome, Plan, PlanError, Step};
+use crate::access::Access;
 use crate::names::{MachineId, PluginName, ServiceName, TaskName};
 use crate::paths;
 use crate::plugin::{self, Environment, PythonEnvironment, Variables};
@@ -21,6 +22,7 @@ use crate::task::{
 use crate::time::Timestamp;
 use crate::zk::{CreateMode, ZkError, ZkOp, ZkReply};
 use serde_json::{Map, Value};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 /// What `pop run` was asked for.
@@ -59,6 +61,8 @@ struct Issuing {
     written: Option<TaskRequest>,
     /// A write was sent whose outcome is unknown.
     in_doubt: bool,
+    /// The ACLs of what it creates.
+    access: Access,
 }
 
 fn bad(reason: String) -> PlanError {
@@ -108,10 +112,17 @@ impl Run {
                 service_type: None,
                 written: None,
                 in_doubt: false,
+                access: Access::Open,
             }),
             prune: None,
             issued: None,
         })
+    }
+
+    /// What it creates gets the ACLs `access` gives their paths (open by default).
+    pub fn with_access(mut self, access: Access) -> Run {
+        self.issue.steps.access = access;
+        self
     }
 
     /// The id the task gets.
@@ -172,8 +183,10 @@ impl Plan for Run {
     }
 }
 
-fn create(path: String, data: Vec<u8>) -> ZkOp {
+/// A persistent node with the ACL `access` gives its path.
+fn create(access: &Access, path: String, data: Vec<u8>) -> ZkOp {
     ZkOp::Create {
+        acl: access.acl(&path, &BTreeSet::new()),
         path,
         data,
         mode: CreateMode::Persistent,
@@ -325,12 +338,16 @@ impl Issuing {
         let task_path = paths::task(&self.name, self.id.as_str());
         let mut ops = Vec::new();
         if !container.exists() {
-            ops.push(create(paths::service_tasks(&self.name), Vec::new()));
+            ops.push(create(
+                &self.access,
+                paths::service_tasks(&self.name),
+                Vec::new(),
+            ));
         }
-        ops.push(create(task_path.clone(), request.render()));
+        ops.push(create(&self.access, task_path.clone(), request.render()));
         for machine in &request.machines {
             let path = paths::task_result(&self.name, self.id.as_str(), machine.as_str());
-            ops.push(create(path, TaskResult::pending().render()));
+            ops.push(create(&self.access, path, TaskResult::pending().render()));
         }
         self.written = Some(request);
         Ok(Decision::Write(ZkOp::Multi { ops }))

@@ -3,7 +3,7 @@
 
 use super::{Feedback, Outcome, Plan, PlanError, Request, Step};
 use crate::time::Timestamp;
-use crate::zk::{NodeStat, ZkError, ZkOp, ZkReply};
+use crate::zk::{Acl, NodeStat, ZkError, ZkOp, ZkReply};
 use std::collections::BTreeMap;
 
 /// The contract manifest.
@@ -37,6 +37,10 @@ pub(crate) struct Tree {
     pub now: Timestamp,
     /// Every write applied, as text, in order.
     pub writes: Vec<String>,
+    /// Nodes' ACLs, as created or set (open when absent).
+    pub acls: BTreeMap<String, Acl>,
+    /// Every write is refused by an ACL (NoAuth), as for a client without the credential.
+    pub refuse_writes: bool,
 }
 
 fn parent(path: &str) -> &str {
@@ -53,6 +57,8 @@ impl Tree {
             nodes: BTreeMap::new(),
             now: Timestamp::from_millis(1_000),
             writes: Vec::new(),
+            acls: BTreeMap::new(),
+            refuse_writes: false,
         };
         tree.nodes.insert("/".into(), (Vec::new(), 0));
         for (path, data) in nodes {
@@ -86,6 +92,11 @@ impl Tree {
             ("/plugins", ""),
             ("/plugins/greeter", GREETER),
         ])
+    }
+
+    /// A node's ACL as text (open when never set).
+    pub fn acl(&self, path: &str) -> String {
+        self.acls.get(path).cloned().unwrap_or_default().to_string()
     }
 
     pub fn data(&self, path: &str) -> Option<&str> {
@@ -136,7 +147,9 @@ impl Tree {
                     stat: NodeStat::default(),
                 })
             }
-            ZkOp::Create { path, data, .. } => {
+            ZkOp::Create {
+                path, data, acl, ..
+            } => {
                 if !self.nodes.contains_key(parent(path)) {
                     return Err(ZkError::NoNode);
                 }
@@ -144,7 +157,14 @@ impl Tree {
                     return Err(ZkError::NodeExists);
                 }
                 self.nodes.insert(path.clone(), (data.clone(), 0));
+                self.acls.insert(path.clone(), acl.clone());
                 Ok(ZkReply::Created)
+            }
+            ZkOp::SetAcl { path, acl, .. } => {
+                let (_, v) = self.nodes.get(path).ok_or(ZkError::NoNode)?;
+                let stat = Tree::stat(*v);
+                self.acls.insert(path.clone(), acl.clone());
+                Ok(ZkReply::Set { stat })
             }
             ZkOp::SetData {
                 path,
@@ -170,6 +190,7 @@ impl Tree {
                     return Err(ZkError::NotEmpty);
                 }
                 self.nodes.remove(path);
+                self.acls.remove(path);
                 Ok(ZkReply::Deleted)
             }
             ZkOp::Multi { .. } => Err(ZkError::Other("a multi in a multi".into())),
@@ -177,6 +198,16 @@ impl Tree {
     }
 
     pub fn apply(&mut self, op: &ZkOp) -> ZkReply {
+        let read = matches!(op, ZkOp::GetData { .. } | ZkOp::GetChildren { .. });
+        if self.refuse_writes && !read {
+            return match op {
+                ZkOp::Multi { .. } => ZkReply::MultiFailed {
+                    index: 0,
+                    error: ZkError::NoAuth,
+                },
+                _ => ZkReply::Error(ZkError::NoAuth),
+            };
+        }
         let ZkOp::Multi { ops } = op else {
             let reply = self.apply_one(op).unwrap_or_else(ZkReply::Error);
             if !matches!(op, ZkOp::GetData { .. } | ZkOp::GetChildren { .. })

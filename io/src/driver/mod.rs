@@ -4,9 +4,11 @@
 //! The loop is written against small ports ([`ports`]) so the same code runs in
 //! production ([`production`]) and under simulation. Every input is appended to the
 //! journal before the core sees it, and the actions after, so `pop replay` can check
-//! that the core's decisions follow from its inputs alone.
+//! that the core's decisions follow from its inputs alone (spawns are carried out
+//! before their step's actions are journaled, so a restart does not wait for that).
 //!
-//! Every spawned task reports back over one channel. Messages from an older ZooKeeper
+//! Process events come straight from the supervisor's channel; every ZooKeeper task
+//! reports back over one channel of the loop's. Messages from an older ZooKeeper
 //! session are tagged with its epoch and dropped, so a reply or watch from an expired
 //! session never reaches the core.
 
@@ -18,10 +20,11 @@ use crate::environment::{EnvironmentBuilder, Installer};
 use crate::journal::{journal_path, JournalLimits, JournalWriter};
 use crate::supervise::{ContainmentChoice, Supervisor, SupervisorConfig};
 use crate::zk::ZkConfig;
+use pop_core::access::AgentAccess;
 use pop_core::event::{Action, Input, Report};
 use pop_core::zk::{SessionEvent, ZkError, ZkReply};
 use pop_core::{Agent, AgentConfig};
-use ports::{Clock, ProcessPort, ZkPort, ZkSession};
+use ports::{Clock, ConnectFailure, ProcessPort, ZkPort, ZkSession};
 use production::{RealZk, SupervisedProcesses};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,6 +36,11 @@ use tracing::{debug, error, info, warn};
 pub enum DriverError {
     #[error("cannot set up process supervision: {0}")]
     Supervise(#[from] crate::supervise::SuperviseError),
+    #[error("setting up process supervision failed: {0}")]
+    Setup(String),
+    /// ZooKeeper refused this agent: its credential is missing, wrong or not allowed.
+    #[error("{0}")]
+    Refused(String),
     #[error("cannot create {path}: {source}")]
     StateDir {
         path: PathBuf,
@@ -66,17 +74,18 @@ pub enum StopRequest {
 const CLOSE_LIMIT: Duration = Duration::from_secs(2);
 
 enum Msg<S> {
-    /// An input that does not depend on the session (processes, signals).
-    Local(Input),
     /// An input from the ZooKeeper session of `epoch`.
     Session {
         epoch: u64,
-        input: Input,
+        // Boxed: an input is large beside the other messages.
+        input: Box<Input>,
     },
     Connected {
         epoch: u64,
         session: S,
     },
+    /// The server refused the credential: the agent cannot go on.
+    Refused(String),
 }
 
 /// Runs the production agent until `stop` asks it to end (and, for `Stop`, every
@@ -99,27 +108,28 @@ pub async fn run(
     let (process_tx, supervisor_rx) = mpsc::unbounded_channel();
     let process_rx = task_inputs(supervisor_rx, config.state_dir.clone());
     let environment_tx = process_tx.clone();
-    let supervisor = Supervisor::new(
-        SupervisorConfig::new(
-            config.machine_id.as_str(),
-            config.state_dir.clone(),
-            config.containment,
-        ),
-        process_tx,
-    )?;
+    let supervisor_config = SupervisorConfig::new(
+        config.machine_id.as_str(),
+        config.state_dir.clone(),
+        config.containment,
+    );
+    // Killing what an earlier agent left may wait for stubborn processes: not on the
+    // event loop.
+    let supervisor =
+        tokio::task::spawn_blocking(move || Supervisor::new(supervisor_config, process_tx))
+            .await
+            .map_err(|e| DriverError::Setup(e.to_string()))??;
     let clock = SystemClock::new();
+    let access = agent_access(&config.zk, &config.machine_id).await?;
     let environments = EnvironmentBuilder::new(
         config.state_dir.clone(),
         config.machine_id.as_str(),
         Installer::from_env(),
         environment_tx,
     );
-    let processes = SupervisedProcesses {
-        supervisor,
-        environments,
-        state_dir: config.state_dir.clone(),
-    };
+    let processes = SupervisedProcesses::new(supervisor, environments, config.state_dir.clone());
     let agent_config = AgentConfig {
+        access,
         machine: config.machine_id.clone(),
         hostname: config.hostname.clone(),
         agent_pid: std::process::id(),
@@ -143,17 +153,91 @@ pub async fn run(
     };
     info!(machine = %config.machine_id, containment = %agent_config.containment, zk = %config.zk.hosts, "agent starting");
     let ports = Ports {
-        zk: RealZk { config: config.zk },
+        zk: RealZk {
+            config: config.zk.clone(),
+        },
         processes,
         clock,
     };
-    run_with(ports, agent_config, journal, process_rx, stop).await;
-    Ok(())
+    // On the runtime's workers rather than the caller's thread (`block_on`): the tasks
+    // that feed the loop then wake it on their own worker, without a thread switch.
+    tokio::spawn(run_with(ports, agent_config, journal, process_rx, stop))
+        .await
+        .map_err(|e| DriverError::Setup(format!("the event loop failed: {e}")))?
+        .map_err(|refusal| DriverError::Refused(refusal.explain(&config.zk, &config.machine_id)))
+}
+
+/// With a credential, what ACL the agent's own nodes get: it asks ZooKeeper (until it
+/// can) whether the namespace is secured and by whom. Without one, open ACLs: in a
+/// secured namespace its first refused request says what is missing.
+async fn agent_access(
+    zk: &ZkConfig,
+    machine: &pop_core::names::MachineId,
+) -> Result<AgentAccess, DriverError> {
+    let Some(credential) = zk.auth.first() else {
+        return Ok(AgentAccess::Open);
+    };
+    if credential.user() != machine.as_str() {
+        warn!(
+            user = credential.user(),
+            "the agent authenticates as a user other than its machine id"
+        );
+    }
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match crate::zk::namespace_access(zk).await {
+            Ok(None) => return Ok(AgentAccess::Open),
+            Ok(Some(admin)) => {
+                return Ok(AgentAccess::Secured {
+                    admin,
+                    machine: credential.digest_id(),
+                })
+            }
+            Err(crate::zk::AccessError::Refused(message)) => {
+                let refusal = Refusal::Session(message);
+                return Err(DriverError::Refused(refusal.explain(zk, machine)));
+            }
+            Err(crate::zk::AccessError::Retry(message)) => {
+                warn!("cannot learn whether the namespace is secured: {message}; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// What ZooKeeper refused the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A request (NoAuth).
+    Request { doing: String, path: String },
+    /// The session's authentication.
+    Session(String),
+}
+
+impl Refusal {
+    /// Names the credential in use and what to do: the message the agent exits with.
+    pub fn explain(&self, zk: &ZkConfig, machine: &pop_core::names::MachineId) -> String {
+        let what = match self {
+            Refusal::Request { doing, path } => format!("ZooKeeper refused {doing} {path}"),
+            Refusal::Session(message) => message.clone(),
+        };
+        match zk.auth.first() {
+            None => format!(
+                "{what}: this agent has no credential and the namespace is secured; give it machine {machine}'s (printed by `pop machine add {machine}`) in POP_AUTH, --auth or <state dir>/credential (mode 0600)"
+            ),
+            Some(credential) => format!(
+                "{what} to user {}: is machine {machine} registered (`pop machine add {machine}`) and its secret the one printed then?",
+                credential.user()
+            ),
+        }
+    }
 }
 
 /// The supervisor's events as the core's inputs: those of a task's processes become
-/// task inputs (the ends of its output are read from files, on the blocking pool), in
-/// the order they came.
+/// task inputs (the ends of its output are read from files, on the blocking pool: only
+/// for a task's end, so services' events never wait for a thread), in the order they
+/// came.
 fn task_inputs(
     mut events: mpsc::UnboundedReceiver<Input>,
     state_dir: PathBuf,
@@ -161,8 +245,8 @@ fn task_inputs(
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(event) = events.recv().await {
-            let dir = state_dir.clone();
-            let input =
+            let input = if crate::tasks::reads_output(&event) {
+                let dir = state_dir.clone();
                 match tokio::task::spawn_blocking(move || crate::tasks::translate(&dir, event))
                     .await
                 {
@@ -171,7 +255,10 @@ fn task_inputs(
                         error!("reading a task's output failed: {e}");
                         continue;
                     }
-                };
+                }
+            } else {
+                crate::tasks::translate(&state_dir, event)
+            };
             if tx.send(input).is_err() {
                 return;
             }
@@ -196,26 +283,24 @@ struct Driver<Z: ZkPort, P, C> {
     session: Option<Z::Session>,
     epoch: u64,
     tx: mpsc::UnboundedSender<Msg<Z::Session>>,
+    /// What ZooKeeper refused, once it has (the core then exits).
+    refused: Option<Refusal>,
 }
 
 /// The event loop over any ports. Returns when the core emits `Exit`, or at once after a
 /// second `Stop` request (services are then killed without the full grace).
+///
+/// Ends with a [`Refusal`] when ZooKeeper refused the agent's credential (or a request for
+/// want of one): the services are left running for the next agent to adopt.
 pub async fn run_with<Z: ZkPort, P: ProcessPort, C: Clock>(
     ports: Ports<Z, P, C>,
     agent_config: AgentConfig,
     journal: Option<JournalWriter>,
     mut process_events: mpsc::UnboundedReceiver<Input>,
     mut stop: mpsc::UnboundedReceiver<StopRequest>,
-) {
+) -> Result<(), Refusal> {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let fwd = tx.clone();
-    tokio::spawn(async move {
-        while let Some(event) = process_events.recv().await {
-            if fwd.send(Msg::Local(event)).is_err() {
-                break;
-            }
-        }
-    });
+    let mut process_events_open = true;
     let mut driver = Driver {
         zk: std::sync::Arc::new(ports.zk),
         processes: Some(ports.processes),
@@ -225,6 +310,7 @@ pub async fn run_with<Z: ZkPort, P: ProcessPort, C: Clock>(
         session: None,
         epoch: 0,
         tx,
+        refused: None,
     };
     // What an earlier agent left running is known before anything else happens.
     let adopted = driver
@@ -234,7 +320,7 @@ pub async fn run_with<Z: ZkPort, P: ProcessPort, C: Clock>(
         .unwrap_or_default();
     for input in adopted {
         if driver.step(input).await {
-            return;
+            return driver.ended();
         }
     }
     driver.start_session();
@@ -252,10 +338,22 @@ pub async fn run_with<Z: ZkPort, P: ProcessPort, C: Clock>(
             }
         };
         let input = tokio::select! {
+            // Straight from the supervisor: a restart's `Exited` takes no extra hop.
+            event = process_events.recv(), if process_events_open => {
+                if event.is_none() {
+                    process_events_open = false;
+                }
+                event
+            }
             msg = rx.recv() => match msg {
-                Some(Msg::Local(input)) => Some(input),
-                Some(Msg::Session { epoch, input }) => (epoch == driver.epoch).then_some(input),
+                Some(Msg::Session { epoch, input }) => (epoch == driver.epoch).then_some(*input),
                 Some(Msg::Connected { epoch, session }) => driver.on_connected(epoch, session),
+                Some(Msg::Refused(message)) => {
+                    if let Some(processes) = driver.processes.take() {
+                        processes.detach();
+                    }
+                    return Err(Refusal::Session(message));
+                }
                 None => None,
             },
             () = sleep => Some(Input::Tick),
@@ -275,7 +373,7 @@ pub async fn run_with<Z: ZkPort, P: ProcessPort, C: Clock>(
                         processes.shutdown(Duration::from_millis(500)).await;
                     }
                     driver.close_session().await;
-                    return;
+                    return driver.ended();
                 }
                 Some(StopRequest::Stop) => {
                     stop_requested = true;
@@ -286,12 +384,16 @@ pub async fn run_with<Z: ZkPort, P: ProcessPort, C: Clock>(
         };
         let Some(input) = input else { continue };
         if driver.step(input).await {
-            return;
+            return driver.ended();
         }
     }
 }
 
 impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
+    fn ended(&mut self) -> Result<(), Refusal> {
+        self.refused.take().map_or(Ok(()), Err)
+    }
+
     /// Journals one input, hands it to the core and performs what it asks; true when
     /// the agent is done.
     async fn step(&mut self, input: Input) -> bool {
@@ -303,13 +405,29 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
         }
         self.agent.handle(now, input);
         let actions: Vec<Action> = self.agent.drain_actions();
+        // Spawns first, even before the actions are journaled: a restart's fork and
+        // exec should not wait for that, nor compete for the CPU with the ZooKeeper
+        // requests of the same step (sent by other tasks, answered by the server on
+        // this machine). Nothing depends on that order: requests still go out in the
+        // order given, and what a spawn reports comes back as a later input.
+        let spawns: Vec<Action> = actions
+            .iter()
+            .filter(|a| matches!(a, Action::Spawn { .. }))
+            .cloned()
+            .collect();
+        for action in spawns {
+            self.perform(action);
+        }
         if let Some(journal) = self.journal.as_mut() {
             journal.actions(&actions);
             journal.rotate_if_full(&self.agent);
         }
-        for action in actions {
+        let others = actions
+            .into_iter()
+            .filter(|a| !matches!(a, Action::Spawn { .. }));
+        for action in others {
             if self.perform(action) {
-                if detach {
+                if detach || self.refused.is_some() {
                     if let Some(processes) = self.processes.take() {
                         processes.detach();
                     }
@@ -338,7 +456,13 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
         tokio::spawn(async move {
             while let Some(event) = events.recv().await {
                 let input = Input::Session(event);
-                if tx.send(Msg::Session { epoch, input }).is_err() {
+                if tx
+                    .send(Msg::Session {
+                        epoch,
+                        input: Box::new(input),
+                    })
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -365,7 +489,11 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
                         let _ = tx.send(Msg::Connected { epoch, session });
                         return;
                     }
-                    Err(e) => {
+                    Err(ConnectFailure::Refused(message)) => {
+                        let _ = tx.send(Msg::Refused(message));
+                        return;
+                    }
+                    Err(ConnectFailure::Retry(e)) => {
                         warn!("{e}; retrying in {delay:?}");
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(Duration::from_secs(5));
@@ -394,7 +522,10 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
                 let Some(session) = self.session.clone() else {
                     let reply = ZkReply::Error(ZkError::ConnectionLoss);
                     let input = Input::Reply { id, reply };
-                    let _ = tx.send(Msg::Session { epoch, input });
+                    let _ = tx.send(Msg::Session {
+                        epoch,
+                        input: Box::new(input),
+                    });
                     return false;
                 };
                 tokio::spawn(async move {
@@ -403,13 +534,22 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
                     // closes it, which shutdown relies on.
                     drop(session);
                     let input = Input::Reply { id, reply };
-                    if tx.send(Msg::Session { epoch, input }).is_err() {
+                    if tx
+                        .send(Msg::Session {
+                            epoch,
+                            input: Box::new(input),
+                        })
+                        .is_err()
+                    {
                         return;
                     }
                     if let Some(watch) = watch {
                         if let Some(event) = watch.await {
                             let input = Input::Watch(event);
-                            let _ = tx.send(Msg::Session { epoch, input });
+                            let _ = tx.send(Msg::Session {
+                                epoch,
+                                input: Box::new(input),
+                            });
                         }
                     }
                 });
@@ -478,6 +618,10 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
                 warn!("ZooKeeper session expired; opening a new one");
                 self.start_session();
             }
+            Action::Report(Report::NotAuthorised { path, doing }) => {
+                error!(%path, "ZooKeeper refused {doing} it: not authorised");
+                self.refused = Some(Refusal::Request { doing, path });
+            }
             Action::Report(report) => log_report(&report),
             Action::Exit => return true,
         }
@@ -528,5 +672,8 @@ fn log_report(report: &Report) {
             spec_hash,
             error,
         } => error!(%service, spec_hash, "environment build failed: {error}"),
+        Report::NotAuthorised { path, doing } => {
+            error!(%path, "ZooKeeper refused {doing} it: not authorised")
+        }
     }
 }

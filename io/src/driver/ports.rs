@@ -39,10 +39,19 @@ pub trait ZkSession: Clone + Send + Sync + 'static {
     fn close(self, limit: Duration) -> impl Future<Output = ()> + Send;
 }
 
+/// Why a session could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// Unreachable, timed out...: try again.
+    Retry(String),
+    /// The server refused the credential: trying again cannot help.
+    Refused(String),
+}
+
 /// Opens sessions.
 pub trait ZkPort: Send + Sync + 'static {
     type Session: ZkSession;
-    fn connect(&self) -> impl Future<Output = Result<Self::Session, String>> + Send;
+    fn connect(&self) -> impl Future<Output = Result<Self::Session, ConnectFailure>> + Send;
 }
 
 /// Runs and contains service processes, and builds their Python environments. Outcomes

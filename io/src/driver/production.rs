@@ -1,14 +1,14 @@
 //! The production implementations of the driver's ports: the `zookeeper-client` crate
 //! and the process supervisor.
 
-use super::ports::{ProcessPort, WatchFuture, ZkPort, ZkSession};
+use super::ports::{ConnectFailure, ProcessPort, WatchFuture, ZkPort, ZkSession};
 use crate::environment::EnvironmentBuilder;
 use crate::supervise::{ProcessSpec, ReadinessProbe, Supervisor};
 use crate::tasks::{self, TaskLaunch};
 use crate::zk::{self, Client, SessionState, ZkConfig};
 use pop_core::environment::EnvironmentSpec;
 use pop_core::event::Input;
-use pop_core::launch::Launch;
+use pop_core::launch::{self, Launch};
 use pop_core::settings::Settings;
 use pop_core::task::TaskId;
 use pop_core::zk::{SessionEvent, SessionId, ZkOp, ZkReply};
@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Sessions of a real ZooKeeper ensemble.
 pub struct RealZk {
@@ -28,8 +28,11 @@ pub struct RealZk {
 impl ZkPort for RealZk {
     type Session = RealSession;
 
-    async fn connect(&self) -> Result<RealSession, String> {
-        let client = zk::connect(&self.config).await.map_err(|e| e.to_string())?;
+    async fn connect(&self) -> Result<RealSession, ConnectFailure> {
+        let client = zk::connect(&self.config).await.map_err(|e| match e {
+            zk::ConnectError::AuthFailed { .. } => ConnectFailure::Refused(e.to_string()),
+            other => ConnectFailure::Retry(other.to_string()),
+        })?;
         Ok(RealSession {
             client,
             op_timeout: self.config.op_timeout,
@@ -71,7 +74,12 @@ impl ZkSession for RealSession {
                     SessionState::SyncConnected | SessionState::ConnectedReadOnly => {
                         SessionEvent::Connected { session, timeout }
                     }
-                    // Expired, auth failure or closed: the session is over for good.
+                    SessionState::AuthFailed => {
+                        // The next session's connect is refused too, and the agent exits.
+                        warn!("ZooKeeper closed the session: authentication failed");
+                        SessionEvent::Expired
+                    }
+                    // Expired or closed: the session is over for good.
                     _ => SessionEvent::Expired,
                 };
                 let terminal = event == SessionEvent::Expired;
@@ -103,10 +111,17 @@ impl ZkSession for RealSession {
 
 /// Services run by the process supervisor, and their environments built.
 pub struct SupervisedProcesses {
-    pub supervisor: Supervisor,
-    pub environments: EnvironmentBuilder,
+    supervisor: Supervisor,
+    environments: EnvironmentBuilder,
+    /// Whether a plain command may be exec'd without `sh -c`: not when the agent's own
+    /// environment (which services inherit) has a variable the shell would change
+    /// (`PWD` aside: it is set for the service as the shell would).
+    direct_exec: bool,
+    /// The agent's environment variables the shell would not pass on (their names are
+    /// not shell names), left out when a command is exec'd directly.
+    not_for_the_shell: Vec<String>,
     /// Where tasks' output goes (`<state_dir>/tasks/<service>/`).
-    pub state_dir: PathBuf,
+    state_dir: PathBuf,
 }
 
 /// What the run record keeps of a generation (`ProcessSpec::note`), for the agent that
@@ -132,6 +147,30 @@ fn path_with(prepend: &[String], env: &BTreeMap<String, String>) -> Option<Strin
 }
 
 impl SupervisedProcesses {
+    pub fn new(
+        supervisor: Supervisor,
+        environments: EnvironmentBuilder,
+        state_dir: PathBuf,
+    ) -> Self {
+        let names: Vec<_> = std::env::vars_os().map(|(name, _)| name).collect();
+        let direct_exec = !names
+            .iter()
+            .any(|name| name.to_str().is_none_or(launch::set_by_the_shell));
+        let not_for_the_shell = names
+            .iter()
+            .filter_map(|name| name.to_str())
+            .filter(|name| !launch::shell_name(name))
+            .map(str::to_string)
+            .collect();
+        Self {
+            supervisor,
+            environments,
+            direct_exec,
+            not_for_the_shell,
+            state_dir,
+        }
+    }
+
     fn spec(
         &self,
         service: &str,
@@ -148,15 +187,30 @@ impl SupervisedProcesses {
             launch: launch.clone(),
         })
         .unwrap_or_default();
+        let direct = launch.direct_argv().filter(|_| self.direct_exec);
         let mut env = launch.env;
         if let Some(path) = path_with(&launch.path_prepend, &env) {
             env.insert("PATH".to_string(), path);
         }
+        let mut unset = Vec::new();
+        let argv = match direct {
+            // What sh would have run, without starting sh, in the environment sh would
+            // have passed on: PWD as sh sets it (the physical working directory).
+            Some(argv) => {
+                if let Ok(pwd) = std::fs::canonicalize(&cwd) {
+                    env.insert("PWD".to_string(), pwd.to_string_lossy().into_owned());
+                }
+                unset.clone_from(&self.not_for_the_shell);
+                argv
+            }
+            None => launch.argv,
+        };
         ProcessSpec {
             service: service.to_string(),
             generation,
-            argv: launch.argv,
+            argv,
             env,
+            unset,
             cwd: Some(cwd),
             probe: launch.probe.map(|p| ReadinessProbe {
                 host: p.host,
@@ -218,7 +272,7 @@ impl ProcessPort for SupervisedProcesses {
 
     fn spawn(&mut self, service: &str, generation: u64, launch: Launch, settings: &Settings) {
         let spec = self.spec(service, generation, launch, settings);
-        info!(%service, generation, argv = ?spec.argv, "starting");
+        debug!(%service, generation, argv = ?spec.argv, "starting");
         self.supervisor.spawn(spec);
     }
 

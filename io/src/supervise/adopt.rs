@@ -12,21 +12,18 @@ use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs;
 use std::future::Future;
-use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::Duration;
 
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
 use tracing::{info, warn};
 
 use super::containment::cgroup::CgroupGroup;
 use super::containment::pgroup::PgroupGroup;
 use super::containment::{Backend, Group};
-use super::procfs;
 use super::record::{self, RecordContainment, RunRecord};
+use super::{pidfd, procfs};
 use super::{ExitStatus, SupervisorConfig};
 
 /// What the supervisor reports about each adopted generation; see
@@ -70,7 +67,7 @@ impl Adoptee {
 
 /// Reads every run record, returns the generations to adopt, and kills
 /// everything else earlier agents with this machine id left behind. Blocks
-/// briefly (at most ~5 s per stubborn cgroup).
+/// briefly: everything is killed at once, then waited for at most ~5 s in all.
 pub(crate) fn recover(
     backend: &Backend,
     config: &SupervisorConfig,
@@ -172,7 +169,7 @@ fn check(
     };
     // Opened before the checks: if they pass, the pid was not reused in
     // between, so the pidfd refers to the checked process.
-    let pidfd = pidfd_open(pid).map_err(|e| format!("main process not running ({e})"))?;
+    let pidfd = pidfd::open(pid).map_err(|e| format!("main process not running ({e})"))?;
     let stat = procfs::stat(pid).ok_or("main process not running")?;
     if stat.is_dead() {
         return Err("main process is a zombie".into());
@@ -194,17 +191,6 @@ fn check(
     })
 }
 
-fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
-    // SAFETY: a plain syscall with integer arguments.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let fd = RawFd::try_from(fd).map_err(io::Error::other)?;
-    // SAFETY: the kernel just returned this descriptor, and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 pub(crate) type ExitFuture = Pin<Box<dyn Future<Output = ExitStatus> + Send>>;
 
 /// Resolves when the adopted main process exits. It is not our child, so
@@ -216,10 +202,10 @@ pub(crate) fn exit_of(pidfd: OwnedFd, pid: u32, start_ticks: u64) -> ExitFuture 
     };
     // SAFETY: `OwnedFd` owns a valid descriptor, always returns it from
     // `as_raw_fd`, and closes it only when dropped along with the `AsyncFd`.
-    match unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) } {
+    match pidfd::exited(pidfd) {
         // A pidfd polls readable once the process has exited.
-        Ok(fd) => Box::pin(async move {
-            if let Err(e) = fd.readable().await {
+        Ok(exited) => Box::pin(async move {
+            if let Err(e) = exited.await {
                 warn!(pid, error = %e, "pidfd wait failed; polling /proc");
                 poll_exit(pid, start_ticks).await;
             }

@@ -4,65 +4,79 @@
 //! (so lines interleave in the order written, and nothing depends on the agent
 //! staying alive: a pipe would hand the service SIGPIPE once the agent is
 //! gone, which would make adoption impossible). The supervisor appends its
-//! `--- pop: ...` markers to the same file through its own `O_APPEND`
-//! descriptor.
+//! `--- pop: ...` markers to the same file, opening it for each one: it keeps no
+//! descriptor of any log, so the agent's open files do not grow with its services.
 //!
 //! Because the services hold the file open, it cannot be renamed away;
 //! rotation copies it to `.1` (after shifting `.1` -> `.2` ...) and then
 //! truncates it. Writers with `O_APPEND` simply continue at the new end.
-//! **Output written between the end of the copy and the truncation is lost**;
-//! the window is one `copy_file_range` plus one `ftruncate`, and rotation only
-//! happens when a file is over the limit, checked every [`CHECK_EVERY`] and
-//! before each spawn. A file can therefore exceed the limit by whatever the
-//! services write in one check interval.
+//! **Output written between the end of the copy and the truncation is lost**
+//! (a marker too); the window is one copy plus one `ftruncate`.
+//!
+//! # When a log is checked
+//!
+//! Only logs that are written are checked, so idle services cost nothing: while a
+//! generation of the service runs, a one-shot inotify watch wakes the service's
+//! rotation task at the next write; it waits [`DEBOUNCE`] more (a busy log is checked
+//! once per interval, not once per write), re-arms the watch and rotates if the file is
+//! over the limit. A file can therefore exceed the limit by what the services write in
+//! [`DEBOUNCE`]. A log that cannot be watched (inotify unavailable or out of watches) is
+//! checked every [`UNWATCHED_CHECK`] instead, and may exceed it by that much output.
+//! Rotation copies on the blocking pool, never on the event loop.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tracing::warn;
 
-/// How often every open log is checked for rotation.
-pub(crate) const CHECK_EVERY: Duration = Duration::from_secs(1);
+use super::watch::{Interest, Watcher};
+
+/// How long after a write a log is checked, batching the writes in between.
+pub(crate) const DEBOUNCE: Duration = Duration::from_secs(1);
+/// How often a log without an inotify watch is checked.
+pub(crate) const UNWATCHED_CHECK: Duration = Duration::from_secs(5);
 
 /// `<state_dir>/logs/<service>.log`; rotated files get `.1`, `.2`, ... appended.
 pub fn log_path(state_dir: &Path, service: &str) -> PathBuf {
     state_dir.join("logs").join(format!("{service}.log"))
 }
 
-/// The supervisor's handle on one service's log.
+/// One service's log file; holds no descriptor.
 #[derive(Debug)]
 pub(crate) struct LogFile {
     path: PathBuf,
-    file: File,
     max_bytes: u64,
     keep: u32,
+    /// Held while rotating, so two rotations never overlap.
+    rotating: Mutex<()>,
 }
 
-pub(crate) type SharedLog = Arc<Mutex<LogFile>>;
-/// Every log this supervisor has opened, by service.
-pub(crate) type Logs = Arc<Mutex<HashMap<String, SharedLog>>>;
-
 impl LogFile {
+    /// Creates the file (and its directory) if needed.
     pub fn open(path: PathBuf, max_bytes: u64, keep: u32) -> io::Result<Self> {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir)?;
         }
-        let file = open_append(&path)?;
+        open_append(&path)?;
         Ok(Self {
             path,
-            file,
             max_bytes,
             keep,
+            rotating: Mutex::new(()),
         })
     }
 
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// A new `O_APPEND` descriptor on the log, for a child's stdout/stderr.
-    pub fn for_child(&self) -> io::Result<File> {
+    pub fn for_child(&self) -> io::Result<fs::File> {
         open_append(&self.path)
     }
 
@@ -72,10 +86,15 @@ impl LogFile {
         PathBuf::from(s)
     }
 
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        self.rotating.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Copy-truncates the file if it is over the limit (0 means no limit).
     /// Returns whether it rotated.
-    pub fn rotate_if_needed(&mut self) -> io::Result<bool> {
-        if self.max_bytes == 0 || self.file.metadata()?.len() <= self.max_bytes {
+    pub fn rotate_if_needed(&self) -> io::Result<bool> {
+        let _rotating = self.lock();
+        if self.max_bytes == 0 || fs::metadata(&self.path)?.len() <= self.max_bytes {
             return Ok(false);
         }
         if self.keep > 0 {
@@ -94,69 +113,145 @@ impl LogFile {
             fs::rename(&tmp, self.rotated(1))?;
         }
         // Lines written since the copy finished are lost here (see module docs).
-        self.file.set_len(0)?;
+        OpenOptions::new()
+            .write(true)
+            .open(&self.path)?
+            .set_len(0)?;
         Ok(true)
     }
 
-    /// Writes a `--- pop: ...` marker line (one `write`, so it never splits
-    /// a line of the service's that was written with one `write` either).
-    pub fn marker(&mut self, text: &str) {
-        if let Err(e) = self.file.write_all(format!("--- pop: {text}\n").as_bytes()) {
+    /// Appends a `--- pop: ...` marker line (one `write`, so it never splits a line of
+    /// the service's that was written with one `write` either). Never waits for a
+    /// rotation in progress: a marker is as safe as the service's own output.
+    pub fn marker(&self, text: &str) {
+        let written = open_append(&self.path)
+            .and_then(|mut f| f.write_all(format!("--- pop: {text}\n").as_bytes()));
+        if let Err(e) = written {
             warn!(path = %self.path.display(), error = %e, "cannot write log marker");
         }
     }
 }
 
-fn open_append(path: &Path) -> io::Result<File> {
+fn open_append(path: &Path) -> io::Result<fs::File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
-/// Locks a shared log, tolerating poisoning (a panicked writer leaves a valid file).
-pub(crate) fn lock(log: &SharedLog) -> MutexGuard<'_, LogFile> {
-    log.lock().unwrap_or_else(|e| e.into_inner())
+type Registry = Mutex<HashMap<String, Weak<ServiceLog>>>;
+
+/// The log of a service with a generation running (or draining): the file, and the task
+/// that rotates it meanwhile. Shared by the service's generations; when the last one
+/// ends, the task stops and the registry forgets the service.
+#[derive(Debug)]
+pub(crate) struct ServiceLog {
+    service: String,
+    file: Arc<LogFile>,
+    rotation: JoinHandle<()>,
+    registry: Weak<Registry>,
 }
 
-fn lock_all(logs: &Logs) -> MutexGuard<'_, HashMap<String, SharedLog>> {
-    logs.lock().unwrap_or_else(|e| e.into_inner())
+impl std::ops::Deref for ServiceLog {
+    type Target = LogFile;
+
+    fn deref(&self) -> &LogFile {
+        &self.file
+    }
 }
 
-/// The log of `service`, opened on first use and then kept for rotation.
-pub(crate) fn get_or_open(
-    logs: &Logs,
-    state_dir: &Path,
-    service: &str,
+impl Drop for ServiceLog {
+    fn drop(&mut self) {
+        self.rotation.abort();
+        if let Some(registry) = self.registry.upgrade() {
+            let mut by_service = lock(&registry);
+            // Only our own (now dead) entry: a new one may have replaced it.
+            if by_service
+                .get(&self.service)
+                .is_some_and(|w| w.strong_count() == 0)
+            {
+                by_service.remove(&self.service);
+            }
+        }
+    }
+}
+
+pub(crate) type SharedLog = Arc<ServiceLog>;
+
+fn lock(registry: &Registry) -> MutexGuard<'_, HashMap<String, Weak<ServiceLog>>> {
+    registry.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The logs of the services that have a generation running.
+pub(crate) struct Logs {
+    state_dir: PathBuf,
     max_bytes: u64,
     keep: u32,
-) -> io::Result<SharedLog> {
-    let mut all = lock_all(logs);
-    if let Some(l) = all.get(service) {
-        return Ok(Arc::clone(l));
-    }
-    let file = LogFile::open(log_path(state_dir, service), max_bytes, keep)?;
-    let shared = Arc::new(Mutex::new(file));
-    all.insert(service.to_string(), Arc::clone(&shared));
-    Ok(shared)
+    watcher: Arc<Watcher>,
+    registry: Arc<Registry>,
 }
 
-/// Rotates one log if needed, logging failures.
-pub(crate) fn check(log: &SharedLog) {
-    let mut l = lock(log);
-    if let Err(e) = l.rotate_if_needed() {
-        warn!(path = %l.path.display(), error = %e, "cannot rotate log");
-    }
-}
-
-/// Checks every log every [`CHECK_EVERY`] (file I/O on the blocking pool).
-pub(crate) fn start_rotator(logs: Logs) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(CHECK_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let all: Vec<SharedLog> = lock_all(&logs).values().cloned().collect();
-            let _ = tokio::task::spawn_blocking(move || all.iter().for_each(check)).await;
+impl Logs {
+    pub fn new(state_dir: PathBuf, max_bytes: u64, keep: u32, watcher: Arc<Watcher>) -> Self {
+        Self {
+            state_dir,
+            max_bytes,
+            keep,
+            watcher,
+            registry: Arc::default(),
         }
-    })
+    }
+
+    /// The log of `service`, with its rotation task started if it was not running.
+    /// Must run inside the runtime.
+    pub fn get_or_open(&self, service: &str) -> io::Result<SharedLog> {
+        let mut by_service = lock(&self.registry);
+        if let Some(log) = by_service.get(service).and_then(Weak::upgrade) {
+            return Ok(log);
+        }
+        let file = Arc::new(LogFile::open(
+            log_path(&self.state_dir, service),
+            self.max_bytes,
+            self.keep,
+        )?);
+        let rotation = tokio::spawn(rotate_while_running(
+            Arc::clone(&file),
+            Arc::clone(&self.watcher),
+        ));
+        let log = Arc::new(ServiceLog {
+            service: service.to_string(),
+            file,
+            rotation,
+            registry: Arc::downgrade(&self.registry),
+        });
+        by_service.insert(service.to_string(), Arc::downgrade(&log));
+        Ok(log)
+    }
+
+    /// How many services' logs are in use (for tests of what is released).
+    #[cfg(test)]
+    pub fn in_use(&self) -> usize {
+        lock(&self.registry).len()
+    }
+}
+
+/// Rotates `file` when needed, for as long as the task lives (see the module docs).
+async fn rotate_while_running(file: Arc<LogFile>, watcher: Arc<Watcher>) {
+    if file.max_bytes == 0 {
+        return;
+    }
+    loop {
+        // Armed before the check, so a write after the check is not missed.
+        let watch = watcher.watch(file.path(), Interest::NextModification).ok();
+        let f = Arc::clone(&file);
+        let checked = tokio::task::spawn_blocking(move || f.rotate_if_needed()).await;
+        if let Ok(Err(e)) = checked {
+            warn!(path = %file.path().display(), error = %e, "cannot rotate log");
+        }
+        match &watch {
+            Some(watch) => watch.changed().await,
+            None => tokio::time::sleep(UNWATCHED_CHECK).await,
+        }
+        drop(watch);
+        tokio::time::sleep(DEBOUNCE).await;
+    }
 }
 
 #[cfg(test)]
@@ -167,7 +262,7 @@ mod tests {
     fn copy_truncate_keeps_n() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
         let path = log_path(dir.path(), "svc");
-        let mut log = LogFile::open(path.clone(), 10, 2)?;
+        let log = LogFile::open(path.clone(), 10, 2)?;
         // A writer that, like a service, holds its own O_APPEND descriptor.
         let mut child = log.for_child()?;
         for round in 0..4u8 {
@@ -190,11 +285,49 @@ mod tests {
     fn keep_zero_only_truncates() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
         let path = log_path(dir.path(), "svc");
-        let mut log = LogFile::open(path.clone(), 4, 0)?;
+        let log = LogFile::open(path.clone(), 4, 0)?;
         log.marker("long enough");
         assert!(log.rotate_if_needed()?);
         assert_eq!(fs::read(&path)?.len(), 0);
         assert!(!dir.path().join("logs/svc.log.1").exists());
+        Ok(())
+    }
+
+    /// Written by a "service" (a descriptor of its own), checked after the write.
+    #[tokio::test]
+    async fn a_written_log_is_rotated() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let logs = Logs::new(dir.path().into(), 100, 1, Arc::new(Watcher::start()));
+        let log = logs.get_or_open("svc")?;
+        let mut service = log.for_child()?;
+        // Under the limit: the first check finds nothing to do.
+        service.write_all(&[b'a'; 60])?;
+        tokio::time::sleep(DEBOUNCE / 2).await;
+        service.write_all(&[b'b'; 60])?;
+        let rotated = dir.path().join("logs/svc.log.1");
+        let deadline = tokio::time::Instant::now() + DEBOUNCE * 5;
+        while !rotated.exists() {
+            assert!(tokio::time::Instant::now() < deadline, "not rotated");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(fs::read(&rotated)?.len(), 120);
+        assert_eq!(fs::metadata(log.path())?.len(), 0);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_log_is_forgotten_when_its_last_user_is_gone() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let logs = Logs::new(dir.path().into(), 100, 1, Arc::new(Watcher::start()));
+        let a = logs.get_or_open("a")?;
+        let again = logs.get_or_open("a")?;
+        assert!(Arc::ptr_eq(&a, &again), "one per service");
+        let b = logs.get_or_open("b")?;
+        assert_eq!(logs.in_use(), 2);
+        drop((a, again));
+        assert_eq!(logs.in_use(), 1);
+        drop(b);
+        assert_eq!(logs.in_use(), 0);
         Ok(())
     }
 }

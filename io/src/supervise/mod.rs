@@ -17,20 +17,52 @@
 //! log_path(state_dir, service) -> PathBuf
 //! ```
 //!
+//! # Contract
+//!
+//! For every [`Supervisor::spawn`], exactly one of `Spawned` (the program was exec'd in
+//! its containment, and its run record is on disk) or `SpawnFailed` (nothing of it
+//! runs, or what runs is being removed); after `Spawned`, exactly one `Exited`, sent
+//! only once the main process has exited *and* nothing is left in its containment.
+//! [`Supervisor::stop`] sends SIGTERM to everything the generation started, and
+//! SIGKILL after the grace to what is left (a process the kernel cannot kill, e.g. in
+//! a frozen cgroup, holds up only its own `Exited`). No service's spawn, stop or exit
+//! waits for another's: whatever can block (reclaiming or removing a cgroup, scans of
+//! /proc, log rotation, run records' removal) runs on the blocking pool. Exits are
+//! reported as they happen (pidfd, SIGCHLD, inotify), not found by polling.
+//!
+//! What can be lost, or be late:
+//! * the exit status of a main process that exits while no agent runs: the next agent
+//!   does not adopt its generation (its pid is gone) and removes its traces, so no
+//!   `Exited` is ever sent for it, and its log has no `--- pop: exited` line; an
+//!   adopted main process's exit is reported with an unknown status (it is not our
+//!   child);
+//! * service output written between the copy and the truncation of a log rotation
+//!   (see Logs);
+//! * in process-group mode, a descendant that left the process group, was reparented
+//!   (its parent exited) and exec'd without [`TOKEN_ENV`] in its environment is no
+//!   longer recognised as the service's: it is neither waited for nor killed (cgroups
+//!   have no such hole);
+//! * an exit told only by SIGCHLD (no pidfd: not x86-64, or past the pidfd budget)
+//!   whose signal another runtime consumed is found by the reaper's sweep, up to 5 s
+//!   late; leftovers that cannot be watched (no inotify watch, more than 64 leftover
+//!   pids) are looked for every 100 ms while they exist.
+//!
 //! # Containment
 //!
 //! * **cgroup v2** (preferred): one cgroup per service generation at
 //!   `<services dir>/<service>@<generation>`, where the services dir is the
 //!   agent's own cgroup when it is delegated to it (systemd's `Delegate=yes`;
 //!   the agent moves into its `agent/` child) and
-//!   `<cgroup2 mount>/pop/<machine_id>` otherwise. The child joins
-//!   it in `pre_exec`, before exec, so nothing escapes. Kill = `cgroup.kill`;
-//!   empty = `populated 0` in `cgroup.events` (polled every 50 ms).
+//!   `<cgroup2 mount>/pop/<machine_id>` otherwise. The child is created in it
+//!   (`clone3` with `CLONE_INTO_CGROUP`; where that is unavailable it joins it
+//!   itself before exec), so nothing escapes. Kill = `cgroup.kill`; empty =
+//!   `populated 0` in `cgroup.events`.
 //! * **process group + subreaper** (fallback): the agent is a child subreaper,
 //!   the main process calls `setsid`, and every process gets
 //!   `POP_SUPERVISION_TOKEN=<machine_id>/<service>/<generation>` in its
 //!   environment. Members are processes in the pgid or carrying the token,
-//!   plus their descendants; killing repeats until none is left.
+//!   plus their descendants (found by scanning /proc, on the blocking pool);
+//!   KILL is repeated at each look until none is left.
 //!
 //! # Exit semantics
 //!
@@ -39,14 +71,42 @@
 //! main process exits by itself, leftovers get SIGTERM and, after
 //! [`SupervisorConfig::exit_grace`], SIGKILL.
 //!
+//! Nothing is polled. The main process's exit comes from its pidfd (on x86-64 a
+//! spawned main process has one, while the open-file budget allows; an adopted one
+//! always has), else from the reaper's SIGCHLD; emptiness is checked right after it, and only if
+//! something is left is the containment watched: `cgroup.events` through one
+//! inotify instance shared by all generations, or the leftovers' pidfds in
+//! process-group mode (then the group is scanned again). Where inotify (or a
+//! watch) or pidfds are unavailable, a 100 ms timer stands in, still only while
+//! leftovers exist. A running service therefore costs no CPU while idle.
+//!
+//! `Exited` is sent *before* the generation's run record and cgroup are removed
+//! (on the blocking pool), so that a restart does not wait for clean-up; the
+//! generation is no longer [`Supervisor::running`] then, and
+//! [`Supervisor::shutdown`] waits for the clean-up too. This is safe for adoption
+//! whenever the agent dies: the clean-up only removes the traces of a
+//! generation whose processes are all gone, and a later agent treats such traces
+//! as stale (a record whose main process is not running is not adopted, and an
+//! unadopted record and cgroup are removed), so whether the agent dies before
+//! `Exited`, between `Exited` and the clean-up, or during it, the next agent
+//! adopts exactly the generations still running. The cgroup of an exited
+//! generation is never used again, so nothing can land in it meanwhile.
+//!
+//! A spawn returns once the program is exec'd; a cgroup that an earlier run of
+//! the same generation left behind is emptied (up to ~5 s) on the blocking pool
+//! first, while the generation is already stoppable. After a failed spawn its
+//! cgroup is removed on the blocking pool, just after `SpawnFailed`.
+//!
 //! # Run records
 //!
-//! Right after a spawn, `<state_dir>/run/<service>@<generation>.json`
+//! Right after a spawn of a service's generation (not of a one-off: see
+//! [`ProcessSpec::output`]), before `Spawned` is sent,
+//! `<state_dir>/run/<service>@<generation>.json`
 //! ([`RunRecord`]) is written atomically: main pid, its start time (field 22
 //! of `/proc/<pid>/stat`), the boot id, token, containment (cgroup directory
 //! or pgid), spawn time, exit grace, the port once the readiness probe has
-//! found it, and [`ProcessSpec::note`] verbatim. It is deleted just before the
-//! generation's `Exited` is sent.
+//! found it, and [`ProcessSpec::note`] verbatim. It is deleted just after the
+//! generation's `Exited` is sent (see above).
 //!
 //! # Adoption and leftovers
 //!
@@ -74,15 +134,17 @@
 //! every process whose token
 //! starts with `<machine_id>/` but is not an adopted generation's. Then the
 //! records of what was not adopted, unreadable ones included, are deleted.
-//! This blocks `new` briefly (at most ~5 s per stubborn cgroup). A cgroup is
+//! This blocks `new` briefly: all is killed first, then waited for, at most
+//! ~5 s in all (the driver runs `new` on the blocking pool). A cgroup is
 //! only ever found by its expected name, never by a path read from a record.
 //!
 //! # Reaping
 //!
 //! `waitpid(-1)` is called only by this module's reaper (SIGCHLD stream plus a
-//! slow periodic sweep). The rest of the process must not wait for children
-//! itself (no `tokio::process`, no `std::process::Child::wait`): the reaper
-//! would steal their statuses.
+//! slow periodic sweep, every 5 s); a main process with a pidfd is reaped by its
+//! task as soon as the pidfd says it exited, under the reaper's lock. The rest of
+//! the process must not wait for children itself (no `tokio::process`, no
+//! `std::process::Child::wait`): the reaper would steal their statuses.
 //!
 //! # Logs
 //!
@@ -90,30 +152,48 @@
 //! with `O_APPEND` (stdin is `/dev/null`), so the service never depends on the
 //! agent to get its output out, and an adopted one keeps writing to the same
 //! file. Each run is framed by `--- pop: started ...` (written by the child
-//! before exec, so it precedes all output) and `--- pop: exited ...` lines;
-//! adoption adds `--- pop: adopted ...`. Rotation is copy-truncate, checked
-//! every second and before each spawn: a file over
-//! [`SupervisorConfig::log_max_bytes`] is copied to `.1` (older ones shifted,
-//! [`SupervisorConfig::log_keep`] kept) and truncated. Output written between
-//! the end of the copy and the truncation is lost, and a file may exceed the
-//! limit by one check interval's worth of output.
+//! before exec, so it precedes all output) and `--- pop: exited ...` lines
+//! (written before `Exited` is sent, so it precedes the next run's start);
+//! adoption adds `--- pop: adopted ...`. The supervisor keeps no descriptor of
+//! a log open. Rotation is copy-truncate: about a second after a running
+//! service's log is written (an inotify watch, then a 1 s debounce; without a
+//! watch, every 5 s), a file over [`SupervisorConfig::log_max_bytes`] is copied
+//! to `.1` (older ones shifted, [`SupervisorConfig::log_keep`] kept) and
+//! truncated, on the blocking pool. Output written between the end of the copy
+//! and the truncation is lost (a marker too), and a file may exceed the limit
+//! by what is written in that second (5 s without a watch).
+//!
+//! # Open files
+//!
+//! [`Supervisor::new`] raises the soft `RLIMIT_NOFILE` to the hard limit; each
+//! service gets the soft limit the agent started with back before exec. The
+//! supervisor holds no log descriptor. It holds a pidfd per running main process
+//! it spawned, while those stay under half the limit (beyond, only SIGCHLD tells
+//! of their exits, which needs none), one per adopted one, a few while spawning, and
+//! pidfds of a process-group generation's leftovers (at most 64 each) while they
+//! are waited for.
 
 mod adopt;
 mod containment;
+mod fdlimit;
 mod instance;
 mod launch;
 mod logs;
+mod pidfd;
 mod procfs;
 mod readiness;
 mod reaper;
 mod record;
+mod spawn;
+mod start;
+mod watch;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::io;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -122,12 +202,15 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 pub use self::adopt::AdoptedProcess;
-use self::containment::{Backend, Group};
-use self::instance::{Instance, Table};
+use self::containment::Backend;
+use self::instance::{Instance, Phase};
 pub use self::logs::log_path;
 use self::logs::Logs;
 use self::record::RunFile;
 pub use self::record::{RecordContainment, RunRecord};
+pub use self::spawn::{ChildStep, SpawnError};
+use self::start::Shared;
+use self::watch::Watcher;
 
 /// Environment variable that marks every process of a service generation.
 pub const TOKEN_ENV: &str = "POP_SUPERVISION_TOKEN";
@@ -169,7 +252,7 @@ pub struct SupervisorConfig {
     pub state_dir: PathBuf,
     pub containment: ContainmentChoice,
     /// Copy-truncate a service log once it is over this many bytes (checked
-    /// every second and before each spawn; 0: never).
+    /// about a second after it is written; 0: never).
     pub log_max_bytes: u64,
     /// Number of rotated files kept (`.1` .. `.N`).
     pub log_keep: u32,
@@ -210,6 +293,9 @@ pub struct ProcessSpec {
     pub argv: Vec<String>,
     /// Added to the agent's environment.
     pub env: BTreeMap<String, String>,
+    /// Left out of the agent's environment (before `env` is added).
+    #[serde(default)]
+    pub unset: Vec<String>,
     pub cwd: Option<PathBuf>,
     pub probe: Option<ReadinessProbe>,
     /// TERM-to-KILL grace for leftovers when the main process exits by itself
@@ -244,7 +330,15 @@ pub use pop_core::ExitStatus;
 pub fn spawn_helper(
     cmd: &mut std::process::Command,
 ) -> io::Result<(u32, tokio::sync::oneshot::Receiver<ExitStatus>)> {
-    reaper::spawn_registered(cmd)
+    // The std `Child` is dropped without waiting: the reaper owns the status (learnt
+    // from SIGCHLD: no pidfd for these rare, long steps).
+    let (child, status) = reaper::spawn_registered(|| {
+        cmd.spawn().map(|child| spawn::Child {
+            pid: child.id(),
+            pidfd: None,
+        })
+    })?;
+    Ok((child.pid, status))
 }
 
 /// What the supervisor reports: the core's process inputs (`Spawned`, `SpawnFailed`,
@@ -266,6 +360,12 @@ pub enum SuperviseError {
     },
     #[error("empty argv")]
     EmptyArgv,
+    #[error("cannot start {program:?}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: SpawnError,
+    },
     #[error("{service} generation {generation} is already running")]
     AlreadyRunning { service: String, generation: u64 },
 }
@@ -277,27 +377,23 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> SuperviseErro
 
 /// Runs and contains service processes. See the module docs.
 pub struct Supervisor {
-    config: SupervisorConfig,
-    kind: ContainmentKind,
-    backend: Backend,
-    events: UnboundedSender<SupervisorEvent>,
-    table: Table,
-    logs: Logs,
+    shared: Arc<Shared>,
     adopted: Vec<AdoptedProcess>,
     reaper: JoinHandle<()>,
-    rotator: JoinHandle<()>,
 }
 
 impl Supervisor {
     /// Picks the containment, starts the reaper, adopts the generations an
     /// earlier agent with the same `machine_id` left running (see
-    /// [`Supervisor::take_adopted`]) and kills its other leftovers. Must run
-    /// inside a tokio runtime.
+    /// [`Supervisor::take_adopted`]) and kills its other leftovers, raises the
+    /// open-file limit. Must run inside a tokio runtime; blocks while leftovers are
+    /// killed (run it on the blocking pool where that matters).
     pub fn new(
         config: SupervisorConfig,
         events: UnboundedSender<SupervisorEvent>,
     ) -> Result<Self, SuperviseError> {
         tokio::runtime::Handle::try_current().map_err(|_| SuperviseError::NoRuntime)?;
+        let nofile = fdlimit::raise();
         let (backend, kind) = Backend::select(&config)?;
         // Before any spawn, so no SIGCHLD is missed.
         let reaper = reaper::start().map_err(io_err("cannot start the reaper"))?;
@@ -306,28 +402,36 @@ impl Supervisor {
             fs::create_dir_all(&dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
         }
         let adoptees = adopt::recover(&backend, &config, &config.state_dir.join("run"));
-        let logs: Logs = Arc::default();
-        let rotator = logs::start_rotator(Arc::clone(&logs));
+        let watcher = Arc::new(Watcher::start());
+        let logs = Logs::new(
+            config.state_dir.clone(),
+            config.log_max_bytes,
+            config.log_keep,
+            Arc::clone(&watcher),
+        );
         let mut sup = Self {
-            config,
-            kind,
-            backend,
-            events,
-            table: Arc::new(Mutex::new(HashMap::new())),
-            logs,
+            shared: Arc::new(Shared {
+                config,
+                kind,
+                backend,
+                events,
+                table: Arc::default(),
+                logs,
+                watcher,
+                scanner: Arc::default(),
+            }),
             adopted: Vec::new(),
             reaper,
-            rotator,
         };
         for a in adoptees {
             sup.supervise_adopted(a);
         }
-        info!(machine = %sup.config.machine_id, containment = %sup.kind, adopted = sup.adopted.len(), "supervisor started");
+        info!(machine = %sup.shared.config.machine_id, containment = %sup.shared.kind, adopted = sup.adopted.len(), ?nofile, "supervisor started");
         Ok(sup)
     }
 
     pub fn containment(&self) -> &ContainmentKind {
-        &self.kind
+        &self.shared.kind
     }
 
     /// The generations [`Supervisor::new`] adopted (empty on later calls).
@@ -341,9 +445,15 @@ impl Supervisor {
     }
 
     fn supervise_adopted(&mut self, a: adopt::Adoptee) {
+        let shared = &self.shared;
         let report = a.report();
         let rec = a.record;
-        let log = match self.log_for(&rec.service) {
+        let key = (rec.service.clone(), rec.generation);
+        let Some(stop_rx) = shared.table.register(key, Phase::Running { pid: rec.pid }) else {
+            warn!(service = %rec.service, generation = rec.generation, "adopted twice; ignoring the second");
+            return;
+        };
+        let log = match shared.logs.get_or_open(&rec.service) {
             Ok(log) => Some(log),
             Err(e) => {
                 warn!(service = %rec.service, error = %e, "cannot open log of adopted service");
@@ -351,7 +461,7 @@ impl Supervisor {
             }
         };
         if let Some(log) = &log {
-            logs::lock(log).marker(&format!(
+            log.marker(&format!(
                 "adopted pid {} (generation {}) at {}",
                 rec.pid,
                 rec.generation,
@@ -366,246 +476,70 @@ impl Supervisor {
             group: Arc::new(a.group),
             log,
             record: Some(Arc::new(RunFile::existing(a.path, rec.clone()))),
-            events: self.events.clone(),
-            table: Arc::clone(&self.table),
+            events: shared.events.clone(),
+            table: Arc::clone(&shared.table),
+            watcher: Arc::clone(&shared.watcher),
+            scanner: Arc::clone(&shared.scanner),
             exit_grace: Duration::from_millis(rec.exit_grace_ms),
             probe: None,
         }
-        .start(exit);
+        .start(exit, stop_rx);
         self.adopted.push(report);
     }
 
     /// Starts a generation; the outcome arrives as `Spawned` or `SpawnFailed`.
+    /// Returns once the program has been exec'd (or has failed to), except when an
+    /// earlier run of the same generation left its cgroup: that is emptied on the
+    /// blocking pool first.
     pub fn spawn(&mut self, spec: ProcessSpec) {
-        let (service, generation) = (spec.service.clone(), spec.generation);
-        if let Err(e) = self.try_spawn(spec) {
-            warn!(%service, generation, error = %e, "spawn failed");
-            let _ = self.events.send(SupervisorEvent::SpawnFailed {
-                service,
-                generation,
-                error: e.to_string(),
-            });
-        }
-    }
-
-    fn try_spawn(&mut self, spec: ProcessSpec) -> Result<(), SuperviseError> {
-        if spec.argv.is_empty() {
-            return Err(SuperviseError::EmptyArgv);
-        }
-        let key = (spec.service.clone(), spec.generation);
-        if instance::lock(&self.table).contains_key(&key) {
-            return Err(SuperviseError::AlreadyRunning {
-                service: key.0,
-                generation: key.1,
-            });
-        }
-        let token = format!(
-            "{}/{}/{}",
-            self.config.machine_id, spec.service, spec.generation
-        );
-        if let Some(output) = &spec.output {
-            return self.spawn_one_off(&spec, output, &token);
-        }
-        let log = self.log_for(&spec.service)?;
-        logs::check(&log);
-        let group = self
-            .backend
-            .new_group(&spec.service, spec.generation, &token)
-            .map_err(io_err("cannot create containment"))?;
-        let group = Arc::new(group);
-        let started_at_ms = record::now_ms();
-        let (pid, exit_rx) = match launch::launch(&spec, &token, &group, &log, started_at_ms) {
-            Ok(x) => x,
-            Err(e) => {
-                logs::lock(&log).marker(&format!(
-                    "generation {} failed to start: {e}",
-                    spec.generation
-                ));
-                group.remove();
-                return Err(e);
-            }
-        };
-        group.set_main(pid);
-        let exit_grace = spec.exit_grace.unwrap_or(self.config.exit_grace);
-        let record = self.write_record(&spec, pid, &token, &group, started_at_ms, exit_grace);
-        info!(service = %spec.service, generation = spec.generation, pid, containment = %group.describe(), "spawned");
-        let _ = self.events.send(SupervisorEvent::Spawned {
-            service: spec.service.clone(),
-            generation: spec.generation,
-            pid,
-        });
-        let exit = Box::pin(async move {
-            // A dropped sender cannot happen short of a reaper bug; report
-            // an unknown status rather than hang.
-            exit_rx.await.unwrap_or(ExitStatus {
-                code: None,
-                signal: None,
-            })
-        });
-        Instance {
-            service: spec.service,
-            generation: spec.generation,
-            pid,
-            group,
-            log: Some(log),
-            record,
-            events: self.events.clone(),
-            table: Arc::clone(&self.table),
-            exit_grace,
-            probe: spec.probe,
-        }
-        .start(exit);
-        Ok(())
-    }
-
-    /// Starts a one-off process (see [`ProcessSpec::output`]): contained like a
-    /// service, its output to its own files, no record.
-    fn spawn_one_off(
-        &mut self,
-        spec: &ProcessSpec,
-        output: &OutputFiles,
-        token: &str,
-    ) -> Result<(), SuperviseError> {
-        let open = |path: &PathBuf| {
-            fs::File::create(path).map_err(io_err(format!("cannot create {}", path.display())))
-        };
-        let (stdout, stderr) = (open(&output.stdout)?, open(&output.stderr)?);
-        let group = self
-            .backend
-            .new_group(&spec.service, spec.generation, token)
-            .map_err(io_err("cannot create containment"))?;
-        let group = Arc::new(group);
-        let (pid, exit_rx) = match launch::launch_to(spec, token, &group, stdout, stderr, None) {
-            Ok(x) => x,
-            Err(e) => {
-                group.remove();
-                return Err(e);
-            }
-        };
-        group.set_main(pid);
-        info!(service = %spec.service, generation = spec.generation, pid, containment = %group.describe(), "spawned");
-        let _ = self.events.send(SupervisorEvent::Spawned {
-            service: spec.service.clone(),
-            generation: spec.generation,
-            pid,
-        });
-        let exit = Box::pin(async move {
-            exit_rx.await.unwrap_or(ExitStatus {
-                code: None,
-                signal: None,
-            })
-        });
-        Instance {
-            service: spec.service.clone(),
-            generation: spec.generation,
-            pid,
-            group,
-            log: None,
-            record: None,
-            events: self.events.clone(),
-            table: Arc::clone(&self.table),
-            exit_grace: spec.exit_grace.unwrap_or(self.config.exit_grace),
-            probe: None,
-        }
-        .start(exit);
-        Ok(())
-    }
-
-    /// Writes the run record of a generation just spawned. Without one, the
-    /// generation cannot be adopted (a later agent kills it instead).
-    fn write_record(
-        &self,
-        spec: &ProcessSpec,
-        pid: u32,
-        token: &str,
-        group: &Group,
-        started_at_ms: u64,
-        exit_grace: Duration,
-    ) -> Option<Arc<RunFile>> {
-        let path = record::record_path(
-            &self.config.state_dir.join("run"),
-            &spec.service,
-            spec.generation,
-        );
-        let (Some(stat), Some(boot_id)) = (procfs::stat(pid as i32), procfs::boot_id()) else {
-            warn!(service = %spec.service, pid, "cannot identify the process; no run record");
-            return None;
-        };
-        let rec = RunRecord {
-            service: spec.service.clone(),
-            generation: spec.generation,
-            pid,
-            start_ticks: stat.start_ticks,
-            boot_id,
-            token: token.to_string(),
-            containment: group.record_containment(pid),
-            started_at_ms,
-            exit_grace_ms: u64::try_from(exit_grace.as_millis()).unwrap_or(u64::MAX),
-            port: None,
-            note: spec.note.clone(),
-        };
-        match RunFile::create(path, rec) {
-            Ok(f) => Some(Arc::new(f)),
-            Err(e) => {
-                warn!(service = %spec.service, error = %e, "cannot write run record");
-                None
-            }
-        }
-    }
-
-    fn log_for(&mut self, service: &str) -> Result<logs::SharedLog, SuperviseError> {
-        logs::get_or_open(
-            &self.logs,
-            &self.config.state_dir,
-            service,
-            self.config.log_max_bytes,
-            self.config.log_keep,
-        )
-        .map_err(io_err(format!(
-            "cannot open {}",
-            log_path(&self.config.state_dir, service).display()
-        )))
+        Shared::spawn(&self.shared, spec);
     }
 
     /// SIGTERM to every process of the generation, SIGKILL to all after
     /// `grace`; `Exited` follows once all are gone. Unknown generations are ignored.
     pub fn stop(&mut self, service: &str, generation: u64, grace: Duration) {
-        let table = instance::lock(&self.table);
+        let table = self.shared.table.lock();
         match table.get(&(service.to_string(), generation)) {
-            Some(h) => {
+            Some(h) if h.phase != Phase::CleaningUp => {
                 let _ = h.stop.send(grace);
             }
-            None => info!(%service, generation, "stop: not running"),
+            _ => info!(%service, generation, "stop: not running"),
         }
     }
 
     /// `(service, generation, main pid)` of every generation not yet
     /// `Exited`, adopted ones included.
     pub fn running(&self) -> Vec<(String, u64, u32)> {
-        let mut v: Vec<_> = instance::lock(&self.table)
+        let mut v: Vec<_> = self
+            .shared
+            .table
+            .lock()
             .iter()
-            .map(|((s, g), h)| (s.clone(), *g, h.pid))
+            .filter_map(|((s, g), h)| match h.phase {
+                Phase::Running { pid } => Some((s.clone(), *g, pid)),
+                Phase::Starting | Phase::CleaningUp => None,
+            })
             .collect();
         v.sort();
         v
     }
 
-    /// Stops everything and waits until every generation has exited.
+    /// Stops everything and waits until every generation has exited and been
+    /// cleaned up.
     pub async fn shutdown(&mut self, grace: Duration) {
-        for (service, generation, _) in self.running() {
-            self.stop(&service, generation, grace);
+        for h in self.shared.table.lock().values() {
+            // Those starting get it as soon as they run; those cleaning up ignore it.
+            let _ = h.stop.send(grace);
         }
         // Bounded, in case a process is stuck in uninterruptible sleep.
-        let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(30);
-        while !instance::lock(&self.table).is_empty() {
-            if tokio::time::Instant::now() >= deadline {
-                warn!(left = ?self.running(), "shutdown: generations still running");
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let limit = grace + Duration::from_secs(30);
+        if tokio::time::timeout(limit, self.shared.table.emptied())
+            .await
+            .is_err()
+        {
+            warn!(left = ?self.running(), "shutdown: generations still running");
         }
-        self.rotator.abort();
-        if let ContainmentKind::Cgroup(dir) = &self.kind {
+        if let ContainmentKind::Cgroup(dir) = &self.shared.kind {
             // Fails harmlessly if something is still in there.
             let _ = fs::remove_dir(dir);
         }
@@ -617,13 +551,13 @@ impl Supervisor {
     /// with this machine id and state directory adopts them. No further
     /// events are sent for them by this supervisor.
     pub fn detach(self) {
-        for (_, h) in instance::lock(&self.table).drain() {
+        for (_, h) in self.shared.table.lock().drain() {
             if let Some(t) = h.task {
                 t.abort();
             }
         }
-        self.rotator.abort();
+        self.shared.watcher.stop();
         self.reaper.abort();
-        info!(machine = %self.config.machine_id, "supervisor detached; services keep running");
+        info!(machine = %self.shared.config.machine_id, "supervisor detached; services keep running");
     }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::sync::OnceLock;
 
 /// The fields of `/proc/<pid>/stat` we care about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,12 +57,18 @@ fn parse_stat(text: &str) -> Option<Stat> {
     })
 }
 
-/// `/proc/sys/kernel/random/boot_id`, trimmed; changes at every boot.
+/// `/proc/sys/kernel/random/boot_id`, trimmed; changes at every boot (so it is read
+/// once per process).
 pub(crate) fn boot_id() -> Option<String> {
-    fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
+    static BOOT_ID: OnceLock<Option<String>> = OnceLock::new();
+    BOOT_ID
+        .get_or_init(|| {
+            fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        })
+        .clone()
 }
 
 /// Whether `/proc/<pid>/environ` contains exactly the entry `entry`
@@ -71,6 +78,15 @@ pub(crate) fn has_env_entry(pid: i32, entry: &[u8]) -> bool {
         Ok(env) => env.split(|b| *b == 0).any(|e| e == entry),
         Err(_) => false,
     }
+}
+
+/// The `key=value` entry of `key` in `/proc/<pid>/environ`, if any.
+pub(crate) fn env_entry(pid: i32, key: &str) -> Option<Vec<u8>> {
+    let env = fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let key = key.as_bytes();
+    env.split(|b| *b == 0)
+        .find(|e| e.len() > key.len() && e.starts_with(key) && e[key.len()] == b'=')
+        .map(<[u8]>::to_vec)
 }
 
 /// The value of `key` in `/proc/<pid>/environ`, if any.

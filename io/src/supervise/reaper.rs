@@ -4,14 +4,18 @@
 //! reparented to it and must be reaped here. `waitpid(-1)` reaps *any* child,
 //! so the routing table is process-global (several `Supervisor`s, e.g. in
 //! parallel tests, share it) and the same lock is held while spawning and
-//! while reaping. That closes two races: a child exiting before its pid is
-//! registered, and std's `Command::spawn` waiting for a child whose `exec`
-//! failed (it would panic if we had reaped it first).
+//! while reaping, so that a child cannot exit and be reaped before its pid is
+//! registered.
+//!
+//! Exits are learnt from SIGCHLD, and, for a child created with a pidfd, sooner from
+//! the pidfd: its task then reaps it with [`reap`], under the same lock. A slow sweep backs it up (signals coalesce, and
+//! with several runtimes in one process another one's driver may consume the
+//! wakeup); it is a safety net, not how exits are normally noticed, so it is rare
+//! enough to cost nothing while idle.
 
 use std::collections::HashMap;
 use std::io;
-use std::process::Command;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock, TryLockError};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -22,12 +26,14 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{debug, trace, warn};
 
+use super::spawn::Child;
 use super::ExitStatus;
 
 type Routes = HashMap<i32, oneshot::Sender<ExitStatus>>;
 
+static ROUTES: OnceLock<Mutex<Routes>> = OnceLock::new();
+
 fn routes() -> MutexGuard<'static, Routes> {
-    static ROUTES: OnceLock<Mutex<Routes>> = OnceLock::new();
     ROUTES
         .get_or_init(|| Mutex::new(HashMap::new()))
         .lock()
@@ -35,18 +41,51 @@ fn routes() -> MutexGuard<'static, Routes> {
         .unwrap_or_else(|e| e.into_inner())
 }
 
-/// Spawns `cmd` and registers its pid before anyone can reap it.
-pub(crate) fn spawn_registered(
-    cmd: &mut Command,
-) -> io::Result<(u32, oneshot::Receiver<ExitStatus>)> {
+/// How often the reaper looks for exited children without being told by SIGCHLD.
+const SWEEP: Duration = Duration::from_secs(5);
+
+/// Runs `spawn` and registers the child's pid before anyone can reap it; its status
+/// arrives on the receiver. (A child whose set-up failed is reaped as an orphan.)
+pub(crate) fn spawn_registered<E>(
+    spawn: impl FnOnce() -> Result<Child, E>,
+) -> Result<(Child, oneshot::Receiver<ExitStatus>), E> {
     let mut table = routes();
-    let child = cmd.spawn()?;
-    let pid = child.id();
-    // The `Child` is dropped without waiting: the reaper owns the status.
-    drop(child);
+    let child = spawn()?;
     let (tx, rx) = oneshot::channel();
-    table.insert(pid as i32, tx);
-    Ok((pid, rx))
+    table.insert(child.pid as i32, tx);
+    Ok((child, rx))
+}
+
+/// Reaps `pid` if it has exited (its pidfd said so), routing its status as usual.
+/// If the reaper holds the lock, it is reaping (the same SIGCHLD woke it): its
+/// delivery is awaited instead of the lock.
+pub(crate) fn reap(pid: u32) {
+    let mut table = match ROUTES.get().map(Mutex::try_lock) {
+        Some(Ok(table)) => table,
+        Some(Err(TryLockError::Poisoned(e))) => e.into_inner(),
+        Some(Err(TryLockError::WouldBlock)) | None => return,
+    };
+    loop {
+        match waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => {
+                let status = ExitStatus {
+                    code: Some(code),
+                    signal: None,
+                };
+                return deliver(&mut table, pid, status);
+            }
+            Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                let status = ExitStatus {
+                    code: None,
+                    signal: Some(sig as i32),
+                };
+                return deliver(&mut table, pid, status);
+            }
+            Err(Errno::EINTR) => continue,
+            // Not exited after all, or reaped already (by `reap_all`).
+            _ => return,
+        }
+    }
 }
 
 /// Reaps every child that has exited, routing registered pids' statuses.
@@ -114,7 +153,7 @@ pub(crate) fn start() -> io::Result<JoinHandle<()>> {
                 }
                 // Belt and braces: signals coalesce, and another runtime's
                 // driver may be the one that consumed the wakeup.
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = tokio::time::sleep(SWEEP) => {}
             }
             reap_all();
         }

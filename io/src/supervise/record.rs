@@ -3,8 +3,8 @@
 //! finds is provably the one this agent started (see `adopt.rs`).
 //!
 //! A record is written atomically (temporary file + rename) right after the
-//! spawn, rewritten when the readiness probe reports a port, and deleted just
-//! before the generation's `Exited` is sent.
+//! spawn, before `Spawned` is sent, rewritten when the readiness probe reports a
+//! port, and deleted just after the generation's `Exited` is sent.
 
 use std::fs;
 use std::io;
@@ -14,6 +14,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tracing::warn;
+
+use super::procfs;
 
 /// Where a generation's processes are held, as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +89,49 @@ pub(crate) fn remove(path: &Path) {
         if e.kind() != io::ErrorKind::NotFound {
             warn!(path = %path.display(), error = %e, "cannot remove run record");
         }
+    }
+}
+
+/// A record still missing what only the running process can tell (its start time)
+/// and the boot id.
+#[derive(Debug)]
+pub(crate) struct RecordDraft {
+    pub path: PathBuf,
+    pub service: String,
+    pub generation: u64,
+    pub pid: u32,
+    pub token: String,
+    pub containment: RecordContainment,
+    pub started_at_ms: u64,
+    pub exit_grace_ms: u64,
+    pub note: serde_json::Value,
+}
+
+impl RecordDraft {
+    /// Completes and writes the record (blocking). Without one, the generation cannot
+    /// be adopted (a later agent kills it instead), so failures are only logged.
+    pub fn write(self) -> Option<RunFile> {
+        let (Some(stat), Some(boot_id)) = (procfs::stat(self.pid as i32), procfs::boot_id()) else {
+            warn!(service = %self.service, pid = self.pid, "cannot identify the process; no run record");
+            return None;
+        };
+        let rec = RunRecord {
+            service: self.service,
+            generation: self.generation,
+            pid: self.pid,
+            start_ticks: stat.start_ticks,
+            boot_id,
+            token: self.token,
+            containment: self.containment,
+            started_at_ms: self.started_at_ms,
+            exit_grace_ms: self.exit_grace_ms,
+            port: None,
+            note: self.note,
+        };
+        let service = rec.service.clone();
+        RunFile::create(self.path, rec)
+            .inspect_err(|e| warn!(%service, error = %e, "cannot write run record"))
+            .ok()
     }
 }
 

@@ -40,7 +40,7 @@ pub(super) async fn one_off_output_goes_to_its_files_and_its_tree_is_stopped(mod
     assert!(!log_path(&h.config.state_dir, KEY).exists(), "nor a log");
     h.sup.stop(KEY, 1, Duration::from_millis(300));
     expect_exited(&mut h).await;
-    assert_gone(&h, KEY, 1, &procs);
+    assert_gone(&h, KEY, 1, &procs).await;
     finish(h).await;
 }
 

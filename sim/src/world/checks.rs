@@ -386,9 +386,10 @@ impl World {
     pub(super) fn check_own_write(&mut self, machine: usize, op: &ZkOp) {
         let id = self.machines[machine].id.clone();
         let path = match op {
-            ZkOp::Create { path, .. } | ZkOp::SetData { path, .. } | ZkOp::Delete { path, .. } => {
-                path
-            }
+            ZkOp::Create { path, .. }
+            | ZkOp::SetData { path, .. }
+            | ZkOp::Delete { path, .. }
+            | ZkOp::SetAcl { path, .. } => path,
             ZkOp::GetData { .. } | ZkOp::GetChildren { .. } => return,
             ZkOp::Multi { ops } => {
                 for op in ops {

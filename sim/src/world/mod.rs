@@ -269,6 +269,7 @@ impl World {
 
     fn agent_config(&self, id: &str, incarnation: u32) -> AgentConfig {
         AgentConfig {
+            access: Default::default(),
             machine: MachineId::new(id).unwrap_or_else(|e| panic!("bad machine id: {e}")),
             hostname: format!("host-{id}"),
             agent_pid: 1 + incarnation,

@@ -26,6 +26,8 @@ pub const NO_CHILDREN_FOR_EPHEMERALS: &str = "ephemeral node can not have childr
 /// The model's answer to a read (or a multi) inside a multi, which the real client cannot
 /// even send; production answers the same (`pop_core::zk::NOT_IN_MULTI` as bad arguments).
 pub const READ_IN_MULTI: &str = "bad arguments: only create, set and delete go in a multi";
+/// The model has no ACLs yet (the simulated namespace is never secured).
+pub const ACLS_NOT_MODELLED: &str = "the model does not keep ACLs";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
@@ -250,7 +252,10 @@ impl ZkModel {
                     stat,
                 })
             }
-            ZkOp::Create { path, data, mode } => {
+            // ACLs are not modelled yet: every node is open, as pop's are unsecured.
+            ZkOp::Create {
+                path, data, mode, ..
+            } => {
                 // The server's order: missing parent, existing node, ephemeral parent.
                 let p = parent(path)
                     .and_then(|p| self.nodes.get(p))
@@ -319,6 +324,10 @@ impl ZkModel {
                 self.remove_node(path, events);
                 Ok(ZkReply::Deleted)
             }
+            ZkOp::SetAcl { path, .. } => {
+                self.nodes.get(path).ok_or(ZkError::NoNode)?;
+                Err(ZkError::Other(ACLS_NOT_MODELLED.into()))
+            }
             ZkOp::Multi { .. } => Err(ZkError::Other(READ_IN_MULTI.into())),
         }
     }
@@ -336,6 +345,7 @@ impl ZkModel {
                     path: prefix.clone(),
                     data: Vec::new(),
                     mode: CreateMode::Persistent,
+                    acl: Default::default(),
                 };
                 events.extend(self.apply(admin, &op).1);
             }
@@ -351,6 +361,7 @@ impl ZkModel {
                 path: path.into(),
                 data: data.to_vec(),
                 mode: CreateMode::Persistent,
+                acl: Default::default(),
             }
         };
         events.extend(self.apply(admin, &op).1);

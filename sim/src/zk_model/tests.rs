@@ -6,6 +6,7 @@ fn create(path: &str, mode: CreateMode) -> ZkOp {
         path: path.into(),
         data: b"x".to_vec(),
         mode,
+        acl: Default::default(),
     }
 }
 

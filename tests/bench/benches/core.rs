@@ -63,6 +63,7 @@ impl Rig {
         }
         let session = zk.open_session();
         let agent = Agent::new(AgentConfig {
+            access: Default::default(),
             machine: MachineId::new(MACHINE).expect("machine id"),
             hostname: "bench".into(),
             agent_pid: 1,

@@ -21,6 +21,16 @@ pub(crate) enum Read {
     Write,
 }
 
+impl Read {
+    /// What it does, for messages.
+    pub(crate) fn doing(self) -> &'static str {
+        match self {
+            Read::Write => "writing",
+            Read::Own | Read::Request | Read::Settings => "reading",
+        }
+    }
+}
+
 impl Agent {
     pub(in crate::agent) fn on_task_reply(
         &mut self,
@@ -41,7 +51,8 @@ impl Agent {
                 OwnRead::Done => false,
             },
             Read::Request => {
-                task.request = node(reply, |data| {
+                let path = paths::task(&key.0, key.1.as_str());
+                task.request = node(reply, &path, |data| {
                     TaskRequest::parse(data)
                         .map(Arc::new)
                         .map_err(|e| e.to_string())
@@ -49,7 +60,8 @@ impl Agent {
                 task.request == Node::Retry
             }
             Read::Settings => {
-                task.settings = node(reply, |data| match serde_json::from_slice(data) {
+                let path = paths::service_settings(&key.0);
+                task.settings = node(reply, &path, |data| match serde_json::from_slice(data) {
                     Ok(Value::Object(map)) => Ok(Arc::new(map)),
                     Ok(_) => Err("the settings are not a JSON object".to_string()),
                     Err(e) => Err(format!("the settings are not JSON: {e}")),
@@ -294,13 +306,17 @@ fn on_own(task: &mut Task, reply: ZkReply) -> OwnRead {
 }
 
 /// A read's reply as a node: decoded, missing, bad, or to be retried.
-fn node<T>(reply: ZkReply, decode: impl FnOnce(&[u8]) -> Result<T, String>) -> Node<T> {
+fn node<T>(reply: ZkReply, path: &str, decode: impl FnOnce(&[u8]) -> Result<T, String>) -> Node<T> {
     match reply {
         ZkReply::Data { data, .. } => match decode(&data) {
             Ok(value) => Node::Read(value),
             Err(e) => Node::Bad(e),
         },
         ZkReply::Error(ZkError::NoNode) => Node::Missing,
+        // Refused again if read again: the task fails with the reason.
+        ZkReply::Error(ZkError::NoAuth) => Node::Bad(format!(
+            "ZooKeeper refused this machine reading {path}: not authorised"
+        )),
         _ => Node::Retry,
     }
 }

@@ -75,6 +75,25 @@ fn issues_the_request_and_a_pending_result_per_machine_in_one_multi() {
 }
 
 #[test]
+fn in_a_secured_namespace_machines_read_the_task_and_each_writes_its_own_result() {
+    let mut tree = greeter_service(r#"["m1","m2"]"#);
+    let access = Access::Secured(crate::access::Principals {
+        admin: "root:R=".into(),
+        machines: [("m1", "m1:A="), ("m2", "m2:B=")]
+            .into_iter()
+            .map(|(m, id)| (m.to_string(), id.to_string()))
+            .collect(),
+    });
+    tree.run(&mut run(request("hello", &[])).with_access(access))
+        .expect("issued");
+    assert_eq!(tree.acl("/services/s/tasks"), "[m1=r m2=r root=all]");
+    let task = format!("/services/s/tasks/{ID}");
+    assert_eq!(tree.acl(&task), "[m1=r m2=r root=all]");
+    assert_eq!(tree.acl(&format!("{task}/m1")), "[m1=rw m2=r root=all]");
+    assert_eq!(tree.acl(&format!("{task}/m2")), "[m1=r m2=rw root=all]");
+}
+
+#[test]
 fn given_machines_keep_their_order_and_must_be_deployed_on() {
     let mut tree = greeter_service(r#"["m1","m2","m3"]"#);
     let mut req = request("hello", &["m3", "m1"]);

@@ -99,18 +99,25 @@ pub(crate) struct CgroupGroup {
 }
 
 impl CgroupGroup {
+    /// Creates the cgroup; fails with `AlreadyExists` if an earlier run of the same
+    /// generation left it (see [`CgroupGroup::reclaim`]).
     pub fn create(dir: PathBuf) -> io::Result<Self> {
-        match fs::create_dir(&dir) {
-            Ok(()) => {}
-            // Left over from an earlier run of the same generation: empty it.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let g = Self { dir: dir.clone() };
-                g.kill_all();
-                g.wait_empty(Duration::from_secs(5));
-            }
-            Err(e) => return Err(e),
-        }
+        fs::create_dir(&dir)?;
         Ok(Self { dir })
+    }
+
+    /// Takes over a cgroup left by an earlier run of the same generation: kills what
+    /// is in it and waits (blocking, at most 5 s) until it is empty.
+    pub fn reclaim(dir: PathBuf) -> io::Result<Self> {
+        let g = Self { dir };
+        g.kill_all();
+        if !g.wait_empty(Duration::from_secs(5)) {
+            return Err(io::Error::other(format!(
+                "{} still holds processes after SIGKILL",
+                g.dir.display()
+            )));
+        }
+        Ok(g)
     }
 
     /// An existing cgroup (an adopted generation's); nothing is created.
@@ -134,10 +141,23 @@ impl CgroupGroup {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
     }
 
+    /// `cgroup.events`, whose `populated` line says whether anything is left.
+    pub fn events_path(&self) -> PathBuf {
+        self.dir.join("cgroup.events")
+    }
+
+    /// The processes directly in this cgroup.
     pub fn members(&self) -> Vec<i32> {
-        fs::read_to_string(self.dir.join("cgroup.procs"))
-            .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
-            .unwrap_or_default()
+        procs_of(&self.dir)
+    }
+
+    /// The processes in this cgroup and in any cgroup a service made inside it.
+    pub fn all_members(&self) -> Vec<i32> {
+        let mut pids = Vec::new();
+        for dir in subtree(&self.dir) {
+            pids.extend(procs_of(&dir));
+        }
+        pids
     }
 
     pub fn signal_all(&self, sig: Signal) {
@@ -145,7 +165,7 @@ impl CgroupGroup {
             self.kill_all();
             return;
         }
-        for pid in self.members() {
+        for pid in self.all_members() {
             // ESRCH: it exited meanwhile.
             let _ = kill(Pid::from_raw(pid), sig);
         }
@@ -157,7 +177,7 @@ impl CgroupGroup {
                 warn!(dir = %self.dir.display(), error = %e, "cgroup.kill failed");
             }
             // Fall back to signalling the pids we can see.
-            for pid in self.members() {
+            for pid in self.all_members() {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
         }
@@ -168,7 +188,7 @@ impl CgroupGroup {
             Ok(s) => s.lines().any(|l| l.trim() == "populated 0"),
             // The directory is gone: certainly nothing left in it.
             Err(e) if e.kind() == io::ErrorKind::NotFound => true,
-            Err(_) => self.members().is_empty(),
+            Err(_) => self.all_members().is_empty(),
         }
     }
 
@@ -183,41 +203,81 @@ impl CgroupGroup {
         true
     }
 
-    /// Removes the (empty) cgroup; retries briefly because the kernel may
-    /// still be tearing down exiting tasks.
+    /// Removes the (empty) cgroup, and any a service made inside it, deepest first.
+    /// Blocking: retries briefly, because the kernel may still be tearing down exiting
+    /// tasks.
     pub fn remove(&self) {
-        for _ in 0..50 {
-            match fs::remove_dir(&self.dir) {
-                Ok(()) => return,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return,
-                Err(_) => std::thread::sleep(Duration::from_millis(10)),
-            }
+        let mut dirs = subtree(&self.dir);
+        // Children after their parents in `subtree`, so reversed they go first.
+        dirs.reverse();
+        for dir in dirs {
+            remove_dir_patiently(&dir);
         }
-        warn!(dir = %self.dir.display(), "cannot remove cgroup");
     }
+}
+
+fn procs_of(dir: &Path) -> Vec<i32> {
+    fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// `dir` and every cgroup below it, parents before children.
+fn subtree(dir: &Path) -> Vec<PathBuf> {
+    let mut all = vec![dir.to_path_buf()];
+    let mut i = 0;
+    while let Some(d) = all.get(i).cloned() {
+        if let Ok(entries) = fs::read_dir(&d) {
+            // Only directories: the control files are regular files.
+            all.extend(
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+        i += 1;
+    }
+    all
+}
+
+fn remove_dir_patiently(dir: &Path) {
+    for _ in 0..50 {
+        match fs::remove_dir(dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    warn!(dir = %dir.display(), "cannot remove cgroup");
 }
 
 /// Kills every process in every cgroup under the services directory (left
 /// by an earlier agent that died) and removes those cgroups, except the
-/// `spared` ones (adopted generations) and the agent's own leaf.
+/// `spared` ones (adopted generations) and the agent's own leaf. Every group is
+/// killed first and then all are waited for together, so start-up waits at most
+/// ~5 s however many are stubborn.
 pub(crate) fn kill_leftovers(services_dir: &Path, spared: &HashSet<PathBuf>) {
     let Ok(entries) = fs::read_dir(services_dir) else {
         return;
     };
-    for entry in entries.filter_map(|e| e.ok()) {
-        let path = entry.path();
+    let stale: Vec<CgroupGroup> = entries
+        .filter_map(|e| e.ok())
         // The agent's own leaf in a delegated cgroup is no leftover.
-        if !path.is_dir() || spared.contains(&path) || entry.file_name() == delegated::AGENT_LEAF {
+        .filter(|e| e.file_name() != delegated::AGENT_LEAF)
+        .map(|e| e.path())
+        .filter(|path| path.is_dir() && !spared.contains(path))
+        .map(|dir| CgroupGroup { dir })
+        .collect();
+    for g in stale.iter().filter(|g| !g.is_empty()) {
+        warn!(cgroup = %g.dir.display(), pids = ?g.all_members(), "killing leftovers of a previous agent");
+        g.kill_all();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for g in &stale {
+        if !g.wait_empty(deadline.saturating_duration_since(Instant::now())) {
+            warn!(cgroup = %g.dir.display(), "leftover cgroup still populated");
             continue;
-        }
-        let g = CgroupGroup { dir: path };
-        if !g.is_empty() {
-            warn!(cgroup = %g.dir.display(), pids = ?g.members(), "killing leftovers of a previous agent");
-            g.kill_all();
-            if !g.wait_empty(Duration::from_secs(5)) {
-                warn!(cgroup = %g.dir.display(), "leftover cgroup still populated");
-                continue;
-            }
         }
         debug!(cgroup = %g.dir.display(), "removing stale cgroup");
         g.remove();

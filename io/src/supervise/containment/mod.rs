@@ -4,13 +4,12 @@
 pub(crate) mod cgroup;
 mod delegated;
 pub(crate) mod pgroup;
+pub(crate) mod scan;
 
 use std::collections::HashSet;
-use std::ffi::CString;
 use std::io;
 use std::path::PathBuf;
 
-use nix::sys::signal::Signal;
 use tracing::info;
 
 use self::cgroup::CgroupGroup;
@@ -92,9 +91,21 @@ impl Backend {
         }
     }
 
+    /// A new generation's containment, without blocking: fails with `AlreadyExists`
+    /// when an earlier run of the same generation left its cgroup behind (then see
+    /// [`Backend::reclaim_group`]).
     pub fn new_group(&self, service: &str, generation: u64, token: &str) -> io::Result<Group> {
         match self.cgroup_dir(service, generation) {
             Some(dir) => Ok(Group::Cgroup(CgroupGroup::create(dir)?)),
+            None => Ok(Group::Pgroup(PgroupGroup::new(token))),
+        }
+    }
+
+    /// Takes over the cgroup an earlier run of the same generation left: blocks until
+    /// what is in it is killed (at most ~5 s).
+    pub fn reclaim_group(&self, service: &str, generation: u64, token: &str) -> io::Result<Group> {
+        match self.cgroup_dir(service, generation) {
+            Some(dir) => Ok(Group::Cgroup(CgroupGroup::reclaim(dir)?)),
             None => Ok(Group::Pgroup(PgroupGroup::new(token))),
         }
     }
@@ -108,11 +119,11 @@ pub(crate) enum Group {
 }
 
 impl Group {
-    /// For `pre_exec`: the `cgroup.procs` file the child must join, if any.
-    pub fn join_path(&self) -> io::Result<Option<CString>> {
+    /// The cgroup directory, in cgroup mode.
+    pub fn cgroup(&self) -> Option<&CgroupGroup> {
         match self {
-            Group::Cgroup(g) => g.procs_path().map(Some),
-            Group::Pgroup(_) => Ok(None),
+            Group::Cgroup(g) => Some(g),
+            Group::Pgroup(_) => None,
         }
     }
 
@@ -138,29 +149,16 @@ impl Group {
         }
     }
 
-    /// Live processes of the group.
+    /// Live processes of the group. Blocking in process-group mode (a /proc scan).
     pub fn members(&self) -> Vec<i32> {
         match self {
-            Group::Cgroup(g) => g.members(),
+            Group::Cgroup(g) => g.all_members(),
             Group::Pgroup(g) => g.members(),
         }
     }
 
-    pub fn signal_all(&self, sig: Signal) {
-        match self {
-            Group::Cgroup(g) => g.signal_all(sig),
-            Group::Pgroup(g) => g.signal_all(sig),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        match self {
-            Group::Cgroup(g) => g.is_empty(),
-            Group::Pgroup(g) => g.is_empty(),
-        }
-    }
-
-    /// Releases the containment once empty (the cgroup directory).
+    /// Releases the containment once empty (the cgroup directory). Blocking: it may
+    /// retry for a while.
     pub fn remove(&self) {
         if let Group::Cgroup(g) = self {
             g.remove();

@@ -18,6 +18,7 @@ use tracing::warn;
 
 use super::super::procfs::{self, Stat};
 use super::super::TOKEN_ENV;
+use super::scan;
 
 /// One service generation's process group.
 #[derive(Debug)]
@@ -44,27 +45,31 @@ impl PgroupGroup {
         self.pgid.get().copied()
     }
 
+    /// `POP_SUPERVISION_TOKEN=<token>`, as the group's processes carry it.
+    pub fn entry(&self) -> &[u8] {
+        &self.entry
+    }
+
     /// Whether `pid` carries this group's token.
     pub fn has_token(&self, pid: i32) -> bool {
         procfs::has_env_entry(pid, &self.entry)
     }
 
+    /// Live members (a /proc scan of its own; see `scan` for sharing one).
     pub fn members(&self) -> Vec<i32> {
-        let pgid = self.pgid.get().copied();
-        find(|pid, stat| Some(stat.pgid) == pgid || procfs::has_env_entry(pid, &self.entry))
+        scan::find_many(&[(self.pgid(), &self.entry)])
+            .pop()
+            .unwrap_or_default()
     }
 
-    pub fn signal_all(&self, sig: Signal) {
+    /// Signals the process group, and `members` (found by a scan).
+    pub fn signal(&self, sig: Signal, members: &[i32]) {
         if let Some(pgid) = self.pgid.get() {
             let _ = killpg(Pid::from_raw(*pgid), sig);
         }
-        for pid in self.members() {
-            let _ = kill(Pid::from_raw(pid), sig);
+        for pid in members {
+            let _ = kill(Pid::from_raw(*pid), sig);
         }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.members().is_empty()
     }
 }
 

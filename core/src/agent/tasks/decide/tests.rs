@@ -10,6 +10,7 @@ use std::time::Duration;
 
 fn config() -> AgentConfig {
     AgentConfig {
+        access: Default::default(),
         machine: MachineId::new("m2").expect("an id"),
         hostname: "host2".into(),
         agent_pid: 7,

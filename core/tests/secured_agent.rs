@@ -1,0 +1,206 @@
+//! An agent in a secured namespace: its own nodes carry its and the admin's ACL, it
+//! leaves its machine directory to `pop machine add`, and a request an ACL refuses
+//! (NoAuth) is reported and ends the agent instead of being retried forever.
+
+use pop_core::access::AgentAccess;
+use pop_core::backoff::Backoff;
+use pop_core::event::{Action, Input, Report};
+use pop_core::names::MachineId;
+use pop_core::zk::{NodeStat, SessionEvent, SessionId, ZkError, ZkOp, ZkReply};
+use pop_core::{Agent, AgentConfig, Timestamp};
+use std::time::Duration;
+
+fn agent(access: AgentAccess) -> Agent {
+    Agent::new(AgentConfig {
+        access,
+        machine: MachineId::new("m1").expect("machine id"),
+        hostname: "h".into(),
+        agent_pid: 1,
+        version: "t".into(),
+        containment: "none".into(),
+        seed: 1,
+        backoff: Backoff::default(),
+        pop: "/usr/bin/pop".into(),
+        state_dir: "/var/lib/pop".into(),
+    })
+}
+
+fn secured() -> AgentAccess {
+    AgentAccess::Secured {
+        admin: "root:R=".into(),
+        machine: "m1:M=".into(),
+    }
+}
+
+fn feed(agent: &mut Agent, at: u64, input: Input) -> Vec<Action> {
+    agent.handle(Timestamp::from_millis(at), input);
+    agent.drain_actions()
+}
+
+fn connect(agent: &mut Agent) -> Vec<Action> {
+    let connected = SessionEvent::Connected {
+        session: SessionId(1),
+        timeout: Duration::from_secs(4),
+    };
+    feed(agent, 1000, Input::Session(connected))
+}
+
+fn creates(actions: &[Action]) -> Vec<&ZkOp> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Zk {
+                op: op @ ZkOp::Create { .. },
+                ..
+            } => Some(op),
+            _ => None,
+        })
+        .collect()
+}
+
+fn request_for(actions: &[Action], path: &str) -> pop_core::zk::RequestId {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Zk { id, op } if op.path() == path => Some(*id),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no request for {path} in {actions:?}"))
+}
+
+#[test]
+fn a_secured_agent_protects_its_nodes_and_leaves_its_directory_to_the_admin() {
+    let mut agent = agent(secured());
+    let actions = connect(&mut agent);
+    let made = creates(&actions);
+    assert!(
+        made.iter().all(|op| op.path() != "/machines/m1"),
+        "{actions:?}"
+    );
+    let report = made
+        .iter()
+        .find(|op| op.path() == "/agents/m1")
+        .expect("its report is published");
+    let ZkOp::Create { acl, .. } = report else {
+        unreachable!("filtered to creates")
+    };
+    assert_eq!(acl.to_string(), "[m1=all root=all]");
+}
+
+#[test]
+fn an_open_agent_creates_as_before() {
+    let mut agent = agent(AgentAccess::Open);
+    let actions = connect(&mut agent);
+    let made = creates(&actions);
+    assert!(made.iter().any(|op| op.path() == "/machines/m1"));
+    assert!(made.iter().all(|op| match op {
+        ZkOp::Create { acl, .. } => acl.is_open(),
+        _ => false,
+    }));
+}
+
+#[test]
+fn a_refused_request_is_reported_and_the_agent_exits() {
+    let mut agent = agent(AgentAccess::Open);
+    let actions = connect(&mut agent);
+    let id = request_for(&actions, "/services");
+    let reply = ZkReply::Error(ZkError::NoAuth);
+    let actions = feed(&mut agent, 1001, Input::Reply { id, reply });
+    assert_eq!(
+        actions,
+        vec![
+            Action::Report(Report::NotAuthorised {
+                path: "/services".into(),
+                doing: "reading".into(),
+            }),
+            Action::Exit,
+        ]
+    );
+    // Nothing more, whatever comes next.
+    let listing = ZkReply::Children {
+        names: vec!["web".into()],
+        stat: NodeStat::default(),
+    };
+    assert!(connect(&mut agent).is_empty());
+    assert!(feed(&mut agent, 1002, Input::Reply { id, reply: listing }).is_empty());
+}
+
+#[test]
+fn a_refused_machine_directory_is_no_refusal() {
+    // In a secured namespace `pop machine add` made it; creating it again is refused
+    // (ZooKeeper checks the parent's ACL before whether the node exists).
+    let mut agent = agent(AgentAccess::Open);
+    let actions = connect(&mut agent);
+    let id = request_for(&actions, "/machines/m1");
+    let reply = ZkReply::Error(ZkError::NoAuth);
+    let actions = feed(&mut agent, 1001, Input::Reply { id, reply });
+    assert!(!actions.contains(&Action::Exit), "{actions:?}");
+}
+
+#[test]
+fn settings_kept_from_it_are_read_again_once_it_is_deployed() {
+    let mut agent = agent(secured());
+    let actions = connect(&mut agent);
+    let id = request_for(&actions, "/services");
+    let listing = ZkReply::Children {
+        names: vec!["web".into()],
+        stat: NodeStat::default(),
+    };
+    let actions = feed(&mut agent, 1001, Input::Reply { id, reply: listing });
+    let settings = request_for(&actions, "/services/web/settings");
+    let machines = request_for(&actions, "/services/web/machines");
+    let refused = ZkReply::Error(ZkError::NoAuth);
+    let after = feed(
+        &mut agent,
+        1002,
+        Input::Reply {
+            id: settings,
+            reply: refused,
+        },
+    );
+    assert!(!after.contains(&Action::Exit), "{after:?}");
+    let elsewhere = ZkReply::Data {
+        data: b"[\"m2\"]".to_vec(),
+        stat: NodeStat {
+            mzxid: 5,
+            ..NodeStat::default()
+        },
+    };
+    let after = feed(
+        &mut agent,
+        1003,
+        Input::Reply {
+            id: machines,
+            reply: elsewhere,
+        },
+    );
+    assert!(
+        after
+            .iter()
+            .all(|a| !matches!(a, Action::Zk { op, .. } if op.path() == "/services/web/settings")),
+        "not deployed here: not read again {after:?}"
+    );
+    // The admin granted read, then listed m1: the list's watch fires, settings are read.
+    let watch = pop_core::zk::WatchEvent {
+        path: "/services/web/machines".into(),
+        kind: pop_core::zk::WatchKind::DataChanged,
+    };
+    let actions = feed(&mut agent, 1004, Input::Watch(watch));
+    let machines = request_for(&actions, "/services/web/machines");
+    let here = ZkReply::Data {
+        data: b"[\"m1\"]".to_vec(),
+        stat: NodeStat {
+            mzxid: 6,
+            ..NodeStat::default()
+        },
+    };
+    let actions = feed(
+        &mut agent,
+        1005,
+        Input::Reply {
+            id: machines,
+            reply: here,
+        },
+    );
+    request_for(&actions, "/services/web/settings");
+}
