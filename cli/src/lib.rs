@@ -6,6 +6,7 @@ mod agent_log;
 mod auth;
 mod commands;
 mod context;
+mod duration;
 mod echo;
 mod logs;
 mod manual;
@@ -147,6 +148,11 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Run a task of a service's type on the machines it is deployed on, wait for them
+    /// and show each machine's result (exit status 1 unless all succeeded).
+    Run(commands::tasks::RunArgs),
+    /// List a service's recent tasks with each machine's result.
+    Tasks { service: String },
     /// Manage service types: plugins stored in ZooKeeper, and the built-in ones.
     Plugin {
         #[command(subcommand)]

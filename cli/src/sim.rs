@@ -32,23 +32,6 @@ pub struct SimArgs {
     trace_dir: PathBuf,
 }
 
-fn parse_duration(text: &str) -> Result<Duration> {
-    let t = text.trim();
-    let (number, unit) = t
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((t, "s"), |i| t.split_at(i));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| anyhow!("duration {text:?}: expected e.g. 90s, 10m, 2h"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => bail!("duration {text:?}: the unit is s, m or h"),
-    };
-    Ok(Duration::from_secs(secs))
-}
-
 fn parse_range(text: &str) -> Result<(u64, u64)> {
     let (a, b) = text
         .split_once("..")
@@ -86,7 +69,12 @@ fn write_trace(args: &SimArgs, outcome: &Outcome) -> Result<PathBuf> {
 }
 
 pub fn run(cli: &Cli, args: &SimArgs) -> Result<()> {
-    let chaos = args.duration.as_deref().map(parse_duration).transpose()?;
+    let chaos = args
+        .duration
+        .as_deref()
+        .map(crate::duration::parse)
+        .transpose()
+        .map_err(|e| anyhow!(e))?;
     if let Some(m) = args.machines {
         if !(1..=7).contains(&m) {
             bail!("--machines {m}: from 1 to 7");

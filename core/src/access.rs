@@ -99,6 +99,10 @@ enum Kind<'a> {
     AdminRead,
     Settings,
     StateContainer,
+    /// `/services/<s>/tasks/<id>/<m>`: a machine's result of a task, which it writes
+    /// (`pop run` creates it) and every machine reads (a rolling task's next machine
+    /// reads it).
+    TaskResult(&'a str),
     /// Anything else under the namespace: only the admin.
     AdminOnly,
 }
@@ -114,7 +118,12 @@ fn kind(path: &str) -> Kind<'_> {
         ["agents", m] => Kind::OwnedBy(m),
         ["machines", m] => Kind::MachineDir(m),
         ["machines", m, _] => Kind::OwnedBy(m),
-        ["services", _] | ["services", _, "machines"] | ["plugins", _] => Kind::AdminRead,
+        ["services", _]
+        | ["services", _, "machines"]
+        | ["services", _, "tasks"]
+        | ["services", _, "tasks", _]
+        | ["plugins", _] => Kind::AdminRead,
+        ["services", _, "tasks", _, m] => Kind::TaskResult(m),
         ["services", _, "settings"] => Kind::Settings,
         ["services", _, "state"] => Kind::StateContainer,
         ["services", _, "state", m] => Kind::OwnedBy(m),
@@ -150,6 +159,13 @@ impl Principals {
                 match self.machine_id(m) {
                     Some(id) => others.digest(id, Perms::ALL),
                     None => others,
+                }
+            }
+            Kind::TaskResult(m) => {
+                let readers = self.every_machine(admin, read);
+                match self.machine_id(m) {
+                    Some(id) => readers.digest(id, read.and(Perms::WRITE)),
+                    None => readers,
                 }
             }
             Kind::OwnedBy(m) => match self.machine_id(m) {
@@ -250,7 +266,22 @@ mod tests {
         assert_eq!(shown("/machines/m2/s", &[]), "[m2=all root=all]");
         assert_eq!(shown("/agents/m1", &[]), "[m1=all root=all]");
         assert_eq!(shown("/plugins/t", &[]), "[m1=r m2=r root=all]");
-        assert_eq!(shown("/services/s/tasks", &[]), "[root=all]");
+    }
+
+    #[test]
+    fn every_machine_reads_tasks_and_each_writes_only_its_own_result() {
+        assert_eq!(shown("/services/s/tasks", &[]), "[m1=r m2=r root=all]");
+        let task = "/services/s/tasks/t1700000000000-00ff";
+        assert_eq!(shown(task, &[]), "[m1=r m2=r root=all]");
+        assert_eq!(shown(&format!("{task}/m1"), &[]), "[m1=rw m2=r root=all]");
+        assert_eq!(
+            shown(&format!("{task}/m2"), &["m1"]),
+            "[m1=r m2=rw root=all]"
+        );
+        // A target not registered: every registered machine reads it, none writes it.
+        assert_eq!(shown(&format!("{task}/m3"), &[]), "[m1=r m2=r root=all]");
+        // Nothing deeper is pop's: only the admin.
+        assert_eq!(shown(&format!("{task}/m1/x"), &[]), "[root=all]");
     }
 
     #[test]

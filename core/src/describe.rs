@@ -185,6 +185,34 @@ impl fmt::Display for Input {
                     None => Ok(()),
                 }
             }
+            Input::TaskStarted {
+                service,
+                task,
+                attempt,
+                pid,
+            } => write!(
+                f,
+                "task {service}/{task} attempt {attempt} started, pid {pid}"
+            ),
+            Input::TaskFailedToStart {
+                service,
+                task,
+                attempt,
+                error,
+            } => write!(
+                f,
+                "task {service}/{task} attempt {attempt} failed to start: {error}"
+            ),
+            Input::TaskExited {
+                service,
+                task,
+                attempt,
+                status,
+                ..
+            } => write!(
+                f,
+                "task {service}/{task} attempt {attempt} exited: {status}"
+            ),
             Input::EnvironmentBuilt {
                 service,
                 spec_hash,
@@ -269,6 +297,12 @@ impl fmt::Display for Report {
                 f.write_str(", restarting it")
             }
             Report::Fenced { services } => write!(f, "fenced: {}", services.join(", ")),
+            Report::TaskEnded {
+                service,
+                task,
+                attempt,
+                state,
+            } => write!(f, "task {service}/{task} attempt {attempt}: {state}"),
             Report::Waiting { service, reason } => write!(f, "{service} waits: {reason}"),
             Report::EnvironmentReady { service, spec_hash } => {
                 write!(f, "{service}: environment {spec_hash} ready")
@@ -302,6 +336,27 @@ impl fmt::Display for Action {
             } => write!(
                 f,
                 "stop {service}#{generation}, SIGKILL after {}s",
+                grace.as_secs_f64()
+            ),
+            Action::RunTask {
+                service,
+                task,
+                attempt,
+                argv,
+                ..
+            } => write!(
+                f,
+                "run task {service}/{task} attempt {attempt}: {}",
+                argv.join(" ")
+            ),
+            Action::StopTask {
+                service,
+                task,
+                attempt,
+                grace,
+            } => write!(
+                f,
+                "stop task {service}/{task} attempt {attempt}, SIGKILL after {}s",
                 grace.as_secs_f64()
             ),
             Action::BuildEnvironment { service, spec, dir } => {

@@ -3,9 +3,11 @@
 use crate::environment::EnvironmentSpec;
 use crate::launch::Launch;
 use crate::settings::Settings;
+use crate::task::{TaskId, TaskState};
 use crate::time::Timestamp;
 use crate::zk::{RequestId, SessionEvent, WatchEvent, ZkOp, ZkReply};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -105,6 +107,30 @@ pub enum Input {
         spec_hash: String,
         result: Result<(), String>,
     },
+    /// A task's process started (`Action::RunTask`).
+    TaskStarted {
+        service: String,
+        task: TaskId,
+        attempt: u32,
+        pid: u32,
+    },
+    /// A task's process could not be started.
+    TaskFailedToStart {
+        service: String,
+        task: TaskId,
+        attempt: u32,
+        error: String,
+    },
+    /// A task's process exited and everything it started is gone; the ends of its
+    /// output come with it, so they are journaled.
+    TaskExited {
+        service: String,
+        task: TaskId,
+        attempt: u32,
+        status: ExitStatus,
+        stdout_tail: String,
+        stderr_tail: String,
+    },
     /// The deadline from `poll_timeout` was reached.
     Tick,
     /// Stop every service, then emit `Action::Exit`.
@@ -149,6 +175,27 @@ pub enum Action {
     Stop {
         service: String,
         generation: u64,
+        grace: Duration,
+    },
+    /// Run a task's process in the service's containment style, its output to files;
+    /// report `TaskStarted` (or `TaskFailedToStart`), then `TaskExited`. The process is
+    /// not adopted by a later agent: that agent's start-up kills it.
+    RunTask {
+        service: String,
+        task: TaskId,
+        attempt: u32,
+        argv: Vec<String>,
+        env: BTreeMap<String, String>,
+        /// Searched before the `PATH` it would otherwise get (`env`'s, else the agent's).
+        path_prepend: Vec<String>,
+        /// The service's working directory.
+        cwd: String,
+    },
+    /// SIGTERM everything of the task's run, SIGKILL after `grace`; `TaskExited` follows.
+    StopTask {
+        service: String,
+        task: TaskId,
+        attempt: u32,
         grace: Duration,
     },
     /// The session expired: build a new client and report `Connected` again.
@@ -203,6 +250,13 @@ pub enum Report {
     /// The session was lost long enough that `session_loss: fence` services are stopped.
     Fenced {
         services: Vec<String>,
+    },
+    /// A task ended on this machine (its result is written next).
+    TaskEnded {
+        service: String,
+        task: TaskId,
+        attempt: u32,
+        state: TaskState,
     },
     /// A wanted service is not started (or not restarted with what it should run now):
     /// its type, a setting its command needs, or its environment is not there.

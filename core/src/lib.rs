@@ -39,6 +39,7 @@ pub mod planted;
 pub mod plugin;
 pub mod published;
 pub mod settings;
+pub mod task;
 pub mod time;
 pub mod zk;
 

@@ -8,6 +8,9 @@
 //! | /services/<service>/state/<machine-id> | JSON object       | ephemeral |
 //! | /agents/<machine-id>                   | JSON agent report | ephemeral |
 //! | /plugins/<type>                        | TOML manifest     |           |
+//! | /services/<service>/tasks              | (container)       |           |
+//! | /services/<service>/tasks/<id>         | JSON task request |           |
+//! | /services/<service>/tasks/<id>/<machine> | JSON task result |          |
 
 pub const MACHINES: &str = "/machines";
 pub const SERVICES: &str = "/services";
@@ -48,6 +51,20 @@ pub fn service_state(service: &str, machine: &str) -> String {
     format!("{SERVICES}/{service}/state/{machine}")
 }
 
+/// The container of a service's tasks (`pop run`).
+pub fn service_tasks(service: &str) -> String {
+    format!("{SERVICES}/{service}/tasks")
+}
+
+pub fn task(service: &str, task: &str) -> String {
+    format!("{SERVICES}/{service}/tasks/{task}")
+}
+
+/// One machine's result of a task.
+pub fn task_result(service: &str, task: &str, machine: &str) -> String {
+    format!("{SERVICES}/{service}/tasks/{task}/{machine}")
+}
+
 pub fn agent(machine: &str) -> String {
     format!("{AGENTS}/{machine}")
 }
@@ -72,6 +89,17 @@ pub enum Watched {
     ServiceList,
     Machines(String),
     Settings(String),
+    /// The children of a service's tasks container.
+    Tasks(String),
+    /// The children of a service's node, while it has no tasks container (a service
+    /// added before tasks existed): the container's creation is seen there.
+    ServiceChildren(String),
+    /// A machine's result of a task (the one before this machine in a rolling task).
+    TaskResult {
+        service: String,
+        task: String,
+        machine: String,
+    },
     /// A stored service type's manifest.
     Plugin(String),
     /// The stored types' names, watched while a type a service needs is missing.
@@ -91,11 +119,44 @@ impl Watched {
                 .then(|| Watched::Plugin(name.to_string()));
         }
         let rest = path.strip_prefix(SERVICES)?.strip_prefix('/')?;
-        let (name, leaf) = rest.split_once('/')?;
-        match leaf {
-            "machines" => Some(Watched::Machines(name.to_string())),
-            "settings" => Some(Watched::Settings(name.to_string())),
+        let Some((name, leaf)) = rest.split_once('/') else {
+            return (!rest.is_empty()).then(|| Watched::ServiceChildren(rest.to_string()));
+        };
+        match leaf.split('/').collect::<Vec<_>>()[..] {
+            ["machines"] => Some(Watched::Machines(name.to_string())),
+            ["settings"] => Some(Watched::Settings(name.to_string())),
+            ["tasks"] => Some(Watched::Tasks(name.to_string())),
+            ["tasks", task, machine] if !task.is_empty() && !machine.is_empty() => {
+                Some(Watched::TaskResult {
+                    service: name.to_string(),
+                    task: task.to_string(),
+                    machine: machine.to_string(),
+                })
+            }
             _ => None,
+        }
+    }
+
+    /// Whether the node's children are read (else its data).
+    pub fn reads_children(&self) -> bool {
+        matches!(
+            self,
+            Watched::ServiceList
+                | Watched::PluginList
+                | Watched::Tasks(_)
+                | Watched::ServiceChildren(_)
+        )
+    }
+
+    /// The service the path is about, if any.
+    pub fn service(&self) -> Option<&str> {
+        match self {
+            Watched::ServiceList | Watched::Plugin(_) | Watched::PluginList => None,
+            Watched::Machines(s)
+            | Watched::Settings(s)
+            | Watched::Tasks(s)
+            | Watched::ServiceChildren(s)
+            | Watched::TaskResult { service: s, .. } => Some(s),
         }
     }
 
@@ -104,6 +165,13 @@ impl Watched {
             Watched::ServiceList => SERVICES.to_string(),
             Watched::Machines(s) => service_machines(s),
             Watched::Settings(s) => service_settings(s),
+            Watched::Tasks(s) => service_tasks(s),
+            Watched::ServiceChildren(s) => service(s),
+            Watched::TaskResult {
+                service,
+                task,
+                machine,
+            } => task_result(service, task, machine),
             Watched::Plugin(name) => plugin(name),
             Watched::PluginList => PLUGINS.to_string(),
         }
@@ -128,12 +196,22 @@ mod tests {
             Watched::ServiceList,
             Watched::Machines("a".into()),
             Watched::Settings("b".into()),
+            Watched::Tasks("c".into()),
+            Watched::ServiceChildren("d".into()),
+            Watched::TaskResult {
+                service: "e".into(),
+                task: "t1".into(),
+                machine: "m1".into(),
+            },
             Watched::Plugin("greeter".into()),
             Watched::PluginList,
         ] {
             assert_eq!(Watched::parse(&w.path()), Some(w));
         }
         assert_eq!(Watched::parse("/services/a/state"), None);
+        assert_eq!(Watched::parse("/services/a/tasks/t1"), None);
+        assert_eq!(Watched::parse("/services/a/tasks/t1/m1/x"), None);
+        assert_eq!(Watched::parse("/services/"), None);
         assert_eq!(Watched::parse("/plugins/a/b"), None);
         assert_eq!(Watched::parse("/plugins/"), None);
         assert_eq!(parent("/machines/m1/x"), Some("/machines/m1"));

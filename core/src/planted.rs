@@ -47,6 +47,16 @@ bugs! {
     /// `pop remove` deletes the service's state nodes before its machines list and
     /// settings, unregistering it while agents still run it as wanted.
     RemoveTreeFirst,
+    /// A machine of a rolling task starts it without waiting for the machine before it.
+    RollingIgnoresPredecessor,
+    /// A machine runs a task it finds a result placeholder for, targeted or not.
+    RunsUntargeted,
+    /// After a session expiry the agent forgets the task processes it runs, finds its
+    /// results `running`, and starts them again.
+    ForgetsTaskRunsOnNewSession,
+    /// A rolling task's machine ignores the watch on the result of the machine before
+    /// it, and waits forever.
+    PredecessorWatchIgnored,
 }
 
 impl Bug {
@@ -54,9 +64,24 @@ impl Bug {
     /// plans, can catch these; the agent checker never sees a plan.
     pub const IN_PLANS: &'static [Bug] = &[Bug::RemoveTreeFirst];
 
+    /// The bugs in the agent's tasks: the fuzz corpus issues no tasks (a request is
+    /// written by a plan), so only the simulator, whose operators run `pop run`,
+    /// catches these.
+    pub const IN_TASKS: &'static [Bug] = &[
+        Bug::RollingIgnoresPredecessor,
+        Bug::RunsUntargeted,
+        Bug::ForgetsTaskRunsOnNewSession,
+        Bug::PredecessorWatchIgnored,
+    ];
+
     /// Whether the bug is in the agent (the fuzz checker catches those).
     pub fn in_agent(self) -> bool {
         !Self::IN_PLANS.contains(&self)
+    }
+
+    /// Whether the input-sequence checker over the fuzz corpus can see it.
+    pub fn seen_by_checker(self) -> bool {
+        self.in_agent() && !Self::IN_TASKS.contains(&self)
     }
 }
 

@@ -8,4 +8,5 @@ pub mod environment;
 pub mod journal;
 pub mod machine_id;
 pub mod supervise;
+pub mod tasks;
 pub mod zk;

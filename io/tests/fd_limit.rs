@@ -73,6 +73,7 @@ fn spec(service: String) -> ProcessSpec {
         probe: None,
         exit_grace: None,
         note: serde_json::Value::Null,
+        output: None,
     }
 }
 

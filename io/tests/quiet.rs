@@ -51,6 +51,7 @@ fn spec(service: &str, argv: &[&str]) -> ProcessSpec {
         probe: None,
         exit_grace: None,
         note: serde_json::Value::Null,
+        output: None,
     }
 }
 

@@ -22,6 +22,9 @@ use adopt::*;
 #[path = "supervise/events.rs"]
 mod events;
 use events::*;
+#[path = "supervise/one_off.rs"]
+mod one_off;
+use one_off::*;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(20);
@@ -98,6 +101,7 @@ fn spec(service: &str, generation: u64, argv: &[&str]) -> ProcessSpec {
         probe: None,
         exit_grace: None,
         note: serde_json::Value::Null,
+        output: None,
     }
 }
 
@@ -268,6 +272,8 @@ both_modes!(
     agent_killed_by_sigkill,
     spawn_failure_is_reported,
     leftover_daemon_is_waited_for_until_it_exits,
+    one_off_output_goes_to_its_files_and_its_tree_is_stopped,
+    a_detached_one_off_is_killed_by_the_next_supervisor,
 );
 
 /// Tests of what only cgroups have.

@@ -73,3 +73,42 @@ fn a_batch_of_seeds_is_clean_and_covers_the_rare_situations() {
         );
     }
 }
+
+/// Tasks under faults: between them the seeds run tasks where they were issued while a
+/// target was cut off, while a session expires, again after their agent died, rolling
+/// ones that stop at a failure, hanging ones past their timeout, and tasks written by
+/// hand for machines they do not target; and every invariant of tasks holds.
+#[test]
+fn a_batch_of_seeds_runs_tasks_through_their_rare_situations() {
+    let mut coverage: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for seed in 2000..2030 {
+        let outcome = run_catching(&short(seed));
+        assert_eq!(
+            outcome.failure, None,
+            "seed {seed}: pop sim --seed {seed} --duration 60s"
+        );
+        for (situation, n) in outcome.coverage {
+            *coverage.entry(situation).or_default() += n;
+        }
+    }
+    for situation in [
+        "task run",
+        "rolling task issued",
+        "task issued while a target was cut off",
+        "task run again after its agent died",
+        "session expiry while a task runs",
+        "task timed out",
+        "task skipped",
+        "task expired",
+        "task written by hand with an untargeted placeholder",
+        "stored type started",
+        "bad data at a stored type",
+        "service started from its environment",
+        "environment build failed",
+    ] {
+        assert!(
+            coverage.get(situation).is_some_and(|n| *n > 0),
+            "never: {situation}; {coverage:?}"
+        );
+    }
+}

@@ -9,10 +9,12 @@ use pop_core::launch::Launch;
 use pop_core::names::MachineId;
 use pop_core::paths;
 use pop_core::settings::Settings;
+use pop_core::task::TaskId;
 use pop_core::zk::{SessionEvent, SessionId, WatchEvent, ZkOp, ZkReply};
 use pop_core::{AgentConfig, Timestamp};
 use pop_io::driver::ports::{Clock, ProcessPort, WatchFuture, ZkPort, ZkSession};
 use pop_io::driver::{run_with, Ports, StopRequest};
+use pop_io::tasks::TaskLaunch;
 use pop_sim::zk_model::{Notification, ZkModel};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -159,6 +161,29 @@ impl ProcessPort for ModelProcesses {
             });
         }
     }
+    /// Tasks succeed at once, with no output.
+    fn run_task(&mut self, launch: TaskLaunch) {
+        self.next_pid += 1;
+        let (service, task, attempt) = (launch.service, launch.task, launch.attempt);
+        let _ = self.events.send(Input::TaskStarted {
+            service: service.clone(),
+            task: task.clone(),
+            attempt,
+            pid: self.next_pid,
+        });
+        let _ = self.events.send(Input::TaskExited {
+            service,
+            task,
+            attempt,
+            status: ExitStatus {
+                code: Some(0),
+                signal: None,
+            },
+            stdout_tail: String::new(),
+            stderr_tail: String::new(),
+        });
+    }
+    fn stop_task(&mut self, _service: &str, _task: &TaskId, _attempt: u32, _grace: Duration) {}
     async fn shutdown(&mut self, _grace: Duration) {
         let all: Vec<(String, u64)> = self
             .running

@@ -508,3 +508,95 @@ fn securing_an_open_namespace_takes_force_and_shuts_out_anonymous_agents() {
     );
     assert!(out.contains("namespace secured"), "{out}");
 }
+
+/// A user plugin with a task that says where it ran.
+const GREETER: &str = r#"name = "greeter"
+environment = "none"
+[run]
+command = ["sleep", "100000"]
+[tasks.hello]
+description = "say hello"
+command = ["sh", "-c", "echo hello from $POP_MACHINE_ID"]
+"#;
+
+#[test]
+fn a_rolling_task_runs_under_acls_and_each_machine_writes_only_its_own_result() {
+    let zk = Zk::start();
+    let m1 = secured(&zk);
+    let m2 = Machine::new(&zk);
+    let one = machine_add(&m1, &m1.id);
+    let two = machine_add(&m1, &m2.id);
+    give_credential(&m1, &one);
+    give_credential(&m2, &two);
+    let file = m1.state_dir().join("greeter.toml");
+    std::fs::write(&file, GREETER).expect("manifest");
+    admin_ok(
+        &m1,
+        &["plugin", "add", file.to_str().expect("a UTF-8 path")],
+    );
+    admin_ok(&m1, &["add", "greeter"]);
+    admin_ok(
+        &m1,
+        &[
+            "deploy",
+            "greeter",
+            "--machine",
+            &m1.id,
+            "--machine",
+            &m2.id,
+        ],
+    );
+    assert!(m1.ok(&["start"]).contains("started"));
+    assert!(m2.ok(&["start"]).contains("started"));
+
+    // Only the admin issues tasks.
+    let out = m1
+        .command(&["run", "greeter", "hello"])
+        .output()
+        .expect("pop");
+    assert!(
+        !out.status.success(),
+        "an anonymous pop run was not refused"
+    );
+    let out = admin_ok(&m1, &["--json", "run", "greeter", "hello", "--rolling"]);
+    let results: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let text = results.to_string();
+    assert_eq!(text.matches("\"succeeded\"").count(), 2, "{text}");
+
+    let admin_client = Client::connect(&zk, Some(ADMIN));
+    let [id] =
+        <[String; 1]>::try_from(admin_client.list("/services/greeter/tasks").expect("tasks"))
+            .expect("one task");
+    let task = format!("/services/greeter/tasks/{id}");
+    let (result_one, result_two) = (format!("{task}/{}", m1.id), format!("{task}/{}", m2.id));
+    let machine_two = Client::connect(&zk, Some(&two));
+    // It reads the task and the results (a rolling task reads its predecessor's)...
+    machine_two
+        .read(&task)
+        .expect("machine two reads the request");
+    machine_two
+        .read(&result_one)
+        .expect("machine two reads m1's result");
+    // ...writes its own result only, and creates nothing under the task.
+    refused("writing m1's result", machine_two.write(&result_one, b"{}"));
+    refused("writing the request", machine_two.write(&task, b"{}"));
+    refused(
+        "creating a result for another machine",
+        machine_two.create(&format!("{task}/m-other"), b"{}"),
+    );
+    refused("deleting m1's result", machine_two.delete(&result_one));
+    let own = machine_two.read(&result_two).expect("its own result");
+    machine_two
+        .write(&result_two, &own)
+        .expect("machine two writes its own result");
+    // Anonymous clients see nothing of tasks.
+    let anonymous = Client::connect(&zk, None);
+    refused(
+        "anonymous: listing tasks",
+        anonymous.list("/services/greeter/tasks"),
+    );
+    refused("anonymous: reading the request", anonymous.read(&task));
+    for m in [&m1, &m2] {
+        m.ok(&["stop"]);
+    }
+}

@@ -2,6 +2,7 @@
 
 pub mod plugin;
 mod status;
+pub mod tasks;
 
 use crate::admin::{Admin, DELETE_PATIENCE};
 use crate::output::{self, DumpFormat};
@@ -58,6 +59,8 @@ pub async fn run(cli: &Cli) -> Result<()> {
             unset,
         } => set(&admin, service, assignments, unset).await,
         Command::Remove { service, force } => remove(&admin, service, *force).await,
+        Command::Run(args) => tasks::run(cli, &admin, args).await,
+        Command::Tasks { service } => tasks::list(cli, &admin, service).await,
         Command::Dump { format } => dump(&admin, *format).await,
         other => Err(anyhow!("{other:?} is not a ZooKeeper command")),
     }

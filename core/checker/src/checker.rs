@@ -229,7 +229,8 @@ impl Checker {
                     }
                     self.exited = true;
                 }
-                Action::Report(_) => {}
+                // Tasks are the simulator's to check (the steps never issue one).
+                Action::RunTask { .. } | Action::StopTask { .. } | Action::Report(_) => {}
             }
         }
         Ok(())
@@ -348,6 +349,21 @@ impl Checker {
                 None => Ok(()),
                 Some(Some(pid)) if self.known_pid(&service, pid) => Ok(()),
                 Some(_) => Err(format!("published a pid it was never given: {op:?}")),
+            };
+        }
+        let own_task_result = path.starts_with("/services/")
+            && path.ends_with(&format!("/{MACHINE}"))
+            && path.split('/').nth(3) == Some("tasks")
+            && path.matches('/').count() == 5;
+        if own_task_result {
+            // Only its own result, only ever set (pop run creates it), by version.
+            return match op {
+                ZkOp::SetData {
+                    version: Some(_), ..
+                } => Ok(()),
+                _ => Err(format!(
+                    "a task result written other than by version: {op:?}"
+                )),
             };
         }
         let own_state = path.starts_with("/services/")

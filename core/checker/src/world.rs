@@ -216,7 +216,13 @@ impl World {
                     self.built.insert(key);
                 }
             }
-            Input::Watch(_) | Input::Ready { .. } | Input::Tick | Input::Detach => {}
+            Input::Watch(_)
+            | Input::Ready { .. }
+            | Input::Tick
+            | Input::Detach
+            | Input::TaskStarted { .. }
+            | Input::TaskFailedToStart { .. }
+            | Input::TaskExited { .. } => {}
         }
     }
 

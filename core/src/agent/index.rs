@@ -174,6 +174,8 @@ pub(crate) struct Dirty {
     pub services: BTreeSet<String>,
     /// Ephemeral nodes that may have a request to send, by path.
     pub nodes: BTreeSet<String>,
+    /// Tasks to reconcile and re-index.
+    pub tasks: BTreeSet<super::tasks::TaskKey>,
     /// The report must be rendered again.
     pub report: bool,
     /// Stored types whose need may have changed: read or forget them.
@@ -221,9 +223,11 @@ impl Agent {
         self.dirty = Dirty {
             services: BTreeSet::new(),
             nodes: self.nodes.keys().cloned().collect(),
+            tasks: BTreeSet::new(),
             report: true,
             types: BTreeSet::new(),
         };
+        self.reindex_tasks();
         self.indexed = true;
     }
 

@@ -11,6 +11,7 @@ mod query;
 mod readiness;
 mod service;
 mod target;
+mod tasks;
 mod types;
 mod wanted;
 
@@ -29,6 +30,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use target::Listing;
+use tasks::{TaskIndex, TaskOutcome, Tasks};
 use types::TypeReads;
 
 pub use query::{EnvironmentState, EnvironmentView, TaskLaunchError};
@@ -87,6 +89,12 @@ enum Pending {
     },
     /// Creating /machines/<id>; the result does not matter beyond the log.
     MachineNode,
+    /// A read or write of a task's node without a watch.
+    Task {
+        service: String,
+        task: crate::task::TaskId,
+        read: tasks::replies::Read,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +131,9 @@ pub struct Agent {
     reread: BTreeSet<String>,
     retry_at: Option<Timestamp>,
     services: BTreeMap<String, Service>,
+    /// Coordinated tasks of the services deployed here.
+    #[serde(default)]
+    tasks: Tasks,
     nodes: BTreeMap<String, EphemeralNode>,
     /// The newest data seen per read path (its mzxid), so a late reply is not applied.
     #[serde(default)]
@@ -143,6 +154,8 @@ pub struct Agent {
     rng: SeededRng,
     #[serde(skip)]
     index: Index,
+    #[serde(skip)]
+    task_index: TaskIndex,
     #[serde(skip)]
     dirty: Dirty,
     /// Ephemeral nodes waiting for the retry timer, by path.
@@ -170,6 +183,7 @@ impl Agent {
             reread: BTreeSet::new(),
             retry_at: None,
             services: BTreeMap::new(),
+            tasks: Tasks::default(),
             nodes: BTreeMap::new(),
             newest_read: BTreeMap::new(),
             problems: BTreeMap::new(),
@@ -180,6 +194,7 @@ impl Agent {
             actions: VecDeque::new(),
             rng,
             index: Index::default(),
+            task_index: TaskIndex::default(),
             dirty: Dirty {
                 report: true,
                 ..Dirty::default()
@@ -216,8 +231,11 @@ impl Agent {
                     self.dirty.nodes.insert(event.path);
                 } else if let Some(watched) = Watched::parse(&event.path) {
                     match watched {
+                        Watched::ServiceList | Watched::Machines(_) | Watched::Settings(_) => {
+                            self.read(watched)
+                        }
                         Watched::Plugin(_) | Watched::PluginList => self.on_plugin_watch(watched),
-                        _ => self.read(watched),
+                        task => self.on_task_watch(task),
                     }
                 }
             }
@@ -269,6 +287,33 @@ impl Agent {
                     s.adopt(generation, pid, started_at, port, spec, out)
                 });
             }
+            Input::TaskStarted {
+                service,
+                task,
+                attempt,
+                pid,
+            } => self.on_task_started(&service, &task, attempt, pid),
+            Input::TaskFailedToStart {
+                service,
+                task,
+                attempt,
+                error,
+            } => self.on_task_ended(&service, &task, attempt, TaskOutcome::NotStarted { error }),
+            Input::TaskExited {
+                service,
+                task,
+                attempt,
+                status,
+                stdout_tail,
+                stderr_tail,
+            } => {
+                let outcome = TaskOutcome::Exited {
+                    status,
+                    stdout_tail,
+                    stderr_tail,
+                };
+                self.on_task_ended(&service, &task, attempt, outcome);
+            }
             Input::EnvironmentBuilt {
                 service,
                 spec_hash,
@@ -281,6 +326,7 @@ impl Agent {
                 if !self.shutting_down {
                     self.shutting_down = true;
                     self.mark_all_services();
+                    self.mark_active_tasks();
                     self.dirty.report = true;
                 }
             }
@@ -318,6 +364,7 @@ impl Agent {
         self.index
             .next_deadline()
             .into_iter()
+            .chain(self.task_index.next_deadline())
             .chain(self.retry_at)
             .chain(self.fence_deadline())
             .min()
@@ -403,6 +450,8 @@ impl Agent {
                 let same = matches!(self.session,
                     SessionState::Connected(id) | SessionState::Disconnected(id) if id == session);
                 self.session = SessionState::Connected(session);
+                // Tasks that waited for the session go on.
+                self.mark_active_tasks();
                 if same {
                     // Watches survive a reconnect within the session; retry what failed meanwhile.
                     self.retry_now();
@@ -442,6 +491,7 @@ impl Agent {
             self.stalled.clear();
         }
         self.dirty.nodes.extend(self.nodes.keys().cloned());
+        self.tasks_new_session();
         // In a secured namespace `pop machine add` made it, and only the admin may.
         if self.config.access.is_open() {
             self.send(
@@ -488,6 +538,7 @@ impl Agent {
                 self.dirty.nodes.insert(path);
             }
         }
+        self.retry_task_reads();
     }
 
     /// From now until the session is back, `fence` services are not wanted.
@@ -529,26 +580,43 @@ impl Agent {
         // with this credential. It says what was refused and exits; its services keep
         // running for the next agent (with the right credential) to adopt.
         if reply == ZkReply::Error(ZkError::NoAuth) {
-            let (path, doing) = match &pending {
+            let refused = match &pending {
                 Pending::MachineNode => return,
                 Pending::Read(Watched::Settings(name)) => {
                     let name = name.clone();
                     self.withhold_settings(name);
                     return;
                 }
-                Pending::Read(watched) => (watched.path(), "reading"),
-                Pending::Ephemeral { path, step } => (path.clone(), step.doing()),
+                Pending::Read(watched) => Some((watched.path(), "reading")),
+                Pending::Ephemeral { path, step } => Some((path.clone(), step.doing())),
+                // A task's request or settings it may not read: the task fails, saying
+                // so in its result (see `on_task_reply`), and the agent goes on.
+                Pending::Task {
+                    read: tasks::replies::Read::Request | tasks::replies::Read::Settings,
+                    ..
+                } => None,
+                // Its own result it may not read or write: it cannot do its job.
+                Pending::Task {
+                    service,
+                    task,
+                    read,
+                } => Some((
+                    paths::task_result(service, task.as_str(), self.config.machine.as_str()),
+                    read.doing(),
+                )),
             };
-            if !self.exited {
-                self.exited = true;
-                self.actions
-                    .push_back(Action::Report(Report::NotAuthorised {
-                        path,
-                        doing: doing.to_string(),
-                    }));
-                self.actions.push_back(Action::Exit);
+            if let Some((path, doing)) = refused {
+                if !self.exited {
+                    self.exited = true;
+                    self.actions
+                        .push_back(Action::Report(Report::NotAuthorised {
+                            path,
+                            doing: doing.to_string(),
+                        }));
+                    self.actions.push_back(Action::Exit);
+                }
+                return;
             }
-            return;
         }
         match pending {
             Pending::MachineNode => {}
@@ -564,6 +632,11 @@ impl Agent {
                 }
             }
             Pending::Read(watched) => self.on_read(watched, reply),
+            Pending::Task {
+                service,
+                task,
+                read,
+            } => self.on_task_reply(service, task, read, reply),
         }
     }
 
@@ -649,8 +722,12 @@ impl Agent {
             self.settle(name);
         }
         self.sync_types();
+        self.converge_tasks(&names);
         self.publish();
-        if self.shutting_down && self.index.phases().with_process() == 0 {
+        if self.shutting_down
+            && self.index.phases().with_process() == 0
+            && self.task_index.processes() == 0
+        {
             self.exited = true;
             self.actions.push_back(Action::Exit);
         }

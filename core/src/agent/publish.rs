@@ -152,6 +152,12 @@ impl Agent {
                 self.index, full.index
             ));
         }
+        if full.task_index != self.task_index {
+            return Err(format!(
+                "the task index is not what the tasks make of it: kept {:?}, rebuilt {:?}",
+                self.task_index, full.task_index
+            ));
+        }
         let needed: Vec<&String> = self.index.stored_types().collect();
         let read: Vec<&String> = self.types.names().collect();
         if needed != read {
@@ -160,11 +166,18 @@ impl Agent {
             ));
         }
         full.mark_all_services();
+        full.mark_all_tasks();
         full.converge();
         if !full.actions.is_empty() {
             return Err(format!(
                 "reconciling everything again would do more: {:?}",
                 full.actions
+            ));
+        }
+        if full.tasks != self.tasks {
+            return Err(format!(
+                "reconciling everything again changes the agent's tasks: {}",
+                self.tasks.first_difference(&full.tasks)
             ));
         }
         // Without actions, this is all reconciling and publishing can change.

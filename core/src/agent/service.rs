@@ -391,6 +391,15 @@ impl Service {
         }
     }
 
+    /// A task that succeeded asks for a new generation (`restart_after`): a running
+    /// process is stopped, and reconciling starts the next one. One still starting
+    /// started after the task anyway.
+    pub(crate) fn restart(&mut self, out: &mut Outbox<'_>) {
+        if matches!(self.run, Run::Running { .. }) {
+            self.stop(out);
+        }
+    }
+
     /// Notes why the service cannot be launched as wanted (`None`: it can), and says so
     /// when that is news.
     fn hold(&mut self, reason: Option<String>, out: &mut Outbox<'_>) {

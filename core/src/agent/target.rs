@@ -85,9 +85,10 @@ impl Agent {
         let path = watched.path();
         // One watch per path per session is enough; more would multiply the events.
         let watch = self.armed.insert(path.clone());
-        let op = match watched {
-            Watched::ServiceList | Watched::PluginList => ZkOp::GetChildren { path, watch },
-            _ => ZkOp::GetData { path, watch },
+        let op = if watched.reads_children() {
+            ZkOp::GetChildren { path, watch }
+        } else {
+            ZkOp::GetData { path, watch }
         };
         self.send(op, Pending::Read(watched));
     }
@@ -102,6 +103,11 @@ impl Agent {
     }
 
     pub(super) fn on_read(&mut self, watched: Watched, reply: ZkReply) {
+        if let Watched::Tasks(_) | Watched::ServiceChildren(_) | Watched::TaskResult { .. } =
+            watched
+        {
+            return self.on_task_watched_read(watched, reply);
+        }
         let path = watched.path();
         if let ZkReply::Error(err) = &reply {
             // No watch was left by a failed read.
@@ -135,6 +141,7 @@ impl Agent {
                     .get(n)
                     .is_some_and(|s| s.target.listing == Listing::Listed),
                 Watched::Plugin(_) | Watched::PluginList => self.plugin_read_matters(&watched),
+                task => self.task_read_relevant(task),
             };
             if still_relevant {
                 self.reread.insert(path);

@@ -544,7 +544,7 @@ mod tests {
         let outcome = add_machine(&mut tree, "m1").expect("added");
         assert_eq!(
             outcome.to_string(),
-            "added machine m1; set the ACLs of 13 nodes"
+            "added machine m1; set the ACLs of 14 nodes"
         );
         assert_eq!(tree.data("/pop/machines/m1"), Some("m1:D="));
         assert_eq!(tree.acl("/pop/machines/m1"), "[root=all]");
@@ -552,6 +552,7 @@ mod tests {
         assert_eq!(tree.acl("/agents"), "[m1=rcd root=all]");
         assert_eq!(tree.acl("/services/s/state"), "[m1=rcd root=all]");
         assert_eq!(tree.acl("/services/s/machines"), "[m1=r root=all]");
+        assert_eq!(tree.acl("/services/s/tasks"), "[m1=r root=all]");
         // Not deployed there: it may not read the settings.
         assert_eq!(tree.acl("/services/s/settings"), "[root=all]");
         assert_eq!(

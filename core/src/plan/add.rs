@@ -1,7 +1,7 @@
-//! `pop add`: the service node, its settings, an empty machines list and the state
-//! directory, created in one multi, so nobody ever sees half a service. The settings are
-//! the type's defaults (its manifest: built in, or read from `/plugins/<type>`), then
-//! `--port`, then `--set`.
+//! `pop add`: the service node, its settings, an empty machines list, the state
+//! directory and the tasks container, created in one multi, so nobody ever sees half a
+//! service. The settings are the type's defaults (its manifest: built in, or read from
+//! `/plugins/<type>`), then `--port`, then `--set`.
 
 use super::engine::{exactly, Decision, Engine, Got, Refused, Steps};
 use super::plugins::{resolve, type_reads};
@@ -171,6 +171,7 @@ impl Adding {
                 ),
                 create(&self.access, paths::service_machines(name), b"[]".to_vec()),
                 create(&self.access, paths::service_state_dir(name), Vec::new()),
+                create(&self.access, paths::service_tasks(name), Vec::new()),
             ],
         };
         self.written = Some(settled);
@@ -271,6 +272,7 @@ mod tests {
         );
         assert_eq!(tree.data("/services/s/machines"), Some("[]"));
         assert_eq!(tree.data("/services/s/state"), Some(""));
+        assert_eq!(tree.data("/services/s/tasks"), Some(""));
     }
 
     #[test]

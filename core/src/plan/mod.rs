@@ -18,6 +18,7 @@ mod init;
 mod machines;
 mod plugins;
 mod remove;
+mod run;
 mod set;
 #[cfg(test)]
 mod testing;
@@ -28,10 +29,11 @@ pub use init::Init;
 pub use machines::{ChangeMachines, MachinesChange};
 pub use plugins::{PluginAdd, PluginRemove};
 pub use remove::Remove;
+pub use run::{Run, RunRequest};
 pub use set::Set;
 
 use crate::names::{MachineId, NameError};
-use crate::plugin::{ManifestError, SettingsError};
+use crate::plugin::{ManifestError, RenderError, SettingsError};
 use crate::settings::DataError;
 use crate::time::Timestamp;
 use crate::zk::{ZkError, ZkOp, ZkReply};
@@ -140,6 +142,18 @@ pub enum Outcome {
         /// Services still of its type (`--force`).
         still_used_by: Vec<String>,
     },
+    /// `pop run`: the request and its placeholders are written.
+    TaskIssued {
+        service: String,
+        task: String,
+        id: String,
+        machines: Vec<String>,
+        rolling: bool,
+        /// Old tasks deleted after it.
+        pruned: usize,
+        /// Why deleting old tasks failed (the task is issued all the same).
+        prune_error: Option<String>,
+    },
     /// ACLs were set on this many nodes, for these registered machines.
     AclsSet {
         nodes: usize,
@@ -230,6 +244,31 @@ impl fmt::Display for Outcome {
                 }
                 Ok(())
             }
+            Outcome::TaskIssued {
+                service,
+                task,
+                id,
+                machines,
+                rolling,
+                pruned,
+                prune_error,
+            } => {
+                write!(
+                    f,
+                    "issued task {task} of {service} as {id} on {}",
+                    machines.join(", ")
+                )?;
+                if *rolling {
+                    f.write_str(", one machine at a time")?;
+                }
+                if *pruned > 0 {
+                    write!(f, "; deleted {pruned} old tasks")?;
+                }
+                if let Some(error) = prune_error {
+                    write!(f, "; could not delete old tasks: {error}")?;
+                }
+                Ok(())
+            }
             Outcome::AclsSet { nodes, machines } => write!(
                 f,
                 "set the ACLs of {nodes} nodes (registered machines: {})",
@@ -312,6 +351,31 @@ pub enum PlanError {
     PluginInUse { name: String, services: Vec<String> },
     #[error("{path} does not exist")]
     NodeMissing { path: String },
+    #[error("{}", unknown_task(service, service_type, task, known))]
+    UnknownTask {
+        service: String,
+        service_type: String,
+        task: String,
+        known: Vec<String>,
+    },
+    #[error("bad arguments: {reason}")]
+    BadTaskArguments { reason: String },
+    #[error("task {task} of {service} cannot run with its settings: {error}")]
+    TaskUnrenderable {
+        service: String,
+        task: String,
+        error: RenderError,
+    },
+    #[error("{name} is deployed nowhere: `pop deploy {name} --machine ID` first")]
+    DeployedNowhere { name: String },
+    #[error("{name} is not deployed on {machine} (it is deployed on: {})", deployed.join(", "))]
+    NotDeployedOn {
+        name: String,
+        machine: String,
+        deployed: Vec<String>,
+    },
+    #[error("a task with id {id} exists already; run the command again")]
+    TaskIdTaken { id: String },
     #[error("{path} holds an invalid machines list ({error}); fix it with a ZooKeeper client, pop will not overwrite it")]
     InvalidMachines { path: String, error: DataError },
     #[error("{path} holds an invalid machines list ({error}), so agents may still run {name}; use `pop remove {name} --force`")]
@@ -384,6 +448,15 @@ impl PlanError {
                 | PlanError::Misfed { .. }
         )
     }
+}
+
+fn unknown_task(service: &str, service_type: &str, task: &str, known: &[String]) -> String {
+    let offered = if known.is_empty() {
+        format!("type {service_type} has no tasks")
+    } else {
+        format!("its type {service_type} has: {}", known.join(", "))
+    };
+    format!("no task \"{task}\" for {service} ({offered})")
 }
 
 fn get(path: impl Into<String>) -> ZkOp {

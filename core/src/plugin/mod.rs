@@ -46,7 +46,7 @@ pub struct Manifest {
 }
 
 /// Where a service's programs come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Environment {
     /// The machine's own programs.
@@ -338,7 +338,7 @@ pub fn decode_stored(name: &str, data: &[u8]) -> Result<Manifest, ManifestError>
 }
 
 /// Settings with the common ones they leave out at the values the agent assumes.
-fn effective(settings: &Map<String, Value>) -> Map<String, Value> {
+pub(crate) fn effective(settings: &Map<String, Value>) -> Map<String, Value> {
     let mut map = settings.clone();
     for key in settings::COMMON_KEYS {
         if let (None, Some(default)) = (map.get(key), settings::common_default(key)) {

@@ -105,7 +105,8 @@ pub async fn run(
     if let Ok(absolute) = std::fs::canonicalize(&config.state_dir) {
         config.state_dir = absolute;
     }
-    let (process_tx, process_rx) = mpsc::unbounded_channel();
+    let (process_tx, supervisor_rx) = mpsc::unbounded_channel();
+    let process_rx = task_inputs(supervisor_rx, config.state_dir.clone());
     let environment_tx = process_tx.clone();
     let supervisor_config = SupervisorConfig::new(
         config.machine_id.as_str(),
@@ -126,7 +127,7 @@ pub async fn run(
         Installer::from_env(),
         environment_tx,
     );
-    let processes = SupervisedProcesses::new(supervisor, environments);
+    let processes = SupervisedProcesses::new(supervisor, environments, config.state_dir.clone());
     let agent_config = AgentConfig {
         access,
         machine: config.machine_id.clone(),
@@ -231,6 +232,39 @@ impl Refusal {
             ),
         }
     }
+}
+
+/// The supervisor's events as the core's inputs: those of a task's processes become
+/// task inputs (the ends of its output are read from files, on the blocking pool: only
+/// for a task's end, so services' events never wait for a thread), in the order they
+/// came.
+fn task_inputs(
+    mut events: mpsc::UnboundedReceiver<Input>,
+    state_dir: PathBuf,
+) -> mpsc::UnboundedReceiver<Input> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            let input = if crate::tasks::reads_output(&event) {
+                let dir = state_dir.clone();
+                match tokio::task::spawn_blocking(move || crate::tasks::translate(&dir, event))
+                    .await
+                {
+                    Ok(input) => input,
+                    Err(e) => {
+                        error!("reading a task's output failed: {e}");
+                        continue;
+                    }
+                }
+            } else {
+                crate::tasks::translate(&state_dir, event)
+            };
+            if tx.send(input).is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// What the loop talks to.
@@ -539,6 +573,37 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
                     processes.stop(&service, generation, grace);
                 }
             }
+            Action::RunTask {
+                service,
+                task,
+                attempt,
+                argv,
+                env,
+                path_prepend,
+                cwd,
+            } => {
+                if let Some(processes) = self.processes.as_mut() {
+                    processes.run_task(crate::tasks::TaskLaunch {
+                        service,
+                        task,
+                        attempt,
+                        argv,
+                        env,
+                        path_prepend,
+                        cwd: PathBuf::from(cwd),
+                    });
+                }
+            }
+            Action::StopTask {
+                service,
+                task,
+                attempt,
+                grace,
+            } => {
+                if let Some(processes) = self.processes.as_mut() {
+                    processes.stop_task(&service, &task, attempt, grace);
+                }
+            }
             Action::BuildEnvironment { service, spec, dir } => {
                 if let Some(processes) = self.processes.as_mut() {
                     processes.build_environment(&service, spec, &dir);
@@ -586,6 +651,12 @@ fn log_report(report: &Report) {
             port,
             waited,
         } => warn!(%service, port, ?waited, "not ready in time (ready_timeout); restarting it"),
+        Report::TaskEnded {
+            service,
+            task,
+            attempt,
+            state,
+        } => info!(%service, %task, attempt, %state, "task ended"),
         Report::Fenced { services } => {
             warn!(
                 ?services,

@@ -7,6 +7,7 @@ use pop_core::environment::EnvironmentSpec;
 use pop_core::event::Input;
 use pop_core::launch::Launch;
 use pop_core::settings::Settings;
+use pop_core::task::TaskId;
 use pop_core::zk::{SessionEvent, SessionId, WatchEvent, ZkOp, ZkReply};
 use pop_core::Timestamp;
 use std::future::Future;
@@ -64,6 +65,9 @@ pub trait ProcessPort: Send + 'static {
     fn take_adopted(&mut self) -> Vec<Input>;
     fn spawn(&mut self, service: &str, generation: u64, launch: Launch, settings: &Settings);
     fn stop(&mut self, service: &str, generation: u64, grace: Duration);
+    /// Runs a task's process (`TaskStarted` or `TaskFailedToStart`, then `TaskExited`).
+    fn run_task(&mut self, launch: crate::tasks::TaskLaunch);
+    fn stop_task(&mut self, service: &str, task: &TaskId, attempt: u32, grace: Duration);
     /// Builds a Python environment (see `pop_io::environment`), off the event loop.
     fn build_environment(&mut self, service: &str, spec: EnvironmentSpec, dir: &str);
     /// Removes the environments of `service` but those in `keep` (by spec hash).

@@ -4,11 +4,13 @@
 use super::ports::{ConnectFailure, ProcessPort, WatchFuture, ZkPort, ZkSession};
 use crate::environment::EnvironmentBuilder;
 use crate::supervise::{ProcessSpec, ReadinessProbe, Supervisor};
+use crate::tasks::{self, TaskLaunch};
 use crate::zk::{self, Client, SessionState, ZkConfig};
 use pop_core::environment::EnvironmentSpec;
 use pop_core::event::Input;
 use pop_core::launch::{self, Launch};
 use pop_core::settings::Settings;
+use pop_core::task::TaskId;
 use pop_core::zk::{SessionEvent, SessionId, ZkOp, ZkReply};
 use pop_core::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -118,6 +120,8 @@ pub struct SupervisedProcesses {
     /// The agent's environment variables the shell would not pass on (their names are
     /// not shell names), left out when a command is exec'd directly.
     not_for_the_shell: Vec<String>,
+    /// Where tasks' output goes (`<state_dir>/tasks/<service>/`).
+    state_dir: PathBuf,
 }
 
 /// What the run record keeps of a generation (`ProcessSpec::note`), for the agent that
@@ -143,7 +147,11 @@ fn path_with(prepend: &[String], env: &BTreeMap<String, String>) -> Option<Strin
 }
 
 impl SupervisedProcesses {
-    pub fn new(supervisor: Supervisor, environments: EnvironmentBuilder) -> Self {
+    pub fn new(
+        supervisor: Supervisor,
+        environments: EnvironmentBuilder,
+        state_dir: PathBuf,
+    ) -> Self {
         let names: Vec<_> = std::env::vars_os().map(|(name, _)| name).collect();
         let direct_exec = !names
             .iter()
@@ -159,6 +167,7 @@ impl SupervisedProcesses {
             environments,
             direct_exec,
             not_for_the_shell,
+            state_dir,
         }
     }
 
@@ -210,6 +219,7 @@ impl SupervisedProcesses {
             exit_grace: Some(launch.stop_timeout),
             // Kept in the run record: what a later agent needs to adopt the process.
             note,
+            output: None,
         }
     }
 }
@@ -269,6 +279,20 @@ impl ProcessPort for SupervisedProcesses {
     fn stop(&mut self, service: &str, generation: u64, grace: Duration) {
         info!(%service, generation, ?grace, "stopping");
         self.supervisor.stop(service, generation, grace);
+    }
+
+    fn run_task(&mut self, launch: TaskLaunch) {
+        let (service, task, attempt) =
+            (launch.service.clone(), launch.task.clone(), launch.attempt);
+        let spec = tasks::spec(&self.state_dir, launch);
+        info!(%service, %task, attempt, argv = ?spec.argv, "running task");
+        self.supervisor.spawn(spec);
+    }
+
+    fn stop_task(&mut self, service: &str, task: &TaskId, attempt: u32, grace: Duration) {
+        info!(%service, %task, attempt, ?grace, "stopping task");
+        self.supervisor
+            .stop(&tasks::key(service, task), u64::from(attempt), grace);
     }
 
     fn build_environment(&mut self, service: &str, spec: EnvironmentSpec, dir: &str) {

@@ -1,7 +1,7 @@
 //! Starting a main process: everything the child needs is prepared here, then `spawn`
 //! forks (into the generation's cgroup when the kernel allows), and the child sets up
-//! stdio, its working directory and session, writes the start marker and execs, all
-//! before any service code runs.
+//! stdio, its working directory and session, writes the start marker (a service's log
+//! gets one, a one-off's files none) and execs, all before any service code runs.
 
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
@@ -16,7 +16,9 @@ use super::adopt::ExitFuture;
 use super::containment::Group;
 use super::logs::LogFile;
 use super::spawn::{self, above_stdio, CgroupTarget, ChildPlan, ExecTarget, StartMarker};
-use super::{fdlimit, io_err, pidfd, reaper, ExitStatus, ProcessSpec, SuperviseError, TOKEN_ENV};
+use super::{
+    fdlimit, io_err, pidfd, reaper, ExitStatus, OutputFiles, ProcessSpec, SuperviseError, TOKEN_ENV,
+};
 
 fn c_string(what: &str, bytes: Vec<u8>) -> Result<CString, SuperviseError> {
     CString::new(bytes).map_err(|e| SuperviseError::Io {
@@ -101,14 +103,41 @@ fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
         .collect()
 }
 
-/// Forks and execs the main process inside `group`, with stdout and stderr
-/// appending to `log`; returns its pid and what resolves with its exit status.
+/// Where the main process's stdout and stderr go.
+pub(crate) enum Output<'a> {
+    /// Both append to the service's log, after the start marker.
+    Log(&'a LogFile),
+    /// A one-off's own files, created or truncated, without a marker.
+    Files(&'a OutputFiles),
+}
+
+/// The child's stdout and stderr descriptors (one and the same for a log), at least 3.
+fn open_output(output: &Output<'_>) -> Result<(OwnedFd, Option<OwnedFd>), SuperviseError> {
+    match output {
+        Output::Log(log) => {
+            let file: File = log.for_child().map_err(io_err("cannot open log"))?;
+            let fd = above_stdio(file.into()).map_err(io_err("cannot open log"))?;
+            Ok((fd, None))
+        }
+        Output::Files(files) => {
+            let create = |path: &std::path::Path| {
+                let context = || format!("cannot create {}", path.display());
+                let file = File::create(path).map_err(io_err(context()))?;
+                above_stdio(file.into()).map_err(io_err(context()))
+            };
+            Ok((create(&files.stdout)?, Some(create(&files.stderr)?)))
+        }
+    }
+}
+
+/// Forks and execs the main process inside `group`, with stdout and stderr to
+/// `output`; returns its pid and what resolves with its exit status.
 /// Must run inside the runtime.
 pub(crate) fn launch(
     spec: &ProcessSpec,
     token: &str,
     group: &Group,
-    log: &LogFile,
+    output: Output<'_>,
     started_at_ms: u64,
 ) -> Result<(u32, ExitFuture), SuperviseError> {
     let program = spec.argv.first().ok_or(SuperviseError::EmptyArgv)?;
@@ -128,8 +157,7 @@ pub(crate) fn launch(
         .as_ref()
         .map(|d| c_string("the working directory", d.as_os_str().as_bytes().to_vec()))
         .transpose()?;
-    let output: File = log.for_child().map_err(io_err("cannot open log"))?;
-    let output = above_stdio(output.into()).map_err(io_err("cannot open log"))?;
+    let (stdout, stderr) = open_output(&output)?;
     let stdin = dev_null().map_err(io_err("cannot open /dev/null"))?;
     let cgroup = match group.cgroup() {
         Some(g) => {
@@ -155,20 +183,24 @@ pub(crate) fn launch(
                 .collect(),
         })
         .collect();
-    let marker = StartMarker::new(spec.generation, started_at_ms / 1000);
+    let marker = match output {
+        Output::Log(_) => Some(StartMarker::new(spec.generation, started_at_ms / 1000)),
+        Output::Files(_) => None,
+    };
     let plan = ChildPlan {
         targets: &targets,
         argv: &argv_ptrs,
         envp: &envp_ptrs,
         cwd: cwd.as_deref(),
         stdin: stdin.as_raw_fd(),
-        output: output.as_raw_fd(),
+        stdout: stdout.as_raw_fd(),
+        stderr: stderr.as_ref().unwrap_or(&stdout).as_raw_fd(),
         cgroup: cgroup.as_ref().map(|(dir, procs)| CgroupTarget {
             dir: dir.as_raw_fd(),
             procs,
         }),
         nofile: fdlimit::for_children(),
-        marker: &marker,
+        marker: marker.as_ref(),
         exit_by_pidfd: pidfd::budget_allows(),
     };
     let (child, reaped) = reaper::spawn_registered(|| spawn::spawn(&plan)).map_err(|source| {

@@ -99,7 +99,8 @@
 //!
 //! # Run records
 //!
-//! Right after a spawn, before `Spawned` is sent,
+//! Right after a spawn of a service's generation (not of a one-off: see
+//! [`ProcessSpec::output`]), before `Spawned` is sent,
 //! `<state_dir>/run/<service>@<generation>.json`
 //! ([`RunRecord`]) is written atomically: main pid, its start time (field 22
 //! of `/proc/<pid>/stat`), the boot id, token, containment (cgroup directory
@@ -305,6 +306,19 @@ pub struct ProcessSpec {
     /// (the driver keeps the service's settings here).
     #[serde(default)]
     pub note: serde_json::Value,
+    /// A one-off process (a task): stdout and stderr go to these files
+    /// (created or truncated) instead of the service's log, without markers,
+    /// and no run record is written, so a later agent kills it at its start
+    /// instead of adopting it.
+    #[serde(default)]
+    pub output: Option<OutputFiles>,
+}
+
+/// Where a one-off process's output goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputFiles {
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
 }
 
 /// How the main process ended: the core's type, so events pass through unchanged.

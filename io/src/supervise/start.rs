@@ -1,6 +1,7 @@
 //! Starting a generation: its containment (a cgroup left by an earlier run of the same
 //! generation is reclaimed on the blocking pool first), log, process, run record and
-//! task, then `Spawned`; or `SpawnFailed`, with what was made removed.
+//! task, then `Spawned`; or `SpawnFailed`, with what was made removed. A one-off (a
+//! task) has its own output files instead of the log, and no run record.
 
 use std::io;
 use std::sync::Arc;
@@ -12,11 +13,13 @@ use tracing::{debug, warn};
 use super::containment::scan::Scanner;
 use super::containment::{Backend, Group};
 use super::instance::{Instance, Phase, Table};
+use super::launch::{self, Output};
 use super::logs::{log_path, Logs, SharedLog};
 use super::record::{self, RecordDraft};
 use super::watch::Watcher;
 use super::{
-    io_err, launch, ContainmentKind, ProcessSpec, SuperviseError, SupervisorConfig, SupervisorEvent,
+    io_err, ContainmentKind, OutputFiles, ProcessSpec, SuperviseError, SupervisorConfig,
+    SupervisorEvent,
 };
 
 /// What spawning needs, shared with the blocking pool for the rare spawn that has to
@@ -108,6 +111,10 @@ impl Shared {
     ) {
         let key = (spec.service.clone(), spec.generation);
         let group = Arc::new(group);
+        if let Some(files) = spec.output.clone() {
+            self.start_one_off(spec, &files, token, group, stop_rx);
+            return;
+        }
         let log = match self.logs.get_or_open(&spec.service) {
             Ok(log) => log,
             Err(e) => {
@@ -122,7 +129,8 @@ impl Shared {
             }
         };
         let started_at_ms = record::now_ms();
-        let (pid, exit) = match launch::launch(&spec, &token, &group, &log, started_at_ms) {
+        let output = Output::Log(&log);
+        let (pid, exit) = match launch::launch(&spec, &token, &group, output, started_at_ms) {
             Ok(x) => x,
             Err(e) => {
                 self.abandon(key, group, Some(log), e);
@@ -169,6 +177,51 @@ impl Shared {
             scanner: Arc::clone(&self.scanner),
             exit_grace,
             probe: spec.probe,
+        }
+        .start(exit, stop_rx);
+    }
+
+    /// Launches a one-off (see [`ProcessSpec::output`]) in its new containment: output
+    /// to its files, no log, no run record (so a later agent kills it rather than
+    /// adopting it); reports `Spawned` or `SpawnFailed` and then `Exited` like any
+    /// generation, and is stopped with its whole tree the same way.
+    fn start_one_off(
+        &self,
+        spec: ProcessSpec,
+        files: &OutputFiles,
+        token: String,
+        group: Arc<Group>,
+        stop_rx: UnboundedReceiver<Duration>,
+    ) {
+        let key = (spec.service.clone(), spec.generation);
+        let output = Output::Files(files);
+        let (pid, exit) = match launch::launch(&spec, &token, &group, output, record::now_ms()) {
+            Ok(x) => x,
+            Err(e) => {
+                self.abandon(key, group, None, e);
+                return;
+            }
+        };
+        group.set_main(pid);
+        debug!(service = %spec.service, generation = spec.generation, pid, argv = ?spec.argv, containment = %group.describe(), "spawned a one-off");
+        let _ = self.events.send(SupervisorEvent::Spawned {
+            service: spec.service.clone(),
+            generation: spec.generation,
+            pid,
+        });
+        Instance {
+            service: spec.service,
+            generation: spec.generation,
+            pid,
+            group,
+            log: None,
+            record: None,
+            events: self.events.clone(),
+            table: Arc::clone(&self.table),
+            watcher: Arc::clone(&self.watcher),
+            scanner: Arc::clone(&self.scanner),
+            exit_grace: spec.exit_grace.unwrap_or(self.config.exit_grace),
+            probe: None,
         }
         .start(exit, stop_rx);
     }

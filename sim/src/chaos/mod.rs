@@ -202,6 +202,11 @@ pub fn run(options: &Options) -> Outcome {
     world.process_faults = options.process_faults;
     world.operator_loss_per_mille = options.operator_loss_per_mille;
     world.check_invariants = true;
+    // The stored type whose tasks the operators run.
+    world.admin_put(
+        &pop_core::paths::plugin("job"),
+        crate::world::JOB.as_bytes(),
+    );
     let start = world.now;
     let mut operator = Operator::new(sub_seed(options.seed, "operator"), options, &ids);
     let mut rng = SeededRng::new(sub_seed(options.seed, "faults"));
@@ -246,6 +251,7 @@ pub fn run(options: &Options) -> Outcome {
         failure = world
             .check_converged()
             .and_then(|()| world.check_live_sessions())
+            .and_then(|()| world.check_tasks_final())
             .err()
             .map(|e| format!("liveness, {HEAL:?} after healing: {e}"));
     }

@@ -1,24 +1,28 @@
-//! The operators: `pop init`, `add`, `deploy`, `undeploy`, `set`, `remove`, `plugin add`
-//! and `plugin remove`, at random, each run as the CLI's own plan on a terminal of the
-//! world (see `world::admin`), with two terminals sometimes racing the same command; and
-//! somebody writing garbage into a service's or a type's node with a ZooKeeper client,
-//! bypassing pop. Settings and machine lists come from the same pure functions the CLI
-//! uses (default settings per type, `KEY=VALUE` parsing). Services are of the built-in
-//! types `command`, `echo` and `python` (with packages, some of which cannot be built),
-//! and of the stored type `tool` (a copy of `command`, in versions that launch alike or
-//! not).
+//! The operators: `pop init`, `add`, `deploy`, `undeploy`, `set`, `remove`, `plugin add`,
+//! `plugin remove` and `run --detach`, at random, each run as the CLI's own plan on a
+//! terminal of the world (see `world::admin`), with two terminals sometimes racing the
+//! same command; and somebody writing garbage into a service's or a type's node with a
+//! ZooKeeper client, bypassing pop (or a task with a result placeholder for a machine it
+//! does not target). Settings and machine lists come from the same pure functions the
+//! CLI uses (default settings per type, `KEY=VALUE` parsing). Services are of the
+//! built-in types `command`, `echo` and `python` (with packages, some of which cannot be
+//! built), of the stored type `tool` (a copy of `command`, in versions that launch alike
+//! or not), and of the stored type `job` ([`JOB`]), whose tasks succeed, fail or hang as
+//! their argument says.
 
 use super::Options;
-use crate::world::{tool_manifest, Command, World, BROKEN_PACKAGE, TOOL};
+use crate::world::{tool_manifest, Command, World, BROKEN_PACKAGE, JOB, TOOL};
 use pop_core::assignment::parse_assignment;
 use pop_core::backoff::SeededRng;
-use pop_core::names::{MachineId, PluginName, ServiceName};
+use pop_core::names::{MachineId, PluginName, ServiceName, TaskName};
 use pop_core::paths;
-use pop_core::plan::MachinesChange;
-use pop_core::plugin::builtin;
+use pop_core::plan::{MachinesChange, RunRequest};
+use pop_core::plugin::{builtin, Environment};
 use pop_core::settings::{parse_machines, render_machines, Settings};
+use pop_core::task::{TaskId, TaskRequest, TaskResult};
 use serde_json::{Map, Value};
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 pub(super) struct Operator {
     rng: SeededRng,
@@ -104,6 +108,13 @@ impl Operator {
             .is_some_and(|n| Settings::parse(&n.data).is_ok())
     }
 
+    fn is_job_service(world: &World, service: &ServiceName) -> bool {
+        world
+            .zk
+            .get(&paths::service_settings(service.as_str()))
+            .is_some_and(|n| is_job(&n.data))
+    }
+
     /// A command on an existing service, or `None` after a write by hand.
     fn command_on(&mut self, world: &mut World, service: &ServiceName) -> Option<Command> {
         let name = service.clone();
@@ -114,6 +125,14 @@ impl Operator {
             // pop refuses to overwrite what it cannot read: somebody fixes it by hand.
             let list = BTreeSet::from([self.any_machine().to_string()]);
             self.fix_by_hand(world, service, Some(list));
+            return None;
+        }
+        // Tasks are often run where they can be: seeds must show rolling ones.
+        if Self::is_job_service(world, service) && self.pick(2) == 0 {
+            return Some(self.run(world, service));
+        }
+        if self.pick(12) == 0 {
+            self.task_by_hand(world, service);
             return None;
         }
         Some(match self.pick(10) {
@@ -175,6 +194,12 @@ impl Operator {
                 }
             }
             Command::Set { name, .. } => self.set(&name),
+            // The same task again, typed at the same moment: another id.
+            Command::Run { name, request, .. } => Command::Run {
+                name,
+                request,
+                nonce: (self.rng.next_u64() & 0xffff) as u16,
+            },
             other => other,
         }
     }
@@ -212,7 +237,7 @@ impl Operator {
                 .map(|m| m.default_settings(port))
                 .unwrap_or_default()
         };
-        let (service_type, mut settings) = match self.pick(6) {
+        let (service_type, mut settings) = match self.pick(8) {
             0 | 1 => ("echo".to_string(), defaults("echo", Some(0))),
             2 => {
                 let mut s = defaults("python", None);
@@ -225,6 +250,11 @@ impl Operator {
                 s.insert("type".into(), Value::from(TOOL));
                 s.insert("command".into(), Value::from(format!("serve {service}")));
                 (TOOL.to_string(), s)
+            }
+            4 | 5 => {
+                let mut s = job_defaults();
+                s.insert("command".into(), Value::from(format!("serve {service}")));
+                ("job".to_string(), s)
             }
             _ => {
                 let mut s = defaults("command", None);
@@ -276,6 +306,102 @@ impl Operator {
         }
     }
 
+    /// `pop run --detach` of one of `job`'s tasks: on some of the machines the service
+    /// is deployed on (in a random order) or all of them, rolling or not, with a
+    /// timeout short enough for a hanging task to end within the healed phase, and
+    /// sometimes an expiry short enough to pass while a target is cut off.
+    fn run(&mut self, world: &World, service: &ServiceName) -> Command {
+        let deployed: Vec<MachineId> = Self::machines_of(world, service)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|m| MachineId::new(m).ok())
+            .collect();
+        let mut machines = Vec::new();
+        if self.pick(2) == 0 {
+            let mut pool = deployed;
+            // Now and then a machine it is not deployed on: refused.
+            if self.pick(8) == 0 {
+                pool.push(self.any_machine());
+            }
+            while !pool.is_empty() && (machines.is_empty() || self.pick(3) != 0) {
+                let i = self.pick(pool.len());
+                let m = pool.remove(i);
+                if !machines.contains(&m) {
+                    machines.push(m);
+                }
+            }
+        }
+        let arg = match self.pick(6) {
+            0 => "fail",
+            1 => "hang",
+            _ => "ok",
+        };
+        let task = if self.pick(3) == 0 { "deploy" } else { "work" };
+        let expire = match self.pick(4) {
+            0 => Some(Duration::from_secs(3 + self.pick(30) as u64)),
+            _ => None,
+        };
+        Command::Run {
+            name: service.clone(),
+            request: RunRequest {
+                task: task.to_string(),
+                args: vec![arg.to_string()],
+                machines,
+                rolling: self.pick(2) == 0,
+                timeout: Some(Duration::from_secs(1 + self.pick(8) as u64)),
+                expire,
+                author: "operator@sim".to_string(),
+            },
+            nonce: (self.rng.next_u64() & 0xffff) as u16,
+        }
+    }
+
+    /// With a ZooKeeper client, bypassing pop: a task of `job` whose request targets one
+    /// machine the service is deployed on, with a pending result for every one of them
+    /// (an agent must run it on the target only).
+    fn task_by_hand(&mut self, world: &mut World, service: &ServiceName) {
+        let s = service.as_str();
+        let deployed: Vec<MachineId> = Self::machines_of(world, service)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|m| MachineId::new(m).ok())
+            .collect();
+        if deployed.len() < 2 {
+            return;
+        }
+        let target = deployed[self.pick(deployed.len())].clone();
+        let now = world.now.as_secs_f64();
+        let request = TaskRequest {
+            task: match TaskName::new("work") {
+                Ok(name) => name,
+                Err(_) => return,
+            },
+            args: vec!["ok".to_string()],
+            machines: vec![target],
+            rolling: false,
+            author: "script@sim".to_string(),
+            created_at: now,
+            expires_at: now + 3600.0,
+            timeout_s: 5.0,
+            command: vec!["work".to_string(), "{args}".to_string()],
+            environment: Environment::None,
+            restart_after: false,
+        };
+        let id = TaskId::new(world.now, (self.rng.next_u64() & 0xffff) as u16);
+        if world.zk.get(&paths::task(s, id.as_str())).is_some() {
+            return;
+        }
+        world.note_coverage("task written by hand with an untargeted placeholder");
+        world
+            .issued
+            .insert((s.to_string(), id.clone()), request.clone());
+        world.admin_put(&paths::task(s, id.as_str()), &request.render());
+        for m in &deployed {
+            let path = paths::task_result(s, id.as_str(), m.as_str());
+            world.admin_put(&path, &TaskResult::pending().render());
+        }
+    }
+
     /// With a ZooKeeper client: invalid or missing settings and machines list (`list`,
     /// or none) replaced by valid data, a missing state directory created.
     fn fix_by_hand(
@@ -321,6 +447,9 @@ impl Operator {
         if world.zk.get(paths::POP).is_none() {
             world.admin_put(paths::POP, b"{\"layout\":1}");
         }
+        if world.zk.get(&paths::plugin("job")).is_none() {
+            world.admin_put(&paths::plugin("job"), JOB.as_bytes());
+        }
         // The stored type as its last `pop plugin add` left it, or as first added.
         let tool = paths::plugin(TOOL);
         let usable = world
@@ -336,4 +465,19 @@ impl Operator {
             }
         }
     }
+}
+
+/// Whether settings data is a JSON object of the stored type `job`.
+fn is_job(data: &[u8]) -> bool {
+    matches!(
+        serde_json::from_slice::<Value>(data),
+        Ok(Value::Object(map)) if map.get("type") == Some(&Value::from("job"))
+    )
+}
+
+/// The settings `pop add job` writes before the `--set`s.
+fn job_defaults() -> Map<String, Value> {
+    pop_core::plugin::Manifest::parse("job", JOB)
+        .map(|m| m.default_settings(None))
+        .unwrap_or_default()
 }

@@ -13,7 +13,7 @@ use pop_core::names::{MachineId, PluginName, ServiceName};
 use pop_core::paths;
 use pop_core::plan::{
     Add, AddRequest, ChangeMachines, Feedback, Init, MachinesChange, Outcome, Plan, PlanError,
-    PluginAdd, PluginRemove, Remove, Request, Set, Step,
+    PluginAdd, PluginRemove, Remove, Request, Run, RunRequest, Set, Step,
 };
 use pop_core::zk::{SessionId, ZkError, ZkOp, ZkReply};
 use pop_core::Timestamp;
@@ -40,6 +40,7 @@ pub enum Command {
     },
     Add {
         name: ServiceName,
+        /// A built-in type, or one of the simulator's stored ones (`tool`, `job`).
         service_type: String,
         settings: Map<String, Value>,
     },
@@ -56,6 +57,13 @@ pub enum Command {
     Remove {
         name: ServiceName,
         force: bool,
+    },
+    /// `pop run --detach`: the operator does not wait for the results.
+    Run {
+        name: ServiceName,
+        request: RunRequest,
+        /// The random part of the task's id.
+        nonce: u16,
     },
     /// `pop plugin add [--replace] <file>` with the file's text.
     PluginAdd {
@@ -75,12 +83,14 @@ impl Command {
             Command::Add { name, .. }
             | Command::Machines { name, .. }
             | Command::Set { name, .. }
-            | Command::Remove { name, .. } => Some(name.as_str()),
+            | Command::Remove { name, .. }
+            | Command::Run { name, .. } => Some(name.as_str()),
         }
     }
 
-    /// The plan that carries it out, and for `add` the settings data it writes.
-    fn plan(&self) -> Result<Built, PlanError> {
+    /// The plan that carries it out, and for `add` the settings data it writes. A task
+    /// is created at `now`.
+    fn plan(&self, now: Timestamp) -> Result<Built, PlanError> {
         Ok(match self {
             Command::Init { force } => (Box::new(Init::new(AT, *force, DELETE_PATIENCE)), None),
             Command::Add {
@@ -95,7 +105,10 @@ impl Command {
                     set: settings.clone().into_iter().collect(),
                 };
                 let add = Add::new(AT, name, request)?;
-                let data = add.settings_data().map(<[u8]>::to_vec);
+                let data = add
+                    .settings_data()
+                    .map(<[u8]>::to_vec)
+                    .or_else(|| stored_type_settings(service_type, settings));
                 (Box::new(add), data)
             }
             Command::Machines {
@@ -118,6 +131,14 @@ impl Command {
                 Box::new(Remove::new(AT, name, *force, DELETE_PATIENCE)),
                 None,
             ),
+            Command::Run {
+                name,
+                request,
+                nonce,
+            } => (
+                Box::new(Run::new(AT, name, request.clone(), now, *nonce)?),
+                None,
+            ),
             Command::PluginAdd { text, replace } => (
                 Box::new(PluginAdd::new(AT, "plugin.toml", text, *replace)?),
                 None,
@@ -131,6 +152,18 @@ impl Command {
 
 /// A command's plan, and for `add` the settings data it writes.
 type Built = (Box<dyn Plan>, Option<Vec<u8>>);
+
+/// The settings data `pop add` writes for a service of the stored `job` type: its
+/// defaults, then the `--set`s (as the plan does once it has read the manifest).
+fn stored_type_settings(service_type: &str, settings: &Map<String, Value>) -> Option<Vec<u8>> {
+    if service_type != "job" {
+        return None;
+    }
+    let manifest = pop_core::plugin::Manifest::parse("job", super::JOB).ok()?;
+    let mut map = manifest.default_settings(None);
+    map.extend(settings.clone());
+    Some(pop_core::assignment::render_settings(map))
+}
 
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -166,6 +199,25 @@ impl fmt::Display for Command {
                 unset.iter().try_for_each(|k| write!(f, " --unset {k}"))
             }
             Command::Remove { name, force: x } => write!(f, "pop remove {name}{}", force(x)),
+            Command::Run { name, request, .. } => {
+                write!(f, "pop run {name} {}", request.task)?;
+                for arg in &request.args {
+                    write!(f, " {arg}")?;
+                }
+                for m in &request.machines {
+                    write!(f, " --machine {m}")?;
+                }
+                if request.rolling {
+                    f.write_str(" --rolling")?;
+                }
+                if let Some(t) = request.timeout {
+                    write!(f, " --timeout {}s", t.as_secs())?;
+                }
+                if let Some(e) = request.expire {
+                    write!(f, " --expire {}s", e.as_secs())?;
+                }
+                f.write_str(" --detach")
+            }
             Command::PluginAdd { text, replace } => {
                 let name = text
                     .lines()
@@ -269,7 +321,7 @@ impl World {
         }
         self.trace
             .push(format!("{} op{terminal} $ {command}", self.now));
-        let (plan, settings_data) = match command.plan() {
+        let (plan, settings_data) = match command.plan(self.now) {
             Ok(built) => built,
             // Refused before anything is read (settings the agent would reject).
             Err(e) => {
@@ -459,6 +511,7 @@ impl World {
                     self.note_plugin_write(&path);
                 }
                 self.check_admin_write(terminal, op, &reply, service_existed);
+                self.note_issued(op, &reply);
                 Feedback::Wrote(reply)
             }
             Request::Wait(_) => Feedback::Woke,

@@ -17,7 +17,7 @@
 use super::admin::{Command, Running};
 use super::launches::Target;
 use super::World;
-use pop_core::assignment::edit_settings;
+use pop_core::assignment::edit_unchecked;
 use pop_core::paths;
 use pop_core::plan::{MachinesChange, Outcome, PlanError};
 use pop_core::settings::parse_machines;
@@ -187,7 +187,10 @@ fn untrue_outcome(running: &Running, outcome: &Outcome) -> Option<String> {
             },
         ) => {
             let data = seen.get(&paths::service_settings(name));
-            let as_asked = data.is_some_and(|d| edit_settings(d, assignments, unset) == Ok(None));
+            // Unchecked: what is valid depends on the type (a stored one, too).
+            let as_asked = data.is_some_and(|d| {
+                edit_unchecked(d, assignments, unset).is_ok_and(|edited| !edited.changed)
+            });
             (!as_asked).then(|| format!("{claim} but the settings were not as asked"))
         }
         (Outcome::Removed { name }, _) => {
@@ -196,6 +199,8 @@ fn untrue_outcome(running: &Running, outcome: &Outcome) -> Option<String> {
                 .find(|p| **p == root || p.starts_with(&format!("{root}/")))
                 .map(|p| format!("{claim} but {p} was still there"))
         }
+        // What became of the task is the task checks' (world::tasks).
+        (Outcome::TaskIssued { .. }, Command::Run { .. }) => None,
         (
             Outcome::PluginAdded { name, .. } | Outcome::PluginUnchanged { name },
             Command::PluginAdd { text, .. },
@@ -258,6 +263,18 @@ fn untrue_error(running: &Running, error: &PlanError) -> Option<String> {
         PlanError::PluginExists { name } => has(seen, &paths::plugin(name)),
         PlanError::StoredPluginInvalid { path, .. } => has(seen, path),
         PlanError::PluginInUse { name, .. } => has(seen, &paths::plugin(name)),
+        PlanError::DeployedNowhere { name } => {
+            machines_in(seen, name).is_some_and(|m| m.is_empty())
+        }
+        PlanError::NotDeployedOn { name, machine, .. } => {
+            machines_in(seen, name).is_some_and(|m| !m.contains(machine))
+        }
+        // Decided by the task's manifest and the service's settings, or before reading.
+        PlanError::UnknownTask { .. }
+        | PlanError::BadTaskArguments { .. }
+        | PlanError::TaskUnrenderable { .. } => true,
+        // Ids are unique per command.
+        PlanError::TaskIdTaken { .. } => false,
         // Failing to talk to ZooKeeper needs a fault on the operator's connection.
         PlanError::ChildrenKeepAppearing { .. }
         | PlanError::StillConflicting { .. }

@@ -398,10 +398,21 @@ impl World {
                 return;
             }
         };
+        let own_result = matches!(
+            pop_core::paths::Watched::parse(path),
+            Some(pop_core::paths::Watched::TaskResult { machine, .. }) if machine == id
+        ) && matches!(
+            op,
+            ZkOp::SetData {
+                version: Some(_),
+                ..
+            }
+        );
         let own = *path == paths::machine(&id)
             || paths::parent(path) == Some(paths::machine(&id).as_str())
             || *path == paths::agent(&id)
-            || path.ends_with(&format!("/state/{id}")) && path.starts_with(paths::SERVICES);
+            || path.ends_with(&format!("/state/{id}")) && path.starts_with(paths::SERVICES)
+            || own_result;
         if !own {
             self.violate(format!("{id} writes a node that is not its own: {op:?}"));
         }

@@ -7,10 +7,12 @@ mod admin_checks;
 mod checks;
 mod launches;
 mod network;
+mod tasks;
 
 pub use admin::{Command, Finished, Terminal, ADMIN_TIMEOUT, DELETE_PATIENCE, TERMINALS};
 pub use launches::{tool_manifest, BROKEN_PACKAGE, BUILD_TIME, SIM_POP, SIM_STATE_DIR, TOOL};
 pub use network::NetState;
+pub use tasks::{TaskKey, TaskProcess, JOB};
 
 use crate::zk_model::{Notification, ZkModel};
 use pop_core::backoff::{Backoff, SeededRng};
@@ -73,6 +75,13 @@ enum Event {
         machine: usize,
         pid: u32,
     },
+    /// A task's process ends (if it still runs as `pid`).
+    TaskEnd {
+        machine: usize,
+        key: TaskKey,
+        pid: u32,
+        status: ExitStatus,
+    },
     /// An operator's request reaching the server.
     AdminRequest {
         terminal: usize,
@@ -133,6 +142,8 @@ pub struct Machine {
     pub client: Option<SessionId>,
     /// Live processes by pid.
     pub processes: BTreeMap<u32, Process>,
+    /// Live task processes, by task.
+    pub tasks: BTreeMap<TaskKey, TaskProcess>,
     pub exited: bool,
     pub net: NetState,
     /// The agent's last session news was "disconnected" or "expired".
@@ -187,6 +198,10 @@ pub struct World {
     pub operator_loss_per_mille: u64,
     /// The operators' network: its own draws, so agents' traffic is not shifted by it.
     admin_rng: SeededRng,
+    /// Every task an operator issued, as it asked.
+    pub issued: BTreeMap<TaskKey, pop_core::task::TaskRequest>,
+    /// How often each task ran on each machine, and how often it may have.
+    task_runs: tasks::TaskRuns,
     /// Every valid manifest ever stored per type, by the type's name.
     pub(crate) plugin_history: BTreeMap<String, Vec<pop_core::plugin::Manifest>>,
 }
@@ -226,6 +241,8 @@ impl World {
             commands: Vec::new(),
             operator_loss_per_mille: 0,
             admin_rng: SeededRng::new(seed ^ 0x6f70_6572_6174_6f72),
+            issued: BTreeMap::new(),
+            task_runs: BTreeMap::new(),
             plugin_history: BTreeMap::new(),
         };
         for (i, id) in machine_ids.iter().enumerate() {
@@ -239,6 +256,7 @@ impl World {
                 session: None,
                 client: None,
                 processes: BTreeMap::new(),
+                tasks: BTreeMap::new(),
                 exited: false,
                 net: NetState::default(),
                 session_lost_told: false,
@@ -331,6 +349,8 @@ impl World {
         // A new agent does not know the crash history: its first start is not a
         // backoff violation.
         self.last_crash.retain(|(m, _), _| *m != machine);
+        // Its start-up kills what is left of the old agent's tasks.
+        self.agent_gone(machine);
         let incarnation = self.machines[machine].incarnation + 1;
         let config = self.agent_config(&self.machines[machine].id.clone(), incarnation);
         let m = &mut self.machines[machine];
@@ -458,6 +478,9 @@ impl World {
     fn note_expiry(&mut self, machine: usize) {
         if !self.machines[machine].processes.is_empty() {
             self.coverage("session expiry while services run");
+        }
+        if !self.machines[machine].tasks.is_empty() {
+            self.coverage("session expiry while a task runs");
         }
     }
 
@@ -631,8 +654,22 @@ impl World {
                     .retain(|(s, h)| *s != service || keep.contains(h));
             }
             Action::NewSession => self.connect(machine),
+            Action::RunTask {
+                service,
+                task,
+                attempt,
+                argv,
+                ..
+            } => self.run_task(machine, (service, task), attempt, &argv),
+            Action::StopTask {
+                service,
+                task,
+                attempt,
+                ..
+            } => self.stop_task(machine, (service, task), attempt),
             Action::Report(_) => {}
             Action::Exit => {
+                self.agent_gone(machine);
                 self.machines[machine].exited = true;
                 if let Some(session) = self.machines[machine].session.take() {
                     self.end_session(session);
@@ -809,10 +846,12 @@ impl World {
                 op,
             } => {
                 self.check_own_write(machine, &op);
+                let before = self.result_before(&op);
                 let (reply, n) = match session {
                     Some(s) => self.zk.apply(s, &op),
                     None => (ZkReply::Error(ZkError::ConnectionLoss), Vec::new()),
                 };
+                self.check_task_write(machine, &op, before, &reply);
                 self.notify(n);
                 let input = Input::Reply { id, reply };
                 if incarnation == self.machines[machine].incarnation
@@ -846,6 +885,12 @@ impl World {
                     self.admin_next(terminal, feedback);
                 }
             }
+            Event::TaskEnd {
+                machine,
+                key,
+                pid,
+                status,
+            } => self.end_task(machine, key, pid, status),
             Event::Built {
                 machine,
                 incarnation,

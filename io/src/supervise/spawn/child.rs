@@ -118,7 +118,7 @@ unsafe fn exec(plan: &ChildPlan<'_>) -> c_int {
 /// Only in a freshly cloned child (see the module docs).
 pub(super) unsafe fn run(plan: &ChildPlan<'_>, in_cgroup: bool, report: &Report<'_>) -> ! {
     reset_signals();
-    for (fd, target) in [(plan.stdin, 0), (plan.output, 1), (plan.output, 2)] {
+    for (fd, target) in [(plan.stdin, 0), (plan.stdout, 1), (plan.stderr, 2)] {
         if libc::dup2(fd, target) < 0 {
             fail(report, ChildStep::Stdio, errno());
         }
@@ -147,7 +147,9 @@ pub(super) unsafe fn run(plan: &ChildPlan<'_>, in_cgroup: bool, report: &Report<
             fail(report, ChildStep::Limits, errno());
         }
     }
-    plan.marker.write_from_child();
+    if let Some(marker) = plan.marker {
+        marker.write_from_child();
+    }
     let errno = exec(plan);
     fail(report, ChildStep::Exec, errno)
 }

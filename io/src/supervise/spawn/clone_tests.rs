@@ -85,10 +85,11 @@ impl Owned {
             envp: &envp,
             cwd: Some(&self.cwd),
             stdin: self.null.as_raw_fd(),
-            output: self.out.as_raw_fd(),
+            stdout: self.out.as_raw_fd(),
+            stderr: self.out.as_raw_fd(),
             cgroup,
             nofile: None,
-            marker: &self.marker,
+            marker: Some(&self.marker),
             exit_by_pidfd,
         };
         let _blocked = SignalsBlocked::new();

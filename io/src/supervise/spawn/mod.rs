@@ -43,14 +43,17 @@ pub(crate) struct ChildPlan<'a> {
     /// NULL-terminated `KEY=VALUE` strings.
     pub envp: &'a [*const c_char],
     pub cwd: Option<&'a CStr>,
-    /// stdin, and stdout/stderr; both at least 3 (so no `dup2` overwrites the other).
+    /// stdin, stdout and stderr (stdout and stderr may be one); all at least 3 (so no
+    /// `dup2` overwrites another).
     pub stdin: RawFd,
-    pub output: RawFd,
+    pub stdout: RawFd,
+    pub stderr: RawFd,
     pub cgroup: Option<CgroupTarget<'a>>,
     /// Restored before exec (see `fdlimit`).
     pub nofile: Option<libc::rlimit>,
-    /// Written to stdout by the child before exec.
-    pub marker: &'a StartMarker,
+    /// Written to stdout by the child before exec (a service's log has one; a one-off's
+    /// output has none).
+    pub marker: Option<&'a StartMarker>,
     /// Get a pidfd of the child, where the way it is created allows (see `clone`).
     pub exit_by_pidfd: bool,
 }

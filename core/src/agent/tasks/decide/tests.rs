@@ -1,0 +1,345 @@
+use super::*;
+use crate::agent::tasks::{Own, Write};
+use crate::backoff::Backoff;
+use crate::names::{MachineId, TaskName};
+use crate::plugin::Environment;
+use crate::task::TaskRequest;
+use serde_json::{Map, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn config() -> AgentConfig {
+    AgentConfig {
+        access: Default::default(),
+        machine: MachineId::new("m2").expect("an id"),
+        hostname: "host2".into(),
+        agent_pid: 7,
+        version: "test".into(),
+        containment: "test".into(),
+        seed: 1,
+        backoff: Backoff::default(),
+        state_dir: "/var/pop".into(),
+        pop: "/usr/bin/pop".into(),
+    }
+}
+
+fn agent() -> AgentRef {
+    AgentRef {
+        host: "host2".into(),
+        pid: 7,
+        started_ms: 5,
+    }
+}
+
+const NOW: u64 = 1_000_000;
+
+fn request(rolling: bool) -> TaskRequest {
+    TaskRequest {
+        task: TaskName::new("hello").expect("a name"),
+        args: vec!["x y".into()],
+        machines: ["m1", "m2", "m3"]
+            .iter()
+            .map(|m| MachineId::new(m).expect("an id"))
+            .collect(),
+        rolling,
+        author: "me@here".into(),
+        created_at: 900.0,
+        expires_at: 2_000.0,
+        timeout_s: 30.0,
+        command: vec!["sh".into(), "-c".into(), "echo {greeting}".into()],
+        environment: Environment::None,
+        restart_after: false,
+    }
+}
+
+fn settings() -> Map<String, Value> {
+    serde_json::from_str(
+        r#"{"type":"greeter","greeting":"hi","port":8080,"stop_timeout":3,"env":{"A":"b"}}"#,
+    )
+    .expect("an object")
+}
+
+fn own(state: TaskState, attempt: u32) -> Node<Own> {
+    Node::Read(Own {
+        result: TaskResult {
+            attempt,
+            ..TaskResult::pending().with_state(state)
+        },
+        version: 4,
+    })
+}
+
+/// A task whose nodes are all read, pending here.
+fn ready(rolling: bool) -> Task {
+    Task {
+        own: own(TaskState::Pending, 0),
+        request: Node::Read(Arc::new(request(rolling))),
+        previous: Node::Unread,
+        settings: Node::Read(Arc::new(settings())),
+        ..Task::new()
+    }
+}
+
+fn decide_at(task: &Task, now: u64, tweak: impl FnOnce(&mut Context<'_>)) -> Next {
+    let config = config();
+    let agent = agent();
+    let id = TaskId::new(Timestamp::from_millis(900_000), 1);
+    let mut cx = Context {
+        now: Timestamp::from_millis(now),
+        machine: "m2",
+        service: "web",
+        task: &id,
+        connected: true,
+        deployed: true,
+        shutting_down: false,
+        config: &config,
+        agent: &agent,
+        python: TaskPython::Ready(crate::environment::python_environment(
+            "/var/pop/env/web/0123456789abcdef",
+        )),
+    };
+    tweak(&mut cx);
+    decide(task, &cx)
+}
+
+fn decided(task: &Task) -> Next {
+    decide_at(task, NOW, |_| {})
+}
+
+fn written(next: Next) -> (TaskResult, Purpose) {
+    match next {
+        Next::Write(result, purpose) => (*result, purpose),
+        other => panic!("expected a write, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_new_task_is_read_own_result_first_then_request_then_settings() {
+    let mut task = Task::new();
+    assert_eq!(decided(&task), Next::Read(Fetch::Own));
+    task.own = own(TaskState::Pending, 0);
+    assert_eq!(decided(&task), Next::Read(Fetch::Request));
+    task.request = Node::Read(Arc::new(request(false)));
+    assert_eq!(decided(&task), Next::Read(Fetch::Settings));
+}
+
+#[test]
+fn a_pending_task_is_claimed_with_its_command_rendered_and_the_service_environment() {
+    let (result, purpose) = written(decided(&ready(false)));
+    assert_eq!(result.state, TaskState::Running);
+    assert_eq!(result.attempt, 1);
+    assert_eq!(result.started_at, Some(1_000.0));
+    assert_eq!(result.agent, Some(agent()));
+    let Purpose::Claim(launch) = purpose else {
+        panic!("a claim, got {purpose:?}");
+    };
+    assert_eq!(launch.argv, ["sh", "-c", "echo hi", "x y"]);
+    assert_eq!(launch.cwd, "/var/pop/work/web");
+    assert_eq!(launch.grace, Duration::from_secs(3));
+    assert_eq!(launch.timeout, Duration::from_secs(30));
+    let env: Vec<(&str, &str)> = launch
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        env,
+        [
+            ("A", "b"),
+            ("POP_HOST", "0.0.0.0"),
+            ("POP_MACHINE_ID", "m2"),
+            ("POP_PORT", "8080"),
+            ("POP_SERVICE", "web"),
+            ("POP_TASK", "hello"),
+            ("POP_TASK_ATTEMPT", "1"),
+            ("POP_TASK_ID", "t0000000900000-0001"),
+        ]
+    );
+}
+
+#[test]
+fn a_running_result_this_agent_does_not_run_is_run_again_as_the_next_attempt() {
+    let mut task = ready(false);
+    task.own = own(TaskState::Running, 1);
+    let (result, _) = written(decided(&task));
+    assert_eq!((result.state, result.attempt), (TaskState::Running, 2));
+}
+
+#[test]
+fn a_final_result_is_never_touched_again() {
+    for state in TaskState::ALL.into_iter().filter(|s| s.is_final()) {
+        let mut task = ready(false);
+        task.own = own(state, 1);
+        assert_eq!(decided(&task), Next::Nothing, "{state}");
+    }
+}
+
+#[test]
+fn nothing_runs_where_the_request_does_not_ask_for_it() {
+    let mut task = ready(false);
+    let mut elsewhere = request(false);
+    elsewhere.machines.retain(|m| m.as_str() != "m2");
+    task.request = Node::Read(Arc::new(elsewhere));
+    assert_eq!(decided(&task), Next::Nothing);
+}
+
+#[test]
+fn an_undeployed_service_skips_and_an_expired_task_expires() {
+    let (result, _) = written(decide_at(&ready(false), NOW, |cx| cx.deployed = false));
+    assert_eq!(result.state, TaskState::Skipped);
+    assert_eq!(result.error.as_deref(), Some("web is not deployed on m2"));
+    let (result, purpose) = written(decide_at(&ready(false), 2_000_000, |_| {}));
+    assert_eq!(
+        (result.state, purpose),
+        (TaskState::Expired, Purpose::Final)
+    );
+    assert_eq!(
+        deadline(&ready(false), Timestamp::from_millis(NOW)),
+        Some(Timestamp::from_millis(2_000_000))
+    );
+    assert_eq!(
+        deadline(&ready(false), Timestamp::from_millis(2_000_000)),
+        None
+    );
+}
+
+#[test]
+fn rolling_waits_for_the_machine_before_and_stops_at_its_failure() {
+    let mut task = ready(true);
+    assert_eq!(
+        decided(&task),
+        Next::Read(Fetch::Previous(MachineId::new("m1").expect("an id")))
+    );
+    task.previous = Node::Read(TaskState::Running);
+    let (result, purpose) = written(decided(&task));
+    assert_eq!(
+        (result.state, purpose),
+        (TaskState::Waiting, Purpose::Waiting)
+    );
+    task.own = own(TaskState::Waiting, 0);
+    assert_eq!(decided(&task), Next::Nothing);
+    task.previous = Node::Read(TaskState::Failed);
+    let (result, _) = written(decided(&task));
+    assert_eq!(result.state, TaskState::Skipped);
+    assert_eq!(result.error.as_deref(), Some("m1 failed"));
+    task.previous = Node::Read(TaskState::Succeeded);
+    let (result, _) = written(decided(&task));
+    assert_eq!(result.state, TaskState::Running);
+}
+
+#[test]
+fn the_first_machine_of_a_rolling_task_waits_for_nobody() {
+    let mut task = ready(true);
+    let mut first = request(true);
+    first.machines.rotate_left(1); // m2, m3, m1
+    task.request = Node::Read(Arc::new(first));
+    assert_eq!(written(decided(&task)).0.state, TaskState::Running);
+}
+
+#[test]
+fn a_running_process_is_stopped_at_its_timeout_at_shutdown_and_when_gone() {
+    let mut task = ready(false);
+    task.own = own(TaskState::Running, 1);
+    task.run = Run::Started {
+        attempt: 1,
+        pid: Some(9),
+        deadline: Timestamp::from_millis(NOW + 10),
+        grace: Duration::from_secs(1),
+        stop: None,
+    };
+    assert_eq!(decided(&task), Next::Nothing);
+    assert_eq!(
+        decide_at(&task, NOW + 10, |_| {}),
+        Next::Stop(StopReason::TimedOut)
+    );
+    assert_eq!(
+        decide_at(&task, NOW, |cx| cx.shutting_down = true),
+        Next::Stop(StopReason::Shutdown)
+    );
+    task.gone = true;
+    assert_eq!(decided(&task), Next::Stop(StopReason::Gone));
+}
+
+#[test]
+fn an_ended_run_writes_its_result_once_connected() {
+    let mut task = ready(false);
+    task.own = own(TaskState::Running, 1);
+    let done = TaskResult::pending().with_state(TaskState::Succeeded);
+    task.run = Run::Ended {
+        result: Box::new(done.clone()),
+    };
+    assert_eq!(
+        decide_at(&task, NOW, |cx| cx.connected = false),
+        Next::Nothing
+    );
+    assert_eq!(
+        decided(&task),
+        Next::Write(Box::new(done.clone()), Purpose::Final)
+    );
+    task.write = Some(Write {
+        result: done,
+        purpose: Purpose::Final,
+    });
+    assert_eq!(decided(&task), Next::Nothing);
+}
+
+#[test]
+fn settings_that_cannot_render_the_command_fail_the_task() {
+    let mut task = ready(false);
+    let mut bare = settings();
+    bare.remove("greeting");
+    task.settings = Node::Read(Arc::new(bare));
+    let (result, _) = written(decided(&task));
+    assert_eq!(result.state, TaskState::Failed);
+    let error = result.error.unwrap_or_default();
+    assert!(error.contains("greeting"), "{error}");
+}
+
+#[test]
+fn nothing_is_sent_without_a_session_or_while_stopping() {
+    assert_eq!(
+        decide_at(&Task::new(), NOW, |cx| cx.connected = false),
+        Next::Nothing
+    );
+    assert_eq!(
+        decide_at(&ready(false), NOW, |cx| cx.connected = false),
+        Next::Nothing
+    );
+    assert_eq!(
+        decide_at(&ready(false), NOW, |cx| cx.shutting_down = true),
+        Next::Nothing
+    );
+}
+
+#[test]
+fn a_python_task_gets_its_environment() {
+    let mut task = ready(false);
+    let mut python = request(false);
+    python.environment = Environment::Python;
+    python.command = vec!["{python}".into(), "-V".into()];
+    task.request = Node::Read(Arc::new(python));
+    let (_, purpose) = written(decided(&task));
+    let Purpose::Claim(launch) = purpose else {
+        panic!("a claim");
+    };
+    let env = "/var/pop/env/web/0123456789abcdef";
+    assert_eq!(
+        launch.argv,
+        [format!("{env}/bin/python"), "-V".into(), "x y".into()]
+    );
+    assert_eq!(launch.env.get("VIRTUAL_ENV").map(String::as_str), Some(env));
+    assert_eq!(launch.path_prepend, [format!("{env}/bin")]);
+    // Waits while the environment is built; fails if it cannot be.
+    assert_eq!(
+        decide_at(&task, NOW, |cx| cx.python = TaskPython::Pending),
+        Next::Nothing
+    );
+    let (failed, _) = written(decide_at(&task, NOW, |cx| {
+        cx.python = TaskPython::Unavailable("its build failed: no such package".into())
+    }));
+    assert_eq!(failed.state, TaskState::Failed);
+    assert_eq!(
+        failed.error.as_deref(),
+        Some("no Python environment: its build failed: no such package")
+    );
+}
