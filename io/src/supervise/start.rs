@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tracing::{debug, warn};
 
+use super::adopt::ExitFuture;
 use super::containment::scan::Scanner;
 use super::containment::{Backend, Group};
 use super::instance::{Instance, Phase, Table};
@@ -159,26 +160,43 @@ impl Shared {
         .map(Arc::new);
         // The driver reports the start; the details are for debugging.
         debug!(service = %spec.service, generation = spec.generation, pid, argv = ?spec.argv, containment = %group.describe(), "spawned");
-        let _ = self.events.send(SupervisorEvent::Spawned {
-            service: spec.service.clone(),
-            generation: spec.generation,
-            pid,
-        });
-        Instance {
-            service: spec.service,
-            generation: spec.generation,
-            pid,
-            group,
+        let instance = Instance {
             log: Some(log),
             record,
+            exit_grace,
+            probe: spec.probe,
+            ..self.instance(spec.service, spec.generation, pid, group)
+        };
+        self.run(instance, exit, stop_rx);
+    }
+
+    /// A started generation's instance, without log, record or probe, with the
+    /// configured exit grace.
+    fn instance(&self, service: String, generation: u64, pid: u32, group: Arc<Group>) -> Instance {
+        Instance {
+            service,
+            generation,
+            pid,
+            group,
+            log: None,
+            record: None,
             events: self.events.clone(),
             table: Arc::clone(&self.table),
             watcher: Arc::clone(&self.watcher),
             scanner: Arc::clone(&self.scanner),
-            exit_grace,
-            probe: spec.probe,
+            exit_grace: self.config.exit_grace,
+            probe: None,
         }
-        .start(exit, stop_rx);
+    }
+
+    /// Reports `Spawned` and supervises the instance until it exits.
+    fn run(&self, instance: Instance, exit: ExitFuture, stop_rx: UnboundedReceiver<Duration>) {
+        let _ = self.events.send(SupervisorEvent::Spawned {
+            service: instance.service.clone(),
+            generation: instance.generation,
+            pid: instance.pid,
+        });
+        instance.start(exit, stop_rx);
     }
 
     /// Launches a one-off (see [`ProcessSpec::output`]) in its new containment: output
@@ -204,26 +222,11 @@ impl Shared {
         };
         group.set_main(pid);
         debug!(service = %spec.service, generation = spec.generation, pid, argv = ?spec.argv, containment = %group.describe(), "spawned a one-off");
-        let _ = self.events.send(SupervisorEvent::Spawned {
-            service: spec.service.clone(),
-            generation: spec.generation,
-            pid,
-        });
-        Instance {
-            service: spec.service,
-            generation: spec.generation,
-            pid,
-            group,
-            log: None,
-            record: None,
-            events: self.events.clone(),
-            table: Arc::clone(&self.table),
-            watcher: Arc::clone(&self.watcher),
-            scanner: Arc::clone(&self.scanner),
+        let instance = Instance {
             exit_grace: spec.exit_grace.unwrap_or(self.config.exit_grace),
-            probe: None,
-        }
-        .start(exit, stop_rx);
+            ..self.instance(spec.service, spec.generation, pid, group)
+        };
+        self.run(instance, exit, stop_rx);
     }
 
     /// A generation that did not start: marks its log, reports `SpawnFailed`, and
