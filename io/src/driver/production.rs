@@ -220,6 +220,7 @@ impl SupervisedProcesses {
             // Kept in the run record: what a later agent needs to adopt the process.
             note,
             output: None,
+            run_as: launch.run_as,
         }
     }
 }

@@ -175,6 +175,7 @@
 
 mod adopt;
 mod containment;
+mod credentials;
 mod fdlimit;
 mod instance;
 mod launch;
@@ -312,6 +313,10 @@ pub struct ProcessSpec {
     /// instead of adopting it.
     #[serde(default)]
     pub output: Option<OutputFiles>,
+    /// The user and group it runs as (`None`: the agent's): resolved when it is
+    /// launched; an agent that is not root refuses it (`SpawnFailed`).
+    #[serde(default)]
+    pub run_as: Option<pop_core::settings::RunAs>,
 }
 
 /// Where a one-off process's output goes.
@@ -323,6 +328,8 @@ pub struct OutputFiles {
 
 /// How the main process ended: the core's type, so events pass through unchanged.
 pub use pop_core::ExitStatus;
+
+pub use credentials::CredentialsError;
 
 /// Starts a helper program of the agent's own (a step of a Python environment build)
 /// as a child whose exit the reaper reports: its pid, and where its status arrives. The
@@ -366,6 +373,8 @@ pub enum SuperviseError {
         #[source]
         source: SpawnError,
     },
+    #[error(transparent)]
+    Credentials(#[from] credentials::CredentialsError),
     #[error("{service} generation {generation} is already running")]
     AlreadyRunning { service: String, generation: u64 },
 }
