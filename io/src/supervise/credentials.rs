@@ -4,8 +4,6 @@
 //! sets the groups, the gid and the uid, in that order, and `no_new_privs`.
 
 use std::ffi::CString;
-use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use nix::unistd::{getgrouplist, Gid, Group, Uid, User};
@@ -116,11 +114,12 @@ pub(crate) fn prepare(
         )?;
     }
     if credentials.uid != Uid::effective().as_raw() {
-        if let Ok(meta) = fs::metadata(state_dir) {
-            let mode = meta.permissions().mode() & 0o7777;
-            if mode & 0o001 == 0 {
-                let _ = fs::set_permissions(state_dir, fs::Permissions::from_mode(mode | 0o011));
-            }
+        if let Err(e) = crate::state_dir::let_others_through(state_dir) {
+            tracing::warn!(
+                "cannot let user {} through {}: {e}",
+                credentials.uid,
+                state_dir.display()
+            );
         }
     }
     Ok(())

@@ -406,9 +406,15 @@ impl Supervisor {
         let (backend, kind) = Backend::select(&config)?;
         // Before any spawn, so no SIGCHLD is missed.
         let reaper = reaper::start().map_err(io_err("cannot start the reaper"))?;
-        for sub in ["logs", "run"] {
+        // Run records hold settings: their directory is the agent's user's alone.
+        for (sub, private) in [("logs", false), ("run", true)] {
             let dir = config.state_dir.join(sub);
-            fs::create_dir_all(&dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
+            let created = if private {
+                crate::state_dir::create(&dir)
+            } else {
+                fs::create_dir_all(&dir)
+            };
+            created.map_err(io_err(format!("cannot create {}", dir.display())))?;
         }
         let adoptees = adopt::recover(&backend, &config, &config.state_dir.join("run"));
         let watcher = Arc::new(Watcher::start());
