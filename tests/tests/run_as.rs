@@ -13,7 +13,7 @@ const WHOAMI: &str = r#"name = "whoami"
 description = "sleeps; its task says whom it runs as"
 environment = "none"
 [run]
-command = ["sh", "-c", "exec sleep {marker}"]
+command = ["sh", "-c", "echo started as $(id -un); touch made-here; exec sleep {marker}"]
 [settings]
 marker = "1"
 [tasks.who]
@@ -125,6 +125,15 @@ fn a_service_and_its_task_run_as_the_user_its_settings_name() {
     let work = m.state_dir().join("work/web");
     let meta = std::fs::metadata(&work).expect("the working directory");
     assert_eq!(meta.uid(), 65534, "{}", work.display());
+    let made = std::fs::metadata(work.join("made-here")).expect("a file the service made");
+    assert_eq!(made.uid(), 65534);
+    // Its log is the agent's (opened by the agent, handed over), and has its output.
+    let log = m.state_dir().join("logs/web.log");
+    wait_for("the service's output in its log", || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.contains("started as nobody\n").then_some(())
+    });
+    assert_eq!(std::fs::metadata(&log).expect("log").uid(), 0);
     let state_mode = std::fs::metadata(m.state_dir()).expect("state dir").mode() & 0o777;
     assert_eq!(state_mode, 0o711, "{state_mode:o}");
 

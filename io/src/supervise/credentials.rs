@@ -124,3 +124,49 @@ pub(crate) fn prepare(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_as(user: Account, group: Option<Account>) -> RunAs {
+        RunAs { user, group }
+    }
+
+    /// The agent runs as root in CI, as these lookups need.
+    #[test]
+    fn names_and_ids_resolve_against_the_user_database() {
+        assert!(Uid::effective().is_root(), "run as root (as CI does)");
+        let nobody = User::from_name("nobody")
+            .expect("lookup")
+            .expect("a user nobody");
+        let c = resolve(&run_as(Account::Name("nobody".into()), None)).expect("resolves");
+        assert_eq!((c.uid, c.gid), (nobody.uid.as_raw(), nobody.gid.as_raw()));
+        assert!(c.groups.contains(&c.gid), "{c:?}");
+        // An id the database knows is the same user; `group` overrides the primary.
+        let by_id = resolve(&run_as(Account::Id(nobody.uid.as_raw()), None)).expect("resolves");
+        assert_eq!(by_id, c);
+        let root_group = resolve(&run_as(
+            Account::Name("nobody".into()),
+            Some(Account::Id(0)),
+        ))
+        .expect("resolves");
+        assert_eq!(root_group.gid, 0);
+        assert!(root_group.groups.contains(&0));
+        // An id it does not know needs a group; with one, that is its only group.
+        let unknown = 4_000_000_007;
+        let err = resolve(&run_as(Account::Id(unknown), None)).expect_err("no group");
+        assert!(matches!(err, CredentialsError::UidWithoutGroup(id) if id == unknown));
+        let c = resolve(&run_as(Account::Id(unknown), Some(Account::Id(7)))).expect("resolves");
+        assert_eq!((c.uid, c.gid, c.groups), (unknown, 7, vec![7]));
+        let err = resolve(&run_as(
+            Account::Name("nobody".into()),
+            Some(Account::Name("no-such-group-x".into())),
+        ))
+        .expect_err("no such group");
+        assert_eq!(
+            err.to_string(),
+            "setting \"group\": no group \"no-such-group-x\" on this machine"
+        );
+    }
+}
