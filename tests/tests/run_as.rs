@@ -258,13 +258,14 @@ fn an_agent_that_is_not_root_refuses_user_clearly() {
 #[test]
 fn env_cannot_set_pop_variables_from_pop_set_or_from_settings_written_by_others() {
     let (_zk, m, zkc) = initialised();
+    let marker = format!("48{}", std::process::id());
     m.ok(&[
         "add",
         "command",
         "--name",
         "svc",
         "--set",
-        "command=sleep 1000",
+        &format!("command=exec sleep {marker}"),
     ]);
     let err = m.fails(&[
         "set",
@@ -293,9 +294,20 @@ fn env_cannot_set_pop_variables_from_pop_set_or_from_settings_written_by_others(
     zkc.set("/services/svc/settings", settings.to_string().as_bytes());
     m.ok(&["deploy", "svc"]);
     let _agent = m.agent();
-    wait_for("the agent's refusal", || {
-        let text = m.ok(&["status", "svc"]);
-        text.contains("\"POP_PORT\" is pop's own variable")
-            .then_some(())
+    let problem = wait_for("the agent's refusal in its report", || {
+        let report = zkc.get_json(&format!("/agents/{}", m.id))?;
+        report["problems"]["/services/svc/settings"]
+            .as_str()
+            .map(str::to_string)
     });
+    assert!(
+        problem.contains("\"POP_PORT\" is pop's own variable"),
+        "{problem}"
+    );
+    assert!(processes_with(&format!("sleep {marker}")).is_empty());
+    let text = m.ok(&["status", "svc"]);
+    assert!(
+        text.contains("\"POP_PORT\" is pop's own variable"),
+        "{text}"
+    );
 }
