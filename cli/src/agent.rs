@@ -141,8 +141,13 @@ pub async fn foreground(cli: &Cli) -> Result<()> {
         tracing::warn!("{warning}");
     }
     let state_dir = context::state_dir(cli)?;
-    std::fs::create_dir_all(&state_dir)
-        .with_context(|| format!("creating state directory {}", state_dir.display()))?;
+    // Settings are in the journal and run records: the state directory and those files
+    // are the agent's user's alone, whatever an earlier pop left.
+    let tightened = pop_io::state_dir::secure(&state_dir)
+        .with_context(|| format!("securing state directory {}", state_dir.display()))?;
+    for change in tightened {
+        tracing::info!("tightened the mode of {change}");
+    }
     let pid_file = pid_path(&state_dir);
     let Some(mut lock) = lock_pid_file(&pid_file)? else {
         let pid = read_pid(&pid_file).map_or("?".to_string(), |p| p.to_string());
@@ -219,7 +224,7 @@ pub fn start(cli: &Cli) -> Result<()> {
         eprintln!("pop: warning: {warning}");
     }
     let state_dir = context::state_dir(cli)?;
-    std::fs::create_dir_all(&state_dir)
+    pop_io::state_dir::create(&state_dir)
         .with_context(|| format!("creating state directory {}", state_dir.display()))?;
     let pid_file = pid_path(&state_dir);
     match lock_pid_file(&pid_file)? {

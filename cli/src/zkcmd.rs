@@ -18,6 +18,11 @@ pub enum ZkAction {
         /// ZooKeeper's tick in milliseconds (sessions may last 2 to 20 ticks).
         #[arg(long, default_value_t = 2000)]
         tick_ms: u32,
+        /// Refuse every request of a client that has not authenticated with a digest
+        /// credential (`--auth`, `POP_AUTH`, a credentials file): anonymous clients can
+        /// read nothing, not even what an ACL leaves open.
+        #[arg(long)]
+        require_auth: bool,
     },
     /// Stop the local ZooKeeper.
     Stop,
@@ -33,20 +38,30 @@ pub fn run(cli: &Cli, action: &ZkAction) -> Result<()> {
     let dir = zk_dir(cli)?;
     let pid_file = dir.join("zookeeper.pid");
     match action {
-        ZkAction::Start { port, tick_ms } => {
+        ZkAction::Start {
+            port,
+            tick_ms,
+            require_auth,
+        } => {
             std::fs::create_dir_all(&dir)?;
             let config = ZkServerConfig {
                 port: *port,
                 data_dir: dir.join("data"),
                 tick_ms: *tick_ms,
                 log_file: Some(dir.join("zookeeper.log")),
+                require_auth: *require_auth,
                 ..ZkServerConfig::default()
             };
             let status = pop_zkserver::start_daemon(&config, &pid_file)?;
             println!(
-                "ZooKeeper started on 127.0.0.1:{} (pid {}); data in {}",
+                "ZooKeeper started on 127.0.0.1:{} (pid {}){}; data in {}",
                 status.port.unwrap_or(*port),
                 status.pid.unwrap_or(0),
+                if *require_auth {
+                    ", authentication required"
+                } else {
+                    ""
+                },
                 config.data_dir.display()
             );
         }

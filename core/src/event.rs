@@ -190,6 +190,9 @@ pub enum Action {
         path_prepend: Vec<String>,
         /// The service's working directory.
         cwd: String,
+        /// The service's `user` and `group` (`None`: the agent's).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        run_as: Option<crate::settings::RunAs>,
     },
     /// SIGTERM everything of the task's run, SIGKILL after `grace`; `TaskExited` follows.
     StopTask {

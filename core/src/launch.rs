@@ -6,7 +6,7 @@
 use crate::environment::SpecError;
 use crate::names::TaskName;
 use crate::plugin::{self, Manifest, PythonEnvironment, RenderError, StopSignal, Variables};
-use crate::settings::Settings;
+use crate::settings::{RunAs, Settings};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -42,6 +42,9 @@ pub struct Launch {
     /// Grace between the stop signal and SIGKILL, also for what is left when the main
     /// process exits.
     pub stop_timeout: Duration,
+    /// The user and group it runs as (`None`: the agent's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<RunAs>,
 }
 
 /// What an agent knows of its machine for rendering: from its `AgentConfig`.
@@ -172,7 +175,7 @@ fn process(
         env.insert("VIRTUAL_ENV".to_string(), python.env_dir.clone());
         path_prepend.push(format!("{}/bin", python.env_dir));
     }
-    // The service's own env wins over pop's defaults.
+    // The service's own variables (never POP_*: settings refuse them).
     env.extend(settings.env.clone());
     Launch {
         argv,
@@ -182,6 +185,7 @@ fn process(
         probe,
         stop_signal,
         stop_timeout: settings.stop_timeout,
+        run_as: settings.run_as.clone(),
     }
 }
 

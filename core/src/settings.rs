@@ -28,6 +28,10 @@ pub enum DataError {
         key: &'static str,
         service_type: String,
     },
+    #[error("setting \"env\": {name:?} is pop's own variable (names starting with POP_ are pop's and cannot be set)")]
+    ReservedVariable { name: String },
+    #[error("setting \"group\" needs setting \"user\" (without it the service would keep the agent's user)")]
+    GroupWithoutUser,
     #[error("expected {expected}, found {found}")]
     BadNode {
         expected: &'static str,
@@ -93,6 +97,92 @@ pub enum SessionLoss {
     Fence,
 }
 
+/// A user or group of the machine, as the settings name it: resolved to an id by the
+/// agent when it launches the process (the user database is the machine's).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Account {
+    Id(u32),
+    Name(String),
+}
+
+impl Account {
+    fn parse(key: &str, v: &Value) -> Result<Account, DataError> {
+        let bad = || DataError::BadSetting {
+            key: key.to_string(),
+            expected: "a name (letters, digits, '.', '_', '-'; at most 32) or a numeric id",
+            found: v.to_string(),
+        };
+        match v {
+            Value::Number(n) => n
+                .as_u64()
+                .and_then(|id| u32::try_from(id).ok())
+                .filter(|id| *id != u32::MAX)
+                .map(Account::Id)
+                .ok_or_else(bad),
+            Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s
+                .parse::<u32>()
+                .ok()
+                .filter(|id| *id != u32::MAX)
+                .map(Account::Id)
+                .ok_or_else(bad),
+            Value::String(s)
+                if (1..=32).contains(&s.len())
+                    && !s.starts_with('-')
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) =>
+            {
+                Ok(Account::Name(s.clone()))
+            }
+            _ => Err(bad()),
+        }
+    }
+
+    fn value(&self) -> Value {
+        match self {
+            Account::Id(id) => Value::from(*id),
+            Account::Name(name) => Value::from(name.as_str()),
+        }
+    }
+}
+
+impl std::fmt::Display for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Account::Id(id) => write!(f, "{id}"),
+            Account::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+/// Whom a service's processes run as (settings `user` and `group`): the user, with its
+/// supplementary groups, and its primary group unless `group` names another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunAs {
+    pub user: Account,
+    pub group: Option<Account>,
+}
+
+/// Settings `user` and `group`: whom the service's processes run as (`None`: the
+/// agent's user). `group` alone is refused: the process would keep the agent's user.
+pub fn run_as(map: &Map<String, Value>) -> Result<Option<RunAs>, DataError> {
+    let user = map
+        .get("user")
+        .map(|v| Account::parse("user", v))
+        .transpose()?;
+    let group = map
+        .get("group")
+        .map(|v| Account::parse("group", v))
+        .transpose()?;
+    match (user, group) {
+        (Some(user), group) => Ok(Some(RunAs { user, group })),
+        (None, Some(_)) => Err(DataError::GroupWithoutUser),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The prefix of the variables pop sets for a service; its `env` cannot set them.
+pub const RESERVED_ENV_PREFIX: &str = "POP_";
+
 /// Validated settings of one service: the settings every type has, checked here, and the
 /// rest (`extra`: the type's own, like `command` or `packages`, and operators' own), kept
 /// as they are for the type's manifest to use ([`Settings::values`]). A change to any of
@@ -115,6 +205,9 @@ pub struct Settings {
     #[serde(default = "default_ready_timeout")]
     pub ready_timeout: Duration,
     pub env: BTreeMap<String, String>,
+    /// `None`: the agent's own user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<RunAs>,
     pub extra: BTreeMap<String, Value>,
 }
 
@@ -201,6 +294,7 @@ impl Settings {
             start_seconds: Duration::from_secs(1),
             ready_timeout: DEFAULT_READY_TIMEOUT,
             env: BTreeMap::new(),
+            run_as: None,
             extra: BTreeMap::new(),
         };
         for (key, v) in map {
@@ -258,15 +352,20 @@ impl Settings {
                         });
                     };
                     for (name, value) in env {
+                        if name.starts_with(RESERVED_ENV_PREFIX) {
+                            return Err(DataError::ReservedVariable { name: name.clone() });
+                        }
                         let value = string(&format!("env.{name}"), value)?;
                         settings.env.insert(name.clone(), value);
                     }
                 }
+                "user" | "group" => {}
                 _ => {
                     settings.extra.insert(key.clone(), v.clone());
                 }
             }
         }
+        settings.run_as = run_as(map)?;
         Ok(settings)
     }
 
@@ -303,6 +402,12 @@ impl Settings {
             .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
             .collect();
         map.insert("env".into(), Value::Object(env));
+        if let Some(run_as) = &self.run_as {
+            map.insert("user".into(), run_as.user.value());
+            if let Some(group) = &run_as.group {
+                map.insert("group".into(), group.value());
+            }
+        }
         map
     }
 }
@@ -334,6 +439,8 @@ struct Recorded {
     #[serde(default = "default_ready_timeout")]
     ready_timeout: Duration,
     env: BTreeMap<String, String>,
+    #[serde(default)]
+    run_as: Option<RunAs>,
     extra: BTreeMap<String, Value>,
 }
 
@@ -361,13 +468,14 @@ impl TryFrom<Recorded> for Settings {
             start_seconds: r.start_seconds,
             ready_timeout: r.ready_timeout,
             env: r.env,
+            run_as: r.run_as,
             extra,
         })
     }
 }
 
 /// The settings every service type has, whatever its manifest says.
-pub const COMMON_KEYS: [&str; 8] = [
+pub const COMMON_KEYS: [&str; 10] = [
     "restart",
     "session_loss",
     "stop_timeout",
@@ -376,6 +484,8 @@ pub const COMMON_KEYS: [&str; 8] = [
     "host",
     "port",
     "env",
+    "user",
+    "group",
 ];
 
 /// The value the agent assumes for a setting every type has when a service's settings
@@ -570,5 +680,85 @@ mod tests {
             let err = Settings::parse(json.as_bytes()).unwrap_err().to_string();
             assert!(err.contains(needle), "{json}: {err}");
         }
+    }
+
+    #[test]
+    fn user_and_group_are_names_or_ids_and_group_needs_user() {
+        let parse =
+            |extra: &str| Settings::parse(format!(r#"{{"type":"echo"{extra}}}"#).as_bytes());
+        assert_eq!(parse("").expect("valid").run_as, None);
+        let run_as = |extra: &str| parse(extra).expect("valid").run_as.expect("a user");
+        assert_eq!(
+            run_as(r#","user":"nobody""#),
+            RunAs {
+                user: Account::Name("nobody".into()),
+                group: None
+            }
+        );
+        assert_eq!(
+            run_as(r#","user":65534,"group":"nogroup""#),
+            RunAs {
+                user: Account::Id(65534),
+                group: Some(Account::Name("nogroup".into()))
+            }
+        );
+        // A string of digits is an id, as in chown.
+        assert_eq!(run_as(r#","user":"0","group":"100""#).user, Account::Id(0));
+        assert_eq!(
+            run_as(r#","user":"svc-1.a_b""#).user,
+            Account::Name("svc-1.a_b".into())
+        );
+        for bad in [
+            r#""""#,
+            r#""-x""#,
+            r#""a b""#,
+            r#""a/b""#,
+            "-1",
+            "4294967295",
+            "4294967296",
+            "1.5",
+            "null",
+            "[]",
+            r#""aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa""#,
+        ] {
+            for key in ["user", "group"] {
+                let err = parse(&format!(r#","user":"u","{key}":{bad}"#)).expect_err(bad);
+                assert_eq!(
+                    err.to_string(),
+                    format!("setting \"{key}\": expected a name (letters, digits, '.', '_', '-'; at most 32) or a numeric id, found {bad}")
+                );
+            }
+        }
+        assert_eq!(
+            parse(r#","group":"adm""#).expect_err("group alone"),
+            DataError::GroupWithoutUser
+        );
+        // As every common setting: what values gives reads back the same.
+        let s = parse(r#","user":"nobody","group":7"#).expect("valid");
+        let values = s.values();
+        assert_eq!(values["user"], Value::from("nobody"));
+        assert_eq!(values["group"], Value::from(7));
+        assert_eq!(Settings::from_map(&values), Ok(s.clone()));
+        // And a run record keeps it; one without it (an earlier agent's) reads as none.
+        let recorded: Settings =
+            serde_json::from_value(serde_json::to_value(&s).expect("serializes")).expect("reads");
+        assert_eq!(recorded, s);
+        let plain = parse("").expect("valid");
+        let json = serde_json::to_value(&plain).expect("serializes");
+        assert!(json.get("run_as").is_none(), "{json}");
+    }
+
+    #[test]
+    fn env_cannot_set_pop_own_variables() {
+        for name in ["POP_AUTH", "POP_PORT", "POP_SUPERVISION_TOKEN", "POP_"] {
+            let json = format!(r#"{{"type":"echo","env":{{"A":"1","{name}":"x"}}}}"#);
+            let err = Settings::parse(json.as_bytes()).expect_err(name);
+            assert_eq!(
+                err.to_string(),
+                format!("setting \"env\": \"{name}\" is pop's own variable (names starting with POP_ are pop's and cannot be set)")
+            );
+        }
+        let ok = Settings::parse(br#"{"type":"echo","env":{"pop_x":"1","XPOP_":"2"}}"#);
+        assert!(ok.is_ok(), "{ok:?}");
     }
 }

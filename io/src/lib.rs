@@ -7,6 +7,7 @@ pub mod driver;
 pub mod environment;
 pub mod journal;
 pub mod machine_id;
+pub mod state_dir;
 pub mod supervise;
 pub mod tasks;
 pub mod zk;

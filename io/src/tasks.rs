@@ -32,6 +32,8 @@ pub struct TaskLaunch {
     /// Searched before the `PATH` it would otherwise get.
     pub path_prepend: Vec<String>,
     pub cwd: PathBuf,
+    /// The service's `user` and `group`.
+    pub run_as: Option<pop_core::settings::RunAs>,
 }
 
 const KEY_MARK: &str = " task ";
@@ -97,6 +99,7 @@ pub fn spec(state_dir: &Path, launch: TaskLaunch) -> ProcessSpec {
         exit_grace: Some(LEFTOVER_GRACE),
         note: serde_json::Value::Null,
         output: Some(output),
+        run_as: launch.run_as,
     }
 }
 

@@ -14,7 +14,7 @@ pub use zkc::{Client, OneshotWatcher, SessionState};
 pub enum ConnectError {
     #[error("cannot reach ZooKeeper at {hosts} within {}s (is it running? `pop zk start` runs a local one)", timeout.as_secs_f64())]
     Unreachable { hosts: String, timeout: Duration },
-    #[error("ZooKeeper at {hosts} refused the credential of user {user} (authentication failed)")]
+    #[error("ZooKeeper at {hosts} {}", refusal(user))]
     AuthFailed { hosts: String, user: String },
     #[error("cannot connect to ZooKeeper at {hosts}: {source}")]
     Failed {
@@ -22,6 +22,19 @@ pub enum ConnectError {
         #[source]
         source: zkc::Error,
     },
+}
+
+/// What an authentication failure means: a refused credential, or, without one, a
+/// server that requires authentication (`pop zk start --require-auth`, ZooKeeper's
+/// `enforce.auth.enabled`: it closes an anonymous session at its first request).
+fn refusal(user: &str) -> String {
+    if user.is_empty() {
+        "requires authentication, and pop has no credential (give one with --auth \
+         USER:PASSWORD, POP_AUTH or a credentials file)"
+            .to_string()
+    } else {
+        format!("refused the credential of user {user} (authentication failed)")
+    }
 }
 
 /// How to reach ZooKeeper.

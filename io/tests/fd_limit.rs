@@ -74,6 +74,7 @@ fn spec(service: String) -> ProcessSpec {
         exit_grace: None,
         note: serde_json::Value::Null,
         output: None,
+        run_as: None,
     }
 }
 

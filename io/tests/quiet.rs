@@ -52,6 +52,7 @@ fn spec(service: &str, argv: &[&str]) -> ProcessSpec {
         exit_grace: None,
         note: serde_json::Value::Null,
         output: None,
+        run_as: None,
     }
 }
 

@@ -102,6 +102,7 @@ fn spec(service: &str, generation: u64, argv: &[&str]) -> ProcessSpec {
         exit_grace: None,
         note: serde_json::Value::Null,
         output: None,
+        run_as: None,
     }
 }
 

@@ -48,6 +48,9 @@ impl Zk {
             data_dir: dir.path().join("data"),
             tick_ms: 200,
             log_file: Some(dir.path().join("zookeeper.log")),
+            // pop's, and what the tests ask about sessions (`session_connected`,
+            // `session_alive`).
+            four_letter_words: ["srvr", "cons", "dump"].map(String::from).to_vec(),
             ..ZkServerConfig::default()
         };
         let server = ZkServer::start(config).unwrap_or_else(|e| {

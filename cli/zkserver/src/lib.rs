@@ -164,6 +164,10 @@ pub fn find_installation() -> Result<ZkInstallation, ZkServerError> {
     Ok(ZkInstallation { java, jars })
 }
 
+/// The four-letter words pop itself sends: `srvr` (is the server up, in which mode: the
+/// readiness check and `pop zk status`). A server answers no other (`4lw.commands.whitelist`).
+pub const POP_FOUR_LETTER_WORDS: [&str; 1] = ["srvr"];
+
 #[derive(Debug, Clone)]
 pub struct ZkServerConfig {
     /// Client port; 0 picks a free one.
@@ -181,6 +185,11 @@ pub struct ZkServerConfig {
     /// Whether the transaction log is fsynced on every write. Throwaway test servers can
     /// turn it off to be fast on slow disks.
     pub fsync: bool,
+    /// The four-letter words the server answers; it refuses the others.
+    pub four_letter_words: Vec<String>,
+    /// Refuse every request of a client that has not authenticated with the digest
+    /// scheme (ZooKeeper 3.7+: `enforce.auth.enabled`).
+    pub require_auth: bool,
 }
 
 impl Default for ZkServerConfig {
@@ -193,11 +202,18 @@ impl Default for ZkServerConfig {
             log_file: None,
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             fsync: true,
+            four_letter_words: POP_FOUR_LETTER_WORDS.map(String::from).to_vec(),
+            require_auth: false,
         }
     }
 }
 
 impl ZkServerConfig {
+    /// `4lw.commands.whitelist`'s value.
+    fn whitelist(&self) -> String {
+        self.four_letter_words.join(",")
+    }
+
     fn log_path(&self) -> PathBuf {
         self.log_file
             .clone()
@@ -314,14 +330,20 @@ pub(crate) fn command(
          clientPortAddress={bind}\n\
          maxClientCnxns=0\n\
          admin.enableServer=false\n\
-         4lw.commands.whitelist=*\n\
+         4lw.commands.whitelist={whitelist}\n\
          forceSync={sync}\n\
          autopurge.snapRetainCount=3\n\
-         autopurge.purgeInterval=1\n",
+         autopurge.purgeInterval=1\n{auth}",
         tick = config.tick_ms,
         dir = data_dir.display(),
         bind = config.bind,
+        whitelist = config.whitelist(),
         sync = if config.fsync { "yes" } else { "no" },
+        auth = if config.require_auth {
+            "enforce.auth.enabled=true\nenforce.auth.schemes=digest\n"
+        } else {
+            ""
+        },
     );
     fs::write(&cfg_path, cfg).map_err(io_err(format!("writing {}", cfg_path.display())))?;
     if let Some(parent) = log.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -338,7 +360,10 @@ pub(crate) fn command(
     cmd.arg(format!("-Xmx{}m", config.heap_mb))
         .arg("-XX:+UseSerialGC")
         .arg("-Dzookeeper.admin.enableServer=false")
-        .arg("-Dzookeeper.4lw.commands.whitelist=*")
+        .arg(format!(
+            "-Dzookeeper.4lw.commands.whitelist={}",
+            config.whitelist()
+        ))
         .arg("-Dorg.slf4j.simpleLogger.showDateTime=true")
         .arg("-cp")
         .arg(install.classpath())

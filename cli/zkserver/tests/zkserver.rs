@@ -18,6 +18,7 @@ fn config(dir: &Path) -> ZkServerConfig {
         tick_ms: 200,
         log_file: Some(dir.join("zk.log")),
         fsync: false,
+        four_letter_words: ["srvr", "ruok", "mntr"].map(String::from).to_vec(),
         ..ZkServerConfig::default()
     }
 }
@@ -185,4 +186,30 @@ fn a_stale_pid_file_does_not_block_a_start() {
     let started = start_daemon(&config(dir.path()), &pid_file).expect("daemon");
     assert!(started.running);
     stop_daemon(&pid_file).expect("stop");
+}
+
+/// `pop zk start`'s server answers only the four-letter words pop sends (`srvr`); the
+/// others get ZooKeeper's refusal, and no answer to what they ask.
+#[test]
+fn by_default_a_server_answers_only_the_four_letter_words_pop_sends() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let zk = ZkServer::start(ZkServerConfig {
+        four_letter_words: pop_zkserver::POP_FOUR_LETTER_WORDS
+            .map(String::from)
+            .to_vec(),
+        ..config(dir.path())
+    })
+    .expect("server");
+    let srvr = four_letter(zk.addr(), "srvr", TIMEOUT).expect("srvr");
+    assert!(srvr.contains("Mode: standalone"), "{srvr:?}");
+    for word in [
+        "ruok", "mntr", "stat", "cons", "dump", "wchs", "envi", "conf", "crst",
+    ] {
+        let answer = four_letter(zk.addr(), word, TIMEOUT).expect(word);
+        assert_eq!(
+            answer,
+            format!("{word} is not executed because it is not in the whitelist.\n"),
+            "{word}"
+        );
+    }
 }

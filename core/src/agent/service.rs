@@ -169,6 +169,10 @@ pub(crate) struct Service {
     /// Why what the target asks cannot be launched (see [`Desired::Held`]).
     #[serde(default)]
     pub held: Option<String>,
+    /// Why the last start failed (the program could not be run as asked: an unknown
+    /// `user`, a missing program); cleared by the next start that succeeds.
+    #[serde(default)]
+    pub start_failure: Option<String>,
     #[serde(default)]
     pub environments: Environments,
 }
@@ -204,6 +208,7 @@ impl Service {
             last_exit: None,
             not_ready_within: None,
             held: None,
+            start_failure: None,
             environments: Environments::default(),
         }
     }
@@ -519,6 +524,7 @@ impl Service {
         }
         let readiness = Readiness::at_start(spec.probed(), &spec.settings, out.now);
         let stop_requested = *stop_requested;
+        self.start_failure = None;
         self.run = Run::Running {
             generation,
             pid,
@@ -539,6 +545,7 @@ impl Service {
         if self.current_generation() != Some(generation) {
             return;
         }
+        self.start_failure = Some(format!("cannot start: {error}"));
         out.actions.push_back(Action::Report(Report::SpawnFailed {
             service: self.name.clone(),
             error,
@@ -804,6 +811,7 @@ impl Service {
             || self.quick_failures >= CRASH_LOOP_FAILURES
             || self.not_ready_within.is_some()
             || self.held.is_some()
+            || self.start_failure.is_some()
     }
 
     /// This service's entry in the agent report.
@@ -829,7 +837,7 @@ impl Service {
             restarts: self.restarts,
             since,
             not_ready_within: self.not_ready_within.map(|d| d.as_secs_f64()),
-            problem: self.held.clone(),
+            problem: self.held.clone().or_else(|| self.start_failure.clone()),
         }
     }
 }

@@ -581,6 +581,7 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
                 env,
                 path_prepend,
                 cwd,
+                run_as,
             } => {
                 if let Some(processes) = self.processes.as_mut() {
                     processes.run_task(crate::tasks::TaskLaunch {
@@ -591,6 +592,7 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
                         env,
                         path_prepend,
                         cwd: PathBuf::from(cwd),
+                        run_as,
                     });
                 }
             }

@@ -220,6 +220,7 @@ impl SupervisedProcesses {
             // Kept in the run record: what a later agent needs to adopt the process.
             note,
             output: None,
+            run_as: launch.run_as,
         }
     }
 }
@@ -246,15 +247,24 @@ impl ProcessPort for SupervisedProcesses {
         let mut inputs = Vec::new();
         for process in adopted {
             match read_note(process.note) {
-                Ok((settings, launch)) => inputs.push(Input::Adopted {
-                    service: process.service,
-                    generation: process.generation,
-                    pid: process.pid,
-                    started_at: Timestamp::from_millis(process.started_at_ms),
-                    port: process.port,
-                    settings,
-                    launch,
-                }),
+                Ok((settings, launch)) => {
+                    // The agent's start closed the state directory; a service of
+                    // another user still needs to pass through it.
+                    if settings.run_as.is_some() {
+                        if let Err(e) = crate::state_dir::let_others_through(&self.state_dir) {
+                            warn!(service = %process.service, "cannot open {} to its user: {e}", self.state_dir.display());
+                        }
+                    }
+                    inputs.push(Input::Adopted {
+                        service: process.service,
+                        generation: process.generation,
+                        pid: process.pid,
+                        started_at: Timestamp::from_millis(process.started_at_ms),
+                        port: process.port,
+                        settings,
+                        launch,
+                    });
+                }
                 Err(e) => {
                     // Not knowing what it runs, we cannot keep it: stop it, and the core
                     // starts the service afresh if it is wanted here.

@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 
 use super::adopt::ExitFuture;
 use super::containment::Group;
+use super::credentials;
 use super::logs::LogFile;
 use super::spawn::{self, above_stdio, CgroupTarget, ChildPlan, ExecTarget, StartMarker};
 use super::{
@@ -33,9 +34,12 @@ fn agent_environment() -> &'static BTreeMap<OsString, OsString> {
     ENV.get_or_init(|| std::env::vars_os().collect())
 }
 
-/// The agent's environment without `spec.unset`, with `spec.env` and the token added.
+/// The agent's environment without pop's own variables (`POP_*`: the agent's
+/// configuration is not the service's) and `spec.unset`, with `spec.env` and the token
+/// added.
 fn environment(spec: &ProcessSpec, token: &str) -> BTreeMap<OsString, OsString> {
     let mut env = agent_environment().clone();
+    env.retain(|name, _| !name.as_bytes().starts_with(b"POP_"));
     for name in &spec.unset {
         env.remove(OsStr::new(name));
     }
@@ -133,14 +137,24 @@ fn open_output(output: &Output<'_>) -> Result<(OwnedFd, Option<OwnedFd>), Superv
 /// Forks and execs the main process inside `group`, with stdout and stderr to
 /// `output`; returns its pid and what resolves with its exit status.
 /// Must run inside the runtime.
+/// `state_dir`: the agent's, made passable for a process of another user.
 pub(crate) fn launch(
     spec: &ProcessSpec,
     token: &str,
     group: &Group,
     output: Output<'_>,
     started_at_ms: u64,
+    state_dir: &std::path::Path,
 ) -> Result<(u32, ExitFuture), SuperviseError> {
     let program = spec.argv.first().ok_or(SuperviseError::EmptyArgv)?;
+    let credentials = match &spec.run_as {
+        Some(run_as) => {
+            let credentials = credentials::resolve(run_as)?;
+            credentials::prepare(&credentials, spec.cwd.as_deref(), state_dir)?;
+            Some(credentials)
+        }
+        None => None,
+    };
     let argv: Vec<CString> = spec
         .argv
         .iter()
@@ -200,6 +214,7 @@ pub(crate) fn launch(
             procs,
         }),
         nofile: fdlimit::for_children(),
+        credentials: credentials.as_ref(),
         marker: marker.as_ref(),
         exit_by_pidfd: pidfd::budget_allows(),
     };

@@ -175,6 +175,7 @@
 
 mod adopt;
 mod containment;
+mod credentials;
 mod fdlimit;
 mod instance;
 mod launch;
@@ -312,6 +313,10 @@ pub struct ProcessSpec {
     /// instead of adopting it.
     #[serde(default)]
     pub output: Option<OutputFiles>,
+    /// The user and group it runs as (`None`: the agent's): resolved when it is
+    /// launched; an agent that is not root refuses it (`SpawnFailed`).
+    #[serde(default)]
+    pub run_as: Option<pop_core::settings::RunAs>,
 }
 
 /// Where a one-off process's output goes.
@@ -323,6 +328,8 @@ pub struct OutputFiles {
 
 /// How the main process ended: the core's type, so events pass through unchanged.
 pub use pop_core::ExitStatus;
+
+pub use credentials::CredentialsError;
 
 /// Starts a helper program of the agent's own (a step of a Python environment build)
 /// as a child whose exit the reaper reports: its pid, and where its status arrives. The
@@ -366,6 +373,8 @@ pub enum SuperviseError {
         #[source]
         source: SpawnError,
     },
+    #[error(transparent)]
+    Credentials(#[from] credentials::CredentialsError),
     #[error("{service} generation {generation} is already running")]
     AlreadyRunning { service: String, generation: u64 },
 }
@@ -397,9 +406,15 @@ impl Supervisor {
         let (backend, kind) = Backend::select(&config)?;
         // Before any spawn, so no SIGCHLD is missed.
         let reaper = reaper::start().map_err(io_err("cannot start the reaper"))?;
-        for sub in ["logs", "run"] {
+        // Run records hold settings: their directory is the agent's user's alone.
+        for (sub, private) in [("logs", false), ("run", true)] {
             let dir = config.state_dir.join(sub);
-            fs::create_dir_all(&dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
+            let created = if private {
+                crate::state_dir::create(&dir)
+            } else {
+                fs::create_dir_all(&dir)
+            };
+            created.map_err(io_err(format!("cannot create {}", dir.display())))?;
         }
         let adoptees = adopt::recover(&backend, &config, &config.state_dir.join("run"));
         let watcher = Arc::new(Watcher::start());

@@ -7,7 +7,8 @@
 //! port, and deleted just after the generation's `Exited` is sent.
 
 use std::fs;
-use std::io;
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -71,7 +72,17 @@ pub(crate) fn write_atomic(path: &Path, rec: &RunRecord) -> io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    fs::write(&tmp, json)?;
+    // Settings are in it: the agent's user's alone, from its creation (a leftover
+    // temporary file would keep its mode).
+    let _ = fs::remove_file(&tmp);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(crate::state_dir::FILE_MODE)
+        .open(&tmp)?;
+    file.write_all(&json)?;
+    drop(file);
     fs::rename(&tmp, path).inspect_err(|_| {
         let _ = fs::remove_file(&tmp);
     })
@@ -147,7 +158,7 @@ impl RunFile {
     /// Writes the record and returns its handle.
     pub fn create(path: PathBuf, record: RunRecord) -> io::Result<Self> {
         if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
+            crate::state_dir::create(dir)?;
         }
         write_atomic(&path, &record)?;
         Ok(Self::existing(path, record))

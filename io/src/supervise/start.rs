@@ -131,7 +131,14 @@ impl Shared {
         };
         let started_at_ms = record::now_ms();
         let output = Output::Log(&log);
-        let (pid, exit) = match launch::launch(&spec, &token, &group, output, started_at_ms) {
+        let (pid, exit) = match launch::launch(
+            &spec,
+            &token,
+            &group,
+            output,
+            started_at_ms,
+            &self.config.state_dir,
+        ) {
             Ok(x) => x,
             Err(e) => {
                 self.abandon(key, group, Some(log), e);
@@ -213,7 +220,14 @@ impl Shared {
     ) {
         let key = (spec.service.clone(), spec.generation);
         let output = Output::Files(files);
-        let (pid, exit) = match launch::launch(&spec, &token, &group, output, record::now_ms()) {
+        let (pid, exit) = match launch::launch(
+            &spec,
+            &token,
+            &group,
+            output,
+            record::now_ms(),
+            &self.config.state_dir,
+        ) {
             Ok(x) => x,
             Err(e) => {
                 self.abandon(key, group, None, e);

@@ -59,11 +59,17 @@ pub(super) fn launch(
         env.insert("VIRTUAL_ENV".to_string(), python.env_dir.clone());
         path_prepend.push(format!("{}/bin", python.env_dir));
     }
-    // The service's own variables win over pop's, as for the service itself.
+    // The service's own variables, as for the service itself (never pop's own).
     match settings.get("env") {
         None | Some(Value::Null) => {}
         Some(Value::Object(vars)) => {
             for (name, value) in vars {
+                if name.starts_with(crate::settings::RESERVED_ENV_PREFIX) {
+                    return Err(crate::settings::DataError::ReservedVariable {
+                        name: name.clone(),
+                    }
+                    .to_string());
+                }
                 let Value::String(value) = value else {
                     return Err(format!("setting env.{name} is not a string"));
                 };
@@ -72,6 +78,7 @@ pub(super) fn launch(
         }
         Some(_) => return Err("setting env is not an object of strings".into()),
     }
+    let run_as = crate::settings::run_as(&settings).map_err(|e| e.to_string())?;
     let grace = settings
         .get("stop_timeout")
         .and_then(Value::as_f64)
@@ -82,6 +89,7 @@ pub(super) fn launch(
         env,
         path_prepend,
         cwd: state_dir,
+        run_as,
         grace,
         timeout: request.timeout(),
     })

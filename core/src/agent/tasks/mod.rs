@@ -100,6 +100,9 @@ pub(crate) struct TaskLaunch {
     /// Directories to search before the `PATH` it would otherwise get.
     path_prepend: Vec<String>,
     cwd: String,
+    /// The service's `user` and `group`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    run_as: Option<crate::settings::RunAs>,
     /// SIGTERM to SIGKILL, when it is stopped.
     grace: Duration,
     timeout: Duration,
@@ -665,6 +668,7 @@ impl Agent {
                     env: launch.env,
                     path_prepend: launch.path_prepend,
                     cwd: launch.cwd,
+                    run_as: launch.run_as,
                 });
             }
             Purpose::Waiting => {}

@@ -112,6 +112,29 @@ unsafe fn exec(plan: &ChildPlan<'_>) -> c_int {
     }
 }
 
+/// Drops to the service's user: supplementary groups, gid, then uid (after which no
+/// other can be set), and `no_new_privs`, so no setuid program gives privileges back.
+/// Raw system calls, not glibc's `setuid` & co.: those change the credentials of every
+/// thread of what glibc believes is the process, which for a child sharing the agent's
+/// memory would be the agent's threads. Returns -1 with errno set on a failure.
+unsafe fn switch_user(credentials: &super::Credentials) -> libc::c_long {
+    let groups = &credentials.groups;
+    let (uid, gid) = (
+        libc::c_long::from(credentials.uid),
+        libc::c_long::from(credentials.gid),
+    );
+    let count = groups.len() as libc::c_long;
+    if libc::syscall(libc::SYS_setgroups, count, groups.as_ptr()) < 0
+        || libc::syscall(libc::SYS_setresgid, gid, gid, gid) < 0
+        || libc::syscall(libc::SYS_setresuid, uid, uid, uid) < 0
+    {
+        return -1;
+    }
+    let no_new_privs = libc::c_long::from(libc::PR_SET_NO_NEW_PRIVS);
+    let (one, zero): (libc::c_long, libc::c_long) = (1, 0);
+    libc::syscall(libc::SYS_prctl, no_new_privs, one, zero, zero, zero)
+}
+
 /// Sets the child up and execs the program; never returns.
 ///
 /// # Safety
@@ -145,6 +168,11 @@ pub(super) unsafe fn run(plan: &ChildPlan<'_>, in_cgroup: bool, report: &Report<
     if let Some(limit) = &plan.nofile {
         if libc::setrlimit(libc::RLIMIT_NOFILE, limit) < 0 {
             fail(report, ChildStep::Limits, errno());
+        }
+    }
+    if let Some(credentials) = plan.credentials {
+        if switch_user(credentials) < 0 {
+            fail(report, ChildStep::Credentials, errno());
         }
     }
     if let Some(marker) = plan.marker {

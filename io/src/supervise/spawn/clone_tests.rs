@@ -89,6 +89,7 @@ impl Owned {
             stderr: self.out.as_raw_fd(),
             cgroup,
             nofile: None,
+            credentials: None,
             marker: Some(&self.marker),
             exit_by_pidfd,
         };

@@ -34,6 +34,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use libc::c_char;
 
+use super::credentials::Credentials;
+
 /// What the child does before exec, and with what; all prepared before the clone.
 pub(crate) struct ChildPlan<'a> {
     /// Where the program may be, in the order `execvp` tries them.
@@ -51,6 +53,9 @@ pub(crate) struct ChildPlan<'a> {
     pub cgroup: Option<CgroupTarget<'a>>,
     /// Restored before exec (see `fdlimit`).
     pub nofile: Option<libc::rlimit>,
+    /// Switched to before exec (groups, gid, uid, then `no_new_privs`): resolved by
+    /// the parent, since the child cannot read the user database.
+    pub credentials: Option<&'a Credentials>,
     /// Written to stdout by the child before exec (a service's log has one; a one-off's
     /// output has none).
     pub marker: Option<&'a StartMarker>,
@@ -83,16 +88,18 @@ pub enum ChildStep {
     Cgroup,
     Session,
     Limits,
+    Credentials,
     Exec,
 }
 
 impl ChildStep {
-    const ALL: [ChildStep; 6] = [
+    const ALL: [ChildStep; 7] = [
         ChildStep::Stdio,
         ChildStep::Chdir,
         ChildStep::Cgroup,
         ChildStep::Session,
         ChildStep::Limits,
+        ChildStep::Credentials,
         ChildStep::Exec,
     ];
 
@@ -122,6 +129,7 @@ impl fmt::Display for SpawnError {
             Some(ChildStep::Cgroup) => "cannot join the cgroup",
             Some(ChildStep::Session) => "cannot start a session",
             Some(ChildStep::Limits) => "cannot restore the open-file limit",
+            Some(ChildStep::Credentials) => "cannot switch to the service's user and groups",
             Some(ChildStep::Exec) => "cannot execute the program",
         };
         write!(f, "{what}: {}", self.error)
