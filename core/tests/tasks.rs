@@ -4,7 +4,7 @@ use pop_core::backoff::Backoff;
 use pop_core::event::{Action, Input};
 use pop_core::names::{MachineId, TaskName};
 use pop_core::plugin::Environment;
-use pop_core::task::{TaskRequest, TaskResult, TaskState};
+use pop_core::task::{TaskKind, TaskRequest, TaskResult, TaskState};
 use pop_core::zk::RequestId;
 use pop_core::zk::{NodeStat, SessionEvent, SessionId, WatchEvent, WatchKind, ZkOp, ZkReply};
 use pop_core::{Agent, AgentConfig, Timestamp};
@@ -113,6 +113,7 @@ fn a_task_listed_after_the_service_left_this_machine_is_skipped() {
     let actions = feed(&mut a, 1007, data(own, r#"{"state":"pending"}"#, 13));
     let request = read_of(&actions, &format!("/services/web/tasks/{TASK}"));
     let issued = TaskRequest {
+        kind: TaskKind::Command,
         task: TaskName::new("hello").expect("a name"),
         args: Vec::new(),
         machines: vec![MachineId::new("m1").expect("an id")],

@@ -19,7 +19,7 @@ use pop_core::paths;
 use pop_core::plan::{MachinesChange, RunRequest};
 use pop_core::plugin::{builtin, Environment};
 use pop_core::settings::{parse_machines, render_machines, Settings};
-use pop_core::task::{TaskId, TaskRequest, TaskResult};
+use pop_core::task::{TaskId, TaskKind, TaskRequest, TaskResult};
 use serde_json::{Map, Value};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -372,6 +372,7 @@ impl Operator {
         let target = deployed[self.pick(deployed.len())].clone();
         let now = world.now.as_secs_f64();
         let request = TaskRequest {
+            kind: TaskKind::Command,
             task: match TaskName::new("work") {
                 Ok(name) => name,
                 Err(_) => return,
