@@ -348,3 +348,50 @@ fn the_readme_tutorial_of_python_environments_runs_as_written() {
         "{listed}"
     );
 }
+
+/// A listing of 150 distributions (each line about 150 bytes: 20 KiB, five times what a
+/// task's result keeps of other tasks' output) comes back whole from the machine.
+#[test]
+fn a_listing_of_many_distributions_is_not_cut() {
+    const MANY: usize = 150;
+    let zk = Zk::start();
+    let m = Machine::new(&zk);
+    let wheels = tempfile::tempdir().expect("a directory for wheels");
+    let sleeper = "import time\nif __name__ == '__main__':\n    time.sleep(100000)\n";
+    let mut requirements = vec![path(&wheel(wheels.path(), "app", "1.0", sleeper)).to_string()];
+    for n in 0..MANY {
+        let dist = wheel(wheels.path(), &format!("dist{n:03}"), "1.0", "X = 1\n");
+        requirements.push(path(&dist).to_string());
+    }
+    m.ok(&["init"]);
+    let packages = format!("packages={}", serde_json::json!(requirements));
+    m.ok(&[
+        "add",
+        "python",
+        "--name",
+        "app",
+        "--set",
+        "module=app",
+        "--set",
+        &packages,
+    ]);
+    let _agent = agent(&m, path(&uv()));
+    m.ok(&["deploy", "app"]);
+    let listed = json(&m.ok(&["--json", "run", "app", "packages", "--timeout", "4m"]));
+    let entry = &listed["machines"][0];
+    assert_eq!(entry["state"], "succeeded", "{entry}");
+    let stdout = entry["stdout_tail"].as_str().unwrap_or_default();
+    assert!(stdout.len() > 4 * 4096, "{} bytes", stdout.len());
+    let dists = entry["distributions"].as_array().expect("distributions");
+    for n in 0..MANY {
+        let name = format!("dist{n:03}");
+        assert!(
+            dists.iter().any(|d| d["name"] == name.as_str()),
+            "{name} missing of {}",
+            dists.len()
+        );
+    }
+    let table = m.ok(&["run", "app", "packages"]);
+    assert!(!table.contains("more not shown"), "{table}");
+    assert!(table.lines().count() > MANY + 1, "{table}");
+}

@@ -616,7 +616,16 @@ fn install_under_acls_is_the_admins_and_each_machine_writes_its_result() {
     let packages = format!("packages=[{:?}]", app.to_string_lossy());
     admin_ok(
         &m,
-        &["add", "python", "--name", "app", "--set", "module=app", "--set", &packages],
+        &[
+            "add",
+            "python",
+            "--name",
+            "app",
+            "--set",
+            "module=app",
+            "--set",
+            &packages,
+        ],
     );
     admin_ok(&m, &["deploy", "app"]);
     let _agent = m.agent_env(&[
@@ -626,7 +635,9 @@ fn install_under_acls_is_the_admins_and_each_machine_writes_its_result() {
     ]);
     let extra = extra.to_str().expect("a UTF-8 path");
     let admin_client = Client::connect(&zk, Some(ADMIN));
-    let settings = admin_client.read("/services/app/settings").expect("settings");
+    let settings = admin_client
+        .read("/services/app/settings")
+        .expect("settings");
     // The machine's own credential may not change settings, so it may not install.
     let out = m
         .command(&["run", "app", "install", extra])
@@ -635,15 +646,22 @@ fn install_under_acls_is_the_admins_and_each_machine_writes_its_result() {
         .expect("pop");
     assert!(!out.status.success(), "a machine's install was not refused");
     assert_eq!(
-        admin_client.read("/services/app/settings").expect("settings"),
+        admin_client
+            .read("/services/app/settings")
+            .expect("settings"),
         settings,
         "nothing written"
     );
-    let out = admin_ok(&m, &["--json", "run", "app", "install", extra, "--timeout", "4m"]);
+    let out = admin_ok(
+        &m,
+        &["--json", "run", "app", "install", extra, "--timeout", "4m"],
+    );
     let report: serde_json::Value = serde_json::from_str(&out).expect("JSON");
     assert_eq!(report["machines"][0]["state"], "succeeded", "{report}");
     let settings: serde_json::Value = serde_json::from_slice(
-        &admin_client.read("/services/app/settings").expect("settings"),
+        &admin_client
+            .read("/services/app/settings")
+            .expect("settings"),
     )
     .expect("JSON");
     assert_eq!(settings["packages"][1], extra, "{settings}");
