@@ -156,6 +156,9 @@ impl Operator {
                 if world.any_phase(s, "backoff") {
                     world.note_coverage("settings change during a crash-loop backoff");
                 }
+                if Self::is_python_service(world, service) && self.pick(3) == 0 {
+                    return Some(self.install(service));
+                }
                 self.set(service)
             }
             6 => Command::Remove {
@@ -303,6 +306,37 @@ impl Operator {
             name: service.clone(),
             assignments: parse_assignment(&assignment).into_iter().collect(),
             unset: Vec::new(),
+        }
+    }
+
+    fn is_python_service(world: &World, service: &ServiceName) -> bool {
+        world
+            .zk
+            .get(&paths::service_settings(service.as_str()))
+            .and_then(|n| Settings::parse(&n.data).ok())
+            .is_some_and(|s| s.service_type.as_str() == "python")
+    }
+
+    /// `pop run --detach <service> install <requirement>`: a new version, or one that
+    /// cannot be built, with a timeout short enough to end within the healed phase.
+    fn install(&mut self, service: &ServiceName) -> Command {
+        self.version += 1;
+        let requirement = match self.pick(4) {
+            0 => BROKEN_PACKAGE.to_string(),
+            _ => format!("pkg=={}", self.version),
+        };
+        Command::Run {
+            name: service.clone(),
+            request: RunRequest {
+                task: "install".to_string(),
+                args: vec![requirement],
+                machines: Vec::new(),
+                rolling: false,
+                timeout: Some(Duration::from_secs(2 + self.pick(8) as u64)),
+                expire: None,
+                author: "operator@sim".to_string(),
+            },
+            nonce: (self.rng.next_u64() & 0xffff) as u16,
         }
     }
 
