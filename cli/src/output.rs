@@ -72,6 +72,32 @@ pub fn duration(secs: f64) -> String {
     }
 }
 
+/// Seconds since the epoch as `2024-05-01T12:00:03Z` (UTC, to the second).
+pub fn utc(secs: f64) -> String {
+    let secs = if secs.is_finite() {
+        secs.max(0.0) as i64
+    } else {
+        0
+    };
+    let (days, rest) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
 /// YAML for a JSON value, read back as the same value by YAML 1.1 and 1.2 readers:
 /// strings are double-quoted (a bare `true`, `null`, `123`, `yes` or `2024-01-01` would
 /// be read as a boolean, null, number or date), and mapping keys are plain only when
@@ -194,6 +220,14 @@ fn yaml_into(value: &Value, indent: usize, out: &mut String) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn utc_times_are_calendar_dates() {
+        assert_eq!(utc(0.0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400.0), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_700_000_000.9), "2023-11-14T22:13:20Z");
+        assert_eq!(utc(f64::NAN), "1970-01-01T00:00:00Z");
+    }
 
     #[test]
     fn table_aligns_columns() {

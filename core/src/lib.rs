@@ -32,6 +32,7 @@ pub mod event;
 pub mod journal;
 pub mod launch;
 pub mod names;
+pub mod packages;
 pub mod paths;
 pub mod plan;
 #[cfg(feature = "planted-bugs")]

@@ -24,6 +24,11 @@ use thiserror::Error;
 pub const KEEP_TASKS: usize = 20;
 /// The end of a task's stdout and stderr kept in its result, each.
 pub const TAIL_BYTES: usize = 4096;
+/// The end of the stdout of `packages` kept in its result: the whole listing of a large
+/// environment (about 400 distributions at 150 bytes a line), still far below what a
+/// ZooKeeper node holds (1 MiB). The agent's driver reads this much of every task's
+/// output; the core keeps [`TAIL_BYTES`] of it but for this task.
+pub const LISTING_TAIL_BYTES: usize = 64 * 1024;
 /// How long a task may run when neither `pop run --timeout` nor its manifest says.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long after it is issued a task may still start on a machine, unless `pop run
@@ -159,6 +164,47 @@ impl fmt::Display for TaskState {
     }
 }
 
+/// What a task does: a command of its type's manifest, or one of the tasks built into
+/// every type with a Python environment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    /// The manifest's `[tasks.<name>]` command, copied into the request.
+    #[default]
+    Command,
+    /// `install <requirement>...`: the same write that issued it added the requirements
+    /// to the service's `packages`; it succeeds on a machine once the environment for
+    /// settings holding them is built there, and fails with that build's error. No
+    /// process of its own: the agent's environment build is the work.
+    Install,
+    /// `packages`: the environment's interpreter lists its distributions, one JSON line
+    /// each ([`crate::packages`]).
+    Packages,
+}
+
+impl TaskKind {
+    /// The task built into types with a Python environment under `name`, if any.
+    pub fn builtin(name: &str) -> Option<TaskKind> {
+        match name {
+            "install" => Some(TaskKind::Install),
+            "packages" => Some(TaskKind::Packages),
+            _ => None,
+        }
+    }
+
+    fn is_command(&self) -> bool {
+        *self == TaskKind::Command
+    }
+
+    /// How much of the end of the task's stdout its result keeps.
+    pub fn stdout_tail_bytes(self) -> usize {
+        match self {
+            TaskKind::Packages => LISTING_TAIL_BYTES,
+            TaskKind::Command | TaskKind::Install => TAIL_BYTES,
+        }
+    }
+}
+
 /// Why data at a task node cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum TaskDataError {
@@ -175,6 +221,9 @@ pub enum TaskDataError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskRequest {
     pub task: TaskName,
+    /// Absent in requests of manifest commands (and in those from before built-in tasks).
+    #[serde(default, skip_serializing_if = "TaskKind::is_command")]
+    pub kind: TaskKind,
     pub args: Vec<String>,
     /// The targets, in the order a rolling task goes through them.
     pub machines: Vec<MachineId>,
@@ -185,7 +234,7 @@ pub struct TaskRequest {
     /// A machine that has not started the task by then does not: `expired`.
     pub expires_at: f64,
     pub timeout_s: f64,
-    /// The task's command templates, as its manifest had them.
+    /// The task's command templates, as its manifest had them (empty for a built-in task).
     pub command: Vec<String>,
     pub environment: Environment,
     pub restart_after: bool,
@@ -218,8 +267,22 @@ impl TaskRequest {
         if times.iter().any(|t| !t.is_finite() || *t < 0.0) || request.timeout_s == 0.0 {
             return Err(bad("its times are not positive numbers of seconds".into()));
         }
-        if request.command.is_empty() {
-            return Err(bad("its command is empty".into()));
+        match request.kind {
+            TaskKind::Command if request.command.is_empty() => {
+                return Err(bad("its command is empty".into()));
+            }
+            TaskKind::Install if request.args.is_empty() => {
+                return Err(bad("install names no requirement".into()));
+            }
+            TaskKind::Install | TaskKind::Packages
+                if request.environment != Environment::Python =>
+            {
+                return Err(bad(format!(
+                    "{} is a task of types with a Python environment",
+                    request.task
+                )));
+            }
+            _ => {}
         }
         request.templates().map_err(bad)?;
         if request.args.iter().any(|a| a.contains('\0')) {
@@ -373,12 +436,24 @@ impl TaskResult {
 /// The end of `output`: at most [`TAIL_BYTES`], cut at a character boundary, invalid
 /// UTF-8 replaced.
 pub fn tail(output: &[u8]) -> String {
-    let start = output.len().saturating_sub(TAIL_BYTES);
+    tail_of(output, TAIL_BYTES)
+}
+
+/// The end of `output`: at most `limit` bytes, cut at a character boundary, invalid
+/// UTF-8 replaced.
+pub fn tail_of(output: &[u8], limit: usize) -> String {
+    let start = output.len().saturating_sub(limit);
     let text = String::from_utf8_lossy(&output[start..]);
-    let mut text = text.into_owned();
-    // A replacement may make it longer than the bytes it replaced.
-    while text.len() > TAIL_BYTES {
-        let cut = text.char_indices().nth(1).map_or(text.len(), |(i, _)| i);
+    cut_text(text.into_owned(), limit)
+}
+
+/// The end of `text`: at most `limit` bytes, cut at a character boundary.
+pub fn cut_text(mut text: String, limit: usize) -> String {
+    if text.len() > limit {
+        let mut cut = text.len() - limit;
+        while !text.is_char_boundary(cut) {
+            cut += 1;
+        }
         text.drain(..cut);
     }
     text
@@ -391,6 +466,7 @@ mod tests {
     fn request() -> TaskRequest {
         TaskRequest {
             task: TaskName::new("hello").expect("a name"),
+            kind: TaskKind::Command,
             args: vec!["a".into()],
             machines: vec![
                 MachineId::new("m1").expect("an id"),
@@ -442,6 +518,33 @@ mod tests {
             ..r
         };
         assert_eq!(parallel.predecessor("m2"), None);
+    }
+
+    #[test]
+    fn a_command_request_is_written_as_before_built_in_tasks_and_built_in_ones_say_their_kind() {
+        let r = request();
+        let text = String::from_utf8(r.render()).expect("UTF-8");
+        assert!(!text.contains("kind"), "{text}");
+        let install = TaskRequest {
+            kind: TaskKind::Install,
+            command: Vec::new(),
+            environment: Environment::Python,
+            ..r.clone()
+        };
+        let text = String::from_utf8(install.render()).expect("UTF-8");
+        assert!(text.contains(r#""kind":"install""#), "{text}");
+        assert_eq!(TaskRequest::parse(text.as_bytes()), Ok(install.clone()));
+        let no_requirement = TaskRequest {
+            args: Vec::new(),
+            ..install.clone()
+        };
+        assert!(TaskRequest::parse(&no_requirement.render()).is_err());
+        let no_python = TaskRequest {
+            environment: Environment::None,
+            ..install
+        };
+        assert!(TaskRequest::parse(&no_python.render()).is_err());
+        assert_eq!(TaskKind::Packages.stdout_tail_bytes(), LISTING_TAIL_BYTES);
     }
 
     #[test]

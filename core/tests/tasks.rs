@@ -4,7 +4,7 @@ use pop_core::backoff::Backoff;
 use pop_core::event::{Action, Input};
 use pop_core::names::{MachineId, TaskName};
 use pop_core::plugin::Environment;
-use pop_core::task::{TaskRequest, TaskResult, TaskState};
+use pop_core::task::{TaskKind, TaskRequest, TaskResult, TaskState};
 use pop_core::zk::RequestId;
 use pop_core::zk::{NodeStat, SessionEvent, SessionId, WatchEvent, WatchKind, ZkOp, ZkReply};
 use pop_core::{Agent, AgentConfig, Timestamp};
@@ -113,6 +113,7 @@ fn a_task_listed_after_the_service_left_this_machine_is_skipped() {
     let actions = feed(&mut a, 1007, data(own, r#"{"state":"pending"}"#, 13));
     let request = read_of(&actions, &format!("/services/web/tasks/{TASK}"));
     let issued = TaskRequest {
+        kind: TaskKind::Command,
         task: TaskName::new("hello").expect("a name"),
         args: Vec::new(),
         machines: vec![MachineId::new("m1").expect("an id")],
@@ -219,4 +220,108 @@ fn a_refused_own_result_is_reported_and_the_agent_exits() {
             Action::Exit,
         ]
     );
+}
+
+/// The id of the request writing `path`.
+fn write_of(actions: &[Action], path: &str) -> (RequestId, TaskResult) {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Zk {
+                id,
+                op: ZkOp::SetData { path: p, data, .. },
+            } if p == path => Some((*id, TaskResult::parse(data).expect("a result"))),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{path} is not written: {actions:?}"))
+}
+
+/// The driver hands over up to 64 KiB of a task's output (what `packages` keeps); a
+/// task of a manifest's command keeps the last 4 KiB of it, as before.
+#[test]
+fn a_command_task_keeps_the_last_four_kib_of_what_the_driver_read() {
+    let mut a = agent();
+    let actions = deployed(&mut a);
+    let tasks = read_of(&actions, "/services/web/tasks");
+    let actions = feed(&mut a, 1006, children(tasks, &[TASK]));
+    let own_path = format!("/services/web/tasks/{TASK}/m1");
+    let own = read_of(&actions, &own_path);
+    let actions = feed(&mut a, 1007, data(own, r#"{"state":"pending"}"#, 13));
+    let request = read_of(&actions, &format!("/services/web/tasks/{TASK}"));
+    let issued = TaskRequest {
+        kind: TaskKind::Command,
+        task: TaskName::new("hello").expect("a name"),
+        args: Vec::new(),
+        machines: vec![MachineId::new("m1").expect("an id")],
+        rolling: false,
+        author: "me@here".into(),
+        created_at: 1.0,
+        expires_at: 3600.0,
+        timeout_s: 60.0,
+        command: vec!["true".into()],
+        environment: Environment::None,
+        restart_after: false,
+    };
+    let text = String::from_utf8(issued.render()).expect("JSON");
+    let actions = feed(&mut a, 1008, data(request, &text, 14));
+    let settings = read_of(&actions, "/services/web/settings");
+    let actions = feed(
+        &mut a,
+        1009,
+        data(settings, r#"{"type":"command","command":"serve"}"#, 11),
+    );
+    let (claim, result) = write_of(&actions, &own_path);
+    assert_eq!(result.state, TaskState::Running);
+    let stat = NodeStat {
+        version: 1,
+        ..NodeStat::default()
+    };
+    let actions = feed(
+        &mut a,
+        1010,
+        Input::Reply {
+            id: claim,
+            reply: ZkReply::Set { stat },
+        },
+    );
+    let attempt = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::RunTask { attempt, .. } => Some(*attempt),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("not run: {actions:?}"));
+    let id = pop_core::task::TaskId::parse(TASK).expect("an id");
+    feed(
+        &mut a,
+        1011,
+        Input::TaskStarted {
+            service: "web".into(),
+            task: id.clone(),
+            attempt,
+            pid: 42,
+        },
+    );
+    let long = format!("{}end\n", "x".repeat(10_000));
+    let actions = feed(
+        &mut a,
+        1012,
+        Input::TaskExited {
+            service: "web".into(),
+            task: id,
+            attempt,
+            status: pop_core::event::ExitStatus {
+                code: Some(0),
+                signal: None,
+            },
+            stdout_tail: long.clone(),
+            stderr_tail: long,
+        },
+    );
+    let (_, result) = write_of(&actions, &own_path);
+    assert_eq!(result.state, TaskState::Succeeded);
+    assert_eq!(result.stdout_tail.len(), pop_core::task::TAIL_BYTES);
+    assert_eq!(result.stderr_tail.len(), pop_core::task::TAIL_BYTES);
+    assert!(result.stdout_tail.ends_with("xend\n"));
+    assert_eq!(a.audit(), Ok(()));
 }

@@ -10,7 +10,7 @@
 
 use crate::supervise::{OutputFiles, ProcessSpec};
 use pop_core::event::Input;
-use pop_core::task::{self, TaskId, KEEP_TASKS, TAIL_BYTES};
+use pop_core::task::{self, TaskId, KEEP_TASKS, LISTING_TAIL_BYTES};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -164,20 +164,24 @@ pub fn translate(state_dir: &Path, event: Input) -> Input {
     }
 }
 
-/// The end of a file, as the core keeps it ("" if it cannot be read).
+/// The end of a file, as much as the core may keep of it ("" if it cannot be read): the
+/// core cuts it to what the task keeps ([`TaskKind::stdout_tail_bytes`]).
+///
+/// [`TaskKind::stdout_tail_bytes`]: pop_core::task::TaskKind::stdout_tail_bytes
 fn read_tail(path: &Path) -> String {
     let read = || -> std::io::Result<Vec<u8>> {
         let mut file = std::fs::File::open(path)?;
         let len = file.metadata()?.len();
         // A little more than kept, so the cut falls on a character boundary.
-        let from = len.saturating_sub(TAIL_BYTES as u64 + 4);
+        let from = len.saturating_sub(LISTING_TAIL_BYTES as u64 + 4);
         file.seek(SeekFrom::Start(from))?;
         let mut bytes = Vec::new();
-        file.take(TAIL_BYTES as u64 + 4).read_to_end(&mut bytes)?;
+        file.take(LISTING_TAIL_BYTES as u64 + 4)
+            .read_to_end(&mut bytes)?;
         Ok(bytes)
     };
     match read() {
-        Ok(bytes) => task::tail(&bytes),
+        Ok(bytes) => task::tail_of(&bytes, LISTING_TAIL_BYTES),
         Err(e) => {
             warn!(
                 "cannot read the output of a task at {}: {e}",
@@ -248,7 +252,7 @@ mod tests {
         }
         let task = id(9_000);
         let files = output_files(state.path(), "web", &task, 2);
-        let long = format!("{}end\n", "x".repeat(2 * TAIL_BYTES));
+        let long = format!("{}end\n", "x".repeat(2 * LISTING_TAIL_BYTES));
         std::fs::write(&files.stdout, long).expect("written");
         std::fs::write(&files.stderr, "oops\n").expect("written");
         let exited = Input::Exited {
@@ -272,7 +276,7 @@ mod tests {
         };
         assert_eq!((service.as_str(), got, attempt), ("web", task, 2));
         assert_eq!(status.code, Some(3));
-        assert_eq!(stdout_tail.len(), TAIL_BYTES);
+        assert_eq!(stdout_tail.len(), LISTING_TAIL_BYTES);
         assert!(stdout_tail.ends_with("xend\n"));
         assert_eq!(stderr_tail, "oops\n");
         let left = std::fs::read_dir(&dir).expect("listed").count();

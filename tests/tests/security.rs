@@ -600,3 +600,69 @@ fn a_rolling_task_runs_under_acls_and_each_machine_writes_only_its_own_result() 
         m.ok(&["stop"]);
     }
 }
+
+/// `pop run <service> install` writes the service's settings: only the admin may, and a
+/// machine with its own credential builds the environment and writes its result.
+#[test]
+fn install_under_acls_is_the_admins_and_each_machine_writes_its_result() {
+    let zk = Zk::start();
+    let m = secured(&zk);
+    let credential = machine_add(&m, &m.id);
+    give_credential(&m, &credential);
+    let wheels = tempfile::tempdir().expect("a directory for wheels");
+    let sleeper = "import time\nif __name__ == '__main__':\n    time.sleep(100000)\n";
+    let app = pop_tests::python::wheel(wheels.path(), "app", "1.0", sleeper);
+    let extra = pop_tests::python::wheel(wheels.path(), "extra", "2.0", "X = 1\n");
+    let packages = format!("packages=[{:?}]", app.to_string_lossy());
+    admin_ok(
+        &m,
+        &[
+            "add",
+            "python",
+            "--name",
+            "app",
+            "--set",
+            "module=app",
+            "--set",
+            &packages,
+        ],
+    );
+    admin_ok(&m, &["deploy", "app"]);
+    let _agent = m.agent_env(&[
+        ("POP_UV", "none"),
+        ("PIP_NO_INDEX", "1"),
+        ("UV_OFFLINE", "1"),
+    ]);
+    let extra = extra.to_str().expect("a UTF-8 path");
+    let admin_client = Client::connect(&zk, Some(ADMIN));
+    let settings = admin_client
+        .read("/services/app/settings")
+        .expect("settings");
+    // The machine's own credential may not change settings, so it may not install.
+    let out = m
+        .command(&["run", "app", "install", extra])
+        .env("POP_AUTH", &credential)
+        .output()
+        .expect("pop");
+    assert!(!out.status.success(), "a machine's install was not refused");
+    assert_eq!(
+        admin_client
+            .read("/services/app/settings")
+            .expect("settings"),
+        settings,
+        "nothing written"
+    );
+    let out = admin_ok(
+        &m,
+        &["--json", "run", "app", "install", extra, "--timeout", "4m"],
+    );
+    let report: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(report["machines"][0]["state"], "succeeded", "{report}");
+    let settings: serde_json::Value = serde_json::from_slice(
+        &admin_client
+            .read("/services/app/settings")
+            .expect("settings"),
+    )
+    .expect("JSON");
+    assert_eq!(settings["packages"][1], extra, "{settings}");
+}

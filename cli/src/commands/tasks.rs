@@ -3,6 +3,7 @@
 //! machine's result until all are final, and prints them. The task is in ZooKeeper: the
 //! agents carry it out whether or not anyone waits, so Ctrl-C stops only the waiting.
 
+mod packages;
 mod progress;
 
 use crate::admin::Admin;
@@ -10,9 +11,10 @@ use crate::output;
 use crate::Cli;
 use anyhow::{anyhow, bail, Result};
 use pop_core::names::{MachineId, ServiceName};
+use pop_core::packages::Distribution;
 use pop_core::paths;
 use pop_core::plan::{Outcome, Run, RunRequest};
-use pop_core::task::{TaskId, TaskRequest, TaskResult, TaskState};
+use pop_core::task::{TaskId, TaskKind, TaskRequest, TaskResult, TaskState};
 use pop_core::zk::{ZkError, ZkOp, ZkReply};
 use pop_io::clock::SystemClock;
 use serde::Serialize;
@@ -276,6 +278,9 @@ struct MachineResult {
     /// `pop run` stopped waiting for it: its agent did not answer in time.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     no_answer: bool,
+    /// `packages`: what its listing says is installed there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    distributions: Option<Vec<Distribution>>,
 }
 
 fn machine_result(machine: &str, seen: &Seen, no_answer: bool) -> MachineResult {
@@ -289,6 +294,7 @@ fn machine_result(machine: &str, seen: &Seen, no_answer: bool) -> MachineResult 
         result,
         problem,
         no_answer,
+        distributions: None,
     }
 }
 
@@ -307,10 +313,16 @@ fn report(
             Some((m.as_str(), seen, *stale))
         })
         .collect();
+    let listing = request.kind == TaskKind::Packages;
     if cli.json {
         let machines: Vec<MachineResult> = ordered
             .iter()
-            .map(|(m, s, stale)| machine_result(m, s, *stale))
+            .map(|(m, s, stale)| MachineResult {
+                distributions: packages::listing(s)
+                    .filter(|_| listing)
+                    .map(|l| l.distributions),
+                ..machine_result(m, s, *stale)
+            })
             .collect();
         output::print_json(&serde_json::json!({
             "service": service,
@@ -321,14 +333,24 @@ fn report(
             "machines": machines,
         }))?;
     } else {
-        let rows: Vec<Vec<String>> = ordered
-            .iter()
-            .map(|(m, seen, stale)| result_row(m, seen, *stale))
-            .collect();
-        print!(
-            "{}",
-            output::table(&["MACHINE", "STATE", "EXIT", "DURATION", "OUTPUT"], &rows)
-        );
+        let mut rows: Vec<Vec<String>> = Vec::new();
+        let mut listings = Vec::new();
+        for (m, seen, stale) in &ordered {
+            match packages::listing(seen).filter(|_| listing) {
+                Some(found) => listings.push((*m, found)),
+                None => rows.push(result_row(m, seen, *stale)),
+            }
+        }
+        if listing && !listings.is_empty() {
+            print!("{}", packages::table(&listings));
+        }
+        // For `packages`, only the machines that did not list.
+        if !rows.is_empty() {
+            print!(
+                "{}",
+                output::table(&["MACHINE", "STATE", "EXIT", "DURATION", "OUTPUT"], &rows)
+            );
+        }
     }
     let bad: Vec<String> = ordered
         .iter()

@@ -149,6 +149,9 @@ pub enum Outcome {
         id: String,
         machines: Vec<String>,
         rolling: bool,
+        /// `install`: the requirements it added to the service's `packages` (those not
+        /// there already).
+        added: Vec<String>,
         /// Old tasks deleted after it.
         pruned: usize,
         /// Why deleting old tasks failed (the task is issued all the same).
@@ -250,6 +253,7 @@ impl fmt::Display for Outcome {
                 id,
                 machines,
                 rolling,
+                added,
                 pruned,
                 prune_error,
             } => {
@@ -258,6 +262,9 @@ impl fmt::Display for Outcome {
                     "issued task {task} of {service} as {id} on {}",
                     machines.join(", ")
                 )?;
+                if !added.is_empty() {
+                    write!(f, "; added to its packages: {}", added.join(" "))?;
+                }
                 if *rolling {
                     f.write_str(", one machine at a time")?;
                 }
@@ -360,6 +367,12 @@ pub enum PlanError {
     },
     #[error("bad arguments: {reason}")]
     BadTaskArguments { reason: String },
+    #[error("{task} is a task of types with a Python environment; {service} is of type {service_type}, which has none")]
+    NoPythonEnvironment {
+        service: String,
+        service_type: String,
+        task: String,
+    },
     #[error("task {task} of {service} cannot run with its settings: {error}")]
     TaskUnrenderable {
         service: String,

@@ -12,12 +12,15 @@ use super::engine::{exactly, Decision, Engine, Got, Refused, Steps};
 use super::plugins::{resolve, type_reads};
 use super::{children, get, require_service, Feedback, Outcome, Plan, PlanError, Step};
 use crate::access::Access;
+use crate::assignment::render_settings;
+use crate::environment::EnvironmentSpec;
 use crate::names::{MachineId, PluginName, ServiceName, TaskName};
 use crate::paths;
 use crate::plugin::{self, Environment, PythonEnvironment, Variables};
 use crate::settings::parse_machines;
 use crate::task::{
-    TaskId, TaskRequest, TaskResult, DEFAULT_EXPIRY, DEFAULT_TIMEOUT, KEEP_TASKS, MAX_DURATION,
+    TaskId, TaskKind, TaskRequest, TaskResult, DEFAULT_EXPIRY, DEFAULT_TIMEOUT, KEEP_TASKS,
+    MAX_DURATION,
 };
 use crate::time::Timestamp;
 use crate::zk::{CreateMode, ZkError, ZkOp, ZkReply};
@@ -57,8 +60,8 @@ struct Issuing {
     created: Timestamp,
     /// The service's type, once its settings were read (its reads come next).
     service_type: Option<PluginName>,
-    /// The request last sent.
-    written: Option<TaskRequest>,
+    /// The request last sent, and the requirements it added to `packages`.
+    written: Option<(TaskRequest, Vec<String>)>,
     /// A write was sent whose outcome is unknown.
     in_doubt: bool,
     /// The ACLs of what it creates.
@@ -209,13 +212,14 @@ fn settings_map(path: &str, got: &Got) -> Result<Map<String, Value>, PlanError> 
 }
 
 impl Issuing {
-    fn issued(&self, request: &TaskRequest) -> Outcome {
+    fn issued(&self, (request, added): &(TaskRequest, Vec<String>)) -> Outcome {
         Outcome::TaskIssued {
             service: self.name.clone(),
             task: request.task.to_string(),
             id: self.id.to_string(),
             machines: request.machines.iter().map(|m| m.to_string()).collect(),
             rolling: request.rolling,
+            added: added.clone(),
             pruned: 0,
             prune_error: None,
         }
@@ -228,7 +232,7 @@ impl Issuing {
         if let Got::Data { data, .. } = &node {
             // Our multi is all or nothing: our request there means it took effect.
             return match self.written.as_ref() {
-                Some(written) if self.in_doubt && *data == written.render() => {
+                Some(written) if self.in_doubt && *data == written.0.render() => {
                     Ok(Decision::Done(Ok(self.issued(written))))
                 }
                 _ => Err(PlanError::TaskIdTaken {
@@ -237,6 +241,10 @@ impl Issuing {
             };
         }
         let settings_path = paths::service_settings(&self.name);
+        let settings_version = match &settings {
+            Got::Data { stat, .. } => Some(stat.version),
+            _ => None,
+        };
         let settings = settings_map(&settings_path, &settings)?;
         let type_name = settings
             .get("type")
@@ -249,36 +257,90 @@ impl Issuing {
             return Ok(Decision::Look);
         }
         let manifest = resolve(&service_type, &type_got)?;
-        let Some(task) = manifest.tasks.get(&self.task) else {
-            return Err(PlanError::UnknownTask {
-                service: self.name.clone(),
-                service_type: service_type.to_string(),
-                task: self.task.to_string(),
-                known: manifest.tasks.keys().map(|t| t.to_string()).collect(),
-            });
+        let python = manifest.environment == Environment::Python;
+        let definition = match (
+            manifest.tasks.get(&self.task),
+            TaskKind::builtin(self.task.as_str()),
+        ) {
+            (Some(task), _) => Definition::Command(task),
+            (None, Some(kind)) if python => Definition::Builtin(kind),
+            (None, Some(_)) => {
+                return Err(PlanError::NoPythonEnvironment {
+                    service: self.name.clone(),
+                    service_type: service_type.to_string(),
+                    task: self.task.to_string(),
+                })
+            }
+            (None, None) => {
+                let mut known: Vec<String> = manifest.tasks.keys().map(|t| t.to_string()).collect();
+                if python {
+                    known.extend(["install".to_string(), "packages".to_string()]);
+                    known.sort();
+                }
+                return Err(PlanError::UnknownTask {
+                    service: self.name.clone(),
+                    service_type: service_type.to_string(),
+                    task: self.task.to_string(),
+                    known,
+                });
+            }
         };
-        // What would run must render: the machine's own values are stand-ins here.
-        let variables = Variables {
-            machine: "machine".into(),
-            service: self.name.clone(),
-            state_dir: "state".into(),
-            pop: "pop".into(),
-            python: (manifest.environment == Environment::Python).then(|| PythonEnvironment {
-                env_dir: "env".into(),
-                python: "env/bin/python".into(),
-            }),
-        };
-        plugin::render(
-            &task.command,
-            &plugin::effective(&settings),
-            &variables,
-            &self.request.args,
-        )
-        .map_err(|error| PlanError::TaskUnrenderable {
-            service: self.name.clone(),
-            task: self.task.to_string(),
-            error,
-        })?;
+        // Installing changes the service's settings: checked as `pop set` checks them.
+        let mut settings_write = None;
+        let mut added = Vec::new();
+        match definition {
+            Definition::Command(task) => {
+                // What would run must render: the machine's own values are stand-ins here.
+                let variables = Variables {
+                    machine: "machine".into(),
+                    service: self.name.clone(),
+                    state_dir: "state".into(),
+                    pop: "pop".into(),
+                    python: python.then(|| PythonEnvironment {
+                        env_dir: "env".into(),
+                        python: "env/bin/python".into(),
+                    }),
+                };
+                plugin::render(
+                    &task.command,
+                    &plugin::effective(&settings),
+                    &variables,
+                    &self.request.args,
+                )
+                .map_err(|error| PlanError::TaskUnrenderable {
+                    service: self.name.clone(),
+                    task: self.task.to_string(),
+                    error,
+                })?;
+            }
+            Definition::Builtin(TaskKind::Packages) => {
+                if !self.request.args.is_empty() {
+                    return Err(bad("packages takes no arguments".into()));
+                }
+            }
+            Definition::Builtin(TaskKind::Install) => {
+                let (edited, new) = self.with_requirements(&settings)?;
+                manifest
+                    .check_settings(&edited)
+                    .map_err(|error| PlanError::InvalidSettings {
+                        name: self.name.clone(),
+                        error,
+                        hint: "",
+                    })?;
+                if !new.is_empty() {
+                    let version = settings_version.ok_or_else(|| PlanError::NodeMissing {
+                        path: settings_path.clone(),
+                    })?;
+                    settings_write = Some(ZkOp::SetData {
+                        path: settings_path.clone(),
+                        data: render_settings(edited),
+                        version: Some(version),
+                    });
+                }
+                added = new;
+            }
+            Definition::Builtin(TaskKind::Command) => {}
+        }
         let machines_path = paths::service_machines(&self.name);
         let deployed = match machines.data() {
             Some(data) => parse_machines(data).map_err(|error| PlanError::InvalidMachines {
@@ -316,14 +378,24 @@ impl Issuing {
             }
             self.request.machines.clone()
         };
+        let (kind, command, restart_after, task_timeout) = match definition {
+            Definition::Command(task) => (
+                TaskKind::Command,
+                task.command.iter().map(|t| t.text().to_string()).collect(),
+                task.restart_after,
+                task.timeout,
+            ),
+            Definition::Builtin(kind) => (kind, Vec::new(), false, None),
+        };
         let timeout = self
             .request
             .timeout
-            .or(task.timeout)
+            .or(task_timeout)
             .unwrap_or(DEFAULT_TIMEOUT);
         let expire = self.request.expire.unwrap_or(DEFAULT_EXPIRY);
         let request = TaskRequest {
             task: self.task.clone(),
+            kind,
             args: self.request.args.clone(),
             machines: targets,
             rolling: self.request.rolling,
@@ -331,12 +403,13 @@ impl Issuing {
             created_at: self.created.as_secs_f64(),
             expires_at: (self.created + expire).as_secs_f64(),
             timeout_s: timeout.as_secs_f64(),
-            command: task.command.iter().map(|t| t.text().to_string()).collect(),
+            command,
             environment: manifest.environment,
-            restart_after: task.restart_after,
+            restart_after,
         };
         let task_path = paths::task(&self.name, self.id.as_str());
-        let mut ops = Vec::new();
+        // The settings first: the agents that see the task see its packages too.
+        let mut ops: Vec<ZkOp> = settings_write.into_iter().collect();
         if !container.exists() {
             ops.push(create(
                 &self.access,
@@ -349,9 +422,63 @@ impl Issuing {
             let path = paths::task_result(&self.name, self.id.as_str(), machine.as_str());
             ops.push(create(&self.access, path, TaskResult::pending().render()));
         }
-        self.written = Some(request);
+        self.written = Some((request, added));
         Ok(Decision::Write(ZkOp::Multi { ops }))
     }
+
+    /// The settings with the requirements of `install` added to `packages` (those not
+    /// there already, in the order given), and which were added. Refused, naming the
+    /// requirement, where `pop set` would refuse it, or with none given; and with
+    /// `--machine` or `--rolling`: `packages` is one setting for every machine.
+    fn with_requirements(
+        &self,
+        settings: &Map<String, Value>,
+    ) -> Result<(Map<String, Value>, Vec<String>), PlanError> {
+        let name = &self.name;
+        if self.request.args.is_empty() {
+            return Err(bad(format!(
+                "install needs one or more requirements, e.g. `pop run {name} install 'requests==2.31.0' ./wheels/app-1.0-py3-none-any.whl`"
+            )));
+        }
+        if self.request.rolling || !self.request.machines.is_empty() {
+            return Err(bad(format!(
+                "install adds to the packages of {name}, which every machine it is deployed on builds: --machine and --rolling do not apply"
+            )));
+        }
+        let invalid = |error: crate::environment::SpecError| PlanError::InvalidSettings {
+            name: name.clone(),
+            error: error.into(),
+            hint: "",
+        };
+        // Settings whose packages are no list are mended with `pop set`, not added to.
+        EnvironmentSpec::from_values(settings).map_err(invalid)?;
+        let mut packages = match settings.get("packages") {
+            Some(Value::Array(items)) => items.clone(),
+            _ => Vec::new(),
+        };
+        let mut added = Vec::new();
+        for requirement in &self.request.args {
+            let requirement = requirement.trim().to_string();
+            let value = Value::String(requirement.clone());
+            let there = packages
+                .iter()
+                .any(|p| p.as_str().map(str::trim) == Some(requirement.as_str()));
+            if !there {
+                packages.push(value);
+                added.push(requirement);
+            }
+        }
+        let mut edited = settings.clone();
+        edited.insert("packages".into(), Value::Array(packages));
+        EnvironmentSpec::from_values(&edited).map_err(invalid)?;
+        Ok((edited, added))
+    }
+}
+
+/// What the task is: a command of the manifest, or built into Python types.
+enum Definition<'a> {
+    Command(&'a plugin::Task),
+    Builtin(TaskKind),
 }
 
 impl Steps for Issuing {

@@ -481,6 +481,15 @@ impl Decoder<'_> {
                     e.to_string(),
                 )
             })?;
+            if manifest.environment == Environment::Python
+                && crate::task::TaskKind::builtin(name.as_str()).is_some()
+            {
+                return Err(self.error(
+                    Some(key.span()),
+                    Some(tasks.field(key.get_ref())),
+                    format!("{name} is built into every type with environment = \"python\"; give the task another name"),
+                ));
+            }
             let Some(table) = self.table(tasks, key.get_ref())? else {
                 continue;
             };

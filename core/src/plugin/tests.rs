@@ -372,3 +372,15 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_python_type_cannot_define_the_tasks_built_into_it() {
+    let manifest = "name = \"p\"\nenvironment = \"python\"\n[run]\ncommand = [\"{python}\"]\n[tasks.install]\ncommand = [\"true\"]\n";
+    let err = error(manifest);
+    assert!(err.contains("line 5"), "{err}");
+    assert!(err.contains("install is built into every type"), "{err}");
+    // A type without an environment may have a task of that name.
+    let plain =
+        "name = \"p\"\n[run]\ncommand = [\"true\"]\n[tasks.install]\ncommand = [\"true\"]\n";
+    assert!(parse(plain).is_ok());
+}

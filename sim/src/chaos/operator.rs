@@ -19,7 +19,7 @@ use pop_core::paths;
 use pop_core::plan::{MachinesChange, RunRequest};
 use pop_core::plugin::{builtin, Environment};
 use pop_core::settings::{parse_machines, render_machines, Settings};
-use pop_core::task::{TaskId, TaskRequest, TaskResult};
+use pop_core::task::{TaskId, TaskKind, TaskRequest, TaskResult};
 use serde_json::{Map, Value};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -155,6 +155,9 @@ impl Operator {
             3..=5 => {
                 if world.any_phase(s, "backoff") {
                     world.note_coverage("settings change during a crash-loop backoff");
+                }
+                if Self::is_python_service(world, service) && self.pick(3) == 0 {
+                    return Some(self.install(service));
                 }
                 self.set(service)
             }
@@ -306,6 +309,37 @@ impl Operator {
         }
     }
 
+    fn is_python_service(world: &World, service: &ServiceName) -> bool {
+        world
+            .zk
+            .get(&paths::service_settings(service.as_str()))
+            .and_then(|n| Settings::parse(&n.data).ok())
+            .is_some_and(|s| s.service_type.as_str() == "python")
+    }
+
+    /// `pop run --detach <service> install <requirement>`: a new version, or one that
+    /// cannot be built, with a timeout short enough to end within the healed phase.
+    fn install(&mut self, service: &ServiceName) -> Command {
+        self.version += 1;
+        let requirement = match self.pick(4) {
+            0 => BROKEN_PACKAGE.to_string(),
+            _ => format!("pkg=={}", self.version),
+        };
+        Command::Run {
+            name: service.clone(),
+            request: RunRequest {
+                task: "install".to_string(),
+                args: vec![requirement],
+                machines: Vec::new(),
+                rolling: false,
+                timeout: Some(Duration::from_secs(2 + self.pick(8) as u64)),
+                expire: None,
+                author: "operator@sim".to_string(),
+            },
+            nonce: (self.rng.next_u64() & 0xffff) as u16,
+        }
+    }
+
     /// `pop run --detach` of one of `job`'s tasks: on some of the machines the service
     /// is deployed on (in a random order) or all of them, rolling or not, with a
     /// timeout short enough for a hanging task to end within the healed phase, and
@@ -372,6 +406,7 @@ impl Operator {
         let target = deployed[self.pick(deployed.len())].clone();
         let now = world.now.as_secs_f64();
         let request = TaskRequest {
+            kind: TaskKind::Command,
             task: match TaskName::new("work") {
                 Ok(name) => name,
                 Err(_) => return,

@@ -271,6 +271,7 @@ fn untrue_error(running: &Running, error: &PlanError) -> Option<String> {
         }
         // Decided by the task's manifest and the service's settings, or before reading.
         PlanError::UnknownTask { .. }
+        | PlanError::NoPythonEnvironment { .. }
         | PlanError::BadTaskArguments { .. }
         | PlanError::TaskUnrenderable { .. } => true,
         // Ids are unique per command.

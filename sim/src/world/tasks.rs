@@ -10,7 +10,7 @@ use super::{Event, World, PROCESS_DELAY};
 use pop_core::event::{ExitStatus, Input};
 use pop_core::paths;
 use pop_core::settings::parse_machines;
-use pop_core::task::{TaskId, TaskRequest, TaskResult, TaskState};
+use pop_core::task::{TaskId, TaskKind, TaskRequest, TaskResult, TaskState};
 use pop_core::zk::{ZkOp, ZkReply};
 use pop_core::Timestamp;
 use std::collections::BTreeMap;
@@ -300,10 +300,46 @@ impl World {
         let Ok(written) = TaskResult::parse(data) else {
             return;
         };
+        if let Some((key, _)) = task_of_result(path) {
+            let install = self
+                .issued
+                .get(&key)
+                .is_some_and(|r| r.kind == TaskKind::Install);
+            if install {
+                self.check_install_result(machine, &key, &written);
+            }
+        }
         match written.state {
             TaskState::Expired => self.coverage("task expired"),
             TaskState::TimedOut => self.coverage("task timed out"),
             TaskState::Skipped => self.coverage("task skipped"),
+            _ => {}
+        }
+    }
+
+    /// `install` succeeds on a machine only once an environment of the service holding
+    /// every requirement is on its disk: the one its result names.
+    fn check_install_result(&mut self, machine: usize, key: &TaskKey, written: &TaskResult) {
+        match written.state {
+            TaskState::Succeeded => {
+                self.coverage("install succeeded");
+                let hash = written
+                    .stdout_tail
+                    .strip_prefix("environment ")
+                    .and_then(|rest| rest.split(' ').next())
+                    .unwrap_or_default()
+                    .to_string();
+                let built = self.machines[machine]
+                    .environments
+                    .contains(&(key.0.clone(), hash.clone()));
+                if !built {
+                    let id = self.machines[machine].id.clone();
+                    self.violate(format!(
+                        "{id}: install {key:?} succeeded with environment {hash:?}, which is not on its disk"
+                    ));
+                }
+            }
+            TaskState::Failed => self.coverage("install failed"),
             _ => {}
         }
     }

@@ -2,12 +2,13 @@
 //! pure function of the task's entry and the agent's situation, so reconciling it again
 //! without news decides nothing new.
 
+use super::install::decide_install;
 use super::launch::launch;
 use super::{Node, Purpose, Run, StopReason, Task};
-use crate::agent::AgentConfig;
+use crate::agent::{AgentConfig, EnvironmentView};
 use crate::names::MachineId;
 use crate::plugin::{Environment, PythonEnvironment};
-use crate::task::{AgentRef, TaskId, TaskResult, TaskState};
+use crate::task::{AgentRef, TaskId, TaskKind, TaskResult, TaskState};
 use crate::time::Timestamp;
 
 /// What the agent's situation is, as far as one task cares.
@@ -25,6 +26,17 @@ pub(super) struct Context<'a> {
     pub agent: &'a AgentRef,
     /// The service's Python environment on this machine, for a task that runs in one.
     pub python: TaskPython,
+    /// The same for `install`, which waits for a build of the environment.
+    pub install: InstallView,
+}
+
+/// The environment the service's settings, as this agent read them, want here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct InstallView {
+    /// The transaction of the settings as read (see `Task::request_zxid`).
+    pub settings_zxid: i64,
+    /// None: its settings are not read, or want no Python environment.
+    pub environment: Option<EnvironmentView>,
 }
 
 /// Where a Python environment's task stands with the service's environment here.
@@ -128,6 +140,9 @@ pub(super) fn decide(task: &Task, cx: &Context<'_>) -> Next {
         let error = format!("{} is not deployed on {}", cx.service, cx.machine);
         return end(TaskState::Skipped, error);
     }
+    if request.kind == TaskKind::Install {
+        return decide_install(own, request, task.request_zxid, cx);
+    }
     if cx.now >= request.expires() {
         let error = format!("not started before it expired at {}", request.expires());
         return end(TaskState::Expired, error);
@@ -198,7 +213,11 @@ pub(super) fn deadline(task: &Task, now: Timestamp) -> Option<Timestamp> {
             if own.result.state.is_final() || task.gone {
                 return None;
             }
-            request.expires()
+            if request.kind == TaskKind::Install && own.result.state == TaskState::Running {
+                super::install::deadline(own, request)?
+            } else {
+                request.expires()
+            }
         }
     };
     (at > now).then_some(at)

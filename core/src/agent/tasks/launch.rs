@@ -10,8 +10,9 @@
 
 use super::decide::Context;
 use super::TaskLaunch;
+use crate::packages::LIST_DISTRIBUTIONS_PY;
 use crate::plugin::{self, PythonEnvironment, Variables};
-use crate::task::TaskRequest;
+use crate::task::{TaskKind, TaskRequest};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -29,7 +30,6 @@ pub(super) fn launch(
     attempt: u32,
     python: Option<&PythonEnvironment>,
 ) -> Result<TaskLaunch, String> {
-    let templates = request.templates()?;
     let state_dir = crate::launch::work_dir(&cx.config.state_dir, cx.service);
     let python = python.cloned();
     let variables = Variables {
@@ -40,8 +40,24 @@ pub(super) fn launch(
         python: python.clone(),
     };
     let settings = plugin::effective(settings);
-    let argv = plugin::render(&templates, &settings, &variables, &request.args)
-        .map_err(|e| format!("cannot render the command: {e}"))?;
+    let argv = match (request.kind, &python) {
+        // Isolated (-I): what the environment holds, not what the directory it runs in
+        // or the user's site-packages add.
+        (TaskKind::Packages, Some(python)) => vec![
+            python.python.clone(),
+            "-I".to_string(),
+            "-c".to_string(),
+            LIST_DISTRIBUTIONS_PY.to_string(),
+        ],
+        (TaskKind::Packages | TaskKind::Install, _) => {
+            return Err(format!("{} runs no command here", request.task))
+        }
+        (TaskKind::Command, _) => {
+            let templates = request.templates()?;
+            plugin::render(&templates, &settings, &variables, &request.args)
+                .map_err(|e| format!("cannot render the command: {e}"))?
+        }
+    };
     let mut env = BTreeMap::new();
     env.insert("POP_SERVICE".to_string(), cx.service.to_string());
     env.insert("POP_MACHINE_ID".to_string(), cx.machine.to_string());

@@ -14,16 +14,17 @@
 //! Nothing else ever starts a task twice on one machine.
 
 mod decide;
+mod install;
 mod launch;
 pub(super) mod replies;
 
 use super::{Agent, Pending};
 use crate::event::{Action, Report};
 use crate::paths::{self, Watched};
-use crate::task::{AgentRef, TaskId, TaskRequest, TaskResult, TaskState};
+use crate::task::{cut_text, AgentRef, TaskId, TaskRequest, TaskResult, TaskState, TAIL_BYTES};
 use crate::time::Timestamp;
 use crate::zk::ZkOp;
-use decide::{decide, Context, Fetch, Next, TaskPython};
+use decide::{decide, Context, Fetch, InstallView, Next, TaskPython};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -80,6 +81,8 @@ pub(crate) struct Own {
 pub(crate) enum Purpose {
     /// `running`: once written, run this.
     Claim(Box<TaskLaunch>),
+    /// `running` for `install`: once written, watch the environment's build.
+    Installing,
     Waiting,
     /// A final state.
     Final,
@@ -141,6 +144,11 @@ pub(crate) enum Run {
 pub(crate) struct Task {
     own: Node<Own>,
     request: Node<Arc<TaskRequest>>,
+    /// The transaction that wrote the request (and, for `install`, the settings with
+    /// its requirements): settings this agent read from then on hold them, or were
+    /// changed again after.
+    #[serde(default)]
+    request_zxid: i64,
     /// The state of the machine before this one (rolling).
     previous: Node<TaskState>,
     /// The service's settings, read just before a start.
@@ -158,6 +166,7 @@ impl Task {
         Task {
             own: Node::Unread,
             request: Node::Unread,
+            request_zxid: 0,
             previous: Node::Unread,
             settings: Node::Unread,
             write: None,
@@ -488,6 +497,7 @@ impl Agent {
                 config: &self.config,
                 agent: &agent,
                 python: self.task_python(&key.0),
+                install: self.install_view(&key.0),
             };
             decide(task, &cx)
         };
@@ -539,6 +549,19 @@ impl Agent {
                     TaskPython::Unavailable(format!("its build failed: {error}"))
                 }
             },
+        }
+    }
+
+    /// The service's environment as an `install` task sees it: the one its settings,
+    /// as this agent last read them, want.
+    fn install_view(&self, service: &str) -> InstallView {
+        InstallView {
+            settings_zxid: self
+                .newest_read
+                .get(&paths::service_settings(service))
+                .copied()
+                .unwrap_or_default(),
+            environment: self.environment(service),
         }
     }
 
@@ -671,7 +694,7 @@ impl Agent {
                     run_as: launch.run_as,
                 });
             }
-            Purpose::Waiting => {}
+            Purpose::Waiting | Purpose::Installing => {}
             Purpose::Final => {
                 task.run = Run::Idle;
                 let restart = state == TaskState::Succeeded
@@ -774,10 +797,12 @@ impl Agent {
                 } else {
                     TaskState::Failed
                 };
+                // The driver reads more than most tasks keep (see `LISTING_TAIL_BYTES`).
+                let kind = task.request.value().map(|r| r.kind).unwrap_or_default();
                 result.exit_code = status.code;
                 result.signal = status.signal;
-                result.stdout_tail = stdout_tail;
-                result.stderr_tail = stderr_tail;
+                result.stdout_tail = cut_text(stdout_tail, kind.stdout_tail_bytes());
+                result.stderr_tail = cut_text(stderr_tail, TAIL_BYTES);
             }
             TaskOutcome::NotStarted { error } => {
                 result.state = TaskState::Failed;

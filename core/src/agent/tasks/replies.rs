@@ -51,6 +51,9 @@ impl Agent {
                 OwnRead::Done => false,
             },
             Read::Request => {
+                if let ZkReply::Data { stat, .. } = &reply {
+                    task.request_zxid = stat.mzxid;
+                }
                 let path = paths::task(&key.0, key.1.as_str());
                 task.request = node(reply, &path, |data| {
                     TaskRequest::parse(data)

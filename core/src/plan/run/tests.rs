@@ -307,3 +307,184 @@ fn a_failure_to_prune_is_told_but_the_task_is_issued() {
     assert!(error.contains("gave up"), "{error}");
     assert!(tree.data(&format!("/services/s/tasks/{ID}/m1")).is_some());
 }
+
+// `install` and `packages`, built into types with a Python environment.
+
+const APP: &str = r#"{"type":"python","module":"app","script":"","packages":["a==1"],"port":0}"#;
+
+fn install(args: &[&str]) -> RunRequest {
+    RunRequest {
+        args: args.iter().map(|a| a.to_string()).collect(),
+        ..request("install", &[])
+    }
+}
+
+fn packages_of(tree: &Tree) -> Value {
+    let settings: Value =
+        serde_json::from_str(tree.data("/services/s/settings").expect("settings")).expect("JSON");
+    settings["packages"].clone()
+}
+
+#[test]
+fn install_adds_its_requirements_to_packages_in_the_multi_that_issues_it() {
+    let mut tree = Tree::with_service(r#"["m1","m2"]"#, APP);
+    let outcome = tree
+        .run(&mut run(install(&["b==2", "a==1", " b==2", "/w/c.whl"])))
+        .expect("issued");
+    assert_eq!(
+        outcome.to_string(),
+        format!("issued task install of s as {ID} on m1, m2; added to its packages: b==2 /w/c.whl")
+    );
+    assert_eq!(tree.writes.len(), 1, "one multi: {:?}", tree.writes);
+    assert_eq!(
+        packages_of(&tree),
+        serde_json::json!(["a==1", "b==2", "/w/c.whl"]),
+        "kept, then added once each"
+    );
+    let data = tree
+        .data(&format!("/services/s/tasks/{ID}"))
+        .expect("the request");
+    let request = TaskRequest::parse(data.as_bytes()).expect("a request the agents read");
+    assert_eq!(request.kind, TaskKind::Install);
+    assert!(request.command.is_empty());
+    for m in ["m1", "m2"] {
+        assert_eq!(
+            tree.data(&format!("/services/s/tasks/{ID}/{m}")),
+            Some(r#"{"state":"pending"}"#)
+        );
+    }
+}
+
+#[test]
+fn install_retries_after_a_concurrent_set_and_keeps_its_change() {
+    let mut tree = Tree::with_service(r#"["m1"]"#, APP);
+    let mut raced = false;
+    let outcome = tree.run_with(&mut run(install(&["b==2"])), |tree, request| {
+        if is_multi(request) && !raced {
+            raced = true;
+            tree.set(
+                "/services/s/settings",
+                r#"{"type":"python","module":"app","script":"","packages":["z"],"port":0}"#,
+            );
+        }
+        Fate::Deliver
+    });
+    assert!(outcome.is_ok(), "{outcome:?}");
+    assert_eq!(packages_of(&tree), serde_json::json!(["z", "b==2"]));
+}
+
+#[test]
+fn install_of_requirements_already_there_issues_the_task_and_leaves_the_settings() {
+    let mut tree = Tree::with_service(r#"["m1"]"#, APP);
+    let before = tree.data("/services/s/settings").map(str::to_string);
+    tree.run(&mut run(install(&["a==1"]))).expect("issued");
+    assert_eq!(
+        tree.data("/services/s/settings").map(str::to_string),
+        before
+    );
+    assert!(tree.data(&format!("/services/s/tasks/{ID}")).is_some());
+}
+
+#[test]
+fn install_whose_reply_was_lost_is_found_issued() {
+    let mut tree = Tree::with_service(r#"["m1"]"#, APP);
+    let mut lost = false;
+    let outcome = tree.run_with(&mut run(install(&["b==2"])), |_, request| {
+        if is_multi(request) && !lost {
+            lost = true;
+            return Fate::LoseReply;
+        }
+        Fate::Deliver
+    });
+    assert!(
+        matches!(outcome, Ok(Outcome::TaskIssued { .. })),
+        "{outcome:?}"
+    );
+    assert_eq!(packages_of(&tree), serde_json::json!(["a==1", "b==2"]));
+}
+
+#[test]
+fn install_refusals_name_the_problem_and_write_nothing() {
+    let cases: Vec<(&str, &str, RunRequest, &str)> = vec![
+        (r#"["m1"]"#, APP, install(&[]), "install needs one or more requirements"),
+        (r#"["m1"]"#, APP, install(&["--index-url=http://x"]), "read as an option"),
+        (r#"["m1"]"#, APP, install(&["ok", "a\nb"]), "spans lines"),
+        ("[]", APP, install(&["b"]), "deployed nowhere"),
+        (
+            r#"["m1"]"#,
+            APP,
+            RunRequest {
+                rolling: true,
+                ..install(&["b"])
+            },
+            "--rolling do not apply",
+        ),
+        (
+            r#"["m1"]"#,
+            APP,
+            RunRequest {
+                machines: vec![MachineId::new("m1").expect("an id")],
+                ..install(&["b"])
+            },
+            "--machine and --rolling do not apply",
+        ),
+        (
+            r#"["m1"]"#,
+            r#"{"type":"echo","port":0}"#,
+            install(&["b"]),
+            "install is a task of types with a Python environment; s is of type echo, which has none",
+        ),
+        (
+            r#"["m1"]"#,
+            r#"{"type":"python","module":"app","script":"","packages":"a b","port":0}"#,
+            install(&["b"]),
+            "setting \"packages\"",
+        ),
+    ];
+    for (machines, settings, request, needle) in cases {
+        let mut tree = Tree::with_service(machines, settings);
+        let outcome = tree.run(&mut run(request));
+        let error = outcome.expect_err("refused").to_string();
+        assert!(error.contains(needle), "{needle}: {error}");
+        assert!(tree.writes.is_empty(), "{needle}: {:?}", tree.writes);
+    }
+}
+
+#[test]
+fn packages_is_issued_with_no_command_and_refuses_arguments() {
+    let mut tree = Tree::with_service(r#"["m1"]"#, APP);
+    tree.run(&mut run(RunRequest {
+        args: Vec::new(),
+        ..request("packages", &[])
+    }))
+    .expect("issued");
+    let data = tree
+        .data(&format!("/services/s/tasks/{ID}"))
+        .expect("the request");
+    let request = TaskRequest::parse(data.as_bytes()).expect("a request");
+    assert_eq!(request.kind, TaskKind::Packages);
+    let mut tree = Tree::with_service(r#"["m1"]"#, APP);
+    let error = tree
+        .run(&mut run(request_with_args("packages", &["x"])))
+        .expect_err("refused")
+        .to_string();
+    assert!(error.contains("packages takes no arguments"), "{error}");
+    assert!(tree.writes.is_empty());
+}
+
+#[test]
+fn an_unknown_task_of_a_python_type_lists_the_built_in_ones() {
+    let mut tree = Tree::with_service(r#"["m1"]"#, APP);
+    let error = tree
+        .run(&mut run(request("nope", &[])))
+        .expect_err("refused")
+        .to_string();
+    assert!(error.contains("install, packages"), "{error}");
+}
+
+fn request_with_args(task: &str, args: &[&str]) -> RunRequest {
+    RunRequest {
+        args: args.iter().map(|a| a.to_string()).collect(),
+        ..request(task, &[])
+    }
+}

@@ -1,9 +1,10 @@
 use super::*;
 use crate::agent::tasks::{Own, Write};
+use crate::agent::EnvironmentState;
 use crate::backoff::Backoff;
 use crate::names::{MachineId, TaskName};
 use crate::plugin::Environment;
-use crate::task::TaskRequest;
+use crate::task::{TaskKind, TaskRequest};
 use serde_json::{Map, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +36,7 @@ const NOW: u64 = 1_000_000;
 
 fn request(rolling: bool) -> TaskRequest {
     TaskRequest {
+        kind: TaskKind::Command,
         task: TaskName::new("hello").expect("a name"),
         args: vec!["x y".into()],
         machines: ["m1", "m2", "m3"]
@@ -97,6 +99,10 @@ fn decide_at(task: &Task, now: u64, tweak: impl FnOnce(&mut Context<'_>)) -> Nex
         python: TaskPython::Ready(crate::environment::python_environment(
             "/var/pop/env/web/0123456789abcdef",
         )),
+        install: InstallView {
+            settings_zxid: 0,
+            environment: None,
+        },
     };
     tweak(&mut cx);
     decide(task, &cx)
@@ -342,4 +348,161 @@ fn a_python_task_gets_its_environment() {
         failed.error.as_deref(),
         Some("no Python environment: its build failed: no such package")
     );
+}
+
+// `install` and `packages`, the tasks built into types with a Python environment.
+
+fn builtin(kind: TaskKind, args: &[&str]) -> TaskRequest {
+    TaskRequest {
+        kind,
+        task: TaskName::new(match kind {
+            TaskKind::Install => "install",
+            _ => "packages",
+        })
+        .expect("a name"),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        rolling: false,
+        command: Vec::new(),
+        environment: Environment::Python,
+        ..request(false)
+    }
+}
+
+/// An `install` of `requirements`, its request written in transaction 50.
+fn install_task(state: TaskState) -> Task {
+    let mut task = ready(false);
+    task.request = Node::Read(Arc::new(builtin(
+        TaskKind::Install,
+        &["hello==1.0", "/w/b.whl"],
+    )));
+    task.request_zxid = 50;
+    task.own = own(state, u32::from(state == TaskState::Running));
+    if let Node::Read(own) = &mut task.own {
+        own.result.started_at = Some(999.0);
+    }
+    task
+}
+
+/// The environment of settings read in transaction `zxid` with `packages`, in `state`.
+fn view(zxid: i64, packages: &[&str], state: EnvironmentState) -> InstallView {
+    let spec = crate::environment::EnvironmentSpec {
+        python: "python3".into(),
+        packages: packages.iter().map(|p| p.to_string()).collect(),
+    };
+    InstallView {
+        settings_zxid: zxid,
+        environment: Some(EnvironmentView {
+            hash: spec.hash(),
+            dir: "/var/pop/env/web/h".into(),
+            python: "/var/pop/env/web/h/bin/python".into(),
+            spec,
+            state,
+        }),
+    }
+}
+
+fn install_decided(task: &Task, install: InstallView) -> Next {
+    decide_at(task, NOW, |cx| cx.install = install)
+}
+
+#[test]
+fn an_install_is_claimed_without_a_process_and_then_follows_the_environment() {
+    let task = install_task(TaskState::Pending);
+    let (claim, purpose) = written(install_decided(
+        &task,
+        view(0, &[], EnvironmentState::Ready),
+    ));
+    assert_eq!(claim.state, TaskState::Running);
+    assert_eq!(claim.attempt, 1);
+    assert_eq!(purpose, Purpose::Installing, "no process is launched");
+}
+
+#[test]
+fn an_install_waits_for_settings_read_after_its_request_was_written() {
+    let task = install_task(TaskState::Running);
+    // Read before the install's write: they cannot hold the requirements yet.
+    let stale = view(49, &["old"], EnvironmentState::Ready);
+    assert_eq!(install_decided(&task, stale), Next::Nothing);
+}
+
+#[test]
+fn an_install_succeeds_once_the_environment_holding_its_requirements_is_built() {
+    let task = install_task(TaskState::Running);
+    let packages = ["/w/b.whl", "hello==1.0", "old"];
+    let building = view(50, &packages, EnvironmentState::Building);
+    assert_eq!(install_decided(&task, building), Next::Nothing);
+    let (result, purpose) = written(install_decided(
+        &task,
+        view(50, &packages, EnvironmentState::Ready),
+    ));
+    assert_eq!(purpose, Purpose::Final);
+    assert_eq!(result.state, TaskState::Succeeded);
+    assert!(
+        result.stdout_tail.contains("hello==1.0 /w/b.whl"),
+        "{}",
+        result.stdout_tail
+    );
+}
+
+#[test]
+fn an_install_fails_with_the_build_error_when_the_environment_does_not_build() {
+    let task = install_task(TaskState::Running);
+    let failed = EnvironmentState::Failed {
+        error: "No matching distribution found for hello==1.0".into(),
+    };
+    let (result, _) = written(install_decided(
+        &task,
+        view(60, &["/w/b.whl", "hello==1.0"], failed),
+    ));
+    assert_eq!(result.state, TaskState::Failed);
+    assert!(
+        result.stderr_tail.contains("No matching distribution"),
+        "{result:?}"
+    );
+    assert!(result.summary_line().contains("No matching distribution"));
+}
+
+#[test]
+fn an_install_fails_when_a_later_change_of_settings_dropped_a_requirement() {
+    let task = install_task(TaskState::Running);
+    let (result, _) = written(install_decided(
+        &task,
+        view(70, &["hello==1.0"], EnvironmentState::Ready),
+    ));
+    assert_eq!(result.state, TaskState::Failed);
+    let error = result.error.unwrap_or_default();
+    assert!(error.contains("took /w/b.whl out"), "{error}");
+}
+
+#[test]
+fn an_install_times_out_when_no_build_ends_in_time_and_expires_unclaimed() {
+    let task = install_task(TaskState::Running);
+    // Started at 999 s with a 30 s timeout.
+    assert_eq!(
+        deadline(&task, Timestamp::from_millis(NOW)),
+        Some(Timestamp::from_millis(1_029_000))
+    );
+    let building = view(50, &["/w/b.whl", "hello==1.0"], EnvironmentState::Building);
+    let next = decide_at(&task, 1_029_000, |cx| cx.install = building);
+    assert_eq!(written(next).0.state, TaskState::TimedOut);
+    let pending = install_task(TaskState::Pending);
+    let next = decide_at(&pending, 2_000_000, |cx| {
+        cx.install = view(0, &[], EnvironmentState::Ready)
+    });
+    assert_eq!(written(next).0.state, TaskState::Expired);
+}
+
+#[test]
+fn packages_runs_the_listing_script_with_the_environment_interpreter() {
+    let mut task = ready(false);
+    task.request = Node::Read(Arc::new(builtin(TaskKind::Packages, &[])));
+    let (_, purpose) = written(decided(&task));
+    let Purpose::Claim(launch) = purpose else {
+        panic!("a process is launched: {purpose:?}")
+    };
+    assert_eq!(
+        launch.argv[..3],
+        ["/var/pop/env/web/0123456789abcdef/bin/python", "-I", "-c"]
+    );
+    assert_eq!(launch.argv[3], crate::packages::LIST_DISTRIBUTIONS_PY);
 }
