@@ -57,6 +57,9 @@ bugs! {
     /// A rolling task's machine ignores the watch on the result of the machine before
     /// it, and waits forever.
     PredecessorWatchIgnored,
+    /// `install` reports success while the environment holding its requirements is
+    /// still being built.
+    InstallSucceedsWhileBuilding,
 }
 
 impl Bug {
@@ -72,6 +75,7 @@ impl Bug {
         Bug::RunsUntargeted,
         Bug::ForgetsTaskRunsOnNewSession,
         Bug::PredecessorWatchIgnored,
+        Bug::InstallSucceedsWhileBuilding,
     ];
 
     /// Whether the bug is in the agent (the fuzz checker catches those).
