@@ -65,6 +65,13 @@ fn plugin_add_list_show_remove_round_trip() {
     assert_eq!(decoded["settings"]["greeting"], "hello");
     assert_eq!(decoded["run"]["command"][4], "{greeting}");
     assert!(m.ok(&["plugin", "show", "echo"]).contains("echo-server"));
+    // The tasks built into Python types are shown with them, not with the others.
+    assert!(m
+        .ok(&["plugin", "show", "http"])
+        .contains("install <requirement>"));
+    assert!(!m
+        .ok(&["plugin", "show", "echo"])
+        .contains("install <requirement>"));
 
     // A service of the stored type: its defaults, then --port and --set.
     m.ok(&["add", "greeter", "--port", "7000", "--set", "greeting=hi"]);

@@ -9,7 +9,7 @@ use clap::Subcommand;
 use pop_core::names::PluginName;
 use pop_core::paths;
 use pop_core::plan::{PlanError, PluginAdd, PluginRemove};
-use pop_core::plugin::{builtin, decode_stored, Manifest};
+use pop_core::plugin::{builtin, decode_stored, Environment, Manifest};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -188,6 +188,12 @@ async fn show(cli: &Cli, admin: &Admin, name: &str) -> Result<()> {
     print!("{text}");
     if !text.ends_with('\n') {
         println!();
+    }
+    if manifest.environment == Environment::Python {
+        // Not in the manifest (it may not declare them), yet `pop run` takes them.
+        println!("# built into every type with a Python environment:");
+        println!("#   install <requirement>...  add them to `packages`; each machine rebuilds");
+        println!("#   packages                  each machine's distributions, versions, sources");
     }
     Ok(())
 }
