@@ -280,3 +280,41 @@ fn bad_files_are_named() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+#[test]
+fn pop_zk_start_opens_a_mutual_tls_port() {
+    let pki = Pki::new();
+    let (port, tls_port) = (free_port(), free_port());
+    let m = machine(&format!("127.0.0.1:{tls_port}"), pki.env("ca.pem", true));
+    let out = m.ok(&[
+        "zk",
+        "start",
+        "--port",
+        &port.to_string(),
+        "--tick-ms",
+        "200",
+        "--tls-port",
+        &tls_port.to_string(),
+        "--tls-key-store",
+        &pki.file("server-keystore.pem"),
+        "--tls-trust-store",
+        &pki.file("ca.pem"),
+    ]);
+    assert!(
+        out.contains(&format!(
+            "TLS (client certificates required) on 127.0.0.1:{tls_port}"
+        )),
+        "{out}"
+    );
+    assert!(m.ok(&["init"]).contains("initialised"));
+    refused(
+        &machine(&format!("127.0.0.1:{tls_port}"), pki.env("ca.pem", false)),
+        &["refused this client in the TLS handshake"],
+    );
+    m.ok(&["zk", "stop"]);
+}
