@@ -19,7 +19,7 @@ pub enum ConnectError {
     AuthFailed { hosts: String, user: String },
     #[error("cannot reach ZooKeeper at {hosts} over TLS: {detail}")]
     Tls { hosts: String, detail: String },
-    #[error("ZooKeeper at {hosts} accepts connections but opened no session within {}s (a TLS port, ZooKeeper's secureClientPort? then give --tls-ca)", timeout.as_secs_f64())]
+    #[error("ZooKeeper at {hosts} accepts connections but opened no session within {}s (is it overloaded or stopped? or is it a TLS port, a secureClientPort? then give --tls-ca)", timeout.as_secs_f64())]
     NoSession { hosts: String, timeout: Duration },
     #[error("cannot connect to ZooKeeper at {hosts}: {source}")]
     Failed {
