@@ -40,16 +40,16 @@ fn persistent() -> zkc::CreateOptions<'static> {
 impl Admin {
     /// A session for the operator's commands, authenticated as [`auth::operator`] says.
     pub async fn for_cli(cli: &Cli) -> Result<Admin> {
-        Admin::connect(&cli.host, auth::operator(cli)?).await
+        Admin::connect(crate::context::zk_config(cli)?, auth::operator(cli)?).await
     }
 
-    pub async fn connect(hosts: &str, credential: Option<Credential>) -> Result<Admin> {
-        let mut config = ZkConfig::new(hosts);
+    /// A session to `config`'s servers, authenticated with `credential` if given.
+    pub async fn connect(mut config: ZkConfig, credential: Option<Credential>) -> Result<Admin> {
         config.auth.extend(credential.clone());
         let client = zkio::connect(&config).await?;
         Ok(Admin {
             client,
-            hosts: hosts.to_string(),
+            hosts: config.hosts.clone(),
             timeout: config.op_timeout,
             credential,
         })
@@ -179,14 +179,16 @@ impl Admin {
 
     /// Creates the chroot of a connect string like `host:2181/pop/prod` (needed before
     /// anything can be written under it); a no-op without a chroot.
-    pub async fn ensure_chroot(hosts: &str) -> Result<()> {
-        let Some((servers, chroot)) = hosts.split_once('/') else {
+    pub async fn ensure_chroot(cli: &Cli) -> Result<()> {
+        let mut config = crate::context::zk_config(cli)?;
+        let Some((servers, chroot)) = cli.host.split_once('/') else {
             return Ok(());
         };
         if chroot.trim_matches('/').is_empty() {
             return Ok(());
         }
-        let base = Admin::connect(servers, None).await?;
+        config.hosts = servers.to_string();
+        let base = Admin::connect(config, None).await?;
         let mut path = String::new();
         for part in chroot.split('/').filter(|p| !p.is_empty()) {
             path.push('/');

@@ -10,7 +10,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use pop_io::driver::{self, DriverConfig, StopRequest};
 use pop_io::journal::JournalLimits;
 use pop_io::supervise::ContainmentChoice;
-use pop_io::zk::ZkConfig;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -186,7 +185,7 @@ pub async fn foreground(cli: &Cli) -> Result<()> {
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "localhost".to_string());
-    let mut zk = ZkConfig::new(&cli.host);
+    let mut zk = crate::context::zk_config(cli)?;
     zk.session_timeout = session_timeout();
     let credential = auth::agent(cli, &state_dir)?;
     match &credential {
@@ -216,6 +215,24 @@ fn reopen_log() {
         Ok(None) => tracing::info!("SIGHUP: no log file to reopen; carrying on"),
         Err(e) => tracing::warn!("SIGHUP: cannot reopen the log file: {e}"),
     }
+}
+
+/// Gives the agent the TLS files as absolute paths (it runs elsewhere), once they load:
+/// a bad file fails `pop start` itself rather than the agent in the background.
+fn hand_over_tls(cli: &Cli, cmd: &mut Command) -> Result<()> {
+    let Some(files) = crate::context::tls_files(cli) else {
+        return Ok(());
+    };
+    pop_io::tls::TlsConfig::load(&files)?;
+    let absolute = |path: &std::path::Path| {
+        std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))
+    };
+    cmd.env("POP_TLS_CA", absolute(&files.ca)?);
+    if let Some(identity) = &files.identity {
+        cmd.env("POP_TLS_CERT", absolute(&identity.cert)?)
+            .env("POP_TLS_KEY", absolute(&identity.key)?);
+    }
+    Ok(())
 }
 
 pub fn start(cli: &Cli) -> Result<()> {
@@ -257,6 +274,7 @@ pub fn start(cli: &Cli) -> Result<()> {
     if let Some(credential) = auth::given(cli)? {
         cmd.env("POP_AUTH", credential.secret_line());
     }
+    hand_over_tls(cli, &mut cmd)?;
     // The agent rotates the file itself; until it has opened it (and for an error
     // in its arguments) its output goes there too.
     cmd.arg("fg")

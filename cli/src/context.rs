@@ -3,6 +3,8 @@
 use crate::Cli;
 use anyhow::{Context, Result};
 use pop_core::names::MachineId;
+use pop_io::tls::{ClientIdentity, TlsConfig, TlsFiles};
+use pop_io::zk::ZkConfig;
 use std::path::PathBuf;
 use tracing_subscriber::EnvFilter;
 
@@ -22,6 +24,30 @@ pub fn init_logging(verbose: u8, agent: bool) {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+}
+
+/// The TLS files of `--tls-ca`, `--tls-cert` and `--tls-key`, if TLS is asked for.
+pub fn tls_files(cli: &Cli) -> Option<TlsFiles> {
+    let ca = cli.tls_ca.clone()?;
+    let identity = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => Some(ClientIdentity {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        // clap requires both and --tls-ca when either is given.
+        _ => None,
+    };
+    Some(TlsFiles { ca, identity })
+}
+
+/// How every connection pop makes reaches ZooKeeper: `--host`, and TLS if asked for
+/// (the files read and checked here, so a bad one fails before anything is done).
+pub fn zk_config(cli: &Cli) -> Result<ZkConfig> {
+    let mut config = ZkConfig::new(&cli.host);
+    if let Some(files) = tls_files(cli) {
+        config.tls = Some(TlsConfig::load(&files)?);
+    }
+    Ok(config)
 }
 
 pub fn machine_id(cli: &Cli) -> Result<MachineId> {

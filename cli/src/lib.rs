@@ -62,6 +62,29 @@ pub struct Cli {
         value_name = "USER:PASSWORD"
     )]
     pub auth: Option<auth::Secret>,
+    /// Connect to ZooKeeper over TLS (its secureClientPort), trusting the CA
+    /// certificates in this PEM file. Every server of --host must then be a TLS port.
+    #[arg(long, global = true, env = "POP_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// This client's certificate (PEM), for a server that requires one
+    /// (`ssl.clientAuth=need`); with --tls-key and --tls-ca.
+    #[arg(
+        long,
+        global = true,
+        env = "POP_TLS_CERT",
+        value_name = "FILE",
+        requires_all = ["tls_key", "tls_ca"]
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "POP_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -47,6 +47,15 @@ const ENVIRONMENT: &[(&str, &str)] = &[
         "USER:PASSWORD of pop init --admin-identity, which secures the namespace.",
     ),
     (
+        "POP_TLS_CA",
+        "a PEM file of CA certificates, as --tls-ca: connect to ZooKeeper's secure client port over TLS, trusting them.",
+    ),
+    (
+        "POP_TLS_CERT",
+        "this client's certificate (PEM), as --tls-cert, for a server that requires one (mutual TLS).",
+    ),
+    ("POP_TLS_KEY", "the private key (PEM) of POP_TLS_CERT, as --tls-key."),
+    (
         "POP_CONTAINMENT",
         "auto (default), cgroup or process-group: how the agent holds each service's processes together.",
     ),

@@ -10,4 +10,5 @@ pub mod machine_id;
 pub mod state_dir;
 pub mod supervise;
 pub mod tasks;
+pub mod tls;
 pub mod zk;

@@ -1,6 +1,7 @@
 //! The ZooKeeper client, behind timeouts, speaking the core's request/reply types.
 
 use crate::credential::Credential;
+use crate::tls::TlsConfig;
 use pop_core::zk::{
     Acl, CreateMode, NodeStat, WatchEvent, WatchKind, ZkError, ZkOp, ZkReply, NOT_IN_MULTI,
 };
@@ -16,6 +17,10 @@ pub enum ConnectError {
     Unreachable { hosts: String, timeout: Duration },
     #[error("ZooKeeper at {hosts} {}", refusal(user))]
     AuthFailed { hosts: String, user: String },
+    #[error("cannot reach ZooKeeper at {hosts} over TLS: {detail}")]
+    Tls { hosts: String, detail: String },
+    #[error("ZooKeeper at {hosts} accepts connections but opened no session within {}s (is it overloaded or stopped? or is it a TLS port, a secureClientPort? then give --tls-ca)", timeout.as_secs_f64())]
+    NoSession { hosts: String, timeout: Duration },
     #[error("cannot connect to ZooKeeper at {hosts}: {source}")]
     Failed {
         hosts: String,
@@ -48,6 +53,8 @@ pub struct ZkConfig {
     pub op_timeout: Duration,
     /// Authenticates the session (digest scheme); anonymous without.
     pub auth: Vec<Credential>,
+    /// Connect over TLS (every server of `hosts` is a secure client port); plain without.
+    pub tls: Option<TlsConfig>,
 }
 
 impl ZkConfig {
@@ -58,6 +65,7 @@ impl ZkConfig {
             connect_timeout: Duration::from_secs(5),
             op_timeout: Duration::from_secs(5),
             auth: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -71,11 +79,19 @@ pub async fn connect(config: &ZkConfig) -> Result<Client, ConnectError> {
     for credential in &config.auth {
         connector.auth("digest".to_string(), credential.auth_bytes());
     }
-    match tokio::time::timeout(config.connect_timeout, connector.connect(&config.hosts)).await {
-        Err(_) => Err(ConnectError::Unreachable {
-            hosts: config.hosts.clone(),
-            timeout: config.connect_timeout,
-        }),
+    let connecting = async {
+        match &config.tls {
+            Some(tls) => {
+                connector.tls(tls.client_options());
+                connector.secure_connect(&config.hosts).await
+            }
+            None => connector.connect(&config.hosts).await,
+        }
+    };
+    match tokio::time::timeout(config.connect_timeout, connecting).await {
+        Err(_) | Ok(Err(zkc::Error::Timeout | zkc::Error::ConnectionLoss)) => {
+            Err(diagnose(config).await)
+        }
         Ok(Err(zkc::Error::AuthFailed)) => Err(ConnectError::AuthFailed {
             hosts: config.hosts.clone(),
             user: config
@@ -91,6 +107,47 @@ pub async fn connect(config: &ZkConfig) -> Result<Client, ConnectError> {
         }),
         Ok(Ok(client)) => Ok(client),
     }
+}
+
+/// Why no session opened: the client only says it timed out, so look at the first
+/// server ourselves (a TLS handshake when TLS is configured, else whether it accepts TCP).
+async fn diagnose(config: &ZkConfig) -> ConnectError {
+    let hosts = config.hosts.clone();
+    let timeout = config.connect_timeout;
+    let probe_timeout = Duration::from_secs(2);
+    let tls = config.tls.clone();
+    let probe = {
+        let hosts = hosts.clone();
+        tokio::task::spawn_blocking(move || match tls {
+            Some(tls) => tls
+                .diagnose(&hosts, probe_timeout)
+                .map_or(Finding::Nothing, Finding::Tls),
+            None => {
+                let accepts = crate::tls::first_server(&hosts).is_some_and(|(host, port)| {
+                    crate::tls::connect(&format!("{host}:{port}"), probe_timeout).is_ok()
+                });
+                if accepts {
+                    Finding::AcceptsPlain
+                } else {
+                    Finding::Nothing
+                }
+            }
+        })
+    };
+    match probe.await {
+        Ok(Finding::Tls(detail)) => ConnectError::Tls { hosts, detail },
+        Ok(Finding::AcceptsPlain) => ConnectError::NoSession { hosts, timeout },
+        Ok(Finding::Nothing) | Err(_) => ConnectError::Unreachable { hosts, timeout },
+    }
+}
+
+/// What [`diagnose`] found out about the first server.
+enum Finding {
+    /// What went wrong with TLS.
+    Tls(String),
+    /// It accepts a plain TCP connection (and yet no session opened).
+    AcceptsPlain,
+    Nothing,
 }
 
 pub fn map_error(err: zkc::Error) -> ZkError {

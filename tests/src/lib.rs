@@ -8,7 +8,7 @@ pub mod python;
 pub use ensemble::Ensemble;
 pub use proxy::TcpProxy;
 
-use pop_zkserver::{four_letter, ZkServer, ZkServerConfig};
+use pop_zkserver::{four_letter, ServerTls, ZkServer, ZkServerConfig};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -42,6 +42,16 @@ pub struct Zk {
 
 impl Zk {
     pub fn start() -> Zk {
+        Zk::start_with(None)
+    }
+
+    /// A server with a secure client port (TLS) too: [`Zk::secure_hosts`]. Its plaintext
+    /// port stays (for the readiness check and four-letter words).
+    pub fn start_tls(tls: ServerTls) -> Zk {
+        Zk::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<ServerTls>) -> Zk {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = ZkServerConfig {
             port: 0,
@@ -51,6 +61,7 @@ impl Zk {
             // pop's, and what the tests ask about sessions (`session_connected`,
             // `session_alive`).
             four_letter_words: ["srvr", "cons", "dump"].map(String::from).to_vec(),
+            tls,
             ..ZkServerConfig::default()
         };
         let server = ZkServer::start(config).unwrap_or_else(|e| {
@@ -61,6 +72,13 @@ impl Zk {
 
     pub fn hosts(&self) -> String {
         self.server.connect_string()
+    }
+
+    /// The connect string of the secure client port ([`Zk::start_tls`]).
+    pub fn secure_hosts(&self) -> String {
+        self.server
+            .secure_connect_string()
+            .expect("a server started with Zk::start_tls")
     }
 
     /// Stops the server gracefully and starts it again on the same port and data
@@ -142,6 +160,8 @@ pub struct Machine {
     pub hosts: String,
     pub state: TempDir,
     pub containment: Option<&'static str>,
+    /// Set for every command of this machine (e.g. `POP_TLS_CA`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Machine {
@@ -156,6 +176,7 @@ impl Machine {
             hosts: hosts.to_string(),
             state: tempfile::tempdir().expect("temp dir"),
             containment: None,
+            env: Vec::new(),
         }
     }
 
@@ -173,6 +194,9 @@ impl Machine {
         cmd.env_remove("POP_HOST")
             .env_remove("POP_MACHINE_ID")
             .env_remove("POP_STATE_DIR")
+            .env_remove("POP_TLS_CA")
+            .env_remove("POP_TLS_CERT")
+            .env_remove("POP_TLS_KEY")
             .env("POP_SESSION_TIMEOUT_MS", "4000")
             .env_remove("RUST_LOG")
             .arg("--host")
@@ -186,6 +210,7 @@ impl Machine {
         if let Some(c) = self.containment {
             cmd.env("POP_CONTAINMENT", c);
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 

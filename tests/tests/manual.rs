@@ -165,6 +165,7 @@ fn the_manual_page_renders_with_its_sections() {
         "POP_CONTAINMENT",
         "POP_SESSION_TIMEOUT_MS",
         "POP_AUTH",
+        "POP_TLS_CA",
     ] {
         assert!(text.contains(variable), "ENVIRONMENT lacks {variable}");
     }

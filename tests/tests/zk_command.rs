@@ -15,6 +15,7 @@ fn local_zookeeper_starts_reports_and_stops() {
         hosts: format!("127.0.0.1:{port}"),
         state,
         containment: None,
+        env: Vec::new(),
     };
     let port_arg = port.to_string();
     let out = m.ok(&["zk", "start", "--port", &port_arg, "--tick-ms", "200"]);
@@ -150,6 +151,7 @@ fn a_local_zookeeper_started_with_require_auth_refuses_anonymous_clients() {
         hosts: format!("127.0.0.1:{port}"),
         state: tempfile::tempdir().expect("temp dir"),
         containment: None,
+        env: Vec::new(),
     };
     let port_arg = port.to_string();
     let out = m.ok(&[

@@ -31,7 +31,7 @@ pub async fn run(cli: &Cli) -> Result<()> {
         admin_identity,
     } = &cli.command
     {
-        Admin::ensure_chroot(&cli.host).await?;
+        Admin::ensure_chroot(cli).await?;
         return init(cli, *force, admin_identity.as_ref()).await;
     }
     let admin = Admin::for_cli(cli).await?;
@@ -81,7 +81,7 @@ async fn init(cli: &Cli, force: bool, identity: Option<&auth::Secret>) -> Result
         (Some(identity), _) => Some(identity.clone()),
         (None, given) => given,
     };
-    let admin = Admin::connect(&cli.host, credential).await?;
+    let admin = Admin::connect(crate::context::zk_config(cli)?, credential).await?;
     let mut plan = Init::new(&admin.hosts, force, DELETE_PATIENCE);
     if let Some(identity) = &identity {
         plan = plan.secured(identity.user(), &identity.digest_id());

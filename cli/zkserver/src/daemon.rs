@@ -178,7 +178,9 @@ pub fn start_daemon(
     if let Some(dir) = pid_file.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
     }
-    let (mut child, addr) = spawn_ready(config, true)?;
+    let Spawned {
+        mut child, addr, ..
+    } = spawn_ready(config, true)?;
     let pid = child.id();
     let state = DaemonState {
         pid,

@@ -37,6 +37,13 @@ pub(crate) const REQUIRED_JARS: [&str; 3] =
 pub(crate) const LOG_BACKEND_JAR: &str = "slf4j-simple.jar";
 /// An upstream-style installation's jars, used too when present.
 pub(crate) const UPSTREAM_LIB_DIR: &str = "/usr/share/zookeeper/lib";
+/// Netty jars a secure client port needs that `zookeeper.jar`'s manifest does not name
+/// (Debian's `libnetty-java`, a dependency of the package).
+pub(crate) const TLS_JARS: [&str; 3] = [
+    "netty-codec.jar",
+    "netty-resolver.jar",
+    "netty-transport-native-unix-common.jar",
+];
 pub(crate) const MAIN_CLASS: &str = "org.apache.zookeeper.server.ZooKeeperServerMain";
 pub(crate) const INSTALL_HINT: &str = "on Debian: apt-get install -y zookeeper";
 
@@ -190,6 +197,51 @@ pub struct ZkServerConfig {
     /// Refuse every request of a client that has not authenticated with the digest
     /// scheme (ZooKeeper 3.7+: `enforce.auth.enabled`).
     pub require_auth: bool,
+    /// A secure client port (TLS) besides the plaintext one.
+    pub tls: Option<ServerTls>,
+}
+
+/// ZooKeeper's `secureClientPort` with PEM files (Netty connection factory).
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// The secure client port; 0 picks a free one.
+    pub port: u16,
+    /// PEM: the server's private key (unencrypted PKCS#8) and its certificate chain.
+    pub key_store: PathBuf,
+    /// PEM: the CA certificates a client's certificate must chain to.
+    pub trust_store: PathBuf,
+    pub client_auth: ClientAuth,
+}
+
+/// Whether a TLS client must present a certificate (`ssl.clientAuth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Mutual TLS: a client without a certificate its trust store accepts is refused.
+    Need,
+    /// Any client that trusts the server's certificate may connect.
+    None,
+}
+
+impl ServerTls {
+    /// The `zoo.cfg` lines of a secure client port on `port`.
+    fn config_lines(&self, bind: IpAddr, port: u16) -> String {
+        let client_auth = match self.client_auth {
+            ClientAuth::Need => "need",
+            ClientAuth::None => "none",
+        };
+        format!(
+            "secureClientPort={port}\n\
+             secureClientPortAddress={bind}\n\
+             serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory\n\
+             ssl.keyStore.location={key}\n\
+             ssl.keyStore.type=PEM\n\
+             ssl.trustStore.location={trust}\n\
+             ssl.trustStore.type=PEM\n\
+             ssl.clientAuth={client_auth}\n",
+            key = self.key_store.display(),
+            trust = self.trust_store.display(),
+        )
+    }
 }
 
 impl Default for ZkServerConfig {
@@ -204,6 +256,7 @@ impl Default for ZkServerConfig {
             fsync: true,
             four_letter_words: POP_FOUR_LETTER_WORDS.map(String::from).to_vec(),
             require_auth: false,
+            tls: None,
         }
     }
 }
@@ -312,9 +365,23 @@ pub(crate) fn file_len(path: &Path) -> u64 {
 pub(crate) fn command(
     config: &ZkServerConfig,
     port: u16,
+    secure_port: Option<u16>,
     log: &Path,
 ) -> Result<Command, ZkServerError> {
-    let install = find_installation()?;
+    let mut install = find_installation()?;
+    let mut tls = String::new();
+    if let (Some(server_tls), Some(secure_port)) = (&config.tls, secure_port) {
+        for jar in TLS_JARS {
+            let path = Path::new(JAVA_DIR).join(jar);
+            if !path.is_file() {
+                return Err(ZkServerError::NotInstalled {
+                    missing: format!("{} (for TLS)", path.display()),
+                });
+            }
+            install.jars.push(path);
+        }
+        tls = server_tls.config_lines(config.bind, secure_port);
+    }
     fs::create_dir_all(&config.data_dir).map_err(io_err(format!(
         "creating ZooKeeper's data directory {}",
         config.data_dir.display()
@@ -333,7 +400,7 @@ pub(crate) fn command(
          4lw.commands.whitelist={whitelist}\n\
          forceSync={sync}\n\
          autopurge.snapRetainCount=3\n\
-         autopurge.purgeInterval=1\n{auth}",
+         autopurge.purgeInterval=1\n{auth}{tls}",
         tick = config.tick_ms,
         dir = data_dir.display(),
         bind = config.bind,
@@ -425,12 +492,17 @@ pub(crate) fn wait_ready(
     }
 }
 
+/// A started server's process and where clients reach it.
+pub(crate) struct Spawned {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// The secure client port's address, when TLS is configured.
+    pub secure_addr: Option<SocketAddr>,
+}
+
 /// Starts a server on `port` (0: free ports, retried when taken meanwhile) and waits until
 /// it is ready. `detach` puts it in its own session, to outlive this process.
-pub(crate) fn spawn_ready(
-    config: &ZkServerConfig,
-    detach: bool,
-) -> Result<(Child, SocketAddr), ZkServerError> {
+pub(crate) fn spawn_ready(config: &ZkServerConfig, detach: bool) -> Result<Spawned, ZkServerError> {
     let log = config.log_path();
     let attempts = if config.port == 0 { PORT_ATTEMPTS } else { 1 };
     let mut attempt = 0;
@@ -441,7 +513,12 @@ pub(crate) fn spawn_ready(
             p => p,
         };
         let addr = client_addr(config.bind, port);
-        let mut cmd = command(config, port, &log)?;
+        let secure_port = match &config.tls {
+            None => None,
+            Some(tls) if tls.port == 0 => Some(free_port(config.bind)?),
+            Some(tls) => Some(tls.port),
+        };
+        let mut cmd = command(config, port, secure_port, &log)?;
         if detach {
             // SAFETY: only setsid(2), async-signal-safe, runs between fork and exec.
             unsafe {
@@ -457,7 +534,12 @@ pub(crate) fn spawn_ready(
         match wait_ready(&mut child, addr, &log, log_from) {
             Ok(()) => {
                 tracing::info!(pid = child.id(), %addr, data_dir = %config.data_dir.display(), "ZooKeeper ready");
-                return Ok((child, addr));
+                let secure_addr = secure_port.map(|p| client_addr(config.bind, p));
+                return Ok(Spawned {
+                    child,
+                    addr,
+                    secure_addr,
+                });
             }
             Err(ZkServerError::PortInUse { .. }) if attempt < attempts => {
                 tracing::debug!(port, "port taken meanwhile; trying another");

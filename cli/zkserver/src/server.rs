@@ -15,20 +15,30 @@ pub struct ZkServer {
     /// With the port actually used, so that `restart` reuses it.
     config: ZkServerConfig,
     addr: SocketAddr,
+    secure_addr: Option<SocketAddr>,
 }
 
 impl ZkServer {
     /// Starts a server and waits (up to [`READY_TIMEOUT`]) until it serves requests.
     pub fn start(config: ZkServerConfig) -> Result<ZkServer, ZkServerError> {
-        let (child, addr) = spawn_ready(&config, false)?;
+        let spawned = spawn_ready(&config, false)?;
+        let tls = match (config.tls, spawned.secure_addr) {
+            (Some(tls), Some(secure)) => Some(ServerTls {
+                port: secure.port(),
+                ..tls
+            }),
+            _ => None,
+        };
         let config = ZkServerConfig {
-            port: addr.port(),
+            port: spawned.addr.port(),
+            tls,
             ..config
         };
         Ok(ZkServer {
-            child: Some(child),
+            child: Some(spawned.child),
             config,
-            addr,
+            addr: spawned.addr,
+            secure_addr: spawned.secure_addr,
         })
     }
 
@@ -43,6 +53,11 @@ impl ZkServer {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// `127.0.0.1:PORT` of the secure client port (TLS), if configured.
+    pub fn secure_connect_string(&self) -> Option<String> {
+        self.secure_addr.map(|a| a.to_string())
     }
 
     /// The JVM's pid; `None` only after a failed `restart`.
@@ -97,8 +112,8 @@ impl ZkServer {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             match spawn_ready(&self.config, false) {
-                Ok((child, _)) => {
-                    self.child = Some(child);
+                Ok(spawned) => {
+                    self.child = Some(spawned.child);
                     return Ok(());
                 }
                 Err(ZkServerError::PortInUse { .. }) if Instant::now() < deadline => {
