@@ -125,7 +125,10 @@ fn a_service_and_its_task_run_as_the_user_its_settings_name() {
     let work = m.state_dir().join("work/web");
     let meta = std::fs::metadata(&work).expect("the working directory");
     assert_eq!(meta.uid(), 65534, "{}", work.display());
-    let made = std::fs::metadata(work.join("made-here")).expect("a file the service made");
+    // Made by the service after it started: waited for, not assumed.
+    let made = wait_for("a file the service made", || {
+        std::fs::metadata(work.join("made-here")).ok()
+    });
     assert_eq!(made.uid(), 65534);
     // Its log is the agent's (opened by the agent, handed over), and has its output.
     let log = m.state_dir().join("logs/web.log");
