@@ -3,11 +3,12 @@
 //! operators' terminals authenticate as the admin and each agent with its machine's own
 //! credential, so the model's ACLs decide every request as ZooKeeper would.
 //!
-//! Checked: an agent never attempts a write its principal cannot make (a NoAuth reply to
-//! an agent's write is a violation: in production the agent would exit), and the
-//! operators' plans are never refused (a NoAuth reply to a terminal is a violation).
-//! Reads refused to an agent are not violations: it reads the settings of every service
-//! listed for it, and an ACL may keep one from it a moment around a deploy or undeploy.
+//! Checked: an agent never attempts a request its principal cannot make (a NoAuth reply
+//! to an agent is a violation: in production the agent would exit), and the operators'
+//! plans are never refused (a NoAuth reply to a terminal is a violation). Two refused
+//! reads are expected of an agent doing its job: the settings of a service (it reads
+//! those of every service, and is granted only those deployed on its machine) and a
+//! task's request (the task fails, saying so).
 
 use super::admin::{AT, DELETE_PATIENCE};
 use super::World;
@@ -87,8 +88,19 @@ fn refused(reply: &ZkReply) -> bool {
     )
 }
 
-fn is_write(op: &ZkOp) -> bool {
-    !matches!(op, ZkOp::GetData { .. } | ZkOp::GetChildren { .. })
+/// The reads an ACL may refuse an agent that does its job: a service's settings (not
+/// deployed on its machine, or not granted yet) and a task's request (its task fails,
+/// saying so). Any other refusal means the agent asked what its principal may not do,
+/// and it exits.
+fn refusal_expected(op: &ZkOp) -> bool {
+    let ZkOp::GetData { path, .. } = op else {
+        return false;
+    };
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    matches!(
+        parts.as_slice(),
+        ["services", _, "settings"] | ["services", _, "tasks", _]
+    )
 }
 
 impl World {
@@ -269,15 +281,21 @@ impl World {
         }
     }
 
-    /// An agent's write refused by an ACL: its principal may not make it.
+    /// An agent's request refused by an ACL: its principal may not make it (but for the
+    /// reads [`refusal_expected`] allows).
     pub(super) fn check_agent_refusal(&mut self, machine: usize, op: &ZkOp, reply: &ZkReply) {
         if self.security.is_some() {
             self.coverage("request of an agent in a secured namespace");
         }
-        if is_write(op) && refused(reply) {
+        if refused(reply) && !refusal_expected(op) {
             let id = self.machines[machine].id.clone();
+            let what = if matches!(op, ZkOp::GetData { .. } | ZkOp::GetChildren { .. }) {
+                "a read"
+            } else {
+                "a write"
+            };
             self.violate(format!(
-                "{id}'s agent attempted a write its principal may not make (NoAuth): {op:?}"
+                "{id}'s agent attempted {what} its principal may not make (NoAuth): {op:?}"
             ));
         }
     }
