@@ -217,9 +217,13 @@ impl AgentAccess {
     pub fn own_node(&self) -> Acl {
         match self {
             AgentAccess::Open => Acl::open(),
-            AgentAccess::Secured { admin, machine } => Acl::none()
-                .digest(admin, Perms::ALL)
-                .digest(machine, Perms::ALL),
+            AgentAccess::Secured { admin, machine } => {
+                let admin_only = Acl::none().digest(admin, Perms::ALL);
+                if planted!(OwnNodesLeaveOutTheMachine) {
+                    return admin_only;
+                }
+                admin_only.digest(machine, Perms::ALL)
+            }
         }
     }
 }

@@ -27,6 +27,7 @@ pub mod assignment;
 pub mod backoff;
 mod bytes;
 mod describe;
+pub mod digest;
 pub mod environment;
 pub mod event;
 pub mod journal;

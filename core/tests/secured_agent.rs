@@ -204,3 +204,86 @@ fn settings_kept_from_it_are_read_again_once_it_is_deployed() {
     );
     request_for(&actions, "/services/web/settings");
 }
+
+#[test]
+fn settings_refused_while_it_is_listed_are_read_again_until_granted() {
+    // Two deploys racing: one's grant overwrote the other's, so the list names m1
+    // before the ACL lets it read. ZooKeeper fires no watch when the ACL catches up.
+    let mut agent = agent(secured());
+    let actions = connect(&mut agent);
+    let id = request_for(&actions, "/services");
+    let listing = ZkReply::Children {
+        names: vec!["web".into()],
+        stat: NodeStat::default(),
+    };
+    let actions = feed(&mut agent, 1001, Input::Reply { id, reply: listing });
+    let settings = request_for(&actions, "/services/web/settings");
+    let machines = request_for(&actions, "/services/web/machines");
+    let here = ZkReply::Data {
+        data: b"[\"m1\"]".to_vec(),
+        stat: NodeStat {
+            mzxid: 5,
+            ..NodeStat::default()
+        },
+    };
+    feed(
+        &mut agent,
+        1002,
+        Input::Reply {
+            id: machines,
+            reply: here,
+        },
+    );
+    let refused = ZkReply::Error(ZkError::NoAuth);
+    let after = feed(
+        &mut agent,
+        1003,
+        Input::Reply {
+            id: settings,
+            reply: refused.clone(),
+        },
+    );
+    assert!(!after.contains(&Action::Exit), "{after:?}");
+    // Refused again after a pause: read again after another.
+    let retry = feed(&mut agent, 1600, Input::Tick);
+    let settings = request_for(&retry, "/services/web/settings");
+    feed(
+        &mut agent,
+        1601,
+        Input::Reply {
+            id: settings,
+            reply: refused,
+        },
+    );
+    let retry = feed(&mut agent, 2200, Input::Tick);
+    let settings = request_for(&retry, "/services/web/settings");
+    let granted = ZkReply::Data {
+        data: br#"{"type":"command","command":"serve"}"#.to_vec(),
+        stat: NodeStat {
+            mzxid: 6,
+            ..NodeStat::default()
+        },
+    };
+    let started = feed(
+        &mut agent,
+        2201,
+        Input::Reply {
+            id: settings,
+            reply: granted,
+        },
+    );
+    assert!(
+        started
+            .iter()
+            .any(|a| matches!(a, Action::Spawn { service, .. } if service == "web")),
+        "{started:?}"
+    );
+    // Nothing more to read once granted.
+    let later = feed(&mut agent, 5000, Input::Tick);
+    assert!(
+        later
+            .iter()
+            .all(|a| !matches!(a, Action::Zk { op, .. } if op.path() == "/services/web/settings")),
+        "{later:?}"
+    );
+}

@@ -17,9 +17,18 @@
 //!   watcher registered on the path. Events are compared as the client delivers them, one
 //!   per watcher (production awaits each watcher on its own task), which the model counts.
 //! - Raw session ids, zxids and times differ and are not compared.
+//!
+//! ACL scenarios authenticate sessions mid-scenario (`Step::Auth`, the client's
+//! `addAuth`), and also compare `getACL` (digest ids whole or as `user:x`) and `exists`
+//! (which the server answers without checking any ACL). The final tree is read by a
+//! session authenticated with every credential the scenario used, and holds each node's
+//! ACL (by user).
 
-use pop_core::zk::{CreateMode, NodeStat, SessionId, WatchKind, ZkError, ZkOp, ZkReply};
-use pop_sim::zk_model::{Notification, ZkModel, NO_CHILDREN_FOR_EPHEMERALS};
+use pop_core::digest::digest_id;
+use pop_core::zk::{
+    Acl, CreateMode, NodeStat, Perms, SessionId, WatchKind, ZkError, ZkOp, ZkReply,
+};
+use pop_sim::zk_model::{Notification, ZkModel, INVALID_ACL, NO_CHILDREN_FOR_EPHEMERALS};
 use pop_tests::{TcpProxy, Zk, DEADLINE};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,6 +51,12 @@ enum Step {
     /// The session is no longer heard from (its proxy drops everything) until the server
     /// expires it; then its connection works again and the client learns of the expiry.
     Expire(usize),
+    /// The session authenticates: `addAuth("digest", "user:password")`.
+    Auth(usize, &'static str),
+    /// `getACL`.
+    GetAcl(usize, &'static str),
+    /// `exists` (no watch).
+    Exists(usize, &'static str),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,12 +84,17 @@ enum Seen {
     Error(ZkError),
     Multi(Vec<Seen>),
     MultiFailed(usize, ZkError),
+    /// A `getACL`: each entry as `scheme:id=perms`, ids as the server showed them.
+    Acl(Vec<String>),
+    /// An `exists`: the node's version and owner, if it is there.
+    Exists(Option<(i32, Owner)>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Outcome {
     Reply(Seen),
     Ended,
+    Authenticated,
 }
 
 /// Watch events per session, in the order received.
@@ -94,6 +114,8 @@ struct TreeNode {
     version: i32,
     cversion: i32,
     owner: Owner,
+    /// The ACL by user (`Acl`'s display), as the tree's reader may see it.
+    acl: String,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -145,6 +167,34 @@ fn seen(reply: ZkReply, ids: &[i64]) -> Seen {
     }
 }
 
+fn acl_entries(acl: &Acl) -> Vec<String> {
+    acl.entries()
+        .iter()
+        .map(|e| format!("{}:{}={}", e.scheme, e.id, e.perms))
+        .collect()
+}
+
+/// The client's ACL as the core's.
+fn core_acl(acl: &[zkc::Acl]) -> Acl {
+    acl.iter().fold(Acl::none(), |out, entry| {
+        let perms = [
+            (zkc::Permission::READ, Perms::READ),
+            (zkc::Permission::WRITE, Perms::WRITE),
+            (zkc::Permission::CREATE, Perms::CREATE),
+            (zkc::Permission::DELETE, Perms::DELETE),
+            (zkc::Permission::ADMIN, Perms::ADMIN),
+        ]
+        .into_iter()
+        .filter(|(theirs, _)| entry.permission().has(*theirs))
+        .fold(Perms(0), |all, (_, ours)| all.and(ours));
+        match entry.scheme() {
+            "digest" => out.digest(entry.id(), perms),
+            "world" if entry.id() == "anyone" => out.anyone(perms),
+            other => panic!("unexpected ACL scheme {other}:{}", entry.id()),
+        }
+    })
+}
+
 /// Events of a step that ends a session come in an order the model does not reproduce.
 fn normalise(step: &Step, mut events: Events) -> Events {
     if matches!(step, Step::Close(_) | Step::Expire(_)) {
@@ -192,6 +242,23 @@ fn run_model(timeouts: &[Duration], steps: &[Step]) -> Run {
                 (Outcome::Reply(seen(reply, &raw)), notes)
             }
             Step::Close(s) => (Outcome::Ended, zk.expire(ids[*s])),
+            Step::Auth(s, credential) => {
+                zk.add_auth(ids[*s], credential);
+                (Outcome::Authenticated, Vec::new())
+            }
+            Step::GetAcl(s, path) => {
+                let seen = match zk.get_acl(ids[*s], path) {
+                    Ok((acl, _)) => Seen::Acl(acl_entries(&acl)),
+                    Err(e) => Seen::Error(e),
+                };
+                (Outcome::Reply(seen), Vec::new())
+            }
+            Step::Exists(_, path) => {
+                let stat = zk
+                    .get(path)
+                    .map(|n| (n.version, owner(n.ephemeral_owner, &raw)));
+                (Outcome::Reply(Seen::Exists(stat)), Vec::new())
+            }
             Step::Expire(s) => {
                 // Everyone else is heard from; the session times out on the model's clock.
                 now += 60_000;
@@ -224,6 +291,7 @@ fn run_model(timeouts: &[Duration], steps: &[Step]) -> Run {
             version: n.version,
             cversion: n.cversion,
             owner: owner(n.ephemeral_owner, &raw),
+            acl: n.acl.to_string(),
         })
         .collect();
     Run {
@@ -321,19 +389,30 @@ impl Real<'_> {
         std::mem::replace(&mut *events, vec![Vec::new(); self.ids.len()])
     }
 
-    async fn tree(&self, path: &str, out: &mut Vec<TreeNode>) {
+    async fn tree(&self, path: &str, credentials: &[&str], out: &mut Vec<TreeNode>) {
         let client = connect(&self.zk.hosts(), LONG).await;
+        for credential in credentials {
+            tokio::time::timeout(
+                OP_TIMEOUT,
+                client.auth("digest".into(), credential.as_bytes().to_vec()),
+            )
+            .await
+            .expect("authenticating in time")
+            .expect("authenticating");
+        }
         let mut todo = vec![path.to_string()];
         while let Some(p) = todo.pop() {
             let (names, stat) = client.get_children(&p).await.expect("listing");
             if p != "/" {
                 let (data, _) = client.get_data(&p).await.expect("reading");
+                let (acl, _) = client.get_acl(&p).await.expect("reading the ACL");
                 out.push(TreeNode {
                     path: p.clone(),
                     data: text(&data),
                     version: stat.version,
                     cversion: stat.cversion,
                     owner: owner(stat.ephemeral_owner, &self.ids),
+                    acl: core_acl(&acl).to_string(),
                 });
             }
             for name in names {
@@ -391,6 +470,35 @@ async fn run_real(zk: &Zk, timeouts: &[Duration], steps: &[Step]) -> Run {
                 real.expire(*s).await;
                 Outcome::Ended
             }
+            Step::Auth(s, credential) => {
+                let auth = real
+                    .client(*s)
+                    .auth("digest".into(), credential.as_bytes().to_vec());
+                tokio::time::timeout(OP_TIMEOUT, auth)
+                    .await
+                    .expect("authenticating in time")
+                    .expect("authenticating");
+                Outcome::Authenticated
+            }
+            Step::GetAcl(s, path) => {
+                let got = tokio::time::timeout(OP_TIMEOUT, real.client(*s).get_acl(path))
+                    .await
+                    .expect("getACL in time");
+                Outcome::Reply(match got {
+                    Ok((acl, _)) => Seen::Acl(acl_entries(&core_acl(&acl))),
+                    Err(e) => Seen::Error(pop_io::zk::map_error(e)),
+                })
+            }
+            Step::Exists(s, path) => {
+                let got = tokio::time::timeout(OP_TIMEOUT, real.client(*s).check_stat(path))
+                    .await
+                    .expect("exists in time")
+                    .expect("exists");
+                let ids = &real.ids;
+                Outcome::Reply(Seen::Exists(
+                    got.map(|stat| (stat.version, owner(stat.ephemeral_owner, ids))),
+                ))
+            }
         };
         let events = real.barrier().await;
         records.push(Record {
@@ -399,8 +507,15 @@ async fn run_real(zk: &Zk, timeouts: &[Duration], steps: &[Step]) -> Run {
             events: normalise(step, events),
         });
     }
+    let credentials: Vec<&str> = steps
+        .iter()
+        .filter_map(|step| match step {
+            Step::Auth(_, credential) => Some(*credential),
+            _ => None,
+        })
+        .collect();
     let mut tree = Vec::new();
-    real.tree("/", &mut tree).await;
+    real.tree("/", &credentials, &mut tree).await;
     Run {
         timeouts: negotiated,
         records,
@@ -820,4 +935,200 @@ fn an_expired_session_takes_its_ephemerals() {
             get(2, "/se"),
         ],
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// ACL scenarios: session 0 the admin, 1 a machine, 2 anonymous (until it authenticates).
+
+const ADMIN: &str = "admin:pw";
+const MACHINE: &str = "m1:s3cret";
+
+fn admin_all() -> Acl {
+    Acl::none().digest(&digest_id(ADMIN), Perms::ALL)
+}
+
+fn machine_id() -> String {
+    digest_id(MACHINE)
+}
+
+fn create_acl_op(path: &str, data: &str, mode: CreateMode, acl: Acl) -> ZkOp {
+    ZkOp::Create {
+        path: path.into(),
+        data: data.as_bytes().to_vec(),
+        mode,
+        acl,
+    }
+}
+
+fn create_acl(s: usize, path: &str, acl: Acl) -> Step {
+    Step::Op(s, create_acl_op(path, "", CreateMode::Persistent, acl))
+}
+
+fn set_acl(s: usize, path: &str, acl: Acl, version: Option<i32>) -> Step {
+    Step::Op(
+        s,
+        ZkOp::SetAcl {
+            path: path.into(),
+            acl,
+            version,
+        },
+    )
+}
+
+/// The nodes of a secured namespace in miniature: a container machines may create and
+/// delete under, a node only the admin may touch, one anyone may read.
+fn secured_setup() -> Vec<Step> {
+    let rcd = Perms::READ.and(Perms::CREATE).and(Perms::DELETE);
+    vec![
+        Step::Auth(0, ADMIN),
+        Step::Auth(1, MACHINE),
+        create_acl(0, "/open", admin_all().anyone(Perms::READ)),
+        create_acl(0, "/state", admin_all().digest(&machine_id(), rcd)),
+        create_acl(0, "/secret", admin_all()),
+        create_acl(0, "/secret/child", admin_all()),
+    ]
+}
+
+#[test]
+fn each_op_kind_for_anonymous_and_digest_sessions() {
+    let own = admin_all().digest(&machine_id(), Perms::ALL);
+    let mut steps = secured_setup();
+    steps.extend([
+        // Reads need READ on the node.
+        get(2, "/open"),
+        get(2, "/secret"),
+        get(1, "/secret"),
+        list(2, "/secret"),
+        list(2, "/open"),
+        get(0, "/secret"),
+        // A refused watched read leaves no watch.
+        watch_data(2, "/secret"),
+        watch_children(1, "/secret"),
+        set(0, "/secret", "changed", None),
+        create_acl(0, "/secret/other", admin_all()),
+        // exists is not checked.
+        Step::Exists(2, "/secret"),
+        Step::Exists(2, "/secret/none"),
+        // create: CREATE on the parent, after the parent's existence, before the node's.
+        create_acl(2, "/open/x", Acl::open()),
+        create_acl(2, "/none/x", Acl::open()),
+        create_acl(2, "/secret/child", Acl::open()),
+        Step::Op(
+            1,
+            create_acl_op("/state/m1", "up", CreateMode::Ephemeral, own.clone()),
+        ),
+        // The parent's CREATE covers any name: m1 creates another machine's node.
+        Step::Op(
+            1,
+            create_acl_op("/state/m2", "forged", CreateMode::Ephemeral, own.clone()),
+        ),
+        create_acl(1, "/secret/x", own.clone()),
+        // setData: WRITE on the node, before the version.
+        set(2, "/open", "x", Some(5)),
+        set(1, "/state/m1", "running", Some(0)),
+        set(1, "/secret", "x", None),
+        set(0, "/state/m1", "by admin", None),
+        // delete: DELETE on the parent, then the node's existence, then the version.
+        delete(2, "/secret/none", None),
+        delete(2, "/secret/child", Some(3)),
+        delete(1, "/state/m1", Some(7)),
+        delete(1, "/secret/child", None),
+        delete(1, "/state/m2", None),
+        // setACL: ADMIN on the node, then the ACL version.
+        set_acl(1, "/secret", Acl::open(), None),
+        set_acl(0, "/secret/child", Acl::open(), Some(1)),
+        set_acl(0, "/secret/child", admin_all().anyone(Perms::READ), Some(0)),
+        get(2, "/secret/child"),
+        // getACL: READ or ADMIN; digests whole only with ADMIN.
+        Step::GetAcl(2, "/open"),
+        Step::GetAcl(0, "/open"),
+        Step::GetAcl(1, "/state"),
+        Step::GetAcl(1, "/secret"),
+        Step::GetAcl(2, "/secret/child"),
+        Step::GetAcl(1, "/state/m1"),
+        Step::GetAcl(2, "/none"),
+        // The client refuses an empty ACL.
+        create_acl(0, "/secret/empty", Acl::none()),
+    ]);
+    assert_eq!(
+        pop_io::zk::map_error(zkc::Error::InvalidAcl),
+        ZkError::Other(INVALID_ACL.into())
+    );
+    conform(&[LONG, LONG, LONG], &steps);
+}
+
+#[test]
+fn a_multi_with_one_refused_op_applies_nothing() {
+    let own = admin_all().digest(&machine_id(), Perms::ALL);
+    let mut steps = secured_setup();
+    steps.extend([
+        watch_children(0, "/state"),
+        watch_data(0, "/secret"),
+        // The first op is allowed, the second refused: nothing happens, no watch fires.
+        Step::Multi(
+            1,
+            vec![
+                create_acl_op("/state/m1", "", CreateMode::Ephemeral, own.clone()),
+                set_op("/secret", "evil", None),
+                delete_op("/state/none", None),
+            ],
+        ),
+        list(0, "/state"),
+        // A refusal after another failure: the first failing op is reported.
+        Step::Multi(
+            1,
+            vec![
+                delete_op("/state/none", None),
+                set_op("/secret", "evil", None),
+            ],
+        ),
+        Step::Multi(
+            2,
+            vec![
+                create_acl_op("/open/a", "", CreateMode::Persistent, Acl::open()),
+                create_acl_op("/open/a/b", "", CreateMode::Persistent, Acl::open()),
+            ],
+        ),
+        // Each op is checked against the nodes as the ops before it left them.
+        Step::Multi(
+            0,
+            vec![
+                create_acl_op("/secret/mine", "", CreateMode::Persistent, own.clone()),
+                create_acl_op("/secret/mine/x", "", CreateMode::Persistent, admin_all()),
+            ],
+        ),
+        Step::Multi(
+            1,
+            vec![
+                create_acl_op("/secret/mine/y", "", CreateMode::Persistent, own.clone()),
+                delete_op("/secret/mine/x", None),
+                set_op("/secret/mine", "by m1", Some(0)),
+            ],
+        ),
+        get(0, "/secret"),
+        get(0, "/secret/mine"),
+    ]);
+    conform(&[LONG, LONG, LONG], &steps);
+}
+
+#[test]
+fn authenticating_mid_session_adds_an_id() {
+    let mut steps = secured_setup();
+    steps.extend([
+        get(2, "/secret"),
+        // A wrong password authenticates too, as another id: still refused.
+        Step::Auth(2, "admin:wrong"),
+        get(2, "/secret"),
+        Step::GetAcl(2, "/secret"),
+        Step::Auth(2, ADMIN),
+        get(2, "/secret"),
+        Step::GetAcl(2, "/secret"),
+        // Two ids on one session: either grants.
+        Step::Auth(2, MACHINE),
+        create_acl(2, "/state/m1", admin_all()),
+        // The machine left itself out of its node's ACL: it can no longer write it.
+        set(1, "/state/m1", "x", None),
+        delete(1, "/state/m1", None),
+    ]);
+    conform(&[LONG, LONG, LONG], &steps);
 }

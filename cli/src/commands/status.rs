@@ -27,14 +27,45 @@ fn now_secs() -> f64 {
 /// whether or not its report can be read.
 type Reports = BTreeMap<String, Result<AgentReport, DataError>>;
 
-async fn agent_reports(admin: &Admin) -> Result<Reports> {
+/// The session that owns each machine's agent node: the one its state and pid nodes
+/// must belong to.
+type Owners = BTreeMap<String, i64>;
+
+async fn agent_reports(admin: &Admin) -> Result<(Reports, Owners)> {
     let mut reports = BTreeMap::new();
+    let mut owners = BTreeMap::new();
     for machine in admin.children(paths::AGENTS).await? {
         if let Some(node) = admin.get(&paths::agent(&machine)).await? {
+            owners.insert(machine.clone(), node.ephemeral_owner);
             reports.insert(machine, AgentReport::parse(&node.data));
         }
     }
-    Ok(reports)
+    Ok((reports, owners))
+}
+
+/// A node published in machine `machine`'s name that its agent's session does not own:
+/// another registered machine may create it while the machine has none (ZooKeeper's
+/// CREATE on the parent covers every child's name), or it is left from an old session.
+/// Its data is not trusted.
+fn not_vouched_for(path: &str, machine: &str, owner: i64, owners: &Owners) -> Option<String> {
+    let agent = owners.get(machine).copied();
+    if agent == Some(owner) && owner != 0 {
+        return None;
+    }
+    let whose = match owner {
+        0 => "a persistent node, no agent's".to_string(),
+        owner => format!("owned by session {owner:#x}"),
+    };
+    let vouch = match agent {
+        Some(agent) => format!(
+            "{machine}'s agent holds {} in session {agent:#x}",
+            paths::agent(machine)
+        ),
+        None => format!("{machine} has no live agent"),
+    };
+    Some(format!(
+        "suspect (possibly forged) node {path}: {whose}, while {vouch}; its data is ignored"
+    ))
 }
 
 fn unreadable_report(machine: &str, error: &DataError) -> String {
@@ -76,7 +107,7 @@ struct Instance {
 async fn service_status(
     admin: &Admin,
     name: &str,
-    agents: &Reports,
+    (agents, owners): (&Reports, &Owners),
     now: f64,
 ) -> Result<ServiceStatus> {
     let mut problems = Vec::new();
@@ -110,14 +141,25 @@ async fn service_status(
     };
     let mut states = BTreeMap::new();
     let mut bad_states = BTreeMap::new();
+    let mut suspects = BTreeMap::new();
     for machine in admin.children(&paths::service_state_dir(name)).await? {
-        if let Some(node) = admin.get(&paths::service_state(name, &machine)).await? {
+        let path = paths::service_state(name, &machine);
+        if let Some(node) = admin.get(&path).await? {
+            let suspect = not_vouched_for(&path, &machine, node.ephemeral_owner, owners);
             let state = match StateNode::parse(&node.data) {
                 Ok(state) => Some(state),
                 Err(e) => {
                     bad_states.insert(machine.clone(), format!("invalid state node: {e}"));
                     None
                 }
+            };
+            // What a suspect node says is not shown as the machine's.
+            let state = match suspect {
+                Some(suspect) => {
+                    suspects.insert(machine.clone(), suspect);
+                    None
+                }
+                None => state,
             };
             states.insert(machine, state);
         }
@@ -138,8 +180,22 @@ async fn service_status(
         if let Some(Err(e)) = agent {
             issues.push(unreadable_report(&machine, e));
         }
+        if let Some(problem) = suspects.get(&machine) {
+            issues.push(problem.clone());
+        }
         if let Some(problem) = bad_states.get(&machine) {
             issues.push(problem.clone());
+        }
+        // Only the machine may create its pid nodes; still, trust none its agent's
+        // session does not own.
+        let pid_path = paths::machine_service(&machine, name);
+        if let Some(node) = admin.get(&pid_path).await? {
+            issues.extend(not_vouched_for(
+                &pid_path,
+                &machine,
+                node.ephemeral_owner,
+                owners,
+            ));
         }
         if let Some(agent) = readable {
             let prefix = format!("{}/", paths::service(name));
@@ -253,11 +309,11 @@ pub async fn status(cli: &Cli, admin: &Admin, only: Option<&str>) -> Result<()> 
         }
         None => admin.children(paths::SERVICES).await?,
     };
-    let agents = agent_reports(admin).await?;
+    let (agents, owners) = agent_reports(admin).await?;
     let now = now_secs();
     let mut services = Vec::new();
     for name in &names {
-        services.push(service_status(admin, name, &agents, now).await?);
+        services.push(service_status(admin, name, (&agents, &owners), now).await?);
     }
     if cli.json {
         let mut out = json!({ "services": services });
@@ -400,7 +456,7 @@ struct MachineStatus {
 
 pub async fn machines(cli: &Cli, admin: &Admin) -> Result<()> {
     admin.require_namespace().await?;
-    let agents = agent_reports(admin).await?;
+    let (agents, _) = agent_reports(admin).await?;
     let known: BTreeSet<String> = admin
         .children(paths::MACHINES)
         .await?

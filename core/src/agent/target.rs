@@ -95,9 +95,22 @@ impl Agent {
 
     /// An ACL refused reading the service's settings: not deployed here (in a secured
     /// namespace the admin grants read before listing a machine). Not there for this
-    /// machine, until its machines list names it.
+    /// machine, until its machines list names it. If the list already names it, the ACL
+    /// lags the list (two deploys racing, each granting what it read; or ACLs set again
+    /// after writes by hand) and will catch up with no watch firing (ZooKeeper has none
+    /// for ACL changes): read again after a pause, until it can.
     pub(super) fn withhold_settings(&mut self, name: String) {
-        self.armed.remove(&paths::service_settings(&name));
+        let path = paths::service_settings(&name);
+        self.armed.remove(&path);
+        let listed_here = self
+            .services
+            .get(&name)
+            .and_then(|s| s.target.machines.value())
+            .is_some_and(|machines| machines.contains(self.machine()));
+        if listed_here {
+            self.reread.insert(path);
+            self.schedule_retry();
+        }
         self.update_service(&name, |s| s.target.settings = NodeRead::Missing);
         self.withheld.insert(name);
     }
@@ -186,6 +199,7 @@ impl Agent {
             (Watched::Settings(name), ZkReply::Data { data, .. }) => match Settings::parse(&data) {
                 Ok(settings) => {
                     self.clear_problem(&path);
+                    self.withheld.remove(&name);
                     let settings = Arc::new(settings);
                     self.update_service(&name, |s| s.target.settings = NodeRead::Read(settings));
                 }

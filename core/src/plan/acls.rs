@@ -8,7 +8,7 @@
 //! deploy, `pop machine add/remove` or `pop init --admin-identity --force` repairs it.
 
 use super::engine::{exactly, Decision, Engine, Got, Refused, Steps};
-use super::{children, get, Doing, Feedback, Outcome, Plan, PlanError, Step};
+use super::{children, get, Feedback, Outcome, Plan, PlanError, Step};
 use crate::access::{digest_user, registered, Principals, REGISTRY};
 use crate::names::MachineId;
 use crate::paths;
@@ -410,17 +410,27 @@ impl Steps for SettingsAccess {
     type Done = Outcome;
 
     fn reads(&self) -> Vec<ZkOp> {
-        vec![get(paths::service_machines(&self.name))]
+        vec![
+            get(paths::service(&self.name)),
+            get(paths::service_machines(&self.name)),
+        ]
     }
 
     fn decide(&mut self, _now: Timestamp, got: Vec<Got>) -> Decision<Outcome> {
-        let [list] = match exactly(got) {
+        let [service, list] = match exactly(got) {
             Ok(got) => got,
             Err(e) => return Decision::Done(Err(e)),
         };
-        let Some(data) = list.data() else {
+        if !service.exists() {
             return Decision::Done(Err(PlanError::NoSuchService {
                 name: self.name.clone(),
+            }));
+        }
+        // A service without its list (half written by hand) is reported as such, as
+        // `pop deploy` itself reports it.
+        let Some(data) = list.data() else {
+            return Decision::Done(Err(PlanError::NodeMissing {
+                path: paths::service_machines(&self.name),
             }));
         };
         let mut deployed = match parse_machines(data) {
@@ -451,10 +461,9 @@ impl Steps for SettingsAccess {
 
     fn refused(&mut self, _now: Timestamp, path: &str, error: &ZkError) -> Refused<Outcome> {
         match error {
-            ZkError::NoNode => Refused::Done(Err(PlanError::Zk {
-                doing: Doing::Writing,
+            // Removed meanwhile (by `pop remove`, or by hand).
+            ZkError::NoNode => Refused::Done(Err(PlanError::NodeMissing {
                 path: path.to_string(),
-                error: ZkError::NoNode,
             })),
             other => super::engine::refused_by_default(path, other),
         }
@@ -469,7 +478,7 @@ mod tests {
     use crate::access::Access;
     use crate::names::ServiceName;
     use crate::plan::testing::Tree;
-    use crate::plan::{Add, AddRequest, Init};
+    use crate::plan::{Add, AddRequest, Doing, Init};
     use std::time::Duration;
 
     const ROOT: &str = "root:R=";

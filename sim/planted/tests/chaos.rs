@@ -31,3 +31,29 @@ fn every_planted_bug_is_caught() {
         eprintln!("{bug:?}: caught at seed {seed}: {failure}");
     }
 }
+
+/// The ACL checker catches an agent whose own nodes leave out its machine: its next read
+/// or write of one is refused, which the checker reports at once. Nothing else does: with the
+/// checker switched off, every agent exits on the refusal (as a refused agent must) and
+/// no secured seed of these fails.
+#[test]
+fn an_agent_refused_its_own_nodes_is_caught_by_the_acl_checker() {
+    let failure = with_planted(Bug::OwnNodesLeaveOutTheMachine, || {
+        (0..SEEDS)
+            .map(|seed| Options::from_seed(seed, None, Some(Duration::from_secs(60))))
+            .filter(|options| options.secured)
+            .find_map(|options| run_catching(&options).failure)
+    });
+    let failure = failure.expect("caught in a secured seed");
+    assert!(
+        failure.contains("its principal may not make (NoAuth)"),
+        "{failure}"
+    );
+    // Unsecured seeds run as before: the bug needs a secured namespace to bite.
+    let open = (0..SEEDS)
+        .map(|seed| Options::from_seed(seed, None, Some(Duration::from_secs(60))))
+        .find(|options| !options.secured)
+        .expect("an unsecured seed");
+    let outcome = with_planted(Bug::OwnNodesLeaveOutTheMachine, || run_catching(&open));
+    assert_eq!(outcome.failure, None);
+}

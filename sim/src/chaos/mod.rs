@@ -65,6 +65,8 @@ pub struct Options {
     pub process_faults: ProcessFaults,
     /// Operators' requests and replies lost at random, in thousandths.
     pub operator_loss_per_mille: u64,
+    /// The namespace is secured: admin and per-machine credentials, ACLs on every node.
+    pub secured: bool,
 }
 
 /// A sub-seed for one subsystem, so adding draws to one does not shift the others.
@@ -134,6 +136,10 @@ impl Options {
                 ignore_term_per_mille: pick(3) * 100,
             },
             operator_loss_per_mille: pick(4) * 50,
+            // Its own draw, so the other options of a seed stay as they were.
+            secured: SeededRng::new(sub_seed(seed, "security"))
+                .next_u64()
+                .is_multiple_of(2),
         }
     }
 }
@@ -149,7 +155,7 @@ impl fmt::Display for Options {
         write!(
             f,
             "seed={:#x} machines={} services={} chaos={:?} step_mean={:?} weights({}) \
-             spawn_fail={}/1000 ignore_term={}/1000 operator_loss={}/1000",
+             spawn_fail={}/1000 ignore_term={}/1000 operator_loss={}/1000 secured={}",
             self.seed,
             self.machines,
             self.services,
@@ -159,6 +165,7 @@ impl fmt::Display for Options {
             self.process_faults.spawn_fail_per_mille,
             self.process_faults.ignore_term_per_mille,
             self.operator_loss_per_mille,
+            self.secured,
         )
     }
 }
@@ -198,7 +205,12 @@ fn end(world: &mut World, ending: Ending) {
 pub fn run(options: &Options) -> Outcome {
     let ids: Vec<String> = (1..=options.machines).map(|i| format!("m{i}")).collect();
     let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let mut world = World::new(&id_refs, sub_seed(options.seed, "world"));
+    let world_seed = sub_seed(options.seed, "world");
+    let mut world = if options.secured {
+        World::new_secured(&id_refs, world_seed)
+    } else {
+        World::new(&id_refs, world_seed)
+    };
     world.process_faults = options.process_faults;
     world.operator_loss_per_mille = options.operator_loss_per_mille;
     world.check_invariants = true;

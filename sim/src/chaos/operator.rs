@@ -499,6 +499,8 @@ impl Operator {
                 self.fix_by_hand(world, &service, None);
             }
         }
+        // Writes by hand bypass the plans' ACLs: set every one again.
+        world.repair_acls();
     }
 }
 

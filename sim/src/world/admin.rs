@@ -8,7 +8,9 @@
 //! Also here: the raw writes of someone using a ZooKeeper client instead of pop (garbage
 //! data, tests' setup), which bypass every plan.
 
+use super::security::{settle, GrantThenDeploy};
 use super::{Event, World, LATENCY};
+use pop_core::access::Access;
 use pop_core::names::{MachineId, PluginName, ServiceName};
 use pop_core::paths;
 use pop_core::plan::{
@@ -30,7 +32,7 @@ pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long `remove` waits for agents still publishing (as the CLI).
 pub const DELETE_PATIENCE: Duration = Duration::from_secs(30);
 /// What plans call the namespace in their messages.
-const AT: &str = "sim";
+pub(super) const AT: &str = "sim";
 
 /// A command as the operator typed it.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,10 +91,22 @@ impl Command {
     }
 
     /// The plan that carries it out, and for `add` the settings data it writes. A task
-    /// is created at `now`.
-    fn plan(&self, now: Timestamp) -> Result<Built, PlanError> {
+    /// is created at `now`. In a secured namespace (`admin`: the admin's user and digest
+    /// id) what the plans create gets `access`'s ACLs, as the CLI does it.
+    fn plan(
+        &self,
+        now: Timestamp,
+        access: &Access,
+        admin: Option<(&str, &str)>,
+    ) -> Result<Built, PlanError> {
         Ok(match self {
-            Command::Init { force } => (Box::new(Init::new(AT, *force, DELETE_PATIENCE)), None),
+            Command::Init { force } => {
+                let init = Init::new(AT, *force, DELETE_PATIENCE);
+                match admin {
+                    Some((user, id)) => (Box::new(init.secured(user, id)), None),
+                    None => (Box::new(init), None),
+                }
+            }
             Command::Add {
                 name,
                 service_type,
@@ -104,7 +118,7 @@ impl Command {
                     port: None,
                     set: settings.clone().into_iter().collect(),
                 };
-                let add = Add::new(AT, name, request)?;
+                let add = Add::new(AT, name, request)?.with_access(access.clone());
                 let data = add
                     .settings_data()
                     .map(<[u8]>::to_vec)
@@ -115,10 +129,20 @@ impl Command {
                 name,
                 change,
                 machines,
-            } => (
-                Box::new(ChangeMachines::new(AT, name, *change, machines.clone())),
-                None,
-            ),
+            } => match (access, change) {
+                (Access::Secured(principals), MachinesChange::Deploy) => (
+                    Box::new(GrantThenDeploy::new(
+                        name,
+                        principals.clone(),
+                        machines.clone(),
+                    )),
+                    None,
+                ),
+                _ => (
+                    Box::new(ChangeMachines::new(AT, name, *change, machines.clone())),
+                    None,
+                ),
+            },
             Command::Set {
                 name,
                 assignments,
@@ -136,11 +160,15 @@ impl Command {
                 request,
                 nonce,
             } => (
-                Box::new(Run::new(AT, name, request.clone(), now, *nonce)?),
+                Box::new(
+                    Run::new(AT, name, request.clone(), now, *nonce)?.with_access(access.clone()),
+                ),
                 None,
             ),
             Command::PluginAdd { text, replace } => (
-                Box::new(PluginAdd::new(AT, "plugin.toml", text, *replace)?),
+                Box::new(
+                    PluginAdd::new(AT, "plugin.toml", text, *replace)?.with_access(access.clone()),
+                ),
                 None,
             ),
             Command::PluginRemove { name, force } => {
@@ -246,6 +274,11 @@ pub(super) struct Running {
     /// Every node's data when the server last answered this command: what its outcome
     /// must be true of.
     pub seen: BTreeMap<String, Vec<u8>>,
+    /// What runs once the outcome is decided (a secured deploy or undeploy sets the
+    /// settings ACL to the list as it is), and meanwhile the outcome and what the server
+    /// has answered since (what a failure of the follow-up must be true of).
+    follow_up: Option<Box<dyn Plan>>,
+    decided: Option<(Outcome, BTreeMap<String, Vec<u8>>)>,
 }
 
 /// A terminal and its connection.
@@ -321,7 +354,13 @@ impl World {
         }
         self.trace
             .push(format!("{} op{terminal} $ {command}", self.now));
-        let (plan, settings_data) = match command.plan(self.now) {
+        let access = self.operator_access();
+        let admin = self
+            .security
+            .as_ref()
+            .map(|s| (s.admin_user(), s.admin_id()));
+        let admin = admin.as_ref().map(|(user, id)| (*user, id.as_str()));
+        let (plan, settings_data) = match command.plan(self.now, &access, admin) {
             Ok(built) => built,
             // Refused before anything is read (settings the agent would reject).
             Err(e) => {
@@ -339,8 +378,16 @@ impl World {
         };
         if self.terminals[terminal].session.is_none() {
             // Opened on first use, so runs without an operator keep their session ids.
-            self.terminals[terminal].session = Some(self.zk.open_session());
+            let session = self.zk.open_session();
+            self.authenticate_operator(session);
+            self.terminals[terminal].session = Some(session);
         }
+        let follow_up: Option<Box<dyn Plan>> = match (&command, &access) {
+            (Command::Machines { name, .. }, Access::Secured(principals)) => {
+                Some(Box::new(settle(name, principals.clone())))
+            }
+            _ => None,
+        };
         self.terminals[terminal].running = Some(Running {
             command,
             plan,
@@ -348,6 +395,8 @@ impl World {
             faults: 0,
             applied_unacknowledged: false,
             seen: BTreeMap::new(),
+            follow_up,
+            decided: None,
         });
         self.admin_next(terminal, Feedback::Start);
     }
@@ -384,7 +433,7 @@ impl World {
 
     /// An administrator writes a node with a ZooKeeper client (and its missing parents).
     pub fn admin_put(&mut self, path: &str, data: &[u8]) {
-        let n = self.zk.put(path, data);
+        let n = self.put_keeping_acls(path, data);
         self.note_plugin_write(path);
         self.trace.push(format!(
             "{} admin put {path} {}",
@@ -426,7 +475,27 @@ impl World {
         let Some(running) = self.terminals[terminal].running.as_mut() else {
             return;
         };
-        let step = running.plan.next(now, feedback);
+        let mut step = running.plan.next(now, feedback);
+        // The outcome is decided: the follow-up runs, then the command ends with it.
+        if let Step::Done(Ok(outcome)) = &step {
+            if let Some(follow_up) = running.follow_up.take() {
+                running.decided = Some((outcome.clone(), BTreeMap::new()));
+                running.plan = follow_up;
+                step = running.plan.next(now, Feedback::Start);
+            }
+        }
+        if let Step::Done(result) = &step {
+            if let Some((outcome, seen_since)) = running.decided.take() {
+                step = Step::Done(match result {
+                    Ok(_) => Ok(outcome),
+                    // A failure of the follow-up is checked against what it read.
+                    Err(e) => {
+                        running.seen = seen_since;
+                        Err(e.clone())
+                    }
+                });
+            }
+        }
         self.terminals[terminal].step += 1;
         let id = self.terminals[terminal].step;
         let request = match step {
@@ -499,6 +568,9 @@ impl World {
                 for op in ops {
                     let (reply, n) = self.zk.apply(session, op);
                     self.notify(n);
+                    if self.check_invariants {
+                        self.check_operator_refusal(terminal, op, &reply);
+                    }
                     replies.push(reply);
                 }
                 Feedback::Read(replies)
@@ -507,6 +579,9 @@ impl World {
                 let service_existed = self.command_service_exists(terminal);
                 let (reply, n) = self.zk.apply(session, op);
                 self.notify(n);
+                if self.check_invariants {
+                    self.check_operator_refusal(terminal, op, &reply);
+                }
                 for path in written_paths(op) {
                     self.note_plugin_write(&path);
                 }
@@ -522,7 +597,10 @@ impl World {
             .map(|(p, n)| (p.clone(), n.data.clone()))
             .collect();
         if let Some(running) = self.terminals[terminal].running.as_mut() {
-            running.seen = seen;
+            match running.decided.as_mut() {
+                Some((_, seen_since)) => *seen_since = seen,
+                None => running.seen = seen,
+            }
         }
         if self.lost(self.terminals[terminal].cut_from_server) {
             self.reply_lost(terminal, &request, &feedback);

@@ -284,8 +284,8 @@ fn untrue_error(running: &Running, error: &PlanError) -> Option<String> {
             return (running.faults == 0)
                 .then(|| format!("{claim} though its connection lost nothing"));
         }
-        // The simulated namespace is never secured (no ACL model yet): refusals by an
-        // ACL or about machine principals cannot be true of it.
+        // The operators are the admin (in a secured namespace) or the namespace is open:
+        // no ACL refuses them, and they neither add nor remove machine principals.
         PlanError::NotAuthorised { .. }
         | PlanError::BadRegistryEntry { .. }
         | PlanError::MachineRegistered { .. }

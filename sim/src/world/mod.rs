@@ -7,11 +7,13 @@ mod admin_checks;
 mod checks;
 mod launches;
 mod network;
+mod security;
 mod tasks;
 
 pub use admin::{Command, Finished, Terminal, ADMIN_TIMEOUT, DELETE_PATIENCE, TERMINALS};
 pub use launches::{tool_manifest, BROKEN_PACKAGE, BUILD_TIME, SIM_POP, SIM_STATE_DIR, TOOL};
 pub use network::NetState;
+pub use security::{Security, ADMIN_CREDENTIAL};
 pub use tasks::{TaskKey, TaskProcess, JOB};
 
 use crate::zk_model::{Notification, ZkModel};
@@ -204,14 +206,29 @@ pub struct World {
     task_runs: tasks::TaskRuns,
     /// Every valid manifest ever stored per type, by the type's name.
     pub(crate) plugin_history: BTreeMap<String, Vec<pop_core::plugin::Manifest>>,
+    /// The credentials of a secured namespace; `None`: unsecured (every node open).
+    pub security: Option<Security>,
 }
 
 impl World {
+    /// A world whose namespace is as `pop init` makes it: unsecured.
     pub fn new(machine_ids: &[&str], seed: u64) -> World {
+        World::build(machine_ids, seed, false)
+    }
+
+    /// A world whose namespace is secured (`pop init --admin-identity`, then `pop machine
+    /// add` for every machine): see `security`.
+    pub fn new_secured(machine_ids: &[&str], seed: u64) -> World {
+        World::build(machine_ids, seed, true)
+    }
+
+    fn build(machine_ids: &[&str], seed: u64, secured: bool) -> World {
         let mut zk = ZkModel::new();
-        // A namespace as `pop init` makes it.
-        for p in paths::NAMESPACE {
-            zk.put(p, b"");
+        if !secured {
+            // A namespace as `pop init` makes it.
+            for p in paths::NAMESPACE {
+                zk.put(p, b"");
+            }
         }
         let mut world = World {
             seed,
@@ -244,7 +261,11 @@ impl World {
             issued: BTreeMap::new(),
             task_runs: BTreeMap::new(),
             plugin_history: BTreeMap::new(),
+            security: None,
         };
+        if secured {
+            world.security = Some(world.secure_namespace(machine_ids));
+        }
         for (i, id) in machine_ids.iter().enumerate() {
             let config = world.agent_config(id, 0);
             world.machines.push(Machine {
@@ -269,7 +290,11 @@ impl World {
 
     fn agent_config(&self, id: &str, incarnation: u32) -> AgentConfig {
         AgentConfig {
-            access: Default::default(),
+            access: self
+                .security
+                .as_ref()
+                .map(|s| s.agent_access(id))
+                .unwrap_or_default(),
             machine: MachineId::new(id).unwrap_or_else(|e| panic!("bad machine id: {e}")),
             hostname: format!("host-{id}"),
             agent_pid: 1 + incarnation,
@@ -415,6 +440,7 @@ impl World {
             return;
         }
         let session = self.zk.open_session();
+        self.authenticate_agent(machine, session);
         self.machines[machine].client = Some(session);
         // The driver drops its old client for the new one, which ends the old session.
         if let Some(old) = self.machines[machine].session.replace(session) {
@@ -852,6 +878,9 @@ impl World {
                     None => (ZkReply::Error(ZkError::ConnectionLoss), Vec::new()),
                 };
                 self.check_task_write(machine, &op, before, &reply);
+                if self.check_invariants {
+                    self.check_agent_refusal(machine, &op, &reply);
+                }
                 self.notify(n);
                 let input = Input::Reply { id, reply };
                 if incarnation == self.machines[machine].incarnation

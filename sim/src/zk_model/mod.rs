@@ -1,6 +1,7 @@
 //! A model of one ZooKeeper server: a tree of versioned nodes, sessions owning ephemerals
 //! (optionally expiring on the model's own clock), one-shot data and child watches and
-//! all-or-nothing multis. Just enough semantics for pop's core, kept exact: replies,
+//! all-or-nothing multis, per-node ACLs and per-session digest authentication (see
+//! [`acl`]). Just enough semantics for pop's core, kept exact: replies,
 //! errors and watch events are checked against a real server by
 //! `tests/tests/model_conformance.rs`.
 //!
@@ -10,13 +11,15 @@
 //! deleted node both fire; two watched reads of one node both fire). A notification here
 //! is one fired watcher.
 
+mod acl;
 mod sessions;
 
 use pop_core::zk::{
-    CreateMode, NodeStat, SessionId, WatchEvent, WatchKind, ZkError, ZkOp, ZkReply,
+    Acl, CreateMode, NodeStat, Perms, SessionId, WatchEvent, WatchKind, ZkError, ZkOp, ZkReply,
 };
 use std::collections::BTreeMap;
 
+pub use acl::INVALID_ACL;
 pub use sessions::Session;
 
 /// What production's `map_error` makes of the client's `NoChildrenForEphemerals` (the
@@ -26,8 +29,6 @@ pub const NO_CHILDREN_FOR_EPHEMERALS: &str = "ephemeral node can not have childr
 /// The model's answer to a read (or a multi) inside a multi, which the real client cannot
 /// even send; production answers the same (`pop_core::zk::NOT_IN_MULTI` as bad arguments).
 pub const READ_IN_MULTI: &str = "bad arguments: only create, set and delete go in a multi";
-/// The model has no ACLs yet (the simulated namespace is never secured).
-pub const ACLS_NOT_MODELLED: &str = "the model does not keep ACLs";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
@@ -40,6 +41,10 @@ pub struct Node {
     pub mzxid: i64,
     /// The transaction that last added or removed a child.
     pub pzxid: i64,
+    /// Who may do what with the node (and, for CREATE and DELETE, with its children).
+    pub acl: Acl,
+    /// Changes to the ACL (`setACL`'s version checks it).
+    pub aversion: i32,
 }
 
 impl Node {
@@ -75,6 +80,13 @@ pub struct ZkModel {
     tick_ms: Option<u64>,
     data_watches: Watches,
     child_watches: Watches,
+    /// What each session authenticated as (none: anonymous).
+    auth: BTreeMap<i64, acl::Auth>,
+}
+
+/// A create a client refuses to send: its ACL is empty.
+fn creates_without_acl(op: &ZkOp) -> bool {
+    matches!(op, ZkOp::Create { acl, .. } if acl.entries().is_empty())
 }
 
 fn parent(path: &str) -> Option<&str> {
@@ -100,6 +112,8 @@ impl ZkModel {
                 ephemeral_owner: 0,
                 mzxid: 0,
                 pzxid: 0,
+                acl: Acl::open(),
+                aversion: 0,
             },
         );
         m
@@ -201,6 +215,10 @@ impl ZkModel {
         if let Some(i) = ops.iter().position(|op| !op.fits_in_multi()) {
             return (Err((i, ZkError::Other(READ_IN_MULTI.into()))), Vec::new());
         }
+        // The client refuses an empty ACL before it sends anything.
+        if let Some(i) = ops.iter().position(creates_without_acl) {
+            return (Err((i, ZkError::Other(INVALID_ACL.into()))), Vec::new());
+        }
         let saved = (
             self.nodes.clone(),
             self.data_watches.clone(),
@@ -227,8 +245,11 @@ impl ZkModel {
         events: &mut Vec<Notification>,
     ) -> Result<ZkReply, ZkError> {
         match op {
-            // A read of a missing node leaves no watch (the server checks the node first).
+            // A read of a missing node, or one refused, leaves no watch (the server checks
+            // the node, then its ACL, then registers the watch).
             ZkOp::GetData { path, watch } => {
+                self.nodes.get(path).ok_or(ZkError::NoNode)?;
+                self.check(session, path, Perms::READ)?;
                 let n = self.nodes.get(path).ok_or(ZkError::NoNode)?;
                 let reply = ZkReply::Data {
                     data: n.data.clone(),
@@ -243,6 +264,7 @@ impl ZkModel {
                 if !self.nodes.contains_key(path) {
                     return Err(ZkError::NoNode);
                 }
+                self.check(session, path, Perms::READ)?;
                 if *watch {
                     Self::watch(&mut self.child_watches, path, session);
                 }
@@ -252,14 +274,22 @@ impl ZkModel {
                     stat,
                 })
             }
-            // ACLs are not modelled yet: every node is open, as pop's are unsecured.
             ZkOp::Create {
-                path, data, mode, ..
+                path,
+                data,
+                mode,
+                acl,
             } => {
-                // The server's order: missing parent, existing node, ephemeral parent.
-                let p = parent(path)
-                    .and_then(|p| self.nodes.get(p))
-                    .ok_or(ZkError::NoNode)?;
+                if acl.entries().is_empty() {
+                    return Err(ZkError::Other(INVALID_ACL.into()));
+                }
+                // The server's order: missing parent, the parent's CREATE right, existing
+                // node, ephemeral parent.
+                let parent_path = parent(path).ok_or(ZkError::NoNode)?;
+                let p = self.nodes.get(parent_path).ok_or(ZkError::NoNode)?;
+                if !self.auth_of(session).allows(&p.acl, Perms::CREATE) {
+                    return Err(ZkError::NoAuth);
+                }
                 if self.nodes.contains_key(path) {
                     return Err(ZkError::NodeExists);
                 }
@@ -280,6 +310,8 @@ impl ZkModel {
                         ephemeral_owner: owner,
                         mzxid: self.zxid,
                         pzxid: self.zxid,
+                        acl: acl.clone(),
+                        aversion: 0,
                     },
                 );
                 self.bump_cversion(path);
@@ -301,6 +333,8 @@ impl ZkModel {
             } => {
                 self.zxid += 1;
                 let zxid = self.zxid;
+                self.nodes.get(path).ok_or(ZkError::NoNode)?;
+                self.check(session, path, Perms::WRITE)?;
                 let n = self.nodes.get_mut(path).ok_or(ZkError::NoNode)?;
                 if version.is_some_and(|v| v != n.version) {
                     return Err(ZkError::BadVersion);
@@ -313,7 +347,12 @@ impl ZkModel {
                 Ok(ZkReply::Set { stat })
             }
             ZkOp::Delete { path, version } => {
-                // The server checks the version before the children.
+                // The server's order: the parent's DELETE right (so a refused session
+                // cannot learn whether the node exists), the node, the version, the
+                // children.
+                if let Some(p) = parent(path) {
+                    self.check(session, p, Perms::DELETE)?;
+                }
                 let n = self.nodes.get(path).ok_or(ZkError::NoNode)?;
                 if version.is_some_and(|v| v != n.version) {
                     return Err(ZkError::BadVersion);
@@ -324,17 +363,29 @@ impl ZkModel {
                 self.remove_node(path, events);
                 Ok(ZkReply::Deleted)
             }
-            ZkOp::SetAcl { path, .. } => {
+            // No watch fires for an ACL change.
+            ZkOp::SetAcl { path, acl, version } => {
+                if acl.entries().is_empty() {
+                    return Err(ZkError::Other(INVALID_ACL.into()));
+                }
                 self.nodes.get(path).ok_or(ZkError::NoNode)?;
-                Err(ZkError::Other(ACLS_NOT_MODELLED.into()))
+                self.check(session, path, Perms::ADMIN)?;
+                let n = self.nodes.get_mut(path).ok_or(ZkError::NoNode)?;
+                if version.is_some_and(|v| v != n.aversion) {
+                    return Err(ZkError::BadVersion);
+                }
+                n.acl = acl.clone();
+                n.aversion += 1;
+                Ok(ZkReply::Set { stat: n.stat() })
             }
             ZkOp::Multi { .. } => Err(ZkError::Other(READ_IN_MULTI.into())),
         }
     }
 
-    /// Writes a node and its missing parents as an administrator would (tests' setup).
+    /// Writes a node and its missing parents as an administrator would (tests' setup),
+    /// past any ACL; nodes it creates are open.
     pub fn put(&mut self, path: &str, data: &[u8]) -> Vec<Notification> {
-        let admin = self.open_session();
+        let admin = self.open_superuser_session();
         let mut events = Vec::new();
         let mut prefix = String::new();
         for part in path.trim_start_matches('/').split('/') {
@@ -366,6 +417,7 @@ impl ZkModel {
         };
         events.extend(self.apply(admin, &op).1);
         self.sessions.remove(&admin.0);
+        self.auth.remove(&admin.0);
         events
     }
 

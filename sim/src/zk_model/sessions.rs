@@ -107,6 +107,7 @@ impl ZkModel {
         if self.sessions.remove(&session.0).is_none() {
             return events;
         }
+        self.auth.remove(&session.0);
         let owned: Vec<String> = self
             .nodes
             .iter()

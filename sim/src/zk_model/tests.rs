@@ -237,3 +237,154 @@ fn a_closing_session_hears_of_its_own_ephemerals() {
     );
     assert!(fired.is_empty());
 }
+
+fn create_with(path: &str, acl: Acl) -> ZkOp {
+    ZkOp::Create {
+        path: path.into(),
+        data: Vec::new(),
+        mode: CreateMode::Persistent,
+        acl,
+    }
+}
+
+fn reply_error(r: (ZkReply, Vec<Notification>)) -> Option<ZkError> {
+    match r.0 {
+        ZkReply::Error(e) => Some(e),
+        _ => None,
+    }
+}
+
+#[test]
+fn acls_are_checked_where_the_server_checks_them() {
+    let mut zk = ZkModel::new();
+    let admin = zk.open_session();
+    zk.add_auth(admin, "admin:pw");
+    let anon = zk.open_session();
+    let id = pop_core::digest::digest_id("admin:pw");
+    let admin_only = Acl::none().digest(&id, Perms::ALL);
+    let read_anyone = admin_only.clone().anyone(Perms::READ);
+    assert_eq!(
+        reply_error(zk.apply(admin, &create_with("/a", read_anyone))),
+        None
+    );
+    assert_eq!(
+        reply_error(zk.apply(admin, &create_with("/a/s", admin_only))),
+        None
+    );
+    // create and delete: the parent's right; the node's own ACL does not matter.
+    assert_eq!(
+        reply_error(zk.apply(anon, &create_with("/a/x", Acl::open()))),
+        Some(ZkError::NoAuth)
+    );
+    let delete = ZkOp::Delete {
+        path: "/a/s".into(),
+        version: Some(7),
+    };
+    assert_eq!(reply_error(zk.apply(anon, &delete)), Some(ZkError::NoAuth));
+    // The parent's DELETE right is checked before the node is looked for; a missing
+    // parent is reported before its CREATE right.
+    let delete_missing = ZkOp::Delete {
+        path: "/a/none".into(),
+        version: None,
+    };
+    assert_eq!(
+        reply_error(zk.apply(anon, &delete_missing)),
+        Some(ZkError::NoAuth)
+    );
+    assert_eq!(
+        reply_error(zk.apply(anon, &create_with("/a/none/x", Acl::open()))),
+        Some(ZkError::NoNode)
+    );
+    // Reads need READ on the node; a refused watched read leaves no watch.
+    assert_eq!(reply_error(zk.apply(anon, &get("/a"))), None);
+    assert_eq!(
+        reply_error(zk.apply(anon, &get("/a/s"))),
+        Some(ZkError::NoAuth)
+    );
+    assert_eq!(
+        reply_error(zk.apply(anon, &list("/a/s"))),
+        Some(ZkError::NoAuth)
+    );
+    let set = ZkOp::SetData {
+        path: "/a/s".into(),
+        data: b"x".to_vec(),
+        version: None,
+    };
+    let (_, fired) = zk.apply(admin, &set);
+    assert!(fired.is_empty(), "{fired:?}");
+    // setData needs WRITE on the node, checked before the version.
+    let set_old = ZkOp::SetData {
+        path: "/a".into(),
+        data: Vec::new(),
+        version: Some(9),
+    };
+    assert_eq!(reply_error(zk.apply(anon, &set_old)), Some(ZkError::NoAuth));
+    // getACL: READ shows digests as user:x; ADMIN shows them whole; neither: refused.
+    let (shown, _) = zk.get_acl(anon, "/a").expect("anyone may read /a");
+    assert_eq!(shown.to_string(), "[admin=all world:anyone=r]");
+    assert!(shown.entries().iter().any(|e| e.id == "admin:x"));
+    let (whole, _) = zk.get_acl(admin, "/a").expect("the admin reads /a's ACL");
+    assert!(whole.entries().iter().any(|e| e.id == id));
+    assert_eq!(zk.get_acl(anon, "/a/s").err(), Some(ZkError::NoAuth));
+    // setACL needs ADMIN, then checks the ACL version.
+    let set_acl = |version| ZkOp::SetAcl {
+        path: "/a/s".into(),
+        acl: Acl::open(),
+        version,
+    };
+    assert_eq!(
+        reply_error(zk.apply(anon, &set_acl(None))),
+        Some(ZkError::NoAuth)
+    );
+    assert_eq!(
+        reply_error(zk.apply(admin, &set_acl(Some(1)))),
+        Some(ZkError::BadVersion)
+    );
+    assert_eq!(reply_error(zk.apply(admin, &set_acl(Some(0)))), None);
+    assert_eq!(zk.aversion("/a/s"), Some(1));
+    assert_eq!(reply_error(zk.apply(anon, &get("/a/s"))), None);
+    // The client refuses an empty ACL.
+    assert_eq!(
+        reply_error(zk.apply(admin, &create_with("/a/e", Acl::none()))),
+        Some(ZkError::Other(INVALID_ACL.into()))
+    );
+}
+
+#[test]
+fn a_multi_refused_anywhere_applies_nothing() {
+    let mut zk = ZkModel::new();
+    let admin = zk.open_session();
+    zk.add_auth(admin, "admin:pw");
+    let machine = zk.open_session();
+    zk.add_auth(machine, "m1:secret");
+    let admin_id = pop_core::digest::digest_id("admin:pw");
+    let m1 = pop_core::digest::digest_id("m1:secret");
+    let state = Acl::none()
+        .digest(&admin_id, Perms::ALL)
+        .digest(&m1, Perms::READ.and(Perms::CREATE).and(Perms::DELETE));
+    zk.apply(admin, &create_with("/s", state));
+    zk.apply(
+        admin,
+        &create_with("/settings", Acl::none().digest(&admin_id, Perms::ALL)),
+    );
+    let ops = vec![
+        create_with("/s/m1", Acl::none().digest(&m1, Perms::ALL)),
+        ZkOp::SetData {
+            path: "/settings".into(),
+            data: b"evil".to_vec(),
+            version: None,
+        },
+    ];
+    let (result, fired) = zk.multi(machine, &ops);
+    assert_eq!(result, Err((1, ZkError::NoAuth)));
+    assert!(fired.is_empty());
+    assert!(zk.get("/s/m1").is_none());
+    // Its own create alone is allowed: CREATE on the parent covers any child's name.
+    let (result, _) = zk.multi(machine, &ops[..1]);
+    assert!(result.is_ok(), "{result:?}");
+    let other = create_with("/s/m2", Acl::none().digest(&m1, Perms::ALL));
+    assert_eq!(reply_error(zk.apply(machine, &other)), None);
+    // A superuser passes every check.
+    let root = zk.open_superuser_session();
+    assert_eq!(reply_error(zk.apply(root, &ops[1])), None);
+}
