@@ -673,6 +673,8 @@ fn install_under_acls_is_the_admins_and_each_machine_writes_its_result() {
     )
     .expect("JSON");
     assert_eq!(settings["packages"][1], extra, "{settings}");
+}
+
 /// Another machine's state node, created by a registered machine while that machine has
 /// none: ZooKeeper allows it (CREATE on the parent covers every name), `pop status` shows
 /// it as suspect and ignores what it says. What is left: a machine that also creates the
