@@ -529,7 +529,11 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
                     return false;
                 };
                 tokio::spawn(async move {
-                    let (reply, watch) = session.execute(op).await;
+                    // Boxed: most of these tasks then wait for their watch for as long as
+                    // the service exists, and a task keeps the size of its largest state
+                    // (the request's) in its own allocation otherwise, about 1 KB per
+                    // watch, thousands of them on an agent with a thousand services.
+                    let (reply, watch) = Box::pin(session.execute(op)).await;
                     // Only live requests may hold the session: dropping the last clone
                     // closes it, which shutdown relies on.
                     drop(session);

@@ -490,7 +490,7 @@ impl Supervisor {
             pid: rec.pid,
             group: Arc::new(a.group),
             log,
-            record: Some(Arc::new(RunFile::existing(a.path, rec.clone()))),
+            record: Some(Arc::new(RunFile::existing(a.path))),
             events: shared.events.clone(),
             table: Arc::clone(&shared.table),
             watcher: Arc::clone(&shared.watcher),

@@ -146,12 +146,20 @@ impl RecordDraft {
     }
 }
 
-/// The live record of one running generation, owned by its instance task.
+/// The live record of one running generation, owned by its instance task. Only the
+/// file holds the record: kept in memory, its note (the settings) would cost a few
+/// KB per running generation, for a port update that comes once if at all.
 #[derive(Debug)]
 pub(crate) struct RunFile {
     path: PathBuf,
-    /// `None` once removed, so a late port update cannot resurrect the file.
-    record: Mutex<Option<RunRecord>>,
+    state: Mutex<FileState>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileState {
+    Written,
+    /// Removed, so a late port update cannot resurrect the file.
+    Removed,
 }
 
 impl RunFile {
@@ -161,32 +169,43 @@ impl RunFile {
             crate::state_dir::create(dir)?;
         }
         write_atomic(&path, &record)?;
-        Ok(Self::existing(path, record))
+        Ok(Self::existing(path))
     }
 
     /// A handle on a record already on disk (an adopted generation's).
-    pub fn existing(path: PathBuf, record: RunRecord) -> Self {
+    pub fn existing(path: PathBuf) -> Self {
         Self {
             path,
-            record: Mutex::new(Some(record)),
+            state: Mutex::new(FileState::Written),
         }
     }
 
-    /// Records the port the readiness probe found.
+    /// Records the port the readiness probe found (blocking: reads and rewrites the
+    /// file).
     pub fn set_port(&self, port: u16) {
-        let mut guard = self.record.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(rec) = guard.as_mut().filter(|r| r.port != Some(port)) else {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if *state == FileState::Removed {
             return;
+        }
+        let mut rec = match read(&self.path) {
+            Ok(rec) => rec,
+            Err(e) => {
+                warn!(path = %self.path.display(), error = %e, "cannot read run record to add the port");
+                return;
+            }
         };
+        if rec.port == Some(port) {
+            return;
+        }
         rec.port = Some(port);
-        if let Err(e) = write_atomic(&self.path, rec) {
+        if let Err(e) = write_atomic(&self.path, &rec) {
             warn!(path = %self.path.display(), error = %e, "cannot rewrite run record");
         }
     }
 
     pub fn remove(&self) {
-        let mut guard = self.record.lock().unwrap_or_else(|e| e.into_inner());
-        *guard = None;
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        *state = FileState::Removed;
         remove(&self.path);
     }
 }

@@ -5,7 +5,9 @@
 //! node exists.
 
 use crate::floor::Floor;
-use crate::measure::{kill_stamped, monotonic_ns, ms, ns_to_ms, Stamps};
+use crate::measure::{
+    cpu_ticks, kill_stamped, monotonic_ns, ms, ns_to_ms, ticks_per_second, Stamps,
+};
 use crate::popsys::{stamp_settings, Pop};
 use crate::supervisord::{Program, Supervisord};
 use crate::Env;
@@ -25,6 +27,7 @@ pub fn run(env: &Env, counts: Option<Vec<usize>>) -> Result<()> {
     println!("## Deploy written → all running (and registered)\n");
     println!("| services | fork/exec floor: all running | supervisord: all running | pop: all running | pop: all registered |");
     println!("|---|---|---|---|---|");
+    let mut cpus = Vec::new();
     for &count in &counts {
         let names: Vec<String> = (0..count).map(|i| format!("d{i}")).collect();
         let floor = floor_time(env, &names)?;
@@ -32,12 +35,23 @@ pub fn run(env: &Env, counts: Option<Vec<usize>>) -> Result<()> {
             Some(_) => format!("{} ms", ms(supervisord_time(env, &names)?)),
             None => "—".into(),
         };
-        let (running, registered) = pop_times(env, &names)?;
+        let (running, registered, cpu) = pop_times(env, &names)?;
         println!(
             "| {count} | {} ms | {sup} | {} ms | {} ms |",
             ms(floor),
             ms(running),
             ms(registered)
+        );
+        cpus.push((count, cpu));
+    }
+    println!();
+    println!("CPU time used from the deploy until all were registered (10 ms ticks):\n");
+    println!("| services | pop agent | its ZooKeeper server |");
+    println!("|---|---|---|");
+    for (count, cpu) in cpus {
+        println!(
+            "| {count} | {} ms | {} ms |",
+            cpu.agent_ms, cpu.zookeeper_ms
         );
     }
     println!();
@@ -81,7 +95,18 @@ fn supervisord_time(env: &Env, names: &[String]) -> Result<f64> {
     Ok(ns_to_ms(done?.saturating_sub(start)))
 }
 
-fn pop_times(env: &Env, names: &[String]) -> Result<(f64, f64)> {
+/// CPU time spent during a deploy, by the agent and by the ZooKeeper server.
+struct DeployCpu {
+    agent_ms: u64,
+    zookeeper_ms: u64,
+}
+
+fn cpu_ms(pid: Option<u32>) -> u64 {
+    pid.and_then(|p| cpu_ticks(p).ok())
+        .map_or(0, |t| t * 1000 / ticks_per_second())
+}
+
+fn pop_times(env: &Env, names: &[String]) -> Result<(f64, f64, DeployCpu)> {
     let dir = tempfile::tempdir()?;
     let stamps = Stamps::new(dir.path());
     let mut pop = Pop::new(&env.pop)?;
@@ -95,12 +120,19 @@ fn pop_times(env: &Env, names: &[String]) -> Result<(f64, f64)> {
     pop.wait_settled(limit(names.len()))?;
     let result = (|| {
         let watch = pop.watch_registered(names.len())?;
+        let (agent, zookeeper) = (pop.agent_pid(), pop.zookeeper_pid());
+        let (agent_before, zookeeper_before) = (cpu_ms(agent), cpu_ms(zookeeper));
         let start = pop.deploy_all(names)?;
         let running = stamps.wait_all(names.len(), limit(names.len()))?;
         let registered = pop.wait_watch(watch, limit(names.len()))?;
+        let cpu = DeployCpu {
+            agent_ms: cpu_ms(agent).saturating_sub(agent_before),
+            zookeeper_ms: cpu_ms(zookeeper).saturating_sub(zookeeper_before),
+        };
         Ok((
             ns_to_ms(running.saturating_sub(start)),
             ns_to_ms(registered.saturating_sub(start)),
+            cpu,
         ))
     })();
     drop(pop);

@@ -279,6 +279,10 @@ impl Pop {
         Ok(())
     }
 
+    pub fn zookeeper_pid(&self) -> Option<u32> {
+        self.zk.server.pid()
+    }
+
     pub fn agent_pid(&self) -> Option<u32> {
         self.agent.as_ref().map(Child::id)
     }
