@@ -233,3 +233,34 @@ impl BuildRig {
         }
     }
 }
+
+/// A module answering every GET with `word` on the port the agent gives it.
+pub fn server_wheel(dir: &Path, name: &str, version: &str, word: &str) -> PathBuf {
+    let source = format!(
+        r#"import http.server, os
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = {word:?}.encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+if __name__ == "__main__":
+    address = (os.environ["POP_HOST"], int(os.environ["POP_PORT"]))
+    http.server.HTTPServer(address, Handler).serve_forever()
+"#
+    );
+    wheel(dir, name, version, &source)
+}
+
+/// `m`'s agent, building environments offline with `installer` (`none`: venv + pip,
+/// or uv's path).
+pub fn offline_agent(m: &crate::Machine, installer: &str) -> crate::Agent {
+    m.agent_env(&[
+        ("POP_UV", installer),
+        ("PIP_NO_INDEX", "1"),
+        ("UV_OFFLINE", "1"),
+    ])
+}

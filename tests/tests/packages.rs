@@ -6,43 +6,13 @@
 //! nothing, and the README's tutorial lines as written.
 
 use pop_tests::python::{uv, wheel};
-use pop_tests::{http_get, wait_for_within, Agent, Checker, Machine, Zk};
+use pop_tests::{http_get, wait_for_within, Checker, Machine, Zk};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 /// Building environments on a machine busy with other builds can take a while.
 const BUILD_LIMIT: Duration = Duration::from_secs(240);
-
-/// A module answering every GET with `word` on the port the agent gives it.
-fn server_wheel(dir: &Path, name: &str, version: &str, word: &str) -> PathBuf {
-    let source = format!(
-        r#"import http.server, os
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = {word:?}.encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-if __name__ == "__main__":
-    address = (os.environ["POP_HOST"], int(os.environ["POP_PORT"]))
-    http.server.HTTPServer(address, Handler).serve_forever()
-"#
-    );
-    wheel(dir, name, version, &source)
-}
-
-/// The agent, building offline with `installer` (`none`: venv + pip, or uv's path).
-fn agent(m: &Machine, installer: &str) -> Agent {
-    m.agent_env(&[
-        ("POP_UV", installer),
-        ("PIP_NO_INDEX", "1"),
-        ("UV_OFFLINE", "1"),
-    ])
-}
 
 /// The published (pid, port) of `service` on `machine` once it answers GET / with `body`.
 fn answering(zkc: &Checker, service: &str, machine: &str, body: &str) -> (u64, u16) {
@@ -83,7 +53,7 @@ fn install_of_a_local_wheel_on_two_machines_then_packages_lists_it_on_both() {
     let (m1, m2) = (Machine::new(&zk), Machine::new(&zk));
     let zkc = Checker::connect(&zk);
     let wheels = tempfile::tempdir().expect("a directory for wheels");
-    let app = server_wheel(wheels.path(), "app", "1.0", "one");
+    let app = pop_tests::python::server_wheel(wheels.path(), "app", "1.0", "one");
     let extra = wheel(wheels.path(), "extra", "2.0", "WORD = 'extra'\n");
     m1.ok(&["init"]);
     let packages = format!("packages=[{:?}]", path(&app));
@@ -99,8 +69,8 @@ fn install_of_a_local_wheel_on_two_machines_then_packages_lists_it_on_both() {
         "--set",
         &packages,
     ]);
-    let _a1 = agent(&m1, path(&uv()));
-    let _a2 = agent(&m2, "none");
+    let _a1 = pop_tests::python::offline_agent(&m1, path(&uv()));
+    let _a2 = pop_tests::python::offline_agent(&m2, "none");
     m1.ok(&["deploy", "web", "--machine", &m1.id, "--machine", &m2.id]);
     let (pid1, _) = answering(&zkc, "web", &m1.id, "one");
     let (pid2, _) = answering(&zkc, "web", &m2.id, "one");
@@ -303,11 +273,11 @@ fn the_readme_tutorial_of_python_environments_runs_as_written() {
     let zkc = Checker::connect(&zk);
     let wheels = tempfile::tempdir().expect("a directory for wheels");
     let www = tempfile::tempdir().expect("a directory to serve");
-    server_wheel(wheels.path(), "myapp", "1.0", "1.0");
-    server_wheel(wheels.path(), "myapp", "1.1", "1.1");
+    pop_tests::python::server_wheel(wheels.path(), "myapp", "1.0", "1.0");
+    pop_tests::python::server_wheel(wheels.path(), "myapp", "1.1", "1.1");
     wheel(wheels.path(), "extra", "2.0", "WORD = 'extra'\n");
     m.ok(&["init"]);
-    let _agent = agent(&m, path(&uv()));
+    let _agent = pop_tests::python::offline_agent(&m, path(&uv()));
     let mut outputs = Vec::new();
     for line in block.lines() {
         let line = line
@@ -375,7 +345,7 @@ fn a_listing_of_many_distributions_is_not_cut() {
         "--set",
         &packages,
     ]);
-    let _agent = agent(&m, path(&uv()));
+    let _agent = pop_tests::python::offline_agent(&m, path(&uv()));
     m.ok(&["deploy", "app"]);
     let listed = json(&m.ok(&["--json", "run", "app", "packages", "--timeout", "4m"]));
     let entry = &listed["machines"][0];

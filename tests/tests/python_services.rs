@@ -4,9 +4,9 @@
 //! test (no network), with venv + pip and with uv: rebuilt when `packages` changes, a
 //! failed build keeping the running service and shown by `pop status`.
 
-use pop_tests::python::{uv, wheel};
-use pop_tests::{http_get, initialised, wait_for_within, Agent, Checker, Machine, Zk};
-use std::path::{Path, PathBuf};
+use pop_tests::python::uv;
+use pop_tests::{http_get, initialised, wait_for_within, Checker, Machine, Zk};
+use std::path::Path;
 use std::time::Duration;
 
 /// Building an environment on a machine busy with other builds can take a while.
@@ -33,16 +33,6 @@ fn answering(zkc: &Checker, service: &str, machine: &str, path: &str, body: &str
     )
 }
 
-/// The agent, building environments offline with `installer` (`none`: venv + pip, or
-/// uv's path).
-fn agent(m: &Machine, installer: &str) -> Agent {
-    m.agent_env(&[
-        ("POP_UV", installer),
-        ("PIP_NO_INDEX", "1"),
-        ("UV_OFFLINE", "1"),
-    ])
-}
-
 /// The environments of `service` on the machine (one directory per spec).
 fn environments(m: &Machine, service: &str) -> Vec<String> {
     let mut dirs: Vec<String> = std::fs::read_dir(m.state_dir().join("env").join(service))
@@ -55,28 +45,6 @@ fn environments(m: &Machine, service: &str) -> Vec<String> {
     dirs
 }
 
-/// A module that answers every GET with `word`, on the port the agent gives it.
-fn hello_wheel(dir: &Path, version: &str, word: &str) -> PathBuf {
-    let source = format!(
-        r#"import http.server, os
-WORD = {word:?}
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = WORD.encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-if __name__ == "__main__":
-    address = (os.environ["POP_HOST"], int(os.environ["POP_PORT"]))
-    http.server.HTTPServer(address, Handler).serve_forever()
-"#
-    );
-    wheel(dir, "hello", version, &source)
-}
-
 fn packages(wheel: &Path) -> String {
     format!("packages=[{:?}]", wheel.to_string_lossy())
 }
@@ -86,8 +54,8 @@ fn packages(wheel: &Path) -> String {
 fn python_service_lifecycle(installer: &str) {
     let (_zk, m, zkc) = initialised();
     let wheels = tempfile::tempdir().expect("a directory for wheels");
-    let one = hello_wheel(wheels.path(), "1.0", "one");
-    let two = hello_wheel(wheels.path(), "2.0", "two");
+    let one = pop_tests::python::server_wheel(wheels.path(), "hello", "1.0", "one");
+    let two = pop_tests::python::server_wheel(wheels.path(), "hello", "2.0", "two");
     m.ok(&[
         "add",
         "python",
@@ -100,7 +68,7 @@ fn python_service_lifecycle(installer: &str) {
         "--set",
         &packages(&one),
     ]);
-    let _agent = agent(&m, installer);
+    let _agent = pop_tests::python::offline_agent(&m, installer);
     m.ok(&["deploy", "web"]);
     let (first_pid, _) = answering(&zkc, "web", &m.id, "/", "one");
     let first_env = environments(&m, "web");
@@ -187,7 +155,7 @@ fn the_http_type_answers_http() {
     std::fs::write(site.path().join("hello.txt"), "hello from pop\n").expect("a file");
     let directory = format!("directory={}", site.path().display());
     m.ok(&["add", "http", "--name", "site", "--set", &directory]);
-    let _agent = agent(&m, "none");
+    let _agent = pop_tests::python::offline_agent(&m, "none");
     m.ok(&["deploy", "site"]);
     answering(&zkc, "site", &m.id, "/hello.txt", "hello from pop\n");
 }

@@ -636,11 +636,7 @@ fn install_under_acls_is_the_admins_and_each_machine_writes_its_result() {
         ],
     );
     admin_ok(&m, &["deploy", "app"]);
-    let _agent = m.agent_env(&[
-        ("POP_UV", "none"),
-        ("PIP_NO_INDEX", "1"),
-        ("UV_OFFLINE", "1"),
-    ]);
+    let _agent = pop_tests::python::offline_agent(&m, "none");
     let extra = extra.to_str().expect("a UTF-8 path");
     let admin_client = Client::connect(&zk, Some(ADMIN));
     let settings = admin_client
