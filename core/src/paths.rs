@@ -136,7 +136,10 @@ impl Watched {
         if path == PLUGINS {
             return Some(Watched::PluginList);
         }
-        if let Some(machine) = path.strip_prefix(ASSIGNMENTS).and_then(|r| r.strip_prefix('/')) {
+        if let Some(machine) = path
+            .strip_prefix(ASSIGNMENTS)
+            .and_then(|r| r.strip_prefix('/'))
+        {
             return (!machine.is_empty() && !machine.contains('/'))
                 .then(|| Watched::Assignments(machine.to_string()));
         }

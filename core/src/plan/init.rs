@@ -372,6 +372,9 @@ mod tests {
             ("/machines/m2", ""),
             ("/machines/m2/s", "7"),
             ("/agents/m2", "{}"),
+            ("/assignments", ""),
+            ("/assignments/m1", ""),
+            ("/assignments/m1/s", ""),
         ] {
             tree.set(path, data);
         }
@@ -416,6 +419,7 @@ mod tests {
             Ok("initialised pop at zk (reset)".into())
         );
         assert!(tree.children("/services").is_empty());
+        assert!(tree.children("/assignments/m1").is_empty(), "the index too");
         assert_eq!(tree.children("/machines"), ["m2"], "m1 had nothing in it");
         assert_eq!(tree.data("/agents/m2"), Some("{}"));
         assert_eq!(tree.data("/pop"), Some("{\"layout\":1}"));

@@ -139,7 +139,10 @@ impl Command {
                     None,
                 ),
                 _ => (
-                    Box::new(ChangeMachines::new(AT, name, *change, machines.clone())),
+                    Box::new(
+                        ChangeMachines::new(AT, name, *change, machines.clone())
+                            .with_access(access.clone()),
+                    ),
                     None,
                 ),
             },
