@@ -311,10 +311,10 @@ impl Tasks {
 }
 
 impl Agent {
-    /// Whether `service` is listed and its machines list names this machine.
+    /// Whether `service` is indexed here and its machines list names this machine.
     fn deployed_here(&self, service: &str) -> bool {
         self.services.get(service).is_some_and(|s| {
-            s.target.listing == super::target::Listing::Listed
+            s.target.listing.is_indexed()
                 && s.target
                     .machines
                     .value()
