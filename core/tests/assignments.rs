@@ -432,3 +432,21 @@ fn a_missing_index_is_made_again_in_an_open_namespace() {
     assert!(rig.nodes.contains_key(&paths::assignments("m1")));
     assert!(rig.nodes.contains_key(&paths::assignment("m1", "a")));
 }
+
+#[test]
+fn an_entry_made_again_over_a_missing_list_reads_the_list_again() {
+    let mut rig = Rig::new();
+    // An entry left behind (a removal of a list pop could not read): its list is missing.
+    rig.nodes.remove(&paths::service_machines("b"));
+    rig.put(&paths::assignment("m1", "b"), Some(""));
+    assert!(!rig.runs("b"));
+    rig.take();
+    // `pop deploy b --machine m1` writes the list and makes the entry again, in one
+    // multi: the index's watch fires once, and it lists b as before.
+    rig.nodes
+        .insert(paths::service_machines("b"), br#"["m1"]"#.to_vec());
+    let index = paths::assignments("m1");
+    assert!(rig.child_watches.remove(&index), "the index is watched");
+    rig.watch(&index, WatchKind::ChildrenChanged);
+    assert!(rig.runs("b"));
+}

@@ -48,6 +48,12 @@ impl Agent {
         for (name, service) in self.services.iter_mut() {
             let listing = service.target.listing;
             match (indexed.contains(name), listing) {
+                // Its list was missing, and a missing node leaves no watch: the index
+                // changing (an entry made again by a deploy) is the time to look again.
+                (true, Listing::Indexed) if service.target.machines == NodeRead::Missing => {
+                    fresh.push((name.clone(), true));
+                    continue;
+                }
                 (true, Listing::Indexed) => continue,
                 (true, Listing::Gone) => {
                     // Undeployed and deployed again: what we knew of it is stale.

@@ -84,11 +84,14 @@ impl IndexReads {
     }
 
     /// The ops that make the entries of the read machines be what `wanted` (the list
-    /// being written) says: created where it names the machine (with its index, and
-    /// `/assignments`, when missing), deleted where it does not.
+    /// being written over `current`) says: created where it names the machine (with its
+    /// index, and `/assignments`, when missing), deleted where it does not. An entry
+    /// left from before (a list edited by hand) for a machine the list now adds is made
+    /// again, so the machine's index changes and its agent reads the list.
     pub(crate) fn ops(
         &self,
         found: &IndexFound,
+        current: &BTreeSet<String>,
         wanted: &BTreeSet<String>,
         access: &Access,
     ) -> Vec<ZkOp> {
@@ -111,6 +114,14 @@ impl IndexReads {
                         ops.push(create(paths::assignments(m)));
                     }
                     ops.push(create(paths::assignment(m, &self.service)));
+                }
+                (true, true) if !current.contains(m) => {
+                    let path = paths::assignment(m, &self.service);
+                    ops.push(ZkOp::Delete {
+                        path: path.clone(),
+                        version: None,
+                    });
+                    ops.push(create(path));
                 }
                 (false, true) => ops.push(ZkOp::Delete {
                     path: paths::assignment(m, &self.service),

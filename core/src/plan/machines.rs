@@ -134,7 +134,7 @@ impl Changing {
             version: Some(stat.version),
         };
         let found = self.index.found(index)?;
-        let mut ops = self.index.ops(&found, &wanted, &self.access);
+        let mut ops = self.index.ops(&found, &current, &wanted, &self.access);
         self.writing = wanted;
         if ops.is_empty() {
             return Ok(Decision::Write(op));
@@ -312,7 +312,7 @@ mod tests {
     }
 
     #[test]
-    fn deploy_where_an_entry_exists_already_writes_the_list_alone() {
+    fn deploy_where_an_entry_was_left_makes_it_again_so_the_agent_hears_of_it() {
         let mut tree = Tree::with_service("[]", "{}");
         for path in ["/assignments", "/assignments/m1", "/assignments/m1/s"] {
             tree.set(path, "");
@@ -321,9 +321,23 @@ mod tests {
             .expect("deployed");
         assert_eq!(
             tree.writes,
-            ["set /services/s/machines v0 '[\"m1\"]'"],
-            "no create of the entry there"
+            ["multi [set /services/s/machines v0 '[\"m1\"]'; delete /assignments/m1/s any version; create /assignments/m1/s '']"],
         );
+    }
+
+    #[test]
+    fn deploy_of_another_machine_leaves_a_listed_machines_entry_alone() {
+        let mut tree = Tree::with_service("[]", "{}");
+        tree.run(&mut change(MachinesChange::Deploy, &["m1"]))
+            .expect("deployed");
+        tree.run(&mut change(MachinesChange::Deploy, &["m1", "m2"]))
+            .expect("deployed");
+        assert!(
+            !tree.writes[1].contains("/assignments/m1"),
+            "{:?}",
+            tree.writes
+        );
+        assert_eq!(indexed(&tree), ["m1", "m2"]);
     }
 
     #[test]

@@ -8,11 +8,13 @@
 use super::assignments::IndexReads;
 use super::engine::{exactly, refused_by_default, Decision, Engine, Got, Refused, Steps};
 use super::{children, get, require_service, Feedback, Outcome, Plan, PlanError, Step};
+use crate::access::Access;
 use crate::names::ServiceName;
 use crate::paths;
 use crate::settings::parse_machines;
 use crate::time::Timestamp;
 use crate::zk::{ZkError, ZkOp, ZkReply};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 /// How long to wait between attempts while children keep appearing.
@@ -117,9 +119,8 @@ impl Removing {
                         return Ok(Decision::Look);
                     }
                     let found = self.index.found(index)?;
-                    index_ops = self
-                        .index
-                        .ops(&found, &Default::default(), &Default::default());
+                    let none = BTreeSet::new();
+                    index_ops = self.index.ops(&found, &deployed, &none, &Access::Open);
                     Some(stat.version)
                 }
                 // Unreadable: nobody can tell its entries (the keeper deletes them).
