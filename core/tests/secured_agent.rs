@@ -99,11 +99,25 @@ fn an_open_agent_creates_as_before() {
     }));
 }
 
+/// The read of `path` among the actions.
+fn read_for(actions: &[Action], path: &str) -> pop_core::zk::RequestId {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Zk {
+                id,
+                op: op @ (ZkOp::GetData { .. } | ZkOp::GetChildren { .. }),
+            } if op.path() == path => Some(*id),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no read of {path} in {actions:?}"))
+}
+
 #[test]
 fn a_refused_request_is_reported_and_the_agent_exits() {
     let mut agent = agent(AgentAccess::Open);
     let actions = connect(&mut agent);
-    let id = request_for(&actions, "/assignments/m1");
+    let id = read_for(&actions, "/assignments/m1");
     let reply = ZkReply::Error(ZkError::NoAuth);
     let actions = feed(&mut agent, 1001, Input::Reply { id, reply });
     assert_eq!(

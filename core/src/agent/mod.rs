@@ -758,6 +758,9 @@ impl Agent {
         }
         self.sync_types();
         self.converge_tasks(&names);
+        for name in std::mem::take(&mut self.dirty.untasked) {
+            self.settle(&name);
+        }
         self.publish();
         if self.shutting_down
             && self.index.phases().with_process() == 0

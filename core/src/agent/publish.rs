@@ -15,11 +15,15 @@ impl Agent {
     /// After `name` was reconciled: forget it if it is not deployed here and has
     /// nothing running, then index it and set what its nodes should hold.
     pub(super) fn settle(&mut self, name: &str) {
-        // An adopted one stays until the index is read, with its generation and backoff.
+        // An adopted one stays until the index is read, with its generation and backoff;
+        // one no longer deployed here until its tasks here are done: they run to their
+        // end (a list gone is no proof the service is: it may be written again, and a
+        // task stopped for it would run twice).
         let gone = self.services.get(name).is_some_and(|s| {
             s.target.listing == Listing::Gone
                 && s.is_quiet()
                 && s.control != Control::AwaitingTarget
+                && !self.tasks.keeps(name)
         });
         // Nothing of it runs any more, nor will: its environments go with it.
         let removed = gone.then(|| self.services.remove(name)).flatten();
