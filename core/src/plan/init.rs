@@ -1,8 +1,9 @@
 //! `pop init [--force]`: creates the namespace's nodes that are missing. On an
 //! initialised namespace it refuses, unless `--force`, which first removes every service
-//! the way `pop remove --force` does (agents stop them), prunes machine directories with
-//! nothing published in them and drops the marker, then creates the namespace again. What
-//! live agents publish about themselves (/agents, their ephemerals) is theirs and stays.
+//! the way `pop remove --force` does (agents stop them; their index entries go with their
+//! machines lists), prunes machine directories with nothing published in them and drops
+//! the marker, then creates the namespace again. What live agents publish about
+//! themselves (/agents, their ephemerals, their empty indexes) is theirs and stays.
 
 use super::acls::SyncAcls;
 use super::engine::{exactly, Decision, Engine, Got, Refused, Steps};
