@@ -172,8 +172,15 @@ impl Agent {
             let still_relevant = match &watched {
                 Watched::Assignments(_) => true,
                 Watched::ServiceList => false,
-                // Missing is an answer: the service is gone (its entry goes with it).
-                Watched::Machines(n) => followed(n) && *err != ZkError::NoNode,
+                // Missing while indexed: removed (its entry goes in the same multi, and
+                // the index read that follows ends this), or re-added meanwhile (a read
+                // in flight from before; a missing node leaves no watch). Leaving: the
+                // answer (see `confirm_departure`).
+                Watched::Machines(n) if *err == ZkError::NoNode => self
+                    .services
+                    .get(n)
+                    .is_some_and(|s| s.target.listing == Listing::Indexed),
+                Watched::Machines(n) => followed(n),
                 // Missing while its list names this machine: written in steps by hand.
                 Watched::Settings(n) => {
                     followed(n) && (*err != ZkError::NoNode || self.listed_here(n))
@@ -214,8 +221,15 @@ impl Agent {
                 Ok(machines) => {
                     self.clear_problem(&path);
                     let here = machines.contains(self.machine());
+                    // Settings found missing (a read from before the service was written
+                    // again: a missing node leaves no watch) are read again once the list
+                    // names this machine, as are settings an ACL kept from it.
+                    let missing = self
+                        .services
+                        .get(&name)
+                        .is_some_and(|s| s.target.settings == NodeRead::Missing);
                     self.update_service(&name, |s| s.target.machines = NodeRead::Read(machines));
-                    if here && self.withheld.remove(&name) {
+                    if here && (self.withheld.remove(&name) || missing) {
                         self.read(Watched::Settings(name));
                     }
                 }
