@@ -93,6 +93,9 @@ enum Kind<'a> {
     /// `/agents`: machines publish their report under it.
     AgentsContainer,
     MachineDir(&'a str),
+    /// `/assignments/<m>`: the machine's index. Every machine may add and delete entries
+    /// in it (the keeper repairs any machine's index), only the machine itself more.
+    IndexDir(&'a str),
     /// A node a machine creates for itself (pid, state, agent report).
     OwnedBy(&'a str),
     /// `/services/<s>`, its machines list, `/plugins/<t>`: machines read.
@@ -113,11 +116,14 @@ fn kind(path: &str) -> Kind<'_> {
         ["pop"] => Kind::Marker,
         ["pop", "admin"] => Kind::Container,
         ["pop", "machines", ..] => Kind::Registry,
-        ["machines"] | ["services"] | ["plugins"] => Kind::Container,
+        ["machines"] | ["services"] | ["plugins"] | ["assignments"] => Kind::Container,
         ["agents"] => Kind::AgentsContainer,
         ["agents", m] => Kind::OwnedBy(m),
         ["machines", m] => Kind::MachineDir(m),
         ["machines", m, _] => Kind::OwnedBy(m),
+        ["assignments", m] => Kind::IndexDir(m),
+        // An index entry: its agent may create its own (see `AgentAccess::own_node`).
+        ["assignments", m, _] => Kind::OwnedBy(m),
         ["services", _]
         | ["services", _, "machines"]
         | ["services", _, "tasks"]
@@ -156,6 +162,13 @@ impl Principals {
             }
             Kind::MachineDir(m) => {
                 let others = self.every_machine(admin, read);
+                match self.machine_id(m) {
+                    Some(id) => others.digest(id, Perms::ALL),
+                    None => others,
+                }
+            }
+            Kind::IndexDir(m) => {
+                let others = self.every_machine(admin, read.and(Perms::CREATE).and(Perms::DELETE));
                 match self.machine_id(m) {
                     Some(id) => others.digest(id, Perms::ALL),
                     None => others,
@@ -270,6 +283,9 @@ mod tests {
         assert_eq!(shown("/machines/m2/s", &[]), "[m2=all root=all]");
         assert_eq!(shown("/agents/m1", &[]), "[m1=all root=all]");
         assert_eq!(shown("/plugins/t", &[]), "[m1=r m2=r root=all]");
+        assert_eq!(shown("/assignments", &[]), "[m1=r m2=r root=all]");
+        assert_eq!(shown("/assignments/m2", &[]), "[m1=rcd m2=all root=all]");
+        assert_eq!(shown("/assignments/m2/s", &[]), "[m2=all root=all]");
     }
 
     #[test]

@@ -220,7 +220,7 @@ mod tests {
                 Input::Session(SessionEvent::Disconnected),
                 connected(),
                 Input::Watch(WatchEvent {
-                    path: "/services".into(),
+                    path: "/assignments/m1".into(),
                     kind: WatchKind::ChildrenChanged,
                 }),
             ],

@@ -11,6 +11,14 @@
 //! | /services/<service>/tasks              | (container)       |           |
 //! | /services/<service>/tasks/<id>         | JSON task request |           |
 //! | /services/<service>/tasks/<id>/<machine> | JSON task result |          |
+//! | /assignments/<machine-id>              | (container)       |           |
+//! | /assignments/<machine-id>/<service>    | (empty)           |           |
+//!
+//! `/assignments` is an index, a hint kept by pop's own plans: `/assignments/<m>/<s>`
+//! exists iff `<m>` is in `/services/<s>/machines`, written in the same multi as the list.
+//! An agent reads and watches only its own `/assignments/<m>` and the services in it, so
+//! what a change costs grows with the machines it touches, not with the fleet. The
+//! machines list stays the truth.
 
 pub const MACHINES: &str = "/machines";
 pub const SERVICES: &str = "/services";
@@ -19,9 +27,11 @@ pub const AGENTS: &str = "/agents";
 pub const PLUGINS: &str = "/plugins";
 /// Marks an initialised namespace; holds the layout version.
 pub const POP: &str = "/pop";
+/// The index of which services each machine should look at (see the table above).
+pub const ASSIGNMENTS: &str = "/assignments";
 
 /// Every persistent node `pop init` creates, parents first.
-pub const NAMESPACE: [&str; 5] = [POP, MACHINES, SERVICES, AGENTS, PLUGINS];
+pub const NAMESPACE: [&str; 6] = [POP, MACHINES, SERVICES, AGENTS, PLUGINS, ASSIGNMENTS];
 
 pub fn machine(machine: &str) -> String {
     format!("{MACHINES}/{machine}")
@@ -65,6 +75,16 @@ pub fn task_result(service: &str, task: &str, machine: &str) -> String {
     format!("{SERVICES}/{service}/tasks/{task}/{machine}")
 }
 
+/// A machine's index: one child per service deployed on it.
+pub fn assignments(machine: &str) -> String {
+    format!("{ASSIGNMENTS}/{machine}")
+}
+
+/// The index entry saying `service` is deployed on `machine`.
+pub fn assignment(machine: &str, service: &str) -> String {
+    format!("{ASSIGNMENTS}/{machine}/{service}")
+}
+
 pub fn agent(machine: &str) -> String {
     format!("{AGENTS}/{machine}")
 }
@@ -87,6 +107,8 @@ pub fn parent(path: &str) -> Option<&str> {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Watched {
     ServiceList,
+    /// A machine's index (its children): the services deployed on it.
+    Assignments(String),
     Machines(String),
     Settings(String),
     /// The children of a service's tasks container.
@@ -113,6 +135,13 @@ impl Watched {
         }
         if path == PLUGINS {
             return Some(Watched::PluginList);
+        }
+        if let Some(machine) = path
+            .strip_prefix(ASSIGNMENTS)
+            .and_then(|r| r.strip_prefix('/'))
+        {
+            return (!machine.is_empty() && !machine.contains('/'))
+                .then(|| Watched::Assignments(machine.to_string()));
         }
         if let Some(name) = path.strip_prefix(PLUGINS).and_then(|r| r.strip_prefix('/')) {
             return (!name.is_empty() && !name.contains('/'))
@@ -142,6 +171,7 @@ impl Watched {
         matches!(
             self,
             Watched::ServiceList
+                | Watched::Assignments(_)
                 | Watched::PluginList
                 | Watched::Tasks(_)
                 | Watched::ServiceChildren(_)
@@ -151,7 +181,10 @@ impl Watched {
     /// The service the path is about, if any.
     pub fn service(&self) -> Option<&str> {
         match self {
-            Watched::ServiceList | Watched::Plugin(_) | Watched::PluginList => None,
+            Watched::ServiceList
+            | Watched::Assignments(_)
+            | Watched::Plugin(_)
+            | Watched::PluginList => None,
             Watched::Machines(s)
             | Watched::Settings(s)
             | Watched::Tasks(s)
@@ -163,6 +196,7 @@ impl Watched {
     pub fn path(&self) -> String {
         match self {
             Watched::ServiceList => SERVICES.to_string(),
+            Watched::Assignments(m) => assignments(m),
             Watched::Machines(s) => service_machines(s),
             Watched::Settings(s) => service_settings(s),
             Watched::Tasks(s) => service_tasks(s),
@@ -188,12 +222,15 @@ mod tests {
         assert_eq!(service_machines("plone4"), "/services/plone4/machines");
         assert_eq!(service_settings("plone4"), "/services/plone4/settings");
         assert_eq!(service_state("plone4", "m1"), "/services/plone4/state/m1");
+        assert_eq!(assignments("m1"), "/assignments/m1");
+        assert_eq!(assignment("m1", "plone4"), "/assignments/m1/plone4");
     }
 
     #[test]
     fn watched_paths_round_trip() {
         for w in [
             Watched::ServiceList,
+            Watched::Assignments("m1".into()),
             Watched::Machines("a".into()),
             Watched::Settings("b".into()),
             Watched::Tasks("c".into()),
@@ -214,6 +251,8 @@ mod tests {
         assert_eq!(Watched::parse("/services/"), None);
         assert_eq!(Watched::parse("/plugins/a/b"), None);
         assert_eq!(Watched::parse("/plugins/"), None);
+        assert_eq!(Watched::parse("/assignments/m1/a"), None);
+        assert_eq!(Watched::parse("/assignments/"), None);
         assert_eq!(parent("/machines/m1/x"), Some("/machines/m1"));
         assert_eq!(parent("/machines"), None);
     }

@@ -136,20 +136,21 @@ fn an_adoption_while_a_start_is_in_flight_stops_that_start() {
         },
     };
     connect(&mut a, 1000);
-    // #2 lists the services; #4 and #5 read web's machines and settings.
+    // #1 and #2 make this machine's nodes, #3 reads its index; #5 and #6 read web's
+    // machines and settings.
     let listing = Input::Reply {
-        id: RequestId(2),
+        id: RequestId(3),
         reply: ZkReply::Children {
             names: vec!["web".into()],
             stat: NodeStat::default(),
         },
     };
     feed(&mut a, 1001, listing);
-    feed(&mut a, 1002, data(4, r#"["m1"]"#, 10));
+    feed(&mut a, 1002, data(5, r#"["m1"]"#, 10));
     let actions = feed(
         &mut a,
         1003,
-        data(5, r#"{"type":"command","command":"serve"}"#, 11),
+        data(6, r#"{"type":"command","command":"serve"}"#, 11),
     );
     assert!(
         actions
@@ -190,7 +191,7 @@ fn reads_of(actions: &[Action], path: &str) -> usize {
         .count()
 }
 
-/// A new session reads what it adopted before the listing arrives; the listing naming
+/// A new session reads what it adopted before the index arrives; the index naming
 /// those services does not read them again.
 #[test]
 fn an_adopted_service_is_read_once_in_the_new_session() {
@@ -206,7 +207,7 @@ fn an_adopted_service_is_read_once_in_the_new_session() {
             } => Some(*id),
             _ => None,
         })
-        .expect("the service list is read");
+        .expect("the index is read");
     let reply = ZkReply::Children {
         names: vec!["web".into()],
         stat: NodeStat::default(),

@@ -225,6 +225,7 @@ impl Rig {
         self.put(&paths::service_settings(service), Some(settings));
         self.put(&paths::service_machines(service), Some(r#"["m1"]"#));
         self.put(&paths::service(service), Some(""));
+        self.put(&paths::assignment("m1", service), Some(""));
     }
 
     fn take(&mut self) -> Vec<Action> {
@@ -301,10 +302,13 @@ fn a_stored_type_is_read_only_while_a_service_wanted_here_has_it() {
     let actions = rig.take();
     assert_eq!(reads_of(&actions, "/plugins/tool"), 0, "not wanted here");
     assert!(rig.agent.stored_types().is_empty());
+    // Deployed here, as `pop deploy` does it: the list and the index entry.
     rig.put(&paths::service_machines("web"), Some(r#"["m1"]"#));
+    rig.put(&paths::assignment("m1", "web"), Some(""));
     assert_eq!(reads_of(&rig.take(), "/plugins/tool"), 1);
     assert_eq!(rig.agent.stored_types(), ["tool"]);
     rig.put(&paths::service_machines("web"), Some(r#"["m2"]"#));
+    rig.put(&paths::assignment("m1", "web"), None);
     assert!(rig.agent.stored_types().is_empty(), "forgotten");
     // Its watch fires once more; the agent does not read it again.
     rig.take();

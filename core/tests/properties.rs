@@ -69,6 +69,7 @@ fn input() -> impl Strategy<Value = Input> {
     let service = prop::sample::select(SERVICES.to_vec()).prop_map(String::from);
     let path = prop_oneof![
         Just("/services".to_string()),
+        Just("/assignments/m1".to_string()),
         service
             .clone()
             .prop_map(|s| format!("/services/{s}/machines")),

@@ -99,18 +99,32 @@ fn an_open_agent_creates_as_before() {
     }));
 }
 
+/// The read of `path` among the actions.
+fn read_for(actions: &[Action], path: &str) -> pop_core::zk::RequestId {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Zk {
+                id,
+                op: op @ (ZkOp::GetData { .. } | ZkOp::GetChildren { .. }),
+            } if op.path() == path => Some(*id),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no read of {path} in {actions:?}"))
+}
+
 #[test]
 fn a_refused_request_is_reported_and_the_agent_exits() {
     let mut agent = agent(AgentAccess::Open);
     let actions = connect(&mut agent);
-    let id = request_for(&actions, "/services");
+    let id = read_for(&actions, "/assignments/m1");
     let reply = ZkReply::Error(ZkError::NoAuth);
     let actions = feed(&mut agent, 1001, Input::Reply { id, reply });
     assert_eq!(
         actions,
         vec![
             Action::Report(Report::NotAuthorised {
-                path: "/services".into(),
+                path: "/assignments/m1".into(),
                 doing: "reading".into(),
             }),
             Action::Exit,
@@ -141,7 +155,7 @@ fn a_refused_machine_directory_is_no_refusal() {
 fn settings_kept_from_it_are_read_again_once_it_is_deployed() {
     let mut agent = agent(secured());
     let actions = connect(&mut agent);
-    let id = request_for(&actions, "/services");
+    let id = request_for(&actions, "/assignments/m1");
     let listing = ZkReply::Children {
         names: vec!["web".into()],
         stat: NodeStat::default(),
@@ -211,7 +225,7 @@ fn settings_refused_while_it_is_listed_are_read_again_until_granted() {
     // before the ACL lets it read. ZooKeeper fires no watch when the ACL catches up.
     let mut agent = agent(secured());
     let actions = connect(&mut agent);
-    let id = request_for(&actions, "/services");
+    let id = request_for(&actions, "/assignments/m1");
     let listing = ZkReply::Children {
         names: vec!["web".into()],
         stat: NodeStat::default(),

@@ -68,14 +68,14 @@ fn children(id: RequestId, names: &[&str]) -> Input {
     }
 }
 
-/// Session 1; `web` listed, deployed on this machine; the actions after its settings.
+/// Session 1; `web` indexed, deployed on this machine; the actions after its settings.
 fn deployed(a: &mut Agent) -> Vec<Action> {
     let connected = SessionEvent::Connected {
         session: SessionId(1),
         timeout: Duration::from_secs(4),
     };
     let actions = feed(a, 1000, Input::Session(connected));
-    let list = read_of(&actions, "/services");
+    let list = read_of(&actions, "/assignments/m1");
     let actions = feed(a, 1001, children(list, &["web"]));
     let machines = read_of(&actions, "/services/web/machines");
     let settings = read_of(&actions, "/services/web/settings");

@@ -39,7 +39,10 @@ fn regression_seeds_stay_clean() {
 #[test]
 fn a_batch_of_seeds_is_clean_and_covers_the_rare_situations() {
     let mut coverage: BTreeMap<&'static str, u64> = BTreeMap::new();
-    for seed in 1000..1030 {
+    // 66 seeds: an agent reads only what is deployed on it (issue 15), so schedules
+    // changed and the rarest situations (a failed environment build: 2 of 1000..1065)
+    // need a wider batch.
+    for seed in 1000..1066 {
         let outcome = run_catching(&short(seed));
         assert_eq!(
             outcome.failure, None,

@@ -241,6 +241,8 @@ async fn the_production_loop_runs_against_simulated_ports() {
         shared
             .model
             .put(&paths::service_machines("a"), br#"["m1"]"#);
+        // Deployed as `pop deploy` leaves it: with its index entry.
+        shared.model.put(&paths::assignment("m1", "a"), b"");
     }
     let (process_tx, process_rx) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = mpsc::unbounded_channel();

@@ -307,11 +307,12 @@ fn problems_of_a_removed_service_are_forgotten() {
     w.add_service("job", CMD, &["m1"]);
     settle(&mut w);
     w.admin_put(&paths::service_settings("job"), b"{not json");
-    w.admin_put("/services/bad name", b"");
+    // The agent reads its index, not /services: a bad name there is its problem.
+    w.admin_put("/assignments/m1/bad name", b"");
     w.run_for(Duration::from_secs(1));
     assert_eq!(w.machines[0].agent.problems().len(), 2);
     w.admin_remove(&paths::service("job"));
-    w.admin_remove("/services/bad name");
+    w.admin_remove("/assignments/m1/bad name");
     settle(&mut w);
     assert!(
         w.machines[0].agent.problems().is_empty(),

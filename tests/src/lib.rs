@@ -9,6 +9,7 @@ pub use ensemble::Ensemble;
 pub use proxy::TcpProxy;
 
 use pop_zkserver::{four_letter, ServerTls, ZkServer, ZkServerConfig};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -60,7 +61,8 @@ impl Zk {
             log_file: Some(dir.path().join("zookeeper.log")),
             // pop's, and what the tests ask about sessions (`session_connected`,
             // `session_alive`).
-            four_letter_words: ["srvr", "cons", "dump"].map(String::from).to_vec(),
+            // `wchc`: who watches what (tests/tests/index.rs).
+            four_letter_words: ["srvr", "cons", "dump", "wchc"].map(String::from).to_vec(),
             tls,
             ..ZkServerConfig::default()
         };
@@ -97,6 +99,30 @@ impl Zk {
     /// Whether a client is connected to the server with `session` (`cons`).
     pub fn session_connected(&self, session: i64) -> bool {
         session_connected(&self.hosts(), session)
+    }
+
+    /// The paths each session holds a watch on (the `wchc` four-letter command).
+    pub fn watches_by_session(&self) -> BTreeMap<i64, BTreeSet<String>> {
+        let text = four_letter(self.hosts(), "wchc", Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("wchc: {e}"));
+        let mut watches: BTreeMap<i64, BTreeSet<String>> = BTreeMap::new();
+        let mut session = None;
+        for line in text.lines() {
+            if let Some(path) = line.strip_prefix('\t') {
+                if let Some(s) = session {
+                    watches
+                        .entry(s)
+                        .or_default()
+                        .insert(path.trim().to_string());
+                }
+            } else if let Some(hex) = line.trim().strip_prefix("0x") {
+                let id = u64::from_str_radix(hex, 16)
+                    .unwrap_or_else(|e| panic!("wchc session {line:?}: {e}"));
+                session = Some(id as i64);
+                watches.entry(id as i64).or_default();
+            }
+        }
+        watches
     }
 }
 

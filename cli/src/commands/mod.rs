@@ -190,7 +190,9 @@ async fn change_machines(
         admin.run_plan(&mut grant).await?;
     }
     let outcome = admin
-        .run_plan(&mut ChangeMachines::new(&admin.hosts, &name, change, ids))
+        .run_plan(
+            &mut ChangeMachines::new(&admin.hosts, &name, change, ids).with_access(access.clone()),
+        )
         .await?;
     if let Access::Secured(principals) = &access {
         let mut settle = SettingsAcl::new(name.as_str(), principals.clone(), BTreeSet::new());

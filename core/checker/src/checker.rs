@@ -247,9 +247,21 @@ impl Checker {
         if self.exited {
             return Ok(());
         }
-        // A watch fired: the node is read again, with a new watch.
+        // A watch fired: the node is read again, with a new watch (a service's list or
+        // settings only while the service is in the index as the agent last read it: a
+        // watch left on one that left fires once more, and is not read).
         if let Input::Watch(event) = input {
-            if connected && Watched::parse(&event.path).is_some() {
+            let followed = match Watched::parse(&event.path) {
+                Some(Watched::Machines(s) | Watched::Settings(s)) => self
+                    .world
+                    .indexed
+                    .as_ref()
+                    .is_some_and(|(_, names)| names.contains(&s)),
+                // Every agent's, read by the keeper; this agent reads its index instead.
+                Some(Watched::ServiceList) | None => false,
+                Some(_) => true,
+            };
+            if connected && followed {
                 let rearmed = actions.iter().any(|a| match a {
                     Action::Zk {
                         op:
@@ -326,8 +338,26 @@ impl Checker {
             ZkOp::Multi { .. } => return Err(format!("the agent sent a multi: {op:?}")),
             ZkOp::SetAcl { .. } => return Err(format!("the agent set an ACL: {op:?}")),
         };
-        // This machine's own directory is persistent; everything else it writes goes with
-        // its session.
+        // This machine's own directory and index are persistent; everything else it
+        // writes goes with its session.
+        let own_index = path == paths::ASSIGNMENTS || path == paths::assignments(MACHINE);
+        let own_entry = path
+            .strip_prefix(&format!("{}/", paths::assignments(MACHINE)))
+            .map(str::to_string);
+        if let Some(service) = &own_entry {
+            // Made only for a service whose list a reply said names this machine; never
+            // deleted (that is the plans' and the keeper's).
+            return match mode {
+                Some(CreateMode::Persistent) if self.world.listed_here.contains(service) => Ok(()),
+                _ => Err(format!("wrote an index entry: {op:?}")),
+            };
+        }
+        if own_index {
+            return match mode {
+                Some(CreateMode::Persistent) => Ok(()),
+                _ => Err(format!("wrote an index node: {op:?}")),
+            };
+        }
         let own_directory = path == paths::machine(MACHINE);
         let expected_mode = if own_directory {
             CreateMode::Persistent
@@ -477,7 +507,7 @@ impl Checker {
         }
         if !self.world.listed.contains(service) || !self.world.listed_here.contains(service) {
             return Err(format!(
-                "built an environment of {service}, which no reply listed (for this machine)"
+                "built an environment of {service}, which no reply indexed or listed (for this machine)"
             ));
         }
         let asked = self.world.settings_read.get(service).is_some_and(|read| {
@@ -556,7 +586,7 @@ impl Checker {
         }
         if !world.listed.contains(service) || !world.listed_here.contains(service) {
             return Err(format!(
-                "spawned {service}, which no reply listed (for this machine)"
+                "spawned {service}, which no reply indexed or listed (for this machine)"
             ));
         }
         if !world

@@ -170,7 +170,8 @@ pub enum ErrorChoice {
 
 #[derive(Debug, Clone, Copy, Arbitrary)]
 pub enum PathChoice {
-    ServiceList,
+    /// This machine's index.
+    Index,
     Machines(u8),
     Settings(u8),
     ThisMachinesNode(u8),
@@ -198,7 +199,8 @@ fn service(choice: u8) -> String {
     SERVICES[usize::from(choice) % SERVICES.len()].to_string()
 }
 
-/// Children of `/services`: a bit per service, and two names that are not valid ones.
+/// Children of the index (or any node): a bit per service, and two names that are not
+/// valid ones.
 fn children(mask: u8) -> Vec<String> {
     let mut names: Vec<String> = SERVICES
         .iter()
@@ -247,7 +249,7 @@ impl Checker {
             },
             Step::Watch { path, kind } => Input::Watch(WatchEvent {
                 path: match *path {
-                    PathChoice::ServiceList => paths::SERVICES.to_string(),
+                    PathChoice::Index => paths::assignments(MACHINE),
                     PathChoice::Machines(s) => paths::service_machines(&service(s)),
                     PathChoice::Settings(s) => paths::service_settings(&service(s)),
                     PathChoice::ThisMachinesNode(s) => paths::machine_service(MACHINE, &service(s)),

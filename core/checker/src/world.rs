@@ -78,8 +78,11 @@ pub(crate) struct World {
     /// Every generation the agent started or was given, per service.
     pub known: BTreeSet<(String, u64)>,
     pub pids: BTreeMap<String, BTreeSet<u32>>,
-    /// Services some reply listed under /services.
+    /// Services some reply listed in this machine's index (`/assignments/m1`), or that
+    /// were adopted (followed without being indexed until their list is read).
     pub listed: BTreeSet<String>,
+    /// The newest index reply (by its pzxid, as the agent takes them) and its names.
+    pub indexed: Option<(i64, BTreeSet<String>)>,
     /// Services some reply said run on this machine.
     pub listed_here: BTreeSet<String>,
     pub settings_read: BTreeMap<String, Vec<Settings>>,
@@ -108,6 +111,7 @@ impl World {
             known: BTreeSet::new(),
             pids: BTreeMap::new(),
             listed: BTreeSet::new(),
+            indexed: None,
             listed_here: BTreeSet::new(),
             settings_read: BTreeMap::new(),
             manifests_read: BTreeMap::new(),
@@ -202,6 +206,7 @@ impl World {
                 };
                 self.live.insert(key.clone(), live);
                 self.known.insert(key);
+                self.listed.insert(service.clone());
                 self.pids.entry(service.clone()).or_default().insert(*pid);
             }
             Input::Shutdown => self.shutting_down = true,
@@ -243,10 +248,17 @@ impl World {
             return;
         }
         match (&op, reply) {
-            (ZkOp::GetChildren { path, .. }, ZkReply::Children { names, .. })
-                if path == paths::SERVICES =>
+            (ZkOp::GetChildren { path, .. }, ZkReply::Children { names, stat })
+                if *path == paths::assignments(MACHINE) =>
             {
                 self.listed.extend(names.iter().cloned());
+                if self
+                    .indexed
+                    .as_ref()
+                    .is_none_or(|(zxid, _)| stat.pzxid >= *zxid)
+                {
+                    self.indexed = Some((stat.pzxid, names.iter().cloned().collect()));
+                }
             }
             (ZkOp::GetData { path, .. }, ZkReply::Data { data, .. }) => {
                 match Watched::parse(path) {

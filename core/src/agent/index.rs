@@ -180,6 +180,8 @@ pub(crate) struct Dirty {
     pub report: bool,
     /// Stored types whose need may have changed: read or forget them.
     pub types: BTreeSet<String>,
+    /// Services whose task bookkeeping went: one undeployed waited for it to be forgotten.
+    pub untasked: BTreeSet<String>,
 }
 
 impl Agent {
@@ -226,6 +228,7 @@ impl Agent {
             tasks: BTreeSet::new(),
             report: true,
             types: BTreeSet::new(),
+            untasked: BTreeSet::new(),
         };
         self.reindex_tasks();
         self.indexed = true;

@@ -4,6 +4,7 @@
 //! [`Agent::poll_action`] until it returns `None`, then sleep until [`Agent::poll_timeout`]
 //! (or the next input) and deliver [`Input::Tick`] when it is reached.
 
+mod assignments;
 mod ephemeral;
 mod index;
 mod publish;
@@ -89,6 +90,11 @@ enum Pending {
     },
     /// Creating /machines/<id>; the result does not matter beyond the log.
     MachineNode,
+    /// Creating `/assignments`, this machine's index, or its entry for `service`.
+    IndexNode {
+        service: Option<String>,
+        path: String,
+    },
     /// A read or write of a task's node without a watch.
     Task {
         service: String,
@@ -231,9 +237,18 @@ impl Agent {
                     self.dirty.nodes.insert(event.path);
                 } else if let Some(watched) = Watched::parse(&event.path) {
                     match watched {
-                        Watched::ServiceList | Watched::Machines(_) | Watched::Settings(_) => {
-                            self.read(watched)
+                        Watched::Assignments(_) => self.read(watched),
+                        // A watch left on a service no longer followed fires once more.
+                        Watched::Machines(ref name) | Watched::Settings(ref name) => {
+                            if self
+                                .services
+                                .get(name)
+                                .is_some_and(|s| s.target.listing.is_followed())
+                            {
+                                self.read(watched)
+                            }
                         }
+                        Watched::ServiceList => {}
                         Watched::Plugin(_) | Watched::PluginList => self.on_plugin_watch(watched),
                         task => self.on_task_watch(task),
                     }
@@ -492,20 +507,28 @@ impl Agent {
         }
         self.dirty.nodes.extend(self.nodes.keys().cloned());
         self.tasks_new_session();
-        // In a secured namespace `pop machine add` made it, and only the admin may.
+        // In a secured namespace `pop machine add` made them, and only the admin may.
+        let machine = self.config.machine.as_str().to_string();
         if self.config.access.is_open() {
             self.send(
                 ZkOp::Create {
-                    path: paths::machine(self.config.machine.as_str()),
+                    path: paths::machine(&machine),
                     data: Vec::new(),
                     mode: CreateMode::Persistent,
                     acl: Acl::open(),
                 },
                 Pending::MachineNode,
             );
+            self.create_index_node(None, paths::assignments(&machine));
         }
-        self.read(Watched::ServiceList);
-        let names: Vec<String> = self.services.keys().cloned().collect();
+        // Only what is deployed here, or runs here: never the whole fleet's services.
+        self.read(Watched::Assignments(machine));
+        let names: Vec<String> = self
+            .services
+            .iter()
+            .filter(|(_, s)| s.target.listing.is_followed())
+            .map(|(name, _)| name.clone())
+            .collect();
         for name in names {
             self.read(Watched::Machines(name.clone()));
             self.read(Watched::Settings(name));
@@ -582,6 +605,11 @@ impl Agent {
         if reply == ZkReply::Error(ZkError::NoAuth) {
             let refused = match &pending {
                 Pending::MachineNode => return,
+                Pending::IndexNode { path, .. } => {
+                    let path = path.clone();
+                    self.problem(&path, "cannot create it: not authorised".to_string());
+                    return;
+                }
                 Pending::Read(Watched::Settings(name)) => {
                     let name = name.clone();
                     self.withhold_settings(name);
@@ -631,7 +659,14 @@ impl Agent {
                     self.dirty.nodes.insert(path);
                 }
             }
-            Pending::Read(watched) => self.on_read(watched, reply),
+            Pending::IndexNode { service, path } => self.on_index_node_reply(service, path, reply),
+            Pending::Read(watched) => match self.confirming(id, &watched) {
+                Some(name) => {
+                    self.on_read(watched, reply.clone());
+                    self.confirm_departure(&name, &reply);
+                }
+                None => self.on_read(watched, reply),
+            },
             Pending::Task {
                 service,
                 task,
@@ -723,6 +758,9 @@ impl Agent {
         }
         self.sync_types();
         self.converge_tasks(&names);
+        for name in std::mem::take(&mut self.dirty.untasked) {
+            self.settle(&name);
+        }
         self.publish();
         if self.shutting_down
             && self.index.phases().with_process() == 0

@@ -12,17 +12,34 @@ use crate::published::{render_pid, AgentReport, ServiceReport, REPORT_LIMIT};
 use crate::time::Timestamp;
 
 impl Agent {
-    /// After `name` was reconciled: forget it if it is gone from ZooKeeper and has
+    /// After `name` was reconciled: forget it if it is not deployed here and has
     /// nothing running, then index it and set what its nodes should hold.
     pub(super) fn settle(&mut self, name: &str) {
-        // An adopted one stays until the listing is read, with its generation and backoff.
+        // An adopted one stays until the index is read, with its generation and backoff;
+        // one no longer deployed here until its tasks here are done: they run to their
+        // end (a list gone is no proof the service is: it may be written again, and a
+        // task stopped for it would run twice).
         let gone = self.services.get(name).is_some_and(|s| {
-            s.target.listing == Listing::Unlisted
+            s.target.listing == Listing::Gone
                 && s.is_quiet()
                 && s.control != Control::AwaitingTarget
+                && !self.tasks.keeps(name)
         });
         // Nothing of it runs any more, nor will: its environments go with it.
         let removed = gone.then(|| self.services.remove(name)).flatten();
+        if removed.is_some() {
+            // Not followed any more: what was wrong with its nodes is no concern here.
+            let prefix = format!("{}/", paths::service(name));
+            let stale: Vec<String> = self
+                .problems
+                .keys()
+                .filter(|path| path.starts_with(&prefix))
+                .cloned()
+                .collect();
+            for path in stale {
+                self.clear_problem(&path);
+            }
+        }
         if removed.is_some_and(|s| s.has_environments()) {
             self.actions.push_back(Action::RemoveEnvironments {
                 service: name.to_string(),

@@ -107,7 +107,7 @@ mod tests {
     }
 
     impl Machine {
-        /// Connected, with "web" listed and deployed here with `settings` and spawned as
+        /// Connected, with "web" indexed and deployed here with `settings` and spawned as
         /// generation 1.
         fn running(settings: &str) -> Machine {
             let mut m = Machine {
@@ -135,7 +135,7 @@ mod tests {
                 names: vec!["web".into()],
                 stat: NodeStat::default(),
             };
-            let actions = m.reply(&actions, "/services", listing);
+            let actions = m.reply(&actions, "/assignments/m1", listing);
             m.answer_read(&actions, "/services/web/machines", r#"["m1"]"#);
             let actions = m.answer_read(&actions, "/services/web/settings", settings);
             assert!(m.spawns(&actions, 1), "{actions:?}");

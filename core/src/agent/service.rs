@@ -221,7 +221,7 @@ impl Service {
         shutting_down: bool,
         fenced: bool,
     ) -> Option<&Arc<Settings>> {
-        if shutting_down || self.target.listing != Listing::Listed {
+        if shutting_down || !self.target.listing.is_indexed() {
             return None;
         }
         let machines = self.target.machines.value()?;

@@ -1,20 +1,20 @@
-//! Reading the target state: the service list, each service's machines list and
-//! settings, with a watch on each, and what to do when a read fails or the data is bad.
+//! Reading the target state: this machine's index (see [`super::assignments`]), each
+//! followed service's machines list and settings, with a watch on each, and what to do
+//! when a read fails or the data is bad.
 
-use super::service::{Control, Service};
+use super::service::Service;
 use super::{Agent, Pending};
 use crate::event::{Action, Report};
-use crate::names::ServiceName;
 use crate::paths::{self, Watched};
 use crate::settings::{parse_machines, Settings};
-use crate::zk::{ZkError, ZkOp, ZkReply};
+use crate::zk::{RequestId, ZkError, ZkOp, ZkReply};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 /// What this agent has read of one service's target. The machines and settings are kept
 /// beside the listing, not inside it: replies arrive in any order (a machines list may
-/// be read before the listing that names the service), and a service listed again keeps
+/// be read before the index that names the service), and a service indexed again keeps
 /// its last good view until the re-read arrives.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Target {
@@ -24,13 +24,36 @@ pub(crate) struct Target {
     pub settings: NodeRead<Arc<Settings>>,
 }
 
-/// Whether the service is listed under /services.
+/// Whether the service is in this machine's index (`/assignments/<m>`), which says what
+/// to follow; whether it runs here is its machines list's to say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Listing {
-    /// No listing read since this entry exists (a process adopted before the first read).
+    /// No index read since this entry exists (a process adopted before the first read).
     NotYetRead,
-    Unlisted,
-    Listed,
+    /// In the index (or its list names this machine and the agent made its entry):
+    /// its machines list and settings are read and watched.
+    #[serde(alias = "Listed")]
+    Indexed,
+    /// Gone from the index: still followed until a read of its machines list sent from
+    /// request `confirm` on answers whether this machine is in it.
+    Leaving { confirm: RequestId },
+    /// Not deployed here (its list does not name this machine, or is gone): no more
+    /// reads; forgotten once nothing of it runs.
+    #[serde(alias = "Unlisted")]
+    Gone,
+}
+
+impl Listing {
+    /// Its machines list and settings are read and watched.
+    pub(crate) fn is_followed(self) -> bool {
+        !matches!(self, Listing::Gone)
+    }
+
+    /// The index has been read with it in, or it has been since: what its list and
+    /// settings say goes.
+    pub(crate) fn is_indexed(self) -> bool {
+        matches!(self, Listing::Indexed | Listing::Leaving { .. })
+    }
 }
 
 /// The last good data of one node.
@@ -69,8 +92,10 @@ impl Target {
     pub(crate) fn is_known(&self) -> bool {
         match self.listing {
             Listing::NotYetRead => false,
-            Listing::Unlisted => true,
-            Listing::Listed => self.machines.is_read() && self.settings.is_read(),
+            Listing::Gone => true,
+            Listing::Indexed | Listing::Leaving { .. } => {
+                self.machines.is_read() && self.settings.is_read()
+            }
         }
     }
 }
@@ -102,12 +127,7 @@ impl Agent {
     pub(super) fn withhold_settings(&mut self, name: String) {
         let path = paths::service_settings(&name);
         self.armed.remove(&path);
-        let listed_here = self
-            .services
-            .get(&name)
-            .and_then(|s| s.target.machines.value())
-            .is_some_and(|machines| machines.contains(self.machine()));
-        if listed_here {
+        if self.listed_here(&name) {
             self.reread.insert(path);
             self.schedule_retry();
         }
@@ -134,10 +154,7 @@ impl Agent {
                     self.clear_problem(&path);
                     self.update_service(name, |s| s.target.settings = NodeRead::Missing);
                 }
-                (ZkError::NoNode, Watched::ServiceList) => {
-                    self.problem(&path, "missing: run `pop init`".to_string());
-                    self.apply_service_list(Vec::new());
-                }
+                (ZkError::NoNode, Watched::Assignments(_)) => self.index_missing(),
                 _ => {}
             }
             // The node may appear later (written in steps by another client), or the
@@ -147,12 +164,27 @@ impl Agent {
                 self.on_plugin_read(watched, reply);
                 return;
             }
+            let followed = |n: &str| {
+                self.services
+                    .get(n)
+                    .is_some_and(|s| s.target.listing.is_followed())
+            };
             let still_relevant = match &watched {
-                Watched::ServiceList => true,
-                Watched::Machines(n) | Watched::Settings(n) => self
+                Watched::Assignments(_) => true,
+                Watched::ServiceList => false,
+                // Missing while indexed: removed (its entry goes in the same multi, and
+                // the index read that follows ends this), or re-added meanwhile (a read
+                // in flight from before; a missing node leaves no watch). Leaving: the
+                // answer (see `confirm_departure`).
+                Watched::Machines(n) if *err == ZkError::NoNode => self
                     .services
                     .get(n)
-                    .is_some_and(|s| s.target.listing == Listing::Listed),
+                    .is_some_and(|s| s.target.listing == Listing::Indexed),
+                Watched::Machines(n) => followed(n),
+                // Missing while its list names this machine: written in steps by hand.
+                Watched::Settings(n) => {
+                    followed(n) && (*err != ZkError::NoNode || self.listed_here(n))
+                }
                 Watched::Plugin(_) | Watched::PluginList => self.plugin_read_matters(&watched),
                 task => self.task_read_relevant(task),
             };
@@ -181,16 +213,23 @@ impl Agent {
             }
         }
         match (watched, reply) {
-            (Watched::ServiceList, ZkReply::Children { names, .. }) => {
+            (Watched::Assignments(_), ZkReply::Children { names, .. }) => {
                 self.clear_problem(&path);
-                self.apply_service_list(names);
+                self.apply_index(names);
             }
             (Watched::Machines(name), ZkReply::Data { data, .. }) => match parse_machines(&data) {
                 Ok(machines) => {
                     self.clear_problem(&path);
                     let here = machines.contains(self.machine());
+                    // Settings found missing (a read from before the service was written
+                    // again: a missing node leaves no watch) are read again once the list
+                    // names this machine, as are settings an ACL kept from it.
+                    let missing = self
+                        .services
+                        .get(&name)
+                        .is_some_and(|s| s.target.settings == NodeRead::Missing);
                     self.update_service(&name, |s| s.target.machines = NodeRead::Read(machines));
-                    if here && self.withheld.remove(&name) {
+                    if here && (self.withheld.remove(&name) || missing) {
                         self.read(Watched::Settings(name));
                     }
                 }
@@ -212,87 +251,22 @@ impl Agent {
         }
     }
 
-    pub(super) fn apply_service_list(&mut self, names: Vec<String>) {
-        let mut listed = BTreeSet::new();
-        let mut bad = BTreeSet::new();
-        for name in names {
-            match ServiceName::new(&name) {
-                Ok(_) => {
-                    listed.insert(name);
-                }
-                Err(e) => {
-                    let path = paths::service(&name);
-                    self.problem(&path, e.to_string());
-                    bad.insert(path);
-                }
-            }
-        }
-        // Problems about services that are gone (or names that are gone) go with them.
-        let stale: Vec<String> = self
-            .problems
-            .keys()
-            .filter(|path| {
-                let Some(rest) = path
-                    .strip_prefix(paths::SERVICES)
-                    .and_then(|r| r.strip_prefix('/'))
-                else {
-                    return false;
-                };
-                let name = rest.split('/').next().unwrap_or(rest);
-                !listed.contains(name) && !bad.contains(path.as_str())
-            })
-            .cloned()
-            .collect();
-        for path in stale {
-            self.clear_problem(&path);
-        }
-        let mut fresh = Vec::new();
-        for (name, service) in self.services.iter_mut() {
-            let now_listed = listed.contains(name);
-            let listing = if now_listed {
-                Listing::Listed
-            } else {
-                Listing::Unlisted
-            };
-            let unchanged = service.target.listing == listing
-                && (now_listed || service.control == Control::FollowsTarget);
-            if unchanged {
-                continue;
-            }
-            if now_listed {
-                // Removed and added again: what we knew of it is stale. Adopted before
-                // any listing: the new session read it already, unless that failed.
-                let stale = service.target.listing == Listing::Unlisted;
-                fresh.push((name.clone(), stale));
-            } else {
-                // Gone from ZooKeeper: an adopted process has nothing to wait for.
-                service.control = Control::FollowsTarget;
-            }
-            service.target.listing = listing;
-            self.dirty.services.insert(name.clone());
-        }
-        for name in listed {
-            if !self.services.contains_key(&name) {
-                let service = Service::new(name.clone(), Listing::Listed);
-                self.services.insert(name.clone(), service);
-                self.dirty.services.insert(name.clone());
-                fresh.push((name, true));
-            }
-        }
-        for (name, stale) in fresh {
-            self.read_unless_watched(Watched::Machines(name.clone()), stale);
-            self.read_unless_watched(Watched::Settings(name), stale);
-        }
-    }
-
     /// Reads `watched`, unless what was read is not `stale` and a read with a watch went
     /// out for it in this session: that reply, and the watch after it, tell what the node
     /// holds. (A new session reads the services it adopted before the listing arrives.)
-    fn read_unless_watched(&mut self, watched: Watched, stale: bool) {
+    pub(super) fn read_unless_watched(&mut self, watched: Watched, stale: bool) {
         let path = watched.path();
         if stale || !(self.session_id().is_some() && self.armed.contains(&path)) {
             self.read(watched);
         }
+    }
+
+    /// Whether the service's machines list, as last read, names this machine.
+    pub(super) fn listed_here(&self, name: &str) -> bool {
+        self.services
+            .get(name)
+            .and_then(|s| s.target.machines.value())
+            .is_some_and(|machines| machines.contains(self.machine()))
     }
 
     /// Changes one service (if it is known) and notes the change.

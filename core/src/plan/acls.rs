@@ -305,11 +305,13 @@ impl Steps for Registering {
             get(paths::POP),
             get(registered(&self.machine)),
             get(paths::machine(&self.machine)),
+            get(paths::ASSIGNMENTS),
+            get(paths::assignments(&self.machine)),
         ]
     }
 
     fn decide(&mut self, _now: Timestamp, got: Vec<Got>) -> Decision<Outcome> {
-        let [pop, entry, dir] = match exactly(got) {
+        let [pop, entry, dir, index_root, index] = match exactly(got) {
             Ok(got) => got,
             Err(e) => return Decision::Done(Err(e)),
         };
@@ -342,13 +344,21 @@ impl Steps for Registering {
                     acl: admin_only.clone(),
                 }];
                 // Its directory, where its agent publishes pids; the sync sets its ACL.
-                if !dir.exists() {
-                    ops.push(ZkOp::Create {
-                        path: paths::machine(&self.machine),
-                        data: Vec::new(),
-                        mode: CreateMode::Persistent,
-                        acl: admin_only,
-                    });
+                // Its index (in a namespace made before the index, `/assignments` too).
+                let dirs = [
+                    (paths::machine(&self.machine), dir),
+                    (paths::ASSIGNMENTS.to_string(), index_root),
+                    (paths::assignments(&self.machine), index),
+                ];
+                for (path, got) in dirs {
+                    if !got.exists() {
+                        ops.push(ZkOp::Create {
+                            path,
+                            data: Vec::new(),
+                            mode: CreateMode::Persistent,
+                            acl: admin_only.clone(),
+                        });
+                    }
                 }
                 Decision::Write(ZkOp::Multi { ops })
             }
@@ -553,8 +563,10 @@ mod tests {
         let outcome = add_machine(&mut tree, "m1").expect("added");
         assert_eq!(
             outcome.to_string(),
-            "added machine m1; set the ACLs of 14 nodes"
+            "added machine m1; set the ACLs of 16 nodes"
         );
+        assert_eq!(tree.acl("/assignments"), "[m1=r root=all]");
+        assert_eq!(tree.acl("/assignments/m1"), "[m1=all root=all]");
         assert_eq!(tree.data("/pop/machines/m1"), Some("m1:D="));
         assert_eq!(tree.acl("/pop/machines/m1"), "[root=all]");
         assert_eq!(tree.acl("/machines/m1"), "[m1=all root=all]");

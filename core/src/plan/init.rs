@@ -1,8 +1,9 @@
 //! `pop init [--force]`: creates the namespace's nodes that are missing. On an
 //! initialised namespace it refuses, unless `--force`, which first removes every service
-//! the way `pop remove --force` does (agents stop them), prunes machine directories with
-//! nothing published in them and drops the marker, then creates the namespace again. What
-//! live agents publish about themselves (/agents, their ephemerals) is theirs and stays.
+//! the way `pop remove --force` does (agents stop them; their index entries go with their
+//! machines lists), prunes machine directories with nothing published in them and drops
+//! the marker, then creates the namespace again. What live agents publish about
+//! themselves (/agents, their ephemerals, their empty indexes) is theirs and stays.
 
 use super::acls::SyncAcls;
 use super::engine::{exactly, Decision, Engine, Got, Refused, Steps};
@@ -372,6 +373,9 @@ mod tests {
             ("/machines/m2", ""),
             ("/machines/m2/s", "7"),
             ("/agents/m2", "{}"),
+            ("/assignments", ""),
+            ("/assignments/m1", ""),
+            ("/assignments/m1/s", ""),
         ] {
             tree.set(path, data);
         }
@@ -416,6 +420,7 @@ mod tests {
             Ok("initialised pop at zk (reset)".into())
         );
         assert!(tree.children("/services").is_empty());
+        assert!(tree.children("/assignments/m1").is_empty(), "the index too");
         assert_eq!(tree.children("/machines"), ["m2"], "m1 had nothing in it");
         assert_eq!(tree.data("/agents/m2"), Some("{}"));
         assert_eq!(tree.data("/pop"), Some("{\"layout\":1}"));

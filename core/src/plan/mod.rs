@@ -13,6 +13,7 @@
 
 mod acls;
 mod add;
+mod assignments;
 mod engine;
 mod init;
 mod machines;

@@ -1,16 +1,20 @@
 //! `pop remove [--force]`, in the order that lets agents stop the service cleanly: first
 //! its machines list and settings (one multi; without `--force` only if the list is still
 //! empty, by version), so every agent stops it and no longer publishes for it; then the
-//! rest of the tree, deepest first, in one multi. An agent still stopping may add a state
+//! rest of the tree, deepest first, in one multi. The first multi also deletes the
+//! service's index entries (`/assignments/<m>/<s>`) of the machines its list names. An agent still stopping may add a state
 //! node meanwhile: the tree is read again and the delete retried until a deadline.
 
+use super::assignments::IndexReads;
 use super::engine::{exactly, refused_by_default, Decision, Engine, Got, Refused, Steps};
 use super::{children, get, require_service, Feedback, Outcome, Plan, PlanError, Step};
+use crate::access::Access;
 use crate::names::ServiceName;
 use crate::paths;
 use crate::settings::parse_machines;
 use crate::time::Timestamp;
 use crate::zk::{ZkError, ZkOp, ZkReply};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 /// How long to wait between attempts while children keep appearing.
@@ -25,6 +29,8 @@ struct Removing {
     /// How long agents may keep adding children before the plan gives up.
     patience: Duration,
     phase: Phase,
+    /// The index entries of the machines its list named when last read.
+    index: IndexReads,
     /// The planted ordering bug has already deleted the state nodes.
     state_deleted_first: bool,
 }
@@ -77,6 +83,7 @@ impl Remove {
             force,
             patience,
             phase: Phase::Unregister,
+            index: IndexReads::default(),
             state_deleted_first: false,
         }))
     }
@@ -95,28 +102,44 @@ impl Removing {
         service: Got,
         machines: Got,
         settings: Got,
+        index: &[Got],
     ) -> Result<Decision<Outcome>, PlanError> {
         require_service(&self.at, &self.name, &pop, &service)?;
         let machines_path = paths::service_machines(&self.name);
         let mut ops = Vec::new();
+        let mut index_ops = Vec::new();
         if let Got::Data { data, stat } = &machines {
-            let version = if self.force {
-                None
-            } else {
-                let deployed =
-                    parse_machines(data).map_err(|error| PlanError::MachinesUnreadable {
+            let deployed = parse_machines(data);
+            let version = match deployed {
+                // Its entries go with the list they were read beside (by version).
+                Ok(deployed) if self.force => {
+                    let listed: Vec<String> = deployed.iter().cloned().collect();
+                    if listed != self.index.machines() {
+                        self.index = IndexReads::new(&self.name, listed);
+                        return Ok(Decision::Look);
+                    }
+                    let found = self.index.found(index)?;
+                    let none = BTreeSet::new();
+                    index_ops = self.index.ops(&found, &deployed, &none, &Access::Open);
+                    Some(stat.version)
+                }
+                // Unreadable: nobody can tell its entries (the keeper deletes them).
+                Err(_) if self.force => None,
+                Err(error) => {
+                    return Err(PlanError::MachinesUnreadable {
                         path: machines_path.clone(),
                         name: self.name.clone(),
                         error,
-                    })?;
-                if !deployed.is_empty() {
+                    })
+                }
+                Ok(deployed) if !deployed.is_empty() => {
                     return Err(PlanError::Deployed {
                         name: self.name.clone(),
                         machines: deployed.into_iter().collect(),
                     });
                 }
                 // Deleted only if nobody deployed it since.
-                Some(stat.version)
+                Ok(_) => Some(stat.version),
             };
             ops.push(ZkOp::Delete {
                 path: machines_path,
@@ -135,6 +158,7 @@ impl Removing {
                 version: None,
             });
         }
+        ops.extend(index_ops);
         if ops.is_empty() {
             self.phase = Phase::tree(paths::service(&self.name), AfterTree::Finish);
             return Ok(Decision::Look);
@@ -178,17 +202,21 @@ impl Steps for Removing {
 
     fn reads(&self) -> Vec<ZkOp> {
         match &self.phase {
-            Phase::Unregister => vec![
-                get(paths::POP),
-                get(paths::service(&self.name)),
-                get(paths::service_machines(&self.name)),
-                get(paths::service_settings(&self.name)),
-            ],
+            Phase::Unregister => {
+                let mut reads = vec![
+                    get(paths::POP),
+                    get(paths::service(&self.name)),
+                    get(paths::service_machines(&self.name)),
+                    get(paths::service_settings(&self.name)),
+                ];
+                reads.extend(self.index.reads());
+                reads
+            }
             Phase::Tree { frontier, .. } => frontier.iter().map(children).collect(),
         }
     }
 
-    fn decide(&mut self, now: Timestamp, got: Vec<Got>) -> Decision<Outcome> {
+    fn decide(&mut self, now: Timestamp, mut got: Vec<Got>) -> Decision<Outcome> {
         let patience = self.patience;
         let Phase::Tree {
             root,
@@ -198,8 +226,9 @@ impl Steps for Removing {
             ..
         } = &mut self.phase
         else {
+            let index = got.split_off(got.len().min(4));
             let planned = exactly(got).and_then(|[pop, service, machines, settings]| {
-                self.unregister(pop, service, machines, settings)
+                self.unregister(pop, service, machines, settings, &index)
             });
             return planned.unwrap_or_else(|e| Decision::Done(Err(e)));
         };
@@ -276,7 +305,7 @@ impl Steps for Removing {
 mod tests {
     use super::*;
     use crate::plan::testing::{Fate, Tree};
-    use crate::plan::Request;
+    use crate::plan::{MachinesChange, Request};
 
     const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -297,6 +326,42 @@ mod tests {
     }
 
     #[test]
+    fn remove_force_deletes_the_index_entries_of_its_machines_with_the_list() {
+        let mut tree = running();
+        for path in ["/assignments", "/assignments/m1", "/assignments/m1/s"] {
+            tree.set(path, "");
+        }
+        tree.run(&mut remove(true)).expect("removed");
+        assert!(nothing_left(&tree));
+        assert_eq!(tree.children("/assignments/m1"), Vec::<String>::new());
+        assert!(
+            tree.writes[0].contains("delete /assignments/m1/s"),
+            "with the list: {:?}",
+            tree.writes
+        );
+    }
+
+    #[test]
+    fn remove_force_of_a_list_deployed_meanwhile_deletes_the_new_entry_too() {
+        let mut tree = running();
+        let mut raced = false;
+        tree.run_with(&mut remove(true), |tree, request| {
+            if matches!(request, Request::Write(_)) && !raced {
+                raced = true;
+                let name = ServiceName::new("s").expect("a valid name");
+                let ids = vec![crate::names::MachineId::new("m2").expect("an id")];
+                let mut deploy =
+                    crate::plan::ChangeMachines::new("zk", &name, MachinesChange::Deploy, ids);
+                tree.run(&mut deploy).expect("deployed meanwhile");
+            }
+            Fate::Deliver
+        })
+        .expect("removed");
+        assert!(nothing_left(&tree));
+        assert_eq!(tree.children("/assignments/m2"), Vec::<String>::new());
+    }
+
+    #[test]
     fn remove_deletes_machines_and_settings_before_anything_else() {
         let mut tree = running();
         let outcome = tree.run(&mut remove(true));
@@ -304,7 +369,7 @@ mod tests {
         assert_eq!(
             tree.writes,
             [
-                "multi [delete /services/s/machines any version; delete /services/s/settings any version]",
+                "multi [delete /services/s/machines v0; delete /services/s/settings any version]",
                 "multi [delete /services/s/state/m1 any version; delete /services/s/state any version; delete /services/s any version]",
             ]
         );

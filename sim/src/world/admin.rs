@@ -12,15 +12,16 @@ use super::security::{settle, GrantThenDeploy};
 use super::{Event, World, LATENCY};
 use pop_core::access::Access;
 use pop_core::names::{MachineId, PluginName, ServiceName};
-use pop_core::paths;
+use pop_core::paths::{self, Watched};
 use pop_core::plan::{
     Add, AddRequest, ChangeMachines, Feedback, Init, MachinesChange, Outcome, Plan, PlanError,
     PluginAdd, PluginRemove, Remove, Request, Run, RunRequest, Set, Step,
 };
+use pop_core::settings::parse_machines;
 use pop_core::zk::{SessionId, ZkError, ZkOp, ZkReply};
 use pop_core::Timestamp;
 use serde_json::{Map, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -139,7 +140,10 @@ impl Command {
                     None,
                 ),
                 _ => (
-                    Box::new(ChangeMachines::new(AT, name, *change, machines.clone())),
+                    Box::new(
+                        ChangeMachines::new(AT, name, *change, machines.clone())
+                            .with_access(access.clone()),
+                    ),
                     None,
                 ),
             },
@@ -441,6 +445,11 @@ impl World {
             String::from_utf8_lossy(data)
         ));
         self.notify(n);
+        if let Some(Watched::Machines(service)) = Watched::parse(path) {
+            if let Ok(list) = parse_machines(data) {
+                self.index_by_hand(&service, &list);
+            }
+        }
     }
 
     /// An administrator deletes a subtree with a ZooKeeper client, deepest first, at once.
@@ -448,6 +457,30 @@ impl World {
         let n = self.zk.remove_tree(path);
         self.trace.push(format!("{} admin remove {path}", self.now));
         self.notify(n);
+        let service = match Watched::parse(path) {
+            Some(Watched::Machines(s) | Watched::ServiceChildren(s)) => Some(s),
+            _ => None,
+        };
+        if let Some(service) = service {
+            self.index_by_hand(&service, &BTreeSet::new());
+        }
+    }
+
+    /// Whoever writes a machines list by hand writes the index entries too (as pop's
+    /// plans do), so the machines it names hear of it. For now: once the keeper repairs
+    /// the index after edits by hand, a list edited alone takes effect within its bound,
+    /// and this goes.
+    fn index_by_hand(&mut self, service: &str, list: &BTreeSet<String>) {
+        let indexed: BTreeSet<String> = self.zk.children(paths::ASSIGNMENTS).into_iter().collect();
+        for machine in indexed.union(list) {
+            let entry = paths::assignment(machine, service);
+            let exists = self.zk.get(&entry).is_some();
+            if list.contains(machine) && !exists {
+                self.admin_put(&entry, b"");
+            } else if !list.contains(machine) && exists {
+                self.admin_remove(&entry);
+            }
+        }
     }
 
     /// Adds a service as `pop add` leaves it and deploys it to `machines`, by hand.

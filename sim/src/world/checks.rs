@@ -338,15 +338,16 @@ impl World {
         }
     }
 
-    /// Liveness: every agent has a live session and watches the service list.
+    /// Liveness: every agent has a live session and watches its index.
     pub fn check_live_sessions(&self) -> Result<(), String> {
         for m in self.machines.iter().filter(|m| !m.exited) {
             let live = m.session.is_some_and(|s| self.zk.is_live(s));
             if !live {
                 return Err(format!("{}: no live session", m.id));
             }
-            if !m.agent.is_watching(paths::SERVICES) {
-                return Err(format!("{}: not watching {}", m.id, paths::SERVICES));
+            let index = paths::assignments(&m.id);
+            if !m.agent.is_watching(&index) {
+                return Err(format!("{}: not watching {index}", m.id));
             }
         }
         Ok(())
@@ -381,8 +382,8 @@ impl World {
         }
     }
 
-    /// An agent writes only its own nodes: its machine's pid nodes, its state nodes and
-    /// its report.
+    /// An agent writes only its own nodes: its machine's pid nodes, its state nodes, its
+    /// report, its index entries.
     pub(super) fn check_own_write(&mut self, machine: usize, op: &ZkOp) {
         let id = self.machines[machine].id.clone();
         let path = match op {
@@ -408,7 +409,12 @@ impl World {
                 ..
             }
         );
-        let own = *path == paths::machine(&id)
+        // Its index (and `/assignments`, missing in an open namespace) and its entries.
+        let own_index = *path == paths::ASSIGNMENTS
+            || *path == paths::assignments(&id)
+            || paths::parent(path) == Some(paths::assignments(&id).as_str());
+        let own = own_index
+            || *path == paths::machine(&id)
             || paths::parent(path) == Some(paths::machine(&id).as_str())
             || *path == paths::agent(&id)
             || path.ends_with(&format!("/state/{id}")) && path.starts_with(paths::SERVICES)

@@ -331,9 +331,11 @@ impl GrantThenDeploy {
         machines: Vec<MachineId>,
     ) -> GrantThenDeploy {
         let added = machines.iter().map(|m| m.to_string()).collect();
+        let access = Access::Secured(principals.clone());
         GrantThenDeploy {
             grant: Some(SettingsAcl::new(name.as_str(), principals, added)),
-            change: ChangeMachines::new(AT, name, MachinesChange::Deploy, machines),
+            change: ChangeMachines::new(AT, name, MachinesChange::Deploy, machines)
+                .with_access(access),
         }
     }
 }

@@ -299,6 +299,11 @@ impl Tasks {
         "nothing".to_string()
     }
 
+    /// Whether anything of the service's tasks is kept (followed, or tasks of it here).
+    pub(crate) fn keeps(&self, service: &str) -> bool {
+        self.services.contains_key(service)
+    }
+
     /// Every key of the service's tasks.
     fn of_service(&self, service: &str) -> Vec<TaskKey> {
         self.services.get(service).map_or_else(Vec::new, |st| {
@@ -311,10 +316,10 @@ impl Tasks {
 }
 
 impl Agent {
-    /// Whether `service` is listed and its machines list names this machine.
+    /// Whether `service` is indexed here and its machines list names this machine.
     fn deployed_here(&self, service: &str) -> bool {
         self.services.get(service).is_some_and(|s| {
-            s.target.listing == super::target::Listing::Listed
+            s.target.listing.is_indexed()
                 && s.target
                     .machines
                     .value()
@@ -473,6 +478,7 @@ impl Agent {
             .is_some_and(|st| !st.followed && st.tasks.is_empty());
         if empty {
             self.tasks.services.remove(name);
+            self.dirty.untasked.insert(name.to_string());
             self.newest_read
                 .remove(&Watched::Tasks(name.to_string()).path());
             self.newest_read
@@ -582,6 +588,7 @@ impl Agent {
         let empty = !st.followed && st.tasks.is_empty();
         if empty {
             self.tasks.services.remove(&key.0);
+            self.dirty.untasked.insert(key.0.clone());
         }
     }
 

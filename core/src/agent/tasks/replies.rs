@@ -253,6 +253,7 @@ impl Agent {
         // `skipped` (see `decide`); without any, no entry is kept, as when it left.
         if !st.followed && st.tasks.is_empty() {
             self.tasks.services.remove(service);
+            self.dirty.untasked.insert(service.to_string());
         }
         self.dirty
             .tasks
