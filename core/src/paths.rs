@@ -11,6 +11,8 @@
 //! | /services/<service>/tasks              | (container)       |           |
 //! | /services/<service>/tasks/<id>         | JSON task request |           |
 //! | /services/<service>/tasks/<id>/<machine> | JSON task result |          |
+//! | /assignments/<machine-id>/<service>    | (empty)           |           |
+//! | /pop/keeper                            | machine id        | ephemeral |
 
 pub const MACHINES: &str = "/machines";
 pub const SERVICES: &str = "/services";
@@ -20,8 +22,16 @@ pub const PLUGINS: &str = "/plugins";
 /// Marks an initialised namespace; holds the layout version.
 pub const POP: &str = "/pop";
 
+/// The index of which services each machine should look at: an entry
+/// `/assignments/<m>/<s>` exists iff `<s>`'s machines list names `<m>` (the list stays
+/// the source of truth; see README, "The assignment index").
+pub const ASSIGNMENTS: &str = "/assignments";
+/// The ephemeral node of the agent that is the keeper (repairs the index after
+/// out-of-band edits of machines lists); it holds the keeper's machine id.
+pub const KEEPER: &str = "/pop/keeper";
+
 /// Every persistent node `pop init` creates, parents first.
-pub const NAMESPACE: [&str; 5] = [POP, MACHINES, SERVICES, AGENTS, PLUGINS];
+pub const NAMESPACE: [&str; 6] = [POP, MACHINES, SERVICES, AGENTS, PLUGINS, ASSIGNMENTS];
 
 pub fn machine(machine: &str) -> String {
     format!("{MACHINES}/{machine}")
@@ -63,6 +73,16 @@ pub fn task(service: &str, task: &str) -> String {
 /// One machine's result of a task.
 pub fn task_result(service: &str, task: &str, machine: &str) -> String {
     format!("{SERVICES}/{service}/tasks/{task}/{machine}")
+}
+
+/// A machine's directory in the assignment index.
+pub fn assignments(machine: &str) -> String {
+    format!("{ASSIGNMENTS}/{machine}")
+}
+
+/// The index entry saying `service` is deployed on `machine`.
+pub fn assignment(machine: &str, service: &str) -> String {
+    format!("{ASSIGNMENTS}/{machine}/{service}")
 }
 
 pub fn agent(machine: &str) -> String {
@@ -188,6 +208,8 @@ mod tests {
         assert_eq!(service_machines("plone4"), "/services/plone4/machines");
         assert_eq!(service_settings("plone4"), "/services/plone4/settings");
         assert_eq!(service_state("plone4", "m1"), "/services/plone4/state/m1");
+        assert_eq!(assignments("m1"), "/assignments/m1");
+        assert_eq!(assignment("m1", "plone4"), "/assignments/m1/plone4");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 mod ephemeral;
 mod index;
+mod keeper;
 mod publish;
 mod query;
 mod readiness;
@@ -24,6 +25,7 @@ use crate::time::Timestamp;
 use crate::zk::{Acl, CreateMode, RequestId, SessionEvent, SessionId, ZkError, ZkOp, ZkReply};
 use ephemeral::{EphemeralNode, Step};
 use index::{Dirty, Index};
+use keeper::Keeper;
 use serde::{Deserialize, Serialize};
 use service::{Control, Desired, Outbox, RunSpec, Service};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -89,6 +91,11 @@ enum Pending {
     },
     /// Creating /machines/<id>; the result does not matter beyond the log.
     MachineNode,
+    /// A request of the keeper's (see `keeper`).
+    Keeper {
+        job: keeper::Job,
+        sent: keeper::Sent,
+    },
     /// A read or write of a task's node without a watch.
     Task {
         service: String,
@@ -148,6 +155,9 @@ pub struct Agent {
     /// its machines list names this machine.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     withheld: BTreeSet<String>,
+    /// The election of the agent that repairs the assignment index, and its repair.
+    #[serde(default)]
+    keeper: Keeper,
     shutting_down: bool,
     exited: bool,
     actions: VecDeque<Action>,
@@ -189,6 +199,7 @@ impl Agent {
             problems: BTreeMap::new(),
             types: TypeReads::default(),
             withheld: BTreeSet::new(),
+            keeper: Keeper::default(),
             shutting_down: false,
             exited: false,
             actions: VecDeque::new(),
@@ -226,6 +237,8 @@ impl Agent {
                 if !planted!(ForgetToRearmWatch) {
                     self.armed.remove(&event.path);
                 }
+                // The keeper looks at some paths the agent reads too: the one event is for both.
+                self.keeper.on_watch(&event.path, event.kind);
                 if let Some(node) = self.nodes.get_mut(&event.path) {
                     node.on_watch(event.kind);
                     self.dirty.nodes.insert(event.path);
@@ -339,6 +352,7 @@ impl Agent {
             }
         }
         self.converge();
+        self.send_keeper_jobs();
     }
 
     /// The next action to perform, in order.
@@ -473,6 +487,7 @@ impl Agent {
                 // new session re-reads everything and republishes.
                 self.lost_since.get_or_insert(self.now);
                 self.fence();
+                self.keeper_end();
                 self.session = SessionState::Expired;
                 self.actions.push_back(Action::NewSession);
             }
@@ -505,6 +520,7 @@ impl Agent {
             );
         }
         self.read(Watched::ServiceList);
+        self.keeper_start();
         let names: Vec<String> = self.services.keys().cloned().collect();
         for name in names {
             self.read(Watched::Machines(name.clone()));
@@ -532,6 +548,7 @@ impl Agent {
                 self.read(w);
             }
         }
+        self.keeper.retry();
         for path in std::mem::take(&mut self.stalled) {
             if let Some(node) = self.nodes.get_mut(&path) {
                 node.stalled = false;
@@ -589,6 +606,8 @@ impl Agent {
                 }
                 Pending::Read(watched) => Some((watched.path(), "reading")),
                 Pending::Ephemeral { path, step } => Some((path.clone(), step.doing())),
+                // The keeper reports it and leaves alone what it may not touch.
+                Pending::Keeper { .. } => None,
                 // A task's request or settings it may not read: the task fails, saying
                 // so in its result (see `on_task_reply`), and the agent goes on.
                 Pending::Task {
@@ -632,6 +651,7 @@ impl Agent {
                 }
             }
             Pending::Read(watched) => self.on_read(watched, reply),
+            Pending::Keeper { job, sent } => self.on_keeper_reply(job, sent, reply),
             Pending::Task {
                 service,
                 task,
