@@ -163,9 +163,7 @@ impl Principals {
             Kind::Marker => self.every_machine(admin, Perms::CREATE).anyone(read),
             Kind::Keeper => admin.anyone(read),
             Kind::Registry | Kind::AdminOnly | Kind::IndexEntry => admin,
-            Kind::IndexDir => {
-                self.every_machine(admin, read.and(Perms::CREATE).and(Perms::DELETE))
-            }
+            Kind::IndexDir => self.every_machine(admin, read.and(Perms::CREATE).and(Perms::DELETE)),
             Kind::Container | Kind::AdminRead => self.every_machine(admin, read),
             Kind::AgentsContainer | Kind::StateContainer => {
                 self.every_machine(admin, read.and(Perms::CREATE).and(Perms::DELETE))

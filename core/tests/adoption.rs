@@ -136,7 +136,8 @@ fn an_adoption_while_a_start_is_in_flight_stops_that_start() {
         },
     };
     connect(&mut a, 1000);
-    // #2 lists the services; #4 and #5 read web's machines and settings.
+    // #2 lists the services, #4 claims /pop/keeper; #5 and #6 read web's machines and
+    // settings.
     let listing = Input::Reply {
         id: RequestId(2),
         reply: ZkReply::Children {
@@ -145,11 +146,11 @@ fn an_adoption_while_a_start_is_in_flight_stops_that_start() {
         },
     };
     feed(&mut a, 1001, listing);
-    feed(&mut a, 1002, data(4, r#"["m1"]"#, 10));
+    feed(&mut a, 1002, data(5, r#"["m1"]"#, 10));
     let actions = feed(
         &mut a,
         1003,
-        data(5, r#"{"type":"command","command":"serve"}"#, 11),
+        data(6, r#"{"type":"command","command":"serve"}"#, 11),
     );
     assert!(
         actions

@@ -126,7 +126,8 @@ impl Agent {
             // No watch was left by a failed read; the keeper may have counted on it.
             self.armed.remove(&path);
             if *err != ZkError::NoNode {
-                self.keeper.on_watch(&path, crate::zk::WatchKind::DataChanged);
+                self.keeper
+                    .on_watch(&path, crate::zk::WatchKind::DataChanged);
             }
             match (err, &watched) {
                 (ZkError::NoNode, Watched::Machines(name)) => {

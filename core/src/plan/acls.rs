@@ -305,11 +305,12 @@ impl Steps for Registering {
             get(paths::POP),
             get(registered(&self.machine)),
             get(paths::machine(&self.machine)),
+            get(paths::assignments(&self.machine)),
         ]
     }
 
     fn decide(&mut self, _now: Timestamp, got: Vec<Got>) -> Decision<Outcome> {
-        let [pop, entry, dir] = match exactly(got) {
+        let [pop, entry, dir, index] = match exactly(got) {
             Ok(got) => got,
             Err(e) => return Decision::Done(Err(e)),
         };
@@ -345,6 +346,16 @@ impl Steps for Registering {
                 if !dir.exists() {
                     ops.push(ZkOp::Create {
                         path: paths::machine(&self.machine),
+                        data: Vec::new(),
+                        mode: CreateMode::Persistent,
+                        acl: admin_only.clone(),
+                    });
+                }
+                // Its directory in the assignment index, which the keeper (any
+                // machine) fills; the sync sets its ACL.
+                if !index.exists() {
+                    ops.push(ZkOp::Create {
+                        path: paths::assignments(&self.machine),
                         data: Vec::new(),
                         mode: CreateMode::Persistent,
                         acl: admin_only,
@@ -553,8 +564,11 @@ mod tests {
         let outcome = add_machine(&mut tree, "m1").expect("added");
         assert_eq!(
             outcome.to_string(),
-            "added machine m1; set the ACLs of 14 nodes"
+            "added machine m1; set the ACLs of 16 nodes"
         );
+        // The keeper may be any machine: it claims /pop/keeper and fills the index.
+        assert_eq!(tree.acl("/pop"), "[m1=c root=all world:anyone=r]");
+        assert_eq!(tree.acl("/assignments/m1"), "[m1=rcd root=all]");
         assert_eq!(tree.data("/pop/machines/m1"), Some("m1:D="));
         assert_eq!(tree.acl("/pop/machines/m1"), "[root=all]");
         assert_eq!(tree.acl("/machines/m1"), "[m1=all root=all]");

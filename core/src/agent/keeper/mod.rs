@@ -49,7 +49,9 @@ pub(crate) enum Job {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Sent {
     /// A read, and whether it set the session's watch on the path.
-    Read { watch: bool },
+    Read {
+        watch: bool,
+    },
     Create,
     Delete,
 }
@@ -325,7 +327,13 @@ impl Keeper {
         }
     }
 
-    fn on_check(&mut self, reply: &ZkReply, session: Option<SessionId>, stale: bool, fx: &mut Effects) {
+    fn on_check(
+        &mut self,
+        reply: &ZkReply,
+        session: Option<SessionId>,
+        stale: bool,
+        fx: &mut Effects,
+    ) {
         if stale {
             return;
         }

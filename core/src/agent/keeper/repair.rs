@@ -406,8 +406,7 @@ impl Repair {
         if !bad.is_empty() {
             self.bad_ids.insert(service.to_string(), bad);
         }
-        self.lists
-            .insert(service.to_string(), View::Settled(valid));
+        self.lists.insert(service.to_string(), View::Settled(valid));
         self.review_service(service, next);
     }
 

@@ -154,7 +154,10 @@ fn the_first_to_create_the_node_keeps_and_reads_the_lists_and_the_index() {
     );
     reply(&mut k, job, *sent, ZkReply::Created);
     assert!(k.is_keeper());
-    let ops: Vec<ZkOp> = open_sends(&mut k).into_iter().map(|(_, _, op)| op).collect();
+    let ops: Vec<ZkOp> = open_sends(&mut k)
+        .into_iter()
+        .map(|(_, _, op)| op)
+        .collect();
     assert_eq!(
         ops,
         vec![
@@ -186,7 +189,10 @@ fn an_agent_that_finds_a_keeper_follows_it_and_tries_again_when_it_goes() {
     );
     reply(&mut k, &job, sent, data(b"m2", 99));
     assert_eq!(k.election, Election::Following("m2".into()));
-    assert!(open_sends(&mut k).is_empty(), "a follower sends nothing more");
+    assert!(
+        open_sends(&mut k).is_empty(),
+        "a follower sends nothing more"
+    );
     k.on_watch("/pop/keeper", WatchKind::Deleted);
     let (job, _, _) = open_sends(&mut k).remove(0);
     assert_eq!(job, Job::Claim, "tries once more when the keeper goes");
@@ -257,7 +263,11 @@ fn an_index_that_agrees_with_the_lists_costs_no_write() {
 
 #[test]
 fn a_list_change_is_read_on_its_watch_and_repaired() {
-    let (mut k, _) = keeper_with(&["s1"], &[("m1", &["s1"]), ("m2", &[])], &[("s1", b"[\"m1\"]")]);
+    let (mut k, _) = keeper_with(
+        &["s1"],
+        &[("m1", &["s1"]), ("m2", &[])],
+        &[("s1", b"[\"m1\"]")],
+    );
     k.on_watch("/services/s1/machines", WatchKind::DataChanged);
     let services = vec!["s1".to_string()];
     let lists = vec![(paths::service_machines("s1"), b"[\"m2\"]".to_vec())];
@@ -366,7 +376,11 @@ fn a_watch_that_fires_while_its_read_is_out_reads_again() {
     assert!(open_sends(&mut k).is_empty(), "one read out at a time");
     reply(&mut k, &job, sent, data(b"[]", 0));
     let out = open_sends(&mut k);
-    assert_eq!(out.len(), 1, "read again, and nothing written on the old reply: {out:?}");
+    assert_eq!(
+        out.len(),
+        1,
+        "read again, and nothing written on the old reply: {out:?}"
+    );
     assert_eq!(out[0].0, Job::List("s1".into()));
 }
 
@@ -413,7 +427,9 @@ fn a_secured_namespace_without_the_machines_directory_reports_it() {
     }
     assert_eq!(writes.len(), 1, "only its claim: {writes:?}");
     assert!(
-        problems.iter().any(|(path, p)| path == "/assignments/m9" && p.is_some()),
+        problems
+            .iter()
+            .any(|(path, p)| path == "/assignments/m9" && p.is_some()),
         "{problems:?}"
     );
 }
