@@ -761,6 +761,15 @@ impl Agent {
             .collect()
     }
 
+    /// For the simulator: whether this agent has read a machines list of `service` that
+    /// names its machine (it takes the service on from there).
+    pub fn knows_deployed_here(&self, service: &str) -> bool {
+        self.services
+            .get(service)
+            .and_then(|s| s.target.machines.value())
+            .is_some_and(|machines| machines.contains(self.machine()))
+    }
+
     /// For the simulator: requests sent and not yet answered (must stay bounded).
     pub fn pending_requests(&self) -> usize {
         self.pending.len()

@@ -306,6 +306,7 @@ impl Repair {
     }
 
     fn on_services(&mut self, names: &[String], next: &mut Vec<Job>, fx: &mut Effects) {
+        fx.clear(paths::SERVICES.to_string());
         let mut listed = BTreeSet::new();
         let mut bad = BTreeSet::new();
         for name in names {
