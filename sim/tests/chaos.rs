@@ -39,7 +39,9 @@ fn regression_seeds_stay_clean() {
 #[test]
 fn a_batch_of_seeds_is_clean_and_covers_the_rare_situations() {
     let mut coverage: BTreeMap<&'static str, u64> = BTreeMap::new();
-    for seed in 1000..1030 {
+    // 1132: a settings change during a crash-loop backoff, which few seeds reach (one of
+    // 1000..1030 did, none since the keeper's requests shifted every history).
+    for seed in (1000..1030).chain([1132]) {
         let outcome = run_catching(&short(seed));
         assert_eq!(
             outcome.failure, None,

@@ -27,8 +27,8 @@ use std::time::Duration;
 
 pub(super) struct Operator {
     rng: SeededRng,
-    /// Draws for edits of machines lists by hand, apart from `rng`, so the other
-    /// commands of a seed are drawn as before.
+    /// Draws for edits of machines lists by hand, apart from `rng`, so the commands of
+    /// a seed are drawn as before.
     hand: SeededRng,
     services: Vec<ServiceName>,
     machines: Vec<MachineId>,
@@ -132,18 +132,6 @@ impl Operator {
             self.fix_by_hand(world, service, Some(list));
             return None;
         }
-        if self.hand.next_u64().is_multiple_of(16) {
-            if let Some(mut list) = Self::machines_of(world, service) {
-                let i = (self.hand.next_u64() % self.machines.len().max(1) as u64) as usize;
-                if let Some(m) = self.machines.get(i).map(MachineId::to_string) {
-                    if !list.remove(&m) {
-                        list.insert(m);
-                    }
-                    world.edit_list_by_hand(s, &list);
-                    return None;
-                }
-            }
-        }
         // Tasks are often run where they can be: seeds must show rolling ones.
         if Self::is_job_service(world, service) && self.pick(2) == 0 {
             return Some(self.run(world, service));
@@ -187,7 +175,13 @@ impl Operator {
                 return None;
             }
             8 => {
-                world.admin_set_if_exists(&paths::service_machines(s), b"[\"m1\", 7");
+                // Half the time a valid edit, which the keeper must index; else garbage.
+                match Self::machines_of(world, service) {
+                    Some(list) if self.hand.next_u64().is_multiple_of(2) => {
+                        self.edit_by_hand(world, s, list)
+                    }
+                    _ => world.admin_set_if_exists(&paths::service_machines(s), b"[\"m1\", 7"),
+                }
                 return None;
             }
             _ => Command::Machines {
@@ -451,6 +445,18 @@ impl Operator {
         for m in &deployed {
             let path = paths::task_result(s, id.as_str(), m.as_str());
             world.admin_put(&path, &TaskResult::pending().render());
+        }
+    }
+
+    /// With a ZooKeeper client, bypassing pop and its index: one machine added to the
+    /// list or taken out.
+    fn edit_by_hand(&mut self, world: &mut World, service: &str, mut list: BTreeSet<String>) {
+        let i = (self.hand.next_u64() % self.machines.len().max(1) as u64) as usize;
+        if let Some(m) = self.machines.get(i).map(MachineId::to_string) {
+            if !list.remove(&m) {
+                list.insert(m);
+            }
+            world.edit_list_by_hand(service, &list);
         }
     }
 
