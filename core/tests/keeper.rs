@@ -113,6 +113,13 @@ fn the_keeper_and_the_agent_set_one_watch_per_path_between_them() {
         "the agent's read and the keeper's: {actions:?}"
     );
     assert_eq!(lists.iter().filter(|(_, op)| watched(op)).count(), 1);
+    for (id, _) in lists {
+        let data = ZkReply::Data {
+            data: br#"["m1"]"#.to_vec(),
+            stat: NodeStat::default(),
+        };
+        feed(&mut a, 1005, reply(id, data));
+    }
     // The list changes: one event, read again by both, with one watch between them.
     let event = Input::Watch(WatchEvent {
         path: "/services/s1/machines".into(),
