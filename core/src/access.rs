@@ -86,7 +86,10 @@ pub enum Access {
 /// What kind of node a path is, for its ACL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind<'a> {
+    /// `/pop`: anyone reads; machines create the keeper's node in it.
     Marker,
+    /// `/pop/keeper`: the keeper's machine id, which anyone reads.
+    Keeper,
     Registry,
     /// `/machines`, `/services`, `/plugins`: machines read.
     Container,
@@ -114,6 +117,7 @@ fn kind(path: &str) -> Kind<'_> {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match parts.as_slice() {
         ["pop"] => Kind::Marker,
+        ["pop", "keeper"] => Kind::Keeper,
         ["pop", "admin"] => Kind::Container,
         ["pop", "machines", ..] => Kind::Registry,
         ["machines"] | ["services"] | ["plugins"] | ["assignments"] => Kind::Container,
@@ -154,7 +158,8 @@ impl Principals {
         let admin = Acl::none().digest(&self.admin, Perms::ALL);
         let read = Perms::READ;
         match kind(path) {
-            Kind::Marker => admin.anyone(read),
+            Kind::Marker => self.every_machine(admin, Perms::CREATE).anyone(read),
+            Kind::Keeper => admin.anyone(read),
             Kind::Registry | Kind::AdminOnly => admin,
             Kind::Container | Kind::AdminRead => self.every_machine(admin, read),
             Kind::AgentsContainer | Kind::StateContainer => {
@@ -227,6 +232,26 @@ impl AgentAccess {
         *self == AgentAccess::Open
     }
 
+    /// `/pop/keeper`: anyone reads whose it is; only the admin changes it (it goes with
+    /// the keeper's session).
+    pub fn keeper_node(&self) -> Acl {
+        match self {
+            AgentAccess::Open => Acl::open(),
+            AgentAccess::Secured { admin, .. } => {
+                Acl::none().digest(admin, Perms::ALL).anyone(Perms::READ)
+            }
+        }
+    }
+
+    /// A node of the assignment index the keeper makes: only the admin may change it
+    /// (entries are made and removed through their directory's ACL).
+    pub fn index_node(&self) -> Acl {
+        match self {
+            AgentAccess::Open => Acl::open(),
+            AgentAccess::Secured { admin, .. } => Acl::none().digest(admin, Perms::ALL),
+        }
+    }
+
     pub fn own_node(&self) -> Acl {
         match self {
             AgentAccess::Open => Acl::open(),
@@ -267,7 +292,8 @@ mod tests {
 
     #[test]
     fn the_table_of_the_design() {
-        assert_eq!(shown("/pop", &[]), "[root=all world:anyone=r]");
+        assert_eq!(shown("/pop", &[]), "[m1=c m2=c root=all world:anyone=r]");
+        assert_eq!(shown("/pop/keeper", &[]), "[root=all world:anyone=r]");
         assert_eq!(shown("/pop/machines/m1", &[]), "[root=all]");
         assert_eq!(shown("/pop/admin", &[]), "[m1=r m2=r root=all]");
         assert_eq!(shown("/services", &[]), "[m1=r m2=r root=all]");

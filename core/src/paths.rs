@@ -13,12 +13,14 @@
 //! | /services/<service>/tasks/<id>/<machine> | JSON task result |          |
 //! | /assignments/<machine-id>              | (container)       |           |
 //! | /assignments/<machine-id>/<service>    | (empty)           |           |
+//! | /pop/keeper                            | machine id        | ephemeral |
 //!
 //! `/assignments` is an index, a hint kept by pop's own plans: `/assignments/<m>/<s>`
 //! exists iff `<m>` is in `/services/<s>/machines`, written in the same multi as the list.
 //! An agent reads and watches only its own `/assignments/<m>` and the services in it, so
 //! what a change costs grows with the machines it touches, not with the fleet. The
-//! machines list stays the truth.
+//! machines list stays the truth; after an edit that bypasses pop, the keeper (one agent,
+//! elected on `/pop/keeper`) makes the index agree again.
 
 pub const MACHINES: &str = "/machines";
 pub const SERVICES: &str = "/services";
@@ -27,8 +29,13 @@ pub const AGENTS: &str = "/agents";
 pub const PLUGINS: &str = "/plugins";
 /// Marks an initialised namespace; holds the layout version.
 pub const POP: &str = "/pop";
-/// The index of which services each machine should look at (see the table above).
+/// The index of which services each machine should look at: an entry
+/// `/assignments/<m>/<s>` exists iff `<s>`'s machines list names `<m>` (the list stays
+/// the source of truth; see README, "The assignment index").
 pub const ASSIGNMENTS: &str = "/assignments";
+/// The ephemeral node of the agent that is the keeper (repairs the index after
+/// out-of-band edits of machines lists); it holds the keeper's machine id.
+pub const KEEPER: &str = "/pop/keeper";
 
 /// Every persistent node `pop init` creates, parents first.
 pub const NAMESPACE: [&str; 6] = [POP, MACHINES, SERVICES, AGENTS, PLUGINS, ASSIGNMENTS];

@@ -136,8 +136,7 @@ fn an_adoption_while_a_start_is_in_flight_stops_that_start() {
         },
     };
     connect(&mut a, 1000);
-    // #1 and #2 make this machine's nodes, #3 reads its index; #5 and #6 read web's
-    // machines and settings.
+    // #1 and #2 make this machine's nodes, #3 reads its index.
     let listing = Input::Reply {
         id: RequestId(3),
         reply: ZkReply::Children {
@@ -145,12 +144,28 @@ fn an_adoption_while_a_start_is_in_flight_stops_that_start() {
             stat: NodeStat::default(),
         },
     };
-    feed(&mut a, 1001, listing);
-    feed(&mut a, 1002, data(5, r#"["m1"]"#, 10));
+    let reads = feed(&mut a, 1001, listing);
+    let read_of = |path: &str| {
+        reads
+            .iter()
+            .find_map(|action| match action {
+                Action::Zk {
+                    id,
+                    op: ZkOp::GetData { path: p, .. },
+                } if p == path => Some(id.0),
+                _ => None,
+            })
+            .expect("the listing makes the agent read web's machines and settings")
+    };
+    let (machines_read, settings_read) = (
+        read_of("/services/web/machines"),
+        read_of("/services/web/settings"),
+    );
+    feed(&mut a, 1002, data(machines_read, r#"["m1"]"#, 10));
     let actions = feed(
         &mut a,
         1003,
-        data(6, r#"{"type":"command","command":"serve"}"#, 11),
+        data(settings_read, r#"{"type":"command","command":"serve"}"#, 11),
     );
     assert!(
         actions

@@ -1,7 +1,7 @@
 //! The agent follows only what its index (`/assignments/<m>`) names, or what it runs: one
 //! agent on m1 against a small in-test ZooKeeper that keeps one-shot watches as the real
-//! one does, so a change wakes the agent only where it watches. Every input is checked
-//! with `Agent::audit`.
+//! one does, so a change wakes the agent only where it watches (another machine keeps
+//! the index). Every input is checked with `Agent::audit`.
 
 use pop_core::backoff::Backoff;
 use pop_core::event::{Action, ExitStatus, Input};
@@ -57,6 +57,8 @@ impl Rig {
         for path in paths::NAMESPACE {
             rig.nodes.insert(path.to_string(), Vec::new());
         }
+        // Another machine's agent keeps the index (see core/tests/keeper.rs): m1 follows.
+        rig.nodes.insert(paths::KEEPER.to_string(), b"m9".to_vec());
         for (service, machine) in [("a", "m1"), ("b", "m2")] {
             for (path, data) in [
                 (paths::service(service), ""),
@@ -280,6 +282,8 @@ fn an_agent_reads_and_watches_only_its_index_and_the_services_in_it() {
         paths::service_machines("a"),
         paths::service_settings("a"),
         paths::service_tasks("a"),
+        // Who keeps the index (a read whose watch says when the keeper goes).
+        paths::KEEPER.to_string(),
         // Its own ephemerals.
         paths::agent("m1"),
         paths::machine_service("m1", "a"),

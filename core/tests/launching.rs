@@ -71,6 +71,8 @@ impl Rig {
         for path in paths::NAMESPACE {
             rig.nodes.insert(path.to_string(), Vec::new());
         }
+        // Another machine's agent keeps the index: this one only follows its own.
+        rig.nodes.insert(paths::KEEPER.to_string(), b"m9".to_vec());
         rig.feed(Input::Session(SessionEvent::Connected {
             session: SessionId(1),
             timeout: Duration::from_secs(4),
@@ -165,6 +167,9 @@ impl Rig {
                     names,
                     stat: stat(self.zxid),
                 }
+            }
+            ZkOp::Create { path, .. } if self.nodes.contains_key(path) => {
+                ZkReply::Error(ZkError::NodeExists)
             }
             ZkOp::Create { path, data, .. } => {
                 self.nodes.insert(path.clone(), data.clone());

@@ -338,26 +338,42 @@ impl Checker {
             ZkOp::Multi { .. } => return Err(format!("the agent sent a multi: {op:?}")),
             ZkOp::SetAcl { .. } => return Err(format!("the agent set an ACL: {op:?}")),
         };
-        // This machine's own directory and index are persistent; everything else it
-        // writes goes with its session.
-        let own_index = path == paths::ASSIGNMENTS || path == paths::assignments(MACHINE);
-        let own_entry = path
-            .strip_prefix(&format!("{}/", paths::assignments(MACHINE)))
-            .map(str::to_string);
-        if let Some(service) = &own_entry {
-            // Made only for a service whose list a reply said names this machine; never
-            // deleted (that is the plans' and the keeper's).
-            return match mode {
-                Some(CreateMode::Persistent) if self.world.listed_here.contains(service) => Ok(()),
-                _ => Err(format!("wrote an index entry: {op:?}")),
+        // As the keeper: its claim, with its machine id, goes with its session; the
+        // index's directories and entries are persistent and empty.
+        if path == paths::KEEPER {
+            return match (op, data) {
+                (ZkOp::Create { .. }, Some(d)) if d.as_slice() == MACHINE.as_bytes() => {
+                    match mode {
+                        Some(CreateMode::Ephemeral) => Ok(()),
+                        _ => Err(format!("created {path} as {mode:?}")),
+                    }
+                }
+                _ => Err(format!(
+                    "the keeper's node written other than by its claim: {op:?}"
+                )),
             };
         }
-        if own_index {
-            return match mode {
-                Some(CreateMode::Persistent) => Ok(()),
-                _ => Err(format!("wrote an index node: {op:?}")),
+        // `/assignments` itself too: missing in an open namespace made before the index.
+        let index_node = path == paths::ASSIGNMENTS
+            || path
+                .strip_prefix(paths::ASSIGNMENTS)
+                .and_then(|rest| rest.strip_prefix('/'))
+                .is_some_and(|rest| matches!(rest.split('/').count(), 1 | 2));
+        if index_node {
+            return match (op, data) {
+                (ZkOp::Delete { .. }, _) => Ok(()),
+                (ZkOp::Create { .. }, Some(d))
+                    if d.is_empty() && mode == Some(CreateMode::Persistent) =>
+                {
+                    Ok(())
+                }
+                _ => Err(format!(
+                    "an index node written other than created empty or deleted: {op:?}"
+                )),
             };
         }
+        // This machine's own directory is persistent; everything else it writes goes with
+        // its session.
         let own_directory = path == paths::machine(MACHINE);
         let expected_mode = if own_directory {
             CreateMode::Persistent

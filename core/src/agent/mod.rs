@@ -7,6 +7,7 @@
 mod assignments;
 mod ephemeral;
 mod index;
+mod keeper;
 mod publish;
 mod query;
 mod readiness;
@@ -25,6 +26,7 @@ use crate::time::Timestamp;
 use crate::zk::{Acl, CreateMode, RequestId, SessionEvent, SessionId, ZkError, ZkOp, ZkReply};
 use ephemeral::{EphemeralNode, Step};
 use index::{Dirty, Index};
+use keeper::Keeper;
 use serde::{Deserialize, Serialize};
 use service::{Control, Desired, Outbox, RunSpec, Service};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -95,6 +97,11 @@ enum Pending {
         service: Option<String>,
         path: String,
     },
+    /// A request of the keeper's (see `keeper`).
+    Keeper {
+        job: keeper::Job,
+        sent: keeper::Sent,
+    },
     /// A read or write of a task's node without a watch.
     Task {
         service: String,
@@ -154,6 +161,9 @@ pub struct Agent {
     /// its machines list names this machine.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     withheld: BTreeSet<String>,
+    /// The election of the agent that repairs the assignment index, and its repair.
+    #[serde(default)]
+    keeper: Keeper,
     shutting_down: bool,
     exited: bool,
     actions: VecDeque<Action>,
@@ -195,6 +205,7 @@ impl Agent {
             problems: BTreeMap::new(),
             types: TypeReads::default(),
             withheld: BTreeSet::new(),
+            keeper: Keeper::default(),
             shutting_down: false,
             exited: false,
             actions: VecDeque::new(),
@@ -232,6 +243,8 @@ impl Agent {
                 if !planted!(ForgetToRearmWatch) {
                     self.armed.remove(&event.path);
                 }
+                // The keeper looks at some paths the agent reads too: the one event is for both.
+                self.keeper.on_watch(&event.path, event.kind);
                 if let Some(node) = self.nodes.get_mut(&event.path) {
                     node.on_watch(event.kind);
                     self.dirty.nodes.insert(event.path);
@@ -354,6 +367,7 @@ impl Agent {
             }
         }
         self.converge();
+        self.send_keeper_jobs();
     }
 
     /// The next action to perform, in order.
@@ -488,6 +502,7 @@ impl Agent {
                 // new session re-reads everything and republishes.
                 self.lost_since.get_or_insert(self.now);
                 self.fence();
+                self.keeper_end();
                 self.session = SessionState::Expired;
                 self.actions.push_back(Action::NewSession);
             }
@@ -523,6 +538,7 @@ impl Agent {
         }
         // Only what is deployed here, or runs here: never the whole fleet's services.
         self.read(Watched::Assignments(machine));
+        self.keeper_start();
         let names: Vec<String> = self
             .services
             .iter()
@@ -555,6 +571,7 @@ impl Agent {
                 self.read(w);
             }
         }
+        self.keeper.retry();
         for path in std::mem::take(&mut self.stalled) {
             if let Some(node) = self.nodes.get_mut(&path) {
                 node.stalled = false;
@@ -617,6 +634,8 @@ impl Agent {
                 }
                 Pending::Read(watched) => Some((watched.path(), "reading")),
                 Pending::Ephemeral { path, step } => Some((path.clone(), step.doing())),
+                // The keeper reports it and leaves alone what it may not touch.
+                Pending::Keeper { .. } => None,
                 // A task's request or settings it may not read: the task fails, saying
                 // so in its result (see `on_task_reply`), and the agent goes on.
                 Pending::Task {
@@ -667,6 +686,7 @@ impl Agent {
                 }
                 None => self.on_read(watched, reply),
             },
+            Pending::Keeper { job, sent } => self.on_keeper_reply(job, sent, reply),
             Pending::Task {
                 service,
                 task,
@@ -777,6 +797,15 @@ impl Agent {
             .iter()
             .map(|(n, s)| (n.clone(), s.phase().as_str().to_string()))
             .collect()
+    }
+
+    /// For the simulator: whether this agent has read a machines list of `service` that
+    /// names its machine (it takes the service on from there).
+    pub fn knows_deployed_here(&self, service: &str) -> bool {
+        self.services
+            .get(service)
+            .and_then(|s| s.target.machines.value())
+            .is_some_and(|machines| machines.contains(self.machine()))
     }
 
     /// For the simulator: requests sent and not yet answered (must stay bounded).

@@ -143,8 +143,12 @@ impl Agent {
         }
         let path = watched.path();
         if let ZkReply::Error(err) = &reply {
-            // No watch was left by a failed read.
+            // No watch was left by a failed read; the keeper may have counted on it.
             self.armed.remove(&path);
+            if *err != ZkError::NoNode {
+                self.keeper
+                    .on_watch(&path, crate::zk::WatchKind::DataChanged);
+            }
             match (err, &watched) {
                 (ZkError::NoNode, Watched::Machines(name)) => {
                     self.clear_problem(&path);

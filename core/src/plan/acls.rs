@@ -567,6 +567,7 @@ mod tests {
         );
         assert_eq!(tree.acl("/assignments"), "[m1=r root=all]");
         assert_eq!(tree.acl("/assignments/m1"), "[m1=all root=all]");
+        assert_eq!(tree.acl("/pop"), "[m1=c root=all world:anyone=r]");
         assert_eq!(tree.data("/pop/machines/m1"), Some("m1:D="));
         assert_eq!(tree.acl("/pop/machines/m1"), "[root=all]");
         assert_eq!(tree.acl("/machines/m1"), "[m1=all root=all]");

@@ -264,6 +264,7 @@ pub fn run(options: &Options) -> Outcome {
             .check_converged()
             .and_then(|()| world.check_live_sessions())
             .and_then(|()| world.check_tasks_final())
+            .and_then(|()| world.check_index())
             .err()
             .map(|e| format!("liveness, {HEAL:?} after healing: {e}"));
     }

@@ -3,7 +3,8 @@
 //! terminal of the world (see `world::admin`), with two terminals sometimes racing the
 //! same command; and somebody writing garbage into a service's or a type's node with a
 //! ZooKeeper client, bypassing pop (or a task with a result placeholder for a machine it
-//! does not target). Settings and machine lists come from the same pure functions the
+//! does not target), or a machines list edited by hand (which the keeper must index).
+//! Settings and machine lists come from the same pure functions the
 //! CLI uses (default settings per type, `KEY=VALUE` parsing). Services are of the
 //! built-in types `command`, `echo` and `python` (with packages, some of which cannot be
 //! built), of the stored type `tool` (a copy of `command`, in versions that launch alike
@@ -26,6 +27,9 @@ use std::time::Duration;
 
 pub(super) struct Operator {
     rng: SeededRng,
+    /// Draws for edits of machines lists by hand, apart from `rng`, so the commands of
+    /// a seed are drawn as before.
+    hand: SeededRng,
     services: Vec<ServiceName>,
     machines: Vec<MachineId>,
     version: u64,
@@ -35,6 +39,7 @@ impl Operator {
     pub fn new(seed: u64, options: &Options, machines: &[String]) -> Operator {
         Operator {
             rng: SeededRng::new(seed),
+            hand: SeededRng::new(seed ^ 0x6279_2068_616e_6421),
             services: (1..=options.services)
                 .filter_map(|i| ServiceName::new(&format!("s{i}")).ok())
                 .collect(),
@@ -170,7 +175,13 @@ impl Operator {
                 return None;
             }
             8 => {
-                world.admin_set_if_exists(&paths::service_machines(s), b"[\"m1\", 7");
+                // Half the time a valid edit, which the keeper must index; else garbage.
+                match Self::machines_of(world, service) {
+                    Some(list) if self.hand.next_u64().is_multiple_of(2) => {
+                        self.edit_by_hand(world, s, list)
+                    }
+                    _ => world.admin_set_if_exists(&paths::service_machines(s), b"[\"m1\", 7"),
+                }
                 return None;
             }
             _ => Command::Machines {
@@ -434,6 +445,18 @@ impl Operator {
         for m in &deployed {
             let path = paths::task_result(s, id.as_str(), m.as_str());
             world.admin_put(&path, &TaskResult::pending().render());
+        }
+    }
+
+    /// With a ZooKeeper client, bypassing pop and its index: one machine added to the
+    /// list or taken out.
+    fn edit_by_hand(&mut self, world: &mut World, service: &str, mut list: BTreeSet<String>) {
+        let i = (self.hand.next_u64() % self.machines.len().max(1) as u64) as usize;
+        if let Some(m) = self.machines.get(i).map(MachineId::to_string) {
+            if !list.remove(&m) {
+                list.insert(m);
+            }
+            world.edit_list_by_hand(service, &list);
         }
     }
 

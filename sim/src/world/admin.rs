@@ -435,8 +435,20 @@ impl World {
         self.admin_put(path, data);
     }
 
-    /// An administrator writes a node with a ZooKeeper client (and its missing parents).
+    /// An administrator writes a node with a ZooKeeper client (and its missing parents);
+    /// a machines list with its index entries, as pop's plans would.
     pub fn admin_put(&mut self, path: &str, data: &[u8]) {
+        self.admin_put_unindexed(path, data);
+        if let Some(Watched::Machines(service)) = Watched::parse(path) {
+            if let Ok(list) = parse_machines(data) {
+                self.index_by_hand(&service, &list);
+            }
+        }
+    }
+
+    /// Writes a node by hand and nothing else: a machines list written so reaches the
+    /// machines it adds only through the keeper.
+    pub(super) fn admin_put_unindexed(&mut self, path: &str, data: &[u8]) {
         let n = self.put_keeping_acls(path, data);
         self.note_plugin_write(path);
         self.trace.push(format!(
@@ -445,11 +457,6 @@ impl World {
             String::from_utf8_lossy(data)
         ));
         self.notify(n);
-        if let Some(Watched::Machines(service)) = Watched::parse(path) {
-            if let Ok(list) = parse_machines(data) {
-                self.index_by_hand(&service, &list);
-            }
-        }
     }
 
     /// An administrator deletes a subtree with a ZooKeeper client, deepest first, at once.
@@ -466,10 +473,8 @@ impl World {
         }
     }
 
-    /// Whoever writes a machines list by hand writes the index entries too (as pop's
-    /// plans do), so the machines it names hear of it. For now: once the keeper repairs
-    /// the index after edits by hand, a list edited alone takes effect within its bound,
-    /// and this goes.
+    /// The tests' and the operator's writes by hand keep the index as pop's plans do;
+    /// edits that bypass it ([`World::edit_list_by_hand`]) are the keeper's to repair.
     fn index_by_hand(&mut self, service: &str, list: &BTreeSet<String>) {
         let indexed: BTreeSet<String> = self.zk.children(paths::ASSIGNMENTS).into_iter().collect();
         for machine in indexed.union(list) {

@@ -8,7 +8,7 @@ use pop_core::launch::Launch;
 use pop_core::paths;
 use pop_core::plugin::builtin;
 use pop_core::settings::{parse_machines, Settings};
-use pop_core::zk::ZkOp;
+use pop_core::zk::{SessionId, ZkOp};
 use pop_core::Timestamp;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -22,6 +22,13 @@ pub const STALE_NODE_BOUND: Duration =
 /// long of ZooKeeper saying so: the longest stop grace in the simulation (2 s), plus
 /// the time to read the change.
 pub const REACT_BOUND: Duration = Duration::from_secs(4);
+/// While a keeper is connected, a machines list edited by hand (bypassing pop and the
+/// index its plans keep) is taken on by a healthy machine it names within this long:
+/// the keeper's read of the list and write of the entry, the machine's reads of its index
+/// and the list, with a failed request's retry (0.5 s) for each. Counted once the keeper
+/// and the machine are healthy and the keeper's term has begun (after a keeper's session
+/// is lost, the next is elected within the session timeout).
+pub const OUT_OF_BAND_BOUND: Duration = Duration::from_secs(2);
 /// Requests one agent may have outstanding: a read per watched node and a write per
 /// ephemeral, for a handful of services.
 pub const MAX_PENDING: usize = 64;
@@ -39,7 +46,7 @@ impl World {
 
     /// Notes that `condition` holds now; a violation once it has held for `bound`,
     /// counted from `not_before` at the earliest (when the machine could act again).
-    fn bounded(
+    pub(super) fn bounded(
         &mut self,
         condition: String,
         bound: Duration,
@@ -185,6 +192,7 @@ impl World {
                 }
             }
         }
+        self.check_out_of_band(&mut seen);
         self.pending_since.retain(|k, _| seen.contains(k));
     }
 
@@ -383,8 +391,13 @@ impl World {
     }
 
     /// An agent writes only its own nodes: its machine's pid nodes, its state nodes, its
-    /// report, its index entries.
-    pub(super) fn check_own_write(&mut self, machine: usize, op: &ZkOp) {
+    /// report, its index entries; as the keeper, its claim and any machine's index.
+    pub(super) fn check_own_write(
+        &mut self,
+        machine: usize,
+        session: Option<SessionId>,
+        op: &ZkOp,
+    ) {
         let id = self.machines[machine].id.clone();
         let path = match op {
             ZkOp::Create { path, .. }
@@ -394,7 +407,7 @@ impl World {
             ZkOp::GetData { .. } | ZkOp::GetChildren { .. } => return,
             ZkOp::Multi { ops } => {
                 for op in ops {
-                    self.check_own_write(machine, op);
+                    self.check_own_write(machine, session, op);
                 }
                 return;
             }
@@ -418,11 +431,13 @@ impl World {
             || paths::parent(path) == Some(paths::machine(&id).as_str())
             || *path == paths::agent(&id)
             || path.ends_with(&format!("/state/{id}")) && path.starts_with(paths::SERVICES)
-            || own_result;
+            || own_result
+            || self.keeper_may_write(session, path);
         if !own {
             self.violate(format!("{id} writes a node that is not its own: {op:?}"));
         }
     }
+
     /// Replays every journal of every machine on a fresh core; the first difference.
     pub fn check_replay(&self) -> Result<(), String> {
         for m in &self.machines {

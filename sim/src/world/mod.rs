@@ -5,6 +5,7 @@
 mod admin;
 mod admin_checks;
 mod checks;
+mod keeper;
 mod launches;
 mod network;
 mod security;
@@ -183,6 +184,10 @@ pub struct World {
     pending_since: BTreeMap<String, Timestamp>,
     /// Since when each machine has been connected and running (for the bounds).
     healthy_from: BTreeMap<usize, Timestamp>,
+    /// The keeper's term, as the bound for edits by hand counts it.
+    term: Option<keeper::Term>,
+    /// Edits of machines lists by hand not yet taken on by the machines they name.
+    by_hand: keeper::ByHand,
     /// Per (machine, service): the last unplanned exit, the run length before it, and
     /// the settings, to check restarts keep to the backoff policy.
     last_crash: BTreeMap<(usize, String), (Timestamp, Duration, Settings)>,
@@ -250,6 +255,8 @@ impl World {
             check_invariants: false,
             pending_since: BTreeMap::new(),
             healthy_from: BTreeMap::new(),
+            term: None,
+            by_hand: BTreeMap::new(),
             last_crash: BTreeMap::new(),
             events_handled: 0,
             max_events_at_one_time: MAX_EVENTS_AT_ONE_TIME,
@@ -871,7 +878,7 @@ impl World {
                 id,
                 op,
             } => {
-                self.check_own_write(machine, &op);
+                self.check_own_write(machine, session, &op);
                 let before = self.result_before(&op);
                 let (reply, n) = match session {
                     Some(s) => self.zk.apply(s, &op),

@@ -1,0 +1,176 @@
+//! The keeper inside the agent: it shares the session's watches with the agent's own
+//! reads (one watch per path, one event for both), and an ACL that keeps a machine out of
+//! the election is reported, not the end of the agent.
+
+use pop_core::access::AgentAccess;
+use pop_core::backoff::Backoff;
+use pop_core::event::{Action, Input, Report};
+use pop_core::names::MachineId;
+use pop_core::zk::{
+    NodeStat, RequestId, SessionEvent, SessionId, WatchEvent, WatchKind, ZkError, ZkOp, ZkReply,
+};
+use pop_core::{Agent, AgentConfig, Timestamp};
+use std::time::Duration;
+
+fn agent(access: AgentAccess) -> Agent {
+    Agent::new(AgentConfig {
+        access,
+        machine: MachineId::new("m1").expect("machine id"),
+        hostname: "h".into(),
+        agent_pid: 1,
+        version: "t".into(),
+        containment: "none".into(),
+        seed: 1,
+        backoff: Backoff::default(),
+        pop: "/usr/bin/pop".into(),
+        state_dir: "/var/lib/pop".into(),
+    })
+}
+
+fn feed(agent: &mut Agent, at: u64, input: Input) -> Vec<Action> {
+    agent.handle(Timestamp::from_millis(at), input);
+    agent.drain_actions()
+}
+
+fn connect(agent: &mut Agent) -> Vec<Action> {
+    let connected = SessionEvent::Connected {
+        session: SessionId(1),
+        timeout: Duration::from_secs(4),
+    };
+    feed(agent, 1000, Input::Session(connected))
+}
+
+/// The requests among `actions` about `path`: (id, op).
+fn requests<'a>(actions: &'a [Action], path: &str) -> Vec<(RequestId, &'a ZkOp)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Zk { id, op } if op.path() == path => Some((*id, op)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn watched(op: &ZkOp) -> bool {
+    matches!(
+        op,
+        ZkOp::GetData { watch: true, .. } | ZkOp::GetChildren { watch: true, .. }
+    )
+}
+
+fn reply(id: RequestId, reply: ZkReply) -> Input {
+    Input::Reply { id, reply }
+}
+
+fn children(names: &[&str]) -> ZkReply {
+    ZkReply::Children {
+        names: names.iter().map(|n| n.to_string()).collect(),
+        stat: NodeStat::default(),
+    }
+}
+
+/// An agent that won the election and read `/services` = [s1], `/assignments` = [], and
+/// its own index = [s1] (s1 is deployed here, so the agent reads its list too).
+fn keeper() -> (Agent, Vec<Action>) {
+    let mut a = agent(AgentAccess::Open);
+    let start = connect(&mut a);
+    let (claim, _) = requests(&start, "/pop/keeper")[0];
+    let (index, _) = requests(&start, "/assignments/m1")
+        .into_iter()
+        .find(|(_, op)| matches!(op, ZkOp::GetChildren { .. }))
+        .expect("the agent reads its index");
+    let elected = feed(&mut a, 1001, reply(claim, ZkReply::Created));
+    assert!(a.is_keeper());
+    let mut actions = feed(&mut a, 1002, reply(index, children(&["s1"])));
+    for (id, _) in requests(&elected, "/services") {
+        actions.extend(feed(&mut a, 1003, reply(id, children(&["s1"]))));
+    }
+    for (id, _) in requests(&elected, "/assignments") {
+        actions.extend(feed(&mut a, 1003, reply(id, children(&[]))));
+    }
+    (a, actions)
+}
+
+#[test]
+fn the_keeper_and_the_agent_set_one_watch_per_path_between_them() {
+    let mut a = agent(AgentAccess::Open);
+    let start = connect(&mut a);
+    let (claim, op) = requests(&start, "/pop/keeper")[0];
+    assert!(matches!(op, ZkOp::Create { .. }), "{op:?}");
+    // The agent alone never lists every service; the keeper does, with a watch.
+    assert!(requests(&start, "/services").is_empty(), "{start:?}");
+    let elected = feed(&mut a, 1001, reply(claim, ZkReply::Created));
+    let services: Vec<bool> = requests(&elected, "/services")
+        .into_iter()
+        .map(|(_, op)| watched(op))
+        .collect();
+    assert_eq!(services, vec![true], "the keeper's read set the watch");
+
+    let (mut a, actions) = keeper();
+    let lists = requests(&actions, "/services/s1/machines");
+    assert_eq!(
+        lists.len(),
+        2,
+        "the agent's read and the keeper's: {actions:?}"
+    );
+    assert_eq!(lists.iter().filter(|(_, op)| watched(op)).count(), 1);
+    for (id, _) in lists {
+        let data = ZkReply::Data {
+            data: br#"["m1"]"#.to_vec(),
+            stat: NodeStat::default(),
+        };
+        feed(&mut a, 1005, reply(id, data));
+    }
+    // The list changes: one event, read again by both, with one watch between them.
+    let event = Input::Watch(WatchEvent {
+        path: "/services/s1/machines".into(),
+        kind: WatchKind::DataChanged,
+    });
+    let again = feed(&mut a, 1010, event);
+    let lists = requests(&again, "/services/s1/machines");
+    assert_eq!(lists.len(), 2, "{again:?}");
+    assert_eq!(lists.iter().filter(|(_, op)| watched(op)).count(), 1);
+}
+
+#[test]
+fn a_list_the_keeper_reads_naming_a_machine_without_an_entry_gets_one() {
+    let (mut a, actions) = keeper();
+    let mut writes = Vec::new();
+    for (id, _) in requests(&actions, "/services/s1/machines") {
+        let data = ZkReply::Data {
+            data: br#"["m2"]"#.to_vec(),
+            stat: NodeStat::default(),
+        };
+        writes.extend(feed(&mut a, 1020, reply(id, data)));
+    }
+    let dir = requests(&writes, "/assignments/m2");
+    assert_eq!(dir.len(), 1, "{writes:?}");
+    let made = feed(&mut a, 1021, reply(dir[0].0, ZkReply::Created));
+    let entry = requests(&made, "/assignments/m2/s1");
+    assert!(matches!(entry[..], [(_, ZkOp::Create { .. })]), "{made:?}");
+}
+
+#[test]
+fn a_machine_an_acl_keeps_out_of_the_election_reports_it_and_keeps_running() {
+    let access = AgentAccess::Secured {
+        admin: "root:R=".into(),
+        machine: "m1:M=".into(),
+    };
+    let mut a = agent(access);
+    let start = connect(&mut a);
+    let (claim, op) = requests(&start, "/pop/keeper")[0];
+    assert!(
+        matches!(op, ZkOp::Create { acl, .. } if acl.to_string() == "[root=all world:anyone=r]"),
+        "{op:?}"
+    );
+    let actions = feed(&mut a, 1001, reply(claim, ZkReply::Error(ZkError::NoAuth)));
+    assert!(!actions.contains(&Action::Exit), "{actions:?}");
+    assert!(
+        actions.iter().any(|a| matches!(
+            a,
+            Action::Report(Report::BadData { path, .. }) if path == "/pop/keeper"
+        )),
+        "{actions:?}"
+    );
+    assert!(a.problems().contains_key("/pop/keeper"));
+}
