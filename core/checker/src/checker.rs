@@ -258,11 +258,19 @@ impl Checker {
                         ..
                     } => *path == event.path,
                     _ => false,
-                });
+                }) || self.agent.read_waits(&event.path);
                 if !rearmed {
                     return Err(format!("{} fired and was not watched again", event.path));
                 }
             }
+        }
+        // A resync does not flood the server: reads past the cap wait their turn.
+        let reads = self.agent.reads_in_flight();
+        if reads > pop_core::MAX_OUTSTANDING_READS {
+            return Err(format!(
+                "{reads} reads outstanding, over the cap of {}",
+                pop_core::MAX_OUTSTANDING_READS
+            ));
         }
         // A new session owns none of the old one's ephemerals: the agent node is made anew.
         if change.new_session && !self.world.shutting_down {

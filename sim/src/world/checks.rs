@@ -22,9 +22,11 @@ pub const STALE_NODE_BOUND: Duration =
 /// long of ZooKeeper saying so: the longest stop grace in the simulation (2 s), plus
 /// the time to read the change.
 pub const REACT_BOUND: Duration = Duration::from_secs(4);
-/// Requests one agent may have outstanding: a read per watched node and a write per
-/// ephemeral, for a handful of services.
-pub const MAX_PENDING: usize = 64;
+/// Reads one agent may have outstanding: the core's cap (the rest wait in its queue).
+pub const MAX_PENDING_READS: usize = pop_core::MAX_OUTSTANDING_READS;
+/// Requests one agent may have outstanding: the reads under the cap, and a write per
+/// ephemeral for a handful of services.
+pub const MAX_PENDING: usize = MAX_PENDING_READS + 32;
 
 impl World {
     fn healthy(&self, machine: usize) -> bool {
@@ -90,7 +92,13 @@ impl World {
                     ));
                 }
             }
-            let pending = self.machines[machine].agent.pending_requests();
+            let agent = &self.machines[machine].agent;
+            let (pending, reads) = (agent.pending_requests(), agent.reads_in_flight());
+            if reads > MAX_PENDING_READS {
+                self.violate(format!(
+                    "{id}: {reads} reads outstanding, over the cap of {MAX_PENDING_READS}"
+                ));
+            }
             if pending > MAX_PENDING {
                 self.violate(format!("{id}: {pending} requests outstanding"));
             }
