@@ -6,6 +6,7 @@ mod admin;
 mod admin_checks;
 mod checks;
 mod launches;
+pub mod load;
 mod network;
 mod security;
 mod tasks;
@@ -208,6 +209,8 @@ pub struct World {
     pub(crate) plugin_history: BTreeMap<String, Vec<pop_core::plugin::Manifest>>,
     /// The credentials of a secured namespace; `None`: unsecured (every node open).
     pub security: Option<Security>,
+    /// What the agents cost the server (the simulator's fleet mode reports it).
+    pub load: load::ServerLoad,
 }
 
 impl World {
@@ -262,6 +265,7 @@ impl World {
             task_runs: BTreeMap::new(),
             plugin_history: BTreeMap::new(),
             security: None,
+            load: load::ServerLoad::default(),
         };
         if secured {
             world.security = Some(world.secure_namespace(machine_ids));
@@ -468,6 +472,7 @@ impl World {
                 .iter()
                 .position(|m| m.session == Some(session))
             {
+                self.load.notifications += 1;
                 let input = Input::Watch(event);
                 if !self.hold_from_server(machine, &input) {
                     let at = self.now + self.latency(machine);
@@ -741,6 +746,9 @@ impl World {
         }
         m.agent.handle(now, input);
         let actions: Vec<Action> = m.agent.drain_actions();
+        let pending = m.agent.pending_requests();
+        self.load.set_pending(machine, pending);
+        let m = &mut self.machines[machine];
         if let Some(journal) = m.journals.last_mut() {
             journal.push(Record::Actions {
                 actions: actions.clone(),
@@ -871,6 +879,7 @@ impl World {
                 id,
                 op,
             } => {
+                self.load.on_request(self.now);
                 self.check_own_write(machine, &op);
                 let before = self.result_before(&op);
                 let (reply, n) = match session {
