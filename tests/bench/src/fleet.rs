@@ -64,6 +64,7 @@ pub fn run(
     agents: Option<Vec<usize>>,
     services: Option<usize>,
     changes: Option<usize>,
+    simulated: Option<Vec<String>>,
 ) -> Result<()> {
     let counts = agents.unwrap_or(if env.quick { vec![3] } else { vec![10, 30] });
     let services = services.unwrap_or(if env.quick { 6 } else { 120 });
@@ -91,6 +92,68 @@ pub fn run(
          (agents frozen past the timeout, then thawed). outstanding, pkts/100ms: peaks on \
          any one server; back: until every agent is connected and registered and nothing \
          is outstanding.\n"
+    );
+    simulate(env, simulated, changes)
+}
+
+/// The same costs in the simulator (`pop sim --fleet`), for fleets of `MxS` (machines
+/// × services) too large for this host.
+fn simulate(env: &Env, sizes: Option<Vec<String>>, changes: usize) -> Result<()> {
+    let sizes = sizes.unwrap_or_else(|| {
+        let default: &[&str] = if env.quick {
+            &["10x120"]
+        } else {
+            &["10x120", "30x120", "100x1000"]
+        };
+        default.iter().map(|s| s.to_string()).collect()
+    });
+    println!("## Fleet in the simulator: ops at the one modelled server\n");
+    let header = [
+        "machines",
+        "services",
+        "ops per set",
+        "ops per new service",
+        "watches",
+        "watches/agent",
+        "expiry: outstanding",
+        "req/100ms",
+        "requests",
+        "back",
+        "wall",
+    ];
+    let mut rows = Vec::new();
+    for size in &sizes {
+        let (machines, services) = size
+            .split_once('x')
+            .and_then(|(m, s)| Some((m.parse().ok()?, s.parse().ok()?)))
+            .with_context(|| {
+                format!("--sim {size:?}: expected MACHINESxSERVICES, e.g. 1000x10000")
+            })?;
+        let options = pop_sim::fleet::FleetOptions {
+            machines,
+            services,
+            changes,
+            seed: 15,
+        };
+        let r = pop_sim::fleet::run(&options).map_err(anyhow::Error::msg)?;
+        rows.push(vec![
+            r.machines.to_string(),
+            r.services.to_string(),
+            format!("{:.1}", r.ops_per_set),
+            format!("{:.1}", r.ops_per_new_service),
+            r.watches.to_string(),
+            format!("{:.1}", r.watches_per_agent()),
+            r.resync_peak_outstanding.to_string(),
+            r.resync_peak_requests_per_window.to_string(),
+            r.resync_requests.to_string(),
+            format!("{:.2} s", r.resync_time.as_secs_f64()),
+            format!("{:.1} s", r.wall.as_secs_f64()),
+        ]);
+    }
+    aligned(&header, &rows);
+    println!(
+        "\nops: agents' requests and watch notifications; expiry: every session expired at \
+         once, peaks over all agents (simulated time).\n"
     );
     Ok(())
 }
@@ -128,11 +191,15 @@ fn print_table(rows: &[Row]) {
             cells
         })
         .collect();
+    aligned(&header, &cells);
+}
+
+/// A plain table, columns right-aligned.
+fn aligned(header: &[&str], rows: &[Vec<String>]) {
     let widths: Vec<usize> = (0..header.len())
         .map(|i| {
-            cells
-                .iter()
-                .map(|c| c[i].len())
+            rows.iter()
+                .filter_map(|c| c.get(i).map(String::len))
                 .chain([header[i].len()])
                 .max()
                 .unwrap_or(0)
@@ -147,7 +214,7 @@ fn print_table(rows: &[Row]) {
         println!("{}", padded.join("  ").trim_end());
     };
     line(header.to_vec());
-    for c in &cells {
+    for c in rows {
         line(c.iter().map(String::as_str).collect());
     }
 }

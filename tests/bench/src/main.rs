@@ -97,6 +97,9 @@ enum Bench {
         /// Changes measured of each kind (default 8).
         #[arg(long)]
         changes: Option<usize>,
+        /// Simulated fleets, MACHINESxSERVICES (default 10x120,30x120,100x1000).
+        #[arg(long, value_delimiter = ',')]
+        sim: Option<Vec<String>>,
     },
     /// Every benchmark above, with its defaults.
     All,
@@ -205,14 +208,15 @@ fn main() -> Result<()> {
             agents,
             services,
             changes,
-        } => fleet::run(&env, agents.clone(), *services, *changes)?,
+            sim,
+        } => fleet::run(&env, agents.clone(), *services, *changes, sim.clone())?,
         Bench::All => {
             restart::run(&env, None)?;
             deploy::run(&env, None)?;
             idle::run(&env, None, None, 1000)?;
             set::run(&env, None)?;
             sim::run(&env, None)?;
-            fleet::run(&env, None, None, None)?;
+            fleet::run(&env, None, None, None, None)?;
             // Last: its builder's supervisor reaps every child of this process.
             env::run(&env, None)?;
         }
