@@ -84,14 +84,6 @@ impl Agent {
         self.reads_in_flight.len()
     }
 
-    /// For the checkers: whether a read of `path` that sets a watch waits under the cap
-    /// (a fired watch is re-armed when it goes out).
-    pub fn read_waits(&self, path: &str) -> bool {
-        self.queued_reads.iter().any(|(op, _)| {
-            matches!(op, ZkOp::GetData { path: p, watch: true } | ZkOp::GetChildren { path: p, watch: true } if p == path)
-        })
-    }
-
     /// For the simulator: reads waiting for room under the cap.
     pub fn queued_reads(&self) -> usize {
         self.queued_reads.len()
