@@ -79,6 +79,11 @@ const CLOSE_LIMIT: Duration = Duration::from_secs(2);
 const RECONNECT_INITIAL: Duration = Duration::from_millis(200);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
+/// A retry's wait: the backoff's `delay` plus up to half of it at random.
+fn backoff_wait(delay: Duration, rng: &mut SeededRng) -> Duration {
+    delay + jitter(rng, delay / 2)
+}
+
 /// A random duration below `max` (zero when `max` is).
 fn jitter(rng: &mut SeededRng, max: Duration) -> Duration {
     let max_ms = max.as_millis() as u64;
@@ -218,7 +223,7 @@ async fn agent_access(
                 return Err(DriverError::Refused(refusal.explain(zk, machine)));
             }
             Err(crate::zk::AccessError::Retry(message)) => {
-                let wait = delay + jitter(&mut rng, delay / 2);
+                let wait = backoff_wait(delay, &mut rng);
                 warn!("cannot learn whether the namespace is secured: {message}; retrying in {wait:?}");
                 tokio::time::sleep(wait).await;
                 delay = (delay * 2).min(RECONNECT_MAX);
@@ -526,7 +531,7 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
                         return;
                     }
                     Err(ConnectFailure::Retry(e)) => {
-                        let wait = delay + jitter(&mut rng, delay / 2);
+                        let wait = backoff_wait(delay, &mut rng);
                         warn!("{e}; retrying in {wait:?}");
                         tokio::time::sleep(wait).await;
                         delay = (delay * 2).min(RECONNECT_MAX);
@@ -714,5 +719,34 @@ fn log_report(report: &Report) {
         Report::NotAuthorised { path, doing } => {
             error!(%path, "ZooKeeper refused {doing} it: not authorised")
         }
+    }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    /// Agents that lost ZooKeeper together (seeds differ: pid and clock) wait different
+    /// times before retrying, each within the backoff plus half of it.
+    #[test]
+    fn retries_of_different_agents_are_spread() {
+        let waits: std::collections::BTreeSet<Duration> = (1..=8u64)
+            .map(|seed| backoff_wait(RECONNECT_INITIAL, &mut SeededRng::new(seed)))
+            .collect();
+        assert!(
+            waits
+                .iter()
+                .all(|w| (RECONNECT_INITIAL..RECONNECT_INITIAL * 3 / 2).contains(w)),
+            "{waits:?}"
+        );
+        assert!(waits.len() >= 6, "8 agents wait only {waits:?}");
+        let after_expiry: std::collections::BTreeSet<Duration> = (1..=8u64)
+            .map(|seed| jitter(&mut SeededRng::new(seed), RECONNECT_INITIAL))
+            .collect();
+        assert!(after_expiry.len() >= 6, "{after_expiry:?}");
+        assert_eq!(
+            jitter(&mut SeededRng::new(1), Duration::ZERO),
+            Duration::ZERO
+        );
     }
 }
