@@ -5,6 +5,7 @@ use crate::output::{print_json, table};
 use crate::Cli;
 use anyhow::{anyhow, bail, Context, Result};
 use pop_sim::chaos::{parse_seed, run_catching, Options, Outcome};
+use pop_sim::fleet::FleetOptions;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,9 +19,20 @@ pub struct SimArgs {
     /// A batch of seeds, A..B (B excluded).
     #[arg(long, value_name = "A..B")]
     seeds: Option<String>,
-    /// Machines (1-7; default: drawn from the seed).
+    /// Machines (1-7; default: drawn from the seed). With --fleet: any number
+    /// (default 100).
     #[arg(long)]
     machines: Option<usize>,
+    /// Fleet mode: no chaos; services spread one machine each, and what changes and a
+    /// mass session expiry cost the ZooKeeper model (ops per change, watches, resync peak).
+    #[arg(long, conflicts_with_all = ["seeds", "duration", "trace"])]
+    fleet: bool,
+    /// With --fleet: services (default 1000).
+    #[arg(long, requires = "fleet")]
+    services: Option<usize>,
+    /// With --fleet: changes measured of each kind (default 8).
+    #[arg(long, requires = "fleet")]
+    changes: Option<usize>,
     /// Length of the chaos phase in simulated time, e.g. 120s, 10m (default 120s).
     #[arg(long)]
     duration: Option<String>,
@@ -69,6 +81,9 @@ fn write_trace(args: &SimArgs, outcome: &Outcome) -> Result<PathBuf> {
 }
 
 pub fn run(cli: &Cli, args: &SimArgs) -> Result<()> {
+    if args.fleet {
+        return fleet(cli, args);
+    }
     let chaos = args
         .duration
         .as_deref()
@@ -163,5 +178,70 @@ pub fn run(cli: &Cli, args: &SimArgs) -> Result<()> {
     if !failures.is_empty() {
         bail!("{} of {} seeds failed", failures.len(), to - from);
     }
+    Ok(())
+}
+
+/// `pop sim --fleet`: one fleet run, as a table (or JSON).
+fn fleet(cli: &Cli, args: &SimArgs) -> Result<()> {
+    let seed = match &args.seed {
+        Some(seed) => parse_seed(seed).map_err(|e| anyhow!(e))?,
+        None => 0,
+    };
+    let options = FleetOptions {
+        machines: args.machines.unwrap_or(100),
+        services: args.services.unwrap_or(1000),
+        changes: args.changes.unwrap_or(8),
+        seed,
+    };
+    let r = pop_sim::fleet::run(&options).map_err(|e| anyhow!("pop sim --fleet: {e}"))?;
+    if cli.json {
+        return print_json(&json!({
+            "machines": r.machines,
+            "services": r.services,
+            "ops_per_set": r.ops_per_set,
+            "ops_per_new_service": r.ops_per_new_service,
+            "watches": r.watches,
+            "watches_per_agent": r.watches_per_agent(),
+            "resync_peak_outstanding": r.resync_peak_outstanding,
+            "resync_peak_requests_per_100ms": r.resync_peak_requests_per_window,
+            "resync_requests": r.resync_requests,
+            "resync_seconds": r.resync_time.as_secs_f64(),
+            "wall_seconds": r.wall.as_secs_f64(),
+        }));
+    }
+    let row = vec![
+        r.machines.to_string(),
+        r.services.to_string(),
+        format!("{:.1}", r.ops_per_set),
+        format!("{:.1}", r.ops_per_new_service),
+        r.watches.to_string(),
+        format!("{:.1}", r.watches_per_agent()),
+        r.resync_peak_outstanding.to_string(),
+        r.resync_peak_requests_per_window.to_string(),
+        format!("{:.2} s", r.resync_time.as_secs_f64()),
+        format!("{:.1} s", r.wall.as_secs_f64()),
+    ];
+    print!(
+        "{}",
+        table(
+            &[
+                "MACHINES",
+                "SERVICES",
+                "OPS/SET",
+                "OPS/NEW SERVICE",
+                "WATCHES",
+                "WATCHES/AGENT",
+                "RESYNC PEAK OUTSTANDING",
+                "RESYNC PEAK REQ/100MS",
+                "RESYNC",
+                "WALL",
+            ],
+            &[row]
+        )
+    );
+    println!(
+        "ops: agents' requests and watch notifications at the one modelled server; resync: \
+         every session expired at once, until every agent was back (simulated time)"
+    );
     Ok(())
 }

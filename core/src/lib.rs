@@ -45,6 +45,6 @@ pub mod task;
 pub mod time;
 pub mod zk;
 
-pub use agent::{Agent, AgentConfig};
+pub use agent::{Agent, AgentConfig, MAX_OUTSTANDING_READS};
 pub use event::{Action, ExitStatus, Input, Report};
 pub use time::Timestamp;

@@ -58,6 +58,17 @@ fn creates(actions: &[Action]) -> Vec<&ZkOp> {
         .collect()
 }
 
+/// When the agent retries what failed at `failed_at`: after the retry delay (500 ms)
+/// and its jitter (under 500 ms more).
+fn retry_time(agent: &Agent, failed_at: u64) -> u64 {
+    let at = agent.poll_timeout().expect("a retry scheduled").as_millis();
+    assert!(
+        (failed_at + 500..failed_at + 1000).contains(&at),
+        "retry at {at}, failed at {failed_at}"
+    );
+    at
+}
+
 fn request_for(actions: &[Action], path: &str) -> pop_core::zk::RequestId {
     actions
         .iter()
@@ -258,18 +269,20 @@ fn settings_refused_while_it_is_listed_are_read_again_until_granted() {
         },
     );
     assert!(!after.contains(&Action::Exit), "{after:?}");
-    // Refused again after a pause: read again after another.
-    let retry = feed(&mut agent, 1600, Input::Tick);
+    // Refused again after a pause (jittered, at most a second): read again after another.
+    let first_retry = retry_time(&agent, 1003);
+    let retry = feed(&mut agent, first_retry, Input::Tick);
     let settings = request_for(&retry, "/services/web/settings");
     feed(
         &mut agent,
-        1601,
+        first_retry + 1,
         Input::Reply {
             id: settings,
             reply: refused,
         },
     );
-    let retry = feed(&mut agent, 2200, Input::Tick);
+    let second_retry = retry_time(&agent, first_retry + 1);
+    let retry = feed(&mut agent, second_retry, Input::Tick);
     let settings = request_for(&retry, "/services/web/settings");
     let granted = ZkReply::Data {
         data: br#"{"type":"command","command":"serve"}"#.to_vec(),
@@ -280,7 +293,7 @@ fn settings_refused_while_it_is_listed_are_read_again_until_granted() {
     };
     let started = feed(
         &mut agent,
-        2201,
+        second_retry + 1,
         Input::Reply {
             id: settings,
             reply: granted,
@@ -293,7 +306,7 @@ fn settings_refused_while_it_is_listed_are_read_again_until_granted() {
         "{started:?}"
     );
     // Nothing more to read once granted.
-    let later = feed(&mut agent, 5000, Input::Tick);
+    let later = feed(&mut agent, second_retry + 3000, Input::Tick);
     assert!(
         later
             .iter()

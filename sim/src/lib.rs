@@ -3,6 +3,7 @@
 //! faults and checks invariants over it ([`chaos`], `pop sim`).
 
 pub mod chaos;
+pub mod fleet;
 pub mod world;
 pub mod zk_model;
 

@@ -247,9 +247,21 @@ impl Checker {
         if self.exited {
             return Ok(());
         }
+        // A resync does not flood the server: at most the cap of reads outstanding.
+        let cap = pop_core::MAX_OUTSTANDING_READS;
+        let reads = self
+            .world
+            .outstanding
+            .values()
+            .filter(|op| matches!(op, ZkOp::GetData { .. } | ZkOp::GetChildren { .. }))
+            .count();
+        if reads > cap {
+            return Err(format!("{reads} reads outstanding, over the cap of {cap}"));
+        }
         // A watch fired: the node is read again, with a new watch (a service's list or
         // settings only while the service is in the index as the agent last read it: a
-        // watch left on one that left fires once more, and is not read).
+        // watch left on one that left fires once more, and is not read); only with the
+        // cap of reads outstanding may that read wait its turn.
         if let Input::Watch(event) = input {
             let followed = match Watched::parse(&event.path) {
                 Some(Watched::Machines(s) | Watched::Settings(s)) => self
@@ -271,7 +283,7 @@ impl Checker {
                     } => *path == event.path,
                     _ => false,
                 });
-                if !rearmed {
+                if !rearmed && reads < cap {
                     return Err(format!("{} fired and was not watched again", event.path));
                 }
             }

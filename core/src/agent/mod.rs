@@ -8,6 +8,7 @@ mod assignments;
 mod ephemeral;
 mod index;
 mod keeper;
+mod outstanding;
 mod publish;
 mod query;
 mod readiness;
@@ -36,10 +37,8 @@ use target::Listing;
 use tasks::{TaskIndex, TaskOutcome, Tasks};
 use types::TypeReads;
 
+pub use outstanding::MAX_OUTSTANDING_READS;
 pub use query::{EnvironmentState, EnvironmentView, TaskLaunchError};
-
-/// How long to wait before retrying reads and writes that failed.
-const RETRY_DELAY: Duration = Duration::from_millis(500);
 
 /// `fence` services are stopped this fraction of the session timeout after the session
 /// is lost, with at most `FENCE_GRACE_DIVISOR`th of it between SIGTERM and SIGKILL.
@@ -138,6 +137,12 @@ pub struct Agent {
     fenced: bool,
     next_request: u64,
     pending: BTreeMap<RequestId, Pending>,
+    /// The reads among `pending` (at most [`MAX_OUTSTANDING_READS`]).
+    #[serde(default)]
+    reads_in_flight: BTreeSet<RequestId>,
+    /// Reads waiting for room under the cap, in order.
+    #[serde(default)]
+    queued_reads: VecDeque<(ZkOp, Pending)>,
     /// Paths with a watch registered in this session.
     armed: BTreeSet<String>,
     /// Reads that failed and are retried when `retry_at` passes.
@@ -195,6 +200,8 @@ impl Agent {
             fenced: false,
             next_request: 1,
             pending: BTreeMap::new(),
+            reads_in_flight: BTreeSet::new(),
+            queued_reads: VecDeque::new(),
             armed: BTreeSet::new(),
             reread: BTreeSet::new(),
             retry_at: None,
@@ -368,6 +375,7 @@ impl Agent {
         }
         self.converge();
         self.send_keeper_jobs();
+        self.send_queued();
     }
 
     /// The next action to perform, in order.
@@ -511,7 +519,7 @@ impl Agent {
 
     fn start_session(&mut self) {
         // Replies and watches from an older session are meaningless now.
-        self.pending.clear();
+        self.forget_requests();
         self.armed.clear();
         self.reread.clear();
         if !planted!(NoEphemeralsAfterExpiry) {
@@ -550,18 +558,6 @@ impl Agent {
             self.read(Watched::Settings(name));
         }
         self.read_types_again();
-    }
-
-    fn send(&mut self, op: ZkOp, pending: Pending) {
-        let id = RequestId(self.next_request);
-        self.next_request = self.next_request.saturating_add(1);
-        self.pending.insert(id, pending);
-        self.actions.push_back(Action::Zk { id, op });
-    }
-
-    fn schedule_retry(&mut self) {
-        let at = self.now + RETRY_DELAY;
-        self.retry_at = Some(self.retry_at.map_or(at, |t| t.min(at)));
     }
 
     fn retry_now(&mut self) {
@@ -608,7 +604,7 @@ impl Agent {
     }
 
     fn on_reply(&mut self, id: RequestId, reply: ZkReply) {
-        let Some(pending) = self.pending.remove(&id) else {
+        let Some(pending) = self.answered(id) else {
             return; // stale: from an older session
         };
         // The server says the session is gone, whether or not the client told us yet.

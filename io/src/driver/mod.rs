@@ -21,6 +21,7 @@ use crate::journal::{journal_path, JournalLimits, JournalWriter};
 use crate::supervise::{ContainmentChoice, Supervisor, SupervisorConfig};
 use crate::zk::ZkConfig;
 use pop_core::access::AgentAccess;
+use pop_core::backoff::SeededRng;
 use pop_core::event::{Action, Input, Report};
 use pop_core::zk::{SessionEvent, ZkError, ZkReply};
 use pop_core::{Agent, AgentConfig};
@@ -73,6 +74,25 @@ pub enum StopRequest {
 /// How long closing the session may take before the agent exits anyway.
 const CLOSE_LIMIT: Duration = Duration::from_secs(2);
 
+/// The backoff between attempts to open a session: doubling from the first to the
+/// last, each with up to half again of random jitter.
+const RECONNECT_INITIAL: Duration = Duration::from_millis(200);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// A retry's wait: the backoff's `delay` plus up to half of it at random.
+fn backoff_wait(delay: Duration, rng: &mut SeededRng) -> Duration {
+    delay + jitter(rng, delay / 2)
+}
+
+/// A random duration below `max` (zero when `max` is).
+fn jitter(rng: &mut SeededRng, max: Duration) -> Duration {
+    let max_ms = max.as_millis() as u64;
+    if max_ms == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_millis(rng.next_u64() % max_ms)
+}
+
 enum Msg<S> {
     /// An input from the ZooKeeper session of `epoch`.
     Session {
@@ -120,7 +140,8 @@ pub async fn run(
             .await
             .map_err(|e| DriverError::Setup(e.to_string()))??;
     let clock = SystemClock::new();
-    let access = agent_access(&config.zk, &config.machine_id).await?;
+    let seed = u64::from(std::process::id()) ^ clock.now().as_millis();
+    let access = agent_access(&config.zk, &config.machine_id, seed).await?;
     let environments = EnvironmentBuilder::new(
         config.state_dir.clone(),
         config.machine_id.as_str(),
@@ -135,7 +156,7 @@ pub async fn run(
         agent_pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         containment: processes.containment(),
-        seed: u64::from(std::process::id()) ^ clock.now().as_millis(),
+        seed,
         backoff: Default::default(),
         pop: config.pop_exe.to_string_lossy().into_owned(),
         state_dir: config.state_dir.to_string_lossy().into_owned(),
@@ -173,6 +194,7 @@ pub async fn run(
 async fn agent_access(
     zk: &ZkConfig,
     machine: &pop_core::names::MachineId,
+    seed: u64,
 ) -> Result<AgentAccess, DriverError> {
     let Some(credential) = zk.auth.first() else {
         return Ok(AgentAccess::Open);
@@ -183,7 +205,10 @@ async fn agent_access(
             "the agent authenticates as a user other than its machine id"
         );
     }
-    let mut delay = Duration::from_millis(200);
+    // Jittered like the reconnects: agents started together (a fleet after an outage)
+    // would otherwise ask again in lockstep.
+    let mut rng = SeededRng::new(seed);
+    let mut delay = RECONNECT_INITIAL;
     loop {
         match crate::zk::namespace_access(zk).await {
             Ok(None) => return Ok(AgentAccess::Open),
@@ -198,9 +223,10 @@ async fn agent_access(
                 return Err(DriverError::Refused(refusal.explain(zk, machine)));
             }
             Err(crate::zk::AccessError::Retry(message)) => {
-                warn!("cannot learn whether the namespace is secured: {message}; retrying in {delay:?}");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                let wait = backoff_wait(delay, &mut rng);
+                warn!("cannot learn whether the namespace is secured: {message}; retrying in {wait:?}");
+                tokio::time::sleep(wait).await;
+                delay = (delay * 2).min(RECONNECT_MAX);
             }
         }
     }
@@ -285,6 +311,8 @@ struct Driver<Z: ZkPort, P, C> {
     tx: mpsc::UnboundedSender<Msg<Z::Session>>,
     /// What ZooKeeper refused, once it has (the core then exits).
     refused: Option<Refusal>,
+    /// Jitters the reconnect backoff (seeded like the core's, from the agent's config).
+    rng: SeededRng,
 }
 
 /// The event loop over any ports. Returns when the core emits `Exit`, or at once after a
@@ -305,6 +333,8 @@ pub async fn run_with<Z: ZkPort, P: ProcessPort, C: Clock>(
         zk: std::sync::Arc::new(ports.zk),
         processes: Some(ports.processes),
         clock: ports.clock,
+        // Not the core's own sequence: the driver's draws must not shift the core's.
+        rng: SeededRng::new(agent_config.seed.rotate_left(32) ^ 0x5EED),
         agent: Agent::new(agent_config),
         journal,
         session: None,
@@ -323,7 +353,7 @@ pub async fn run_with<Z: ZkPort, P: ProcessPort, C: Clock>(
             return driver.ended();
         }
     }
-    driver.start_session();
+    driver.start_session(false);
     let mut stop_requested = false;
     let mut stop_closed = false;
     loop {
@@ -474,15 +504,22 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
         }))
     }
 
-    /// Drops the old session and connects anew, retrying until it works.
-    fn start_session(&mut self) {
+    /// Drops the old session and connects anew, retrying until it works. The first
+    /// attempt is at once; a session that expired waits a random moment first, and
+    /// every retry a jittered backoff: a fleet that lost its sessions together (an
+    /// outage) would otherwise reconnect, and then re-read everything, in lockstep.
+    fn start_session(&mut self, after_expiry: bool) {
         self.session = None;
         self.epoch += 1;
         let epoch = self.epoch;
         let tx = self.tx.clone();
         let zk = std::sync::Arc::clone(&self.zk);
+        let mut rng = SeededRng::new(self.rng.next_u64());
         tokio::spawn(async move {
-            let mut delay = Duration::from_millis(200);
+            let mut delay = RECONNECT_INITIAL;
+            if after_expiry {
+                tokio::time::sleep(jitter(&mut rng, RECONNECT_INITIAL)).await;
+            }
             loop {
                 match zk.connect().await {
                     Ok(session) => {
@@ -494,9 +531,10 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
                         return;
                     }
                     Err(ConnectFailure::Retry(e)) => {
-                        warn!("{e}; retrying in {delay:?}");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(5));
+                        let wait = backoff_wait(delay, &mut rng);
+                        warn!("{e}; retrying in {wait:?}");
+                        tokio::time::sleep(wait).await;
+                        delay = (delay * 2).min(RECONNECT_MAX);
                     }
                 }
                 if tx.is_closed() {
@@ -622,7 +660,7 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
             }
             Action::NewSession => {
                 warn!("ZooKeeper session expired; opening a new one");
-                self.start_session();
+                self.start_session(true);
             }
             Action::Report(Report::NotAuthorised { path, doing }) => {
                 error!(%path, "ZooKeeper refused {doing} it: not authorised");
@@ -681,5 +719,34 @@ fn log_report(report: &Report) {
         Report::NotAuthorised { path, doing } => {
             error!(%path, "ZooKeeper refused {doing} it: not authorised")
         }
+    }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    /// Agents that lost ZooKeeper together (seeds differ: pid and clock) wait different
+    /// times before retrying, each within the backoff plus half of it.
+    #[test]
+    fn retries_of_different_agents_are_spread() {
+        let waits: std::collections::BTreeSet<Duration> = (1..=8u64)
+            .map(|seed| backoff_wait(RECONNECT_INITIAL, &mut SeededRng::new(seed)))
+            .collect();
+        assert!(
+            waits
+                .iter()
+                .all(|w| (RECONNECT_INITIAL..RECONNECT_INITIAL * 3 / 2).contains(w)),
+            "{waits:?}"
+        );
+        assert!(waits.len() >= 6, "8 agents wait only {waits:?}");
+        let after_expiry: std::collections::BTreeSet<Duration> = (1..=8u64)
+            .map(|seed| jitter(&mut SeededRng::new(seed), RECONNECT_INITIAL))
+            .collect();
+        assert!(after_expiry.len() >= 6, "{after_expiry:?}");
+        assert_eq!(
+            jitter(&mut SeededRng::new(1), Duration::ZERO),
+            Duration::ZERO
+        );
     }
 }

@@ -25,13 +25,15 @@ pub const REACT_BOUND: Duration = Duration::from_secs(4);
 /// While a keeper is connected, a machines list edited by hand (bypassing pop and the
 /// index its plans keep) is taken on by a healthy machine it names within this long:
 /// the keeper's read of the list and write of the entry, the machine's reads of its index
-/// and the list, with a failed request's retry (0.5 s) for each. Counted once the keeper
-/// and the machine are healthy and the keeper's term has begun (after a keeper's session
-/// is lost, the next is elected within the session timeout).
-pub const OUT_OF_BAND_BOUND: Duration = Duration::from_secs(2);
-/// Requests one agent may have outstanding: a read per watched node and a write per
-/// ephemeral, for a handful of services.
-pub const MAX_PENDING: usize = 64;
+/// and the list, with a failed request's retry (0.5-1 s, jittered) for each. Counted once
+/// the keeper and the machine are healthy and the keeper's term has begun (after a
+/// keeper's session is lost, the next is elected within the session timeout).
+pub const OUT_OF_BAND_BOUND: Duration = Duration::from_secs(3);
+/// Reads one agent may have outstanding: the core's cap (the rest wait in its queue).
+pub const MAX_PENDING_READS: usize = pop_core::MAX_OUTSTANDING_READS;
+/// Requests one agent may have outstanding: the reads under the cap, and a write per
+/// ephemeral for a handful of services.
+pub const MAX_PENDING: usize = MAX_PENDING_READS + 32;
 
 impl World {
     fn healthy(&self, machine: usize) -> bool {
@@ -97,7 +99,13 @@ impl World {
                     ));
                 }
             }
-            let pending = self.machines[machine].agent.pending_requests();
+            let agent = &self.machines[machine].agent;
+            let (pending, reads) = (agent.pending_requests(), agent.reads_in_flight());
+            if reads > MAX_PENDING_READS {
+                self.violate(format!(
+                    "{id}: {reads} reads outstanding, over the cap of {MAX_PENDING_READS}"
+                ));
+            }
             if pending > MAX_PENDING {
                 self.violate(format!("{id}: {pending} requests outstanding"));
             }

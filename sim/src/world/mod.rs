@@ -7,6 +7,7 @@ mod admin_checks;
 mod checks;
 mod keeper;
 mod launches;
+pub mod load;
 mod network;
 mod security;
 mod tasks;
@@ -213,6 +214,8 @@ pub struct World {
     pub(crate) plugin_history: BTreeMap<String, Vec<pop_core::plugin::Manifest>>,
     /// The credentials of a secured namespace; `None`: unsecured (every node open).
     pub security: Option<Security>,
+    /// What the agents cost the server (the simulator's fleet mode reports it).
+    pub load: load::ServerLoad,
 }
 
 impl World {
@@ -269,6 +272,7 @@ impl World {
             task_runs: BTreeMap::new(),
             plugin_history: BTreeMap::new(),
             security: None,
+            load: load::ServerLoad::default(),
         };
         if secured {
             world.security = Some(world.secure_namespace(machine_ids));
@@ -475,6 +479,7 @@ impl World {
                 .iter()
                 .position(|m| m.session == Some(session))
             {
+                self.load.notifications += 1;
                 let input = Input::Watch(event);
                 if !self.hold_from_server(machine, &input) {
                     let at = self.now + self.latency(machine);
@@ -748,6 +753,9 @@ impl World {
         }
         m.agent.handle(now, input);
         let actions: Vec<Action> = m.agent.drain_actions();
+        let pending = m.agent.pending_requests();
+        self.load.set_pending(machine, pending);
+        let m = &mut self.machines[machine];
         if let Some(journal) = m.journals.last_mut() {
             journal.push(Record::Actions {
                 actions: actions.clone(),
@@ -878,6 +886,7 @@ impl World {
                 id,
                 op,
             } => {
+                self.load.on_request(self.now);
                 self.check_own_write(machine, session, &op);
                 let before = self.result_before(&op);
                 let (reply, n) = match session {

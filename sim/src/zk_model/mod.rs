@@ -119,6 +119,12 @@ impl ZkModel {
         m
     }
 
+    /// Watches held over all sessions (data and child watches, as `wchs` counts them).
+    pub fn watch_count(&self) -> usize {
+        self.data_watches.values().map(Vec::len).sum::<usize>()
+            + self.child_watches.values().map(Vec::len).sum::<usize>()
+    }
+
     pub fn get(&self, path: &str) -> Option<&Node> {
         self.nodes.get(path)
     }

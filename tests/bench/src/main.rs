@@ -8,6 +8,7 @@
 
 mod deploy;
 mod env;
+mod fleet;
 mod floor;
 mod idle;
 mod measure;
@@ -16,6 +17,7 @@ mod restart;
 mod set;
 mod sim;
 mod supervisord;
+mod zkstat;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -81,6 +83,23 @@ enum Bench {
         /// How many builds per installer.
         #[arg(long)]
         builds: Option<usize>,
+    },
+    /// ZooKeeper's cost per change with N real agents against a 3-node ensemble:
+    /// packets per `pop set` and per new service, watches, and the resync peak after
+    /// the whole ensemble restarts.
+    Fleet {
+        /// Agent counts (default 10,30).
+        #[arg(long, value_delimiter = ',')]
+        agents: Option<Vec<usize>>,
+        /// Services, spread one machine each (default 120).
+        #[arg(long)]
+        services: Option<usize>,
+        /// Changes measured of each kind (default 8).
+        #[arg(long)]
+        changes: Option<usize>,
+        /// Simulated fleets, MACHINESxSERVICES (default 10x120,30x120,100x1000).
+        #[arg(long, value_delimiter = ',')]
+        sim: Option<Vec<String>>,
     },
     /// Every benchmark above, with its defaults.
     All,
@@ -185,12 +204,19 @@ fn main() -> Result<()> {
         Bench::Set { changes } => set::run(&env, *changes)?,
         Bench::Sim { seeds } => sim::run(&env, *seeds)?,
         Bench::Env { builds } => env::run(&env, *builds)?,
+        Bench::Fleet {
+            agents,
+            services,
+            changes,
+            sim,
+        } => fleet::run(&env, agents.clone(), *services, *changes, sim.clone())?,
         Bench::All => {
             restart::run(&env, None)?;
             deploy::run(&env, None)?;
             idle::run(&env, None, None, 1000)?;
             set::run(&env, None)?;
             sim::run(&env, None)?;
+            fleet::run(&env, None, None, None, None)?;
             // Last: its builder's supervisor reaps every child of this process.
             env::run(&env, None)?;
         }
