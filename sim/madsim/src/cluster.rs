@@ -1,0 +1,280 @@
+//! A cluster under madsim: the ZooKeeper server on the harness's node (never killed) and
+//! one node per machine running its agent. Faults go through madsim itself (kill,
+//! restart, a crash aimed at a journal write); checks read what the cluster published
+//! (the ZooKeeper tree, the process tables, the journals).
+
+use crate::agent::agent_main;
+use crate::digest::Digest;
+use crate::disk::CRASH;
+use crate::machine::Machine;
+use crate::zk::SharedZk;
+use madsim::runtime::{Handle, NodeHandle};
+use pop_core::journal::{decode, replay};
+use pop_core::names::MachineId;
+use pop_core::paths;
+use pop_core::settings::Settings;
+use pop_core::zk::SessionId;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+pub struct SimMachine {
+    pub machine: Arc<Machine>,
+    pub node: NodeHandle,
+}
+
+pub struct Cluster {
+    pub zk: SharedZk,
+    pub machines: Vec<SimMachine>,
+    handle: Handle,
+    /// The faults injected, with their virtual time: part of the digest.
+    trace: Vec<String>,
+    started: tokio::time::Instant,
+}
+
+impl Cluster {
+    /// Starts the server and one agent node per machine id.
+    pub fn start(ids: &[&str]) -> Self {
+        quiet_crashes();
+        let handle = Handle::current();
+        let zk = SharedZk::default();
+        {
+            let mut server = zk.lock();
+            for path in paths::NAMESPACE {
+                server.put(path, b"");
+            }
+        }
+        tokio::spawn(zk.clone().expire_sessions());
+        let machines = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let machine = Arc::new(Machine::new(
+                    MachineId::new(id).expect("a valid machine id"),
+                ));
+                let (m, z) = (Arc::clone(&machine), zk.clone());
+                let node = handle
+                    .create_node()
+                    .name(format!("agent-{id}"))
+                    .ip(format!("10.0.1.{}", i + 1).parse().expect("an address"))
+                    .restart_on_panic_matching(CRASH)
+                    .init(move || agent_main(Arc::clone(&m), z.clone()))
+                    .build();
+                SimMachine { machine, node }
+            })
+            .collect();
+        Cluster {
+            zk,
+            machines,
+            handle,
+            trace: Vec::new(),
+            started: tokio::time::Instant::now(),
+        }
+    }
+
+    fn note(&mut self, what: String) {
+        let at = self.started.elapsed();
+        self.trace.push(format!("{at:?} {what}"));
+    }
+
+    pub fn trace(&self) -> &[String] {
+        &self.trace
+    }
+
+    pub fn machine(&self, id: &str) -> &SimMachine {
+        self.machines
+            .iter()
+            .find(|m| m.machine.id.as_str() == id)
+            .expect("a machine of the cluster")
+    }
+
+    /// SIGKILL of the agent: its tasks go, its processes and disk stay.
+    pub fn kill(&mut self, id: &str) {
+        let machine = self.machine(id);
+        self.handle.kill(machine.node.id());
+        machine.machine.agent_killed();
+        self.note(format!("kill {id}"));
+    }
+
+    /// Starts the agent again (after a kill): a new incarnation that adopts.
+    pub fn restart(&mut self, id: &str) {
+        let node = self.machine(id).node.id();
+        self.handle.restart(node);
+        self.note(format!("restart {id}"));
+    }
+
+    /// The agent dies tearing its journal write after the next `writes` whole ones;
+    /// madsim restarts its node 1-10 s later.
+    pub fn crash_at_write(&mut self, id: &str, writes: u32) {
+        self.machine(id).machine.disk().crash_after(writes);
+        self.note(format!("crash {id} after {writes} writes"));
+    }
+
+    /// Writes a service as `pop deploy` would.
+    pub fn deploy(&mut self, service: &str, settings: &str, on: &[&str]) {
+        let machines = format!(
+            "[{}]",
+            on.iter()
+                .map(|m| format!("\"{m}\""))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let mut server = self.zk.lock();
+        server.put(&paths::service(service), b"");
+        server.put(&paths::service_settings(service), settings.as_bytes());
+        server.put(&paths::service_state_dir(service), b"");
+        server.put(&paths::service_machines(service), machines.as_bytes());
+        drop(server);
+        self.note(format!("deploy {service} {settings} on {machines}"));
+    }
+
+    /// `service` runs once on each of `on`, with its current settings, and each
+    /// machine published its pid in a node of its agent's current session, still live. The pids, by machine.
+    pub fn converged(&self, service: &str, on: &[&str]) -> Result<BTreeMap<String, u32>, String> {
+        let server = self.zk.lock();
+        let data = server
+            .model
+            .get(&paths::service_settings(service))
+            .map(|n| n.data.clone())
+            .ok_or_else(|| format!("{service} is not deployed"))?;
+        let wanted = Settings::parse(&data).map_err(|e| format!("{service}: {e}"))?;
+        let mut pids = BTreeMap::new();
+        for id in on {
+            let table = self.machine(id).machine.processes();
+            let running: Vec<_> = table
+                .iter()
+                .filter(|((s, _), _)| s == service)
+                .map(|(_, p)| p)
+                .collect();
+            let [process] = running.as_slice() else {
+                return Err(format!("{id}: {} processes of {service}", running.len()));
+            };
+            if process.settings != wanted {
+                return Err(format!("{id}: {service} runs older settings"));
+            }
+            let node = server
+                .model
+                .get(&paths::machine_service(id, service))
+                .ok_or_else(|| format!("{id}: {service} not published"))?;
+            if node.data != process.pid.to_string().as_bytes() {
+                return Err(format!(
+                    "{id}: {service} published as {:?}, runs as {}",
+                    String::from_utf8_lossy(&node.data),
+                    process.pid
+                ));
+            }
+            let session = self.machine(id).machine.session();
+            if session != Some(SessionId(node.ephemeral_owner)) {
+                return Err(format!("{id}: {service} published by an older session"));
+            }
+            if !server.model.is_live(SessionId(node.ephemeral_owner)) {
+                return Err(format!("{id}: {service} published by a dead session"));
+            }
+            pids.insert(id.to_string(), process.pid);
+        }
+        Ok(pids)
+    }
+
+    /// Waits (in virtual time) until `check` passes; panics with its last word if not
+    /// within `within`.
+    pub async fn wait_for<T>(
+        &self,
+        what: &str,
+        within: Duration,
+        check: impl Fn(&Self) -> Result<T, String>,
+    ) -> T {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let last = match check(self) {
+                Ok(value) => return value,
+                Err(e) => e,
+            };
+            if tokio::time::Instant::now() >= deadline {
+                panic!("{what}: not within {within:?}: {last}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every journal file of every machine decodes and replays to the actions recorded
+    /// (a torn last line only where a crash was aimed). The number of files.
+    pub fn replay_journals(&self) -> Result<usize, String> {
+        let mut count = 0;
+        for m in &self.machines {
+            let disk = m.machine.disk();
+            for (n, file) in disk.files().iter().enumerate() {
+                let name = format!(
+                    "{} file {n} (incarnation {})",
+                    m.machine.id, file.incarnation
+                );
+                let text = String::from_utf8_lossy(&file.bytes);
+                let journal = decode(&text).map_err(|e| format!("{name}: {e}"))?;
+                let steps = replay(&journal).map_err(|e| format!("{name}: {e}"))?;
+                if let Some(step) = steps.iter().find(|s| !s.matches()) {
+                    return Err(format!(
+                        "{name}: at {:?} {:?} the replay gave {:?}, the agent {:?}",
+                        step.at, step.input, step.actions, step.recorded
+                    ));
+                }
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
+    /// The files whose last line is torn.
+    pub fn torn_journals(&self) -> usize {
+        self.machines
+            .iter()
+            .map(|m| {
+                let disk = m.machine.disk();
+                disk.files()
+                    .iter()
+                    .filter(|f| {
+                        decode(&String::from_utf8_lossy(&f.bytes))
+                            .is_ok_and(|j| j.torn_tail.is_some())
+                    })
+                    .count()
+            })
+            .sum()
+    }
+
+    /// Everything a run leaves, hashed: journals, the ZooKeeper tree, the fault trace.
+    pub fn digest(&self) -> u64 {
+        let mut digest = Digest::default();
+        for m in &self.machines {
+            for file in m.machine.disk().files() {
+                digest.add(&file.bytes);
+            }
+        }
+        let server = self.zk.lock();
+        for (path, node) in server.model.paths() {
+            digest.add(path.as_bytes());
+            digest.add(&node.data);
+            digest.add(&node.ephemeral_owner.to_le_bytes());
+        }
+        for line in &self.trace {
+            digest.add(line.as_bytes());
+        }
+        digest.value()
+    }
+}
+
+/// A crash aimed at a journal write is a panic by design: not worth a backtrace. Any
+/// other panic is reported as usual.
+fn quiet_crashes() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let message = info
+                .payload()
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| info.payload().downcast_ref::<&str>().copied());
+            if message != Some(CRASH) {
+                default(info);
+            }
+        }));
+    });
+}

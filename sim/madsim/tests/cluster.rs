@@ -1,0 +1,84 @@
+//! The production driver under madsim: agents on two machines, one killed and
+//! restarted, one crashed mid-write; the cluster converges and every journal replays.
+//! Run through sim/madsim.sh (one seed per process; see there why).
+#![cfg(madsim)]
+
+use pop_io::driver::StopRequest;
+use pop_madsim::cluster::Cluster;
+use std::time::Duration;
+
+const SERVICE: &str = "a";
+const V1: &str = r#"{"type":"command","command":"serve","start_seconds":0.5}"#;
+const V2: &str = r#"{"type":"command","command":"serve v2","start_seconds":0.5}"#;
+const MACHINES: [&str; 2] = ["m1", "m2"];
+/// Covers the killed agent's old session expiring (4 s at most, plus a tick) and
+/// madsim's restart after a crash (1-10 s).
+const SETTLE: Duration = Duration::from_secs(30);
+
+#[madsim::test]
+async fn agents_killed_and_crashed_converge_and_their_journals_replay() {
+    let mut cluster = Cluster::start(&MACHINES);
+    cluster.deploy(SERVICE, V1, &MACHINES);
+    let first = cluster
+        .wait_for("deployed", SETTLE, |c| c.converged(SERVICE, &MACHINES))
+        .await;
+
+    // SIGKILL of m1's agent, restarted a moment later: it adopts the running process
+    // (same pid) and publishes it again once its old session has expired.
+    cluster.kill("m1");
+    let down = Duration::from_millis(madsim::rand::random::<u64>() % 3000);
+    tokio::time::sleep(down).await;
+    cluster.restart("m1");
+    let adopted = cluster
+        .wait_for("m1 back", SETTLE, |c| {
+            let pids = c.converged(SERVICE, &MACHINES)?;
+            (pids == first)
+                .then_some(pids)
+                .ok_or_else(|| "not the adopted pids".to_string())
+        })
+        .await;
+    assert_eq!(
+        adopted, first,
+        "m1 adopted its process rather than restarting it"
+    );
+
+    // m2's agent dies mid-write while it restarts the service with new settings.
+    let writes = u32::try_from(madsim::rand::random::<u64>() % 6).expect("small");
+    cluster.crash_at_write("m2", writes);
+    cluster.deploy(SERVICE, V2, &MACHINES);
+    cluster
+        .wait_for("v2 everywhere", SETTLE, |c| c.converged(SERVICE, &MACHINES))
+        .await;
+    assert!(
+        !cluster.machine("m2").machine.disk().crash_pending(),
+        "the crash happened"
+    );
+
+    // A clean stop everywhere, so the journals end as the agents leave them.
+    for id in MACHINES {
+        assert!(
+            cluster.machine(id).machine.request_stop(StopRequest::Stop),
+            "{id}'s agent takes requests"
+        );
+    }
+    cluster
+        .wait_for("agents stopped", SETTLE, |c| {
+            let left: usize = MACHINES
+                .iter()
+                .map(|id| c.machine(id).machine.processes().len())
+                .sum();
+            (left == 0)
+                .then_some(())
+                .ok_or_else(|| format!("{left} processes left"))
+        })
+        .await;
+
+    let files = cluster.replay_journals().expect("every journal replays");
+    assert_eq!(cluster.torn_journals(), 1, "the crash tore one journal");
+    println!(
+        "seed {} replayed {files} journal files; trace {:?}",
+        madsim::runtime::Handle::current().seed(),
+        cluster.trace()
+    );
+    println!("digest {:016x}", cluster.digest());
+}
