@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The production driver loop under madsim (sim/madsim, pop-madsim): runs its cluster
-# test for a range of seeds and checks that a seed gives the same run twice.
+# test and the simulated ZooKeeper client's tests for a range of seeds, and checks that
+# a seed gives the same cluster run twice.
 #
 #   sim/madsim.sh                      seeds 1..10
 #   MADSIM_TEST_SEED=42 MADSIM_TEST_NUM=1 sim/madsim.sh     one seed (a failure's reproduction)
@@ -25,30 +26,38 @@ num="${MADSIM_TEST_NUM:-10}"
 twice="${POP_MADSIM_TWICE:-2}"
 test=agents_killed_and_crashed_converge_and_their_journals_replay
 
-bin=$(cargo test -p pop-madsim --test cluster --no-run --message-format=json ${CARGO_BUILD_JOBS:+-j "$CARGO_BUILD_JOBS"} |
-    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)
-[ -x "$bin" ] || { echo "madsim.sh: no test binary built" >&2; exit 1; }
+built=$(cargo test -p pop-madsim --tests --no-run --message-format=json ${CARGO_BUILD_JOBS:+-j "$CARGO_BUILD_JOBS"})
+executable() { # test target name
+    echo "$built" | grep "\"name\":\"$1\"" | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1
+}
+bin=$(executable cluster)
+client=$(executable zk_client)
+[ -x "$bin" ] && [ -x "$client" ] || { echo "madsim.sh: the test binaries were not built" >&2; exit 1; }
 
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 run() { # seed, log name
     MADSIM_TEST_SEED="$1" MADSIM_TEST_NUM=1 "$bin" --exact "$test" --nocapture >"$logs/$2" 2>&1
 }
-reproduce() {
+reproduce() { # seed, the binary's command line
     echo "  reproduce: MADSIM_TEST_SEED=$1 MADSIM_TEST_NUM=1 sim/madsim.sh"
-    echo "  (or, built: MADSIM_TEST_SEED=$1 $bin --exact $test --nocapture)"
+    echo "  (or, built: MADSIM_TEST_SEED=$1 $2)"
+}
+failure() { # seed, log, the binary's command line
+    echo "seed $1 FAILED:"
+    grep -v '^ ' "$2" | grep -v '^$' | tail -n 20 | sed 's/^/  | /'
+    reproduce "$1" "$3"
+    failed=1
 }
 
 failed=0
 last=$((first + num - 1))
 start=$(date +%s.%N)
 for seed in $(seq "$first" "$last"); do
-    if ! run "$seed" "$seed"; then
-        echo "seed $seed FAILED:"
-        grep -v '^ ' "$logs/$seed" | grep -v '^$' | tail -n 20 | sed 's/^/  | /'
-        reproduce "$seed"
-        failed=1
-    fi
+    run "$seed" "$seed" || failure "$seed" "$logs/$seed" "$bin --exact $test --nocapture"
+    # The client's own tests (timing against the real client's), one process a seed too.
+    MADSIM_TEST_SEED="$seed" MADSIM_TEST_NUM=1 "$client" --test-threads 1 >"$logs/$seed.client" 2>&1 ||
+        failure "$seed" "$logs/$seed.client" "$client --test-threads 1"
 done
 elapsed=$(echo "$(date +%s.%N) - $start" | bc)
 echo "madsim: seeds $first..$last run in ${elapsed}s"

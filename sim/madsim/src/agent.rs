@@ -4,7 +4,7 @@
 
 use crate::machine::Machine;
 use crate::processes::SimProcesses;
-use crate::zk::{InProcessZk, SharedZk};
+use crate::zk_client::TcpZk;
 use pop_core::backoff::Backoff;
 use pop_core::AgentConfig;
 use pop_io::clock::SystemClock;
@@ -25,7 +25,7 @@ pub const JOURNAL_LIMITS: JournalLimits = JournalLimits {
     keep: 2,
 };
 
-pub async fn agent_main(machine: Arc<Machine>, zk: SharedZk) {
+pub async fn agent_main(machine: Arc<Machine>) {
     let (stop_tx, stop_rx) = mpsc::unbounded_channel();
     let (incarnation, store) = machine.start_agent(stop_tx);
     // std's clocks are madsim's virtual ones: the production clock as it is.
@@ -47,8 +47,7 @@ pub async fn agent_main(machine: Arc<Machine>, zk: SharedZk) {
     let journal = JournalWriter::start_in(Box::new(store), &config, JOURNAL_LIMITS)
         .expect("the simulated disk refuses nothing");
     let ports = Ports {
-        zk: InProcessZk {
-            server: zk,
+        zk: TcpZk {
             machine: Arc::clone(&machine),
             session_timeout: SESSION_TIMEOUT,
             op_timeout: OP_TIMEOUT,

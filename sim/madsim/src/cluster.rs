@@ -1,13 +1,14 @@
-//! A cluster under madsim: the ZooKeeper server on the harness's node (never killed) and
-//! one node per machine running its agent. Faults go through madsim itself (kill,
-//! restart, a crash aimed at a journal write); checks read what the cluster published
-//! (the ZooKeeper tree, the process tables, the journals).
+//! A cluster under madsim: a ZooKeeper node and one node per machine running its agent,
+//! which talk over madsim's simulated TCP. Faults go through madsim itself (kill,
+//! restart, a crash aimed at a journal write, clogged links); checks read what the cluster
+//! published (the ZooKeeper tree, the process tables, the journals).
 
 use crate::agent::agent_main;
 use crate::digest::Digest;
 use crate::disk::CRASH;
 use crate::machine::Machine;
-use crate::zk::SharedZk;
+use crate::zk_server::{zk_main, SharedServer};
+use madsim::net::NetSim;
 use madsim::runtime::{Handle, NodeHandle};
 use pop_core::journal::{decode, replay};
 use pop_core::names::MachineId;
@@ -24,7 +25,8 @@ pub struct SimMachine {
 }
 
 pub struct Cluster {
-    pub zk: SharedZk,
+    pub zk: SharedServer,
+    pub zk_node: NodeHandle,
     pub machines: Vec<SimMachine>,
     handle: Handle,
     /// The faults injected, with their virtual time: part of the digest.
@@ -37,14 +39,20 @@ impl Cluster {
     pub fn start(ids: &[&str]) -> Self {
         quiet_crashes();
         let handle = Handle::current();
-        let zk = SharedZk::default();
+        let zk = SharedServer::default();
         {
             let mut server = zk.lock();
             for path in paths::NAMESPACE {
                 server.put(path, b"");
             }
         }
-        tokio::spawn(zk.clone().expire_sessions());
+        let server = zk.clone();
+        let zk_node = handle
+            .create_node()
+            .name("zk")
+            .ip("10.0.0.1".parse().expect("an address"))
+            .init(move || zk_main(server.clone()))
+            .build();
         let machines = ids
             .iter()
             .enumerate()
@@ -52,19 +60,20 @@ impl Cluster {
                 let machine = Arc::new(Machine::new(
                     MachineId::new(id).expect("a valid machine id"),
                 ));
-                let (m, z) = (Arc::clone(&machine), zk.clone());
+                let m = Arc::clone(&machine);
                 let node = handle
                     .create_node()
                     .name(format!("agent-{id}"))
                     .ip(format!("10.0.1.{}", i + 1).parse().expect("an address"))
                     .restart_on_panic_matching(CRASH)
-                    .init(move || agent_main(Arc::clone(&m), z.clone()))
+                    .init(move || agent_main(Arc::clone(&m)))
                     .build();
                 SimMachine { machine, node }
             })
             .collect();
         Cluster {
             zk,
+            zk_node,
             machines,
             handle,
             trace: Vec::new(),
@@ -101,6 +110,28 @@ impl Cluster {
         let node = self.machine(id).node.id();
         self.handle.restart(node);
         self.note(format!("restart {id}"));
+    }
+
+    /// Cuts the machine off the network both ways (its connections hold their bytes).
+    pub fn clog(&mut self, id: &str) {
+        NetSim::current().clog_node(self.machine(id).node.id());
+        self.note(format!("clog {id}"));
+    }
+
+    pub fn unclog(&mut self, id: &str) {
+        NetSim::current().unclog_node(self.machine(id).node.id());
+        self.note(format!("unclog {id}"));
+    }
+
+    /// Kills the ZooKeeper node: every connection ends; the state stays.
+    pub fn kill_zk(&mut self) {
+        self.handle.kill(self.zk_node.id());
+        self.note("kill zk".into());
+    }
+
+    pub fn restart_zk(&mut self) {
+        self.handle.restart(self.zk_node.id());
+        self.note("restart zk".into());
     }
 
     /// The agent dies tearing its journal write after the next `writes` whole ones;
