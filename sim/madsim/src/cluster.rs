@@ -160,7 +160,8 @@ impl Cluster {
     }
 
     /// `service` runs once on each of `on`, with its current settings, and each
-    /// machine published its pid in a node of its agent's current session, still live. The pids, by machine.
+    /// machine's agent is connected and published the pid in a node of its session,
+    /// which the server holds live. The pids, by machine.
     pub fn converged(&self, service: &str, on: &[&str]) -> Result<BTreeMap<String, u32>, String> {
         let server = self.zk.lock();
         let data = server
@@ -194,9 +195,11 @@ impl Cluster {
                     process.pid
                 ));
             }
-            let session = self.machine(id).machine.session();
-            if session != Some(SessionId(node.ephemeral_owner)) {
-                return Err(format!("{id}: {service} published by an older session"));
+            let Some(session) = self.machine(id).machine.connected_session() else {
+                return Err(format!("{id}: its agent is not connected"));
+            };
+            if session != SessionId(node.ephemeral_owner) {
+                return Err(format!("{id}: {service} published by another session"));
             }
             if !server.model.is_live(SessionId(node.ephemeral_owner)) {
                 return Err(format!("{id}: {service} published by a dead session"));

@@ -27,6 +27,13 @@ pub struct Process {
 /// Processes by (service, generation).
 pub type ProcessTable = BTreeMap<(String, u64), Process>;
 
+/// Whether a client is connected to its session right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    Connected,
+    Disconnected,
+}
+
 /// How the agent of a machine last ended, as the harness saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentState {
@@ -45,8 +52,8 @@ struct State {
     next_pid: u32,
     incarnations: u32,
     agent: Option<AgentState>,
-    /// The latest session an agent of this machine opened.
-    session: Option<SessionId>,
+    /// The session of the running agent's client, unless it gave up on it.
+    session: Option<(SessionId, Link)>,
     stop: Option<mpsc::UnboundedSender<StopRequest>>,
 }
 
@@ -111,13 +118,37 @@ impl Machine {
         state.stop = None;
     }
 
+    /// The client opened `session`, or reconnected to it.
     pub(crate) fn connected(&self, session: SessionId) {
-        self.state().session = Some(session);
+        self.state().session = Some((session, Link::Connected));
     }
 
-    /// The latest session an agent of this machine opened.
-    pub fn session(&self) -> Option<SessionId> {
+    pub(crate) fn disconnected(&self, session: SessionId) {
+        let mut state = self.state();
+        if state.session.is_some_and(|(s, _)| s == session) {
+            state.session = Some((session, Link::Disconnected));
+        }
+    }
+
+    /// The client reported the session expired (the server may keep it a while longer).
+    pub(crate) fn expired(&self, session: SessionId) {
+        let mut state = self.state();
+        if state.session.is_some_and(|(s, _)| s == session) {
+            state.session = None;
+        }
+    }
+
+    /// The running agent's session, as its client sees it.
+    pub fn session(&self) -> Option<(SessionId, Link)> {
         self.state().session
+    }
+
+    /// The running agent's session if its client is connected.
+    pub fn connected_session(&self) -> Option<SessionId> {
+        match self.state().session {
+            Some((session, Link::Connected)) => Some(session),
+            _ => None,
+        }
     }
 
     pub fn agent(&self) -> Option<AgentState> {

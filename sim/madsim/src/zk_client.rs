@@ -32,7 +32,7 @@ pub struct TcpZk {
     /// The timeout asked for (the server clamps it).
     pub session_timeout: Duration,
     pub op_timeout: Duration,
-    /// Told each session opened, for the harness's checks.
+    /// Told how its sessions fare, for the harness's checks.
     pub machine: Arc<Machine>,
 }
 
@@ -73,6 +73,7 @@ impl ZkPort for TcpZk {
         let (events_tx, events) = mpsc::unbounded_channel();
         let now = Instant::now();
         let client = Client {
+            machine: Arc::clone(&self.machine),
             session,
             timeout,
             tick: tick(timeout),
@@ -176,6 +177,7 @@ enum Ended {
 
 /// The session's task on the agent node.
 struct Client {
+    machine: Arc<Machine>,
     session: SessionId,
     timeout: Duration,
     tick: Duration,
@@ -197,10 +199,12 @@ impl Client {
                 Ended::Expired => return self.expired(),
                 Ended::Disconnected => {
                     self.fail_in_flight(ZkError::ConnectionLoss);
+                    self.machine.disconnected(self.session);
                     let _ = self.events.send(SessionEvent::Disconnected);
                     match self.reconnect().await {
                         Some((r, w)) => {
                             (reader, writer) = (r, w);
+                            self.machine.connected(self.session);
                             let _ = self.events.send(SessionEvent::Connected {
                                 session: self.session,
                                 timeout: self.timeout,
@@ -347,6 +351,7 @@ impl Client {
     /// The session is over: `Expired` first, then everything waiting fails and every
     /// watch ends unfired.
     fn expired(mut self) {
+        self.machine.expired(self.session);
         let _ = self.events.send(SessionEvent::Expired);
         self.fail_in_flight(ZkError::SessionExpired);
         while let Ok(command) = self.commands.try_recv() {

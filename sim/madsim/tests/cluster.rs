@@ -7,6 +7,7 @@
 
 use pop_io::driver::StopRequest;
 use pop_madsim::cluster::Cluster;
+use pop_madsim::machine::AgentState;
 use std::time::Duration;
 
 const SERVICE: &str = "a";
@@ -60,7 +61,7 @@ async fn agents_killed_and_crashed_converge_and_their_journals_replay() {
     // session timeout) expires its session; either way the service keeps running and m1
     // publishes it again, in a live session of its own.
     let cut = Duration::from_millis(500 + madsim::rand::random::<u64>() % 7500);
-    let before = cluster.machine("m1").machine.session();
+    let before = cluster.machine("m1").machine.connected_session();
     cluster.clog("m1");
     tokio::time::sleep(cut).await;
     cluster.unclog("m1");
@@ -70,7 +71,7 @@ async fn agents_killed_and_crashed_converge_and_their_journals_replay() {
         })
         .await;
     assert_eq!(healed, v2, "nothing restarted for the cut");
-    let after = cluster.machine("m1").machine.session();
+    let after = cluster.machine("m1").machine.connected_session();
     // Past the server's 4 s (and a tick, and a ping's interval) it expired; before the
     // client's 8 ticks (1.6 s, less a ping's interval) it was not even disconnected.
     if cut >= Duration::from_secs(5) {
@@ -105,11 +106,29 @@ async fn agents_killed_and_crashed_converge_and_their_journals_replay() {
                 .iter()
                 .map(|id| c.machine(id).machine.processes().len())
                 .sum();
-            (left == 0)
+            let running = MACHINES
+                .iter()
+                .filter(|id| {
+                    !matches!(
+                        c.machine(id).machine.agent(),
+                        Some(AgentState::Exited { refused: None, .. })
+                    )
+                })
+                .count();
+            (left == 0 && running == 0)
                 .then_some(())
-                .ok_or_else(|| format!("{left} processes left"))
+                .ok_or_else(|| format!("{left} processes left, {running} agents not exited"))
         })
         .await;
+    // Each was connected when asked to stop (the last convergence says so): its close
+    // reached the server.
+    for id in MACHINES {
+        let (session, _) = cluster.machine(id).machine.session().expect("a session");
+        assert!(
+            !cluster.zk.lock().model.is_live(session),
+            "{id}'s agent closed its session as it exited"
+        );
+    }
 
     let files = cluster.replay_journals().expect("every journal replays");
     assert_eq!(cluster.torn_journals(), 1, "the crash tore one journal");
