@@ -6,6 +6,9 @@
 #   sim/madsim.sh                      seeds 1..10
 #   MADSIM_TEST_SEED=42 MADSIM_TEST_NUM=1 sim/madsim.sh     one seed (a failure's reproduction)
 #   POP_MADSIM_TWICE=3 sim/madsim.sh   run the first 3 seeds twice and compare (default 2)
+#   POP_MADSIM_BUG=JournalAfterAct sim/madsim.sh   plant one of pop-core's planted bugs
+#                                      (the driver's: ZkCallWithoutTimeout, JournalAfterAct,
+#                                      StaleEpochAccepted); the batch must then fail
 #
 # One process per seed, run with `--exact`: the unbiased `tokio::select!` in the driver
 # draws from real tokio's per-thread RNG, seeded from a process-wide counter that
@@ -39,9 +42,10 @@ trap 'rm -rf "$logs"' EXIT
 run() { # seed, log name
     MADSIM_TEST_SEED="$1" MADSIM_TEST_NUM=1 "$bin" --exact "$test" --nocapture >"$logs/$2" 2>&1
 }
+bug="${POP_MADSIM_BUG:-}"
 reproduce() { # seed, the binary's command line
-    echo "  reproduce: MADSIM_TEST_SEED=$1 MADSIM_TEST_NUM=1 sim/madsim.sh"
-    echo "  (or, built: MADSIM_TEST_SEED=$1 $2)"
+    echo "  reproduce: ${bug:+POP_MADSIM_BUG=$bug }MADSIM_TEST_SEED=$1 MADSIM_TEST_NUM=1 sim/madsim.sh"
+    echo "  (or, built: ${bug:+POP_MADSIM_BUG=$bug }MADSIM_TEST_SEED=$1 $2)"
 }
 failure() { # seed, log, the binary's command line
     echo "seed $1 FAILED:"
@@ -76,6 +80,8 @@ for seed in $(seq "$first" "$((first + twice - 1))"); do
 done
 
 if [ "$failed" = 0 ]; then
-    echo "madsim: all $num seeds passed and reproduced"
+    echo "madsim: all $num seeds passed and reproduced${bug:+ (with $bug planted: NOT caught)}"
+elif [ -n "$bug" ]; then
+    echo "madsim: $bug planted: caught"
 fi
 exit "$failed"

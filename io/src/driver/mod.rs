@@ -151,7 +151,9 @@ pub async fn run_with<Z: ZkPort, P: ProcessPort, C: Clock>(
                 event
             }
             msg = rx.recv() => match msg {
-                Some(Msg::Session { epoch, input }) => (epoch == driver.epoch).then_some(*input),
+                Some(Msg::Session { epoch, input }) => {
+                    (epoch == driver.epoch || planted!(StaleEpochAccepted)).then_some(*input)
+                }
                 Some(Msg::Connected { epoch, session }) => driver.on_connected(epoch, session),
                 Some(Msg::Refused(message)) => {
                     if let Some(processes) = driver.processes.take() {
@@ -205,7 +207,9 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
         debug!(?input, "input");
         let now = self.clock.now();
         let detach = input == Input::Detach;
-        if let Some(journal) = self.journal.as_mut() {
+        let journal_after_act = planted!(JournalAfterAct);
+        let late_input = journal_after_act.then(|| input.clone());
+        if let Some(journal) = self.journal.as_mut().filter(|_| !journal_after_act) {
             journal.input(now, &input);
         }
         self.agent.handle(now, input);
@@ -224,6 +228,9 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
             self.perform(action);
         }
         if let Some(journal) = self.journal.as_mut() {
+            if let Some(input) = &late_input {
+                journal.input(now, input);
+            }
             journal.actions(&actions);
             journal.rotate_if_full(&self.agent);
         }
@@ -251,7 +258,7 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
     }
 
     fn on_connected(&mut self, epoch: u64, session: Z::Session) -> Option<Input> {
-        if epoch != self.epoch {
+        if epoch != self.epoch && !planted!(StaleEpochAccepted) {
             return None;
         }
         let (id, timeout) = (session.id(), session.timeout());
@@ -347,11 +354,15 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
                     // watch, thousands of them on an agent with a thousand services.
                     // Bounded here, whatever the port does: a request that never ends
                     // would stall whatever the core waits for on it.
-                    let bounded =
-                        Box::pin(tokio::time::timeout(op_timeout, session.execute(op))).await;
-                    let (reply, watch) = match bounded {
-                        Ok(done) => done,
-                        Err(_) => (ZkReply::Error(ZkError::Timeout), None),
+                    let (reply, watch) = if planted!(ZkCallWithoutTimeout) {
+                        Box::pin(session.execute(op)).await
+                    } else {
+                        let bounded =
+                            Box::pin(tokio::time::timeout(op_timeout, session.execute(op))).await;
+                        match bounded {
+                            Ok(done) => done,
+                            Err(_) => (ZkReply::Error(ZkError::Timeout), None),
+                        }
                     };
                     // Only live requests may hold the session: dropping the last clone
                     // closes it, which shutdown relies on.

@@ -27,10 +27,10 @@ pub const JOURNAL_LIMITS: JournalLimits = JournalLimits {
 
 pub async fn agent_main(machine: Arc<Machine>) {
     let (stop_tx, stop_rx) = mpsc::unbounded_channel();
-    let (incarnation, store) = machine.start_agent(stop_tx);
+    let (process_tx, process_rx) = mpsc::unbounded_channel();
+    let (incarnation, store) = machine.start_agent(stop_tx, process_tx.clone());
     // std's clocks are madsim's virtual ones: the production clock as it is.
     let clock = SystemClock::new();
-    let (process_tx, process_rx) = mpsc::unbounded_channel();
     let config = AgentConfig {
         access: Default::default(),
         machine: machine.id.clone(),

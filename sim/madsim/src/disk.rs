@@ -27,6 +27,8 @@ pub struct Disk {
     files: Vec<JournalFile>,
     /// Whole writes left before the planned crash; the next one after them is torn.
     crash_after: Option<u32>,
+    /// The agent incarnations that died tearing a write.
+    crashed: Vec<u32>,
 }
 
 impl Disk {
@@ -37,6 +39,15 @@ impl Disk {
     /// Tears the write after the next `writes` (0: the very next one).
     pub fn crash_after(&mut self, writes: u32) {
         self.crash_after = Some(writes);
+    }
+
+    /// Calls off a crash not yet happened.
+    pub fn cancel_crash(&mut self) {
+        self.crash_after = None;
+    }
+
+    pub fn crashed(&self, incarnation: u32) -> bool {
+        self.crashed.contains(&incarnation)
     }
 
     pub fn crash_pending(&self) -> bool {
@@ -87,6 +98,9 @@ impl JournalStore for DiskStore {
                 return Err(io::Error::other("no journal file started"));
             };
             file.bytes.extend_from_slice(written);
+            if torn {
+                disk.crashed.push(self.incarnation);
+            }
             torn
         };
         // The lock is released first: a panic holding it would poison the disk.

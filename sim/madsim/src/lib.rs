@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod cluster;
+pub mod contract;
 pub mod digest;
 pub mod disk;
 pub mod machine;

@@ -4,6 +4,7 @@
 //! agent running now.
 
 use crate::disk::{self, Disk, DiskStore};
+use pop_core::event::{ExitStatus, Input};
 use pop_core::launch::Launch;
 use pop_core::names::MachineId;
 use pop_core::settings::Settings;
@@ -26,6 +27,25 @@ pub struct Process {
 
 /// Processes by (service, generation).
 pub type ProcessTable = BTreeMap<(String, u64), Process>;
+
+/// What the simulated OS did for an agent: a process started or stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EffectKind {
+    Spawn,
+    Stop,
+}
+
+/// An effect and how much of the journal was on disk when it happened (the contract
+/// checks ask whether the input it follows from was already there).
+#[derive(Debug, Clone)]
+pub struct Effect {
+    pub kind: EffectKind,
+    pub service: String,
+    pub generation: u64,
+    /// The disk's file being written then, and its length.
+    pub file: usize,
+    pub journaled: usize,
+}
 
 /// Whether a client is connected to its session right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +75,11 @@ struct State {
     /// The session of the running agent's client, unless it gave up on it.
     session: Option<(SessionId, Link)>,
     stop: Option<mpsc::UnboundedSender<StopRequest>>,
+    /// The session the machine's agents last connected to, kept after it ended.
+    last_session: Option<SessionId>,
+    /// The running agent's process events, for a process that dies of itself.
+    process_events: Option<mpsc::UnboundedSender<Input>>,
+    effects: Vec<Effect>,
 }
 
 #[derive(Debug)]
@@ -75,6 +100,9 @@ impl Machine {
                 agent: None,
                 session: None,
                 stop: None,
+                last_session: None,
+                process_events: None,
+                effects: Vec::new(),
             }),
             disk: Arc::new(Mutex::new(Disk::default())),
         }
@@ -89,8 +117,13 @@ impl Machine {
     }
 
     /// Registers a new start of the agent: its number, and the journal store it writes.
-    pub(crate) fn start_agent(&self, stop: mpsc::UnboundedSender<StopRequest>) -> (u32, DiskStore) {
+    pub(crate) fn start_agent(
+        &self,
+        stop: mpsc::UnboundedSender<StopRequest>,
+        process_events: mpsc::UnboundedSender<Input>,
+    ) -> (u32, DiskStore) {
         let mut state = self.state();
+        state.process_events = Some(process_events);
         let incarnation = state.incarnations;
         state.incarnations += 1;
         state.agent = Some(AgentState::Running { incarnation });
@@ -116,11 +149,19 @@ impl Machine {
         let mut state = self.state();
         state.session = None;
         state.stop = None;
+        state.process_events = None;
     }
 
     /// The client opened `session`, or reconnected to it.
     pub(crate) fn connected(&self, session: SessionId) {
-        self.state().session = Some((session, Link::Connected));
+        let mut state = self.state();
+        state.session = Some((session, Link::Connected));
+        state.last_session = Some(session);
+    }
+
+    /// The session the machine's agents last connected to, even if it has ended since.
+    pub fn last_session(&self) -> Option<SessionId> {
+        self.state().last_session
     }
 
     pub(crate) fn disconnected(&self, session: SessionId) {
@@ -144,8 +185,16 @@ impl Machine {
     }
 
     /// The running agent's session if its client is connected.
+    /// (None once the agent died tearing a journal write: its node waits for madsim to
+    /// restart it.)
     pub fn connected_session(&self) -> Option<SessionId> {
-        match self.state().session {
+        let state = self.state();
+        if let Some(AgentState::Running { incarnation }) = state.agent {
+            if self.disk().crashed(incarnation) {
+                return None;
+            }
+        }
+        match state.session {
             Some((session, Link::Connected)) => Some(session),
             _ => None,
         }
@@ -165,6 +214,50 @@ impl Machine {
 
     pub fn processes(&self) -> ProcessTable {
         self.state().processes.clone()
+    }
+
+    /// Notes an effect the agent asked of the OS, with the journal as it is on disk.
+    pub(crate) fn effect(&self, kind: EffectKind, service: &str, generation: u64) {
+        let (file, journaled) = {
+            let disk = self.disk();
+            let files = disk.files();
+            (
+                files.len().saturating_sub(1),
+                files.last().map_or(0, |f| f.bytes.len()),
+            )
+        };
+        self.state().effects.push(Effect {
+            kind,
+            service: service.to_string(),
+            generation,
+            file,
+            journaled,
+        });
+    }
+
+    pub fn effects(&self) -> Vec<Effect> {
+        self.state().effects.clone()
+    }
+
+    /// A service's process dies of itself (SIGKILL from outside): gone from the table,
+    /// its exit reported to the running agent. False when it was not running.
+    pub fn process_dies(&self, service: &str) -> bool {
+        let mut state = self.state();
+        let Some(key) = state.processes.keys().find(|(s, _)| s == service).cloned() else {
+            return false;
+        };
+        state.processes.remove(&key);
+        if let Some(tx) = &state.process_events {
+            let _ = tx.send(Input::Exited {
+                service: key.0,
+                generation: key.1,
+                status: ExitStatus {
+                    code: None,
+                    signal: Some(9),
+                },
+            });
+        }
+        true
     }
 
     pub(crate) fn with_processes<T>(&self, f: impl FnOnce(&mut ProcessTable, &mut u32) -> T) -> T {

@@ -1,7 +1,7 @@
 //! The process port of an agent incarnation: processes start and stop at once, in its
 //! machine's table, which outlives the agent; the next agent adopts what is there.
 
-use crate::machine::{Machine, Process};
+use crate::machine::{EffectKind, Machine, Process};
 use pop_core::environment::EnvironmentSpec;
 use pop_core::event::{ExitStatus, Input};
 use pop_core::launch::Launch;
@@ -24,6 +24,23 @@ impl SimProcesses {
         // The agent is gone (killed): the process goes on, its event is lost, as a
         // child's SIGCHLD to a dead parent.
         let _ = self.events.send(input);
+    }
+
+    /// Ends a process (SIGTERM, at once), reporting its exit.
+    fn kill(&self, service: &str, generation: u64) {
+        let removed = self
+            .machine
+            .with_processes(|table, _| table.remove(&(service.to_string(), generation)));
+        if removed.is_some() {
+            self.send(Input::Exited {
+                service: service.to_string(),
+                generation,
+                status: ExitStatus {
+                    code: None,
+                    signal: Some(15),
+                },
+            });
+        }
     }
 }
 
@@ -52,6 +69,7 @@ impl ProcessPort for SimProcesses {
     }
 
     fn spawn(&mut self, service: &str, generation: u64, launch: Launch, settings: &Settings) {
+        self.machine.effect(EffectKind::Spawn, service, generation);
         let port = launch.probe.as_ref().map(|probe| probe.port.max(1));
         let started_at = self.clock.now();
         let pid = self.machine.with_processes(|table, next_pid| {
@@ -83,19 +101,8 @@ impl ProcessPort for SimProcesses {
     }
 
     fn stop(&mut self, service: &str, generation: u64, _grace: Duration) {
-        let removed = self
-            .machine
-            .with_processes(|table, _| table.remove(&(service.to_string(), generation)));
-        if removed.is_some() {
-            self.send(Input::Exited {
-                service: service.to_string(),
-                generation,
-                status: ExitStatus {
-                    code: None,
-                    signal: Some(15),
-                },
-            });
-        }
+        self.machine.effect(EffectKind::Stop, service, generation);
+        self.kill(service, generation);
     }
 
     /// Tasks succeed at once, with no output.
@@ -140,8 +147,9 @@ impl ProcessPort for SimProcesses {
 
     async fn shutdown(&mut self, _grace: Duration) {
         let all: Vec<(String, u64)> = self.machine.processes().into_keys().collect();
+        // Not an action of a step (a second stop request): no effect to check.
         for (service, generation) in all {
-            self.stop(&service, generation, Duration::ZERO);
+            self.kill(&service, generation);
         }
     }
 
