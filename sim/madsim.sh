@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The production driver loop under madsim (sim/madsim, pop-madsim): runs its cluster
-# test and the simulated ZooKeeper client's tests for a range of seeds, and checks that
-# a seed gives the same cluster run twice.
+# The production driver loop under madsim (sim/madsim, pop-madsim): runs its two cluster
+# tests (a scripted run of faults, and faults drawn at random for the seed) and the
+# simulated ZooKeeper client's tests for a range of seeds, and checks that a seed gives
+# the same cluster runs twice.
 #
 #   sim/madsim.sh                      seeds 1..10
 #   MADSIM_TEST_SEED=42 MADSIM_TEST_NUM=1 sim/madsim.sh     one seed (a failure's reproduction)
@@ -9,9 +10,11 @@
 #   POP_MADSIM_BUG=JournalAfterAct sim/madsim.sh   plant one of pop-core's planted bugs
 #                                      (the driver's: ZkCallWithoutTimeout, JournalAfterAct,
 #                                      StaleEpochAccepted); the batch must then fail
+#   sim/madsim.sh --planted            the checks are not blind: each of the driver's
+#                                      planted bugs must fail some seed of the batch
 #
-# One process per seed, run with `--exact`: the unbiased `tokio::select!` in the driver
-# draws from real tokio's per-thread RNG, seeded from a process-wide counter that
+# One process per seed and test, run with `--exact`: the unbiased `tokio::select!` in the
+# driver draws from real tokio's per-thread RNG, seeded from a process-wide counter that
 # madsim does not control. A seed alone in a fresh process is reproducible; a seed after
 # other runs in the same process is not, so MADSIM_TEST_NUM>1 in one process and
 # MADSIM_TEST_CHECK_DETERMINISM (two runs in one process) cannot be used. Determinism is
@@ -27,7 +30,9 @@ export CARGO_TARGET_DIR="${POP_MADSIM_TARGET_DIR:-target/madsim}"
 first="${MADSIM_TEST_SEED:-1}"
 num="${MADSIM_TEST_NUM:-10}"
 twice="${POP_MADSIM_TWICE:-2}"
-test=agents_killed_and_crashed_converge_and_their_journals_replay
+tests="agents_killed_and_crashed_converge_and_their_journals_replay random_faults_then_heal_converge_and_keep_the_contract"
+planted=0
+[ "${1:-}" = --planted ] && planted=1
 
 built=$(cargo test -p pop-madsim --tests --no-run --message-format=json ${CARGO_BUILD_JOBS:+-j "$CARGO_BUILD_JOBS"})
 executable() { # test target name
@@ -39,26 +44,51 @@ client=$(executable zk_client)
 
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
-run() { # seed, log name
-    MADSIM_TEST_SEED="$1" MADSIM_TEST_NUM=1 "$bin" --exact "$test" --nocapture >"$logs/$2" 2>&1
+run() { # seed, test, log name
+    MADSIM_TEST_SEED="$1" MADSIM_TEST_NUM=1 "$bin" --exact "$2" --nocapture >"$logs/$3" 2>&1
 }
+failed=0
+last=$((first + num - 1))
+
+if [ "$planted" = 1 ]; then
+    # Each driver bug must fail some seed of the batch (the first that does is named).
+    for bug in ZkCallWithoutTimeout JournalAfterAct StaleEpochAccepted; do
+        caught=""
+        for seed in $(seq "$first" "$last"); do
+            for test in $tests; do
+                if ! POP_MADSIM_BUG=$bug run "$seed" "$test" "$bug.$seed.$test"; then
+                    caught="seed $seed ($test): $(grep -m1 -o 'contract: .*' "$logs/$bug.$seed.$test" | cut -c1-160)"
+                    break 2
+                fi
+            done
+        done
+        if [ -n "$caught" ]; then
+            echo "madsim: $bug caught at $caught"
+        else
+            echo "madsim: $bug NOT caught in seeds $first..$last"
+            failed=1
+        fi
+    done
+    exit "$failed"
+fi
+
 bug="${POP_MADSIM_BUG:-}"
 reproduce() { # seed, the binary's command line
     echo "  reproduce: ${bug:+POP_MADSIM_BUG=$bug }MADSIM_TEST_SEED=$1 MADSIM_TEST_NUM=1 sim/madsim.sh"
-    echo "  (or, built: ${bug:+POP_MADSIM_BUG=$bug }MADSIM_TEST_SEED=$1 $2)"
+    [ -z "${2:-}" ] || echo "  (or, built: ${bug:+POP_MADSIM_BUG=$bug }MADSIM_TEST_SEED=$1 $2)"
 }
 failure() { # seed, log, the binary's command line
     echo "seed $1 FAILED:"
-    grep -v '^ ' "$2" | grep -v '^$' | tail -n 20 | sed 's/^/  | /'
+    grep -v '^ ' "$2" | grep -v '^$' | tail -n 20 | cut -c1-400 | sed 's/^/  | /'
     reproduce "$1" "$3"
     failed=1
 }
 
-failed=0
-last=$((first + num - 1))
 start=$(date +%s.%N)
 for seed in $(seq "$first" "$last"); do
-    run "$seed" "$seed" || failure "$seed" "$logs/$seed" "$bin --exact $test --nocapture"
+    for test in $tests; do
+        run "$seed" "$test" "$seed.$test" || failure "$seed" "$logs/$seed.$test" "$bin --exact $test --nocapture"
+    done
     # The client's own tests (timing against the real client's), one process a seed too.
     MADSIM_TEST_SEED="$seed" MADSIM_TEST_NUM=1 "$client" --test-threads 1 >"$logs/$seed.client" 2>&1 ||
         failure "$seed" "$logs/$seed.client" "$client --test-threads 1"
@@ -68,15 +98,17 @@ echo "madsim: seeds $first..$last run in ${elapsed}s"
 
 for seed in $(seq "$first" "$((first + twice - 1))"); do
     [ "$seed" -le "$last" ] || break
-    [ -f "$logs/$seed" ] && grep -q '^digest ' "$logs/$seed" || continue
-    run "$seed" "$seed.again" || true
-    a=$(grep '^digest ' "$logs/$seed")
-    b=$(grep '^digest ' "$logs/$seed.again" || echo "no digest")
-    if [ "$a" != "$b" ]; then
-        echo "seed $seed is not deterministic: $a, then $b"
-        reproduce "$seed"
-        failed=1
-    fi
+    for test in $tests; do
+        [ -f "$logs/$seed.$test" ] && grep -q '^digest ' "$logs/$seed.$test" || continue
+        run "$seed" "$test" "$seed.$test.again" || true
+        a=$(grep '^digest ' "$logs/$seed.$test")
+        b=$(grep '^digest ' "$logs/$seed.$test.again" || echo "no digest")
+        if [ "$a" != "$b" ]; then
+            echo "seed $seed is not deterministic ($test): $a, then $b"
+            reproduce "$seed"
+            failed=1
+        fi
+    done
 done
 
 if [ "$failed" = 0 ]; then
