@@ -207,6 +207,7 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
         debug!(?input, "input");
         let now = self.clock.now();
         let detach = input == Input::Detach;
+        // A planted bug (sim/madsim's contract check must catch it); false in any other build.
         let journal_after_act = planted!(JournalAfterAct);
         let late_input = journal_after_act.then(|| input.clone());
         if let Some(journal) = self.journal.as_mut().filter(|_| !journal_after_act) {
