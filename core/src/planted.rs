@@ -66,6 +66,14 @@ bugs! {
     /// The keeper does not read a machines list again when its watch fires: an edit by
     /// hand is not indexed until the next keeper's term.
     KeeperIgnoresListChanges,
+    /// The driver waits on a ZooKeeper request without its `op_timeout` bound (pop-io).
+    ZkCallWithoutTimeout,
+    /// The driver journals an input only after the core handled it and its effects
+    /// were carried out (pop-io).
+    JournalAfterAct,
+    /// The driver lets a message of an older ZooKeeper session (an earlier epoch)
+    /// through to the core (pop-io).
+    StaleEpochAccepted,
 }
 
 impl Bug {
@@ -84,9 +92,22 @@ impl Bug {
         Bug::InstallSucceedsWhileBuilding,
     ];
 
+    /// The bugs in pop-io's driver loop, around the core: neither the pure simulator
+    /// nor the fuzz checker runs that code; sim/madsim (pop-madsim) catches these.
+    pub const IN_DRIVER: &'static [Bug] = &[
+        Bug::ZkCallWithoutTimeout,
+        Bug::JournalAfterAct,
+        Bug::StaleEpochAccepted,
+    ];
+
+    /// Whether the pure simulator (which runs the core, not the driver) can see it.
+    pub fn in_simulator(self) -> bool {
+        !Self::IN_DRIVER.contains(&self)
+    }
+
     /// Whether the bug is in the agent (the fuzz checker catches those).
     pub fn in_agent(self) -> bool {
-        !Self::IN_PLANS.contains(&self)
+        !Self::IN_PLANS.contains(&self) && self.in_simulator()
     }
 
     /// The bugs only a secured namespace shows: the fuzz corpus runs an open one and

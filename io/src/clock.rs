@@ -35,7 +35,12 @@ impl SystemClock {
     /// The tokio instant at which `t` is reached.
     pub fn instant_of(&self, t: Timestamp) -> tokio::time::Instant {
         let offset = t.as_millis().saturating_sub(self.start_wall_ms);
-        tokio::time::Instant::from_std(self.start + std::time::Duration::from_millis(offset))
+        #[cfg(not(madsim))]
+        let start = tokio::time::Instant::from_std(self.start);
+        // madsim's tokio Instant is std's, and std's clock is the simulated one there.
+        #[cfg(madsim)]
+        let start = self.start;
+        start + std::time::Duration::from_millis(offset)
     }
 }
 

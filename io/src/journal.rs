@@ -7,14 +7,19 @@
 //! carries on: supervising services matters more than recording it.
 
 use pop_core::event::{Action, Input};
-use pop_core::journal::{decode, Journal, JournalError, Record};
+use pop_core::journal::Record;
 use pop_core::{Agent, AgentConfig, Timestamp};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::path::{Path, PathBuf};
-use thiserror::Error;
 use tracing::{info, warn};
+#[cfg(not(madsim))]
+use {
+    pop_core::journal::{decode, Journal, JournalError},
+    std::fs::{self, File, OpenOptions},
+    std::io::Write,
+    std::os::unix::fs::OpenOptionsExt,
+    thiserror::Error,
+};
 
 /// Where the agent's journal lives in its state directory.
 pub fn journal_path(state_dir: &Path) -> PathBuf {
@@ -46,44 +51,47 @@ impl Default for JournalLimits {
     }
 }
 
-pub struct JournalWriter {
-    path: PathBuf,
-    file: Option<File>,
-    written: u64,
-    /// The size of the current file's first line (a start record or a snapshot).
-    first: u64,
-    limits: JournalLimits,
+/// Where journal files are kept: the file system in production ([`FileStore`]), a
+/// simulated disk under madsim (sim/madsim).
+pub trait JournalStore: Send {
+    /// Names the journal in logs.
+    fn location(&self) -> String;
+    /// Rotates the current file away, keeping `keep` older ones, and starts an empty one.
+    fn start_fresh(&mut self, keep: u32) -> io::Result<()>;
+    /// Appends one whole line: one write, so only a crash mid-write can tear it.
+    fn append(&mut self, line: &[u8]) -> io::Result<()>;
 }
 
-impl JournalWriter {
-    /// Starts a new journal for a new agent: an earlier agent's file is rotated away.
-    pub fn start(path: PathBuf, config: &AgentConfig, limits: JournalLimits) -> io::Result<Self> {
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
-        }
-        let mut writer = JournalWriter {
-            path,
-            file: None,
-            written: 0,
-            first: 0,
-            limits,
-        };
-        writer.open_fresh(&Record::Start {
-            config: config.clone(),
-        })?;
-        Ok(writer)
+/// The journal as files: `journal.jsonl` and its rotated `journal.jsonl.<n>`.
+#[cfg(not(madsim))]
+pub struct FileStore {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+#[cfg(not(madsim))]
+impl FileStore {
+    pub fn new(path: PathBuf) -> Self {
+        FileStore { path, file: None }
+    }
+}
+
+#[cfg(not(madsim))]
+impl JournalStore for FileStore {
+    fn location(&self) -> String {
+        self.path.display().to_string()
     }
 
-    fn open_fresh(&mut self, first: &Record) -> io::Result<()> {
+    fn start_fresh(&mut self, keep: u32) -> io::Result<()> {
         self.file = None;
         if self.path.exists() {
-            for n in (1..self.limits.keep).rev() {
+            for n in (1..keep).rev() {
                 let from = rotated_path(&self.path, n);
                 if from.exists() {
                     fs::rename(&from, rotated_path(&self.path, n + 1))?;
                 }
             }
-            if self.limits.keep == 0 {
+            if keep == 0 {
                 fs::remove_file(&self.path)?;
             } else {
                 fs::rename(&self.path, rotated_path(&self.path, 1))?;
@@ -97,6 +105,64 @@ impl JournalWriter {
             .mode(0o600)
             .open(&self.path)?;
         self.file = Some(file);
+        Ok(())
+    }
+
+    fn append(&mut self, line: &[u8]) -> io::Result<()> {
+        match self.file.as_mut() {
+            Some(file) => file.write_all(line),
+            None => Err(io::Error::other("no journal file open")),
+        }
+    }
+}
+
+pub struct JournalWriter {
+    /// `None` once the journal could not be written: the agent carries on without it.
+    store: Option<Box<dyn JournalStore>>,
+    location: String,
+    written: u64,
+    /// The size of the current file's first line (a start record or a snapshot).
+    first: u64,
+    limits: JournalLimits,
+}
+
+impl JournalWriter {
+    /// Starts a new journal for a new agent: an earlier agent's file is rotated away.
+    #[cfg(not(madsim))]
+    pub fn start(path: PathBuf, config: &AgentConfig, limits: JournalLimits) -> io::Result<Self> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        Self::start_in(Box::new(FileStore::new(path)), config, limits)
+    }
+
+    /// Starts a new journal in `store`: an earlier agent's file is rotated away.
+    pub fn start_in(
+        store: Box<dyn JournalStore>,
+        config: &AgentConfig,
+        limits: JournalLimits,
+    ) -> io::Result<Self> {
+        let mut writer = JournalWriter {
+            location: store.location(),
+            store: Some(store),
+            written: 0,
+            first: 0,
+            limits,
+        };
+        writer.open_fresh(&Record::Start {
+            config: config.clone(),
+        })?;
+        Ok(writer)
+    }
+
+    fn open_fresh(&mut self, first: &Record) -> io::Result<()> {
+        let Some(store) = self.store.as_mut() else {
+            return Err(io::Error::other("the journal is no longer recorded"));
+        };
+        if let Err(e) = store.start_fresh(self.limits.keep) {
+            self.store = None;
+            return Err(e);
+        }
         self.written = 0;
         self.write(first);
         self.first = self.written;
@@ -104,17 +170,17 @@ impl JournalWriter {
     }
 
     fn write(&mut self, record: &Record) {
-        let Some(file) = self.file.as_mut() else {
+        let Some(store) = self.store.as_mut() else {
             return;
         };
         let mut line = record.to_line();
         line.push('\n');
         // One write per line, so only a crash mid-write can tear one.
-        match file.write_all(line.as_bytes()) {
+        match store.append(line.as_bytes()) {
             Ok(()) => self.written += line.len() as u64,
             Err(e) => {
-                warn!(path = %self.path.display(), "cannot write the journal, no longer recording: {e}");
-                self.file = None;
+                warn!(path = %self.location, "cannot write the journal, no longer recording: {e}");
+                self.store = None;
             }
         }
     }
@@ -135,20 +201,21 @@ impl JournalWriter {
     /// Between inputs: past the size limit, start a new file with a snapshot of `agent`.
     pub fn rotate_if_full(&mut self, agent: &Agent) {
         let since_first = self.written.saturating_sub(self.first);
-        if self.file.is_none() || since_first <= self.limits.max_bytes.max(self.first) {
+        if self.store.is_none() || since_first <= self.limits.max_bytes.max(self.first) {
             return;
         }
-        info!(path = %self.path.display(), bytes = self.written, "rotating the journal");
+        info!(path = %self.location, bytes = self.written, "rotating the journal");
         let snapshot = Record::Snapshot {
             agent: Box::new(agent.clone()),
         };
         if let Err(e) = self.open_fresh(&snapshot) {
-            warn!(path = %self.path.display(), "cannot rotate the journal, no longer recording: {e}");
-            self.file = None;
+            warn!(path = %self.location, "cannot rotate the journal, no longer recording: {e}");
+            self.store = None;
         }
     }
 }
 
+#[cfg(not(madsim))]
 #[derive(Debug, Error)]
 pub enum ReadError {
     #[error("cannot read {path}: {source}")]
@@ -168,6 +235,7 @@ pub enum ReadError {
 }
 
 /// Reads and decodes a journal file.
+#[cfg(not(madsim))]
 pub fn read(path: &Path) -> Result<Journal, ReadError> {
     let bytes = fs::read(path).map_err(|source| ReadError::Io {
         path: path.to_path_buf(),
@@ -194,7 +262,7 @@ pub fn read(path: &Path) -> Result<Journal, ReadError> {
     })
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(madsim)))]
 mod tests {
     use super::*;
     use pop_core::backoff::Backoff;

@@ -11,7 +11,7 @@
 use crate::supervise::{OutputFiles, ProcessSpec};
 use pop_core::event::Input;
 use pop_core::task::{self, TaskId, KEEP_TASKS, LISTING_TAIL_BYTES};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,20 +21,8 @@ use tracing::warn;
 /// when it exits by itself.
 const LEFTOVER_GRACE: Duration = Duration::from_secs(5);
 
-/// A task's process to run, as the core asked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TaskLaunch {
-    pub service: String,
-    pub task: TaskId,
-    pub attempt: u32,
-    pub argv: Vec<String>,
-    pub env: BTreeMap<String, String>,
-    /// Searched before the `PATH` it would otherwise get.
-    pub path_prepend: Vec<String>,
-    pub cwd: PathBuf,
-    /// The service's `user` and `group`.
-    pub run_as: Option<pop_core::settings::RunAs>,
-}
+/// Defined with the port that takes it, which is built without this module under madsim.
+pub use crate::driver::ports::TaskLaunch;
 
 const KEY_MARK: &str = " task ";
 

@@ -62,6 +62,9 @@ impl ModelZk {
 
 impl ZkPort for ModelZk {
     type Session = ModelSession;
+    fn op_timeout(&self) -> Duration {
+        Duration::from_secs(1)
+    }
     async fn connect(&self) -> Result<ModelSession, pop_io::driver::ports::ConnectFailure> {
         let id = self.lock().model.open_session();
         Ok(ModelSession {

@@ -33,11 +33,10 @@ fn a_mass_expiry_keeps_every_agent_under_the_read_cap() {
 
 /// Ops per `pop set` and per added service must not grow with the fleet: the same 60
 /// services on 5 and on 20 machines, each service on one machine. On main's layout every
-/// agent reads and watches every service, so this fails (ops grow about 3 per agent per
-/// change); it passes once agents read only what is assigned to them (the index, issue
+/// agent read and watched every service, so this failed (ops grew about 3 per agent per
+/// change); it passes since agents read only what is assigned to them (the index, issue
 /// 15).
 #[test]
-
 fn ops_per_change_do_not_grow_with_the_fleet() {
     let small = fleet(5, 60);
     let large = fleet(20, 60);

@@ -10,7 +10,9 @@ use pop_core::settings::Settings;
 use pop_core::task::TaskId;
 use pop_core::zk::{SessionEvent, SessionId, WatchEvent, ZkOp, ZkReply};
 use pop_core::Timestamp;
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -33,9 +35,11 @@ pub trait ZkSession: Clone + Send + Sync + 'static {
     /// State changes after the session was established (`Disconnected`, `Connected` again,
     /// finally `Expired`); the receiver ends after `Expired`.
     fn events(&self) -> mpsc::UnboundedReceiver<SessionEvent>;
-    /// Runs one request, bounded in time; a watch request also gives its watch.
+    /// Runs one request; a watch request also gives its watch. The driver bounds it by
+    /// [`ZkPort::op_timeout`] (a request past it is answered `Timeout`).
     fn execute(&self, op: ZkOp) -> impl Future<Output = (ZkReply, Option<WatchFuture>)> + Send;
-    /// Ends the session so its ephemeral nodes go at once, waiting at most `limit`.
+    /// Ends the session so its ephemeral nodes go at once, waiting at most `limit` (the
+    /// driver stops waiting then in any case).
     fn close(self, limit: Duration) -> impl Future<Output = ()> + Send;
 }
 
@@ -51,7 +55,24 @@ pub enum ConnectFailure {
 /// Opens sessions.
 pub trait ZkPort: Send + Sync + 'static {
     type Session: ZkSession;
+    /// How long one request may take before the driver answers it `Timeout` itself.
+    fn op_timeout(&self) -> Duration;
     fn connect(&self) -> impl Future<Output = Result<Self::Session, ConnectFailure>> + Send;
+}
+
+/// A task's process to run, as the core asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskLaunch {
+    pub service: String,
+    pub task: TaskId,
+    pub attempt: u32,
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// Searched before the `PATH` it would otherwise get.
+    pub path_prepend: Vec<String>,
+    pub cwd: PathBuf,
+    /// The service's `user` and `group`.
+    pub run_as: Option<pop_core::settings::RunAs>,
 }
 
 /// Runs and contains service processes, and builds their Python environments. Outcomes
@@ -66,7 +87,7 @@ pub trait ProcessPort: Send + 'static {
     fn spawn(&mut self, service: &str, generation: u64, launch: Launch, settings: &Settings);
     fn stop(&mut self, service: &str, generation: u64, grace: Duration);
     /// Runs a task's process (`TaskStarted` or `TaskFailedToStart`, then `TaskExited`).
-    fn run_task(&mut self, launch: crate::tasks::TaskLaunch);
+    fn run_task(&mut self, launch: TaskLaunch);
     fn stop_task(&mut self, service: &str, task: &TaskId, attempt: u32, grace: Duration);
     /// Builds a Python environment (see `pop_io::environment`), off the event loop.
     fn build_environment(&mut self, service: &str, spec: EnvironmentSpec, dir: &str);

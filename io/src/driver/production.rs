@@ -28,6 +28,10 @@ pub struct RealZk {
 impl ZkPort for RealZk {
     type Session = RealSession;
 
+    fn op_timeout(&self) -> Duration {
+        self.config.op_timeout
+    }
+
     async fn connect(&self) -> Result<RealSession, ConnectFailure> {
         let client = zk::connect(&self.config).await.map_err(|e| match e {
             zk::ConnectError::AuthFailed { .. } => ConnectFailure::Refused(e.to_string()),

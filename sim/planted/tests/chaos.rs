@@ -1,5 +1,5 @@
 //! The seeded chaos runner is not blind: each planted bug is caught within a fixed
-//! number of seeds.
+//! number of seeds (but the driver's, which only sim/madsim runs: sim/madsim.sh).
 
 use pop_core::planted::Bug;
 use pop_planted_tests::with_planted;
@@ -23,7 +23,7 @@ fn seeds_for(bug: Bug) -> u64 {
 
 #[test]
 fn every_planted_bug_is_caught() {
-    for &bug in Bug::ALL {
+    for &bug in Bug::ALL.iter().filter(|b| b.in_simulator()) {
         let caught = with_planted(bug, || {
             (0..seeds_for(bug)).find_map(|seed| {
                 let options = Options::from_seed(seed, None, Some(Duration::from_secs(60)));

@@ -143,6 +143,17 @@ impl ZkModel {
             .collect()
     }
 
+    /// Whether `session` has a watch armed on `path` (a child watch if `children`, else
+    /// a data watch): what a reconnecting client's `SetWatches` is checked against.
+    pub fn is_watched_by(&self, session: SessionId, path: &str, children: bool) -> bool {
+        let watches = if children {
+            &self.child_watches
+        } else {
+            &self.data_watches
+        };
+        watches.get(path).is_some_and(|l| l.contains(&session.0))
+    }
+
     pub fn paths(&self) -> impl Iterator<Item = (&String, &Node)> {
         self.nodes.iter()
     }

@@ -1,0 +1,201 @@
+//! The driver's contract with the core, checked over what a machine's agents left: every
+//! journal file its disk ever held, and the effects its simulated OS performed. The
+//! pure simulator cannot check these, since it is the driver there; here the driver is
+//! production's `run_with`.
+//!
+//! 1. Replies are bounded: a `Zk` action at t is answered (an `Input::Reply` of its id)
+//!    by t + op_timeout + [`MARGIN`], unless a `NewSession` or `Exit` comes first, or
+//!    the journal ends (the agent died).
+//! 2. Effects follow from journaled input: when the OS spawned or stopped a process, the
+//!    last input on disk was that of the step asking for it. (Spawns are carried out
+//!    before their step's actions are journaled, on purpose: see io's driver/mod.rs; its
+//!    input is on disk before.)
+//! 3. No stale-session input: after a `NewSession`, no reply to a request issued before
+//!    it reaches the core.
+
+use crate::disk::JournalFile;
+use crate::machine::{Effect, EffectKind};
+use pop_core::event::{Action, Input};
+use pop_core::journal::{decode, replay, Step};
+use pop_core::zk::RequestId;
+use pop_core::Timestamp;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// What a reply may take beyond op_timeout: the hop from the request's task to the loop.
+pub const MARGIN: Duration = Duration::from_millis(250);
+
+fn steps_of(bytes: &[u8]) -> Result<Vec<Step>, String> {
+    let text = String::from_utf8_lossy(bytes);
+    let journal = decode(&text).map_err(|e| e.to_string())?;
+    // Nothing written yet, or the agent died writing its first line.
+    if journal.records.is_empty() {
+        return Ok(Vec::new());
+    }
+    replay(&journal).map_err(|e| e.to_string())
+}
+
+/// What the core was told and asked, in one agent incarnation so far.
+#[derive(Default)]
+struct Requests {
+    /// Unanswered requests, with when they were made.
+    outstanding: BTreeMap<RequestId, Timestamp>,
+    /// Requests made before the latest `NewSession`.
+    old_session: BTreeSet<RequestId>,
+}
+
+impl Requests {
+    fn step(&mut self, step: &Step, op_timeout: Duration) -> Result<(), String> {
+        let bound = op_timeout + MARGIN;
+        if let Some((id, at)) = self
+            .outstanding
+            .iter()
+            .find(|(_, at)| step.at.saturating_since(**at) > bound)
+        {
+            return Err(format!(
+                "request {} made at {} ms is unanswered at {} ms, past op_timeout {op_timeout:?} (+{MARGIN:?})",
+                id.0,
+                at.as_millis(),
+                step.at.as_millis()
+            ));
+        }
+        if let Input::Reply { id, reply } = &step.input {
+            if self.old_session.contains(id) {
+                return Err(format!(
+                    "at {} ms the core got {reply:?} for request {}, made in a session it had already replaced",
+                    step.at.as_millis(),
+                    id.0
+                ));
+            }
+            self.outstanding.remove(id);
+        }
+        // What the agent did: its record when there is one (a crash may cut it off,
+        // and then nothing after the spawns was carried out).
+        for action in step.recorded.iter().flatten() {
+            match action {
+                Action::Zk { id, .. } => {
+                    self.outstanding.insert(*id, step.at);
+                }
+                Action::NewSession | Action::Exit => {
+                    self.old_session
+                        .extend(std::mem::take(&mut self.outstanding).into_keys());
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Contracts 1 and 3 over a machine's journal files (consecutive files of one
+/// incarnation are one run of the agent, rotated).
+pub fn check_requests(files: &[JournalFile], op_timeout: Duration) -> Result<(), String> {
+    let mut requests = Requests::default();
+    let mut incarnation = None;
+    for (n, file) in files.iter().enumerate() {
+        if incarnation != Some(file.incarnation) {
+            requests = Requests::default();
+            incarnation = Some(file.incarnation);
+        }
+        let steps = steps_of(&file.bytes).map_err(|e| format!("file {n}: {e}"))?;
+        for step in &steps {
+            requests
+                .step(step, op_timeout)
+                .map_err(|e| format!("file {n} (incarnation {}): {e}", file.incarnation))?;
+        }
+    }
+    Ok(())
+}
+
+fn asks_for(action: &Action, effect: &Effect) -> bool {
+    match (action, effect.kind) {
+        (
+            Action::Spawn {
+                service,
+                generation,
+                ..
+            },
+            EffectKind::Spawn,
+        )
+        | (
+            Action::Stop {
+                service,
+                generation,
+                ..
+            },
+            EffectKind::Stop,
+        ) => *service == effect.service && *generation == effect.generation,
+        _ => false,
+    }
+}
+
+/// Contract 2: each effect follows from the last input on disk when it happened (in the
+/// file being written, or the one before it when a rotation had just begun a new one).
+pub fn check_effects(files: &[JournalFile], effects: &[Effect]) -> Result<(), String> {
+    for effect in effects {
+        let file = files
+            .get(effect.file)
+            .ok_or_else(|| format!("{effect:?}: no such journal file"))?;
+        let written = file.bytes.get(..effect.journaled).unwrap_or(&file.bytes);
+        let mut last = steps_of(written)
+            .map_err(|e| format!("file {} up to the {effect:?}: {e}", effect.file))?
+            .pop();
+        if last.is_none() && effect.file > 0 {
+            let before = &files[effect.file - 1];
+            if before.incarnation == file.incarnation {
+                last = steps_of(&before.bytes)
+                    .map_err(|e| format!("file {}: {e}", effect.file - 1))?
+                    .pop();
+            }
+        }
+        let Some(step) = last else {
+            return Err(format!(
+                "{:?} of {} generation {} with no input journaled before it",
+                effect.kind, effect.service, effect.generation
+            ));
+        };
+        if !step.actions.iter().any(|a| asks_for(a, effect)) {
+            return Err(format!(
+                "{:?} of {} generation {}: the last input on disk then (at {} ms, {}) asks no such thing",
+                effect.kind,
+                effect.service,
+                effect.generation,
+                step.at.as_millis(),
+                short(&format!("{:?}", step.input))
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A one-line account of each step of every file, for a reader chasing a failure
+/// (`POP_MADSIM_DUMP=1`).
+pub fn dump(files: &[JournalFile]) -> String {
+    let mut out = String::new();
+    for (n, file) in files.iter().enumerate() {
+        out.push_str(&format!("-- file {n} (incarnation {})\n", file.incarnation));
+        for step in steps_of(&file.bytes).unwrap_or_default() {
+            let input = format!("{:?}", step.input);
+            let actions: Vec<String> = step
+                .recorded
+                .iter()
+                .flatten()
+                .map(|a| match a {
+                    Action::Zk { id, op } => format!("Zk#{} {}", id.0, short(&format!("{op:?}"))),
+                    other => short(&format!("{other:?}")),
+                })
+                .collect();
+            out.push_str(&format!(
+                "{} {} -> {}\n",
+                step.at.as_millis() % 1_000_000,
+                short(&input),
+                actions.join("; ")
+            ));
+        }
+    }
+    out
+}
+
+fn short(text: &str) -> String {
+    text.chars().take(90).collect()
+}
