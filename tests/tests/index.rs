@@ -56,7 +56,14 @@ fn a_settings_change_wakes_only_the_machines_running_the_service() {
     m1.ok(&["add", "echo", "--name", "beta", "--port", "0"]);
     m1.ok(&["deploy", "alpha", "--machine", &m1.id]);
     m1.ok(&["deploy", "beta", "--machine", &m2.id]);
-    let _agents = [m1.agent(), m2.agent(), m3.agent()];
+    // m1's agent starts first and becomes the keeper (which watches every machines
+    // list: one agent in the fleet); m2 and m3 then only follow their own index.
+    let keeper = m1.agent();
+    wait_for("m1 keeps the index", || {
+        zkc.get("/pop/keeper")
+            .filter(|(data, _)| data == m1.id.as_bytes())
+    });
+    let _agents = [keeper, m2.agent(), m3.agent()];
     let state =
         |service: &str, m: &Machine| zkc.get(&format!("/services/{service}/state/{}", m.id));
     let first = wait_for("alpha on m1", || state("alpha", &m1));
@@ -80,10 +87,10 @@ fn a_settings_change_wakes_only_the_machines_running_the_service() {
     let all = zk.watches_by_session();
     let of_m3 = all.get(&sessions[2]).cloned().unwrap_or_default();
     assert!(
-        of_m3
-            .iter()
-            .all(|p| p.starts_with("/assignments/") || p.starts_with("/agents/")),
-        "m3 runs nothing and watches only its index and report: {of_m3:?}"
+        of_m3.iter().all(|p| p.starts_with("/assignments/")
+            || p.starts_with("/agents/")
+            || p == "/pop/keeper"),
+        "m3 runs nothing and watches only its index, its report and who keeps: {of_m3:?}"
     );
     m1.ok(&["set", "alpha", "stop_timeout=3"]);
     wait_for("alpha restarted on m1", || {
