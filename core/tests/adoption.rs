@@ -1,27 +1,16 @@
 //! An adopted process before the agent has read what ZooKeeper wants (found in review):
 //! a stop still stops it, fencing still fences it, and one that ends is not forgotten.
 
-use pop_core::backoff::Backoff;
+mod common;
+
 use pop_core::event::{Action, ExitStatus, Input};
-use pop_core::names::MachineId;
 use pop_core::settings::Settings;
 use pop_core::zk::{NodeStat, SessionEvent, SessionId, ZkOp, ZkReply};
-use pop_core::{Agent, AgentConfig, Timestamp};
+use pop_core::{Agent, Timestamp};
 use std::time::Duration;
 
 fn agent() -> Agent {
-    Agent::new(AgentConfig {
-        access: Default::default(),
-        machine: MachineId::new("m1").expect("machine id"),
-        hostname: "h".into(),
-        agent_pid: 1,
-        version: "t".into(),
-        containment: "none".into(),
-        seed: 1,
-        backoff: Backoff::default(),
-        pop: "/usr/bin/pop".into(),
-        state_dir: "/var/lib/pop".into(),
-    })
+    Agent::new(common::config("m1", 1, Default::default()))
 }
 
 fn settings(extra: &str) -> Settings {

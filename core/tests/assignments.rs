@@ -3,14 +3,14 @@
 //! one does, so a change wakes the agent only where it watches (another machine keeps
 //! the index). Every input is checked with `Agent::audit`.
 
-use pop_core::backoff::Backoff;
+mod common;
+
 use pop_core::event::{Action, ExitStatus, Input};
-use pop_core::names::MachineId;
 use pop_core::paths;
 use pop_core::zk::{
     NodeStat, SessionEvent, SessionId, WatchEvent, WatchKind, ZkError, ZkOp, ZkReply,
 };
-use pop_core::{Agent, AgentConfig, Timestamp};
+use pop_core::{Agent, Timestamp};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -32,18 +32,7 @@ struct Rig {
 impl Rig {
     /// A namespace where `a` is deployed on m1 and `b` on m2, as `pop deploy` leaves it.
     fn new() -> Rig {
-        let agent = Agent::new(AgentConfig {
-            machine: MachineId::new("m1").expect("machine id"),
-            hostname: "h".into(),
-            agent_pid: 1,
-            version: "t".into(),
-            containment: "none".into(),
-            seed: 1,
-            backoff: Backoff::default(),
-            pop: "/usr/bin/pop".into(),
-            state_dir: "/var/lib/pop".into(),
-            access: Default::default(),
-        });
+        let agent = Agent::new(common::config("m1", 1, Default::default()));
         let mut rig = Rig {
             agent,
             now: 1_000_000,

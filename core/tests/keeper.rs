@@ -2,29 +2,18 @@
 //! reads (one watch per path, one event for both), and an ACL that keeps a machine out of
 //! the election is reported, not the end of the agent.
 
+mod common;
+
 use pop_core::access::AgentAccess;
-use pop_core::backoff::Backoff;
 use pop_core::event::{Action, Input, Report};
-use pop_core::names::MachineId;
 use pop_core::zk::{
     NodeStat, RequestId, SessionEvent, SessionId, WatchEvent, WatchKind, ZkError, ZkOp, ZkReply,
 };
-use pop_core::{Agent, AgentConfig, Timestamp};
+use pop_core::{Agent, Timestamp};
 use std::time::Duration;
 
 fn agent(access: AgentAccess) -> Agent {
-    Agent::new(AgentConfig {
-        access,
-        machine: MachineId::new("m1").expect("machine id"),
-        hostname: "h".into(),
-        agent_pid: 1,
-        version: "t".into(),
-        containment: "none".into(),
-        seed: 1,
-        backoff: Backoff::default(),
-        pop: "/usr/bin/pop".into(),
-        state_dir: "/var/lib/pop".into(),
-    })
+    Agent::new(common::config("m1", 1, access))
 }
 
 fn feed(agent: &mut Agent, at: u64, input: Input) -> Vec<Action> {

@@ -3,18 +3,19 @@
 //! environment builds the tests report by hand. Every input is also checked with
 //! `Agent::audit`, as the simulator does.
 
+mod common;
+
 use pop_core::agent::{EnvironmentState, TaskLaunchError};
-use pop_core::backoff::Backoff;
 use pop_core::event::{Action, ExitStatus, Input, Report};
 use pop_core::launch::Launch;
-use pop_core::names::{MachineId, TaskName};
+use pop_core::names::TaskName;
 use pop_core::paths;
 use pop_core::plugin::builtin;
 use pop_core::published::{AgentReport, Phase};
 use pop_core::zk::{
     NodeStat, SessionEvent, SessionId, WatchEvent, WatchKind, ZkError, ZkOp, ZkReply,
 };
-use pop_core::{Agent, AgentConfig, Timestamp};
+use pop_core::{Agent, Timestamp};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -47,18 +48,7 @@ struct Rig {
 
 impl Rig {
     fn new() -> Rig {
-        let agent = Agent::new(AgentConfig {
-            machine: MachineId::new("m1").expect("machine id"),
-            hostname: "h".into(),
-            agent_pid: 1,
-            version: "t".into(),
-            containment: "none".into(),
-            seed: 1,
-            backoff: Backoff::default(),
-            pop: "/usr/bin/pop".into(),
-            state_dir: "/var/lib/pop".into(),
-            access: Default::default(),
-        });
+        let agent = Agent::new(common::config("m1", 1, Default::default()));
         let mut rig = Rig {
             agent,
             now: 1_000_000,

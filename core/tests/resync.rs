@@ -3,11 +3,11 @@
 //! `MAX_OUTSTANDING_READS` of those reads outstanding, the rest sent as replies come back;
 //! and agents whose reads failed together retry apart (jitter from the agent's seed).
 
-use pop_core::backoff::Backoff;
+mod common;
+
 use pop_core::event::{Action, Input};
-use pop_core::names::MachineId;
 use pop_core::zk::{NodeStat, RequestId, SessionEvent, SessionId, ZkOp, ZkReply};
-use pop_core::{Agent, AgentConfig, Timestamp, MAX_OUTSTANDING_READS};
+use pop_core::{Agent, Timestamp, MAX_OUTSTANDING_READS};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
@@ -18,18 +18,7 @@ fn agent() -> Agent {
 }
 
 fn seeded(seed: u64) -> Agent {
-    Agent::new(AgentConfig {
-        access: Default::default(),
-        machine: MachineId::new("m1").expect("machine id"),
-        hostname: "h".into(),
-        agent_pid: 1,
-        version: "t".into(),
-        containment: "none".into(),
-        seed,
-        backoff: Backoff::default(),
-        pop: "/usr/bin/pop".into(),
-        state_dir: "/var/lib/pop".into(),
-    })
+    Agent::new(common::config("m1", seed, Default::default()))
 }
 
 fn name(i: usize) -> String {

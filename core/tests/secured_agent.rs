@@ -2,27 +2,16 @@
 //! leaves its machine directory to `pop machine add`, and a request an ACL refuses
 //! (NoAuth) is reported and ends the agent instead of being retried forever.
 
+mod common;
+
 use pop_core::access::AgentAccess;
-use pop_core::backoff::Backoff;
 use pop_core::event::{Action, Input, Report};
-use pop_core::names::MachineId;
 use pop_core::zk::{NodeStat, SessionEvent, SessionId, ZkError, ZkOp, ZkReply};
-use pop_core::{Agent, AgentConfig, Timestamp};
+use pop_core::{Agent, Timestamp};
 use std::time::Duration;
 
 fn agent(access: AgentAccess) -> Agent {
-    Agent::new(AgentConfig {
-        access,
-        machine: MachineId::new("m1").expect("machine id"),
-        hostname: "h".into(),
-        agent_pid: 1,
-        version: "t".into(),
-        containment: "none".into(),
-        seed: 1,
-        backoff: Backoff::default(),
-        pop: "/usr/bin/pop".into(),
-        state_dir: "/var/lib/pop".into(),
-    })
+    Agent::new(common::config("m1", 1, access))
 }
 
 fn secured() -> AgentAccess {
