@@ -155,6 +155,8 @@ impl Agent {
                 // Gone from ZooKeeper: an adopted process has nothing to wait for.
                 s.control = Control::FollowsTarget;
             });
+            // A task issued while this agent was away may name this machine.
+            self.look_at_tasks_once_more(name);
         }
     }
 

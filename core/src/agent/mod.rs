@@ -675,13 +675,17 @@ impl Agent {
                 }
             }
             Pending::IndexNode { service, path } => self.on_index_node_reply(service, path, reply),
-            Pending::Read(watched) => match self.confirming(id, &watched) {
-                Some(name) => {
+            Pending::Read(watched) => {
+                if let Some(name) = self.confirming(id, &watched) {
                     self.on_read(watched, reply.clone());
                     self.confirm_departure(&name, &reply);
+                } else if let Some(name) = self.looking_at(id, &watched) {
+                    self.on_read(watched, reply.clone());
+                    self.end_last_look(&name, &reply);
+                } else {
+                    self.on_read(watched, reply);
                 }
-                None => self.on_read(watched, reply),
-            },
+            }
             Pending::Keeper { job, sent } => self.on_keeper_reply(job, sent, reply),
             Pending::Task {
                 service,

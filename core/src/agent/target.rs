@@ -3,6 +3,7 @@
 //! when a read fails or the data is bad.
 
 use super::service::Service;
+use super::tasks::Following;
 use super::{Agent, Pending};
 use crate::event::{Action, Report};
 use crate::paths::{self, Watched};
@@ -108,8 +109,11 @@ impl Agent {
             return;
         }
         let path = watched.path();
-        // One watch per path per session is enough; more would multiply the events.
-        let watch = self.armed.insert(path.clone());
+        // One watch per path per session is enough; more would multiply the events. A
+        // departed service's tasks are read once: no watch (see `Following::LastLook`).
+        let once = matches!(&watched, Watched::Tasks(name)
+            if matches!(self.tasks.following(name), Following::LastLook { .. }));
+        let watch = !once && self.armed.insert(path.clone());
         let op = if watched.reads_children() {
             ZkOp::GetChildren { path, watch }
         } else {

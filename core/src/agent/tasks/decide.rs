@@ -19,8 +19,7 @@ pub(super) struct Context<'a> {
     pub task: &'a TaskId,
     /// Requests can be sent.
     pub connected: bool,
-    /// The service is listed and its machines list names this machine.
-    pub deployed: bool,
+    pub deployment: Deployment,
     pub shutting_down: bool,
     pub config: &'a AgentConfig,
     pub agent: &'a AgentRef,
@@ -28,6 +27,20 @@ pub(super) struct Context<'a> {
     pub python: TaskPython,
     /// The same for `install`, which waits for a build of the environment.
     pub install: InstallView,
+}
+
+/// Where the task's service stands on this machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Deployment {
+    /// Indexed, and its machines list names this machine: its tasks run here.
+    Here,
+    /// Not deployed here (or not yet known to be): a task naming this machine that it
+    /// has not begun is written `skipped`; what is known of the others is kept, until
+    /// the service's departure is confirmed and its tasks container read once more.
+    NotHere,
+    /// Departed and its tasks container read since (or the service is forgotten): a
+    /// task that is done here, or does not name this machine, is dropped.
+    Departed,
 }
 
 /// The environment the service's settings, as this agent read them, want here.
@@ -109,8 +122,12 @@ pub(super) fn decide(task: &Task, cx: &Context<'_>) -> Next {
     if task.gone {
         return Next::Forget;
     }
+    let departed = cx.deployment == Deployment::Departed;
     let own = match &task.own {
         Node::Unread if cx.connected => return Next::Read(Fetch::Own),
+        // Nothing more to do here: final, never asked of this machine, or unreadable.
+        Node::Read(own) if own.result.state.is_final() && departed => return Next::Forget,
+        Node::Missing | Node::Bad(_) if departed => return Next::Forget,
         Node::Read(own) => own,
         _ => return Next::Nothing,
     };
@@ -136,7 +153,7 @@ pub(super) fn decide(task: &Task, cx: &Context<'_>) -> Next {
     if !request.targets(cx.machine) && !planted!(RunsUntargeted) {
         return Next::Nothing; // never run where it was not asked for
     }
-    if !cx.deployed {
+    if cx.deployment != Deployment::Here {
         let error = format!("{} is not deployed on {}", cx.service, cx.machine);
         return end(TaskState::Skipped, error);
     }

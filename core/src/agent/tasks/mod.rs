@@ -15,16 +15,19 @@
 
 mod decide;
 mod install;
+mod last_look;
 mod launch;
 pub(super) mod replies;
 
+use super::target::Listing;
 use super::{Agent, Pending};
 use crate::event::{Action, Report};
 use crate::paths::{self, Watched};
 use crate::task::{cut_text, AgentRef, TaskId, TaskRequest, TaskResult, TaskState, TAIL_BYTES};
 use crate::time::Timestamp;
 use crate::zk::ZkOp;
-use decide::{decide, Context, Fetch, InstallView, Next, TaskPython};
+use decide::{decide, Context, Deployment, Fetch, InstallView, Next, TaskPython};
+pub(crate) use last_look::Following;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -42,8 +45,8 @@ pub(crate) struct Tasks {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct ServiceTasks {
-    /// The service is deployed here, and its tasks container is read and watched.
-    followed: bool,
+    #[serde(alias = "followed", deserialize_with = "last_look::following_or_flag")]
+    following: Following,
     tasks: BTreeMap<TaskId, Task>,
 }
 
@@ -285,8 +288,11 @@ impl Tasks {
             let (Some(a), Some(b)) = (a, b) else {
                 return format!("{name}: {a:?} became {b:?}");
             };
-            if a.followed != b.followed {
-                return format!("{name}: followed {} became {}", a.followed, b.followed);
+            if a.following != b.following {
+                return format!(
+                    "{name}: following {:?} became {:?}",
+                    a.following, b.following
+                );
             }
             let ids: BTreeSet<&TaskId> = a.tasks.keys().chain(b.tasks.keys()).collect();
             for id in ids {
@@ -302,6 +308,13 @@ impl Tasks {
     /// Whether anything of the service's tasks is kept (followed, or tasks of it here).
     pub(crate) fn keeps(&self, service: &str) -> bool {
         self.services.contains_key(service)
+    }
+
+    /// How the service's tasks container is read.
+    pub(crate) fn following(&self, service: &str) -> Following {
+        self.services
+            .get(service)
+            .map_or(Following::No, |st| st.following)
     }
 
     /// Every key of the service's tasks.
@@ -325,6 +338,21 @@ impl Agent {
                     .value()
                     .is_some_and(|m| m.contains(self.machine()))
         })
+    }
+
+    /// Where the service stands here, as its tasks see it.
+    fn deployment(&self, service: &str) -> Deployment {
+        if self.deployed_here(service) {
+            return Deployment::Here;
+        }
+        let departed = self
+            .services
+            .get(service)
+            .is_none_or(|s| s.target.listing == Listing::Gone);
+        match self.tasks.following(service) {
+            Following::No if departed => Deployment::Departed,
+            _ => Deployment::NotHere,
+        }
     }
 
     fn agent_ref(&self) -> AgentRef {
@@ -362,8 +390,14 @@ impl Agent {
 
     /// A new session: what was in flight is lost, watches too.
     pub(super) fn tasks_new_session(&mut self) {
-        for st in self.tasks.services.values_mut() {
-            st.followed = false;
+        let mut looks = Vec::new();
+        for (name, st) in self.tasks.services.iter_mut() {
+            match st.following {
+                Following::Deployed => st.following = Following::No,
+                // Its read went with the session: sent again (a later request).
+                Following::LastLook { .. } => looks.push(name.clone()),
+                Following::No => {}
+            }
             for task in st.tasks.values_mut() {
                 if planted!(ForgetsTaskRunsOnNewSession) {
                     task.run = Run::Idle;
@@ -388,6 +422,9 @@ impl Agent {
                     task.previous = Node::Unread;
                 }
             }
+        }
+        for name in looks {
+            self.read(Watched::Tasks(name));
         }
         self.mark_all_tasks();
     }
@@ -445,17 +482,18 @@ impl Agent {
     fn reconcile_service_tasks(&mut self, name: &str) {
         let deployed = self.deployed_here(name);
         let known = self.services.contains_key(name);
-        let followed = self.tasks.services.get(name).is_some_and(|st| st.followed);
+        let following = self.tasks.following(name);
+        let followed = following == Following::Deployed;
         if deployed && !followed {
             self.tasks
                 .services
                 .entry(name.to_string())
                 .or_default()
-                .followed = true;
+                .following = Following::Deployed;
             self.read(Watched::Tasks(name.to_string()));
         } else if !deployed && followed {
             if let Some(st) = self.tasks.services.get_mut(name) {
-                st.followed = false;
+                st.following = Following::No;
             }
         }
         let mut keys = self.tasks.of_service(name);
@@ -471,11 +509,17 @@ impl Agent {
             keys.clear();
         }
         self.dirty.tasks.extend(keys);
+        self.drop_if_untasked(name);
+    }
+
+    /// No more is read of the service's tasks and none is kept: its entry goes, and with
+    /// it what kept the service.
+    fn drop_if_untasked(&mut self, name: &str) {
         let empty = self
             .tasks
             .services
             .get(name)
-            .is_some_and(|st| !st.followed && st.tasks.is_empty());
+            .is_some_and(|st| st.following == Following::No && st.tasks.is_empty());
         if empty {
             self.tasks.services.remove(name);
             self.dirty.untasked.insert(name.to_string());
@@ -498,7 +542,7 @@ impl Agent {
                 service: &key.0,
                 task: &key.1,
                 connected: self.session_id().is_some(),
-                deployed: self.deployed_here(&key.0),
+                deployment: self.deployment(&key.0),
                 shutting_down: self.shutting_down,
                 config: &self.config,
                 agent: &agent,
@@ -585,11 +629,7 @@ impl Agent {
                 self.newest_read.remove(&path);
             }
         }
-        let empty = !st.followed && st.tasks.is_empty();
-        if empty {
-            self.tasks.services.remove(&key.0);
-            self.dirty.untasked.insert(key.0.clone());
-        }
+        self.drop_if_untasked(&key.0);
     }
 
     fn fetch(&mut self, key: &TaskKey, fetch: Fetch) {

@@ -2,7 +2,7 @@
 //! service's children while it has none), this machine's results, requests, settings,
 //! and a rolling task's previous machine's result.
 
-use super::{Node, Own, Purpose, Task, TaskKey};
+use super::{Following, Node, Own, Purpose, Task, TaskKey};
 use crate::agent::Agent;
 use crate::paths::{self, Watched};
 use crate::task::{TaskId, TaskRequest, TaskResult};
@@ -104,7 +104,9 @@ impl Agent {
             self.armed.remove(&path);
             let relevant = self.task_read_relevant(&watched);
             match (error, &watched) {
-                (ZkError::NoNode, Watched::Tasks(service)) if relevant => {
+                (ZkError::NoNode, Watched::Tasks(service))
+                    if self.tasks.following(service) == Following::Deployed =>
+                {
                     // A service from before tasks: its container appears later.
                     self.read(Watched::ServiceChildren(service.clone()));
                 }
@@ -177,14 +179,14 @@ impl Agent {
     }
 
     /// Whether a read of `watched` still serves a task: the service's tasks are
-    /// followed, or the previous machine's result is still waited for.
+    /// followed (or looked at once more), or the previous machine's result is still
+    /// waited for.
     pub(in crate::agent) fn task_read_relevant(&self, watched: &Watched) -> bool {
         match watched {
-            Watched::Tasks(service) | Watched::ServiceChildren(service) => self
-                .tasks
-                .services
-                .get(service)
-                .is_some_and(|st| st.followed),
+            Watched::Tasks(service) => self.tasks.following(service) != Following::No,
+            Watched::ServiceChildren(service) => {
+                self.tasks.following(service) == Following::Deployed
+            }
             Watched::TaskResult { .. } => self.waiting_task(watched).is_some(),
             _ => false,
         }
@@ -249,15 +251,12 @@ impl Agent {
                 touched.push(id);
             }
         }
-        // A late reply for a service no longer deployed here: its tasks are written
-        // `skipped` (see `decide`); without any, no entry is kept, as when it left.
-        if !st.followed && st.tasks.is_empty() {
-            self.tasks.services.remove(service);
-            self.dirty.untasked.insert(service.to_string());
-        }
         self.dirty
             .tasks
             .extend(touched.into_iter().map(|id| (service.to_string(), id)));
+        // A late reply for a service no longer deployed here: its tasks are written
+        // `skipped` (see `decide`); without any, no entry is kept, as when it left.
+        self.drop_if_untasked(service);
     }
 }
 

@@ -92,7 +92,7 @@ fn decide_at(task: &Task, now: u64, tweak: impl FnOnce(&mut Context<'_>)) -> Nex
         service: "web",
         task: &id,
         connected: true,
-        deployed: true,
+        deployment: Deployment::Here,
         shutting_down: false,
         config: &config,
         agent: &agent,
@@ -191,7 +191,9 @@ fn nothing_runs_where_the_request_does_not_ask_for_it() {
 
 #[test]
 fn an_undeployed_service_skips_and_an_expired_task_expires() {
-    let (result, _) = written(decide_at(&ready(false), NOW, |cx| cx.deployed = false));
+    let (result, _) = written(decide_at(&ready(false), NOW, |cx| {
+        cx.deployment = Deployment::NotHere
+    }));
     assert_eq!(result.state, TaskState::Skipped);
     assert_eq!(result.error.as_deref(), Some("web is not deployed on m2"));
     let (result, purpose) = written(decide_at(&ready(false), 2_000_000, |_| {}));
@@ -207,6 +209,36 @@ fn an_undeployed_service_skips_and_an_expired_task_expires() {
         deadline(&ready(false), Timestamp::from_millis(2_000_000)),
         None
     );
+}
+
+#[test]
+fn a_task_done_here_is_kept_while_its_service_is_not_here_and_dropped_once_it_departed() {
+    let mut done = ready(false);
+    done.own = own(TaskState::Succeeded, 1);
+    let mut elsewhere = ready(false);
+    elsewhere.own = Node::Missing;
+    for task in [&done, &elsewhere] {
+        let not_here = decide_at(task, NOW, |cx| cx.deployment = Deployment::NotHere);
+        assert_eq!(not_here, Next::Nothing);
+        let departed = decide_at(task, NOW, |cx| cx.deployment = Deployment::Departed);
+        assert_eq!(departed, Next::Forget);
+    }
+    // One not done is skipped, departed or not; one running runs to its end.
+    let departed = decide_at(&ready(false), NOW, |cx| {
+        cx.deployment = Deployment::Departed
+    });
+    assert_eq!(written(departed).0.state, TaskState::Skipped);
+    let mut running = ready(false);
+    running.own = own(TaskState::Running, 1);
+    running.run = Run::Started {
+        attempt: 1,
+        pid: Some(9),
+        deadline: Timestamp::from_millis(NOW + 10),
+        grace: Duration::from_secs(1),
+        stop: None,
+    };
+    let departed = decide_at(&running, NOW, |cx| cx.deployment = Deployment::Departed);
+    assert_eq!(departed, Next::Nothing);
 }
 
 #[test]
