@@ -11,6 +11,7 @@ pub mod load;
 mod network;
 mod security;
 mod tasks;
+mod wanted;
 
 pub use admin::{Command, Finished, Terminal, ADMIN_TIMEOUT, DELETE_PATIENCE, TERMINALS};
 pub use launches::{tool_manifest, BROKEN_PACKAGE, BUILD_TIME, SIM_POP, SIM_STATE_DIR, TOOL};
