@@ -70,7 +70,7 @@ pub fn run(options: &FleetOptions) -> Result<FleetReport, String> {
     w.max_events_at_one_time = u64::MAX;
     w.journal_rotate_records = usize::MAX;
     for i in 0..options.services {
-        w.add_service(&format!("s{i:05}"), SETTINGS, &[&ids[i % options.machines]]);
+        w.add_new_service(&format!("s{i:05}"), SETTINGS, &[&ids[i % options.machines]]);
     }
     converge(&mut w, RATE_WINDOW)?;
 
@@ -89,7 +89,7 @@ pub fn run(options: &FleetOptions) -> Result<FleetReport, String> {
     for added in 0..options.changes {
         let machine = &ids[(added * 3) % options.machines];
         let before = w.load.ops();
-        w.add_service(&format!("new{added:05}"), SETTINGS, &[machine]);
+        w.add_new_service(&format!("new{added:05}"), SETTINGS, &[machine]);
         settle(&mut w)?;
         new_ops += w.load.ops() - before;
     }

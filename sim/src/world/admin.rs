@@ -496,6 +496,22 @@ impl World {
         self.admin_put(&paths::service_machines(name), &list);
     }
 
+    /// As [`World::add_service`], for a name never used in this world (fleet mode's
+    /// thousands): no index entry of it can be left anywhere, so only the entries of
+    /// `machines` are written instead of every machine's index being looked at.
+    pub fn add_new_service(&mut self, name: &str, settings: &str, machines: &[&str]) {
+        self.admin_put(&paths::service_settings(name), settings.as_bytes());
+        self.admin_put(&paths::service_state_dir(name), b"");
+        let list = serde_json::to_vec(machines).unwrap_or_default();
+        self.admin_put_unindexed(&paths::service_machines(name), &list);
+        let mut named: Vec<&str> = machines.to_vec();
+        named.sort_unstable();
+        named.dedup();
+        for machine in named {
+            self.admin_put(&paths::assignment(machine, name), b"");
+        }
+    }
+
     fn lost(&mut self, cut_until: Option<Timestamp>) -> bool {
         let cut = cut_until.is_some_and(|until| self.now < until);
         // Half the loss rate each way.

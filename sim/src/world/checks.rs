@@ -7,7 +7,7 @@ use pop_core::event::{Action, Report};
 use pop_core::launch::Launch;
 use pop_core::paths;
 use pop_core::plugin::builtin;
-use pop_core::settings::{parse_machines, Settings};
+use pop_core::settings::Settings;
 use pop_core::zk::{SessionId, ZkOp};
 use pop_core::Timestamp;
 use std::collections::{BTreeMap, BTreeSet};
@@ -493,58 +493,16 @@ impl World {
             .collect()
     }
 
-    /// What ZooKeeper says the machine with index `machine` should run: service name ->
-    /// the launch; services whose target cannot be told are left out (see `unknown`).
-    pub fn desired(&self, machine: usize) -> BTreeMap<String, Launch> {
-        let mut out = BTreeMap::new();
-        for name in self.zk.children(paths::SERVICES) {
-            if let Target::Run(_, launch) = self.target(&name, machine) {
-                out.insert(name, *launch);
-            }
-        }
-        out
-    }
-
-    /// The services whose target on the machine cannot be told (see [`Target::Unknown`]).
-    fn unknown(&self, machine: usize) -> BTreeSet<String> {
-        self.zk
-            .children(paths::SERVICES)
-            .into_iter()
-            .filter(|name| self.target(name, machine) == Target::Unknown)
-            .collect()
-    }
-
-    /// The stored types of the services the machine should run, by ZooKeeper.
-    fn stored_types_wanted(&self, machine: usize) -> BTreeSet<String> {
-        let id = &self.machines[machine].id;
-        self.zk
-            .children(paths::SERVICES)
-            .into_iter()
-            .filter(|name| {
-                self.zk
-                    .get(&paths::service_machines(name))
-                    .and_then(|n| parse_machines(&n.data).ok())
-                    .is_some_and(|list| list.contains(id))
-            })
-            .filter_map(|name| {
-                let node = self.zk.get(&paths::service_settings(&name))?;
-                let settings = Settings::parse(&node.data).ok()?;
-                let t = settings.service_type.as_str();
-                (!builtin::is_builtin(t)).then(|| t.to_string())
-            })
-            .collect()
-    }
-
     /// Checks the converged state: each live machine runs exactly its desired services,
     /// once each, as their settings and types launch them, and ZooKeeper's ephemerals say
     /// so with the right pids; it reads and watches exactly the stored types its services
     /// have.
     pub fn check_converged(&self) -> Result<(), String> {
+        let everything = self.wanted();
         for (index, m) in self.machines.iter().enumerate().filter(|(_, m)| !m.exited) {
-            let wanted = self.desired(index);
-            let unknown = self.unknown(index);
+            let targets = self.machine_targets(&everything, index);
+            let (wanted, unknown, types) = (targets.desired, targets.unknown, targets.stored_types);
             let desired: BTreeSet<String> = wanted.keys().cloned().collect();
-            let types = self.stored_types_wanted(index);
             let read: BTreeSet<String> = m.agent.stored_types().into_iter().collect();
             if read != types {
                 return Err(format!(

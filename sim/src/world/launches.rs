@@ -89,11 +89,16 @@ impl World {
             (Some(Ok(list)), Some(Ok(settings))) if list.contains(id) => settings,
             (Some(Ok(_)), Some(Ok(_))) | (None, _) | (_, None) => return Target::NotHere,
         };
+        self.target_here(service, &settings, machine)
+    }
+
+    /// What `service` with `settings` is to run as on a machine its list names.
+    pub(crate) fn target_here(&self, service: &str, settings: &Settings, machine: usize) -> Target {
         let Some(manifest) = self.manifest_now(settings.service_type.as_str()) else {
             return Target::Unknown;
         };
-        match self.launch_of(machine, service, &settings, &manifest) {
-            Some(launch) => Target::Run(Box::new(settings), Box::new(launch)),
+        match self.launch_of(machine, service, settings, &manifest) {
+            Some(launch) => Target::Run(Box::new(settings.clone()), Box::new(launch)),
             None => Target::Unknown,
         }
     }

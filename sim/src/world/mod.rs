@@ -11,6 +11,7 @@ pub mod load;
 mod network;
 mod security;
 mod tasks;
+mod wanted;
 
 pub use admin::{Command, Finished, Terminal, ADMIN_TIMEOUT, DELETE_PATIENCE, TERMINALS};
 pub use launches::{tool_manifest, BROKEN_PACKAGE, BUILD_TIME, SIM_POP, SIM_STATE_DIR, TOOL};
@@ -154,6 +155,9 @@ pub struct Machine {
     pub session_lost_told: bool,
     /// Python environments on the machine's disk: (service, spec hash).
     pub environments: BTreeSet<(String, String)>,
+    /// The agent's `poll_timeout` since it last changed: the next tick is looked for
+    /// after every event, over every machine (a fleet has thousands).
+    tick_at: Option<Timestamp>,
 }
 
 pub struct World {
@@ -279,9 +283,11 @@ impl World {
         }
         for (i, id) in machine_ids.iter().enumerate() {
             let config = world.agent_config(id, 0);
+            let agent = Agent::new(config.clone());
             world.machines.push(Machine {
                 id: id.to_string(),
-                agent: Agent::new(config.clone()),
+                tick_at: agent.poll_timeout(),
+                agent,
                 incarnation: 0,
                 journals: vec![vec![Record::Start { config }]],
                 torn_journals: Default::default(),
@@ -392,6 +398,7 @@ impl World {
         let m = &mut self.machines[machine];
         m.incarnation = incarnation;
         m.agent = Agent::new(config.clone());
+        m.tick_at = m.agent.poll_timeout();
         m.journals.push(vec![Record::Start { config }]);
         m.exited = false;
         m.session_lost_told = false;
@@ -753,6 +760,7 @@ impl World {
         }
         m.agent.handle(now, input);
         let actions: Vec<Action> = m.agent.drain_actions();
+        m.tick_at = m.agent.poll_timeout();
         let pending = m.agent.pending_requests();
         self.load.set_pending(machine, pending);
         let m = &mut self.machines[machine];
@@ -784,7 +792,7 @@ impl World {
             .iter()
             .enumerate()
             .filter(|(_, m)| !m.exited && m.net.paused_since.is_none())
-            .filter_map(|(i, m)| m.agent.poll_timeout().map(|t| (t.max(self.now), i)))
+            .filter_map(|(i, m)| m.tick_at.map(|t| (t.max(self.now), i)))
             .min()
     }
 
@@ -835,6 +843,13 @@ impl World {
         self.events_handled += 1;
         if self.check_invariants {
             self.check_safety();
+            if let Some(m) = self
+                .machines
+                .iter()
+                .find(|m| m.tick_at != m.agent.poll_timeout())
+            {
+                self.violate(format!("{}: the simulator's next tick is stale", m.id));
+            }
         }
         self.violation.is_some()
     }

@@ -17,7 +17,7 @@ mod sessions;
 use pop_core::zk::{
     Acl, CreateMode, NodeStat, Perms, SessionId, WatchEvent, WatchKind, ZkError, ZkOp, ZkReply,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub use acl::INVALID_ACL;
 pub use sessions::Session;
@@ -80,6 +80,11 @@ pub struct ZkModel {
     tick_ms: Option<u64>,
     data_watches: Watches,
     child_watches: Watches,
+    /// By session: paths of the ephemerals it created and of the nodes it watched, at
+    /// some time (more than it has now: nothing is taken out but by its expiry, which
+    /// looks only there instead of at every node and watch of the tree).
+    ephemerals_of: BTreeMap<i64, BTreeSet<String>>,
+    watched_by: BTreeMap<i64, BTreeSet<String>>,
     /// What each session authenticated as (none: anonymous).
     auth: BTreeMap<i64, acl::Auth>,
 }
@@ -158,8 +163,17 @@ impl ZkModel {
         self.nodes.iter()
     }
 
-    fn watch(watches: &mut Watches, path: &str, session: SessionId) {
+    fn watch(&mut self, children: bool, path: &str, session: SessionId) {
+        let watches = if children {
+            &mut self.child_watches
+        } else {
+            &mut self.data_watches
+        };
         watches.entry(path.to_string()).or_default().push(session.0);
+        self.watched_by
+            .entry(session.0)
+            .or_default()
+            .insert(path.to_string());
     }
 
     fn fire(watches: &mut Watches, path: &str, kind: WatchKind, out: &mut Vec<Notification>) {
@@ -273,7 +287,7 @@ impl ZkModel {
                     stat: n.stat(),
                 };
                 if *watch {
-                    Self::watch(&mut self.data_watches, path, session);
+                    self.watch(false, path, session);
                 }
                 Ok(reply)
             }
@@ -283,7 +297,7 @@ impl ZkModel {
                 }
                 self.check(session, path, Perms::READ)?;
                 if *watch {
-                    Self::watch(&mut self.child_watches, path, session);
+                    self.watch(true, path, session);
                 }
                 let stat = self.nodes.get(path).map(Node::stat).unwrap_or_default();
                 Ok(ZkReply::Children {
@@ -331,6 +345,12 @@ impl ZkModel {
                         aversion: 0,
                     },
                 );
+                if owner != 0 {
+                    self.ephemerals_of
+                        .entry(owner)
+                        .or_default()
+                        .insert(path.clone());
+                }
                 self.bump_cversion(path);
                 Self::fire(&mut self.data_watches, path, WatchKind::Created, events);
                 if let Some(p) = parent(path) {

@@ -108,24 +108,31 @@ impl ZkModel {
             return events;
         }
         self.auth.remove(&session.0);
+        // In path order, as a walk of the whole tree would find them.
         let owned: Vec<String> = self
-            .nodes
-            .iter()
-            .filter(|(_, n)| n.ephemeral_owner == session.0)
-            .map(|(p, _)| p.clone())
+            .ephemerals_of
+            .remove(&session.0)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| {
+                self.nodes
+                    .get(p)
+                    .is_some_and(|n| n.ephemeral_owner == session.0)
+            })
             .collect();
         for path in owned {
             self.remove_node(&path, &mut events);
         }
-        for list in self
-            .data_watches
-            .values_mut()
-            .chain(self.child_watches.values_mut())
-        {
-            list.retain(|&s| s != session.0);
+        for path in self.watched_by.remove(&session.0).unwrap_or_default() {
+            for watches in [&mut self.data_watches, &mut self.child_watches] {
+                if let Some(list) = watches.get_mut(&path) {
+                    list.retain(|&s| s != session.0);
+                    if list.is_empty() {
+                        watches.remove(&path);
+                    }
+                }
+            }
         }
-        self.data_watches.retain(|_, l| !l.is_empty());
-        self.child_watches.retain(|_, l| !l.is_empty());
         events
     }
 }
