@@ -22,6 +22,8 @@ pub mod ports;
 pub mod production;
 #[cfg(not(madsim))]
 mod start;
+#[cfg(not(madsim))]
+mod workdir;
 
 #[cfg(not(madsim))]
 pub use start::{run, DriverConfig, DriverError};

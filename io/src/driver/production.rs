@@ -2,6 +2,7 @@
 //! and the process supervisor.
 
 use super::ports::{ConnectFailure, ProcessPort, WatchFuture, ZkPort, ZkSession};
+use super::workdir::WorkDirs;
 use crate::environment::EnvironmentBuilder;
 use crate::supervise::{ProcessSpec, ReadinessProbe, Supervisor};
 use crate::tasks::{self, TaskLaunch};
@@ -126,6 +127,8 @@ pub struct SupervisedProcesses {
     not_for_the_shell: Vec<String>,
     /// Where tasks' output goes (`<state_dir>/tasks/<service>/`).
     state_dir: PathBuf,
+    /// Each service's working directory, created and resolved once.
+    work_dirs: WorkDirs,
 }
 
 /// What the run record keeps of a generation (`ProcessSpec::note`), for the agent that
@@ -172,20 +175,26 @@ impl SupervisedProcesses {
             direct_exec,
             not_for_the_shell,
             state_dir,
+            work_dirs: WorkDirs::default(),
         }
     }
 
     fn spec(
-        &self,
+        &mut self,
         service: &str,
         generation: u64,
         launch: Launch,
         settings: &Settings,
     ) -> ProcessSpec {
         let cwd = PathBuf::from(&launch.cwd);
-        if let Err(e) = std::fs::create_dir_all(&cwd) {
-            warn!(%service, "cannot create working directory {}: {e}", cwd.display());
-        }
+        let supervisor = &self.supervisor;
+        let physical = self.work_dirs.prepare(service, &cwd, || {
+            supervisor
+                .running()
+                .into_iter()
+                .map(|(s, _, _)| s)
+                .collect()
+        });
         let note = serde_json::to_value(RunNote {
             settings: settings.clone(),
             launch: launch.clone(),
@@ -201,8 +210,8 @@ impl SupervisedProcesses {
             // What sh would have run, without starting sh, in the environment sh would
             // have passed on: PWD as sh sets it (the physical working directory).
             Some(argv) => {
-                if let Ok(pwd) = std::fs::canonicalize(&cwd) {
-                    env.insert("PWD".to_string(), pwd.to_string_lossy().into_owned());
+                if let Some(pwd) = physical {
+                    env.insert("PWD".to_string(), pwd);
                 }
                 unset.clone_from(&self.not_for_the_shell);
                 argv

@@ -11,11 +11,13 @@ use std::sync::OnceLock;
 
 use tracing::{debug, warn};
 
-/// The soft and hard limits found at start-up, and whether the soft one was raised.
+/// The soft and hard limits found at start-up, whether the soft one was raised, and
+/// the soft limit in force after that.
 #[derive(Debug, Clone, Copy)]
 struct Limits {
     original: libc::rlimit,
     raised: bool,
+    in_force: u64,
 }
 
 static LIMITS: OnceLock<Option<Limits>> = OnceLock::new();
@@ -38,6 +40,7 @@ pub(crate) fn raise() -> Option<u64> {
             return Some(Limits {
                 original,
                 raised: false,
+                in_force: original.rlim_cur,
             });
         }
         let wanted = libc::rlimit {
@@ -55,10 +58,14 @@ pub(crate) fn raise() -> Option<u64> {
         } else {
             warn!(error = %std::io::Error::last_os_error(), soft = original.rlim_cur, "cannot raise the open-file limit");
         }
-        Some(Limits { original, raised })
+        let in_force = get().map_or(original.rlim_cur, |l| l.rlim_cur);
+        Some(Limits {
+            original,
+            raised,
+            in_force,
+        })
     });
-    limits.as_ref()?;
-    get().map(|l| l.rlim_cur)
+    limits.map(|l| l.in_force)
 }
 
 /// The limit a service's process gets before exec: the agent's original one, if the
@@ -72,7 +79,11 @@ pub(crate) fn for_children() -> Option<libc::rlimit> {
         .map(|l| l.original)
 }
 
-/// The soft limit in force now.
+/// The soft limit in force: as [`raise`] left it (asked at every spawn, so not read
+/// again from the kernel each time), or as read now if it was never called.
 pub(crate) fn soft() -> Option<u64> {
-    get().map(|l| l.rlim_cur)
+    match LIMITS.get() {
+        Some(Some(limits)) => Some(limits.in_force),
+        _ => get().map(|l| l.rlim_cur),
+    }
 }

@@ -370,6 +370,11 @@ impl Instance {
             generation: self.generation,
             status,
         });
+        // Lets the restart that `Exited` may bring run first (the loop's task was just
+        // woken on this worker): otherwise the clean-up goes ahead of it, starting a
+        // blocking thread if none is idle, and the next generation, finding the log
+        // released, opens it and starts its rotation task afresh.
+        tokio::task::yield_now().await;
         let group = Arc::clone(&self.group);
         let cleaned = tokio::task::spawn_blocking(move || {
             if let Some(record) = record {

@@ -57,12 +57,19 @@ pub(crate) struct LogFile {
 }
 
 impl LogFile {
-    /// Creates the file (and its directory) if needed.
+    /// Creates the file (and its directory, if that went missing) if needed.
     pub fn open(path: PathBuf, max_bytes: u64, keep: u32) -> io::Result<Self> {
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
-        }
-        open_append(&path)?;
+        // The supervisor made `logs/`: the directory is only made again if it went.
+        let opened = match open_append(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if let Some(dir) = path.parent() {
+                    fs::create_dir_all(dir)?;
+                }
+                open_append(&path)
+            }
+            other => other,
+        };
+        opened?;
         Ok(Self {
             path,
             max_bytes,
@@ -122,7 +129,9 @@ impl LogFile {
 
     /// Appends a `--- pop: ...` marker line (one `write`, so it never splits a line of
     /// the service's that was written with one `write` either). Never waits for a
-    /// rotation in progress: a marker is as safe as the service's own output.
+    /// rotation in progress: a marker is as safe as the service's own output. The log is
+    /// not read first: after output that does not end with a newline, the marker
+    /// continues that line.
     pub fn marker(&self, text: &str) {
         let written = open_append(&self.path)
             .and_then(|mut f| f.write_all(format!("--- pop: {text}\n").as_bytes()));

@@ -166,6 +166,10 @@ impl Pop {
                     multi.add_create(&paths::service_settings(name), settings, &opts)?;
                     multi.add_create(&paths::service_machines(name), b"[]", &opts)?;
                     multi.add_create(&paths::service_state_dir(name), b"", &opts)?;
+                    // `pop add` makes the tasks container too; without it the agent
+                    // takes the path of a service from before tasks (a NoNode, then a
+                    // watch on the service's children), one request more per service.
+                    multi.add_create(&paths::service_tasks(name), b"", &opts)?;
                     writes.push(multi.commit());
                 }
                 for w in writes {

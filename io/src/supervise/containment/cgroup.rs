@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::ffi::CString;
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -184,7 +184,7 @@ impl CgroupGroup {
     }
 
     pub fn is_empty(&self) -> bool {
-        match fs::read_to_string(self.dir.join("cgroup.events")) {
+        match read_control_file(&self.dir.join("cgroup.events")) {
             Ok(s) => s.lines().any(|l| l.trim() == "populated 0"),
             // The directory is gone: certainly nothing left in it.
             Err(e) if e.kind() == io::ErrorKind::NotFound => true,
@@ -241,6 +241,21 @@ fn subtree(dir: &Path) -> Vec<PathBuf> {
     all
 }
 
+/// Reads a small control file such as `cgroup.events` (about 20 bytes) with one `read`:
+/// it is read right after every exit, before `Exited` is sent, and `fs::read_to_string`
+/// would add a `statx` and a second `read` to the restart's path.
+fn read_control_file(path: &Path) -> io::Result<String> {
+    let mut file = fs::File::open(path)?;
+    let mut buf = [0u8; 256];
+    let n = file.read(&mut buf)?;
+    let mut text = buf[..n].to_vec();
+    if n == buf.len() {
+        // Longer than expected: the rest too.
+        file.read_to_end(&mut text)?;
+    }
+    String::from_utf8(text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
 fn remove_dir_patiently(dir: &Path) {
     for _ in 0..50 {
         match fs::remove_dir(dir) {
@@ -287,6 +302,20 @@ pub(crate) fn kill_leftovers(services_dir: &Path, spared: &HashSet<PathBuf>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_files_are_read_whole() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let short = dir.path().join("cgroup.events");
+        fs::write(&short, "populated 0\nfrozen 0\n")?;
+        assert_eq!(read_control_file(&short)?, "populated 0\nfrozen 0\n");
+        // Past the first read's buffer: still all of it.
+        let long = dir.path().join("long");
+        let text: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        fs::write(&long, &text)?;
+        assert_eq!(read_control_file(&long)?, text);
+        Ok(())
+    }
 
     #[test]
     fn unescape() {
