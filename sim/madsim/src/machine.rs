@@ -200,6 +200,18 @@ impl Machine {
         }
     }
 
+    /// The running agent's session, connected or not (None once its client gave up on
+    /// it, or the agent died tearing a journal write).
+    pub fn agent_session(&self) -> Option<SessionId> {
+        let state = self.state();
+        if let Some(AgentState::Running { incarnation }) = state.agent {
+            if self.disk().crashed(incarnation) {
+                return None;
+            }
+        }
+        state.session.map(|(session, _)| session)
+    }
+
     pub fn agent(&self) -> Option<AgentState> {
         self.state().agent.clone()
     }
