@@ -18,6 +18,7 @@ use pop_core::paths;
 use pop_core::settings::Settings;
 use pop_core::zk::SessionId;
 use pop_core::Timestamp;
+use pop_io::clock::SystemClock;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Once};
 use std::time::Duration;
@@ -142,7 +143,9 @@ impl Cluster {
         machine.machine.agent_killed();
         self.killed.insert(id.to_string());
         // A kill ends a pause too (SIGKILL of a stopped process).
-        self.paused.remove(id);
+        if self.paused.remove(id) {
+            self.machine(id).machine.resumed(SystemClock::new().now());
+        }
         self.note(format!("kill {id}"));
     }
 
@@ -152,6 +155,11 @@ impl Cluster {
         self.handle.restart(node);
         self.killed.remove(id);
         self.note(format!("restart {id}"));
+    }
+
+    /// Whether `id`'s agent's client is connected to its session now.
+    pub fn connected(&self, id: &str) -> bool {
+        self.machine(id).machine.connected_session().is_some()
     }
 
     pub fn is_killed(&self, id: &str) -> bool {
@@ -180,6 +188,9 @@ impl Cluster {
             self.machine(id).machine.disk().cancel_crash();
             if self.is_killed(id) {
                 self.restart(id);
+            }
+            if self.paused.contains(id) {
+                self.resume(id);
             }
         }
         if self.zk_down {
@@ -217,6 +228,27 @@ impl Cluster {
             self.settling(id);
         }
         self.note(format!("unclog {id} out"));
+    }
+
+    /// Freezes the agent (SIGSTOP): its tasks and timers stop, its client sends no
+    /// pings, so the server expires its session; its processes run on.
+    pub fn pause(&mut self, id: &str) {
+        self.handle.pause(self.machine(id).node.id());
+        self.paused.insert(id.to_string());
+        self.note(format!("pause {id}"));
+    }
+
+    /// Thaws a paused agent (SIGCONT): its client finds its connection closed.
+    pub fn resume(&mut self, id: &str) {
+        self.handle.resume(self.machine(id).node.id());
+        self.paused.remove(id);
+        // On the agents' clock (std's, simulated): the contract checks excuse the pause.
+        self.machine(id).machine.resumed(SystemClock::new().now());
+        self.note(format!("resume {id}"));
+    }
+
+    pub fn is_paused(&self, id: &str) -> bool {
+        self.paused.contains(id)
     }
 
     /// Kills the ZooKeeper node: every connection ends; the state stays.
@@ -422,7 +454,7 @@ impl Cluster {
     pub fn check_contracts(&self) -> Result<(), String> {
         for m in &self.machines {
             let files = m.machine.disk().files().to_vec();
-            contract::check_requests(&files, OP_TIMEOUT)
+            contract::check_requests(&files, OP_TIMEOUT, &m.machine.resumes())
                 .and_then(|()| contract::check_effects(&files, &m.machine.effects()))
                 .map_err(|e| format!("{}: {e}", m.machine.id))?;
         }

@@ -5,7 +5,8 @@
 //!
 //! 1. Replies are bounded: a `Zk` action at t is answered (an `Input::Reply` of its id)
 //!    by t + op_timeout + [`MARGIN`], unless a `NewSession` or `Exit` comes first, or
-//!    the journal ends (the agent died).
+//!    the journal ends (the agent died). A paused agent's timers are frozen: the bound
+//!    counts from its resumption instead when that came later.
 //! 2. Effects follow from journaled input: when the OS spawned or stopped a process, the
 //!    last input on disk was that of the step asking for it. (Spawns are carried out
 //!    before their step's actions are journaled, on purpose: see io's driver/mod.rs; its
@@ -45,13 +46,19 @@ struct Requests {
 }
 
 impl Requests {
-    fn step(&mut self, step: &Step, op_timeout: Duration) -> Result<(), String> {
+    fn step(
+        &mut self,
+        step: &Step,
+        op_timeout: Duration,
+        resumes: &[Timestamp],
+    ) -> Result<(), String> {
         let bound = op_timeout + MARGIN;
-        if let Some((id, at)) = self
-            .outstanding
-            .iter()
-            .find(|(_, at)| step.at.saturating_since(**at) > bound)
-        {
+        let resumed = resumes.iter().filter(|r| **r <= step.at).max().copied();
+        if let Some((id, at)) = self.outstanding.iter().find(|(_, at)| {
+            step.at
+                .saturating_since((**at).max(resumed.unwrap_or(**at)))
+                > bound
+        }) {
             return Err(format!(
                 "request {} made at {} ms is unanswered at {} ms, past op_timeout {op_timeout:?} (+{MARGIN:?})",
                 id.0,
@@ -89,7 +96,11 @@ impl Requests {
 
 /// Contracts 1 and 3 over a machine's journal files (consecutive files of one
 /// incarnation are one run of the agent, rotated).
-pub fn check_requests(files: &[JournalFile], op_timeout: Duration) -> Result<(), String> {
+pub fn check_requests(
+    files: &[JournalFile],
+    op_timeout: Duration,
+    resumes: &[Timestamp],
+) -> Result<(), String> {
     let mut requests = Requests::default();
     let mut incarnation = None;
     for (n, file) in files.iter().enumerate() {
@@ -100,7 +111,7 @@ pub fn check_requests(files: &[JournalFile], op_timeout: Duration) -> Result<(),
         let steps = steps_of(&file.bytes).map_err(|e| format!("file {n}: {e}"))?;
         for step in &steps {
             requests
-                .step(step, op_timeout)
+                .step(step, op_timeout, resumes)
                 .map_err(|e| format!("file {n} (incarnation {}): {e}", file.incarnation))?;
         }
     }

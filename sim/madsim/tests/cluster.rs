@@ -179,8 +179,8 @@ async fn agents_killed_and_crashed_converge_and_their_journals_replay() {
 }
 
 /// Faults drawn from madsim's RNG for the seed, some overlapping: partitions (both ways,
-/// or only what a machine sends), agents killed and restarted, crashes at a journal
-/// write, ZooKeeper down and up, forced expiries, services dying,
+/// or only what a machine sends), agents killed and restarted or paused and resumed,
+/// crashes at a journal write, ZooKeeper down and up, forced expiries, services dying,
 /// new settings, the service moved between machines. The pure simulator's safety
 /// invariants are checked every 100 ms throughout. Then everything heals; the cluster
 /// must converge (the pure simulator's liveness checks), every journal replay and the
@@ -198,16 +198,43 @@ async fn random_faults_then_heal_converge_and_keep_the_contract() {
     let mut on: &[&str] = &MACHINES;
     for _ in 0..FAULTS {
         let id = MACHINES[usize::try_from(rand(2)).expect("small")];
-        match rand(11) {
-            0 => cluster.clog(id),
+        match rand(16) {
+            0 => {
+                // Cut off amid traffic, at times: the agent restarts its service and
+                // publishes that while no reply can come.
+                cluster.clog(id);
+                if rand(2) == 0 {
+                    cluster.process_dies(id, SERVICE);
+                }
+            }
             1 => cluster.unclog(id),
-            2 => cluster.clog_out(id),
+            2 => {
+                // Its sends cut, at times as new settings come: it hears of them, and
+                // its reads go unanswered.
+                cluster.clog_out(id);
+                if rand(2) == 0 {
+                    let settings = [V1, V2, V3][usize::try_from(rand(3)).expect("small")];
+                    cluster.deploy(SERVICE, settings, on);
+                }
+            }
             3 if !cluster.is_killed(id) => cluster.kill(id),
             3 | 4 if cluster.is_killed(id) => cluster.restart(id),
             5 => cluster.crash_at_write(id, u32::try_from(rand(8)).expect("small")),
             6 if !cluster.zk_down() => cluster.kill_zk(),
             6 | 7 if cluster.zk_down() => cluster.restart_zk(),
-            8 => cluster.expire(id),
+            8 | 13..=15 if cluster.connected(id) => {
+                // A forced expiry amid traffic (as in the scripted test): the agent's
+                // requests for a restart or new settings fail after its client reports
+                // the expiry, and must not reach the core.
+                if rand(2) == 0 {
+                    cluster.process_dies(id, SERVICE);
+                } else {
+                    let settings = [V1, V2, V3][usize::try_from(rand(3)).expect("small")];
+                    cluster.deploy(SERVICE, settings, on);
+                }
+                cluster.run_for(Duration::from_millis(rand(15))).await;
+                cluster.expire(id);
+            }
             9 => cluster.process_dies(id, SERVICE),
             10 => {
                 let settings = [V1, V2, V3][usize::try_from(rand(3)).expect("small")];
@@ -215,6 +242,8 @@ async fn random_faults_then_heal_converge_and_keep_the_contract() {
                     [usize::try_from(rand(3)).expect("small")];
                 cluster.deploy(SERVICE, settings, on);
             }
+            11 if !cluster.is_paused(id) && !cluster.is_killed(id) => cluster.pause(id),
+            11 | 12 if cluster.is_paused(id) => cluster.resume(id),
             _ => {}
         }
         cluster.run_for(Duration::from_millis(rand(3000))).await;
@@ -293,7 +322,10 @@ async fn stop_and_check(cluster: &mut Cluster) -> usize {
 
     let files = cluster.replay_journals().expect("every journal replays");
     if let Err(broken) = cluster.check_contracts() {
-        panic!("the driver broke its contract: {broken}");
+        panic!(
+            "the driver broke its contract: {broken}\nfaults: {:?}",
+            cluster.trace()
+        );
     }
     files
 }
