@@ -42,7 +42,8 @@ executable() { # test target name
 }
 bin=$(executable cluster)
 client=$(executable zk_client)
-[ -x "$bin" ] && [ -x "$client" ] || { echo "madsim.sh: the test binaries were not built" >&2; exit 1; }
+unit=$(executable pop_madsim)
+[ -x "$bin" ] && [ -x "$client" ] && [ -x "$unit" ] || { echo "madsim.sh: the test binaries were not built" >&2; exit 1; }
 
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
@@ -106,6 +107,13 @@ failure() { # seed, log, the binary's command line
     reproduce "$1" "$3"
     failed=1
 }
+
+# The checks' own unit tests (no seed involved).
+if ! "$unit" >"$logs/unit" 2>&1; then
+    echo "the unit tests of pop-madsim FAILED:"
+    grep -v '^$' "$logs/unit" | tail -n 20 | sed 's/^/  | /'
+    failed=1
+fi
 
 start=$(date +%s.%N)
 for seed in $(seq "$first" "$last"); do
