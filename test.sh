@@ -47,8 +47,9 @@ cargo build --release -p pop-bench
 target/release/pop-bench --quick all
 # The production driver loop under madsim (sim/madsim): seeds 1-10 of both cluster tests
 # (one process each, the first two run twice for determinism), then each planted driver
-# bug must fail some seed of them. Built in target/madsim with --cfg madsim: a cold build
-# takes about 3.5 minutes on 2 cores, the runs about 15 s.
+# bug must fail some seed of each test, and two planted core bugs the random test's
+# invariants. Built in target/madsim with --cfg madsim: a cold build takes about 3.5
+# minutes on 2 cores, the runs about 15 s.
 step "sim/madsim.sh; sim/madsim.sh --planted"
 sim/madsim.sh
 sim/madsim.sh --planted

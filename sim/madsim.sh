@@ -11,7 +11,9 @@
 #                                      (the driver's: ZkCallWithoutTimeout, JournalAfterAct,
 #                                      StaleEpochAccepted); the batch must then fail
 #   sim/madsim.sh --planted            the checks are not blind: each of the driver's
-#                                      planted bugs must fail some seed of the batch
+#                                      planted bugs must fail some seed of the batch, in
+#                                      each of the two cluster tests; and two of the
+#                                      core's must fail the invariants in the random test
 #
 # One process per seed and test, run with `--exact`: the unbiased `tokio::select!` in the
 # driver draws from real tokio's per-thread RNG, seeded from a process-wide counter that
@@ -40,7 +42,8 @@ executable() { # test target name
 }
 bin=$(executable cluster)
 client=$(executable zk_client)
-[ -x "$bin" ] && [ -x "$client" ] || { echo "madsim.sh: the test binaries were not built" >&2; exit 1; }
+unit=$(executable pop_madsim)
+[ -x "$bin" ] && [ -x "$client" ] && [ -x "$unit" ] || { echo "madsim.sh: the test binaries were not built" >&2; exit 1; }
 
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
@@ -51,21 +54,42 @@ failed=0
 last=$((first + num - 1))
 
 if [ "$planted" = 1 ]; then
-    # Each driver bug must fail some seed of the batch (the first that does is named).
+    # Each driver bug must fail some seed of the batch in each test (the scripted faults,
+    # and the random ones); the first seed that does is named, with its check's word.
     for bug in ZkCallWithoutTimeout JournalAfterAct StaleEpochAccepted; do
-        caught=""
-        for seed in $(seq "$first" "$last"); do
-            for test in $tests; do
+        for test in $tests; do
+            caught=""
+            for seed in $(seq "$first" "$last"); do
                 if ! POP_MADSIM_BUG=$bug run "$seed" "$test" "$bug.$seed.$test"; then
-                    caught="seed $seed ($test): $(grep -m1 -o 'contract: .*' "$logs/$bug.$seed.$test" | cut -c1-160)"
-                    break 2
+                    caught="seed $seed: $(grep -m1 -o 'contract: .*\|invariant: .*\|not within .*' "$logs/$bug.$seed.$test" | cut -c1-160)"
+                    break
                 fi
             done
+            if [ -n "$caught" ]; then
+                echo "madsim: $bug caught by $test at $caught"
+            else
+                echo "madsim: $bug NOT caught by $test in seeds $first..$last"
+                failed=1
+            fi
+        done
+    done
+    # And the pure simulator's invariants, run on what the cluster publishes, are not
+    # blind either: two of the core's planted bugs must make them fail some seed of the
+    # random test (the failure must be theirs, not another check's).
+    random=random_faults_then_heal_converge_and_keep_the_contract
+    for bug in SpawnBeforeStopped NoEphemeralsAfterExpiry; do
+        caught=""
+        for seed in $(seq "$first" "$last"); do
+            if ! POP_MADSIM_BUG=$bug run "$seed" "$random" "$bug.$seed" &&
+                grep -q 'invariant: ' "$logs/$bug.$seed"; then
+                caught="seed $seed: $(grep -m1 -o 'invariant: .*' "$logs/$bug.$seed" | cut -c1-160)"
+                break
+            fi
         done
         if [ -n "$caught" ]; then
-            echo "madsim: $bug caught at $caught"
+            echo "madsim: $bug caught by the invariants in $random at $caught"
         else
-            echo "madsim: $bug NOT caught in seeds $first..$last"
+            echo "madsim: $bug NOT caught by the invariants in $random in seeds $first..$last"
             failed=1
         fi
     done
@@ -83,6 +107,13 @@ failure() { # seed, log, the binary's command line
     reproduce "$1" "$3"
     failed=1
 }
+
+# The checks' own unit tests (no seed involved).
+if ! "$unit" >"$logs/unit" 2>&1; then
+    echo "the unit tests of pop-madsim FAILED:"
+    grep -v '^$' "$logs/unit" | tail -n 20 | sed 's/^/  | /'
+    failed=1
+fi
 
 start=$(date +%s.%N)
 for seed in $(seq "$first" "$last"); do

@@ -4,6 +4,7 @@
 
 pub mod chaos;
 pub mod fleet;
+pub mod invariants;
 pub mod world;
 pub mod zk_model;
 

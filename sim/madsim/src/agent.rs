@@ -17,6 +17,9 @@ use tokio::sync::mpsc;
 /// What the agents ask of ZooKeeper.
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(4);
 pub const OP_TIMEOUT: Duration = Duration::from_secs(1);
+/// The pop binary and state directory the agents render launches with.
+pub const POP: &str = "/usr/bin/pop";
+pub const STATE_DIR: &str = "/var/lib/pop";
 
 /// Small enough that a run rotates its journals: every rotated file must replay on its
 /// own, from its snapshot.
@@ -41,8 +44,8 @@ pub async fn agent_main(machine: Arc<Machine>) {
         // From madsim's RNG: part of the seed, unlike the pid and wall time `run` uses.
         seed: madsim::rand::random(),
         backoff: Backoff::default(),
-        pop: "/usr/bin/pop".into(),
-        state_dir: "/var/lib/pop".into(),
+        pop: POP.into(),
+        state_dir: STATE_DIR.into(),
     };
     let journal = JournalWriter::start_in(Box::new(store), &config, JOURNAL_LIMITS)
         .expect("the simulated disk refuses nothing");

@@ -7,6 +7,7 @@ use crate::agent::{agent_main, OP_TIMEOUT};
 use crate::contract;
 use crate::digest::Digest;
 use crate::disk::CRASH;
+use crate::invariants::{self, Invariants, SAMPLE};
 use crate::machine::Machine;
 use crate::zk_server::{zk_main, SharedServer};
 use madsim::net::NetSim;
@@ -16,6 +17,8 @@ use pop_core::names::MachineId;
 use pop_core::paths;
 use pop_core::settings::Settings;
 use pop_core::zk::SessionId;
+use pop_core::Timestamp;
+use pop_io::clock::SystemClock;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Once};
 use std::time::Duration;
@@ -35,8 +38,22 @@ pub struct Cluster {
     started: tokio::time::Instant,
     /// Machines whose agent the harness killed and has not restarted.
     killed: BTreeSet<String>,
+    /// Machines whose agent is paused (SIGSTOP).
+    paused: BTreeSet<String>,
+    /// Machines cut off both ways, and those whose sends are cut.
+    cut_off: BTreeSet<String>,
+    cut_out: BTreeSet<String>,
+    /// Until when a healed link may still hold back bytes: madsim retries a clogged
+    /// link's bytes with a backoff of up to 10 s.
+    settles_at: BTreeMap<String, tokio::time::Instant>,
     zk_down: bool,
+    /// Since when ZooKeeper has been up (and able to expire sessions).
+    zk_up_since: Timestamp,
+    invariants: Invariants,
 }
+
+/// How long after a link heals its held bytes may still arrive (madsim's backoff cap).
+const LINK_SETTLES: Duration = Duration::from_secs(10);
 
 impl Cluster {
     /// Starts the server and one agent node per machine id.
@@ -83,8 +100,24 @@ impl Cluster {
             trace: Vec::new(),
             started: tokio::time::Instant::now(),
             killed: BTreeSet::new(),
+            paused: BTreeSet::new(),
+            cut_off: BTreeSet::new(),
+            cut_out: BTreeSet::new(),
+            settles_at: BTreeMap::new(),
             zk_down: false,
+            zk_up_since: Timestamp::default(),
+            invariants: Invariants::default(),
         }
+    }
+
+    /// Virtual time since the cluster started, as the checks count it.
+    fn now(&self) -> Timestamp {
+        Timestamp(u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    fn settling(&mut self, id: &str) {
+        let at = tokio::time::Instant::now() + LINK_SETTLES;
+        self.settles_at.insert(id.to_string(), at);
     }
 
     fn note(&mut self, what: String) {
@@ -109,6 +142,10 @@ impl Cluster {
         self.handle.kill(machine.node.id());
         machine.machine.agent_killed();
         self.killed.insert(id.to_string());
+        // A kill ends a pause too (SIGKILL of a stopped process).
+        if self.paused.remove(id) {
+            self.machine(id).machine.resumed(SystemClock::new().now());
+        }
         self.note(format!("kill {id}"));
     }
 
@@ -118,6 +155,11 @@ impl Cluster {
         self.handle.restart(node);
         self.killed.remove(id);
         self.note(format!("restart {id}"));
+    }
+
+    /// Whether `id`'s agent's client is connected to its session now.
+    pub fn connected(&self, id: &str) -> bool {
+        self.machine(id).machine.connected_session().is_some()
     }
 
     pub fn is_killed(&self, id: &str) -> bool {
@@ -140,9 +182,15 @@ impl Cluster {
         for id in &ids {
             let node = self.machine(id).node.id();
             net.unclog_node(node);
+            if self.cut_off.remove(id) | self.cut_out.remove(id) {
+                self.settling(id);
+            }
             self.machine(id).machine.disk().cancel_crash();
             if self.is_killed(id) {
                 self.restart(id);
+            }
+            if self.paused.contains(id) {
+                self.resume(id);
             }
         }
         if self.zk_down {
@@ -154,11 +202,15 @@ impl Cluster {
     /// Cuts the machine off the network both ways (its connections hold their bytes).
     pub fn clog(&mut self, id: &str) {
         NetSim::current().clog_node(self.machine(id).node.id());
+        self.cut_off.insert(id.to_string());
         self.note(format!("clog {id}"));
     }
 
     pub fn unclog(&mut self, id: &str) {
         NetSim::current().unclog_node(self.machine(id).node.id());
+        if self.cut_off.remove(id) | self.cut_out.remove(id) {
+            self.settling(id);
+        }
         self.note(format!("unclog {id}"));
     }
 
@@ -166,12 +218,37 @@ impl Cluster {
     /// partition), so it hears of changes and asks about them, unanswered.
     pub fn clog_out(&mut self, id: &str) {
         NetSim::current().clog_node_out(self.machine(id).node.id());
+        self.cut_out.insert(id.to_string());
         self.note(format!("clog {id} out"));
     }
 
     pub fn unclog_out(&mut self, id: &str) {
         NetSim::current().unclog_node_out(self.machine(id).node.id());
+        if self.cut_out.remove(id) {
+            self.settling(id);
+        }
         self.note(format!("unclog {id} out"));
+    }
+
+    /// Freezes the agent (SIGSTOP): its tasks and timers stop, its client sends no
+    /// pings, so the server expires its session; its processes run on.
+    pub fn pause(&mut self, id: &str) {
+        self.handle.pause(self.machine(id).node.id());
+        self.paused.insert(id.to_string());
+        self.note(format!("pause {id}"));
+    }
+
+    /// Thaws a paused agent (SIGCONT): its client finds its connection closed.
+    pub fn resume(&mut self, id: &str) {
+        self.handle.resume(self.machine(id).node.id());
+        self.paused.remove(id);
+        // On the agents' clock (std's, simulated): the contract checks excuse the pause.
+        self.machine(id).machine.resumed(SystemClock::new().now());
+        self.note(format!("resume {id}"));
+    }
+
+    pub fn is_paused(&self, id: &str) -> bool {
+        self.paused.contains(id)
     }
 
     /// Kills the ZooKeeper node: every connection ends; the state stays.
@@ -184,6 +261,7 @@ impl Cluster {
     pub fn restart_zk(&mut self) {
         self.handle.restart(self.zk_node.id());
         self.zk_down = false;
+        self.zk_up_since = self.now();
         self.note("restart zk".into());
     }
 
@@ -264,14 +342,16 @@ impl Cluster {
 
     /// Waits (in virtual time) until `check` passes; panics with its last word if not
     /// within `within`.
+    /// Checks the invariants every [`SAMPLE`] meanwhile.
     pub async fn wait_for<T>(
-        &self,
+        &mut self,
         what: &str,
         within: Duration,
         check: impl Fn(&Self) -> Result<T, String>,
     ) -> T {
         let deadline = tokio::time::Instant::now() + within;
         loop {
+            self.check_safety();
             let last = match check(self) {
                 Ok(value) => return value,
                 Err(e) => e,
@@ -282,8 +362,61 @@ impl Cluster {
                     self.trace
                 );
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(SAMPLE).await;
         }
+    }
+
+    /// Lets `time` pass (virtual), checking the invariants every [`SAMPLE`].
+    pub async fn run_for(&mut self, time: Duration) {
+        let until = tokio::time::Instant::now() + time;
+        loop {
+            self.check_safety();
+            let now = tokio::time::Instant::now();
+            if now >= until {
+                return;
+            }
+            tokio::time::sleep(SAMPLE.min(until - now)).await;
+        }
+    }
+
+    /// The pure simulator's safety invariants (`pop_sim::invariants`) on what the
+    /// cluster publishes now; panics at the first violation.
+    pub fn check_safety(&mut self) {
+        let now = self.now();
+        let instant = tokio::time::Instant::now();
+        let unhindered: Vec<bool> = self
+            .machines
+            .iter()
+            .map(|m| {
+                let id = m.machine.id.as_str();
+                !self.zk_down
+                    && !self.killed.contains(id)
+                    && !self.paused.contains(id)
+                    && !self.cut_off.contains(id)
+                    && !self.cut_out.contains(id)
+                    && self.settles_at.get(id).is_none_or(|at| instant >= *at)
+            })
+            .collect();
+        let machines: Vec<&Machine> = self.machines.iter().map(|m| &*m.machine).collect();
+        let nodes_from = (!self.zk_down).then_some(self.zk_up_since);
+        let server = self.zk.lock();
+        self.invariants
+            .check_safety(now, &server.model, &machines, &unhindered, nodes_from);
+        drop(server);
+        if let Some(violation) = &self.invariants.violation {
+            panic!(
+                "invariant: {violation}\nat {:?}; faults: {:?}",
+                self.started.elapsed(),
+                self.trace
+            );
+        }
+    }
+
+    /// Liveness, after healing: the pure simulator's convergence on every machine (see
+    /// [`invariants::check_converged`]).
+    pub fn check_converged(&self) -> Result<(), String> {
+        let machines: Vec<&Machine> = self.machines.iter().map(|m| &*m.machine).collect();
+        invariants::check_converged(&self.zk.lock().model, &machines)
     }
 
     /// Every journal file of every machine decodes and replays to the actions recorded
@@ -321,7 +454,7 @@ impl Cluster {
     pub fn check_contracts(&self) -> Result<(), String> {
         for m in &self.machines {
             let files = m.machine.disk().files().to_vec();
-            contract::check_requests(&files, OP_TIMEOUT)
+            contract::check_requests(&files, OP_TIMEOUT, &m.machine.resumes())
                 .and_then(|()| contract::check_effects(&files, &m.machine.effects()))
                 .map_err(|e| format!("{}: {e}", m.machine.id))?;
         }

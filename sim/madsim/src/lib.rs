@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod contract;
 pub mod digest;
 pub mod disk;
+pub mod invariants;
 pub mod machine;
 pub mod processes;
 pub mod wire;

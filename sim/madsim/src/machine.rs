@@ -80,6 +80,8 @@ struct State {
     /// The running agent's process events, for a process that dies of itself.
     process_events: Option<mpsc::UnboundedSender<Input>>,
     effects: Vec<Effect>,
+    /// When the harness let the agent go on after pausing it (journal time).
+    resumes: Vec<Timestamp>,
 }
 
 #[derive(Debug)]
@@ -103,6 +105,7 @@ impl Machine {
                 last_session: None,
                 process_events: None,
                 effects: Vec::new(),
+                resumes: Vec::new(),
             }),
             disk: Arc::new(Mutex::new(Disk::default())),
         }
@@ -200,6 +203,18 @@ impl Machine {
         }
     }
 
+    /// The running agent's session, connected or not (None once its client gave up on
+    /// it, or the agent died tearing a journal write).
+    pub fn agent_session(&self) -> Option<SessionId> {
+        let state = self.state();
+        if let Some(AgentState::Running { incarnation }) = state.agent {
+            if self.disk().crashed(incarnation) {
+                return None;
+            }
+        }
+        state.session.map(|(session, _)| session)
+    }
+
     pub fn agent(&self) -> Option<AgentState> {
         self.state().agent.clone()
     }
@@ -233,6 +248,16 @@ impl Machine {
             file,
             journaled,
         });
+    }
+
+    /// The agent was paused and now goes on (or was killed while paused), at `at` on
+    /// the agents' clock: its timers were frozen till then.
+    pub(crate) fn resumed(&self, at: Timestamp) {
+        self.state().resumes.push(at);
+    }
+
+    pub fn resumes(&self) -> Vec<Timestamp> {
+        self.state().resumes.clone()
     }
 
     pub fn effects(&self) -> Vec<Effect> {

@@ -55,7 +55,7 @@ async fn agents_killed_and_crashed_converge_and_their_journals_replay() {
     // (same pid) and publishes it again once its old session has expired.
     cluster.kill("m1");
     let down = Duration::from_millis(madsim::rand::random::<u64>() % 3000);
-    tokio::time::sleep(down).await;
+    cluster.run_for(down).await;
     cluster.restart("m1");
     let adopted = cluster
         .wait_for("m1 back", SETTLE, |c| {
@@ -88,7 +88,7 @@ async fn agents_killed_and_crashed_converge_and_their_journals_replay() {
     let cut = Duration::from_millis(500 + madsim::rand::random::<u64>() % 7500);
     let before = cluster.machine("m1").machine.connected_session();
     cluster.clog("m1");
-    tokio::time::sleep(cut).await;
+    cluster.run_for(cut).await;
     cluster.unclog("m1");
     let healed = cluster
         .wait_for("m1 reconnected", SETTLE, |c| {
@@ -112,7 +112,7 @@ async fn agents_killed_and_crashed_converge_and_their_journals_replay() {
     cluster.clog("m2");
     cluster.process_dies("m2", SERVICE);
     let cut = Duration::from_millis(5000 + madsim::rand::random::<u64>() % 4000);
-    tokio::time::sleep(cut).await;
+    cluster.run_for(cut).await;
     cluster.unclog("m2");
     cluster
         .wait_for("m2 reconnected", SETTLE, |c| {
@@ -126,7 +126,7 @@ async fn agents_killed_and_crashed_converge_and_their_journals_replay() {
     cluster.clog_out("m2");
     cluster.deploy(SERVICE, V3, &MACHINES);
     let cut = Duration::from_millis(5000 + madsim::rand::random::<u64>() % 4000);
-    tokio::time::sleep(cut).await;
+    cluster.run_for(cut).await;
     cluster.unclog_out("m2");
     cluster
         .wait_for("v3 everywhere", SETTLE, |c| c.converged(SERVICE, &MACHINES))
@@ -145,7 +145,9 @@ async fn agents_killed_and_crashed_converge_and_their_journals_replay() {
             let settings = if round % 2 == 0 { V2 } else { V3 };
             cluster.deploy(SERVICE, settings, &MACHINES);
         }
-        tokio::time::sleep(Duration::from_millis(madsim::rand::random::<u64>() % 15)).await;
+        cluster
+            .run_for(Duration::from_millis(madsim::rand::random::<u64>() % 15))
+            .await;
         cluster.expire(id);
         settled = cluster
             .wait_for("a new session after a forced expiry", SETTLE, |c| {
@@ -157,7 +159,7 @@ async fn agents_killed_and_crashed_converge_and_their_journals_replay() {
     // ZooKeeper restarts: every agent reconnects (to its session, if still live).
     cluster.kill_zk();
     let down = Duration::from_millis(madsim::rand::random::<u64>() % 6000);
-    tokio::time::sleep(down).await;
+    cluster.run_for(down).await;
     cluster.restart_zk();
     let back = cluster
         .wait_for("ZooKeeper back", SETTLE, |c| {
@@ -166,7 +168,7 @@ async fn agents_killed_and_crashed_converge_and_their_journals_replay() {
         .await;
     assert_eq!(back, settled, "nothing restarted for the ZooKeeper restart");
 
-    let files = stop_and_check(&cluster).await;
+    let files = stop_and_check(&mut cluster).await;
     assert_eq!(cluster.torn_journals(), 1, "the crash tore one journal");
     println!(
         "seed {} replayed {files} journal files; trace {:?}",
@@ -177,10 +179,12 @@ async fn agents_killed_and_crashed_converge_and_their_journals_replay() {
 }
 
 /// Faults drawn from madsim's RNG for the seed, some overlapping: partitions (both ways,
-/// or only what a machine sends), agents killed and restarted, crashes at a journal
-/// write, ZooKeeper down and up, forced expiries, services dying, new settings. Then
-/// everything heals; the cluster must converge, every journal replay and the driver
-/// keep its contract.
+/// or only what a machine sends), agents killed and restarted or paused and resumed,
+/// crashes at a journal write, ZooKeeper down and up, forced expiries, services dying,
+/// new settings, the service moved between machines. The pure simulator's safety
+/// invariants are checked every 100 ms throughout. Then everything heals; the cluster
+/// must converge (the pure simulator's liveness checks), every journal replay and the
+/// driver keep its contract.
 #[madsim::test]
 async fn random_faults_then_heal_converge_and_keep_the_contract() {
     plant(planted_bug());
@@ -190,32 +194,68 @@ async fn random_faults_then_heal_converge_and_keep_the_contract() {
         .wait_for("deployed", SETTLE, |c| c.converged(SERVICE, &MACHINES))
         .await;
     let rand = |n: u64| madsim::rand::random::<u64>() % n;
+    // Where the service is deployed now.
+    let mut on: &[&str] = &MACHINES;
     for _ in 0..FAULTS {
         let id = MACHINES[usize::try_from(rand(2)).expect("small")];
-        match rand(11) {
-            0 => cluster.clog(id),
+        match rand(16) {
+            0 => {
+                // Cut off amid traffic, at times: the agent restarts its service and
+                // publishes that while no reply can come.
+                cluster.clog(id);
+                if rand(2) == 0 {
+                    cluster.process_dies(id, SERVICE);
+                }
+            }
             1 => cluster.unclog(id),
-            2 => cluster.clog_out(id),
+            2 => {
+                // Its sends cut, at times as new settings come: it hears of them, and
+                // its reads go unanswered.
+                cluster.clog_out(id);
+                if rand(2) == 0 {
+                    let settings = [V1, V2, V3][usize::try_from(rand(3)).expect("small")];
+                    cluster.deploy(SERVICE, settings, on);
+                }
+            }
             3 if !cluster.is_killed(id) => cluster.kill(id),
             3 | 4 if cluster.is_killed(id) => cluster.restart(id),
             5 => cluster.crash_at_write(id, u32::try_from(rand(8)).expect("small")),
             6 if !cluster.zk_down() => cluster.kill_zk(),
             6 | 7 if cluster.zk_down() => cluster.restart_zk(),
-            8 => cluster.expire(id),
+            8 | 13..=15 if cluster.connected(id) => {
+                // A forced expiry amid traffic (as in the scripted test): the agent's
+                // requests for a restart or new settings fail after its client reports
+                // the expiry, and must not reach the core.
+                if rand(2) == 0 {
+                    cluster.process_dies(id, SERVICE);
+                } else {
+                    let settings = [V1, V2, V3][usize::try_from(rand(3)).expect("small")];
+                    cluster.deploy(SERVICE, settings, on);
+                }
+                cluster.run_for(Duration::from_millis(rand(15))).await;
+                cluster.expire(id);
+            }
             9 => cluster.process_dies(id, SERVICE),
             10 => {
                 let settings = [V1, V2, V3][usize::try_from(rand(3)).expect("small")];
-                cluster.deploy(SERVICE, settings, &MACHINES);
+                on = [&MACHINES[..], &MACHINES[..1], &MACHINES[1..]]
+                    [usize::try_from(rand(3)).expect("small")];
+                cluster.deploy(SERVICE, settings, on);
             }
+            11 if !cluster.is_paused(id) && !cluster.is_killed(id) => cluster.pause(id),
+            11 | 12 if cluster.is_paused(id) => cluster.resume(id),
             _ => {}
         }
-        tokio::time::sleep(Duration::from_millis(rand(3000))).await;
+        cluster.run_for(Duration::from_millis(rand(3000))).await;
     }
     cluster.heal();
     cluster
-        .wait_for("healed", HEALED, |c| c.converged(SERVICE, &MACHINES))
+        .wait_for("healed", HEALED, |c| {
+            c.check_converged()?;
+            c.converged(SERVICE, on)
+        })
         .await;
-    let files = stop_and_check(&cluster).await;
+    let files = stop_and_check(&mut cluster).await;
     println!(
         "seed {} replayed {files} journal files; trace {:?}",
         madsim::runtime::Handle::current().seed(),
@@ -226,7 +266,7 @@ async fn random_faults_then_heal_converge_and_keep_the_contract() {
 
 /// A clean stop everywhere, so the journals end as the agents leave them; then every
 /// journal replays and the driver kept its contract with the core. The files replayed.
-async fn stop_and_check(cluster: &Cluster) -> usize {
+async fn stop_and_check(cluster: &mut Cluster) -> usize {
     // A clean stop everywhere, so the journals end as the agents leave them.
     for id in MACHINES {
         assert!(
@@ -282,7 +322,10 @@ async fn stop_and_check(cluster: &Cluster) -> usize {
 
     let files = cluster.replay_journals().expect("every journal replays");
     if let Err(broken) = cluster.check_contracts() {
-        panic!("the driver broke its contract: {broken}");
+        panic!(
+            "the driver broke its contract: {broken}\nfaults: {:?}",
+            cluster.trace()
+        );
     }
     files
 }

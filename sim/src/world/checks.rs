@@ -1,8 +1,8 @@
 //! What must hold of a world: convergence to what ZooKeeper says, and every agent's
 //! journal replaying to the decisions it made.
 
-use super::launches::Target;
 use super::{World, SESSION_TIMEOUT};
+use crate::invariants::{self, Bounds, Finding, MachineView, ProcessView};
 use pop_core::event::{Action, Report};
 use pop_core::launch::Launch;
 use pop_core::paths;
@@ -56,23 +56,53 @@ impl World {
         seen: &mut Vec<String>,
     ) {
         let now = self.now;
-        let Some(not_before) = not_before else {
-            // The machine cannot act: the clock has not started.
-            self.pending_since.insert(condition.clone(), now);
-            seen.push(condition);
-            return;
-        };
-        let since = *self.pending_since.entry(condition.clone()).or_insert(now);
-        let since = since.max(not_before);
-        seen.push(condition.clone());
-        if now.saturating_since(since) > bound {
-            self.violate(format!("for over {bound:?}: {condition}"));
+        if let Err(violation) = self
+            .pending_since
+            .holds(now, condition, bound, not_before, seen)
+        {
+            self.violate(violation);
         }
     }
 
-    /// Safety, after every event. See the constants for the bounds.
+    fn apply(&mut self, findings: Vec<Finding>, seen: &mut Vec<String>) {
+        for finding in findings {
+            match finding {
+                Finding::Violation(what) => self.violate(what),
+                Finding::Bounded {
+                    condition,
+                    bound,
+                    not_before,
+                } => self.bounded(condition, bound, not_before, seen),
+            }
+        }
+    }
+
+    /// The machine with index `machine` as the invariants see it.
+    fn view(&self, machine: usize, healthy_since: Option<Timestamp>) -> MachineView<'_> {
+        let mut view = self.place(machine);
+        view.processes = self.machines[machine]
+            .processes
+            .values()
+            .map(|p| ProcessView {
+                service: &p.service,
+                pid: p.pid,
+                launch: &p.launch,
+                stopping: p.stopping,
+            })
+            .collect();
+        view.healthy_since = healthy_since;
+        view
+    }
+
+    /// Safety, after every event: the shared invariants (see [`crate::invariants`]) and
+    /// what only the world can see (the agent's requests, environments on disk, edits by
+    /// hand). See the constants for the bounds.
     pub(crate) fn check_safety(&mut self) {
         let mut seen = Vec::new();
+        let bounds = Bounds {
+            stale_node: STALE_NODE_BOUND,
+            react: REACT_BOUND,
+        };
         for machine in 0..self.machines.len() {
             let id = self.machines[machine].id.clone();
             // Since when the machine has been able to act (connected, not frozen).
@@ -82,23 +112,13 @@ impl World {
                 self.healthy_from.remove(&machine);
                 None
             };
-            let always = Some(Timestamp::default());
-            // At most one live process per service, orphans included.
-            let mut per_service: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-            for p in self.machines[machine].processes.values() {
-                per_service
-                    .entry(p.service.clone())
-                    .or_default()
-                    .push(p.pid);
-            }
-            for (service, pids) in &per_service {
-                if pids.len() > 1 {
-                    self.violate(format!(
-                        "{id}: {service} runs {} times: {pids:?}",
-                        pids.len()
-                    ));
-                }
-            }
+            let view = self.view(machine, healthy);
+            let duplicates = invariants::duplicate_processes(&view);
+            let nodes =
+                invariants::published_nodes(&self.zk, &view, &bounds, Some(Timestamp::default()));
+            let running = invariants::running_processes(&self.zk, &view, &bounds);
+            drop(view);
+            self.apply(duplicates, &mut seen);
             let agent = &self.machines[machine].agent;
             let (pending, reads) = (agent.pending_requests(), agent.reads_in_flight());
             if reads > MAX_PENDING_READS {
@@ -109,37 +129,7 @@ impl World {
             if pending > MAX_PENDING {
                 self.violate(format!("{id}: {pending} requests outstanding"));
             }
-            // Pid and state nodes tell the truth, and belong to the agent's session.
-            let session = self.machines[machine].session.map(|s| s.0);
-            for service in self.zk.children(&paths::machine(&id)) {
-                let Some(node) = self.zk.get(&paths::machine_service(&id, &service)) else {
-                    continue;
-                };
-                let pid = String::from_utf8_lossy(&node.data).to_string();
-                let live = per_service
-                    .get(&service)
-                    .is_some_and(|pids| pids.iter().any(|p| p.to_string() == pid));
-                let owned = Some(node.ephemeral_owner) == session;
-                if !(live && owned) {
-                    self.bounded(
-                        format!("{id}: pid node of {service} says {pid} (live: {live}, owned by the agent's session: {owned})"),
-                        STALE_NODE_BOUND,
-                        always,
-                        &mut seen,
-                    );
-                }
-            }
-            for service in self.zk.children(paths::SERVICES) {
-                let state = paths::service_state(&service, &id);
-                if self.zk.get(&state).is_some() && !per_service.contains_key(&service) {
-                    self.bounded(
-                        format!("{id}: state node of {service} but it does not run"),
-                        STALE_NODE_BOUND,
-                        always,
-                        &mut seen,
-                    );
-                }
-            }
+            self.apply(nodes, &mut seen);
             // Every process runs from an environment that is there.
             for p in self.machines[machine].processes.values() {
                 if let Some(env) = World::environment_of(&p.launch, &p.service) {
@@ -153,55 +143,10 @@ impl World {
                     }
                 }
             }
-            // Nothing runs that ZooKeeper does not want here, nor with old settings or an
-            // old manifest.
-            let procs: Vec<(String, Launch, u32)> = self.machines[machine]
-                .processes
-                .values()
-                .filter(|p| !p.stopping)
-                .map(|p| (p.service.clone(), p.launch.clone(), p.pid))
-                .collect();
-            for (service, launch, pid) in procs {
-                match self.target(&service, machine) {
-                    Target::Unknown => {}
-                    Target::NotHere => self.bounded(
-                        format!("{id}: {service} runs but ZooKeeper does not want it here"),
-                        REACT_BOUND,
-                        healthy,
-                        &mut seen,
-                    ),
-                    Target::Run(settings, wanted) => {
-                        if launch != *wanted {
-                            self.bounded(
-                                format!("{id}: {service} runs with old settings"),
-                                REACT_BOUND,
-                                healthy,
-                                &mut seen,
-                            );
-                        } else {
-                            // A service that runs as wanted is registered, by this agent.
-                            let node = self.zk.get(&paths::machine_service(&id, &service));
-                            let registered = node.is_some_and(|n| {
-                                n.data == pid.to_string().into_bytes()
-                                    && Some(n.ephemeral_owner) == session
-                            });
-                            if !registered {
-                                self.bounded(
-                                    format!(
-                                        "{id}: {service} runs as pid {pid} but is not registered"
-                                    ),
-                                    REACT_BOUND + settings.start_seconds,
-                                    healthy,
-                                    &mut seen,
-                                );
-                            }
-                        }
-                    }
-                }
-            }
+            self.apply(running, &mut seen);
         }
         self.check_out_of_band(&mut seen);
-        self.pending_since.retain(|k, _| seen.contains(k));
+        self.pending_since.retain_seen(&seen);
     }
 
     /// A spawn carries what the settings make with the built-in type or a manifest stored
@@ -356,11 +301,8 @@ impl World {
 
     /// Liveness: every agent has a live session and watches its index.
     pub fn check_live_sessions(&self) -> Result<(), String> {
-        for m in self.machines.iter().filter(|m| !m.exited) {
-            let live = m.session.is_some_and(|s| self.zk.is_live(s));
-            if !live {
-                return Err(format!("{}: no live session", m.id));
-            }
+        for (index, m) in self.machines.iter().enumerate().filter(|(_, m)| !m.exited) {
+            invariants::live_session(&self.zk, &self.place(index))?;
             let index = paths::assignments(&m.id);
             if !m.agent.is_watching(&index) {
                 return Err(format!("{}: not watching {index}", m.id));
@@ -502,7 +444,6 @@ impl World {
         for (index, m) in self.machines.iter().enumerate().filter(|(_, m)| !m.exited) {
             let targets = self.machine_targets(&everything, index);
             let (wanted, unknown, types) = (targets.desired, targets.unknown, targets.stored_types);
-            let desired: BTreeSet<String> = wanted.keys().cloned().collect();
             let read: BTreeSet<String> = m.agent.stored_types().into_iter().collect();
             if read != types {
                 return Err(format!(
@@ -517,62 +458,7 @@ impl World {
                     return Err(format!("{}: does not watch {}", m.id, paths::plugin(t)));
                 }
             }
-            let mut running = BTreeSet::new();
-            for p in m.processes.values() {
-                if !running.insert(p.service.clone()) {
-                    return Err(format!("{}: {} runs twice", m.id, p.service));
-                }
-            }
-            let known: BTreeSet<String> = running.difference(&unknown).cloned().collect();
-            if known != desired {
-                return Err(format!(
-                    "{}: runs {running:?} but ZooKeeper wants {desired:?}",
-                    m.id
-                ));
-            }
-            for p in m.processes.values() {
-                if let Some(launch) = wanted.get(&p.service) {
-                    if p.launch != *launch {
-                        return Err(format!(
-                            "{}: {} runs with old settings {:?}",
-                            m.id, p.service, p.launch
-                        ));
-                    }
-                }
-                let node = self.zk.get(&paths::machine_service(&m.id, &p.service));
-                let owner = node.map(|n| n.ephemeral_owner);
-                if owner != m.session.map(|s| s.0) {
-                    return Err(format!(
-                        "{}: the node of {} is owned by session {owner:?}, not the agent's {:?}",
-                        m.id, p.service, m.session
-                    ));
-                }
-                let pid = node.map(|n| String::from_utf8_lossy(&n.data).to_string());
-                if pid != Some(p.pid.to_string()) {
-                    return Err(format!(
-                        "{}: {} runs as pid {} but its node says {pid:?}",
-                        m.id, p.service, p.pid
-                    ));
-                }
-                if self
-                    .zk
-                    .get(&paths::service_state(&p.service, &m.id))
-                    .is_none()
-                {
-                    return Err(format!("{}: {} has no state node", m.id, p.service));
-                }
-            }
-            if self.zk.get(&paths::agent(&m.id)).is_none() {
-                return Err(format!("{}: no agent node", m.id));
-            }
-            for service in self.zk.children(&paths::machine(&m.id)) {
-                if !running.contains(&service) {
-                    return Err(format!(
-                        "{}: node for {service} but it is not running",
-                        m.id
-                    ));
-                }
-            }
+            invariants::converged_to(&self.zk, &self.view(index, None), &wanted, &unknown)?;
         }
         Ok(())
     }

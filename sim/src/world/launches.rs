@@ -6,11 +6,12 @@
 //! [`BROKEN_PACKAGE`], as a bad requirement would).
 
 use super::{Event, World};
-use pop_core::environment::{env_dir, python_environment, EnvironmentSpec};
-use pop_core::launch::{self, Host, Launch};
+use crate::invariants::{self, MachineView};
+use pop_core::environment::EnvironmentSpec;
+use pop_core::launch::{Host, Launch};
 use pop_core::paths;
-use pop_core::plugin::{builtin, decode_stored, Environment, Manifest};
-use pop_core::settings::{parse_machines, Settings};
+use pop_core::plugin::{builtin, decode_stored, Manifest};
+use pop_core::settings::Settings;
 use std::time::Duration;
 
 /// The pop binary and the state directory the simulated agents are configured with.
@@ -41,16 +42,7 @@ pub fn tool_manifest(version: u8) -> String {
     }
 }
 
-/// What ZooKeeper wants of a service on a machine, as far as the world can tell.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Target {
-    /// Its nodes hold garbage, its type is not usable now, or its environment cannot be
-    /// had: the agent rightly keeps what it has.
-    Unknown,
-    NotHere,
-    /// To run with these settings, launched so.
-    Run(Box<Settings>, Box<Launch>),
-}
+pub(crate) use crate::invariants::Target;
 
 pub(crate) fn host(machine: &str) -> Host {
     Host {
@@ -61,46 +53,27 @@ pub(crate) fn host(machine: &str) -> Host {
 }
 
 impl World {
-    /// The manifest of type `name` as ZooKeeper holds it now, if it is usable.
-    pub(crate) fn manifest_now(&self, name: &str) -> Option<Manifest> {
-        if let Some(manifest) = builtin::get(name) {
-            return Some(manifest.clone());
+    /// The machine with index `machine` as the invariants see it, without its processes.
+    pub(crate) fn place(&self, machine: usize) -> MachineView<'_> {
+        let m = &self.machines[machine];
+        MachineView {
+            id: &m.id,
+            host: host(&m.id),
+            environments: &m.environments,
+            processes: Vec::new(),
+            session: m.session,
+            healthy_since: None,
         }
-        let node = self.zk.get(&paths::plugin(name))?;
-        decode_stored(name, &node.data).ok()
     }
 
     /// What ZooKeeper wants of `service` on the machine with index `machine`.
     pub(crate) fn target(&self, service: &str, machine: usize) -> Target {
-        let id = &self.machines[machine].id;
-        if self.zk.get(&paths::service(service)).is_none() {
-            return Target::NotHere;
-        }
-        let machines = self
-            .zk
-            .get(&paths::service_machines(service))
-            .map(|n| parse_machines(&n.data));
-        let settings = self
-            .zk
-            .get(&paths::service_settings(service))
-            .map(|n| Settings::parse(&n.data));
-        let settings = match (machines, settings) {
-            (Some(Err(_)), _) | (_, Some(Err(_))) => return Target::Unknown,
-            (Some(Ok(list)), Some(Ok(settings))) if list.contains(id) => settings,
-            (Some(Ok(_)), Some(Ok(_))) | (None, _) | (_, None) => return Target::NotHere,
-        };
-        self.target_here(service, &settings, machine)
+        invariants::target(&self.zk, &self.place(machine), service)
     }
 
     /// What `service` with `settings` is to run as on a machine its list names.
     pub(crate) fn target_here(&self, service: &str, settings: &Settings, machine: usize) -> Target {
-        let Some(manifest) = self.manifest_now(settings.service_type.as_str()) else {
-            return Target::Unknown;
-        };
-        match self.launch_of(machine, service, settings, &manifest) {
-            Some(launch) => Target::Run(Box::new(settings.clone()), Box::new(launch)),
-            None => Target::Unknown,
-        }
+        invariants::target_here(&self.zk, &self.place(machine), service, settings)
     }
 
     /// The launch of `service` with `settings` and `manifest` on a machine, if its
@@ -112,21 +85,8 @@ impl World {
         settings: &Settings,
         manifest: &Manifest,
     ) -> Option<Launch> {
-        let host = host(&self.machines[machine].id);
-        let python = match manifest.environment {
-            Environment::None => None,
-            Environment::Python => {
-                let hash = EnvironmentSpec::from_settings(settings).ok()?.hash();
-                let built = self.machines[machine]
-                    .environments
-                    .contains(&(service.to_string(), hash.clone()));
-                if !built {
-                    return None;
-                }
-                Some(python_environment(&env_dir(SIM_STATE_DIR, service, &hash)))
-            }
-        };
-        launch::render(service, &host, settings, manifest, python.as_ref()).ok()
+        let m = &self.machines[machine];
+        invariants::launch_of(&host(&m.id), &m.environments, service, settings, manifest)
     }
 
     /// Notes every valid manifest ever stored for a type (after a write to `path`).

@@ -14,6 +14,7 @@ mod tasks;
 mod wanted;
 
 pub use admin::{Command, Finished, Terminal, ADMIN_TIMEOUT, DELETE_PATIENCE, TERMINALS};
+pub use checks::REACT_BOUND;
 pub use launches::{tool_manifest, BROKEN_PACKAGE, BUILD_TIME, SIM_POP, SIM_STATE_DIR, TOOL};
 pub use network::NetState;
 pub use security::{Security, ADMIN_CREDENTIAL};
@@ -186,7 +187,7 @@ pub struct World {
     /// Check safety after every event (the chaos runner turns it on).
     pub check_invariants: bool,
     /// Conditions that may hold only for a bounded time, with when they began.
-    pending_since: BTreeMap<String, Timestamp>,
+    pending_since: crate::invariants::Pending,
     /// Since when each machine has been connected and running (for the bounds).
     healthy_from: BTreeMap<usize, Timestamp>,
     /// The keeper's term, as the bound for edits by hand counts it.
@@ -260,7 +261,7 @@ impl World {
             coverage: BTreeMap::new(),
             violation: None,
             check_invariants: false,
-            pending_since: BTreeMap::new(),
+            pending_since: Default::default(),
             healthy_from: BTreeMap::new(),
             term: None,
             by_hand: BTreeMap::new(),
