@@ -289,10 +289,15 @@ fn a_machine_before_this_one_that_left_the_list_unstarted_is_taken_as_not_succee
     for state in [TaskState::Pending, TaskState::Waiting] {
         task.previous = Node::Read(state);
         let (result, purpose) = written(without_m1(&task));
-        assert_eq!((result.state, purpose), (TaskState::Skipped, Purpose::Final));
+        assert_eq!(
+            (result.state, purpose),
+            (TaskState::Skipped, Purpose::Final)
+        );
         assert_eq!(
             result.error,
-            Some(format!("m1 is {state} and no longer in web's machines list"))
+            Some(format!(
+                "m1 is {state} and no longer in web's machines list"
+            ))
         );
         // Still listed: it waits.
         assert_eq!(
