@@ -2,7 +2,9 @@
 //! (found by the simulator, seed 1053): the agent that was away when the task was issued
 //! never saw it, and once its service had left the index it read nothing of it any
 //! more, so its result stayed `pending` and a rolling task's next machines waited for
-//! it until the task expired.
+//! it until the task expired. And the next machine's side: an agent back knowing
+//! nothing of the service never learns of the task, so the machine after it skips once
+//! the machine before it has left the service's machines list without starting.
 
 mod common;
 
@@ -288,5 +290,89 @@ fn tasks_a_connected_agent_knew_are_not_read_again_when_its_service_departs() {
     let look = read_of(&actions, "/services/web/tasks");
     let actions = feed(&mut a, 1011, children(look, &[TASK], 12));
     assert_eq!(find_read(&actions, &own_path), None, "{actions:?}");
+    assert_eq!(a.audit(), Ok(()));
+}
+
+/// m2's agent, `web` deployed on m1 and m2, follows the rolling task [m1, m2] with m1's
+/// result `pending`: it writes `waiting`, and the write is answered.
+fn waiting_for_m1(a: &mut Agent) {
+    let connected = SessionEvent::Connected {
+        session: SessionId(1),
+        timeout: Duration::from_secs(4),
+    };
+    let actions = feed(a, 1000, Input::Session(connected));
+    let index = read_of(&actions, "/assignments/m2");
+    let actions = feed(a, 1001, children(index, &["web"], 10));
+    let machines = read_of(&actions, "/services/web/machines");
+    let settings = read_of(&actions, "/services/web/settings");
+    let mut actions = feed(a, 1002, data(machines, r#"["m1","m2"]"#, 10));
+    actions.extend(feed(
+        a,
+        1003,
+        data(settings, r#"{"type":"command","command":"serve"}"#, 11),
+    ));
+    let tasks = read_of(&actions, "/services/web/tasks");
+    let actions = feed(a, 1004, children(tasks, &[TASK], 12));
+    let own_path = format!("/services/web/tasks/{TASK}/m2");
+    let own = read_of(&actions, &own_path);
+    let actions = feed(a, 1005, data(own, r#"{"state":"pending"}"#, 13));
+    let request = read_of(&actions, &format!("/services/web/tasks/{TASK}"));
+    let actions = feed(a, 1006, data(request, &rolling_request(), 12));
+    let previous = read_of(&actions, &format!("/services/web/tasks/{TASK}/m1"));
+    let actions = feed(a, 1007, data(previous, r#"{"state":"pending"}"#, 13));
+    let (write, result) =
+        written(&actions, &own_path).unwrap_or_else(|| panic!("no result written: {actions:?}"));
+    assert_eq!(result.state, TaskState::Waiting, "{result:?}");
+    let stat = NodeStat {
+        version: 1,
+        ..NodeStat::default()
+    };
+    feed(
+        a,
+        1008,
+        Input::Reply {
+            id: write,
+            reply: ZkReply::Set { stat },
+        },
+    );
+}
+
+/// The machines list of `web` changes to `list`: the actions once it is read.
+fn machines_become(a: &mut Agent, list: &str) -> Vec<Action> {
+    let watch = Input::Watch(pop_core::zk::WatchEvent {
+        path: "/services/web/machines".into(),
+        kind: pop_core::zk::WatchKind::DataChanged,
+    });
+    let actions = feed(a, 1010, watch);
+    let machines = read_of(&actions, "/services/web/machines");
+    feed(a, 1011, data(machines, list, 20))
+}
+
+#[test]
+fn the_next_machine_skips_once_the_machine_before_it_leaves_the_list_without_starting() {
+    // m1's agent never acts (back knowing nothing of `web`): its result stays pending.
+    let mut a = Agent::new(common::config("m2", 1, Default::default()));
+    waiting_for_m1(&mut a);
+    let actions = machines_become(&mut a, r#"["m2"]"#);
+    let own_path = format!("/services/web/tasks/{TASK}/m2");
+    let (_, result) =
+        written(&actions, &own_path).unwrap_or_else(|| panic!("no result written: {actions:?}"));
+    assert_eq!(result.state, TaskState::Skipped, "{result:?}");
+    assert_eq!(
+        result.error.as_deref(),
+        Some("m1 is pending and no longer in web's machines list")
+    );
+    assert!(!actions.iter().any(|a| matches!(a, Action::RunTask { .. })));
+    assert_eq!(a.audit(), Ok(()));
+}
+
+#[test]
+fn the_next_machine_waits_while_the_machine_before_it_is_in_the_list() {
+    let mut a = Agent::new(common::config("m2", 1, Default::default()));
+    waiting_for_m1(&mut a);
+    let actions = machines_become(&mut a, r#"["m1","m2","m3"]"#);
+    let own_path = format!("/services/web/tasks/{TASK}/m2");
+    assert_eq!(written(&actions, &own_path), None, "{actions:?}");
+    assert!(!actions.iter().any(|a| matches!(a, Action::RunTask { .. })));
     assert_eq!(a.audit(), Ok(()));
 }

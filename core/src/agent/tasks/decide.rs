@@ -10,6 +10,7 @@ use crate::names::MachineId;
 use crate::plugin::{Environment, PythonEnvironment};
 use crate::task::{AgentRef, TaskId, TaskKind, TaskResult, TaskState};
 use crate::time::Timestamp;
+use std::collections::BTreeSet;
 
 /// What the agent's situation is, as far as one task cares.
 pub(super) struct Context<'a> {
@@ -20,6 +21,9 @@ pub(super) struct Context<'a> {
     /// Requests can be sent.
     pub connected: bool,
     pub deployment: Deployment,
+    /// The service's machines list as this agent last read it (None: not read): a
+    /// rolling task's machine before this one that has left it will not run the task.
+    pub machines: Option<&'a BTreeSet<String>>,
     pub shutting_down: bool,
     pub config: &'a AgentConfig,
     pub agent: &'a AgentRef,
@@ -175,6 +179,17 @@ pub(super) fn decide(task: &Task, cx: &Context<'_>) -> Next {
                 Node::Missing => {
                     return end(TaskState::Skipped, format!("{previous} has no result"));
                 }
+                // Its agent may never learn of the task (one back knowing nothing of the
+                // service); one that was running it ends it and writes its result.
+                Node::Read(state @ (TaskState::Pending | TaskState::Waiting))
+                    if !listed(cx, previous) =>
+                {
+                    let error = format!(
+                        "{previous} is {state} and no longer in {}'s machines list",
+                        cx.service
+                    );
+                    return end(TaskState::Skipped, error);
+                }
                 Node::Read(_) if own.result.state != TaskState::Waiting => {
                     let waiting = own.result.with_state(TaskState::Waiting);
                     return Next::Write(Box::new(waiting), Purpose::Waiting);
@@ -212,6 +227,12 @@ pub(super) fn decide(task: &Task, cx: &Context<'_>) -> Next {
         }
         Err(error) => end(TaskState::Failed, error),
     }
+}
+
+/// Whether the service's machines list, as this agent read it, names `machine`.
+fn listed(cx: &Context<'_>, machine: &MachineId) -> bool {
+    cx.machines
+        .is_some_and(|machines| machines.contains(machine.as_str()))
 }
 
 /// When, with no news, the decision may change: a run's timeout, a task's expiry. Only

@@ -543,6 +543,10 @@ impl Agent {
                 task: &key.1,
                 connected: self.session_id().is_some(),
                 deployment: self.deployment(&key.0),
+                machines: self
+                    .services
+                    .get(&key.0)
+                    .and_then(|s| s.target.machines.value()),
                 shutting_down: self.shutting_down,
                 config: &self.config,
                 agent: &agent,

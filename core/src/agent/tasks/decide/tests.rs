@@ -6,6 +6,7 @@ use crate::names::{MachineId, TaskName};
 use crate::plugin::Environment;
 use crate::task::{TaskKind, TaskRequest};
 use serde_json::{Map, Value};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,10 +83,25 @@ fn ready(rolling: bool) -> Task {
     }
 }
 
+fn listed(machines: &[&str]) -> BTreeSet<String> {
+    machines.iter().map(|m| m.to_string()).collect()
+}
+
 fn decide_at(task: &Task, now: u64, tweak: impl FnOnce(&mut Context<'_>)) -> Next {
+    decide_listing(task, now, &["m1", "m2", "m3"], tweak)
+}
+
+/// Decides with the service's machines list as this agent read it.
+fn decide_listing(
+    task: &Task,
+    now: u64,
+    list: &[&str],
+    tweak: impl FnOnce(&mut Context<'_>),
+) -> Next {
     let config = config();
     let agent = agent();
     let id = TaskId::new(Timestamp::from_millis(900_000), 1);
+    let machines = listed(list);
     let mut cx = Context {
         now: Timestamp::from_millis(now),
         machine: "m2",
@@ -93,6 +109,7 @@ fn decide_at(task: &Task, now: u64, tweak: impl FnOnce(&mut Context<'_>)) -> Nex
         task: &id,
         connected: true,
         deployment: Deployment::Here,
+        machines: Some(&machines),
         shutting_down: false,
         config: &config,
         agent: &agent,
@@ -263,6 +280,39 @@ fn rolling_waits_for_the_machine_before_and_stops_at_its_failure() {
     task.previous = Node::Read(TaskState::Succeeded);
     let (result, _) = written(decided(&task));
     assert_eq!(result.state, TaskState::Running);
+}
+
+#[test]
+fn a_machine_before_this_one_that_left_the_list_unstarted_is_taken_as_not_succeeded() {
+    let mut task = ready(true);
+    let without_m1 = |task: &Task| decide_listing(task, NOW, &["m2", "m3"], |_| {});
+    for state in [TaskState::Pending, TaskState::Waiting] {
+        task.previous = Node::Read(state);
+        let (result, purpose) = written(without_m1(&task));
+        assert_eq!(
+            (result.state, purpose),
+            (TaskState::Skipped, Purpose::Final)
+        );
+        assert_eq!(
+            result.error,
+            Some(format!(
+                "m1 is {state} and no longer in web's machines list"
+            ))
+        );
+        // Still listed: it waits.
+        assert_eq!(
+            written(decided(&task)).0.state,
+            TaskState::Waiting,
+            "{state}"
+        );
+    }
+    // One that runs it runs it to its end and writes its result: waited for.
+    task.previous = Node::Read(TaskState::Running);
+    assert_eq!(written(without_m1(&task)).0.state, TaskState::Waiting);
+    task.own = own(TaskState::Waiting, 0);
+    assert_eq!(without_m1(&task), Next::Nothing);
+    task.previous = Node::Read(TaskState::Succeeded);
+    assert_eq!(written(without_m1(&task)).0.state, TaskState::Running);
 }
 
 #[test]
