@@ -229,10 +229,11 @@ pub(super) fn decide(task: &Task, cx: &Context<'_>) -> Next {
     }
 }
 
-/// Whether the service's machines list, as this agent read it, names `machine`.
+/// Whether the service's machines list, as this agent read it, names `machine`; a list
+/// not read (yet) is taken to name it: a skip needs the list to say so.
 fn listed(cx: &Context<'_>, machine: &MachineId) -> bool {
     cx.machines
-        .is_some_and(|machines| machines.contains(machine.as_str()))
+        .is_none_or(|machines| machines.contains(machine.as_str()))
 }
 
 /// When, with no news, the decision may change: a run's timeout, a task's expiry. Only

@@ -316,6 +316,14 @@ fn a_machine_before_this_one_that_left_the_list_unstarted_is_taken_as_not_succee
 }
 
 #[test]
+fn a_machine_before_this_one_is_waited_for_while_the_list_is_not_read() {
+    let mut task = ready(true);
+    task.previous = Node::Read(TaskState::Pending);
+    let unread = decide_at(&task, NOW, |cx| cx.machines = None);
+    assert_eq!(written(unread).0.state, TaskState::Waiting);
+}
+
+#[test]
 fn the_first_machine_of_a_rolling_task_waits_for_nobody() {
     let mut task = ready(true);
     let mut first = request(true);
