@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::{children, data, feed, find_read, read_of};
+
 use pop_core::event::{Action, ExitStatus, Input};
 use pop_core::names::{MachineId, TaskName};
 use pop_core::plugin::Environment;
@@ -18,54 +20,6 @@ use pop_core::{Agent, Timestamp};
 use std::time::Duration;
 
 const TASK: &str = "t0000000001000-beef";
-
-fn feed(agent: &mut Agent, at: u64, input: Input) -> Vec<Action> {
-    agent.handle(Timestamp::from_millis(at), input);
-    agent.drain_actions()
-}
-
-/// The request reading `path`, if one is sent.
-fn find_read(actions: &[Action], path: &str) -> Option<RequestId> {
-    actions.iter().find_map(|a| match a {
-        Action::Zk {
-            id,
-            op: ZkOp::GetData { path: p, .. } | ZkOp::GetChildren { path: p, .. },
-        } if p == path => Some(*id),
-        _ => None,
-    })
-}
-
-fn read_of(actions: &[Action], path: &str) -> RequestId {
-    find_read(actions, path).unwrap_or_else(|| panic!("{path} is not read: {actions:?}"))
-}
-
-fn data(id: RequestId, text: &str, zxid: i64) -> Input {
-    let stat = NodeStat {
-        mzxid: zxid,
-        ..NodeStat::default()
-    };
-    Input::Reply {
-        id,
-        reply: ZkReply::Data {
-            data: text.as_bytes().to_vec(),
-            stat,
-        },
-    }
-}
-
-fn children(id: RequestId, names: &[&str], zxid: i64) -> Input {
-    let stat = NodeStat {
-        pzxid: zxid,
-        ..NodeStat::default()
-    };
-    Input::Reply {
-        id,
-        reply: ZkReply::Children {
-            names: names.iter().map(|n| n.to_string()).collect(),
-            stat,
-        },
-    }
-}
 
 /// A new agent on m1 (the one before it was upgraded while cut off) adopts `web`'s
 /// process, connects, and finds `web` gone from its index and its list naming only m2:

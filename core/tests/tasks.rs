@@ -1,5 +1,8 @@
 //! The agent's tasks through its public API, for what the simulator found.
 
+mod common;
+
+use common::{children, data, feed, read_of};
 use pop_core::backoff::Backoff;
 use pop_core::event::{Action, Input};
 use pop_core::names::{MachineId, TaskName};
@@ -7,7 +10,7 @@ use pop_core::plugin::Environment;
 use pop_core::task::{TaskKind, TaskRequest, TaskResult, TaskState};
 use pop_core::zk::RequestId;
 use pop_core::zk::{NodeStat, SessionEvent, SessionId, WatchEvent, WatchKind, ZkOp, ZkReply};
-use pop_core::{Agent, AgentConfig, Timestamp};
+use pop_core::{Agent, AgentConfig};
 use std::time::Duration;
 
 fn agent() -> Agent {
@@ -25,49 +28,6 @@ fn agent() -> Agent {
     })
 }
 
-fn feed(agent: &mut Agent, at: u64, input: Input) -> Vec<Action> {
-    agent.handle(Timestamp::from_millis(at), input);
-    agent.drain_actions()
-}
-
-/// The id of the request reading `path`.
-fn read_of(actions: &[Action], path: &str) -> RequestId {
-    actions
-        .iter()
-        .find_map(|a| match a {
-            Action::Zk {
-                id,
-                op: ZkOp::GetData { path: p, .. } | ZkOp::GetChildren { path: p, .. },
-            } if p == path => Some(*id),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("{path} is not read: {actions:?}"))
-}
-
-fn data(id: RequestId, text: &str, zxid: i64) -> Input {
-    let stat = NodeStat {
-        mzxid: zxid,
-        ..NodeStat::default()
-    };
-    Input::Reply {
-        id,
-        reply: ZkReply::Data {
-            data: text.as_bytes().to_vec(),
-            stat,
-        },
-    }
-}
-
-fn children(id: RequestId, names: &[&str]) -> Input {
-    Input::Reply {
-        id,
-        reply: ZkReply::Children {
-            names: names.iter().map(|n| n.to_string()).collect(),
-            stat: NodeStat::default(),
-        },
-    }
-}
-
 /// Session 1; `web` indexed, deployed on this machine; the actions after its settings.
 fn deployed(a: &mut Agent) -> Vec<Action> {
     let connected = SessionEvent::Connected {
@@ -76,7 +36,7 @@ fn deployed(a: &mut Agent) -> Vec<Action> {
     };
     let actions = feed(a, 1000, Input::Session(connected));
     let list = read_of(&actions, "/assignments/m1");
-    let actions = feed(a, 1001, children(list, &["web"]));
+    let actions = feed(a, 1001, children(list, &["web"], 0));
     let machines = read_of(&actions, "/services/web/machines");
     let settings = read_of(&actions, "/services/web/settings");
     let mut actions = feed(a, 1002, data(machines, r#"["m1"]"#, 10));
@@ -108,7 +68,7 @@ fn a_task_listed_after_the_service_left_this_machine_is_skipped() {
     let actions = deployed(&mut a);
     let tasks = read_of(&actions, "/services/web/tasks");
     undeploy(&mut a);
-    let actions = feed(&mut a, 1006, children(tasks, &[TASK]));
+    let actions = feed(&mut a, 1006, children(tasks, &[TASK], 0));
     let own = read_of(&actions, &format!("/services/web/tasks/{TASK}/m1"));
     let actions = feed(&mut a, 1007, data(own, r#"{"state":"pending"}"#, 13));
     let request = read_of(&actions, &format!("/services/web/tasks/{TASK}"));
@@ -155,7 +115,7 @@ fn an_empty_tasks_list_arriving_after_the_service_left_this_machine_leaves_no_en
     // Undeployed before the list of its tasks comes back.
     undeploy(&mut a);
     assert_eq!(a.audit(), Ok(()));
-    feed(&mut a, 1006, children(tasks, &[]));
+    feed(&mut a, 1006, children(tasks, &[], 0));
     assert_eq!(a.audit(), Ok(()));
 }
 
@@ -174,7 +134,7 @@ fn a_refused_request_fails_the_task_and_the_agent_goes_on() {
     let mut a = agent();
     let actions = deployed(&mut a);
     let tasks = read_of(&actions, "/services/web/tasks");
-    let actions = feed(&mut a, 1006, children(tasks, &[TASK]));
+    let actions = feed(&mut a, 1006, children(tasks, &[TASK], 0));
     let own = read_of(&actions, &format!("/services/web/tasks/{TASK}/m1"));
     let actions = feed(&mut a, 1007, data(own, r#"{"state":"pending"}"#, 13));
     let request = read_of(&actions, &format!("/services/web/tasks/{TASK}"));
@@ -206,7 +166,7 @@ fn a_refused_own_result_is_reported_and_the_agent_exits() {
     let mut a = agent();
     let actions = deployed(&mut a);
     let tasks = read_of(&actions, "/services/web/tasks");
-    let actions = feed(&mut a, 1006, children(tasks, &[TASK]));
+    let actions = feed(&mut a, 1006, children(tasks, &[TASK], 0));
     let path = format!("/services/web/tasks/{TASK}/m1");
     let own = read_of(&actions, &path);
     let actions = feed(&mut a, 1007, refused(own));
@@ -243,7 +203,7 @@ fn a_command_task_keeps_the_last_four_kib_of_what_the_driver_read() {
     let mut a = agent();
     let actions = deployed(&mut a);
     let tasks = read_of(&actions, "/services/web/tasks");
-    let actions = feed(&mut a, 1006, children(tasks, &[TASK]));
+    let actions = feed(&mut a, 1006, children(tasks, &[TASK], 0));
     let own_path = format!("/services/web/tasks/{TASK}/m1");
     let own = read_of(&actions, &own_path);
     let actions = feed(&mut a, 1007, data(own, r#"{"state":"pending"}"#, 13));
