@@ -14,7 +14,8 @@
 //!   goes only once the service is no longer wanted there (whoever reads the state nodes
 //!   would take it for stopped).
 
-use super::admin::{Command, Running};
+use super::admin::Running;
+use super::command::Command;
 use super::launches::Target;
 use super::World;
 use pop_core::assignment::edit_unchecked;

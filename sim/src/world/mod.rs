@@ -5,6 +5,7 @@
 mod admin;
 mod admin_checks;
 mod checks;
+mod command;
 mod drive;
 mod faults;
 mod keeper;
@@ -16,8 +17,9 @@ mod security;
 mod tasks;
 mod wanted;
 
-pub use admin::{Command, Finished, Terminal, ADMIN_TIMEOUT, DELETE_PATIENCE, TERMINALS};
+pub use admin::{Finished, Terminal, ADMIN_TIMEOUT, DELETE_PATIENCE, TERMINALS};
 pub use checks::REACT_BOUND;
+pub use command::Command;
 pub use launches::{tool_manifest, BROKEN_PACKAGE, BUILD_TIME, SIM_POP, SIM_STATE_DIR, TOOL};
 pub use network::NetState;
 pub use security::{Security, ADMIN_CREDENTIAL};
