@@ -98,6 +98,7 @@ impl fmt::Display for ZkOp {
                 version: v,
             } => write!(f, "set {path} {} {}", version(*v), Data(data)),
             ZkOp::Delete { path, version: v } => write!(f, "delete {path} {}", version(*v)),
+            ZkOp::Check { path, version: v } => write!(f, "check {path} v{v}"),
             ZkOp::Multi { ops } => {
                 let ops: Vec<String> = ops.iter().map(ToString::to_string).collect();
                 write!(f, "multi [{}]", ops.join("; "))
@@ -116,6 +117,7 @@ impl fmt::Display for ZkReply {
             ZkReply::Created => f.write_str("created"),
             ZkReply::Set { stat } => write!(f, "set {}", Stat(stat)),
             ZkReply::Deleted => f.write_str("deleted"),
+            ZkReply::Checked => f.write_str("checked"),
             ZkReply::Error(e) => write!(f, "error: {e}"),
             ZkReply::Multi { replies } => {
                 let replies: Vec<String> = replies.iter().map(ToString::to_string).collect();

@@ -5,9 +5,12 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::Duration;
 
-/// Why a multi holding a read (or another multi) fails: only creates, sets and deletes
-/// go in one. (The client reports it as "bad arguments: ...".)
-pub const NOT_IN_MULTI: &str = "only create, set and delete go in a multi";
+/// Why a multi holding a read (or another multi) fails: only creates, sets, deletes and
+/// checks go in one. (The client reports it as "bad arguments: ...".)
+pub const NOT_IN_MULTI: &str = "only create, set, delete and check go in a multi";
+
+/// Why a check sent alone fails: the client has no request for it outside a multi.
+pub const CHECK_ONLY_IN_MULTI: &str = "a check goes only in a multi";
 
 /// Identifies a request so its reply can be matched; replies to unknown ids are stale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -60,8 +63,14 @@ pub enum ZkOp {
         acl: Acl,
         version: Option<i32>,
     },
-    /// Creates, sets and deletes applied as one transaction: all or nothing. Only the
-    /// operator's plans (`crate::plan`) send these; the agent never does.
+    /// Fails unless the node exists at `version`; changes nothing. Only in a multi
+    /// (ZooKeeper's `check` op): a transaction that depends on a node it does not write.
+    Check {
+        path: String,
+        version: i32,
+    },
+    /// Creates, sets, deletes and checks applied as one transaction: all or nothing.
+    /// Only the operator's plans (`crate::plan`) send these; the agent never does.
     Multi {
         ops: Vec<ZkOp>,
     },
@@ -76,16 +85,17 @@ impl ZkOp {
             | ZkOp::Create { path, .. }
             | ZkOp::SetData { path, .. }
             | ZkOp::Delete { path, .. }
-            | ZkOp::SetAcl { path, .. } => path,
+            | ZkOp::SetAcl { path, .. }
+            | ZkOp::Check { path, .. } => path,
             ZkOp::Multi { ops } => ops.first().map_or("/", ZkOp::path),
         }
     }
 
-    /// True for the ops a multi may hold: creates, sets and deletes.
+    /// True for the ops a multi may hold: creates, sets, deletes and checks.
     pub fn fits_in_multi(&self) -> bool {
         matches!(
             self,
-            ZkOp::Create { .. } | ZkOp::SetData { .. } | ZkOp::Delete { .. }
+            ZkOp::Create { .. } | ZkOp::SetData { .. } | ZkOp::Delete { .. } | ZkOp::Check { .. }
         )
     }
 }
@@ -121,6 +131,8 @@ pub enum ZkReply {
         stat: NodeStat,
     },
     Deleted,
+    /// A check in a committed multi held.
+    Checked,
     Error(ZkError),
     /// A multi that committed: one reply per op, in order.
     Multi {

@@ -177,7 +177,7 @@ impl Rig {
                 self.nodes.remove(path);
                 ZkReply::Deleted
             }
-            ZkOp::Multi { .. } | ZkOp::SetAcl { .. } => {
+            ZkOp::Multi { .. } | ZkOp::SetAcl { .. } | ZkOp::Check { .. } => {
                 ZkReply::Error(ZkError::Other("not from an agent".into()))
             }
         }

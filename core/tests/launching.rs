@@ -175,7 +175,9 @@ impl Rig {
                 self.nodes.remove(path);
                 ZkReply::Deleted
             }
-            ZkOp::Multi { .. } => ZkReply::Error(ZkError::Other("no multis".into())),
+            ZkOp::Multi { .. } | ZkOp::Check { .. } => {
+                ZkReply::Error(ZkError::Other("no multis".into()))
+            }
             ZkOp::SetAcl { .. } => ZkReply::Error(ZkError::Other("no ACLs".into())),
         }
     }

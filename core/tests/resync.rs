@@ -63,6 +63,7 @@ fn answer(op: &ZkOp) -> ZkReply {
         ZkOp::SetData { .. } => ZkReply::Set { stat },
         ZkOp::Delete { .. } => ZkReply::Deleted,
         ZkOp::SetAcl { .. } => ZkReply::Set { stat },
+        ZkOp::Check { .. } => ZkReply::Checked,
         ZkOp::Multi { ops } => ZkReply::Multi {
             replies: ops.iter().map(answer).collect(),
         },

@@ -3,7 +3,8 @@
 use crate::credential::Credential;
 use crate::tls::TlsConfig;
 use pop_core::zk::{
-    Acl, CreateMode, NodeStat, WatchEvent, WatchKind, ZkError, ZkOp, ZkReply, NOT_IN_MULTI,
+    Acl, CreateMode, NodeStat, WatchEvent, WatchKind, ZkError, ZkOp, ZkReply, CHECK_ONLY_IN_MULTI,
+    NOT_IN_MULTI,
 };
 use std::time::Duration;
 use thiserror::Error;
@@ -323,6 +324,7 @@ pub async fn execute(
                 .await
                 .map(|()| (ZkReply::Deleted, None)),
             ZkOp::Multi { .. } => Err(zkc::Error::BadArguments(&NOT_IN_MULTI)),
+            ZkOp::Check { .. } => Err(zkc::Error::BadArguments(&CHECK_ONLY_IN_MULTI)),
         }
     };
     match tokio::time::timeout(timeout, work).await {
@@ -353,6 +355,7 @@ async fn execute_multi(client: &Client, ops: &[ZkOp], timeout: Duration) -> ZkRe
                 version,
             } => writer.add_set_data(path, data, *version),
             ZkOp::Delete { path, version } => writer.add_delete(path, *version),
+            ZkOp::Check { path, version } => writer.add_check_version(path, *version),
             ZkOp::GetData { .. }
             | ZkOp::GetChildren { .. }
             | ZkOp::SetAcl { .. }
@@ -374,6 +377,7 @@ async fn execute_multi(client: &Client, ops: &[ZkOp], timeout: Duration) -> ZkRe
                     zkc::MultiWriteResult::Create { .. } => ZkReply::Created,
                     zkc::MultiWriteResult::SetData { stat: s } => ZkReply::Set { stat: stat(&s) },
                     zkc::MultiWriteResult::Delete => ZkReply::Deleted,
+                    zkc::MultiWriteResult::Check => ZkReply::Checked,
                     other => {
                         ZkReply::Error(ZkError::Other(format!("unexpected multi result {other:?}")))
                     }

@@ -81,6 +81,7 @@ enum Seen {
         owner: Owner,
     },
     Deleted,
+    Checked,
     Error(ZkError),
     Multi(Vec<Seen>),
     MultiFailed(usize, ZkError),
@@ -159,6 +160,7 @@ fn seen(reply: ZkReply, ids: &[i64]) -> Seen {
             Seen::Set { version, owner }
         }
         ZkReply::Deleted => Seen::Deleted,
+        ZkReply::Checked => Seen::Checked,
         ZkReply::Error(e) => Seen::Error(e),
         ZkReply::Multi { replies } => {
             Seen::Multi(replies.into_iter().map(|r| seen(r, ids)).collect())
@@ -568,6 +570,13 @@ fn set_op(path: &str, data: &str, version: Option<i32>) -> ZkOp {
     }
 }
 
+fn check_op(path: &str, version: i32) -> ZkOp {
+    ZkOp::Check {
+        path: path.into(),
+        version,
+    }
+}
+
 fn delete_op(path: &str, version: Option<i32>) -> ZkOp {
     ZkOp::Delete {
         path: path.into(),
@@ -893,6 +902,49 @@ fn a_multi_that_fails_applies_nothing() {
 }
 
 #[test]
+fn a_check_holds_a_multi_to_a_node_it_does_not_write() {
+    conform(
+        &[LONG, LONG],
+        &[
+            create(0, "/ck", "0"),
+            set(0, "/ck", "1", None),
+            watch_children(1, "/ck"),
+            // The version holds: the multi commits, the check's reply in its place.
+            Step::Multi(
+                0,
+                vec![
+                    check_op("/ck", 1),
+                    create_op("/ck/a", "", CreateMode::Persistent),
+                ],
+            ),
+            // Another version: nothing is applied, the check is the failing op.
+            Step::Multi(
+                0,
+                vec![
+                    create_op("/ck/b", "", CreateMode::Persistent),
+                    check_op("/ck", 0),
+                ],
+            ),
+            // A missing node fails the check too.
+            Step::Multi(
+                0,
+                vec![
+                    check_op("/ck/none", 0),
+                    create_op("/ck/c", "", CreateMode::Persistent),
+                ],
+            ),
+            // An op before it in the multi changes the version the check sees.
+            Step::Multi(0, vec![set_op("/ck", "2", Some(1)), check_op("/ck", 2)]),
+            Step::Multi(0, vec![set_op("/ck", "3", Some(2)), check_op("/ck", 2)]),
+            // Alone, a check is refused before anything is sent.
+            Step::Op(0, check_op("/ck", 2)),
+            list(1, "/ck"),
+            get(1, "/ck"),
+        ],
+    );
+}
+
+#[test]
 fn a_closed_session_takes_its_ephemerals() {
     conform(
         &[LONG, LONG, LONG],
@@ -1105,6 +1157,22 @@ fn a_multi_with_one_refused_op_applies_nothing() {
                 set_op("/secret/mine", "by m1", Some(0)),
             ],
         ),
+        // A check needs READ on its node: refused where the machine cannot read.
+        Step::Multi(
+            1,
+            vec![
+                check_op("/secret", 0),
+                create_acl_op("/state/m2", "", CreateMode::Ephemeral, own.clone()),
+            ],
+        ),
+        Step::Multi(
+            1,
+            vec![
+                check_op("/open", 0),
+                create_acl_op("/state/m3", "", CreateMode::Ephemeral, own.clone()),
+            ],
+        ),
+        list(0, "/state"),
         get(0, "/secret"),
         get(0, "/secret/mine"),
     ]);

@@ -349,6 +349,7 @@ impl Checker {
             ZkOp::Create { data, mode, .. } => (Some(data), Some(*mode)),
             ZkOp::Multi { .. } => return Err(format!("the agent sent a multi: {op:?}")),
             ZkOp::SetAcl { .. } => return Err(format!("the agent set an ACL: {op:?}")),
+            ZkOp::Check { .. } => return Err(format!("the agent sent a check: {op:?}")),
         };
         // As the keeper: its claim, with its machine id, goes with its session; the
         // index's directories and entries are persistent and empty.

@@ -405,6 +405,8 @@ impl Checker {
                     stat: self.stat(*zxid, 1, Owner::ThisSession),
                 },
                 Some(ZkOp::Delete { .. }) => ZkReply::Deleted,
+                // The agent sends no checks (they live only in multis).
+                Some(ZkOp::Check { .. }) => ZkReply::Checked,
                 // The agent sends no multis; no bytes are drawn for one.
                 Some(ZkOp::Multi { .. }) => ZkReply::Multi {
                     replies: Vec::new(),

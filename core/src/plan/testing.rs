@@ -193,6 +193,13 @@ impl Tree {
                 self.acls.remove(path);
                 Ok(ZkReply::Deleted)
             }
+            ZkOp::Check { path, version } => {
+                let (_, v) = self.nodes.get(path).ok_or(ZkError::NoNode)?;
+                if *version != *v {
+                    return Err(ZkError::BadVersion);
+                }
+                Ok(ZkReply::Checked)
+            }
             ZkOp::Multi { .. } => Err(ZkError::Other("a multi in a multi".into())),
         }
     }
@@ -207,6 +214,10 @@ impl Tree {
                 },
                 _ => ZkReply::Error(ZkError::NoAuth),
             };
+        }
+        if let ZkOp::Check { .. } = op {
+            // As the client: a check exists only inside a multi.
+            return ZkReply::Error(ZkError::Other("a check outside a multi".into()));
         }
         let ZkOp::Multi { ops } = op else {
             let reply = self.apply_one(op).unwrap_or_else(ZkReply::Error);

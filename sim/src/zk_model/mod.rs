@@ -28,7 +28,11 @@ pub const NO_CHILDREN_FOR_EPHEMERALS: &str = "ephemeral node can not have childr
 
 /// The model's answer to a read (or a multi) inside a multi, which the real client cannot
 /// even send; production answers the same (`pop_core::zk::NOT_IN_MULTI` as bad arguments).
-pub const READ_IN_MULTI: &str = "bad arguments: only create, set and delete go in a multi";
+pub const READ_IN_MULTI: &str = "bad arguments: only create, set, delete and check go in a multi";
+
+/// The model's answer to a check sent alone, as production's
+/// (`pop_core::zk::CHECK_ONLY_IN_MULTI` as bad arguments).
+pub const CHECK_ALONE: &str = "bad arguments: a check goes only in a multi";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
@@ -226,6 +230,9 @@ impl ZkModel {
             };
             return (reply, events);
         }
+        if let ZkOp::Check { .. } = op {
+            return (ZkReply::Error(ZkError::Other(CHECK_ALONE.into())), events);
+        }
         let reply = match self.apply_live(session, op, &mut events) {
             Ok(reply) => reply,
             Err(e) => ZkReply::Error(e),
@@ -235,7 +242,7 @@ impl ZkModel {
 
     /// Applies `ops` from `session` as one transaction: each op sees the effects of the
     /// ones before it; on the first failure nothing is applied, no watch fires, and its
-    /// index and error are returned. Only Create, SetData and Delete may appear (the
+    /// index and error are returned. Only Create, SetData, Delete and Check may appear (the
     /// client cannot put a read in a multi); an empty multi succeeds with no replies.
     /// `apply` runs a `ZkOp::Multi` through here.
     /// A request from an expired session fails as a whole: reported at index 0.
@@ -414,6 +421,16 @@ impl ZkModel {
                 n.acl = acl.clone();
                 n.aversion += 1;
                 Ok(ZkReply::Set { stat: n.stat() })
+            }
+            // As the server: the node must exist and be readable, then the version.
+            ZkOp::Check { path, version } => {
+                self.nodes.get(path).ok_or(ZkError::NoNode)?;
+                self.check(session, path, Perms::READ)?;
+                let n = self.nodes.get(path).ok_or(ZkError::NoNode)?;
+                if *version != n.version {
+                    return Err(ZkError::BadVersion);
+                }
+                Ok(ZkReply::Checked)
             }
             ZkOp::Multi { .. } => Err(ZkError::Other(READ_IN_MULTI.into())),
         }
