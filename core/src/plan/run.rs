@@ -342,12 +342,15 @@ impl Issuing {
             Definition::Builtin(TaskKind::Command) => {}
         }
         let machines_path = paths::service_machines(&self.name);
-        let deployed = match machines.data() {
-            Some(data) => parse_machines(data).map_err(|error| PlanError::InvalidMachines {
-                path: machines_path.clone(),
-                error,
-            })?,
-            None => {
+        let (deployed, machines_version) = match &machines {
+            Got::Data { data, stat } => (
+                parse_machines(data).map_err(|error| PlanError::InvalidMachines {
+                    path: machines_path.clone(),
+                    error,
+                })?,
+                stat.version,
+            ),
+            _ => {
                 return Err(PlanError::NodeMissing {
                     path: machines_path,
                 })
@@ -410,6 +413,12 @@ impl Issuing {
         let task_path = paths::task(&self.name, self.id.as_str());
         // The settings first: the agents that see the task see its packages too.
         let mut ops: Vec<ZkOp> = settings_write.into_iter().collect();
+        // The targets are the list as read: a deploy or undeploy since makes the multi
+        // fail, and the plan reads again, rather than naming a machine that left.
+        ops.push(ZkOp::Check {
+            path: machines_path,
+            version: machines_version,
+        });
         if !container.exists() {
             ops.push(create(
                 &self.access,

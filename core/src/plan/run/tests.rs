@@ -228,6 +228,49 @@ fn a_lost_reply_finds_its_task_written_and_issues_it_once() {
     assert_eq!(tree.writes.len(), 1, "{:?}", tree.writes);
 }
 
+/// Before its first multi, `pop undeploy s --machine m2` lands.
+fn undeploy_m2_before_the_multi(tree: &mut Tree, request: &Request, raced: &mut bool) -> Fate {
+    if is_multi(request) && !*raced {
+        *raced = true;
+        tree.set("/services/s/machines", r#"["m1"]"#);
+    }
+    Fate::Deliver
+}
+
+#[test]
+fn an_undeploy_between_the_read_and_the_write_is_read_again_and_not_targeted() {
+    let mut tree = greeter_service(r#"["m1","m2"]"#);
+    let mut raced = false;
+    let outcome = tree.run_with(&mut run(request("hello", &[])), |tree, r| {
+        undeploy_m2_before_the_multi(tree, r, &mut raced)
+    });
+    assert_eq!(
+        outcome.expect("issued").to_string(),
+        format!("issued task hello of s as {ID} on m1")
+    );
+    let data = tree
+        .data(&format!("/services/s/tasks/{ID}"))
+        .expect("the request");
+    let request = TaskRequest::parse(data.as_bytes()).expect("a request");
+    let machines: Vec<&str> = request.machines.iter().map(MachineId::as_str).collect();
+    assert_eq!(machines, ["m1"]);
+    assert_eq!(tree.data(&format!("/services/s/tasks/{ID}/m2")), None);
+}
+
+#[test]
+fn a_named_machine_undeployed_between_the_read_and_the_write_is_refused() {
+    let mut tree = greeter_service(r#"["m1","m2"]"#);
+    let mut raced = false;
+    let outcome = tree.run_with(&mut run(request("hello", &["m2"])), |tree, r| {
+        undeploy_m2_before_the_multi(tree, r, &mut raced)
+    });
+    assert!(
+        matches!(outcome, Err(PlanError::NotDeployedOn { ref machine, .. }) if machine == "m2"),
+        "{outcome:?}"
+    );
+    assert_eq!(tree.data(&format!("/services/s/tasks/{ID}")), None);
+}
+
 #[test]
 fn someone_elses_task_with_the_same_id_is_not_taken_for_ours() {
     let mut tree = greeter_service(r#"["m1"]"#);
