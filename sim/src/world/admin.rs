@@ -442,6 +442,12 @@ impl World {
                 error: ZkError::NotEmpty,
                 ..
             }) => self.coverage("remove waited for a node that appeared under it"),
+            Feedback::Wrote(ZkReply::MultiFailed { index, .. })
+                if matches!(&request, Request::Write(ZkOp::Multi { ops })
+                    if matches!(ops.get(*index), Some(ZkOp::Check { .. }))) =>
+            {
+                self.coverage("pop run read again after its machines list changed")
+            }
             _ => {}
         }
         let at = self.now + self.admin_latency();

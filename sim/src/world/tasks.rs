@@ -103,8 +103,25 @@ impl World {
                 if request.rolling {
                     self.coverage("rolling task issued");
                 }
+                self.check_targets_deployed(&key, &request);
                 self.issued.insert(key, request);
             }
+        }
+    }
+
+    /// A task names only machines its service's list names as it is issued: `pop run`
+    /// checks the list's version in the multi that writes it.
+    fn check_targets_deployed(&mut self, key: &TaskKey, request: &TaskRequest) {
+        let list = self
+            .zk
+            .get(&paths::service_machines(&key.0))
+            .and_then(|n| parse_machines(&n.data).ok())
+            .unwrap_or_default();
+        if let Some(m) = request.machines.iter().find(|m| !list.contains(m.as_str())) {
+            self.violate(format!(
+                "task {} of {} was issued naming {m}, which its machines list {list:?} does not",
+                key.1, key.0
+            ));
         }
     }
 
