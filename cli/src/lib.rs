@@ -268,7 +268,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match &cli.command {
         Command::Start => agent::start(&cli),
-        Command::Fg { .. } => runtime()?.block_on(agent::foreground(&cli)),
+        Command::Fg { .. } => agent_runtime()?.block_on(agent::foreground(&cli)),
         Command::Stop { keep_services } => agent::stop(&cli, *keep_services),
         Command::Sim(args) => sim::run(&cli, args),
         Command::Replay { journal, quiet } => replay::run(&cli, journal.as_deref(), *quiet),
@@ -284,3 +284,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         _ => runtime()?.block_on(commands::run(&cli)),
     }
 }
+
+/// The agent's runtime: one thread. Its event loop is one task that everything else
+/// feeds, so a second worker adds no throughput; it added wake-ups (a worker that gets
+/// a task wakes its idle sibling to look for more, about once per ZooKeeper client
+/// tick) and a thread hop between a process's exit and the loop that restarts it.
+/// Blocking work goes to the blocking pool (`spawn_blocking`), whose threads are named
+/// so they are not taken for workers.
+fn agent_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .thread_name(AGENT_BLOCKING_THREAD)
+        .enable_all()
+        .build()
+}
+
+/// The name of the agent's blocking-pool threads.
+const AGENT_BLOCKING_THREAD: &str = "pop-blocking";

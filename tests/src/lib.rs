@@ -34,6 +34,9 @@ pub fn wait_for<T>(what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// The tests' ZooKeeper tick: sessions expire within seconds (at most 20 ticks).
+const TEST_TICK_MS: u32 = 200;
+
 /// A standalone ZooKeeper on a free loopback port with its own data directory,
 /// killed when dropped.
 pub struct Zk {
@@ -43,21 +46,29 @@ pub struct Zk {
 
 impl Zk {
     pub fn start() -> Zk {
-        Zk::start_with(None)
+        Zk::start_with(None, TEST_TICK_MS)
+    }
+
+    /// A server with ZooKeeper's default tick (2 s, as `pop zk start` and a real
+    /// deployment): sessions of up to 40 s, so an agent keeps its 10 s one. The tests'
+    /// short tick caps sessions at 4 s, and the ZooKeeper client then wakes every
+    /// 200 ms instead of every 625 ms: fine for tests, wrong for measuring idleness.
+    pub fn start_with_default_tick() -> Zk {
+        Zk::start_with(None, ZkServerConfig::default().tick_ms)
     }
 
     /// A server with a secure client port (TLS) too: [`Zk::secure_hosts`]. Its plaintext
     /// port stays (for the readiness check and four-letter words).
     pub fn start_tls(tls: ServerTls) -> Zk {
-        Zk::start_with(Some(tls))
+        Zk::start_with(Some(tls), TEST_TICK_MS)
     }
 
-    fn start_with(tls: Option<ServerTls>) -> Zk {
+    fn start_with(tls: Option<ServerTls>, tick_ms: u32) -> Zk {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = ZkServerConfig {
             port: 0,
             data_dir: dir.path().join("data"),
-            tick_ms: 200,
+            tick_ms,
             log_file: Some(dir.path().join("zookeeper.log")),
             // pop's, and what the tests ask about sessions (`session_connected`,
             // `session_alive`).

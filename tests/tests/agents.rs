@@ -112,3 +112,50 @@ fn an_idle_agent_leaves_no_node_behind() {
         "agent node still there after exit"
     );
 }
+
+/// The agent's event loop runs on its main thread (a current-thread runtime): no tokio
+/// worker threads, whose sibling wake-ups cost an idle agent about a third of its
+/// context switches. Besides it only the ZooKeeper client's reactor (`async-io`) and
+/// the blocking pool, named so it is not taken for workers, even after a restart
+/// (spawn and clean-up run on the pool).
+#[test]
+fn the_agent_runs_its_event_loop_on_its_main_thread() {
+    let (_zk, m, zkc) = initialised();
+    m.ok(&[
+        "add",
+        "command",
+        "--name",
+        "sleeper",
+        "--set",
+        "command=exec sleep 100000",
+        "--set",
+        "start_seconds=0",
+    ]);
+    m.ok(&["deploy", "sleeper"]);
+    let agent = m.agent();
+    let pid_of = || {
+        zkc.get_json(&format!("/services/sleeper/state/{}", m.id))
+            .and_then(|s| s["pid"].as_u64())
+    };
+    let first = wait_for("sleeper to run", pid_of);
+    pop_tests::signal(first as i32, libc::SIGKILL);
+    wait_for("a restarted sleeper", || pid_of().filter(|p| *p != first));
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", agent.pid())).expect("tasks");
+    let mut names = BTreeSet::new();
+    for task in tasks {
+        let path = task.expect("task").path();
+        if let Ok(comm) = std::fs::read_to_string(path.join("comm")) {
+            names.insert(comm.trim().to_string());
+        }
+    }
+    let exe = pop_tests::pop_exe();
+    let main = exe.file_name().expect("exe name").to_string_lossy();
+    let allowed: BTreeSet<String> = [&*main, "async-io", "pop-blocking"]
+        .map(String::from)
+        .into();
+    assert!(
+        names.is_subset(&allowed),
+        "agent threads {names:?}, expected only {allowed:?}"
+    );
+    assert!(names.contains(&*main), "{names:?}");
+}

@@ -101,6 +101,11 @@ impl Floor {
         Ok(Floor { child })
     }
 
+    /// The floor supervisor's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Lets it start its services; returns the clock just before.
     pub fn go(&mut self) -> Result<u128> {
         let at = monotonic_ns();

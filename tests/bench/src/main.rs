@@ -14,6 +14,7 @@ mod idle;
 mod measure;
 mod popsys;
 mod restart;
+mod sched;
 mod set;
 mod sim;
 mod supervisord;
@@ -67,6 +68,9 @@ enum Bench {
         /// The largest count supervisord is run with.
         #[arg(long, default_value = "1000")]
         supervisord_max: usize,
+        /// Also print each thread's run time and context switches.
+        #[arg(long)]
+        threads: bool,
     },
     /// Settings changed → restarted with them.
     Set {
@@ -200,7 +204,8 @@ fn main() -> Result<()> {
             counts,
             seconds,
             supervisord_max,
-        } => idle::run(&env, counts.clone(), *seconds, *supervisord_max)?,
+            threads,
+        } => idle::run(&env, counts.clone(), *seconds, *supervisord_max, *threads)?,
         Bench::Set { changes } => set::run(&env, *changes)?,
         Bench::Sim { seeds } => sim::run(&env, *seeds)?,
         Bench::Env { builds } => env::run(&env, *builds)?,
@@ -213,7 +218,7 @@ fn main() -> Result<()> {
         Bench::All => {
             restart::run(&env, None)?;
             deploy::run(&env, None)?;
-            idle::run(&env, None, None, 1000)?;
+            idle::run(&env, None, None, 1000, false)?;
             set::run(&env, None)?;
             sim::run(&env, None)?;
             fleet::run(&env, None, None, None, None)?;

@@ -219,16 +219,17 @@ pub fn rss_bytes(pid: u32) -> Result<u64> {
     Ok(kb * 1024)
 }
 
-/// The CPU share `pid` used over `window` while nothing was asked of it, and its RSS
+/// What `pid` used over `window` while nothing was asked of it (run time and context
+/// switches of every thread, from the scheduler; the tick figure beside it), and its RSS
 /// at the end.
-pub fn idle_usage(pid: u32, window: Duration) -> Result<(f64, u64)> {
-    let before = cpu_ticks(pid)?;
-    let start = Instant::now();
+pub fn idle_usage(pid: u32, window: Duration) -> Result<(crate::sched::Usage, u64)> {
+    let before = crate::sched::sample(pid)?;
     std::thread::sleep(window);
-    let after = cpu_ticks(pid)?;
-    let seconds = start.elapsed().as_secs_f64();
-    let cpu = (after - before) as f64 / ticks_per_second() as f64 / seconds * 100.0;
-    Ok((cpu, rss_bytes(pid)?))
+    let after = crate::sched::sample(pid)?;
+    Ok((
+        crate::sched::Usage::between(&before, &after),
+        rss_bytes(pid)?,
+    ))
 }
 
 #[cfg(test)]

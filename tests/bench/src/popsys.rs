@@ -16,7 +16,14 @@ use zookeeper_client as zkc;
 
 use crate::measure::{idle_usage, monotonic_ns, wait};
 
-pub const MACHINE: &str = "bench";
+/// This run's machine id: its own, because the agent's containment (the cgroup
+/// `pop/<machine id>`) is per machine id, and an agent kills what it finds there at
+/// start. A fixed id let two benchmark runs at once (two people, two branches) kill
+/// each other's services, which then restarted in a loop during the measurement.
+pub fn machine() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| format!("bench-{}", std::process::id()))
+}
 
 pub struct Pop {
     pub exe: PathBuf,
@@ -49,7 +56,9 @@ pub fn stamp_settings(stamp_exe: &Path, stamp_file: &Path, name: &str) -> Vec<u8
 impl Pop {
     /// A ZooKeeper and `pop init`; no agent yet.
     pub fn new(exe: &Path) -> Result<Pop> {
-        let zk = Zk::start();
+        // As deployed: with the tests' short tick the agent's session would be cut to
+        // 4 s and its ZooKeeper client would tick 3 times as often.
+        let zk = Zk::start_with_default_tick();
         let state = tempfile::tempdir().context("state dir")?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -75,7 +84,7 @@ impl Pop {
         let mut cmd = Command::new(&self.exe);
         cmd.args(args)
             .env("POP_HOST", self.zk.hosts())
-            .env("POP_MACHINE_ID", MACHINE)
+            .env("POP_MACHINE_ID", machine())
             .env("POP_STATE_DIR", self.state.path())
             .env_remove("RUST_LOG");
         cmd
@@ -119,7 +128,7 @@ impl Pop {
             {
                 bail!("the agent exited ({status}) before registering");
             }
-            Ok(self.exists(&paths::agent(MACHINE))?.then_some(()))
+            Ok(self.exists(&paths::agent(machine()))?.then_some(()))
         });
         registered.with_context(|| format!("the agent printed:\n{}", self.agent_output()))?;
         Ok(pid)
@@ -184,7 +193,7 @@ impl Pop {
     /// returns the clock when the first was sent.
     pub fn deploy_all(&self, names: &[String]) -> Result<u128> {
         let client = &self.client;
-        let list = format!("[\"{MACHINE}\"]");
+        let list = format!("[\"{}\"]", machine());
         self.runtime.block_on(async {
             let start = monotonic_ns();
             let writes: Vec<_> = names
@@ -215,7 +224,7 @@ impl Pop {
     /// handle resolves with the clock when `count` services were registered.
     pub fn watch_registered(&self, count: usize) -> Result<tokio::task::JoinHandle<Result<u128>>> {
         let client = self.client.clone();
-        let path = paths::machine(MACHINE);
+        let path = paths::machine(machine());
         let (armed_tx, armed_rx) = tokio::sync::oneshot::channel();
         let handle = self.runtime.spawn(async move {
             let mut armed = Some(armed_tx);
@@ -274,8 +283,8 @@ impl Pop {
         };
         let end = std::time::Instant::now() + limit;
         while std::time::Instant::now() < end {
-            let (cpu, _) = idle_usage(pid, Duration::from_millis(500))?;
-            if cpu < 5.0 {
+            let (usage, _) = idle_usage(pid, Duration::from_millis(500))?;
+            if usage.cpu_percent() < 5.0 {
                 return Ok(());
             }
         }
@@ -299,7 +308,7 @@ impl Pop {
         old: u32,
     ) -> Result<tokio::task::JoinHandle<Result<u128>>> {
         let client = self.client.clone();
-        let path = paths::machine_service(MACHINE, name);
+        let path = paths::machine_service(machine(), name);
         let (armed_tx, armed_rx) = tokio::sync::oneshot::channel();
         let handle = self.runtime.spawn(async move {
             let mut armed = Some(armed_tx);
