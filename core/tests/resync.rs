@@ -132,6 +132,9 @@ fn a_new_session_with_a_thousand_services_keeps_reads_under_the_cap() {
             Some(&1)
         );
     }
+    // The thousands of reads queued and the actions drained leave no buffer behind of
+    // the size they reached.
+    assert_eq!(a.queue_capacity(), 0, "the queues keep their buffers");
     // The session expires; the new one reads them all again, under the cap again.
     clock += 1;
     a.handle(
@@ -141,6 +144,7 @@ fn a_new_session_with_a_thousand_services_keeps_reads_under_the_cap() {
     assert!(a.drain_actions().contains(&Action::NewSession));
     let second = run_until_quiet(&mut a, &mut clock, connected(2));
     assert_eq!(second.len(), first.len(), "every path read again");
+    assert_eq!(a.queue_capacity(), 0, "the queues keep their buffers");
 }
 
 /// Reads queued under the cap survive a snapshot of the agent (the journal's): the copy

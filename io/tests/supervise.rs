@@ -25,6 +25,9 @@ use events::*;
 #[path = "supervise/one_off.rs"]
 mod one_off;
 use one_off::*;
+#[path = "supervise/stops.rs"]
+mod stops;
+use stops::*;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(20);
@@ -275,6 +278,8 @@ both_modes!(
     leftover_daemon_is_waited_for_until_it_exits,
     one_off_output_goes_to_its_files_and_its_tree_is_stopped,
     a_detached_one_off_is_killed_by_the_next_supervisor,
+    a_shorter_second_grace_kills_sooner,
+    shutdown_reaches_every_generation,
 );
 
 /// Tests of what only cgroups have.

@@ -385,8 +385,11 @@ impl Agent {
     }
 
     /// All pending actions at once, in order (for callers that record them as a batch).
+    /// The queue's buffer goes with them: kept, it would stay as large as the biggest
+    /// step ever made (thousands of actions when a thousand services start, about
+    /// 0.6 MB) for the agent's whole life.
     pub fn drain_actions(&mut self) -> Vec<Action> {
-        self.actions.drain(..).collect()
+        Vec::from(std::mem::take(&mut self.actions))
     }
 
     /// When to deliver the next `Input::Tick`, if anything is scheduled.

@@ -7,6 +7,7 @@
 use super::{Agent, Pending};
 use crate::event::Action;
 use crate::zk::{RequestId, ZkOp};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 /// Reads one agent may have outstanding at once.
@@ -63,6 +64,11 @@ impl Agent {
             };
             self.send_now(op, pending);
         }
+        // A new session queues a read per service; once they are out, the queue's
+        // buffer is released rather than kept at that size.
+        if self.queued_reads.is_empty() && self.queued_reads.capacity() > MAX_OUTSTANDING_READS {
+            self.queued_reads = VecDeque::new();
+        }
     }
 
     /// A new session: nothing of the old one is in flight or waiting (it re-reads
@@ -87,5 +93,11 @@ impl Agent {
     /// For the simulator: reads waiting for room under the cap.
     pub fn queued_reads(&self) -> usize {
         self.queued_reads.len()
+    }
+
+    /// For tests: the slots the agent's queues (actions, queued reads) keep allocated,
+    /// to show a burst's buffers are not kept for the agent's life.
+    pub fn queue_capacity(&self) -> usize {
+        self.actions.capacity() + self.queued_reads.capacity()
     }
 }

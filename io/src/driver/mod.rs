@@ -28,16 +28,20 @@ mod workdir;
 #[cfg(not(madsim))]
 pub use start::{run, DriverConfig, DriverError};
 
+mod watches;
+
 use crate::journal::JournalWriter;
+use futures_util::StreamExt;
 use pop_core::backoff::SeededRng;
 use pop_core::event::{Action, Input, Report};
 use pop_core::zk::{SessionEvent, ZkError, ZkReply};
 use pop_core::{Agent, AgentConfig};
-use ports::{Clock, ConnectFailure, ProcessPort, ZkPort, ZkSession};
+use ports::{Clock, ConnectFailure, ProcessPort, WatchFuture, ZkPort, ZkSession};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
+use watches::Watches;
 
 /// Why the agent is asked to end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +81,12 @@ enum Msg<S> {
         // Boxed: an input is large beside the other messages.
         input: Box<Input>,
     },
+    /// The watch a request of the session of `epoch` set, sent after its reply: the
+    /// loop waits for it among the others (see [`watches`]).
+    Watch {
+        epoch: u64,
+        watch: WatchFuture,
+    },
     Connected {
         epoch: u64,
         session: S,
@@ -114,6 +124,8 @@ struct Driver<Z: ZkPort, P, C> {
     refused: Option<Refusal>,
     /// Jitters the reconnect backoff (seeded like the core's, from the agent's config).
     rng: SeededRng,
+    /// The watches set and not yet fired.
+    watches: Watches,
 }
 
 /// The event loop over any ports. Returns when the core emits `Exit`, or at once after a
@@ -142,6 +154,7 @@ pub async fn run_with<Z: ZkPort, P: ProcessPort, C: Clock>(
         epoch: 0,
         tx,
         refused: None,
+        watches: Watches::default(),
     };
     // What an earlier agent left running is known before anything else happens.
     let adopted = driver
@@ -176,9 +189,18 @@ pub async fn run_with<Z: ZkPort, P: ProcessPort, C: Clock>(
                 }
                 event
             }
+            Some((epoch, event)) = driver.watches.next(), if !driver.watches.is_empty() => {
+                event
+                    .filter(|_| epoch == driver.epoch || planted!(StaleEpochAccepted))
+                    .map(Input::Watch)
+            }
             msg = rx.recv() => match msg {
                 Some(Msg::Session { epoch, input }) => {
                     (epoch == driver.epoch || planted!(StaleEpochAccepted)).then_some(*input)
+                }
+                Some(Msg::Watch { epoch, watch }) => {
+                    driver.watches.push(epoch, watch);
+                    None
                 }
                 Some(Msg::Connected { epoch, session }) => driver.on_connected(epoch, session),
                 Some(Msg::Refused(message)) => {
@@ -383,10 +405,6 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
                     return false;
                 };
                 tokio::spawn(async move {
-                    // Boxed: most of these tasks then wait for their watch for as long as
-                    // the service exists, and a task keeps the size of its largest state
-                    // (the request's) in its own allocation otherwise, about 1 KB per
-                    // watch, thousands of them on an agent with a thousand services.
                     // Bounded here, whatever the port does: a request that never ends
                     // would stall whatever the core waits for on it.
                     let (reply, watch) = if planted!(ZkCallWithoutTimeout) {
@@ -403,23 +421,16 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
                     // closes it, which shutdown relies on.
                     drop(session);
                     let input = Input::Reply { id, reply };
-                    if tx
-                        .send(Msg::Session {
-                            epoch,
-                            input: Box::new(input),
-                        })
-                        .is_err()
-                    {
-                        return;
-                    }
+                    let _ = tx.send(Msg::Session {
+                        epoch,
+                        input: Box::new(input),
+                    });
+                    // After the reply on the same channel, so the core has the reply
+                    // before the watch can fire. The loop waits for it rather than this
+                    // task: thousands of watches wait as long as their services exist,
+                    // and a task each cost about 400 bytes more than an entry in a set.
                     if let Some(watch) = watch {
-                        if let Some(event) = watch.await {
-                            let input = Input::Watch(event);
-                            let _ = tx.send(Msg::Session {
-                                epoch,
-                                input: Box::new(input),
-                            });
-                        }
+                        let _ = tx.send(Msg::Watch { epoch, watch });
                     }
                 });
             }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
-use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -30,6 +30,7 @@ use super::containment::scan::Scanner;
 use super::containment::Group;
 use super::logs::SharedLog;
 use super::record::RunFile;
+use super::stop::{stop_cell, StopReceiver, StopSender};
 use super::watch::{Interest as Change, Registration, Watcher};
 use super::{pidfd, readiness, ExitStatus, ReadinessProbe, SupervisorEvent};
 
@@ -57,7 +58,7 @@ pub(crate) enum Phase {
 #[derive(Debug)]
 pub(crate) struct Handle {
     pub phase: Phase,
-    pub stop: UnboundedSender<Duration>,
+    pub stop: StopSender,
     pub task: Option<JoinHandle<()>>,
 }
 
@@ -74,12 +75,12 @@ impl Table {
     }
 
     /// Adds a generation in `phase`; `None` if it is already there.
-    pub fn register(&self, key: Key, phase: Phase) -> Option<UnboundedReceiver<Duration>> {
+    pub fn register(&self, key: Key, phase: Phase) -> Option<StopReceiver> {
         let mut entries = self.lock();
         if entries.contains_key(&key) {
             return None;
         }
-        let (stop, stop_rx) = mpsc::unbounded_channel();
+        let (stop, stop_rx) = stop_cell();
         entries.insert(
             key,
             Handle {
@@ -217,7 +218,7 @@ impl Instance {
     /// Starts the task and records it in the table, where the generation is already
     /// registered with the receiving end of `stop_rx`. `exit` resolves with the main
     /// process's status. Must run inside the runtime.
-    pub fn start(self, exit: ExitFuture, stop_rx: UnboundedReceiver<Duration>) {
+    pub fn start(self, exit: ExitFuture, stop_rx: StopReceiver) {
         let key = (self.service.clone(), self.generation);
         let table = Arc::clone(&self.table);
         table.set_phase(&key, Phase::Running { pid: self.pid });
@@ -276,7 +277,7 @@ impl Instance {
         }
     }
 
-    async fn run(mut self, mut exit: ExitFuture, mut stop_rx: UnboundedReceiver<Duration>) {
+    async fn run(mut self, mut exit: ExitFuture, mut stop_rx: StopReceiver) {
         let record = self.record.take();
         let probe_task = self.probe.take().map(|probe| {
             tokio::spawn(readiness::run(
@@ -293,7 +294,6 @@ impl Instance {
         // Set once TERM has been sent; KILL follows then.
         let mut kill_at: Option<Instant> = None;
         let mut killed = false;
-        let mut stop_open = true;
         let mut leftovers: Option<Leftovers> = None;
         loop {
             let kill_due = kill_at.filter(|_| !killed);
@@ -302,17 +302,14 @@ impl Instance {
                     debug!(service = %self.service, generation = self.generation, pid = self.pid, status = %st, "main process exited");
                     status = Some(st);
                 }
-                req = stop_rx.recv(), if stop_open => match req {
-                    Some(grace) => {
-                        debug!(service = %self.service, generation = self.generation, ?grace, "stopping");
-                        if kill_at.is_none() {
-                            self.signal(Signal::SIGTERM).await;
-                        }
-                        let at = Instant::now() + grace;
-                        kill_at = Some(kill_at.map_or(at, |k| k.min(at)));
+                grace = stop_rx.recv() => {
+                    debug!(service = %self.service, generation = self.generation, ?grace, "stopping");
+                    if kill_at.is_none() {
+                        self.signal(Signal::SIGTERM).await;
                     }
-                    None => stop_open = false,
-                },
+                    let at = Instant::now() + grace;
+                    kill_at = Some(kill_at.map_or(at, |k| k.min(at)));
+                }
                 () = sleep_until(kill_due), if kill_due.is_some() => {
                     self.signal(Signal::SIGKILL).await;
                     killed = true;

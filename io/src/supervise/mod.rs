@@ -187,6 +187,7 @@ mod reaper;
 mod record;
 mod spawn;
 mod start;
+mod stop;
 mod watch;
 
 use std::collections::BTreeMap;
@@ -516,7 +517,7 @@ impl Supervisor {
         let table = self.shared.table.lock();
         match table.get(&(service.to_string(), generation)) {
             Some(h) if h.phase != Phase::CleaningUp => {
-                let _ = h.stop.send(grace);
+                h.stop.send(grace);
             }
             _ => info!(%service, generation, "stop: not running"),
         }
@@ -544,7 +545,7 @@ impl Supervisor {
     pub async fn shutdown(&mut self, grace: Duration) {
         for h in self.shared.table.lock().values() {
             // Those starting get it as soon as they run; those cleaning up ignore it.
-            let _ = h.stop.send(grace);
+            h.stop.send(grace);
         }
         // Bounded, in case a process is stuck in uninterruptible sleep.
         let limit = grace + Duration::from_secs(30);

@@ -5,9 +5,9 @@
 
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use super::stop::StopReceiver;
+use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, warn};
 
 use super::adopt::ExitFuture;
@@ -103,13 +103,7 @@ impl Shared {
 
     /// Launches the generation in its new containment and starts its task; reports
     /// `Spawned` or `SpawnFailed`. The generation is in the table as `Starting`.
-    fn start(
-        &self,
-        spec: ProcessSpec,
-        token: String,
-        group: Group,
-        stop_rx: UnboundedReceiver<Duration>,
-    ) {
+    fn start(&self, spec: ProcessSpec, token: String, group: Group, stop_rx: StopReceiver) {
         let key = (spec.service.clone(), spec.generation);
         let group = Arc::new(group);
         if let Some(files) = spec.output.clone() {
@@ -197,7 +191,7 @@ impl Shared {
     }
 
     /// Reports `Spawned` and supervises the instance until it exits.
-    fn run(&self, instance: Instance, exit: ExitFuture, stop_rx: UnboundedReceiver<Duration>) {
+    fn run(&self, instance: Instance, exit: ExitFuture, stop_rx: StopReceiver) {
         let _ = self.events.send(SupervisorEvent::Spawned {
             service: instance.service.clone(),
             generation: instance.generation,
@@ -216,7 +210,7 @@ impl Shared {
         files: &OutputFiles,
         token: String,
         group: Arc<Group>,
-        stop_rx: UnboundedReceiver<Duration>,
+        stop_rx: StopReceiver,
     ) {
         let key = (spec.service.clone(), spec.generation);
         let output = Output::Files(files);
