@@ -14,6 +14,7 @@ mod idle;
 mod measure;
 mod popsys;
 mod restart;
+mod schedstat;
 mod set;
 mod sim;
 mod supervisord;
