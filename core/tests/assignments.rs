@@ -32,6 +32,15 @@ struct Rig {
 impl Rig {
     /// A namespace where `a` is deployed on m1 and `b` on m2, as `pop deploy` leaves it.
     fn new() -> Rig {
+        Rig::with_keeper(true)
+    }
+
+    /// The same namespace with no keeper yet: m1's agent becomes it.
+    fn keeping() -> Rig {
+        Rig::with_keeper(false)
+    }
+
+    fn with_keeper(other_keeps: bool) -> Rig {
         let agent = Agent::new(common::config("m1", 1, Default::default()));
         let mut rig = Rig {
             agent,
@@ -47,7 +56,9 @@ impl Rig {
             rig.nodes.insert(path.to_string(), Vec::new());
         }
         // Another machine's agent keeps the index (see core/tests/keeper.rs): m1 follows.
-        rig.nodes.insert(paths::KEEPER.to_string(), b"m9".to_vec());
+        if other_keeps {
+            rig.nodes.insert(paths::KEEPER.to_string(), b"m9".to_vec());
+        }
         for (service, machine) in [("a", "m1"), ("b", "m2")] {
             for (path, data) in [
                 (paths::service(service), ""),
@@ -219,6 +230,16 @@ impl Rig {
         }
     }
 
+    /// The agent created `path` itself (`answer` fires no watch): the child watch on
+    /// its parent fires, if one is held.
+    fn created(&mut self, path: &str) {
+        let parent = paths::parent(path).unwrap_or("/").to_string();
+        assert!(self.nodes.contains_key(path), "{path} was created");
+        if self.child_watches.remove(&parent) {
+            self.watch(&parent, WatchKind::ChildrenChanged);
+        }
+    }
+
     fn watch(&mut self, path: &str, kind: WatchKind) {
         self.feed(Input::Watch(WatchEvent {
             path: path.to_string(),
@@ -312,6 +333,32 @@ fn a_service_deployed_here_is_read_once_its_entry_appears() {
     let reads = about(&requests, "b");
     assert!(reads.contains(&paths::service_machines("b")), "{reads:?}");
     assert!(reads.contains(&paths::service_settings("b")), "{reads:?}");
+}
+
+#[test]
+fn on_the_keepers_machine_a_service_new_in_the_index_takes_the_list_the_keeper_read() {
+    let mut rig = Rig::keeping();
+    assert!(rig.agent.is_keeper());
+    assert!(rig.runs("a"));
+    rig.take();
+    // A list written by a client that bypasses pop's plans (as pop-bench does): the
+    // keeper reads it on its watch and makes the entry, and the agent's index watch fires.
+    rig.put(&paths::service_machines("b"), Some(r#"["m1","m2"]"#));
+    rig.created(&paths::assignment("m1", "b"));
+    assert!(rig.runs("b"));
+    let reads = about(&rig.take(), "b");
+    let list_reads = reads
+        .iter()
+        .filter(|p| **p == paths::service_machines("b"))
+        .count();
+    assert_eq!(
+        list_reads, 1,
+        "the keeper's read, not the agent's too: {reads:?}"
+    );
+    assert!(reads.contains(&paths::service_settings("b")), "{reads:?}");
+    // The watch that read set is the agent's too: a change is read and followed.
+    rig.put(&paths::service_machines("b"), Some(r#"["m2"]"#));
+    assert!(!rig.runs("b"), "undeployed from m1 by a list change alone");
 }
 
 #[test]

@@ -163,3 +163,74 @@ fn a_machine_an_acl_keeps_out_of_the_election_reports_it_and_keeps_running() {
     );
     assert!(a.problems().contains_key("/pop/keeper"));
 }
+
+/// An agent elected keeper whose index read is still out, that has read `/services` =
+/// [s1], `/assignments` = [m1] and `/assignments/m1` = [], and s1's list (naming m1,
+/// mzxid 5), and so made s1's entry. Returns the agent and the id of its index read.
+fn keeper_that_made_an_entry() -> (Agent, RequestId) {
+    let mut a = agent(AgentAccess::Open);
+    let start = connect(&mut a);
+    let (claim, _) = requests(&start, "/pop/keeper")[0];
+    let (index, _) = requests(&start, "/assignments/m1")
+        .into_iter()
+        .find(|(_, op)| matches!(op, ZkOp::GetChildren { .. }))
+        .expect("the agent reads its index");
+    let elected = feed(&mut a, 1001, reply(claim, ZkReply::Created));
+    let mut actions = Vec::new();
+    for path in ["/services", "/assignments"] {
+        for (id, _) in requests(&elected, path) {
+            let names: &[&str] = if path == "/services" {
+                &["s1"]
+            } else {
+                &["m1"]
+            };
+            actions.extend(feed(&mut a, 1002, reply(id, children(names))));
+        }
+    }
+    for (id, _) in requests(&actions.clone(), "/assignments/m1") {
+        actions.extend(feed(&mut a, 1003, reply(id, children(&[]))));
+    }
+    let (list, op) = requests(&actions, "/services/s1/machines")[0];
+    assert!(watched(op), "the keeper's read sets the watch: {op:?}");
+    let made = feed(&mut a, 1004, common::data(list, r#"["m1"]"#, 5));
+    let entry = requests(&made, "/assignments/m1/s1");
+    assert!(matches!(entry[..], [(_, ZkOp::Create { .. })]), "{made:?}");
+    (a, index)
+}
+
+#[test]
+fn a_service_new_in_the_index_takes_the_keepers_list_only_while_it_is_settled() {
+    // Settled: the agent takes it, and reads only the settings.
+    let (mut a, index) = keeper_that_made_an_entry();
+    let followed = feed(&mut a, 1005, reply(index, children(&["s1"])));
+    assert!(
+        requests(&followed, "/services/s1/machines").is_empty(),
+        "{followed:?}"
+    );
+    assert_eq!(requests(&followed, "/services/s1/settings").len(), 1);
+    assert!(a.knows_deployed_here("s1"));
+
+    // The list's watch fired after the keeper read it: what the keeper holds may be
+    // old, so the agent reads the list itself.
+    let (mut a, index) = keeper_that_made_an_entry();
+    let changed = Input::Watch(WatchEvent {
+        path: "/services/s1/machines".into(),
+        kind: WatchKind::DataChanged,
+    });
+    let again = feed(&mut a, 1005, changed);
+    assert_eq!(
+        requests(&again, "/services/s1/machines").len(),
+        1,
+        "the keeper's"
+    );
+    let followed = feed(&mut a, 1006, reply(index, children(&["s1"])));
+    assert_eq!(
+        requests(&followed, "/services/s1/machines").len(),
+        1,
+        "the agent's own read: {followed:?}"
+    );
+    assert!(
+        !a.knows_deployed_here("s1"),
+        "nothing taken from the keeper"
+    );
+}

@@ -80,12 +80,41 @@ impl Agent {
             }
         }
         for (name, stale) in fresh {
-            self.read_unless_watched(Watched::Machines(name.clone()), stale);
+            if !(stale && self.take_keepers_list(&name)) {
+                self.read_unless_watched(Watched::Machines(name.clone()), stale);
+            }
             self.read_unless_watched(Watched::Settings(name), stale);
         }
         for name in leaving {
             self.leave(&name);
         }
+    }
+
+    /// On the keeper's machine, a service new in the index takes its machines list from
+    /// the keeper instead of reading it again: the keeper read it with the session's
+    /// watch, and that watch has not fired since (its view is settled), so the list is
+    /// current, and a change from now on fires the watch, which makes this agent read it
+    /// (the service is followed from here on). True when the list was taken.
+    ///
+    /// Only the list is taken: the settings read that `apply_index` sends next does what
+    /// a read list naming this machine would do for settings found missing or withheld.
+    fn take_keepers_list(&mut self, name: &str) -> bool {
+        let path = paths::service_machines(name);
+        if self.session_id().is_none() || !self.armed.contains(&path) {
+            return false;
+        }
+        let Some((machines, mzxid)) = self.keeper.settled_list(name) else {
+            return false;
+        };
+        let machines = machines.clone();
+        let newest = self.newest_read.entry(path.clone()).or_default();
+        if mzxid < *newest {
+            return false; // this agent has seen a newer list: read it again
+        }
+        *newest = mzxid;
+        self.clear_problem(&path);
+        self.update_service(name, |s| s.target.machines = NodeRead::Read(machines));
+        true
     }
 
     /// The index does not exist: as if empty (what runs here is confirmed by its lists),

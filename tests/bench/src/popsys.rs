@@ -207,6 +207,72 @@ impl Pop {
         })
     }
 
+    /// Undeploys every service from this machine at once (each list emptied, as
+    /// `deploy_all` wrote it: directly, not through pop's plans).
+    pub fn undeploy_all(&self, names: &[String]) -> Result<()> {
+        let client = &self.client;
+        self.runtime.block_on(async {
+            let writes: Vec<_> = names
+                .iter()
+                .map(|n| client.set_data(&paths::service_machines(n), b"[]", None))
+                .collect();
+            for w in writes {
+                w.await.map_err(|e| anyhow!("undeploying: {e}"))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Waits until this machine has no pid node left.
+    pub fn wait_unregistered(&self, limit: Duration) -> Result<()> {
+        let path = paths::machine(machine());
+        wait("every pid node to go", limit, || {
+            match self.runtime.block_on(self.client.list_children(&path)) {
+                Ok(names) => Ok(names.is_empty().then_some(())),
+                Err(zkc::Error::NoNode) => Ok(Some(())),
+                Err(e) => Err(anyhow!("listing {path}: {e}")),
+            }
+        })
+    }
+
+    /// Removes services that are undeployed and stopped: every node of each, in one
+    /// multi per service. A state node the agent has not deleted yet makes the multi
+    /// fail; it is tried again until `limit`.
+    pub fn remove_services(&self, names: &[String], limit: Duration) -> Result<()> {
+        let client = &self.client;
+        let mut left: Vec<&String> = names.iter().collect();
+        let mut last_error = String::new();
+        wait("the services' removal", limit, || {
+            self.runtime.block_on(async {
+                let mut writes = Vec::new();
+                for name in &left {
+                    let mut multi = client.new_multi_writer();
+                    for path in [
+                        paths::service_tasks(name),
+                        paths::service_state_dir(name),
+                        paths::service_machines(name),
+                        paths::service_settings(name),
+                        paths::service(name),
+                    ] {
+                        multi.add_delete(&path, None)?;
+                    }
+                    writes.push(multi.commit());
+                }
+                let mut failed = Vec::new();
+                for (name, w) in left.iter().zip(writes) {
+                    if let Err(e) = w.await {
+                        last_error = format!("removing {name}: {e}");
+                        failed.push(*name);
+                    }
+                }
+                left = failed;
+                Ok::<_, anyhow::Error>(())
+            })?;
+            Ok(left.is_empty().then_some(()))
+        })
+        .with_context(|| last_error.clone())
+    }
+
     /// Writes a service's settings (the bytes `pop set` would write); returns the clock
     /// just before the write.
     pub fn write_settings(&self, name: &str, data: &[u8]) -> Result<u128> {
@@ -290,6 +356,16 @@ impl Pop {
         }
         eprintln!("note: the agent still used CPU after {limit:?}; measuring anyway");
         Ok(())
+    }
+
+    /// The session of the benchmark's own client (to tell its packets from the agent's).
+    pub fn own_session(&self) -> i64 {
+        self.client.session_id().0
+    }
+
+    /// The ZooKeeper server's client address (for its four-letter words).
+    pub fn zookeeper_addr(&self) -> std::net::SocketAddr {
+        self.zk.server.addr()
     }
 
     pub fn zookeeper_pid(&self) -> Option<u32> {

@@ -76,6 +76,13 @@ pub fn sample(pid: u32) -> Result<Sample> {
     })
 }
 
+impl Sample {
+    /// Run time of every thread alive at the sample, in nanoseconds.
+    pub fn run_ns(&self) -> u64 {
+        self.threads.values().map(|t| t.run_ns).sum()
+    }
+}
+
 /// What a process used between two samples.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Usage {

@@ -50,6 +50,30 @@ impl Mntr {
     }
 }
 
+/// Packets received per session (`cons`: one line per connection, `recved=` and `sid=`;
+/// a connection with no session yet, as the one asking, is left out).
+pub fn received_by_session(addr: SocketAddr) -> Result<BTreeMap<i64, i64>> {
+    let text = four_letter(addr, "cons", TIMEOUT).with_context(|| format!("cons of {addr}"))?;
+    Ok(parse_cons(&text))
+}
+
+fn parse_cons(text: &str) -> BTreeMap<i64, i64> {
+    let field = |line: &str, key: &str| -> Option<String> {
+        let start = line.find(key)? + key.len();
+        let rest = &line[start..];
+        let end = rest.find([',', ')']).unwrap_or(rest.len());
+        Some(rest[..end].to_string())
+    };
+    text.lines()
+        .filter_map(|line| {
+            let received = field(line, "recved=")?.parse().ok()?;
+            let sid = field(line, "sid=0x")?;
+            let sid = u64::from_str_radix(&sid, 16).ok()? as i64;
+            Some((sid, received))
+        })
+        .collect()
+}
+
 /// Client packets over every server that answers (a server down counts nothing).
 pub fn packets(servers: &[SocketAddr]) -> i64 {
     servers
@@ -85,5 +109,13 @@ mod tests {
              zk_outstanding_requests\t3\nzk_server_state\tleader\n",
         );
         assert_eq!((m.packets(), m.outstanding(), m.connections()), (139, 3, 0));
+    }
+
+    #[test]
+    fn cons_gives_packets_per_session_and_skips_the_asker() {
+        let text =
+            " /127.0.0.1:40370[1](queued=0,recved=5031,sent=5030,sid=0x100044,lop=GETD,est=1)\n \
+                    /127.0.0.1:40382[0](queued=0,recved=1,sent=0)\n";
+        assert_eq!(parse_cons(text), [(0x100044, 5031)].into());
     }
 }

@@ -139,6 +139,15 @@ impl Keeper {
         matches!(self.election, Election::Keeping(_))
     }
 
+    /// A service's machines list as the keeper last read it, with its mzxid, if it is
+    /// settled (read, and no watch fired since): see `Agent::take_keepers_list`.
+    pub(crate) fn settled_list(&self, service: &str) -> Option<(&BTreeSet<String>, i64)> {
+        match &self.election {
+            Election::Keeping(repair) => repair.settled_list(service),
+            _ => None,
+        }
+    }
+
     /// The retry timer fired: failed jobs go again.
     pub(crate) fn retry(&mut self) {
         self.todo.append(&mut self.stalled);

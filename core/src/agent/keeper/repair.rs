@@ -47,6 +47,10 @@ pub(super) struct Repair {
     bad_names: BTreeSet<String>,
     /// Each listed service's machines list (valid machine ids only).
     lists: BTreeMap<String, View<BTreeSet<String>>>,
+    /// The mzxid of each list as last read good: with it the agent can take a settled
+    /// list as its own read (see [`Repair::settled_list`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    list_zxids: BTreeMap<String, i64>,
     /// Per service, what its list names that is no machine id (reported, ignored).
     bad_ids: BTreeMap<String, BTreeSet<String>>,
     index: IndexRead,
@@ -98,6 +102,18 @@ impl Repair {
         let view = self.lists.get_mut(&service)?;
         *view = View::Reading;
         Some(Job::List(service))
+    }
+
+    /// The service's machines list, and its mzxid, when it is settled (read, and no
+    /// watch fired since) and every id in it is a machine id: then it is the whole list
+    /// as the agent would parse it.
+    pub(super) fn settled_list(&self, service: &str) -> Option<(&BTreeSet<String>, i64)> {
+        match self.lists.get(service) {
+            Some(View::Settled(list)) if !self.bad_ids.contains_key(service) => {
+                Some((list, *self.list_zxids.get(service)?))
+            }
+            _ => None,
+        }
     }
 
     /// Whether the lists want the entry, if the keeper can tell.
@@ -240,8 +256,8 @@ impl Repair {
                 );
                 true
             }
-            (Job::List(service), ZkReply::Data { data, .. }) => {
-                self.on_list(service, data, next, fx);
+            (Job::List(service), ZkReply::Data { data, stat }) => {
+                self.on_list(service, data, stat.mzxid, next, fx);
                 false
             }
             (Job::List(service), ZkReply::Error(ZkError::NoNode)) => {
@@ -332,6 +348,7 @@ impl Repair {
             .collect();
         for service in gone {
             self.lists.remove(&service);
+            self.list_zxids.remove(&service);
             self.forget_list_problems(&service, fx);
         }
         for service in &listed {
@@ -371,7 +388,14 @@ impl Repair {
         }
     }
 
-    fn on_list(&mut self, service: &str, data: &[u8], next: &mut Vec<Job>, fx: &mut Effects) {
+    fn on_list(
+        &mut self,
+        service: &str,
+        data: &[u8],
+        mzxid: i64,
+        next: &mut Vec<Job>,
+        fx: &mut Effects,
+    ) {
         if !self.lists.contains_key(service) {
             return; // no longer listed
         }
@@ -408,6 +432,7 @@ impl Repair {
             self.bad_ids.insert(service.to_string(), bad);
         }
         self.lists.insert(service.to_string(), View::Settled(valid));
+        self.list_zxids.insert(service.to_string(), mzxid);
         self.review_service(service, next);
     }
 
