@@ -58,9 +58,9 @@ fn children(names: &[&str]) -> ZkReply {
     }
 }
 
-/// An agent that won the election and read `/services` = [s1], `/assignments` = [], and
-/// its own index = [s1] (s1 is deployed here, so the agent reads its list too).
-fn keeper() -> (Agent, Vec<Action>) {
+/// An agent that has just won the election, its index read still out: the agent, that
+/// read's id, and what winning made it do.
+fn elected() -> (Agent, RequestId, Vec<Action>) {
     let mut a = agent(AgentAccess::Open);
     let start = connect(&mut a);
     let (claim, _) = requests(&start, "/pop/keeper")[0];
@@ -69,6 +69,13 @@ fn keeper() -> (Agent, Vec<Action>) {
         .find(|(_, op)| matches!(op, ZkOp::GetChildren { .. }))
         .expect("the agent reads its index");
     let elected = feed(&mut a, 1001, reply(claim, ZkReply::Created));
+    (a, index, elected)
+}
+
+/// An agent that won the election and read `/services` = [s1], `/assignments` = [], and
+/// its own index = [s1] (s1 is deployed here, so the agent reads its list too).
+fn keeper() -> (Agent, Vec<Action>) {
+    let (mut a, index, elected) = elected();
     assert!(a.is_keeper());
     let mut actions = feed(&mut a, 1002, reply(index, children(&["s1"])));
     for (id, _) in requests(&elected, "/services") {
@@ -168,14 +175,7 @@ fn a_machine_an_acl_keeps_out_of_the_election_reports_it_and_keeps_running() {
 /// [s1], `/assignments` = [m1] and `/assignments/m1` = [], and s1's list (naming m1,
 /// mzxid 5), and so made s1's entry. Returns the agent and the id of its index read.
 fn keeper_that_made_an_entry() -> (Agent, RequestId) {
-    let mut a = agent(AgentAccess::Open);
-    let start = connect(&mut a);
-    let (claim, _) = requests(&start, "/pop/keeper")[0];
-    let (index, _) = requests(&start, "/assignments/m1")
-        .into_iter()
-        .find(|(_, op)| matches!(op, ZkOp::GetChildren { .. }))
-        .expect("the agent reads its index");
-    let elected = feed(&mut a, 1001, reply(claim, ZkReply::Created));
+    let (mut a, index, elected) = elected();
     let mut actions = Vec::new();
     for path in ["/services", "/assignments"] {
         for (id, _) in requests(&elected, path) {

@@ -93,17 +93,7 @@ fn supervisord_time(env: &Env, names: &[String]) -> Result<f64> {
     };
     let dir = tempfile::tempdir()?;
     let stamps = Stamps::new(dir.path());
-    let programs: Vec<Program> = names
-        .iter()
-        .map(|n| Program {
-            name: n.clone(),
-            argv: vec![
-                env.stamp_exe.display().to_string(),
-                stamps.path.display().to_string(),
-                n.clone(),
-            ],
-        })
-        .collect();
+    let programs = Program::stamping(&env.stamp_exe, &stamps.path, names);
     let sup = Supervisord::start(install, dir.path(), &programs, false)?;
     let start = monotonic_ns();
     let started = sup.ctl(&["start", "all"]);

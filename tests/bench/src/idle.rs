@@ -145,17 +145,7 @@ fn supervisord_idle(env: &Env, names: &[String], window: Duration) -> Result<Idl
     };
     let dir = tempfile::tempdir()?;
     let stamps = Stamps::new(dir.path());
-    let programs: Vec<Program> = names
-        .iter()
-        .map(|n| Program {
-            name: n.clone(),
-            argv: vec![
-                env.stamp_exe.display().to_string(),
-                stamps.path.display().to_string(),
-                n.clone(),
-            ],
-        })
-        .collect();
+    let programs = Program::stamping(&env.stamp_exe, &stamps.path, names);
     let sup = Supervisord::start(install, dir.path(), &programs, true)?;
     let result = (|| {
         stamps.wait_all(names.len(), limit(names.len()))?;

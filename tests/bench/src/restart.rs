@@ -120,17 +120,7 @@ pub fn run(env: &Env, kills: Option<usize>) -> Result<()> {
         None => None,
         Some(install) => {
             let stamps = Stamps::new(sup_dir.path());
-            let programs: Vec<Program> = names
-                .iter()
-                .map(|n| Program {
-                    name: n.clone(),
-                    argv: vec![
-                        env.stamp_exe.display().to_string(),
-                        stamps.path.display().to_string(),
-                        n.clone(),
-                    ],
-                })
-                .collect();
+            let programs = Program::stamping(&env.stamp_exe, &stamps.path, &names);
             let sup = Supervisord::start(install, sup_dir.path(), &programs, true)?;
             subjects.push(Subject::new("supervisord", stamps, sup.pid()));
             Some(sup)

@@ -61,6 +61,24 @@ pub struct Program {
     pub argv: Vec<String>,
 }
 
+impl Program {
+    /// One program per name, each the stamp service writing to `stamps` under its name:
+    /// the service every benchmark runs.
+    pub fn stamping(stamp_exe: &Path, stamps: &Path, names: &[String]) -> Vec<Program> {
+        names
+            .iter()
+            .map(|n| Program {
+                name: n.clone(),
+                argv: vec![
+                    stamp_exe.display().to_string(),
+                    stamps.display().to_string(),
+                    n.clone(),
+                ],
+            })
+            .collect()
+    }
+}
+
 /// A running supervisord, stopped (with its programs) when dropped.
 pub struct Supervisord {
     child: Child,
