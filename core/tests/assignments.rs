@@ -27,6 +27,10 @@ struct Rig {
     /// Every request since the last `take`.
     requests: Vec<ZkOp>,
     running: BTreeSet<(String, u64)>,
+    /// Replies to requests about this path wait in `held` until `release`: a reply
+    /// the server sends later than others.
+    hold: Option<String>,
+    held: Vec<Input>,
 }
 
 impl Rig {
@@ -51,6 +55,8 @@ impl Rig {
             child_watches: BTreeSet::new(),
             requests: Vec::new(),
             running: BTreeSet::new(),
+            hold: None,
+            held: Vec::new(),
         };
         for path in paths::NAMESPACE {
             rig.nodes.insert(path.to_string(), Vec::new());
@@ -84,7 +90,14 @@ impl Rig {
 
     /// Feeds an input and answers everything it causes, until the agent asks nothing more.
     fn feed(&mut self, input: Input) {
-        let mut queue = vec![input];
+        self.feed_all(vec![input]);
+    }
+
+    /// Feeds inputs that arrive together (before any reply to what they cause), then
+    /// answers everything they cause.
+    fn feed_all(&mut self, inputs: Vec<Input>) {
+        // Taken from the back, replies put in front: first in, first out.
+        let mut queue: Vec<Input> = inputs.into_iter().rev().collect();
         while let Some(input) = queue.pop() {
             self.now += 1;
             self.agent.handle(Timestamp::from_millis(self.now), input);
@@ -95,8 +108,13 @@ impl Rig {
                 match action {
                     Action::Zk { id, op } => {
                         let reply = self.answer(&op);
+                        let late = self.hold.as_deref() == Some(op.path());
                         self.requests.push(op);
-                        queue.insert(0, Input::Reply { id, reply });
+                        if late {
+                            self.held.push(Input::Reply { id, reply });
+                        } else {
+                            queue.insert(0, Input::Reply { id, reply });
+                        }
                     }
                     Action::Spawn {
                         service,
@@ -230,6 +248,32 @@ impl Rig {
         }
     }
 
+    /// Writes several nodes in one transaction (a plan's multi), then fires the
+    /// watches the writes hit, in order, all before any reply (as the server sends
+    /// a transaction's notifications before it answers a later read).
+    fn put_together(&mut self, writes: &[(&str, &str)]) {
+        self.zxid += 1;
+        let mut fired = Vec::new();
+        for (path, data) in writes {
+            let existed = self
+                .nodes
+                .insert(path.to_string(), data.as_bytes().to_vec())
+                .is_some();
+            if self.data_watches.remove(*path) {
+                fired.push((path.to_string(), WatchKind::DataChanged));
+            }
+            let parent = paths::parent(path).unwrap_or("/").to_string();
+            if !existed && self.child_watches.remove(&parent) {
+                fired.push((parent, WatchKind::ChildrenChanged));
+            }
+        }
+        let events = fired
+            .into_iter()
+            .map(|(path, kind)| Input::Watch(WatchEvent { path, kind }))
+            .collect();
+        self.feed_all(events);
+    }
+
     /// The agent created `path` itself (`answer` fires no watch): the child watch on
     /// its parent fires, if one is held.
     fn created(&mut self, path: &str) {
@@ -245,6 +289,14 @@ impl Rig {
             path: path.to_string(),
             kind,
         }));
+    }
+
+    /// Delivers the replies held back, in order, and holds no more.
+    fn release(&mut self) {
+        self.hold = None;
+        for reply in std::mem::take(&mut self.held) {
+            self.feed(reply);
+        }
     }
 
     /// Every request since the last call.
@@ -359,6 +411,126 @@ fn on_the_keepers_machine_a_service_new_in_the_index_takes_the_list_the_keeper_r
     // The watch that read set is the agent's too: a change is read and followed.
     rig.put(&paths::service_machines("b"), Some(r#"["m2"]"#));
     assert!(!rig.runs("b"), "undeployed from m1 by a list change alone");
+}
+
+#[test]
+fn on_the_keepers_machine_a_deploy_costs_the_keepers_read_of_the_list_and_nothing_more() {
+    let mut rig = Rig::keeping();
+    assert!(rig.agent.is_keeper());
+    rig.take();
+    // `pop deploy` writes the list and the entry in one multi: the list's watch fires
+    // first, and the keeper's read of it is answered after the agent has read its index
+    // (as in a burst of deploys, whose reads queue behind one another).
+    rig.hold = Some(paths::service_machines("b"));
+    rig.put(&paths::service_machines("b"), Some(r#"["m1","m2"]"#));
+    rig.put(&paths::assignment("m1", "b"), Some(""));
+    assert!(!rig.runs("b"), "its list is not read yet");
+    rig.release();
+    assert!(rig.runs("b"));
+    let requests = rig.take();
+    let entry = paths::assignment("m1", "b");
+    assert!(
+        !requests.iter().any(|op| op.path() == entry),
+        "the keeper learns the entry from the agent's read of its index, not by a \
+         create that finds it: {requests:?}"
+    );
+    let reads = about(&requests, "b");
+    let list_reads = reads
+        .iter()
+        .filter(|p| **p == paths::service_machines("b"))
+        .count();
+    assert_eq!(
+        list_reads, 1,
+        "the keeper's read, not the agent's too: {reads:?}"
+    );
+    // The watch that read set is the agent's too: a change is read and followed.
+    rig.put(&paths::service_machines("b"), Some(r#"["m2"]"#));
+    assert!(!rig.runs("b"), "undeployed from m1 by a list change alone");
+}
+
+#[test]
+fn on_the_keepers_machine_an_entry_written_with_its_list_waits_for_the_agents_read_of_the_index() {
+    let mut rig = Rig::keeping();
+    rig.take();
+    // `pop deploy`'s multi; the agent's read of its index is answered after the
+    // keeper's read of the list, which says the entry is wanted.
+    rig.hold = Some(paths::assignments("m1"));
+    rig.put_together(&[
+        (&paths::service_machines("b"), r#"["m1","m2"]"#),
+        (&paths::assignment("m1", "b"), ""),
+    ]);
+    rig.release();
+    assert!(rig.runs("b"));
+    let entry = paths::assignment("m1", "b");
+    let requests = rig.take();
+    assert!(
+        !requests.iter().any(|op| op.path() == entry),
+        "no create that finds the entry: {requests:?}"
+    );
+}
+
+#[test]
+fn on_the_keepers_machine_a_list_written_without_its_entry_gets_the_entry_from_the_keeper() {
+    let mut rig = Rig::keeping();
+    rig.take();
+    // A hand edit: the list alone. The machine's index did not change, so the keeper
+    // does not wait for a read of it.
+    rig.put(&paths::service_machines("b"), Some(r#"["m1","m2"]"#));
+    let entry = paths::assignment("m1", "b");
+    assert!(rig.nodes.contains_key(&entry), "made by the keeper");
+    assert!(
+        rig.take()
+            .iter()
+            .any(|op| matches!(op, ZkOp::Create { path, .. } if *path == entry)),
+        "by the keeper's create"
+    );
+}
+
+#[test]
+fn a_service_waiting_for_the_keepers_read_takes_the_keepers_next_read_when_that_one_fails() {
+    let mut rig = Rig::keeping();
+    rig.take();
+    rig.hold = Some(paths::service_machines("b"));
+    rig.put(&paths::service_machines("b"), Some(r#"["m1","m2"]"#));
+    rig.put(&paths::assignment("m1", "b"), Some(""));
+    // The keeper's read is answered with a lost connection: it is sent again on the
+    // retry timer (and the agent reads too: the failed read took the session's watch).
+    rig.hold = None;
+    for input in std::mem::take(&mut rig.held) {
+        let Input::Reply { id, .. } = input else {
+            unreachable!("only replies are held")
+        };
+        rig.feed(Input::Reply {
+            id,
+            reply: ZkReply::Error(ZkError::ConnectionLoss),
+        });
+    }
+    assert!(!rig.runs("b"));
+    let retry = rig.agent.poll_timeout().expect("a retry");
+    rig.now = retry.as_millis();
+    rig.feed(Input::Tick);
+    assert!(rig.runs("b"), "not left waiting");
+}
+
+#[test]
+fn a_service_waiting_for_the_keepers_read_reads_the_list_itself_when_the_keeper_cannot_use_it() {
+    let mut rig = Rig::keeping();
+    rig.take();
+    rig.hold = Some(paths::service_machines("b"));
+    // An id that is no machine id: the keeper's view of the list is not one the agent
+    // can take, so the agent reads (and judges) the list itself.
+    rig.put(
+        &paths::service_machines("b"),
+        Some(r#"["m1","no such/id"]"#),
+    );
+    rig.put(&paths::assignment("m1", "b"), Some(""));
+    rig.release();
+    let reads = about(&rig.take(), "b");
+    let list_reads = reads
+        .iter()
+        .filter(|p| **p == paths::service_machines("b"))
+        .count();
+    assert_eq!(list_reads, 2, "the keeper's and the agent's: {reads:?}");
 }
 
 #[test]

@@ -171,9 +171,10 @@ fn a_machine_an_acl_keeps_out_of_the_election_reports_it_and_keeps_running() {
     assert!(a.problems().contains_key("/pop/keeper"));
 }
 
-/// An agent elected keeper whose index read is still out, that has read `/services` =
-/// [s1], `/assignments` = [m1] and `/assignments/m1` = [], and s1's list (naming m1,
-/// mzxid 5), and so made s1's entry. Returns the agent and the id of its index read.
+/// An agent elected keeper that has read `/services` = [s1], `/assignments` = [m1],
+/// `/assignments/m1` = [], its own index = [] and s1's list (naming m1, mzxid 5), and so
+/// made s1's entry. Returns the agent and the id of its read of its
+/// index after the entry's create fired its watch.
 fn keeper_that_made_an_entry() -> (Agent, RequestId) {
     let (mut a, index, elected) = elected();
     let mut actions = Vec::new();
@@ -190,16 +191,26 @@ fn keeper_that_made_an_entry() -> (Agent, RequestId) {
     for (id, _) in requests(&actions.clone(), "/assignments/m1") {
         actions.extend(feed(&mut a, 1003, reply(id, children(&[]))));
     }
+    // The agent's own index, read before the entry: this machine's entries wait for
+    // that read (it may show a plan's write), so it is answered first here.
+    feed(&mut a, 1003, reply(index, children(&[])));
     let (list, op) = requests(&actions, "/services/s1/machines")[0];
     assert!(watched(op), "the keeper's read sets the watch: {op:?}");
     let made = feed(&mut a, 1004, common::data(list, r#"["m1"]"#, 5));
     let entry = requests(&made, "/assignments/m1/s1");
     assert!(matches!(entry[..], [(_, ZkOp::Create { .. })]), "{made:?}");
+    // The entry fires the agent's index watch: it reads its index again.
+    let changed = Input::Watch(WatchEvent {
+        path: "/assignments/m1".into(),
+        kind: WatchKind::ChildrenChanged,
+    });
+    let again = feed(&mut a, 1004, changed);
+    let (index, _) = requests(&again, "/assignments/m1")[0];
     (a, index)
 }
 
 #[test]
-fn a_service_new_in_the_index_takes_the_keepers_list_only_while_it_is_settled() {
+fn a_service_new_in_the_index_takes_the_keepers_list_once_it_is_settled() {
     // Settled: the agent takes it, and reads only the settings.
     let (mut a, index) = keeper_that_made_an_entry();
     let followed = feed(&mut a, 1005, reply(index, children(&["s1"])));
@@ -211,26 +222,30 @@ fn a_service_new_in_the_index_takes_the_keepers_list_only_while_it_is_settled() 
     assert!(a.knows_deployed_here("s1"));
 
     // The list's watch fired after the keeper read it: what the keeper holds may be
-    // old, so the agent reads the list itself.
+    // old, and its read of the change is out. The agent waits for that read (a deploy
+    // writes the list and the entry together) and takes it when it lands.
     let (mut a, index) = keeper_that_made_an_entry();
     let changed = Input::Watch(WatchEvent {
         path: "/services/s1/machines".into(),
         kind: WatchKind::DataChanged,
     });
     let again = feed(&mut a, 1005, changed);
-    assert_eq!(
-        requests(&again, "/services/s1/machines").len(),
-        1,
-        "the keeper's"
-    );
+    let keepers = requests(&again, "/services/s1/machines");
+    assert_eq!(keepers.len(), 1, "the keeper's");
+    let keepers = keepers[0].0;
     let followed = feed(&mut a, 1006, reply(index, children(&["s1"])));
-    assert_eq!(
-        requests(&followed, "/services/s1/machines").len(),
-        1,
-        "the agent's own read: {followed:?}"
+    assert!(
+        requests(&followed, "/services/s1/machines").is_empty(),
+        "no read of its own: {followed:?}"
     );
     assert!(
         !a.knows_deployed_here("s1"),
-        "nothing taken from the keeper"
+        "nothing taken from the keeper yet"
     );
+    let landed = feed(&mut a, 1007, common::data(keepers, r#"["m1","m2"]"#, 6));
+    assert!(
+        requests(&landed, "/services/s1/machines").is_empty(),
+        "{landed:?}"
+    );
+    assert!(a.knows_deployed_here("s1"), "taken when it landed");
 }

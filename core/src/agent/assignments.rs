@@ -80,7 +80,13 @@ impl Agent {
             }
         }
         for (name, stale) in fresh {
-            if !(stale && self.take_keepers_list(&name)) {
+            if stale && self.take_keepers_list(&name) {
+                // Taken: current, and watched.
+            } else if stale && self.keeper.reading_list(&name) {
+                // A deploy writes the list and the entry together: the keeper's read of
+                // the list, sent on its watch, lands soon; take that one.
+                self.awaiting_keepers_list.insert(name.clone());
+            } else {
                 self.read_unless_watched(Watched::Machines(name.clone()), stale);
             }
             self.read_unless_watched(Watched::Settings(name), stale);
@@ -115,6 +121,25 @@ impl Agent {
         self.clear_problem(&path);
         self.update_service(name, |s| s.target.machines = NodeRead::Read(machines));
         true
+    }
+
+    /// The keeper's read of `service`'s list came back (or `/services`, which may have
+    /// dropped it): a service new in the index that waited for it takes it; while the
+    /// keeper is still reading (the read failed and goes again, or another change came)
+    /// it waits on; otherwise (the list is bad or missing, the keeper reads it no more)
+    /// it reads the list itself.
+    pub(super) fn keepers_list_landed(&mut self, service: &str) {
+        if !self.awaiting_keepers_list.contains(service) || self.keeper.reading_list(service) {
+            return;
+        }
+        self.awaiting_keepers_list.remove(service);
+        let indexed = self
+            .services
+            .get(service)
+            .is_some_and(|s| s.target.listing == Listing::Indexed);
+        if indexed && !self.take_keepers_list(service) {
+            self.read(Watched::Machines(service.to_string()));
+        }
     }
 
     /// The index does not exist: as if empty (what runs here is confirmed by its lists),

@@ -169,6 +169,14 @@ pub struct Agent {
     /// The election of the agent that repairs the assignment index, and its repair.
     #[serde(default)]
     keeper: Keeper,
+    /// Services new in the index whose machines list the keeper is reading: each takes
+    /// the keeper's read when it lands instead of reading the list a second time.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    awaiting_keepers_list: BTreeSet<String>,
+    /// Reads of this machine's index sent or queued and not yet answered: while one is
+    /// out, the keeper's writes of this machine's entries wait for what it says.
+    #[serde(default)]
+    own_index_reads: u32,
     shutting_down: bool,
     exited: bool,
     actions: VecDeque<Action>,
@@ -213,6 +221,8 @@ impl Agent {
             types: TypeReads::default(),
             withheld: BTreeSet::new(),
             keeper: Keeper::default(),
+            awaiting_keepers_list: BTreeSet::new(),
+            own_index_reads: 0,
             shutting_down: false,
             exited: false,
             actions: VecDeque::new(),
@@ -525,6 +535,8 @@ impl Agent {
         self.forget_requests();
         self.armed.clear();
         self.reread.clear();
+        // The new session reads every followed service's list below.
+        self.awaiting_keepers_list.clear();
         if !planted!(NoEphemeralsAfterExpiry) {
             for node in self.nodes.values_mut() {
                 node.forget();

@@ -6,6 +6,7 @@
 
 use super::{Agent, Pending};
 use crate::event::Action;
+use crate::paths::Watched;
 use crate::zk::{RequestId, ZkOp};
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -18,6 +19,10 @@ pub const MAX_OUTSTANDING_READS: usize = 32;
 const RETRY_DELAY: Duration = Duration::from_millis(500);
 const RETRY_JITTER_MS: u64 = 500;
 
+fn reads_own_index(pending: &Pending) -> bool {
+    matches!(pending, Pending::Read(Watched::Assignments(_)))
+}
+
 fn is_read(op: &ZkOp) -> bool {
     matches!(op, ZkOp::GetData { .. } | ZkOp::GetChildren { .. })
 }
@@ -26,6 +31,9 @@ impl Agent {
     /// Sends a request, or queues it when it is a read and the cap is reached (or the
     /// session is not connected: it goes out once it is).
     pub(super) fn send(&mut self, op: ZkOp, pending: Pending) {
+        if reads_own_index(&pending) {
+            self.own_index_reads += 1;
+        }
         if is_read(&op)
             && (!self.queued_reads.is_empty()
                 || self.reads_in_flight.len() >= MAX_OUTSTANDING_READS)
@@ -49,7 +57,11 @@ impl Agent {
     /// The request `id` was answered (or belongs to an older session): what it was.
     pub(super) fn answered(&mut self, id: RequestId) -> Option<Pending> {
         self.reads_in_flight.remove(&id);
-        self.pending.remove(&id)
+        let pending = self.pending.remove(&id);
+        if pending.as_ref().is_some_and(reads_own_index) {
+            self.own_index_reads = self.own_index_reads.saturating_sub(1);
+        }
+        pending
     }
 
     /// Sends queued reads while there is room and a session to send them on. After
@@ -77,6 +89,7 @@ impl Agent {
         self.pending.clear();
         self.reads_in_flight.clear();
         self.queued_reads.clear();
+        self.own_index_reads = 0;
     }
 
     pub(super) fn schedule_retry(&mut self) {

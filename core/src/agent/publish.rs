@@ -160,6 +160,18 @@ impl Agent {
         if self.exited || !self.indexed {
             return Ok(());
         }
+        let index_reads = self
+            .pending
+            .values()
+            .chain(self.queued_reads.iter().map(|(_, pending)| pending))
+            .filter(|p| matches!(p, Pending::Read(Watched::Assignments(_))))
+            .count();
+        if index_reads != self.own_index_reads as usize {
+            return Err(format!(
+                "counts {} reads of its index out, but {index_reads} are",
+                self.own_index_reads
+            ));
+        }
         let mut full = self.clone();
         full.actions.clear();
         full.reindex();

@@ -6,6 +6,7 @@ use super::service::Service;
 use super::tasks::Following;
 use super::{Agent, Pending};
 use crate::event::{Action, Report};
+use crate::names::ServiceName;
 use crate::paths::{self, Watched};
 use crate::settings::{parse_machines, Settings};
 use crate::zk::{RequestId, ZkError, ZkOp, ZkReply};
@@ -223,10 +224,19 @@ impl Agent {
         match (watched, reply) {
             (Watched::Assignments(_), ZkReply::Children { names, .. }) => {
                 self.clear_problem(&path);
+                let entries = names
+                    .iter()
+                    .filter(|name| ServiceName::new(name).is_ok())
+                    .cloned()
+                    .collect();
+                let machine = self.config.machine.as_str();
+                self.keeper.own_directory_read(machine, &entries);
                 self.apply_index(names);
             }
             (Watched::Machines(name), ZkReply::Data { data, .. }) => match parse_machines(&data) {
                 Ok(machines) => {
+                    // Read by the agent itself: no longer waiting for the keeper's read.
+                    self.awaiting_keepers_list.remove(&name);
                     self.clear_problem(&path);
                     let here = machines.contains(self.machine());
                     // Settings found missing (a read from before the service was written

@@ -148,6 +148,24 @@ impl Keeper {
         }
     }
 
+    /// Whether the keeper is reading `service`'s machines list: a read is out or queued,
+    /// and its reply will settle the list or queue the read again.
+    pub(crate) fn reading_list(&self, service: &str) -> bool {
+        match &self.election {
+            Election::Keeping(repair) => repair.reading_list(service),
+            _ => false,
+        }
+    }
+
+    /// This machine's agent read its index directory: see `Repair::own_directory_read`.
+    pub(crate) fn own_directory_read(&mut self, machine: &str, services: &BTreeSet<String>) {
+        if let Election::Keeping(repair) = &mut self.election {
+            let mut next = Vec::new();
+            repair.own_directory_read(machine, services, &mut next);
+            self.todo.extend(next);
+        }
+    }
+
     /// The retry timer fired: failed jobs go again.
     pub(crate) fn retry(&mut self) {
         self.todo.append(&mut self.stalled);
@@ -158,18 +176,22 @@ impl Keeper {
         fx.retry = true;
     }
 
-    /// The next request to send, if any (the caller sends only while connected).
+    /// The next request to send, if any (the caller sends only while connected). The
+    /// entries of machine `hold` wait in `todo` (see `Agent::send_keeper_jobs`).
     pub(crate) fn next(
         &mut self,
         machine: &str,
+        hold: Option<&str>,
         access: &AgentAccess,
         fx: &mut Effects,
     ) -> Option<(Job, Sent, ZkOp)> {
+        let held =
+            |job: &Job| matches!(job, Job::Entry { machine, .. } if Some(machine.as_str()) == hold);
         loop {
             let job = self
                 .todo
                 .iter()
-                .find(|job| !self.in_flight.contains(*job))
+                .find(|job| !self.in_flight.contains(*job) && !held(job))
                 .cloned()?;
             self.todo.remove(&job);
             if let Some((sent, op)) = self.request(&job, machine, access, fx) {
@@ -410,10 +432,19 @@ impl Agent {
                 }
             }
         }
+        let landed = match &job {
+            Job::List(service) => vec![service.clone()],
+            // A service gone from `/services` is no longer read by the keeper.
+            Job::Services => self.awaiting_keepers_list.iter().cloned().collect(),
+            _ => Vec::new(),
+        };
         let mut fx = Effects::default();
         let session = self.owner_session();
         self.keeper.on_reply(job, sent, &reply, session, &mut fx);
         self.keeper_effects(fx);
+        for service in landed {
+            self.keepers_list_landed(&service);
+        }
     }
 
     fn keeper_read_path(&self, job: &Job) -> Option<String> {
@@ -445,9 +476,12 @@ impl Agent {
         }
         let machine = self.config.machine.as_str();
         let access = &self.config.access;
+        // This machine's index changed and is being read again: its entries wait for
+        // that read, which says whether a plan wrote them already.
+        let hold = (self.own_index_reads > 0).then_some(machine);
         let mut fx = Effects::default();
         let mut out = Vec::new();
-        while let Some(next) = self.keeper.next(machine, access, &mut fx) {
+        while let Some(next) = self.keeper.next(machine, hold, access, &mut fx) {
             out.push(next);
         }
         self.keeper_effects(fx);

@@ -116,6 +116,36 @@ impl Repair {
         }
     }
 
+    /// The keeper's own machine's agent read that machine's index directory (with its
+    /// watch): a fresher record of the entries there than the keeper's own, so an entry
+    /// a plan wrote with its list (`pop deploy`) is known without a create that finds it.
+    pub(super) fn own_directory_read(
+        &mut self,
+        machine: &str,
+        services: &BTreeSet<String>,
+        next: &mut Vec<Job>,
+    ) {
+        if self.index != IndexRead::Read {
+            return; // the term's own read of the index decides first
+        }
+        self.directories.insert(machine.to_string());
+        let had: BTreeSet<String> = self
+            .entries
+            .iter()
+            .filter(|(_, machines)| machines.contains(machine))
+            .map(|(service, _)| service.clone())
+            .collect();
+        for service in services.symmetric_difference(&had) {
+            self.set_has(service, machine, services.contains(service));
+            self.review(service, machine, next);
+        }
+    }
+
+    /// Whether the service's list is being read (first, or again after its watch fired).
+    pub(super) fn reading_list(&self, service: &str) -> bool {
+        matches!(self.lists.get(service), Some(View::Reading))
+    }
+
     /// Whether the lists want the entry, if the keeper can tell.
     fn wants(&self, service: &str, machine: &str) -> Option<bool> {
         match self.lists.get(service) {

@@ -7,7 +7,7 @@ const ME: SessionId = SessionId(7);
 fn sends(k: &mut Keeper, access: &AgentAccess) -> (Vec<(Job, Sent, ZkOp)>, Effects) {
     let mut fx = Effects::default();
     let mut out = Vec::new();
-    while let Some(next) = k.next("m1", access, &mut fx) {
+    while let Some(next) = k.next("m1", None, access, &mut fx) {
         out.push(next);
     }
     (out, fx)
