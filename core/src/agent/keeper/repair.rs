@@ -3,7 +3,8 @@
 //! `/services` and each listed service's machines list are read with a watch; the index
 //! (`/assignments` and each `/assignments/<m>`) is read once, and from then on known from
 //! the keeper's own writes (a plan's write it did not see costs one Create or Delete
-//! that finds the work done). An entry is created when its service's list names the
+//! that finds the work done) and, for the keeper's own machine, from that machine's
+//! agent's reads of its index, which it watches anyway. An entry is created when its service's list names the
 //! machine, and deleted when the list does not, or the service is gone.
 //!
 //! A view is acted on only when settled: read, and no watch fired since. A list being
