@@ -25,6 +25,13 @@ pub fn machine() -> &'static str {
     ID.get_or_init(|| format!("bench-{}", std::process::id()))
 }
 
+/// What a deploy's multi does to the machine's index entry for the service.
+#[derive(Clone, Copy)]
+enum IndexEntry {
+    Create,
+    Delete,
+}
+
 pub struct Pop {
     pub exe: PathBuf,
     zk: Zk,
@@ -189,37 +196,70 @@ impl Pop {
         })
     }
 
-    /// Deploys every service on this machine at once (all writes in flight together);
-    /// returns the clock when the first was sent.
+    /// Deploys every service on this machine at once (all writes in flight together),
+    /// each as `pop deploy` writes it: the machines list and this machine's index entry
+    /// in one multi (`pop_core::plan::assignments`), so the keeper has nothing to repair.
+    /// Returns the clock when the first was sent.
     pub fn deploy_all(&self, names: &[String]) -> Result<u128> {
-        let client = &self.client;
         let list = format!("[\"{}\"]", machine());
+        self.ensure_index()?;
+        self.write_lists(names, list.as_bytes(), IndexEntry::Create, "deploying")
+    }
+
+    /// Undeploys every service from this machine at once, as `pop undeploy` writes it:
+    /// each list emptied and its index entry deleted in one multi.
+    pub fn undeploy_all(&self, names: &[String]) -> Result<()> {
+        self.write_lists(names, b"[]", IndexEntry::Delete, "undeploying")
+            .map(|_| ())
+    }
+
+    /// `/assignments/<machine>` (the agent makes it at start; made here if not yet).
+    fn ensure_index(&self) -> Result<()> {
+        let opts = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
         self.runtime.block_on(async {
-            let start = monotonic_ns();
-            let writes: Vec<_> = names
-                .iter()
-                .map(|n| client.set_data(&paths::service_machines(n), list.as_bytes(), None))
-                .collect();
-            for w in writes {
-                w.await.map_err(|e| anyhow!("deploying: {e}"))?;
+            for path in [
+                paths::ASSIGNMENTS.to_string(),
+                paths::assignments(machine()),
+            ] {
+                match self.client.create(&path, b"", &opts).await {
+                    Ok(_) | Err(zkc::Error::NodeExists) => {}
+                    Err(e) => bail!("creating {path}: {e}"),
+                }
             }
-            Ok(start)
+            Ok(())
         })
     }
 
-    /// Undeploys every service from this machine at once (each list emptied, as
-    /// `deploy_all` wrote it: directly, not through pop's plans).
-    pub fn undeploy_all(&self, names: &[String]) -> Result<()> {
+    /// Writes `list` to every service's machines list with its index entry made or
+    /// removed in the same multi, all in flight together; returns the clock before the
+    /// first was sent.
+    fn write_lists(
+        &self,
+        names: &[String],
+        list: &[u8],
+        entry: IndexEntry,
+        doing: &str,
+    ) -> Result<u128> {
         let client = &self.client;
+        let opts = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
         self.runtime.block_on(async {
-            let writes: Vec<_> = names
-                .iter()
-                .map(|n| client.set_data(&paths::service_machines(n), b"[]", None))
-                .collect();
-            for w in writes {
-                w.await.map_err(|e| anyhow!("undeploying: {e}"))?;
+            let mut multis = Vec::with_capacity(names.len());
+            for n in names {
+                let mut multi = client.new_multi_writer();
+                multi.add_set_data(&paths::service_machines(n), list, None)?;
+                let index_entry = paths::assignment(machine(), n);
+                match entry {
+                    IndexEntry::Create => multi.add_create(&index_entry, b"", &opts)?,
+                    IndexEntry::Delete => multi.add_delete(&index_entry, None)?,
+                }
+                multis.push(multi);
             }
-            Ok(())
+            let start = monotonic_ns();
+            let writes: Vec<_> = multis.iter_mut().map(|m| m.commit()).collect();
+            for w in writes {
+                w.await.map_err(|e| anyhow!("{doing}: {e}"))?;
+            }
+            Ok(start)
         })
     }
 
@@ -286,43 +326,53 @@ impl Pop {
         Ok(start)
     }
 
-    /// Arms a watch on this machine's pid nodes and returns once it is armed; the
-    /// handle resolves with the clock when `count` services were registered.
+    /// Arms a watch on this machine's pid nodes and returns once it is armed; the handle
+    /// resolves with the clock when `count` services were registered. One persistent
+    /// recursive watch counting the pid nodes as they are created: the server sends one
+    /// event per node instead of the whole, growing list again after every change, which
+    /// made the harness's own reads a share of the ZooKeeper CPU it measures.
     pub fn watch_registered(&self, count: usize) -> Result<tokio::task::JoinHandle<Result<u128>>> {
         let client = self.client.clone();
         let path = paths::machine(machine());
         let (armed_tx, armed_rx) = tokio::sync::oneshot::channel();
         let handle = self.runtime.spawn(async move {
-            let mut armed = Some(armed_tx);
-            loop {
-                let watcher = match client.list_and_watch_children(&path).await {
-                    Ok((names, watcher)) => {
-                        if names.len() >= count {
-                            return Ok(monotonic_ns());
-                        }
-                        watcher
-                    }
-                    Err(zkc::Error::NoNode) => {
-                        let (stat, watcher) = client
-                            .check_and_watch_stat(&path)
-                            .await
-                            .map_err(|e| anyhow!("watching {path}: {e}"))?;
-                        if stat.is_some() {
-                            continue;
-                        }
-                        watcher
-                    }
-                    Err(e) => return Err(anyhow!("watching {path}: {e}")),
+            let mut watcher = client
+                .watch(&path, zkc::AddWatchMode::PersistentRecursive)
+                .await
+                .map_err(|e| anyhow!("watching {path}: {e}"))?;
+            // Listed after the watch is armed: a node made in between is in both, and
+            // the set counts it once.
+            let mut registered: std::collections::HashSet<String> =
+                match client.list_children(&path).await {
+                    Ok(names) => names.into_iter().collect(),
+                    Err(zkc::Error::NoNode) => Default::default(),
+                    Err(e) => return Err(anyhow!("listing {path}: {e}")),
                 };
-                if let Some(tx) = armed.take() {
-                    let _ = tx.send(());
+            let _ = armed_tx.send(());
+            let prefix = format!("{path}/");
+            while registered.len() < count {
+                let event = watcher.changed().await;
+                if event.session_state.is_terminated() {
+                    bail!("the benchmark's session ended: {:?}", event.session_state);
                 }
-                watcher.changed().await;
+                let Some(name) = event.path.strip_prefix(&prefix) else {
+                    continue;
+                };
+                match event.event_type {
+                    zkc::EventType::NodeCreated => {
+                        registered.insert(name.to_string());
+                    }
+                    zkc::EventType::NodeDeleted => {
+                        registered.remove(name);
+                    }
+                    _ => {}
+                }
             }
+            Ok(monotonic_ns())
         });
         self.runtime
             .block_on(armed_rx)
-            .map_err(|_| anyhow!("{count} services were registered before the watch"))?;
+            .map_err(|_| anyhow!("watching the pid nodes failed before it was armed"))?;
         Ok(handle)
     }
 
