@@ -61,3 +61,61 @@ fn a_pid_node_deleted_while_the_connection_was_down_is_written_again() {
     settle(&mut w);
     assert!(w.zk.get(&paths::machine_service("m1", "job")).is_some());
 }
+
+/// The requests each of five restarts after a healthy run sends.
+fn restarts(refuse_tree_watches: bool) -> Vec<Vec<String>> {
+    use pop_core::event::ExitStatus;
+    let mut w = World::new(&["m1"], 24);
+    if refuse_tree_watches {
+        w.zk.refuse_tree_watches();
+    }
+    w.add_service("job", CMD, &["m1"]);
+    w.run_for(Duration::from_secs(20));
+    let mut each = Vec::new();
+    for _ in 0..5 {
+        let before = w.trace.len();
+        let killed = ExitStatus {
+            code: None,
+            signal: Some(9),
+        };
+        w.crash(0, "job", killed);
+        w.run_for(Duration::from_secs(20));
+        let sent = w.trace[before..]
+            .iter()
+            .filter(|l| l.contains(" Zk { id: "))
+            .map(|l| {
+                l.split(" op: ")
+                    .nth(1)
+                    .unwrap_or(l)
+                    .chars()
+                    .take(60)
+                    .collect()
+            })
+            .collect();
+        each.push(sent);
+    }
+    each
+}
+
+/// A restart sets the pid node and does not read it again to re-arm a watch: one
+/// request fewer than with a watch per node (the old server's way).
+#[test]
+fn a_restart_writes_the_pid_node_without_reading_it_again() {
+    let with_tree = restarts(false);
+    let per_node = restarts(true);
+    for (tree, node) in with_tree.iter().zip(&per_node) {
+        assert!(
+            !tree
+                .iter()
+                .any(|op| op.starts_with(r#"GetData { path: "/machines/m1/job""#)),
+            "{tree:#?}"
+        );
+        assert_eq!(tree.len() + 1, node.len(), "{tree:#?}\n{node:#?}");
+    }
+    eprintln!(
+        "requests per restart: {} with the tree watch, {} with a watch per node: {:#?}",
+        with_tree[0].len(),
+        per_node[0].len(),
+        with_tree[0]
+    );
+}
