@@ -99,6 +99,7 @@ impl fmt::Display for ZkOp {
             } => write!(f, "set {path} {} {}", version(*v), Data(data)),
             ZkOp::Delete { path, version: v } => write!(f, "delete {path} {}", version(*v)),
             ZkOp::Check { path, version: v } => write!(f, "check {path} v{v}"),
+            ZkOp::WatchTree { path } => write!(f, "watch tree {path}"),
             ZkOp::Multi { ops } => {
                 let ops: Vec<String> = ops.iter().map(ToString::to_string).collect();
                 write!(f, "multi [{}]", ops.join("; "))
@@ -118,6 +119,7 @@ impl fmt::Display for ZkReply {
             ZkReply::Set { stat } => write!(f, "set {}", Stat(stat)),
             ZkReply::Deleted => f.write_str("deleted"),
             ZkReply::Checked => f.write_str("checked"),
+            ZkReply::Watching => f.write_str("watching"),
             ZkReply::Error(e) => write!(f, "error: {e}"),
             ZkReply::Multi { replies } => {
                 let replies: Vec<String> = replies.iter().map(ToString::to_string).collect();

@@ -69,6 +69,14 @@ pub enum ZkOp {
         path: String,
         version: i32,
     },
+    /// Adds a persistent recursive watch on `path` (ZooKeeper 3.6's `addWatch`, mode
+    /// PERSISTENT_RECURSIVE), the node need not exist: every create, set and delete of
+    /// the node or a descendant is heard of, the watch stays after firing and goes with
+    /// the session. One of these on a machine's directory replaces a data watch per node
+    /// under it (and the read re-arming each after it fired). Never in a multi.
+    WatchTree {
+        path: String,
+    },
     /// Creates, sets, deletes and checks applied as one transaction: all or nothing.
     /// Only the operator's plans (`crate::plan`) send these; the agent never does.
     Multi {
@@ -86,7 +94,8 @@ impl ZkOp {
             | ZkOp::SetData { path, .. }
             | ZkOp::Delete { path, .. }
             | ZkOp::SetAcl { path, .. }
-            | ZkOp::Check { path, .. } => path,
+            | ZkOp::Check { path, .. }
+            | ZkOp::WatchTree { path } => path,
             ZkOp::Multi { ops } => ops.first().map_or("/", ZkOp::path),
         }
     }
@@ -133,6 +142,8 @@ pub enum ZkReply {
     Deleted,
     /// A check in a committed multi held.
     Checked,
+    /// A tree watch was added (see [`ZkOp::WatchTree`]).
+    Watching,
     Error(ZkError),
     /// A multi that committed: one reply per op, in order.
     Multi {

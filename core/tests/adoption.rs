@@ -125,9 +125,9 @@ fn an_adoption_while_a_start_is_in_flight_stops_that_start() {
         },
     };
     connect(&mut a, 1000);
-    // #1 and #2 make this machine's nodes, #3 reads its index.
+    // #1 and #2 make this machine's nodes, #3 watches its pid nodes, #4 reads its index.
     let listing = Input::Reply {
-        id: RequestId(3),
+        id: RequestId(4),
         reply: ZkReply::Children {
             names: vec!["web".into()],
             stat: NodeStat::default(),

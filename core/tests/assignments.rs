@@ -209,6 +209,8 @@ impl Rig {
             ZkOp::Multi { .. } | ZkOp::SetAcl { .. } | ZkOp::Check { .. } => {
                 ZkReply::Error(ZkError::Other("not from an agent".into()))
             }
+            // As a server before 3.6: the agent watches each pid node itself.
+            ZkOp::WatchTree { .. } => ZkReply::Error(ZkError::Other("unimplemented".into())),
         }
     }
 

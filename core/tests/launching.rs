@@ -179,6 +179,8 @@ impl Rig {
                 ZkReply::Error(ZkError::Other("no multis".into()))
             }
             ZkOp::SetAcl { .. } => ZkReply::Error(ZkError::Other("no ACLs".into())),
+            // As a server before 3.6: the agent watches each pid node itself.
+            ZkOp::WatchTree { .. } => ZkReply::Error(ZkError::Other("unimplemented".into())),
         }
     }
 

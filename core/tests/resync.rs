@@ -64,6 +64,7 @@ fn answer(op: &ZkOp) -> ZkReply {
         ZkOp::Delete { .. } => ZkReply::Deleted,
         ZkOp::SetAcl { .. } => ZkReply::Set { stat },
         ZkOp::Check { .. } => ZkReply::Checked,
+        ZkOp::WatchTree { .. } => ZkReply::Watching,
         ZkOp::Multi { ops } => ZkReply::Multi {
             replies: ops.iter().map(answer).collect(),
         },

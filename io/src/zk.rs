@@ -325,6 +325,8 @@ pub async fn execute(
                 .map(|()| (ZkReply::Deleted, None)),
             ZkOp::Multi { .. } => Err(zkc::Error::BadArguments(&NOT_IN_MULTI)),
             ZkOp::Check { .. } => Err(zkc::Error::BadArguments(&CHECK_ONLY_IN_MULTI)),
+            // Its watcher must be kept (dropped, it is removed): see `add_tree_watch`.
+            ZkOp::WatchTree { .. } => Err(zkc::Error::BadArguments(&TREE_WATCH_APART)),
         }
     };
     match tokio::time::timeout(timeout, work).await {
@@ -359,6 +361,7 @@ async fn execute_multi(client: &Client, ops: &[ZkOp], timeout: Duration) -> ZkRe
             ZkOp::GetData { .. }
             | ZkOp::GetChildren { .. }
             | ZkOp::SetAcl { .. }
+            | ZkOp::WatchTree { .. }
             | ZkOp::Multi { .. } => Err(zkc::Error::BadArguments(&NOT_IN_MULTI)),
         };
         if let Err(e) = added {
@@ -392,6 +395,50 @@ async fn execute_multi(client: &Client, ops: &[ZkOp], timeout: Duration) -> ZkRe
             ZkReply::Error(map_error(source))
         }
     }
+}
+
+/// Why `execute` refuses a tree watch: `add_tree_watch` runs it and gives its watcher.
+const TREE_WATCH_APART: &str = "a tree watch is added by add_tree_watch";
+
+/// Adds a persistent recursive watch on `path` ([`ZkOp::WatchTree`]) under `timeout`.
+/// A server older than 3.6 answers `Unimplemented` ("unimplemented operation").
+pub async fn add_tree_watch(
+    client: &Client,
+    path: &str,
+    timeout: Duration,
+) -> Result<zkc::PersistentWatcher, ZkError> {
+    let added = client.watch(path, zkc::AddWatchMode::PersistentRecursive);
+    match tokio::time::timeout(timeout, added).await {
+        Err(_) => Err(ZkError::Timeout),
+        Ok(Err(e)) => Err(map_error(e)),
+        Ok(Ok(watcher)) => Ok(watcher),
+    }
+}
+
+/// The node events of a persistent watch, until its session ends. The client also hands
+/// it the session's state changes, which are left out: the session's own events say
+/// those (and the watcher must not be polled past a terminal one).
+pub fn tree_events(
+    watcher: zkc::PersistentWatcher,
+) -> impl futures_util::Stream<Item = WatchEvent> + Send {
+    futures_util::stream::unfold(watcher, |mut watcher| async move {
+        loop {
+            let event = watcher.changed().await;
+            let kind = match event.event_type {
+                zkc::EventType::NodeCreated => WatchKind::Created,
+                zkc::EventType::NodeDeleted => WatchKind::Deleted,
+                zkc::EventType::NodeDataChanged => WatchKind::DataChanged,
+                zkc::EventType::NodeChildrenChanged => WatchKind::ChildrenChanged,
+                zkc::EventType::Session if event.session_state.is_terminated() => return None,
+                zkc::EventType::Session => continue,
+            };
+            let event = WatchEvent {
+                path: event.path,
+                kind,
+            };
+            return Some((event, watcher));
+        }
+    })
 }
 
 /// Waits for a one-shot watch; `None` when it ended with the session rather than a node event.

@@ -82,6 +82,7 @@ enum Seen {
     },
     Deleted,
     Checked,
+    Watching,
     Error(ZkError),
     Multi(Vec<Seen>),
     MultiFailed(usize, ZkError),
@@ -161,6 +162,8 @@ fn seen(reply: ZkReply, ids: &[i64]) -> Seen {
         }
         ZkReply::Deleted => Seen::Deleted,
         ZkReply::Checked => Seen::Checked,
+        // Tree watches are compared in model_conformance_watches.rs.
+        ZkReply::Watching => Seen::Watching,
         ZkReply::Error(e) => Seen::Error(e),
         ZkReply::Multi { replies } => {
             Seen::Multi(replies.into_iter().map(|r| seen(r, ids)).collect())

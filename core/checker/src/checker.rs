@@ -350,6 +350,9 @@ impl Checker {
             ZkOp::Multi { .. } => return Err(format!("the agent sent a multi: {op:?}")),
             ZkOp::SetAcl { .. } => return Err(format!("the agent set an ACL: {op:?}")),
             ZkOp::Check { .. } => return Err(format!("the agent sent a check: {op:?}")),
+            // Only on its own machine's directory, whose pid nodes it watches so.
+            ZkOp::WatchTree { .. } if path == paths::machine(MACHINE) => return Ok(()),
+            ZkOp::WatchTree { .. } => return Err(format!("a tree watch elsewhere: {op:?}")),
         };
         // As the keeper: its claim, with its machine id, goes with its session; the
         // index's directories and entries are persistent and empty.

@@ -405,6 +405,7 @@ impl Checker {
                     stat: self.stat(*zxid, 1, Owner::ThisSession),
                 },
                 Some(ZkOp::Delete { .. }) => ZkReply::Deleted,
+                Some(ZkOp::WatchTree { .. }) => ZkReply::Watching,
                 // The agent sends no checks (they live only in multis).
                 Some(ZkOp::Check { .. }) => ZkReply::Checked,
                 // The agent sends no multis; no bytes are drawn for one.

@@ -4,7 +4,10 @@
 //! be left over from an earlier session of this machine, so "create" is a small state
 //! machine: create; if it exists, read its owner; delete what is not ours; re-read on doubt.
 //! Once published, the node is watched, so a node deleted by someone else (`pop remove
-//! --force`, `pop init --force`) is noticed and written again if still wanted.
+//! --force`, `pop init --force`) is noticed and written again if still wanted. A node
+//! under the machine's tree watch (see `tree_watch.rs`) needs no watch of its own: it is
+//! "covered", and only a deletion heard there matters (the creates and sets it reports
+//! are the agent's own).
 
 use crate::paths;
 use serde::{Deserialize, Serialize};
@@ -48,6 +51,10 @@ pub(crate) struct EphemeralNode {
     pub(crate) stalled: bool,
     /// A watch is registered on the node in this session.
     watched: bool,
+    /// Covered, it heard of a deletion while a request was out: what the reply says may
+    /// be older than the deletion, so the node is read once more after it.
+    #[serde(default)]
+    doubt: bool,
 }
 
 impl Step {
@@ -71,6 +78,7 @@ impl EphemeralNode {
             in_flight: None,
             stalled: false,
             watched: false,
+            doubt: false,
         }
     }
 
@@ -84,13 +92,36 @@ impl EphemeralNode {
         self.in_flight = None;
         self.stalled = false;
         self.watched = false;
+        self.doubt = false;
     }
 
-    /// Someone changed or deleted the node: look again.
-    pub(crate) fn on_watch(&mut self, kind: WatchKind) {
+    /// Someone changed or deleted the node: look again. `covered`: the event came from
+    /// the tree watch, which stays armed and reports the agent's own creates and sets
+    /// too; only a deletion is news (by someone else, or ours, which a reply settles).
+    pub(crate) fn on_watch(&mut self, kind: WatchKind, covered: bool) {
+        if covered {
+            if kind == WatchKind::Deleted {
+                match self.in_flight {
+                    None => self.have = Have::Absent,
+                    Some(_) => self.doubt = true,
+                }
+            }
+            return;
+        }
         self.watched = false;
         if kind == WatchKind::Deleted && self.in_flight.is_none() {
             self.have = Have::Absent;
+        }
+    }
+
+    /// The tree watch may have missed events (the connection was lost: a persistent
+    /// watch re-registered on reconnect hears nothing of what happened meanwhile), so a
+    /// node believed ours is read again.
+    pub(crate) fn recheck(&mut self) {
+        match (&self.in_flight, &self.have) {
+            (Some(_), _) => self.doubt = true,
+            (None, Have::Ours(_)) => self.have = Have::Exists,
+            (None, _) => {}
         }
     }
 
@@ -121,7 +152,8 @@ impl EphemeralNode {
     }
 
     /// The next request to send, if any; the caller sends it and reports back via `on_reply`.
-    pub(crate) fn next(&mut self, acl: &Acl) -> Option<(Step, ZkOp)> {
+    /// `covered`: the node is under the machine's tree watch, so it needs no watch of its own.
+    pub(crate) fn next(&mut self, acl: &Acl, covered: bool) -> Option<(Step, ZkOp)> {
         if self.in_flight.is_some() || self.stalled {
             return None;
         }
@@ -166,7 +198,7 @@ impl EphemeralNode {
                     version: None,
                 },
             ),
-            (Some(_), Have::Ours(_)) if !self.watched => {
+            (Some(_), Have::Ours(_)) if !self.watched && !covered => {
                 (Step::Watch, ZkOp::GetData { path, watch: true })
             }
             (Some(_), Have::Foreign) | (None, Have::Unknown | Have::Exists | Have::Ours(_)) => (
@@ -192,6 +224,7 @@ impl EphemeralNode {
 
     pub(crate) fn on_reply(&mut self, step: Step, reply: &ZkReply, session: Option<SessionId>) {
         let sent = self.in_flight.take().and_then(|(_, data)| data);
+        let doubt = std::mem::take(&mut self.doubt);
         self.have = match (step, reply) {
             (Step::Create, ZkReply::Created) => match sent {
                 Some(d) => Have::Ours(d),
@@ -240,6 +273,9 @@ impl EphemeralNode {
                 Have::Unknown
             }
         };
+        if doubt && matches!(self.have, Have::Ours(_)) {
+            self.have = Have::Exists;
+        }
     }
 }
 
@@ -251,7 +287,7 @@ mod tests {
     const ME: SessionId = SessionId(7);
 
     fn drive(node: &mut EphemeralNode, reply: ZkReply) -> Step {
-        let (step, _) = node.next(&Acl::open()).expect("a request");
+        let (step, _) = node.next(&Acl::open(), false).expect("a request");
         node.on_reply(step, &reply, Some(ME));
         step
     }
@@ -272,11 +308,11 @@ mod tests {
         };
         assert_eq!(drive(&mut n, mine), Step::Watch);
         assert!(
-            n.next(&Acl::open()).is_none(),
+            n.next(&Acl::open(), false).is_none(),
             "published and watched: nothing to do"
         );
         // Deleted behind our back: created again.
-        n.on_watch(WatchKind::Deleted);
+        n.on_watch(WatchKind::Deleted, false);
         assert_eq!(drive(&mut n, ZkReply::Created), Step::Create);
     }
 
@@ -311,7 +347,7 @@ mod tests {
         n.want(Some(b"3".to_vec()));
         drive(&mut n, ZkReply::Error(ZkError::Timeout));
         assert!(
-            n.next(&Acl::open()).is_none(),
+            n.next(&Acl::open(), false).is_none(),
             "stalled until the retry timer"
         );
         n.stalled = false;
@@ -336,9 +372,12 @@ mod tests {
         let mut n = EphemeralNode::new("/services/s/state/m".into());
         n.want(Some(b"{}".to_vec()));
         drive(&mut n, ZkReply::Error(ZkError::NoNode));
-        assert!(n.next(&Acl::open()).is_none(), "waits for the retry timer");
+        assert!(
+            n.next(&Acl::open(), false).is_none(),
+            "waits for the retry timer"
+        );
         n.stalled = false;
-        let (step, _) = n.next(&Acl::open()).expect("a retry");
+        let (step, _) = n.next(&Acl::open(), false).expect("a retry");
         assert_eq!(step, Step::Create, "retries the node, not its parent");
     }
 
@@ -347,7 +386,7 @@ mod tests {
         let mut n = EphemeralNode::new("/machines/m/s".into());
         n.want(Some(b"1".to_vec()));
         drive(&mut n, ZkReply::Error(ZkError::NoNode));
-        let (step, op) = n.next(&Acl::open()).expect("parent create");
+        let (step, op) = n.next(&Acl::open(), false).expect("parent create");
         assert_eq!(step, Step::CreateParent);
         assert_eq!(op.path(), "/machines/m");
         n.on_reply(step, &ZkReply::Created, Some(ME));
@@ -362,5 +401,100 @@ mod tests {
         n.want(None);
         assert_eq!(drive(&mut n, ZkReply::Deleted), Step::Delete);
         assert!(n.settled_absent());
+    }
+
+    fn ours(data: &[u8]) -> ZkReply {
+        ZkReply::Data {
+            data: data.to_vec(),
+            stat: NodeStat {
+                version: 0,
+                ephemeral_owner: ME.0,
+                ..Default::default()
+            },
+        }
+    }
+
+    fn drive_covered(node: &mut EphemeralNode, reply: ZkReply) -> Step {
+        let (step, _) = node.next(&Acl::open(), true).expect("a request");
+        node.on_reply(step, &reply, Some(ME));
+        step
+    }
+
+    #[test]
+    fn a_covered_node_sets_no_watch_of_its_own_and_its_own_writes_cost_nothing_more() {
+        let mut n = EphemeralNode::new("/machines/m/s".into());
+        n.want(Some(b"1".to_vec()));
+        assert_eq!(drive_covered(&mut n, ZkReply::Created), Step::Create);
+        n.on_watch(WatchKind::Created, true);
+        assert!(n.next(&Acl::open(), true).is_none(), "no read to re-arm");
+        n.want(Some(b"2".to_vec()));
+        let set = ZkReply::Set {
+            stat: NodeStat {
+                version: 1,
+                ephemeral_owner: ME.0,
+                ..Default::default()
+            },
+        };
+        assert_eq!(drive_covered(&mut n, set), Step::Set);
+        n.on_watch(WatchKind::DataChanged, true);
+        assert!(n.next(&Acl::open(), true).is_none(), "a restart is one set");
+        assert!(n.published());
+    }
+
+    #[test]
+    fn a_covered_node_deleted_by_someone_else_is_created_again() {
+        let mut n = EphemeralNode::new("/machines/m/s".into());
+        n.want(Some(b"1".to_vec()));
+        drive_covered(&mut n, ZkReply::Created);
+        n.on_watch(WatchKind::Deleted, true);
+        assert_eq!(drive_covered(&mut n, ZkReply::Created), Step::Create);
+        assert!(n.published());
+    }
+
+    #[test]
+    fn a_deletion_heard_while_a_write_is_out_is_read_again_after_its_reply() {
+        let mut n = EphemeralNode::new("/machines/m/s".into());
+        n.want(Some(b"1".to_vec()));
+        drive_covered(&mut n, ZkReply::Created);
+        n.want(Some(b"2".to_vec()));
+        let (step, _) = n.next(&Acl::open(), true).expect("a set");
+        // The set was applied, then someone deleted the node; the reply comes last.
+        n.on_watch(WatchKind::Deleted, true);
+        let set = ZkReply::Set {
+            stat: NodeStat {
+                version: 1,
+                ephemeral_owner: ME.0,
+                ..Default::default()
+            },
+        };
+        n.on_reply(step, &set, Some(ME));
+        assert_eq!(
+            drive_covered(&mut n, ZkReply::Error(ZkError::NoNode)),
+            Step::Read
+        );
+        assert_eq!(drive_covered(&mut n, ZkReply::Created), Step::Create);
+        assert!(n.published());
+    }
+
+    #[test]
+    fn a_recheck_reads_a_node_believed_ours_once() {
+        let mut n = EphemeralNode::new("/machines/m/s".into());
+        n.want(Some(b"1".to_vec()));
+        drive_covered(&mut n, ZkReply::Created);
+        n.recheck();
+        assert_eq!(drive_covered(&mut n, ours(b"1")), Step::Read);
+        assert!(n.next(&Acl::open(), true).is_none());
+        assert!(n.published());
+    }
+
+    #[test]
+    fn an_uncovered_node_watches_itself_again_after_each_event() {
+        let mut n = EphemeralNode::new("/machines/m/s".into());
+        n.want(Some(b"1".to_vec()));
+        drive_covered(&mut n, ZkReply::Created);
+        // The tree watch was refused: the node needs a watch of its own.
+        assert_eq!(drive(&mut n, ours(b"1")), Step::Watch);
+        n.on_watch(WatchKind::DataChanged, false);
+        assert_eq!(drive(&mut n, ours(b"1")), Step::Watch);
     }
 }

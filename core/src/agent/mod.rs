@@ -15,6 +15,7 @@ mod readiness;
 mod service;
 mod target;
 mod tasks;
+mod tree_watch;
 mod types;
 mod wanted;
 
@@ -35,6 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use target::Listing;
 use tasks::{TaskIndex, TaskOutcome, Tasks};
+use tree_watch::TreeWatch;
 use types::TypeReads;
 
 pub use outstanding::MAX_OUTSTANDING_READS;
@@ -91,6 +93,8 @@ enum Pending {
     },
     /// Creating /machines/<id>; the result does not matter beyond the log.
     MachineNode,
+    /// Adding the watch on /machines/<id> (see `tree_watch`).
+    TreeWatch,
     /// Creating `/assignments`, this machine's index, or its entry for `service`.
     IndexNode {
         service: Option<String>,
@@ -145,6 +149,9 @@ pub struct Agent {
     queued_reads: VecDeque<(ZkOp, Pending)>,
     /// Paths with a watch registered in this session.
     armed: BTreeSet<String>,
+    /// The watch on this machine's pid nodes, in this session.
+    #[serde(default)]
+    tree_watch: TreeWatch,
     /// Reads that failed and are retried when `retry_at` passes.
     reread: BTreeSet<String>,
     retry_at: Option<Timestamp>,
@@ -211,6 +218,7 @@ impl Agent {
             reads_in_flight: BTreeSet::new(),
             queued_reads: VecDeque::new(),
             armed: BTreeSet::new(),
+            tree_watch: TreeWatch::default(),
             reread: BTreeSet::new(),
             retry_at: None,
             services: BTreeMap::new(),
@@ -262,8 +270,9 @@ impl Agent {
                 }
                 // The keeper looks at some paths the agent reads too: the one event is for both.
                 self.keeper.on_watch(&event.path, event.kind);
+                let covered = self.covered(&event.path);
                 if let Some(node) = self.nodes.get_mut(&event.path) {
-                    node.on_watch(event.kind);
+                    node.on_watch(event.kind, covered);
                     self.dirty.nodes.insert(event.path);
                 } else if let Some(watched) = Watched::parse(&event.path) {
                     match watched {
@@ -505,6 +514,7 @@ impl Agent {
                 if same {
                     // Watches survive a reconnect within the session; retry what failed meanwhile.
                     self.retry_now();
+                    self.recheck_covered();
                 } else {
                     self.start_session();
                 }
@@ -534,6 +544,7 @@ impl Agent {
         // Replies and watches from an older session are meaningless now.
         self.forget_requests();
         self.armed.clear();
+        self.tree_watch = TreeWatch::Unasked;
         self.reread.clear();
         // The new session reads every followed service's list below.
         self.awaiting_keepers_list.clear();
@@ -559,6 +570,8 @@ impl Agent {
             );
             self.create_index_node(None, paths::assignments(&machine));
         }
+        // Before any pid node is written, so each is covered from its creation.
+        self.ask_tree_watch();
         // Only what is deployed here, or runs here: never the whole fleet's services.
         self.read(Watched::Assignments(machine));
         self.keeper_start();
@@ -583,6 +596,7 @@ impl Agent {
             }
         }
         self.keeper.retry();
+        self.ask_tree_watch();
         for path in std::mem::take(&mut self.stalled) {
             if let Some(node) = self.nodes.get_mut(&path) {
                 node.stalled = false;
@@ -633,6 +647,8 @@ impl Agent {
         if reply == ZkReply::Error(ZkError::NoAuth) {
             let refused = match &pending {
                 Pending::MachineNode => return,
+                // Not allowed to watch: per-node watches instead, as on an old server.
+                Pending::TreeWatch => None,
                 Pending::IndexNode { path, .. } => {
                     let path = path.clone();
                     self.problem(&path, "cannot create it: not authorised".to_string());
@@ -678,6 +694,7 @@ impl Agent {
         }
         match pending {
             Pending::MachineNode => {}
+            Pending::TreeWatch => self.on_tree_watch_reply(&reply),
             Pending::Ephemeral { path, step } => {
                 let session = self.owner_session();
                 if let Some(node) = self.nodes.get_mut(&path) {

@@ -103,10 +103,11 @@ impl Agent {
         }
         let acl = self.config.access.own_node();
         for path in std::mem::take(&mut self.dirty.nodes) {
+            let covered = self.covered(&path);
             let Some(node) = self.nodes.get_mut(&path) else {
                 continue;
             };
-            let next = node.next(&acl);
+            let next = node.next(&acl, covered);
             if node.settled_absent() {
                 self.nodes.remove(&path);
             }

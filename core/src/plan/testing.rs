@@ -160,6 +160,8 @@ impl Tree {
                 self.acls.insert(path.clone(), acl.clone());
                 Ok(ZkReply::Created)
             }
+            // Plans watch nothing; a tree keeps no watches.
+            ZkOp::WatchTree { .. } => Ok(ZkReply::Watching),
             ZkOp::SetAcl { path, acl, .. } => {
                 let (_, v) = self.nodes.get(path).ok_or(ZkError::NoNode)?;
                 let stat = Tree::stat(*v);

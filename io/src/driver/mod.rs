@@ -34,9 +34,9 @@ use crate::journal::JournalWriter;
 use futures_util::StreamExt;
 use pop_core::backoff::SeededRng;
 use pop_core::event::{Action, Input, Report};
-use pop_core::zk::{SessionEvent, ZkError, ZkReply};
+use pop_core::zk::{SessionEvent, ZkError, ZkOp, ZkReply};
 use pop_core::{Agent, AgentConfig};
-use ports::{Clock, ConnectFailure, ProcessPort, WatchFuture, ZkPort, ZkSession};
+use ports::{Clock, ConnectFailure, ProcessPort, WatchFuture, WatchStream, ZkPort, ZkSession};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -86,6 +86,11 @@ enum Msg<S> {
     Watch {
         epoch: u64,
         watch: WatchFuture,
+    },
+    /// A persistent watch, likewise: each of its events until its session ends.
+    Tree {
+        epoch: u64,
+        stream: WatchStream,
     },
     Connected {
         epoch: u64,
@@ -200,6 +205,10 @@ pub async fn run_with<Z: ZkPort, P: ProcessPort, C: Clock>(
                 }
                 Some(Msg::Watch { epoch, watch }) => {
                     driver.watches.push(epoch, watch);
+                    None
+                }
+                Some(Msg::Tree { epoch, stream }) => {
+                    driver.watches.push_every(epoch, stream);
                     None
                 }
                 Some(Msg::Connected { epoch, session }) => driver.on_connected(epoch, session),
@@ -404,6 +413,23 @@ impl<Z: ZkPort, P: ProcessPort, C: Clock> Driver<Z, P, C> {
                     });
                     return false;
                 };
+                if let ZkOp::WatchTree { path } = op {
+                    tokio::spawn(async move {
+                        let added = tokio::time::timeout(op_timeout, session.watch_tree(path));
+                        let (reply, stream) = match Box::pin(added).await {
+                            Ok(done) => done,
+                            Err(_) => (ZkReply::Error(ZkError::Timeout), None),
+                        };
+                        drop(session);
+                        let input = Box::new(Input::Reply { id, reply });
+                        let _ = tx.send(Msg::Session { epoch, input });
+                        // After the reply, as a one-shot watch (see below).
+                        if let Some(stream) = stream {
+                            let _ = tx.send(Msg::Tree { epoch, stream });
+                        }
+                    });
+                    return false;
+                }
                 tokio::spawn(async move {
                     // Bounded here, whatever the port does: a request that never ends
                     // would stall whatever the core waits for on it.

@@ -3,12 +3,13 @@
 //! sim/tests/driver_ports.rs does), so the very same event loop runs against simulated
 //! ZooKeeper, processes and time.
 
+use futures_util::Stream;
 use pop_core::environment::EnvironmentSpec;
 use pop_core::event::Input;
 use pop_core::launch::Launch;
 use pop_core::settings::Settings;
 use pop_core::task::TaskId;
-use pop_core::zk::{SessionEvent, SessionId, WatchEvent, ZkOp, ZkReply};
+use pop_core::zk::{SessionEvent, SessionId, WatchEvent, ZkError, ZkOp, ZkReply};
 use pop_core::Timestamp;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -26,6 +27,13 @@ pub trait Clock: Send + 'static {
 /// Resolves when a one-shot watch fires: `None` if it ended with the session instead.
 pub type WatchFuture = Pin<Box<dyn Future<Output = Option<WatchEvent>> + Send>>;
 
+/// Yields every event of a persistent watch; ends with its session.
+pub type WatchStream = Pin<Box<dyn Stream<Item = WatchEvent> + Send>>;
+
+/// What a port without persistent watches answers a tree watch: what production's
+/// request mapping makes of a server older than 3.6 refusing `addWatch`.
+pub const TREE_WATCH_UNIMPLEMENTED: &str = "unimplemented operation";
+
 /// One ZooKeeper session. Cheap to clone; the session closes when `close` is called or
 /// the last clone is dropped.
 pub trait ZkSession: Clone + Send + Sync + 'static {
@@ -38,6 +46,17 @@ pub trait ZkSession: Clone + Send + Sync + 'static {
     /// Runs one request; a watch request also gives its watch. The driver bounds it by
     /// [`ZkPort::op_timeout`] (a request past it is answered `Timeout`).
     fn execute(&self, op: ZkOp) -> impl Future<Output = (ZkReply, Option<WatchFuture>)> + Send;
+    /// Adds a persistent recursive watch on `path` ([`ZkOp::WatchTree`]); on success
+    /// its events follow. A port without them answers as a server older than 3.6 (the
+    /// core then watches each node), which is what this default does.
+    fn watch_tree(
+        &self,
+        path: String,
+    ) -> impl Future<Output = (ZkReply, Option<WatchStream>)> + Send {
+        let _ = path;
+        let refused = ZkReply::Error(ZkError::Other(TREE_WATCH_UNIMPLEMENTED.into()));
+        async move { (refused, None) }
+    }
     /// Ends the session so its ephemeral nodes go at once, waiting at most `limit` (the
     /// driver stops waiting then in any case).
     fn close(self, limit: Duration) -> impl Future<Output = ()> + Send;

@@ -1,7 +1,7 @@
 //! The production implementations of the driver's ports: the `zookeeper-client` crate
 //! and the process supervisor.
 
-use super::ports::{ConnectFailure, ProcessPort, WatchFuture, ZkPort, ZkSession};
+use super::ports::{ConnectFailure, ProcessPort, WatchFuture, WatchStream, ZkPort, ZkSession};
 use super::workdir::WorkDirs;
 use crate::environment::EnvironmentBuilder;
 use crate::supervise::{ProcessSpec, ReadinessProbe, Supervisor};
@@ -100,6 +100,16 @@ impl ZkSession for RealSession {
         let (reply, watcher) = zk::execute(&self.client, &op, self.op_timeout).await;
         let watch = watcher.map(|w| Box::pin(zk::watch_event(w)) as WatchFuture);
         (reply, watch)
+    }
+
+    async fn watch_tree(&self, path: String) -> (ZkReply, Option<WatchStream>) {
+        match zk::add_tree_watch(&self.client, &path, self.op_timeout).await {
+            Ok(watcher) => {
+                let events = Box::pin(zk::tree_events(watcher)) as WatchStream;
+                (ZkReply::Watching, Some(events))
+            }
+            Err(e) => (ZkReply::Error(e), None),
+        }
     }
 
     /// Dropping the last clone of the client sends the close (in-flight requests hold

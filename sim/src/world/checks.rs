@@ -354,7 +354,10 @@ impl World {
             | ZkOp::SetData { path, .. }
             | ZkOp::Delete { path, .. }
             | ZkOp::SetAcl { path, .. } => path,
-            ZkOp::GetData { .. } | ZkOp::GetChildren { .. } | ZkOp::Check { .. } => return,
+            ZkOp::GetData { .. }
+            | ZkOp::GetChildren { .. }
+            | ZkOp::Check { .. }
+            | ZkOp::WatchTree { .. } => return,
             ZkOp::Multi { ops } => {
                 for op in ops {
                     self.check_own_write(machine, session, op);

@@ -164,10 +164,16 @@ impl World {
             .is_some_and(|s| self.zk.is_live(s));
         if let (true, Some(session)) = (live, self.machines[machine].session) {
             // Same session: the client re-registers its watches and the server fires
-            // those whose nodes changed meanwhile.
+            // those whose nodes changed meanwhile; but not a persistent watch's, which
+            // hears nothing of what happened while the connection was down
+            // (ZOOKEEPER-4698).
             self.deliver_connected(machine, session);
             for input in from_server {
-                if matches!(input, Input::Watch(_)) {
+                if let Input::Watch(event) = &input {
+                    if self.zk.is_tree_watched_by(session, &event.path) {
+                        self.coverage("tree watch event lost in a reconnect");
+                        continue;
+                    }
                     self.send_to_agent(machine, now + self.latency(machine), input);
                 }
             }

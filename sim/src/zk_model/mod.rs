@@ -1,5 +1,6 @@
 //! A model of one ZooKeeper server: a tree of versioned nodes, sessions owning ephemerals
-//! (optionally expiring on the model's own clock), one-shot data and child watches and
+//! (optionally expiring on the model's own clock), one-shot data and child watches,
+//! persistent recursive watches ([`tree_watches`]) and
 //! all-or-nothing multis, per-node ACLs and per-session digest authentication (see
 //! [`acl`]). Just enough semantics for pop's core, kept exact: replies,
 //! errors and watch events are checked against a real server by
@@ -13,6 +14,7 @@
 
 mod acl;
 mod sessions;
+mod tree_watches;
 
 use pop_core::zk::{
     Acl, CreateMode, NodeStat, Perms, SessionId, WatchEvent, WatchKind, ZkError, ZkOp, ZkReply,
@@ -21,6 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub use acl::INVALID_ACL;
 pub use sessions::Session;
+pub use tree_watches::UNIMPLEMENTED;
 
 /// What production's `map_error` makes of the client's `NoChildrenForEphemerals` (the
 /// core has no variant for it; the client's message becomes `ZkError::Other`).
@@ -84,6 +87,10 @@ pub struct ZkModel {
     tick_ms: Option<u64>,
     data_watches: Watches,
     child_watches: Watches,
+    /// Persistent recursive watches: the sessions holding one, by path.
+    tree_watches: BTreeMap<String, BTreeSet<i64>>,
+    /// An older server: `addWatch` is answered [`UNIMPLEMENTED`].
+    tree_watches_unimplemented: bool,
     /// By session: paths of the ephemerals it created and of the nodes it watched, at
     /// some time (more than it has now: nothing is taken out but by its expiry, which
     /// looks only there instead of at every node and watch of the tree).
@@ -128,10 +135,12 @@ impl ZkModel {
         m
     }
 
-    /// Watches held over all sessions (data and child watches, as `wchs` counts them).
+    /// Watches held over all sessions (data and child watches, as `wchs` counts them,
+    /// and tree watches once each).
     pub fn watch_count(&self) -> usize {
         self.data_watches.values().map(Vec::len).sum::<usize>()
             + self.child_watches.values().map(Vec::len).sum::<usize>()
+            + self.tree_watch_count()
     }
 
     pub fn get(&self, path: &str) -> Option<&Node> {
@@ -211,6 +220,7 @@ impl ZkModel {
         self.bump_cversion(path);
         Self::fire(&mut self.data_watches, path, WatchKind::Deleted, out);
         Self::fire(&mut self.child_watches, path, WatchKind::Deleted, out);
+        self.fire_tree(path, WatchKind::Deleted, out);
         if let Some(p) = parent(path) {
             Self::fire(&mut self.child_watches, p, WatchKind::ChildrenChanged, out);
         }
@@ -360,6 +370,7 @@ impl ZkModel {
                 }
                 self.bump_cversion(path);
                 Self::fire(&mut self.data_watches, path, WatchKind::Created, events);
+                self.fire_tree(path, WatchKind::Created, events);
                 if let Some(p) = parent(path) {
                     Self::fire(
                         &mut self.child_watches,
@@ -388,6 +399,7 @@ impl ZkModel {
                 n.mzxid = zxid;
                 let stat = n.stat();
                 Self::fire(&mut self.data_watches, path, WatchKind::DataChanged, events);
+                self.fire_tree(path, WatchKind::DataChanged, events);
                 Ok(ZkReply::Set { stat })
             }
             ZkOp::Delete { path, version } => {
@@ -431,6 +443,13 @@ impl ZkModel {
                     return Err(ZkError::BadVersion);
                 }
                 Ok(ZkReply::Checked)
+            }
+            ZkOp::WatchTree { path } => {
+                if self.tree_watches_unimplemented {
+                    return Err(ZkError::Other(UNIMPLEMENTED.into()));
+                }
+                self.add_tree_watch(session, path);
+                Ok(ZkReply::Watching)
             }
             ZkOp::Multi { .. } => Err(ZkError::Other(READ_IN_MULTI.into())),
         }

@@ -124,6 +124,7 @@ impl ZkModel {
             self.remove_node(&path, &mut events);
         }
         for path in self.watched_by.remove(&session.0).unwrap_or_default() {
+            self.drop_tree_watches(session, &path);
             for watches in [&mut self.data_watches, &mut self.child_watches] {
                 if let Some(list) = watches.get_mut(&path) {
                     list.retain(|&s| s != session.0);
