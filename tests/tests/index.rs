@@ -86,11 +86,14 @@ fn a_settings_change_wakes_only_the_machines_running_the_service() {
     }
     let all = zk.watches_by_session();
     let of_m3 = all.get(&sessions[2]).cloned().unwrap_or_default();
+    let own_pid_nodes = format!("/machines/{}", m3.id);
     assert!(
         of_m3.iter().all(|p| p.starts_with("/assignments/")
             || p.starts_with("/agents/")
+            || *p == own_pid_nodes
             || p == "/pop/keeper"),
-        "m3 runs nothing and watches only its index, its report and who keeps: {of_m3:?}"
+        "m3 runs nothing and watches only its index, its report, its own pid nodes (one \
+         tree watch) and who keeps: {of_m3:?}"
     );
     m1.ok(&["set", "alpha", "stop_timeout=3"]);
     wait_for("alpha restarted on m1", || {
