@@ -23,6 +23,8 @@ pub(super) enum TreeWatch {
     Unasked,
     /// Asked for and not yet answered: covers already (see the module's comment).
     Asked,
+    /// The server confirmed it: it fires for every change under the directory until the
+    /// session ends.
     Held,
     /// Refused (a server without `addWatch`): a watch per node for this session.
     Refused,
