@@ -331,6 +331,11 @@ fn about(requests: &[ZkOp], service: &str) -> Vec<String> {
         .collect()
 }
 
+/// How many of `requests` (paths, as from `about`) are about `path`.
+fn reads_of(requests: &[String], path: &str) -> usize {
+    requests.iter().filter(|p| *p == path).count()
+}
+
 #[test]
 fn an_agent_reads_and_watches_only_its_index_and_the_services_in_it() {
     let mut rig = Rig::new();
@@ -401,10 +406,7 @@ fn on_the_keepers_machine_a_service_new_in_the_index_takes_the_list_the_keeper_r
     rig.created(&paths::assignment("m1", "b"));
     assert!(rig.runs("b"));
     let reads = about(&rig.take(), "b");
-    let list_reads = reads
-        .iter()
-        .filter(|p| **p == paths::service_machines("b"))
-        .count();
+    let list_reads = reads_of(&reads, &paths::service_machines("b"));
     assert_eq!(
         list_reads, 1,
         "the keeper's read, not the agent's too: {reads:?}"
@@ -437,10 +439,7 @@ fn on_the_keepers_machine_a_deploy_costs_the_keepers_read_of_the_list_and_nothin
          create that finds it: {requests:?}"
     );
     let reads = about(&requests, "b");
-    let list_reads = reads
-        .iter()
-        .filter(|p| **p == paths::service_machines("b"))
-        .count();
+    let list_reads = reads_of(&reads, &paths::service_machines("b"));
     assert_eq!(
         list_reads, 1,
         "the keeper's read, not the agent's too: {reads:?}"
@@ -528,10 +527,7 @@ fn a_service_waiting_for_the_keepers_read_reads_the_list_itself_when_the_keeper_
     rig.put(&paths::assignment("m1", "b"), Some(""));
     rig.release();
     let reads = about(&rig.take(), "b");
-    let list_reads = reads
-        .iter()
-        .filter(|p| **p == paths::service_machines("b"))
-        .count();
+    let list_reads = reads_of(&reads, &paths::service_machines("b"));
     assert_eq!(list_reads, 2, "the keeper's and the agent's: {reads:?}");
 }
 

@@ -415,6 +415,17 @@ pub async fn add_tree_watch(
     }
 }
 
+/// What a node event says happened; `None` for a session event.
+fn node_kind(event_type: zkc::EventType) -> Option<WatchKind> {
+    Some(match event_type {
+        zkc::EventType::NodeCreated => WatchKind::Created,
+        zkc::EventType::NodeDeleted => WatchKind::Deleted,
+        zkc::EventType::NodeDataChanged => WatchKind::DataChanged,
+        zkc::EventType::NodeChildrenChanged => WatchKind::ChildrenChanged,
+        zkc::EventType::Session => return None,
+    })
+}
+
 /// The node events of a persistent watch, until its session ends. The client also hands
 /// it the session's state changes, which are left out: the session's own events say
 /// those (and the watcher must not be polled past a terminal one).
@@ -424,13 +435,11 @@ pub fn tree_events(
     futures_util::stream::unfold(watcher, |mut watcher| async move {
         loop {
             let event = watcher.changed().await;
-            let kind = match event.event_type {
-                zkc::EventType::NodeCreated => WatchKind::Created,
-                zkc::EventType::NodeDeleted => WatchKind::Deleted,
-                zkc::EventType::NodeDataChanged => WatchKind::DataChanged,
-                zkc::EventType::NodeChildrenChanged => WatchKind::ChildrenChanged,
-                zkc::EventType::Session if event.session_state.is_terminated() => return None,
-                zkc::EventType::Session => continue,
+            let Some(kind) = node_kind(event.event_type) else {
+                if event.session_state.is_terminated() {
+                    return None;
+                }
+                continue;
             };
             let event = WatchEvent {
                 path: event.path,
@@ -444,13 +453,7 @@ pub fn tree_events(
 /// Waits for a one-shot watch; `None` when it ended with the session rather than a node event.
 pub async fn watch_event(watcher: OneshotWatcher) -> Option<WatchEvent> {
     let event = watcher.changed().await;
-    let kind = match event.event_type {
-        zkc::EventType::NodeCreated => WatchKind::Created,
-        zkc::EventType::NodeDeleted => WatchKind::Deleted,
-        zkc::EventType::NodeDataChanged => WatchKind::DataChanged,
-        zkc::EventType::NodeChildrenChanged => WatchKind::ChildrenChanged,
-        zkc::EventType::Session => return None,
-    };
+    let kind = node_kind(event.event_type)?;
     Some(WatchEvent {
         path: event.path,
         kind,

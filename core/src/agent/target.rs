@@ -224,13 +224,15 @@ impl Agent {
         match (watched, reply) {
             (Watched::Assignments(_), ZkReply::Children { names, .. }) => {
                 self.clear_problem(&path);
-                let entries = names
-                    .iter()
-                    .filter(|name| ServiceName::new(name).is_ok())
-                    .cloned()
-                    .collect();
-                let machine = self.config.machine.as_str();
-                self.keeper.own_directory_read(machine, &entries);
+                if self.keeper.is_keeper() {
+                    let entries = names
+                        .iter()
+                        .filter(|name| ServiceName::new(name).is_ok())
+                        .cloned()
+                        .collect();
+                    let machine = self.config.machine.as_str();
+                    self.keeper.own_directory_read(machine, &entries);
+                }
                 self.apply_index(names);
             }
             (Watched::Machines(name), ZkReply::Data { data, .. }) => match parse_machines(&data) {
